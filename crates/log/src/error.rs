@@ -1,0 +1,62 @@
+//! The log crate's one error type: operational failures named after the subject and the verb.
+
+use std::io;
+use std::path::PathBuf;
+
+use strom_protocol::batch::BatchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot create directory {path}: {source}")]
+    DirCreate { path: PathBuf, source: io::Error },
+    #[error("cannot list directory {path}: {source}")]
+    DirRead { path: PathBuf, source: io::Error },
+    #[error("cannot fsync directory {path}: {source}")]
+    DirSync { path: PathBuf, source: io::Error },
+    #[error("cannot delete directory {path}: {source}")]
+    DirDelete { path: PathBuf, source: io::Error },
+    #[error("cannot open segment {path}: {source}")]
+    SegmentOpen { path: PathBuf, source: io::Error },
+    #[error("cannot read segment {path}: {source}")]
+    SegmentRead { path: PathBuf, source: io::Error },
+    #[error("cannot write segment {path}: {source}")]
+    SegmentWrite { path: PathBuf, source: io::Error },
+    #[error("cannot truncate segment {path}: {source}")]
+    SegmentTruncate { path: PathBuf, source: io::Error },
+    #[error("cannot fsync segment {path}: {source}")]
+    SegmentSync { path: PathBuf, source: io::Error },
+    #[error("cannot delete segment file {path}: {source}")]
+    SegmentDelete { path: PathBuf, source: io::Error },
+    #[error("segment {path} holds no valid batch at position {position}: {source}")]
+    SegmentCorrupt { path: PathBuf, position: u64, source: BatchError },
+    #[error("cannot open index {path}: {source}")]
+    IndexOpen { path: PathBuf, source: io::Error },
+    #[error("cannot read index {path}: {source}")]
+    IndexRead { path: PathBuf, source: io::Error },
+    #[error("cannot write index {path}: {source}")]
+    IndexWrite { path: PathBuf, source: io::Error },
+    #[error("cannot read checkpoint {path}: {source}")]
+    CheckpointRead { path: PathBuf, source: io::Error },
+    #[error("cannot write checkpoint {path}: {source}")]
+    CheckpointWrite { path: PathBuf, source: io::Error },
+    #[error("checkpoint {path} line {line} is malformed: {reason}")]
+    CheckpointParse { path: PathBuf, line: usize, reason: &'static str },
+    #[error("batch {batch_index} of the append is invalid: {source}")]
+    CorruptBatch { batch_index: usize, source: BatchError },
+    #[error("batch {batch_index} of the append has unsupported magic {magic}")]
+    UnsupportedMagic { batch_index: usize, magic: i8 },
+    #[error("batch {batch_index} of the append is {size} bytes, over the {max} byte limit")]
+    BatchTooLarge { batch_index: usize, size: usize, max: u32 },
+    #[error("append carries no record batch")]
+    AppendEmpty,
+    #[error("append spans {span} offsets, more than one segment can address")]
+    AppendOffsetSpanTooLarge { span: i64 },
+    #[error("offset {offset} is outside the log [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("leader epoch {epoch} is older than the latest epoch {latest} in the log")]
+    LeaderEpochStale { epoch: i32, latest: i32 },
+    #[error("invalid log config {key} = {value}")]
+    ConfigInvalid { key: &'static str, value: u64 },
+    #[error("log {dir} is offline after a write failure that could not be rolled back")]
+    LogOffline { dir: PathBuf },
+}

@@ -1,0 +1,47 @@
+//! Errors of the metadata crate: refused controller requests and records that cannot apply.
+
+use crate::TopicId;
+
+/// Why the controller refused a request (or one topic of it). Each variant maps to one Kafka
+/// error code in the broker's error module, and to one gRPC status in the admin service.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("topic '{0}' already exists")]
+    TopicAlreadyExists(String),
+    #[error("unknown topic or partition: {0}")]
+    UnknownTopicOrPartition(String),
+    #[error("unknown topic id {0}")]
+    UnknownTopicId(TopicId),
+    #[error("invalid topic name: {0}")]
+    InvalidTopic(String),
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("broker {0} is not registered or its epoch is stale")]
+    StaleBrokerEpoch(i32),
+    #[error("duplicate broker registration: {0}")]
+    DuplicateBrokerRegistration(String),
+    #[error("this node is not the active controller")]
+    NotController,
+    #[error("the controller is not available: {0}")]
+    ControllerUnavailable(String),
+}
+
+/// A committed record that does not apply to the image: the log and the image disagree, which
+/// is fatal for the node that meets it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("record names unknown topic id {0}")]
+    UnknownTopicId(TopicId),
+    #[error("record has a malformed field: {0}")]
+    MalformedRecord(&'static str),
+    #[error("record is empty (no variant set)")]
+    EmptyRecord,
+}

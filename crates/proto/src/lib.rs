@@ -1,0 +1,6 @@
+//! Code generated from `proto/`: metadata records (the metadata log's schema) and gRPC services.
+#![allow(clippy::all, missing_docs)]
+
+pub mod metadata {
+    tonic::include_proto!("strom.metadata.v1");
+}

@@ -1,0 +1,185 @@
+//! Request decoding and response encoding around the `kafka-protocol` codecs.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
+    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::versions::is_supported;
+
+/// A decoded request of one of the served APIs.
+#[derive(Debug)]
+pub enum Request {
+    ApiVersions(ApiVersionsRequest),
+    Metadata(MetadataRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    CreatePartitions(CreatePartitionsRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    AlterConfigs(AlterConfigsRequest),
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
+    DescribeCluster(DescribeClusterRequest),
+}
+
+/// One request frame: its header and decoded body.
+#[derive(Debug)]
+pub struct RequestFrame {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub header: RequestHeader,
+    pub request: Request,
+}
+
+/// Why a frame could not become a request. Only `UnsupportedVersion` of ApiVersions has an
+/// answer in the protocol; for the rest Kafka closes the connection, and so does strom.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("frame of {0} bytes is too short for a request header")]
+    Truncated(usize),
+    #[error("unknown api key {api_key} (correlation id {correlation_id})")]
+    UnknownApiKey { api_key: i16, correlation_id: i32 },
+    #[error("{api_key:?} v{version} is not supported (correlation id {correlation_id})")]
+    UnsupportedVersion { api_key: ApiKey, version: i16, correlation_id: i32 },
+    #[error("malformed {api_key:?} v{version} request (correlation id {correlation_id}): {reason}")]
+    Malformed { api_key: ApiKey, version: i16, correlation_id: i32, reason: String },
+}
+
+/// Decodes a whole frame (without its length prefix).
+pub fn decode_request(mut frame: Bytes) -> Result<RequestFrame, RequestError> {
+    if frame.len() < crate::frame::HEADER_FIXED_BYTES {
+        return Err(RequestError::Truncated(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(raw_key)
+        .map_err(|_| RequestError::UnknownApiKey { api_key: raw_key, correlation_id })?;
+    if !is_supported(api_key, version) {
+        return Err(RequestError::UnsupportedVersion { api_key, version, correlation_id });
+    }
+    let malformed =
+        |reason: String| RequestError::Malformed { api_key, version, correlation_id, reason };
+    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
+        .map_err(|e| malformed(e.to_string()))?;
+    let body = &mut frame;
+    let request = match api_key {
+        ApiKey::ApiVersions => decode(body, version).map(Request::ApiVersions),
+        ApiKey::Metadata => decode(body, version).map(Request::Metadata),
+        ApiKey::Produce => decode(body, version).map(Request::Produce),
+        ApiKey::Fetch => decode(body, version).map(Request::Fetch),
+        ApiKey::ListOffsets => decode(body, version).map(Request::ListOffsets),
+        ApiKey::CreateTopics => decode(body, version).map(Request::CreateTopics),
+        ApiKey::DeleteTopics => decode(body, version).map(Request::DeleteTopics),
+        ApiKey::CreatePartitions => decode(body, version).map(Request::CreatePartitions),
+        ApiKey::DescribeConfigs => decode(body, version).map(Request::DescribeConfigs),
+        ApiKey::AlterConfigs => decode(body, version).map(Request::AlterConfigs),
+        ApiKey::IncrementalAlterConfigs => {
+            decode(body, version).map(Request::IncrementalAlterConfigs)
+        }
+        ApiKey::DescribeCluster => decode(body, version).map(Request::DescribeCluster),
+        // is_supported() admitted only the keys above
+        _ => return Err(RequestError::UnsupportedVersion { api_key, version, correlation_id }),
+    }
+    .map_err(malformed)?;
+    Ok(RequestFrame { api_key, api_version: version, header, request })
+}
+
+fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, String> {
+    T::decode(body, version).map_err(|e| e.to_string())
+}
+
+/// Encodes a whole response frame: length prefix, response header (its version chosen by the
+/// API and version, e.g. always v0 for ApiVersions), then the body.
+pub fn encode_response<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Bytes, String> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = api_key.response_header_version(version);
+    let size = header.compute_size(header_version).map_err(|e| e.to_string())?
+        + body.compute_size(version).map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_i32(size as i32);
+    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    debug_assert_eq!(buf.len(), 4 + size);
+    Ok(buf.freeze())
+}
+
+/// Reads the correlation id of a frame too broken to decode, for logging.
+pub fn peek_correlation_id(frame: &[u8]) -> Option<i32> {
+    let mut b = frame.get(4..8)?;
+    Some(b.get_i32())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ApiVersionsResponse;
+    use kafka_protocol::protocol::StrBytes;
+
+    fn frame(key: i16, version: i16, correlation: i32, body: &[u8]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_i16(key);
+        b.put_i16(version);
+        b.put_i32(correlation);
+        b.put_slice(body);
+        b.freeze()
+    }
+
+    #[test]
+    fn decodes_a_real_api_versions_v3_request() {
+        let mut b = BytesMut::new();
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::ApiVersions as i16)
+            .with_request_api_version(3)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("t")));
+        header.encode(&mut b, 2).unwrap();
+        ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("x"))
+            .encode(&mut b, 3)
+            .unwrap();
+        let f = decode_request(b.freeze()).unwrap();
+        assert_eq!(f.header.correlation_id, 7);
+        assert!(matches!(f.request, Request::ApiVersions(_)));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_versions_and_garbage_without_panicking() {
+        assert!(matches!(
+            decode_request(frame(999, 0, 5, &[])),
+            Err(RequestError::UnknownApiKey { api_key: 999, correlation_id: 5 })
+        ));
+        assert!(matches!(
+            decode_request(frame(ApiKey::Produce as i16, 99, 6, &[])),
+            Err(RequestError::UnsupportedVersion { version: 99, .. })
+        ));
+        assert!(matches!(decode_request(Bytes::from_static(&[0, 1])), Err(RequestError::Truncated(2))));
+        // every prefix of a valid produce header with junk must fail cleanly
+        for len in 0..64 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
+            let _ = decode_request(frame(ApiKey::Produce as i16, 9, 1, &junk));
+            let _ = decode_request(frame(ApiKey::Metadata as i16, 12, 1, &junk));
+            let _ = decode_request(frame(ApiKey::Fetch as i16, 12, 1, &junk));
+        }
+    }
+
+    #[test]
+    fn api_versions_response_header_is_always_v0() {
+        let resp = ApiVersionsResponse::default();
+        let v3 = encode_response(ApiKey::ApiVersions, 3, 9, &resp).unwrap();
+        // length, correlation id, then straight into the body: no tagged-field byte
+        assert_eq!(&v3[4..8], &9i32.to_be_bytes());
+        assert_eq!(v3.len(), 4 + 4 + resp.compute_size(3).unwrap());
+    }
+}

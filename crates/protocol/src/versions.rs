@@ -1,0 +1,44 @@
+//! The APIs strom serves and their version ranges: what ApiVersions advertises, and the gate
+//! every request passes before it is decoded.
+
+use kafka_protocol::messages::ApiKey;
+
+/// (api, min version, max version). Ranges stop where strom stops implementing the fields a
+/// newer version adds; every bound is within the `kafka-protocol` crate's own range.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 10),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The served range of an API, or `None` if strom does not serve it.
+pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
+}
+
+pub fn is_supported(key: ApiKey, version: i16) -> bool {
+    supported(key).is_some_and(|(min, max)| (min..=max).contains(&version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_range_is_within_the_codec_range() {
+        for &(key, min, max) in SUPPORTED {
+            let codec = key.valid_versions();
+            assert!(min <= max, "{key:?}");
+            assert!(codec.min <= min && max <= codec.max, "{key:?} {min}..{max} vs {codec:?}");
+        }
+    }
+}
