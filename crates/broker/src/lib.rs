@@ -1,1 +1,108 @@
-//! placeholder
+//! The data plane: a Kafka listener and the handlers behind it, the replica manager that
+//! reconciles local partition logs with the metadata image, and group commit to disk.
+//!
+//! The broker never talks to the controller crate: committed metadata reaches it through
+//! [`strom_metadata::MetadataListener`], and its requests go out through
+//! [`strom_metadata::ControllerClient`].
+
+mod config;
+mod errors;
+mod handlers;
+mod image;
+mod partition;
+mod replica;
+mod server;
+
+use std::sync::Arc;
+
+pub use config::{BrokerConfig, LogDefaults};
+pub use errors::{kafka_code, BrokerError};
+pub use image::ImageListener;
+
+use strom_metadata::ControllerClient;
+
+/// Everything a request handler may reach.
+pub(crate) struct BrokerCtx {
+    pub config: BrokerConfig,
+    pub image: image::ImageCell,
+    pub replicas: replica::ReplicaManager,
+    pub controller: Arc<dyn ControllerClient>,
+    /// The active controller's node id, as Metadata and DescribeCluster report it.
+    pub controller_id: std::sync::atomic::AtomicI32,
+}
+
+impl BrokerCtx {
+    pub fn controller_id(&self) -> i32 {
+        self.controller_id.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A running broker: its Kafka listener and background tasks.
+pub struct Broker {
+    ctx: Arc<BrokerCtx>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    local_addr: std::net::SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Broker {
+    /// The listener for committed metadata; hand it to the controller (combined node) or to the
+    /// metadata follower (broker-only node) before calling [`Broker::start`].
+    pub fn listener(node: strom_metadata::NodeId) -> Arc<ImageListener> {
+        Arc::new(ImageListener::new(node))
+    }
+
+    /// Opens local logs, binds the Kafka listener and starts serving.
+    pub async fn start(
+        config: BrokerConfig,
+        listener: Arc<ImageListener>,
+        controller: Arc<dyn ControllerClient>,
+    ) -> Result<Broker, BrokerError> {
+        let replicas = replica::ReplicaManager::open(&config)?;
+        let ctx = Arc::new(BrokerCtx {
+            image: listener.cell(),
+            replicas,
+            controller,
+            controller_id: std::sync::atomic::AtomicI32::new(config.node_id.0),
+            config,
+        });
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let tcp = tokio::net::TcpListener::bind(ctx.config.kafka_addr)
+            .await
+            .map_err(|source| BrokerError::Bind { addr: ctx.config.kafka_addr, source })?;
+        let local_addr = tcp.local_addr().map_err(|source| BrokerError::Bind {
+            addr: ctx.config.kafka_addr,
+            source,
+        })?;
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(replica::reconcile_loop(ctx.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(replica::maintenance_loop(ctx.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(server::accept_loop(tcp, ctx.clone(), shutdown_rx)));
+        tracing::info!(addr = %local_addr, "kafka listener up");
+        Ok(Broker { ctx, tasks, local_addr, shutdown })
+    }
+
+    /// Records which node is the active controller (the raft leader).
+    pub fn set_controller_id(&self, id: i32) {
+        self.ctx.controller_id.store(id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the broker has applied at least this metadata offset (bounded by the caller).
+    pub async fn wait_for_metadata(&self, offset: strom_metadata::MetadataOffset) {
+        self.ctx.image.wait_for(offset).await
+    }
+
+    /// Stops accepting, flushes every log and writes the checkpoints.
+    pub async fn shutdown(self) -> Result<(), BrokerError> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        self.ctx.replicas.close_all().await
+    }
+}

@@ -91,9 +91,11 @@ impl OffsetIndex {
     }
 
     pub fn push(&mut self, entry: OffsetEntry) {
-        debug_assert!(self.entries.last().is_none_or(|last| last.relative_offset
-            < entry.relative_offset
-            && last.position < entry.position));
+        debug_assert!(self
+            .entries
+            .last()
+            .is_none_or(|last| last.relative_offset < entry.relative_offset
+                && last.position < entry.position));
         self.entries.push(entry);
     }
 

@@ -4,3 +4,7 @@
 pub mod metadata {
     tonic::include_proto!("strom.metadata.v1");
 }
+
+pub mod raft {
+    tonic::include_proto!("strom.raft.v1");
+}

@@ -60,6 +60,8 @@ pub enum BatchError {
     InvalidRecordsCount { records_count: i32 },
     #[error("invalid last offset delta {last_offset_delta}")]
     InvalidLastOffsetDelta { last_offset_delta: i32 },
+    #[error("last offset delta {last_offset_delta} does not fit {records_count} records")]
+    RecordsCountMismatch { records_count: i32, last_offset_delta: i32 },
     #[error("unknown compression codec {codec}")]
     UnknownCompression { codec: u8 },
     #[error("records of a compressed batch cannot be read without decompressing")]
@@ -205,6 +207,12 @@ pub fn compute_crc(batch: &[u8]) -> Result<u32, BatchError> {
     Ok(crc32c::crc32c(&batch[CRC_COVERED_FROM..]))
 }
 
+/// Extends a CRC-32C over more bytes, for callers that checksum a batch in pieces
+/// (`crc_append(0, whole) == crc32c(whole)`).
+pub fn crc_append(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
 /// Checks that `batch` is exactly one well-formed v2 batch with a matching CRC.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     // Magic first: a v0/v1 message set is shorter than a v2 header and must say so, not "truncated".
@@ -233,6 +241,19 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     if computed != header.crc {
         return Err(BatchError::CorruptCrc { stored: header.crc, computed });
     }
+    validate_header(&header)?;
+    Ok(header)
+}
+
+/// The checks of [`validate`] that need only the header (everything but buffer length and CRC),
+/// for callers that stream the CRC over a batch too large to hold in memory.
+pub fn validate_header(header: &BatchHeader) -> Result<(), BatchError> {
+    if header.magic != MAGIC_V2 {
+        return Err(BatchError::UnsupportedMagic { magic: header.magic });
+    }
+    if header.batch_length < BATCH_LENGTH_MIN {
+        return Err(BatchError::InvalidBatchLength { batch_length: header.batch_length });
+    }
     if header.records_count < 0 {
         return Err(BatchError::InvalidRecordsCount { records_count: header.records_count });
     }
@@ -242,7 +263,7 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     header.compression()?;
-    Ok(header)
+    Ok(())
 }
 
 /// Iterates over concatenated batches in a `Bytes`, yielding each header with a zero-copy slice.
@@ -414,7 +435,10 @@ pub fn record_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>, BatchError> {
         let timestamp = if log_append_time {
             header.max_timestamp
         } else {
-            header.base_timestamp.checked_add(timestamp_delta).ok_or(malformed("timestamp overflow"))?
+            header
+                .base_timestamp
+                .checked_add(timestamp_delta)
+                .ok_or(malformed("timestamp overflow"))?
         };
         let offset = header
             .base_offset
@@ -469,7 +493,9 @@ pub mod test_support {
         let count = timestamps.len() as i32;
         let mut batch = Vec::with_capacity(BATCH_HEADER_LEN + records.len());
         batch.extend_from_slice(&base_offset.to_be_bytes());
-        batch.extend_from_slice(&((BATCH_HEADER_LEN - LOG_OVERHEAD + records.len()) as i32).to_be_bytes());
+        batch.extend_from_slice(
+            &((BATCH_HEADER_LEN - LOG_OVERHEAD + records.len()) as i32).to_be_bytes(),
+        );
         batch.extend_from_slice(&(-1i32).to_be_bytes()); // leader epoch: set by the broker
         batch.push(MAGIC_V2 as u8);
         batch.extend_from_slice(&0u32.to_be_bytes()); // crc, fixed below
@@ -591,7 +617,8 @@ mod tests {
     #[test]
     fn negative_counts_are_rejected_even_with_a_good_crc() {
         let mut batch = batch_with_records(1, 10, 0);
-        batch[RECORDS_COUNT_OFFSET..RECORDS_COUNT_OFFSET + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        batch[RECORDS_COUNT_OFFSET..RECORDS_COUNT_OFFSET + 4]
+            .copy_from_slice(&(-1i32).to_be_bytes());
         recompute_crc(&mut batch).unwrap();
         assert_eq!(validate(&batch), Err(BatchError::InvalidRecordsCount { records_count: -1 }));
         let mut batch = batch_with_records(1, 10, 0);

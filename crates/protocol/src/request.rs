@@ -47,7 +47,9 @@ pub enum RequestError {
     UnknownApiKey { api_key: i16, correlation_id: i32 },
     #[error("{api_key:?} v{version} is not supported (correlation id {correlation_id})")]
     UnsupportedVersion { api_key: ApiKey, version: i16, correlation_id: i32 },
-    #[error("malformed {api_key:?} v{version} request (correlation id {correlation_id}): {reason}")]
+    #[error(
+        "malformed {api_key:?} v{version} request (correlation id {correlation_id}): {reason}"
+    )]
     Malformed { api_key: ApiKey, version: i16, correlation_id: i32, reason: String },
 }
 
@@ -164,7 +166,10 @@ mod tests {
             decode_request(frame(ApiKey::Produce as i16, 99, 6, &[])),
             Err(RequestError::UnsupportedVersion { version: 99, .. })
         ));
-        assert!(matches!(decode_request(Bytes::from_static(&[0, 1])), Err(RequestError::Truncated(2))));
+        assert!(matches!(
+            decode_request(Bytes::from_static(&[0, 1])),
+            Err(RequestError::Truncated(2))
+        ));
         // every prefix of a valid produce header with junk must fail cleanly
         for len in 0..64 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();

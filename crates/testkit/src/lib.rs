@@ -1,1 +1,8 @@
-//! placeholder
+//! Test-only helpers shared by unit, simulation and end-to-end tests: a seeded RNG whose seed a
+//! failing test prints and `STROM_SEED` replays, and deterministic record fixtures.
+
+pub mod records;
+pub mod rng;
+
+pub use records::{RecordFixture, RecordFixtures};
+pub use rng::{seed_from_env, TestRng};

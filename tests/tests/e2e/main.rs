@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: each test starts its own real `strom` node on free loopback ports and
+//! drives it with librdkafka (`rdkafka`), `kcat`, raw sockets and signals. One test binary.
+
+mod check_deps;
+mod durability;
+mod kcat;
+mod lifecycle;
+mod raw_socket;
+mod restart;
+mod roundtrip;

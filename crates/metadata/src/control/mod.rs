@@ -12,7 +12,7 @@ mod tests;
 pub use brokers::{remove_leadership, BrokerHeartbeatRequest, HeartbeatReply, RegisterBrokerRequest};
 pub use configs::{AlterConfigOp, AlterConfigsRequest, ConfigAlteration, ResourceResult};
 pub use topics::{
-    placement, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
+    placement, validate_topic_name, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
     DeleteTopicsRequest, NewPartitions,
 };
 

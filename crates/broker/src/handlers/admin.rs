@@ -1,0 +1,524 @@
+//! The Kafka admin APIs, mapped onto the same controller operations as the gRPC admin API.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::ResponseError as K;
+use strom_metadata::config::TOPIC_CONFIGS;
+use strom_metadata::control::{
+    AlterConfigOp, AlterConfigsRequest as AlterReq, ConfigAlteration, ControlRequest, ControlResponse,
+    CreatePartitionsRequest as PartsReq, CreateTopic, CreateTopicsRequest as CreateReq,
+    DeleteTopicsRequest as DeleteReq, ItemResult, NewPartitions, ResourceResult,
+};
+use strom_metadata::records::ConfigResourceType;
+use strom_metadata::{ControlError, NodeId, TopicId};
+use uuid::Uuid;
+
+use super::metadata::LISTENER;
+use super::s;
+use crate::errors::control_code;
+use crate::BrokerCtx;
+
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+fn error_of<T>(r: &Result<T, ControlError>) -> (i16, Option<String>) {
+    match r {
+        Ok(_) => (0, None),
+        Err(e) => (control_code(e), Some(e.to_string())),
+    }
+}
+
+/// Submits to the active controller; a whole-request failure becomes the per-item error.
+async fn submit(ctx: &BrokerCtx, req: ControlRequest) -> Result<ControlResponse, ControlError> {
+    ctx.controller.submit(req).await
+}
+
+pub(crate) async fn create_topics(ctx: &Arc<BrokerCtx>, version: i16, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
+    let request = CreateReq {
+        validate_only: req.validate_only,
+        topics: req
+            .topics
+            .into_iter()
+            .map(|t| CreateTopic {
+                name: t.name.0.to_string(),
+                num_partitions: t.num_partitions,
+                replication_factor: t.replication_factor,
+                assignments: t
+                    .assignments
+                    .into_iter()
+                    .map(|a| (a.partition_index, a.broker_ids.into_iter().map(|b| NodeId(b.0)).collect()))
+                    .collect(),
+                configs: t.configs.into_iter().map(|c| (c.name.to_string(), c.value.map(|v| v.to_string()))).collect(),
+            })
+            .collect(),
+    };
+    let results: Vec<ItemResult<_>> = match submit(ctx, ControlRequest::CreateTopics(request)).await {
+        Ok(ControlResponse::CreateTopics(r)) => r,
+        Ok(_) => unreachable_response(&names),
+        Err(e) => names.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect(),
+    };
+    let topics = results
+        .into_iter()
+        .map(|item| {
+            let (code, message) = error_of(&item.result);
+            let mut out = CreatableTopicResult::default()
+                .with_name(TopicName(s(item.name.clone())))
+                .with_error_code(code);
+            if version >= 1 {
+                out.error_message = message.map(s);
+            }
+            if let Ok(created) = &item.result {
+                if version >= 5 {
+                    out.num_partitions = created.num_partitions;
+                    out.replication_factor = created.replication_factor;
+                    out.configs = Some(
+                        topic_configs(ctx, &item.name, &created.configs)
+                            .into_iter()
+                            .map(|c| {
+                                CreatableTopicConfigs::default()
+                                    .with_name(c.name)
+                                    .with_value(c.value)
+                                    .with_read_only(false)
+                                    .with_config_source(c.config_source)
+                                    .with_is_sensitive(false)
+                            })
+                            .collect(),
+                    );
+                }
+                if version >= 7 {
+                    out.topic_id = Uuid::from_bytes(created.topic_id.0);
+                }
+            } else if version >= 5 {
+                out.num_partitions = -1;
+                out.replication_factor = -1;
+            }
+            out
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+fn unreachable_response<T>(names: &[String]) -> Vec<ItemResult<T>> {
+    names
+        .iter()
+        .map(|n| ItemResult {
+            name: n.clone(),
+            result: Err(ControlError::ControllerUnavailable("unexpected controller answer".into())),
+        })
+        .collect()
+}
+
+pub(crate) async fn delete_topics(ctx: &Arc<BrokerCtx>, version: i16, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut request = DeleteReq::default();
+    if version >= 6 {
+        for t in req.topics {
+            match t.name {
+                Some(n) => request.names.push(n.0.to_string()),
+                None => request.ids.push(TopicId(*t.topic_id.as_bytes())),
+            }
+        }
+    } else {
+        request.names = req.topic_names.into_iter().map(|n| n.0.to_string()).collect();
+    }
+    let keys: Vec<String> = request.names.iter().cloned().chain(request.ids.iter().map(|i| i.to_string())).collect();
+    let image_before = ctx.image.current();
+    let results = match submit(ctx, ControlRequest::DeleteTopics(request)).await {
+        Ok(ControlResponse::DeleteTopics(r)) => r,
+        Ok(_) => unreachable_response(&keys),
+        Err(e) => keys.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect(),
+    };
+    let responses = results
+        .into_iter()
+        .map(|item| {
+            let (code, message) = error_of(&item.result);
+            let mut out = DeletableTopicResult::default().with_error_code(code);
+            let name = if item.name.is_empty() { None } else { Some(TopicName(s(item.name.clone()))) };
+            out.name = name;
+            if version >= 5 {
+                out.error_message = message.map(s);
+            }
+            if version >= 6 {
+                if let Ok(id) = &item.result {
+                    out.topic_id = Uuid::from_bytes(id.0);
+                } else if let Some(t) = image_before.topic(&item.name) {
+                    out.topic_id = Uuid::from_bytes(t.id.0);
+                }
+            }
+            out
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub(crate) async fn create_partitions(ctx: &Arc<BrokerCtx>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
+    let request = PartsReq {
+        validate_only: req.validate_only,
+        topics: req
+            .topics
+            .into_iter()
+            .map(|t| NewPartitions {
+                topic: t.name.0.to_string(),
+                count: t.count,
+                assignments: t
+                    .assignments
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.broker_ids.into_iter().map(|b| NodeId(b.0)).collect())
+                    .collect(),
+            })
+            .collect(),
+    };
+    let results = match submit(ctx, ControlRequest::CreatePartitions(request)).await {
+        Ok(ControlResponse::CreatePartitions(r)) => r,
+        Ok(_) => unreachable_response(&names),
+        Err(e) => names.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect(),
+    };
+    CreatePartitionsResponse::default().with_results(
+        results
+            .into_iter()
+            .map(|item| {
+                let (code, message) = error_of(&item.result);
+                create_partitions_response::CreatePartitionsTopicResult::default()
+                    .with_name(TopicName(s(item.name)))
+                    .with_error_code(code)
+                    .with_error_message(message.map(s))
+            })
+            .collect(),
+    )
+}
+
+fn resource_type(code: i8) -> ConfigResourceType {
+    match code {
+        RESOURCE_TOPIC => ConfigResourceType::ConfigResourceTopic,
+        RESOURCE_BROKER => ConfigResourceType::ConfigResourceBroker,
+        _ => ConfigResourceType::ConfigResourceUnknown,
+    }
+}
+
+async fn alter(ctx: &BrokerCtx, request: AlterReq) -> Vec<ResourceResult> {
+    let fallback: Vec<ResourceResult> = request
+        .resources
+        .iter()
+        .map(|r| ResourceResult {
+            resource_type: r.resource_type,
+            resource_name: r.resource_name.clone(),
+            result: Err(ControlError::ControllerUnavailable("no answer".into())),
+        })
+        .collect();
+    match submit(ctx, ControlRequest::AlterConfigs(request)).await {
+        Ok(ControlResponse::AlterConfigs(r)) => r,
+        Ok(_) => fallback,
+        Err(e) => fallback.into_iter().map(|r| ResourceResult { result: Err(e.clone()), ..r }).collect(),
+    }
+}
+
+fn alter_result_fields(r: &ResourceResult) -> (i16, Option<String>, i8, String) {
+    let (code, message) = error_of(&r.result);
+    (code, message, r.resource_type as i8, r.resource_name.clone())
+}
+
+pub(crate) async fn alter_configs(ctx: &Arc<BrokerCtx>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let request = AlterReq {
+        incremental: false,
+        validate_only: req.validate_only,
+        resources: req
+            .resources
+            .into_iter()
+            .map(|r| ConfigAlteration {
+                resource_type: resource_type(r.resource_type),
+                resource_name: r.resource_name.to_string(),
+                ops: r
+                    .configs
+                    .into_iter()
+                    .map(|c| (c.name.to_string(), AlterConfigOp::Set, c.value.map(|v| v.to_string())))
+                    .collect(),
+            })
+            .collect(),
+    };
+    let responses = alter(ctx, request)
+        .await
+        .iter()
+        .map(|r| {
+            let (code, message, rt, name) = alter_result_fields(r);
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message.map(s))
+                .with_resource_type(rt)
+                .with_resource_name(s(name))
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+pub(crate) async fn incremental_alter_configs(
+    ctx: &Arc<BrokerCtx>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut bad_op = Vec::new();
+    let request = AlterReq {
+        incremental: true,
+        validate_only: req.validate_only,
+        resources: req
+            .resources
+            .into_iter()
+            .map(|r| ConfigAlteration {
+                resource_type: resource_type(r.resource_type),
+                resource_name: r.resource_name.to_string(),
+                ops: r
+                    .configs
+                    .into_iter()
+                    .map(|c| {
+                        let op = match c.config_operation {
+                            0 => AlterConfigOp::Set,
+                            1 => AlterConfigOp::Delete,
+                            2 => AlterConfigOp::Append,
+                            3 => AlterConfigOp::Subtract,
+                            other => {
+                                bad_op.push(other);
+                                AlterConfigOp::Set
+                            }
+                        };
+                        (c.name.to_string(), op, c.value.map(|v| v.to_string()))
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let results = if bad_op.is_empty() {
+        alter(ctx, request).await
+    } else {
+        request
+            .resources
+            .iter()
+            .map(|r| ResourceResult {
+                resource_type: r.resource_type,
+                resource_name: r.resource_name.clone(),
+                result: Err(ControlError::InvalidRequest(format!("unknown config operation {:?}", bad_op))),
+            })
+            .collect()
+    };
+    let responses = results
+        .iter()
+        .map(|r| {
+            let (code, message, rt, name) = alter_result_fields(r);
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message.map(s))
+                .with_resource_type(rt)
+                .with_resource_name(s(name))
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// One effective config entry.
+struct Entry {
+    name: kafka_protocol::protocol::StrBytes,
+    value: Option<kafka_protocol::protocol::StrBytes>,
+    config_source: i8,
+    synonyms: Vec<(String, String, i8)>,
+    config_type: i8,
+    doc: &'static str,
+    read_only: bool,
+}
+
+/// The broker's static value for a broker-level key, if it has one.
+fn broker_static(ctx: &BrokerCtx, key: &str) -> Option<String> {
+    let c = &ctx.config;
+    Some(match key {
+        "log.segment.bytes" => c.log.segment_bytes.to_string(),
+        "log.retention.ms" => c.log.retention_ms.to_string(),
+        "log.retention.bytes" => c.log.retention_bytes.to_string(),
+        "log.flush.interval.messages" => c.log.flush_messages.to_string(),
+        "log.message.timestamp.type" => c.log.message_timestamp_type.clone(),
+        "log.index.interval.bytes" => c.log.index_interval_bytes.to_string(),
+        "message.max.bytes" => c.log.message_max_bytes.to_string(),
+        _ => return None,
+    })
+}
+
+/// Every topic config with its effective value and where the value comes from.
+fn topic_configs(ctx: &BrokerCtx, topic: &str, overrides_now: &[(String, String)]) -> Vec<Entry> {
+    let image = ctx.image.current();
+    let stored = image.topic_configs(topic);
+    TOPIC_CONFIGS
+        .iter()
+        .map(|d| {
+            let over = overrides_now
+                .iter()
+                .find(|(k, _)| k == d.name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| stored.and_then(|m| m.get(d.name).cloned()));
+            let stat = d.broker_synonym.and_then(|k| broker_static(ctx, k).map(|v| (k, v)));
+            let mut synonyms = Vec::new();
+            if let Some(v) = &over {
+                synonyms.push((d.name.to_string(), v.clone(), SOURCE_DYNAMIC_TOPIC));
+            }
+            let stat_differs = stat.as_ref().filter(|(_, v)| v != d.default);
+            if let Some((k, v)) = stat_differs {
+                synonyms.push((k.to_string(), v.clone(), SOURCE_STATIC_BROKER));
+            }
+            synonyms.push((d.broker_synonym.unwrap_or(d.name).to_string(), d.default.to_string(), SOURCE_DEFAULT));
+            let (value, source) = match (&over, stat_differs) {
+                (Some(v), _) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
+                (None, Some((_, v))) => (v.clone(), SOURCE_STATIC_BROKER),
+                (None, None) => (d.default.to_string(), SOURCE_DEFAULT),
+            };
+            Entry {
+                name: s(d.name),
+                value: Some(s(value)),
+                config_source: source,
+                synonyms,
+                config_type: d.kind.code(),
+                doc: d.doc,
+                read_only: false,
+            }
+        })
+        .collect()
+}
+
+fn broker_configs(ctx: &BrokerCtx) -> Vec<Entry> {
+    let c = &ctx.config;
+    let mut list: Vec<(&str, String, i8)> = vec![
+        ("node.id", c.node_id.0.to_string(), 3),
+        ("broker.id", c.node_id.0.to_string(), 3),
+        ("log.dirs", c.data_dir.display().to_string(), 2),
+        ("num.partitions", c.num_partitions.to_string(), 3),
+        ("default.replication.factor", c.default_replication_factor.to_string(), 4),
+        ("auto.create.topics.enable", c.auto_create_topics_enable.to_string(), 1),
+        ("socket.request.max.bytes", c.socket_request_max_bytes.to_string(), 3),
+    ];
+    for key in [
+        "log.segment.bytes",
+        "log.retention.ms",
+        "log.retention.bytes",
+        "log.flush.interval.messages",
+        "log.message.timestamp.type",
+        "log.index.interval.bytes",
+        "message.max.bytes",
+    ] {
+        if let Some(v) = broker_static(ctx, key) {
+            let kind = TOPIC_CONFIGS
+                .iter()
+                .find(|d| d.broker_synonym == Some(key))
+                .map_or(2, |d| d.kind.code());
+            list.push((key, v, kind));
+        }
+    }
+    list.into_iter()
+        .map(|(k, v, t)| Entry {
+            name: s(k),
+            value: Some(s(v.clone())),
+            config_source: SOURCE_STATIC_BROKER,
+            synonyms: vec![(k.to_string(), v, SOURCE_STATIC_BROKER)],
+            config_type: t,
+            doc: "",
+            read_only: true,
+        })
+        .collect()
+}
+
+pub(crate) fn describe_configs(ctx: &Arc<BrokerCtx>, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let image = ctx.image.current();
+    let results = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let name = r.resource_name.to_string();
+            let mut out = DescribeConfigsResult::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+            let entries = match r.resource_type {
+                RESOURCE_TOPIC if image.topic(&name).is_some() => Ok(topic_configs(ctx, &name, &[])),
+                RESOURCE_TOPIC => Err((K::UnknownTopicOrPartition.code(), format!("topic '{name}' does not exist"))),
+                RESOURCE_BROKER if name.is_empty() || name == ctx.config.node_id.0.to_string() => {
+                    Ok(broker_configs(ctx))
+                }
+                RESOURCE_BROKER => Err((K::InvalidRequest.code(), format!("broker '{name}' is not this node; ask that node"))),
+                other => Err((K::InvalidRequest.code(), format!("unsupported resource type {other}"))),
+            };
+            match entries {
+                Err((code, message)) => {
+                    out.error_code = code;
+                    out.error_message = Some(s(message));
+                }
+                Ok(entries) => {
+                    let wanted: Option<Vec<String>> =
+                        r.configuration_keys.map(|keys| keys.iter().map(|k| k.to_string()).collect());
+                    out.configs = entries
+                        .into_iter()
+                        .filter(|e| wanted.as_ref().is_none_or(|w| w.iter().any(|k| k == e.name.as_str())))
+                        .map(|e| {
+                            let mut c = DescribeConfigsResourceResult::default()
+                                .with_name(e.name)
+                                .with_value(e.value)
+                                .with_read_only(e.read_only)
+                                .with_config_source(e.config_source)
+                                .with_is_sensitive(false);
+                            if req.include_synonyms {
+                                c.synonyms = e
+                                    .synonyms
+                                    .into_iter()
+                                    .map(|(n, v, src)| {
+                                        DescribeConfigsSynonym::default()
+                                            .with_name(s(n))
+                                            .with_value(Some(s(v)))
+                                            .with_source(src)
+                                    })
+                                    .collect();
+                            }
+                            if version >= 3 {
+                                c.config_type = e.config_type;
+                                if req.include_documentation && !e.doc.is_empty() {
+                                    c.documentation = Some(s(e.doc));
+                                }
+                            }
+                            c
+                        })
+                        .collect();
+                }
+            }
+            out
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+pub(crate) fn describe_cluster(ctx: &Arc<BrokerCtx>, version: i16) -> DescribeClusterResponse {
+    let image = ctx.image.current();
+    let brokers = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let e = b.endpoint(LISTENER)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.id.0))
+                    .with_host(s(e.host.clone()))
+                    .with_port(e.port as i32)
+                    .with_rack(b.rack.clone().map(s)),
+            )
+        })
+        .collect();
+    let mut resp = DescribeClusterResponse::default()
+        .with_cluster_id(s(ctx.config.cluster_id.clone()))
+        .with_controller_id(BrokerId(ctx.controller_id()))
+        .with_brokers(brokers);
+    if version >= 1 {
+        resp.endpoint_type = 1;
+    }
+    resp
+}

@@ -1,0 +1,131 @@
+//! Fetch: serves stored batches up to the high watermark without decoding them, and
+//! long-polls until `min_bytes` have arrived or `max_wait_ms` has passed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError as K;
+use strom_metadata::{MetadataImage, TopicId};
+
+use super::Meta;
+use crate::errors::log_code;
+use crate::BrokerCtx;
+
+/// The longest long-poll a request may ask for.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+fn error_partition(index: i32, code: i16) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(code)
+        .with_high_watermark(-1)
+        .with_records(Some(Bytes::new()))
+}
+
+/// One pass over the requested partitions; returns the response and the record bytes in it.
+fn read_once(ctx: &BrokerCtx, image: &MetadataImage, version: i16, req: &FetchRequest) -> (FetchResponse, usize, bool) {
+    let node = ctx.image.node;
+    let mut budget = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut responses = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let topic = if version >= 13 {
+            image.topic_by_id(TopicId(*t.topic_id.as_bytes()))
+        } else {
+            image.topic(t.topic.as_str())
+        };
+        let mut out = FetchableTopicResponse::default();
+        if version >= 13 {
+            out.topic_id = t.topic_id;
+        } else {
+            out.topic = t.topic.clone();
+        }
+        let Some(topic) = topic else {
+            let code = if version >= 13 { K::UnknownTopicId } else { K::UnknownTopicOrPartition };
+            out.partitions = t.partitions.iter().map(|p| error_partition(p.partition, code.code())).collect();
+            any_error = true;
+            responses.push(out);
+            continue;
+        };
+        for fp in &t.partitions {
+            let index = fp.partition;
+            let data = (|| {
+                let p = topic.partitions.get(&index).ok_or(K::UnknownTopicOrPartition.code())?;
+                if p.leader != Some(node) {
+                    return Err(K::NotLeaderOrFollower.code());
+                }
+                if version >= 9 && fp.current_leader_epoch >= 0 {
+                    if fp.current_leader_epoch < p.leader_epoch.0 {
+                        return Err(K::FencedLeaderEpoch.code());
+                    }
+                    if fp.current_leader_epoch > p.leader_epoch.0 {
+                        return Err(K::UnknownLeaderEpoch.code());
+                    }
+                }
+                let part = ctx
+                    .replicas
+                    .get_or_open(image, node, &topic.name, index)
+                    .ok_or(K::KafkaStorageError.code())?;
+                let progress = part.progress();
+                if progress.offline {
+                    return Err(K::KafkaStorageError.code());
+                }
+                let hw = progress.high_watermark;
+                let log = part.log().map_err(|e| log_code(&e))?;
+                let (start, end) = (log.log_start_offset(), log.log_end_offset());
+                if fp.fetch_offset < start || fp.fetch_offset > end {
+                    return Err(K::OffsetOutOfRange.code());
+                }
+                let records = if fp.fetch_offset >= hw || budget == 0 {
+                    Bytes::new()
+                } else {
+                    let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
+                    log.read(fp.fetch_offset, max, hw).map_err(|e| log_code(&e))?
+                };
+                drop(log);
+                budget = budget.saturating_sub(records.len());
+                total += records.len();
+                let mut d = PartitionData::default()
+                    .with_partition_index(index)
+                    .with_high_watermark(hw)
+                    .with_last_stable_offset(hw)
+                    .with_records(Some(records));
+                if version >= 5 {
+                    d.log_start_offset = start;
+                }
+                Ok(d)
+            })();
+            out.partitions.push(data.unwrap_or_else(|code| {
+                any_error = true;
+                error_partition(index, code)
+            }));
+        }
+        responses.push(out);
+    }
+    (FetchResponse::default().with_responses(responses), total, any_error)
+}
+
+pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: FetchRequest) -> Option<Bytes> {
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
+    let deadline = tokio::time::Instant::now() + wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let mut arrived = ctx.replicas.data_arrived.subscribe();
+    loop {
+        arrived.borrow_and_update();
+        let image = ctx.image.current();
+        let (resp, bytes, any_error) = read_once(ctx, &image, meta.version, &req);
+        let done = bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline;
+        if done {
+            return meta.encode(&resp);
+        }
+        tokio::select! {
+            changed = arrived.changed() => if changed.is_err() { return meta.encode(&resp) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+

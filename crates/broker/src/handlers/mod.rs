@@ -1,0 +1,104 @@
+//! Request handlers, one module per API family. Each returns its response, or a future of it
+//! for requests that wait (acks, long polls).
+
+pub(crate) mod admin;
+pub(crate) mod api_versions;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use strom_protocol::request::{encode_response, RequestFrame};
+use strom_protocol::Request as R;
+
+use crate::BrokerCtx;
+
+pub(crate) type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// What the connection does with a request.
+pub(crate) enum Reply {
+    /// Send this now (`None`: send nothing, e.g. acks=0).
+    Now(Option<Bytes>),
+    /// Send what this future yields, in this request's turn.
+    Later(BoxFuture<Option<Bytes>>),
+    /// Close the connection; the reason is logged.
+    Close(String),
+}
+
+/// The header facts a response needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Meta {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+}
+
+impl Meta {
+    pub fn encode<R: Encodable>(&self, body: &R) -> Option<Bytes> {
+        match encode_response(self.api_key, self.version, self.correlation_id, body) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                // A bug (a field set that this version lacks): say so loudly, answer nothing.
+                tracing::error!(api = ?self.api_key, version = self.version, error = %e,
+                    "cannot encode response");
+                debug_assert!(false, "cannot encode {:?} v{}: {e}", self.api_key, self.version);
+                None
+            }
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn s(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}
+
+pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
+    let meta = Meta {
+        api_key: frame.api_key,
+        version: frame.api_version,
+        correlation_id: frame.header.correlation_id,
+    };
+    let now = |b: Option<Bytes>| match b {
+        Some(b) => Reply::Now(Some(b)),
+        None => Reply::Close(format!("cannot encode {:?} response", meta.api_key)),
+    };
+    match frame.request {
+        R::ApiVersions(_) => now(meta.encode(&api_versions::response())),
+        R::Metadata(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                let resp = metadata::handle(&ctx, meta.version, req).await;
+                meta.encode(&resp)
+            }))
+        }
+        R::Produce(req) => produce::handle(ctx, meta, req),
+        R::Fetch(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move { fetch::handle(&ctx, meta, req).await }))
+        }
+        R::ListOffsets(req) => now(meta.encode(&list_offsets::handle(ctx, meta.version, req))),
+        R::DescribeCluster(_) => now(meta.encode(&admin::describe_cluster(ctx, meta.version))),
+        R::DescribeConfigs(req) => now(meta.encode(&admin::describe_configs(ctx, meta.version, req))),
+        // Admin writes run in arrival order: the reader waits for each, as Kafka does.
+        R::CreateTopics(req) => now(meta.encode(&admin::create_topics(ctx, meta.version, req).await)),
+        R::DeleteTopics(req) => now(meta.encode(&admin::delete_topics(ctx, meta.version, req).await)),
+        R::CreatePartitions(req) => now(meta.encode(&admin::create_partitions(ctx, req).await)),
+        R::AlterConfigs(req) => now(meta.encode(&admin::alter_configs(ctx, req).await)),
+        R::IncrementalAlterConfigs(req) => {
+            now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))
+        }
+    }
+}
+

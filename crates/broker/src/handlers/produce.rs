@@ -1,0 +1,110 @@
+//! Produce: validate and append in arrival order, then acknowledge once the data is durable
+//! (fsynced by group commit, or appended when the topic's `flush.messages` > 1).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError as K;
+use strom_metadata::control::validate_topic_name;
+
+use super::{now_ms, s, Meta, Reply};
+use crate::errors::log_code;
+use crate::partition::{AckError, Partition};
+use crate::BrokerCtx;
+
+/// The longest acknowledgement wait a request may ask for.
+const ACK_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+struct Slot {
+    topic: usize,
+    response: PartitionProduceResponse,
+    /// The partition and exclusive end offset to wait for, if the append succeeded.
+    wait: Option<(Arc<Partition>, i64)>,
+}
+
+fn refused(index: i32, code: i16, message: Option<String>, version: i16) -> PartitionProduceResponse {
+    let mut r = PartitionProduceResponse::default().with_index(index).with_error_code(code);
+    if version >= 8 {
+        r.error_message = message.map(s);
+    }
+    r
+}
+
+pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> Reply {
+    let version = meta.version;
+    let image = ctx.image.current();
+    let node = ctx.image.node;
+    let now = now_ms();
+    let acks = req.acks;
+    let mut topics = Vec::with_capacity(req.topic_data.len());
+    let mut slots = Vec::new();
+    for (ti, td) in req.topic_data.into_iter().enumerate() {
+        let name = td.name.0.to_string();
+        topics.push(TopicProduceResponse::default().with_name(td.name.clone()));
+        for pd in td.partition_data {
+            let index = pd.index;
+            let mut wait = None;
+            let response = if !matches!(acks, -1 | 0 | 1) {
+                refused(index, K::InvalidRequiredAcks.code(), None, version)
+            } else if let Err(e) = validate_topic_name(&name) {
+                refused(index, K::InvalidTopicException.code(), Some(e.to_string()), version)
+            } else {
+                match image.partition(&name, index) {
+                    None => refused(index, K::UnknownTopicOrPartition.code(), None, version),
+                    Some(p) if p.leader != Some(node) => {
+                        refused(index, K::NotLeaderOrFollower.code(), None, version)
+                    }
+                    Some(p) => match ctx.replicas.get_or_open(&image, node, &name, index) {
+                        None => refused(index, K::KafkaStorageError.code(), None, version),
+                        Some(part) => match &pd.records {
+                            None => refused(index, K::CorruptMessage.code(), Some("no records".into()), version),
+                            Some(records) => match part.append(records, p.leader_epoch.0, now) {
+                                Ok(info) => {
+                                    let mut r = PartitionProduceResponse::default()
+                                        .with_index(index)
+                                        .with_base_offset(info.base_offset)
+                                        .with_log_append_time_ms(info.log_append_time.unwrap_or(-1));
+                                    if version >= 5 {
+                                        r.log_start_offset =
+                                            part.log().map(|l| l.log_start_offset()).unwrap_or(-1);
+                                    }
+                                    wait = Some((part.clone(), info.last_offset + 1));
+                                    r
+                                }
+                                Err(e) => {
+                                    tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
+                                    refused(index, log_code(&e), Some(e.to_string()), version)
+                                }
+                            },
+                        },
+                    },
+                }
+            };
+            slots.push(Slot { topic: ti, response, wait });
+        }
+    }
+    if acks == 0 {
+        return Reply::Now(None);
+    }
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64).min(ACK_TIMEOUT_MAX);
+    Reply::Later(Box::pin(async move {
+        for slot in &mut slots {
+            if let Some((part, end)) = slot.wait.take() {
+                match part.wait_acked(end, timeout).await {
+                    Ok(()) => {}
+                    Err(AckError::TimedOut) => slot.response.error_code = K::RequestTimedOut.code(),
+                    Err(AckError::Offline) => slot.response.error_code = K::KafkaStorageError.code(),
+                }
+                if slot.response.error_code != 0 {
+                    slot.response.base_offset = -1;
+                }
+            }
+        }
+        for slot in slots {
+            topics[slot.topic].partition_responses.push(slot.response);
+        }
+        meta.encode(&ProduceResponse::default().with_responses(topics))
+    }))
+}

@@ -1,0 +1,307 @@
+//! The replica manager: opens, reconfigures and deletes local partition logs so that they
+//! match the metadata image, and writes the recovery-point checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use strom_log::{checkpoint, Log, LogConfig, TimestampType};
+use strom_metadata::{MetadataImage, TopicId, TopicImage};
+use tokio::sync::watch;
+
+use crate::config::{BrokerConfig, LogDefaults};
+use crate::errors::BrokerError;
+use crate::partition::Partition;
+use crate::BrokerCtx;
+
+pub(crate) const RECOVERY_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
+/// Written into each partition dir so a log is never served under a recreated topic's name.
+const PARTITION_METADATA: &str = "partition.metadata";
+/// How often logs that do not fsync on ack are flushed and checkpoints written.
+const FLUSH_TICK: Duration = Duration::from_secs(10);
+
+type Key = (String, i32);
+
+pub(crate) struct ReplicaManager {
+    data_dir: PathBuf,
+    partitions: RwLock<HashMap<Key, Arc<Partition>>>,
+    recovery_points: HashMap<Key, i64>,
+    pub data_arrived: Arc<watch::Sender<u64>>,
+    defaults: LogDefaults,
+}
+
+/// The effective log settings of a topic: its overrides over the broker defaults.
+pub(crate) fn log_config(defaults: &LogDefaults, image: &MetadataImage, topic: &str) -> (LogConfig, bool) {
+    let overrides = image.topic_configs(topic);
+    let get = |k: &str| overrides.and_then(|o| o.get(k)).map(String::as_str);
+    let num = |k: &str, d: i64| get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(d);
+    let retention_ms = num("retention.ms", defaults.retention_ms);
+    let retention_bytes = num("retention.bytes", defaults.retention_bytes);
+    let ts_type = get("message.timestamp.type").unwrap_or(&defaults.message_timestamp_type);
+    let config = LogConfig {
+        segment_bytes: num("segment.bytes", defaults.segment_bytes as i64).max(14) as u64,
+        index_interval_bytes: num("index.interval.bytes", defaults.index_interval_bytes as i64)
+            .clamp(0, u32::MAX as i64) as u32,
+        retention_ms: (retention_ms >= 0).then_some(retention_ms),
+        retention_bytes: (retention_bytes >= 0).then_some(retention_bytes as u64),
+        message_timestamp_type: if ts_type == "LogAppendTime" {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        },
+        max_message_bytes: num("max.message.bytes", defaults.message_max_bytes as i64)
+            .clamp(0, u32::MAX as i64) as u32,
+    };
+    let fsync_on_ack = num("flush.messages", defaults.flush_messages) <= 1;
+    (config, fsync_on_ack)
+}
+
+fn read_topic_id(dir: &Path) -> Option<TopicId> {
+    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
+    let hex = text.lines().find_map(|l| l.strip_prefix("topic_id: "))?;
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(TopicId(id))
+}
+
+impl ReplicaManager {
+    pub fn open(config: &BrokerConfig) -> Result<ReplicaManager, BrokerError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
+        let recovery_points = checkpoint::read(&config.data_dir.join(RECOVERY_CHECKPOINT))
+            .map_err(BrokerError::Checkpoint)?
+            .into_iter()
+            .map(|(t, p, o)| ((t, p), o))
+            .collect();
+        let (data_arrived, _) = watch::channel(0u64);
+        Ok(ReplicaManager {
+            data_dir: config.data_dir.clone(),
+            partitions: RwLock::new(HashMap::new()),
+            recovery_points,
+            data_arrived: Arc::new(data_arrived),
+            defaults: config.log.clone(),
+        })
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
+        let map = self.partitions.read().ok()?;
+        map.get(&(topic.to_string(), partition)).cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<Partition>> {
+        self.partitions.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Opens (recovering if needed) the log of a partition this node replicates.
+    fn ensure(
+        &self,
+        image: &MetadataImage,
+        topic: &TopicImage,
+        index: i32,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let key = (topic.name.clone(), index);
+        if let Some(p) = self.partitions.read().ok().and_then(|m| m.get(&key).cloned()) {
+            if p.topic_id == topic.id {
+                return Ok(p);
+            }
+        }
+        let dir = self.data_dir.join(strom_log::partition_dir_name(&topic.name, index));
+        if dir.exists() && read_topic_id(&dir).is_some_and(|id| id != topic.id) {
+            tracing::warn!(dir = %dir.display(), "log belongs to a deleted topic of the same name; removing it");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let (config, fsync_on_ack) = log_config(&self.defaults, image, &topic.name);
+        let recovery_point = self.recovery_points.get(&key).copied().unwrap_or(0);
+        let err = |source| BrokerError::LogOpen { topic: topic.name.clone(), partition: index, source };
+        let log = Log::open(&dir, config, recovery_point).map_err(err)?;
+        std::fs::write(dir.join(PARTITION_METADATA), format!("version: 0\ntopic_id: {}\n", topic.id))
+            .map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
+        let p = Partition::new(
+            topic.name.clone(),
+            index,
+            topic.id,
+            log,
+            fsync_on_ack,
+            self.data_arrived.clone(),
+        );
+        if let Ok(mut map) = self.partitions.write() {
+            if let Some(old) = map.insert(key, p.clone()) {
+                old.close();
+            }
+        }
+        tracing::info!(topic = %topic.name, partition = index, "partition log open");
+        Ok(p)
+    }
+
+    /// Makes the local logs match `image`: open what this node replicates, apply config
+    /// changes, delete the logs of deleted topics.
+    fn reconcile(&self, image: &MetadataImage, node: strom_metadata::NodeId, first: bool) {
+        for topic in image.topics.values() {
+            let (config, fsync) = log_config(&self.defaults, image, &topic.name);
+            for (&index, part) in &topic.partitions {
+                if !part.replicas.contains(&node) {
+                    continue;
+                }
+                match self.ensure(image, topic, index) {
+                    Ok(p) => {
+                        p.set_fsync_on_ack(fsync);
+                        if let Ok(mut log) = p.log() {
+                            if log.config() != &config {
+                                if let Err(e) = log.set_config(config.clone()) {
+                                    tracing::warn!(topic = %topic.name, error = %e, "config not applied");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot open partition"),
+                }
+            }
+        }
+        let gone: Vec<Arc<Partition>> = self
+            .all()
+            .into_iter()
+            .filter(|p| {
+                image.topic(&p.topic).is_none_or(|t| {
+                    t.id != p.topic_id
+                        || t.partitions.get(&p.index).is_none_or(|pi| !pi.replicas.contains(&node))
+                })
+            })
+            .collect();
+        for p in gone {
+            let key = (p.topic.clone(), p.index);
+            if let Ok(mut map) = self.partitions.write() {
+                map.remove(&key);
+            }
+            p.close();
+            let dir = self.data_dir.join(strom_log::partition_dir_name(&p.topic, p.index));
+            tracing::info!(topic = %p.topic, partition = p.index, "deleting partition log");
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot delete partition dir");
+            }
+        }
+        if first {
+            self.delete_strays(image, node);
+        }
+    }
+
+    /// Logs left on disk for topics deleted while this node was down.
+    fn delete_strays(&self, image: &MetadataImage, node: strom_metadata::NodeId) {
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some((topic, index)) = strom_log::parse_partition_dir_name(&name) else { continue };
+            if !entry.path().join(PARTITION_METADATA).exists() {
+                continue; // not a partition dir of ours (e.g. __cluster_metadata-0)
+            }
+            let keep = image
+                .topic(&topic)
+                .and_then(|t| t.partitions.get(&index))
+                .is_some_and(|p| p.replicas.contains(&node));
+            if !keep {
+                tracing::info!(dir = %name, "deleting log of a topic that no longer exists");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    pub fn write_checkpoint(&self) -> Result<(), BrokerError> {
+        let entries: Vec<(String, i32, i64)> = self
+            .all()
+            .iter()
+            .filter_map(|p| p.recovery_point().map(|o| (p.topic.clone(), p.index, o)))
+            .collect();
+        checkpoint::write(&self.data_dir.join(RECOVERY_CHECKPOINT), &entries)
+            .map_err(BrokerError::Checkpoint)
+    }
+
+    /// Flushes every log and writes the recovery points: a clean shutdown recovers nothing.
+    pub async fn close_all(&self) -> Result<(), BrokerError> {
+        for p in self.all() {
+            p.close();
+            if let Err(e) = p.flush_now() {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "final flush failed");
+            }
+        }
+        self.write_checkpoint()
+    }
+}
+
+/// Follows the image and reconciles local logs after every change.
+pub(crate) async fn reconcile_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
+    let mut rx = ctx.image.subscribe();
+    let mut first = true;
+    loop {
+        let image = rx.borrow_and_update().clone();
+        if image.offset.0 > 0 {
+            ctx.replicas.reconcile(&image, ctx.image.node, first);
+            first = false;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Retention, periodic flushes of logs that do not fsync on ack, and checkpoints.
+pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
+    let retention_every = Duration::from_millis(ctx.config.retention_check_interval_ms.max(100));
+    let mut flush_tick = tokio::time::interval(FLUSH_TICK.min(retention_every));
+    let mut last_retention = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = flush_tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now_ms = crate::handlers::now_ms();
+        let retention_due = last_retention.elapsed() >= retention_every;
+        for p in ctx.replicas.all() {
+            p.request_flush();
+            if retention_due {
+                if let Ok(mut log) = p.log() {
+                    match log.apply_retention(now_ms) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments"),
+                        Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed"),
+                    }
+                }
+            }
+        }
+        if retention_due {
+            last_retention = tokio::time::Instant::now();
+        }
+        if let Err(e) = ctx.replicas.write_checkpoint() {
+            tracing::warn!(error = %e, "cannot write recovery checkpoint");
+        }
+    }
+}
+
+impl ReplicaManager {
+    /// The local partition, opening its log if the image says this node replicates it but the
+    /// reconciler has not got to it yet (a produce right after CreateTopics).
+    pub fn get_or_open(
+        &self,
+        image: &MetadataImage,
+        node: strom_metadata::NodeId,
+        topic: &str,
+        index: i32,
+    ) -> Option<Arc<Partition>> {
+        if let Some(p) = self.get(topic, index) {
+            return Some(p);
+        }
+        let t = image.topic(topic)?;
+        if !t.partitions.get(&index)?.replicas.contains(&node) {
+            return None;
+        }
+        match self.ensure(image, t, index) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open partition");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The partition log: ordered segments, offset assignment, reads, recovery, retention, fsync.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use strom_protocol::batch::{
+    self, BatchError, BatchHeader, Batches, TimestampType, ATTRIBUTES_OFFSET, BASE_OFFSET_OFFSET,
+    MAGIC_V2, PARTITION_LEADER_EPOCH_OFFSET,
+};
+
+use crate::checkpoint::sync_dir;
+use crate::epoch::LeaderEpochCache;
+use crate::segment::{OpenMode, PreparedBatch, Segment, RELATIVE_OFFSET_MAX};
+use crate::{AppendInfo, LogConfig, LogError, SEGMENT_BYTES_MAX};
+
+/// A partition's log. Not thread-safe by itself: the broker wraps it in a mutex and fsyncs
+/// outside that mutex through [`SyncHandle`].
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    dir_file: Arc<File>,
+    config: LogConfig,
+    /// Never empty; the last one is the active segment.
+    segments: Vec<Segment>,
+    epochs: LeaderEpochCache,
+    /// Every offset below this is durable.
+    recovery_point: i64,
+    /// Set at a roll to the new segment's base offset until an fsync covering data after it
+    /// has also fsynced the directory entry of the new file.
+    dir_unsynced_since: Option<i64>,
+    /// Bumped by truncation so that a [`SyncHandle`] taken before it cannot advance the
+    /// recovery point over data written after it.
+    generation: u64,
+    /// A write failed and could not be undone: the files no longer match memory.
+    offline: bool,
+}
+
+/// The files a group commit must fdatasync, taken under the broker's lock and synced outside.
+#[derive(Debug)]
+pub struct SyncHandle {
+    upto: i64,
+    generation: u64,
+    files: Vec<Arc<File>>,
+}
+
+impl SyncHandle {
+    /// The log end offset when the handle was taken: everything below is durable after `sync`.
+    pub fn upto(&self) -> i64 {
+        self.upto
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+fn base_offset_of(file_name: &str) -> Option<i64> {
+    let stem = file_name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+fn map_batch_error(batch_index: usize, source: BatchError) -> LogError {
+    match source {
+        BatchError::UnsupportedMagic { magic } => LogError::UnsupportedMagic { batch_index, magic },
+        source => LogError::CorruptBatch { batch_index, source },
+    }
+}
+
+impl Log {
+    pub fn open(dir: &Path, config: LogConfig, recovery_point: i64) -> Result<Log, LogError> {
+        if config.segment_bytes == 0 || config.segment_bytes > SEGMENT_BYTES_MAX {
+            return Err(LogError::ConfigInvalid {
+                key: "segment_bytes",
+                value: config.segment_bytes,
+            });
+        }
+        fs::create_dir_all(dir)
+            .map_err(|source| LogError::DirCreate { path: dir.to_owned(), source })?;
+        let dir_file =
+            File::open(dir).map_err(|source| LogError::DirRead { path: dir.to_owned(), source })?;
+        let mut bases = Vec::new();
+        let mut others = Vec::new();
+        let read_dir = |source| LogError::DirRead { path: dir.to_owned(), source };
+        for entry in fs::read_dir(dir).map_err(read_dir)? {
+            let name = entry.map_err(read_dir)?.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            match base_offset_of(name) {
+                Some(base) => bases.push(base),
+                None => others.push(name.to_owned()),
+            }
+        }
+        bases.sort_unstable();
+        let interval = config.index_interval_bytes;
+
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
+        // Segments before the one holding the recovery point were fsynced: trust them.
+        let first_verified =
+            bases.partition_point(|base| *base <= recovery_point).saturating_sub(1);
+        let mut bytes_cut = 0u64;
+        for (i, &base) in bases.iter().enumerate() {
+            let overlaps = segments.last().is_some_and(|prev| base < prev.next_offset);
+            if bytes_cut > 0 || overlaps {
+                // Everything after the first invalid batch goes, whole segments included.
+                let (doomed, _) = Segment::open(dir, base, interval, OpenMode::Trusted)?;
+                bytes_cut += doomed.size;
+                doomed.delete_files()?;
+                if bytes_cut == 0 {
+                    // An empty overlapping segment still ends the valid log.
+                    bytes_cut = 1;
+                }
+                continue;
+            }
+            let mode = if i < first_verified { OpenMode::Trusted } else { OpenMode::Verify };
+            let (segment, cut) = Segment::open(dir, base, interval, mode)?;
+            bytes_cut += cut;
+            segments.push(segment);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(dir, 0, interval)?);
+        }
+        if bytes_cut > 0 {
+            tracing::warn!(dir = %dir.display(), bytes_cut, "log recovery cut a torn or corrupt tail");
+        }
+        // Index files whose segment is gone (deleted by retention or the cut above).
+        for name in others {
+            let stem = name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex"));
+            let orphan = stem
+                .and_then(|s| base_offset_of(&format!("{s}.log")))
+                .is_some_and(|base| !segments.iter().any(|segment| segment.base_offset == base));
+            if orphan || name.ends_with(".tmp") {
+                let _ = fs::remove_file(dir.join(&name));
+            }
+        }
+
+        let mut log = Log {
+            dir: dir.to_owned(),
+            dir_file: Arc::new(dir_file),
+            config,
+            segments,
+            epochs: LeaderEpochCache::load(dir)?,
+            recovery_point,
+            dir_unsynced_since: None,
+            generation: 0,
+            offline: false,
+        };
+        let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        log.recovery_point = recovery_point.min(end).max(start);
+        log.epochs.truncate_from_end(end)?;
+        log.epochs.truncate_from_start(start)?;
+        if bytes_cut > 0 {
+            sync_dir(dir)?;
+        }
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Applies a topic config change. Segment size and index interval take effect from the
+    /// next segment; limits and retention at once. An invalid segment size is refused.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<(), LogError> {
+        if config.segment_bytes == 0 || config.segment_bytes > SEGMENT_BYTES_MAX {
+            return Err(LogError::ConfigInvalid { key: "segment.bytes", value: config.segment_bytes });
+        }
+        self.config = config;
+        Ok(())
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.segments.first().map_or(0, |segment| segment.base_offset)
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|segment| segment.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active(&self) -> &Segment {
+        // The constructor and every removal keep at least one segment.
+        &self.segments[self.segments.len() - 1]
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    fn check_online(&self) -> Result<(), LogError> {
+        if self.offline {
+            return Err(LogError::LogOffline { dir: self.dir.clone() });
+        }
+        Ok(())
+    }
+
+    /// Validates `batches` (all or nothing), assigns offsets from the log end offset, stamps the
+    /// leader epoch and writes them without copying (except for LogAppendTime).
+    pub fn append(
+        &mut self,
+        batches: &Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_online()?;
+        if let Some(latest) = self.epochs.latest_epoch().filter(|latest| leader_epoch < *latest) {
+            return Err(LogError::LeaderEpochStale { epoch: leader_epoch, latest });
+        }
+        let mut validated: Vec<(BatchHeader, Bytes)> = Vec::new();
+        for (batch_index, item) in Batches::new(batches.clone()).enumerate() {
+            let (header, slice) = item.map_err(|source| map_batch_error(batch_index, source))?;
+            if header.magic != MAGIC_V2 {
+                return Err(LogError::UnsupportedMagic { batch_index, magic: header.magic });
+            }
+            if slice.len() > self.config.max_message_bytes as usize {
+                return Err(LogError::BatchTooLarge {
+                    batch_index,
+                    size: slice.len(),
+                    max: self.config.max_message_bytes,
+                });
+            }
+            let header =
+                batch::validate(&slice).map_err(|source| map_batch_error(batch_index, source))?;
+            // Offsets are assigned from the delta, so it must agree with the record count.
+            if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+                let source = BatchError::RecordsCountMismatch {
+                    records_count: header.records_count,
+                    last_offset_delta: header.last_offset_delta,
+                };
+                return Err(LogError::CorruptBatch { batch_index, source });
+            }
+            validated.push((header, slice));
+        }
+        if validated.is_empty() {
+            return Err(LogError::AppendEmpty);
+        }
+        let span: i64 = validated.iter().map(|(h, _)| i64::from(h.last_offset_delta) + 1).sum();
+        let total_bytes: u64 = validated.iter().map(|(_, slice)| slice.len() as u64).sum();
+        let base_offset = self.log_end_offset();
+        if span > RELATIVE_OFFSET_MAX || base_offset.checked_add(span).is_none() {
+            return Err(LogError::AppendOffsetSpanTooLarge { span });
+        }
+        if total_bytes > SEGMENT_BYTES_MAX {
+            return Err(LogError::BatchTooLarge {
+                batch_index: 0,
+                size: total_bytes as usize,
+                max: SEGMENT_BYTES_MAX as u32,
+            });
+        }
+        let last_offset = base_offset + span - 1;
+
+        let active = self.active();
+        let would_overflow = active.size + total_bytes > self.config.segment_bytes
+            || last_offset - active.base_offset > RELATIVE_OFFSET_MAX;
+        if active.size > 0 && would_overflow {
+            self.roll(base_offset)?;
+        }
+        // Persisting the epoch before the data is harmless if the write then fails: the epoch
+        // would start at the unchanged log end offset either way.
+        if leader_epoch >= 0 {
+            self.epochs.assign(leader_epoch, base_offset)?;
+        }
+
+        let log_append_time =
+            (self.config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
+        let mut prepared = Vec::with_capacity(validated.len());
+        let mut next_offset = base_offset;
+        let mut max_timestamp = i64::MIN;
+        for (batch_index, (mut header, slice)) in validated.into_iter().enumerate() {
+            header.base_offset = next_offset;
+            header.partition_leader_epoch = leader_epoch;
+            next_offset = header.last_offset() + 1;
+            let slice = match log_append_time {
+                None => slice,
+                Some(now_ms) => {
+                    // The timestamps are CRC-covered, so only this mode pays for a copy.
+                    let mut copy = BytesMut::from(&slice[..]);
+                    batch::set_log_append_time(&mut copy, now_ms)
+                        .map_err(|source| map_batch_error(batch_index, source))?;
+                    header = BatchHeader::parse(&copy)
+                        .map_err(|source| map_batch_error(batch_index, source))?;
+                    header.base_offset = next_offset - i64::from(header.last_offset_delta) - 1;
+                    header.partition_leader_epoch = leader_epoch;
+                    copy.freeze()
+                }
+            };
+            max_timestamp = max_timestamp.max(header.max_timestamp);
+            let mut head = [0u8; ATTRIBUTES_OFFSET];
+            head.copy_from_slice(&slice[..ATTRIBUTES_OFFSET]);
+            head[BASE_OFFSET_OFFSET..BASE_OFFSET_OFFSET + 8]
+                .copy_from_slice(&header.base_offset.to_be_bytes());
+            head[PARTITION_LEADER_EPOCH_OFFSET..PARTITION_LEADER_EPOCH_OFFSET + 4]
+                .copy_from_slice(&leader_epoch.to_be_bytes());
+            prepared.push(PreparedBatch { header, head, tail: slice.slice(ATTRIBUTES_OFFSET..) });
+        }
+        debug_assert_eq!(next_offset, last_offset + 1);
+
+        if let Err(failure) = self.active_mut().append(&prepared) {
+            if !failure.rolled_back {
+                tracing::error!(dir = %self.dir.display(), error = %failure.error, "log offline");
+                self.offline = true;
+            }
+            return Err(failure.error);
+        }
+        debug_assert_eq!(self.log_end_offset(), last_offset + 1);
+        Ok(AppendInfo { base_offset, last_offset, log_append_time, max_timestamp })
+    }
+
+    fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {
+        self.active_mut().finalize()?;
+        let segment = Segment::create(&self.dir, base_offset, self.config.index_interval_bytes)?;
+        self.segments.push(segment);
+        self.dir_unsynced_since.get_or_insert(base_offset);
+        Ok(())
+    }
+
+    /// Kafka Fetch: whole batches starting with the one that holds `offset`, at least one, at
+    /// most `max_bytes` beyond the first, none whose last offset is >= `max_offset` (the high
+    /// watermark). Reads from one segment per call, as Kafka does.
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<Bytes, LogError> {
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset == end || offset >= max_offset {
+            return Ok(Bytes::new());
+        }
+        let first = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        for segment in &self.segments[first..] {
+            if segment.next_offset <= offset {
+                continue;
+            }
+            if let Some((position, header)) = segment.find_batch(offset)? {
+                return segment.read_from(position, &header, max_bytes, max_offset);
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    /// Kafka ListOffsets by timestamp: the first record (in offset order) whose timestamp is
+    /// >= `timestamp`, exact for uncompressed batches, the batch start for compressed ones.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        for segment in &self.segments {
+            if segment.max_timestamp.is_some_and(|(max, _)| max >= timestamp) {
+                if let Some(found) = segment.offset_for_timestamp(timestamp)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `(offset, timestamp)` of the largest timestamp in the log (ListOffsets MAX_TIMESTAMP);
+    /// the offset is the last offset of the first batch that carries it.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let mut best: Option<(i64, i64)> = None;
+        for segment in &self.segments {
+            if let Some((ts, offset)) = segment.max_timestamp {
+                if best.is_none_or(|(_, best_ts)| ts > best_ts) {
+                    best = Some((offset, ts));
+                }
+            }
+        }
+        best
+    }
+
+    /// Drops every batch at and after the one holding `offset` (follower truncation), trims
+    /// the epoch cache and makes the cut durable before returning.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
+        self.check_online()?;
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        self.generation += 1;
+        if offset < self.log_start_offset() {
+            // Create first: `segments` must never be empty, even if a deletion fails midway.
+            let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
+            let old = std::mem::replace(&mut self.segments, vec![fresh]);
+            for segment in old.iter().rev() {
+                segment.delete_files()?;
+            }
+        } else {
+            let keep = self.segments.partition_point(|s| s.base_offset <= offset);
+            self.delete_segments_from(keep)?;
+            self.active_mut().truncate_to(offset)?;
+        }
+        sync_dir(&self.dir)?;
+        let end = self.log_end_offset();
+        self.recovery_point = self.recovery_point.min(end).max(self.log_start_offset());
+        self.dir_unsynced_since = None;
+        self.epochs.truncate_from_end(end)?;
+        Ok(())
+    }
+
+    /// Deletes the files of segments `from..` (newest first, so a crash midway leaves a
+    /// contiguous prefix) and forgets them.
+    fn delete_segments_from(&mut self, from: usize) -> Result<(), LogError> {
+        while self.segments.len() > from {
+            let last = self.segments.len() - 1;
+            self.segments[last].delete_files()?;
+            self.segments.pop();
+        }
+        Ok(())
+    }
+
+    pub fn leader_epoch_entries(&self) -> &[(i32, i64)] {
+        self.epochs.entries()
+    }
+
+    /// Kafka OffsetsForLeaderEpoch: `(largest epoch <= epoch, its end offset)`; `None` when
+    /// the epoch is undefined or newer than any known.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The files to fdatasync for everything appended so far; `None` when all is durable.
+    pub fn sync_handle(&self) -> Option<SyncHandle> {
+        let upto = self.log_end_offset();
+        if upto <= self.recovery_point && self.dir_unsynced_since.is_none() {
+            return None;
+        }
+        let mut files = Vec::new();
+        for segment in &self.segments {
+            if segment.next_offset > self.recovery_point {
+                files.extend(segment.files());
+            }
+        }
+        if self.dir_unsynced_since.is_some() {
+            files.push(Arc::clone(&self.dir_file));
+        }
+        Some(SyncHandle { upto, generation: self.generation, files })
+    }
+
+    /// After a [`SyncHandle::sync`] succeeded: everything below `upto` is durable. Must not be
+    /// used for a handle taken before a `truncate_to` (use [`Log::mark_synced`] to be safe).
+    pub fn mark_flushed(&mut self, upto: i64) {
+        let upto = upto.min(self.log_end_offset());
+        if upto > self.recovery_point {
+            self.recovery_point = upto;
+        }
+        // A handle covering data appended after the roll was taken after it, so it synced the dir.
+        if self.dir_unsynced_since.is_some_and(|rolled_at| upto > rolled_at) {
+            self.dir_unsynced_since = None;
+        }
+    }
+
+    /// [`Log::mark_flushed`] for `handle`, ignored when a truncation happened since it was
+    /// taken (its files may not cover what was written after the truncation).
+    pub fn mark_synced(&mut self, handle: &SyncHandle) {
+        if handle.generation == self.generation {
+            self.mark_flushed(handle.upto);
+        }
+    }
+
+    /// Deletes the oldest segments past `retention_ms` (by their largest timestamp) or beyond
+    /// `retention_bytes`, never the active one, and advances the log start offset.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
+        self.check_online()?;
+        let mut excess_bytes = match self.config.retention_bytes {
+            Some(limit) => self.size_bytes().saturating_sub(limit),
+            None => 0,
+        };
+        let mut deletable = 0;
+        for segment in &self.segments[..self.segments.len() - 1] {
+            let expired = self.config.retention_ms.is_some_and(|retention_ms| {
+                segment.max_timestamp.is_none_or(|(ts, _)| now_ms.saturating_sub(ts) > retention_ms)
+            });
+            let over_size = excess_bytes > 0 && segment.size <= excess_bytes;
+            if !expired && !over_size {
+                break;
+            }
+            excess_bytes = excess_bytes.saturating_sub(segment.size);
+            deletable += 1;
+        }
+        for _ in 0..deletable {
+            // Oldest first, so a failure leaves the log contiguous.
+            self.segments[0].delete_files()?;
+            self.segments.remove(0);
+        }
+        if deletable > 0 {
+            let start = self.log_start_offset();
+            self.recovery_point = self.recovery_point.max(start);
+            self.epochs.truncate_from_start(start)?;
+            tracing::info!(dir = %self.dir.display(), deletable, start, "retention deleted segments");
+        }
+        Ok(deletable)
+    }
+
+    /// Removes the partition directory with everything in it.
+    pub fn delete(self) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir).map_err(|source| LogError::DirDelete { path: dir, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment;
+
+    #[test]
+    fn segment_file_names_parse_back() {
+        assert_eq!(base_offset_of(&segment::file_name(0, "log")), Some(0));
+        assert_eq!(base_offset_of(&segment::file_name(1234567, "log")), Some(1234567));
+        assert_eq!(base_offset_of("00000000000000000001.index"), None);
+        assert_eq!(base_offset_of("1.log"), None);
+        assert_eq!(base_offset_of("0000000000000000000x.log"), None);
+    }
+}

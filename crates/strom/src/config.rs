@@ -1,0 +1,316 @@
+//! The node's TOML configuration: Kafka's property names in snake_case, every field defaulted,
+//! and errors that name the key and the fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// `process.roles`: "broker", "controller", or both.
+    pub process_roles: Vec<String>,
+    /// `listeners`: `PLAINTEXT://host:port` for Kafka, `CONTROLLER://host:port` for gRPC.
+    pub listeners: String,
+    /// `advertised.listeners`: what clients are told; defaults to the PLAINTEXT listener.
+    pub advertised_listeners: Option<String>,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub min_insync_replicas: i32,
+    pub auto_create_topics_enable: bool,
+    pub message_max_bytes: u32,
+    pub socket_request_max_bytes: usize,
+    pub controller: ControllerSection,
+    pub broker: BrokerSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSection {
+    /// `controller.quorum.voters`: `id@host:port,...`; empty means this node alone.
+    pub quorum_voters: String,
+    pub election_timeout_ms: u64,
+    pub raft_heartbeat_interval_ms: u64,
+    /// Metadata log entries between snapshots.
+    pub snapshot_after_entries: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms`.
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `log.dirs` (one directory).
+    pub dirs: PathBuf,
+    pub segment_bytes: u64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub retention_check_interval_ms: u64,
+    /// `log.flush.interval.messages`: 1 = acknowledge only fsynced data (group commit).
+    pub flush_interval_messages: i64,
+    pub message_timestamp_type: String,
+    pub index_interval_bytes: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            process_roles: vec!["broker".into(), "controller".into()],
+            listeners: "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093".into(),
+            advertised_listeners: None,
+            rack: None,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            auto_create_topics_enable: true,
+            message_max_bytes: 1_048_588,
+            socket_request_max_bytes: 104_857_600,
+            controller: ControllerSection::default(),
+            broker: BrokerSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        ControllerSection {
+            quorum_voters: String::new(),
+            election_timeout_ms: 1000,
+            raft_heartbeat_interval_ms: 100,
+            snapshot_after_entries: 10_000,
+        }
+    }
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection { heartbeat_interval_ms: 500, session_timeout_ms: 1500 }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            dirs: PathBuf::from("./strom-data"),
+            segment_bytes: 1 << 30,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            retention_check_interval_ms: 300_000,
+            flush_interval_messages: 1,
+            message_timestamp_type: "CreateTime".into(),
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+/// A parsed `NAME://host:port` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Listener {
+    pub fn addr(&self) -> Result<SocketAddr> {
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve listener host '{}'", self.host))?
+            .next()
+            .with_context(|| format!("listener host '{}' resolves to nothing", self.host))
+    }
+}
+
+pub fn parse_listeners(key: &str, text: &str) -> Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((name, rest)) = item.split_once("://") else {
+            bail!("{key}: '{item}' is not NAME://host:port (e.g. PLAINTEXT://127.0.0.1:9092)");
+        };
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            bail!("{key}: '{item}' has no port (e.g. PLAINTEXT://127.0.0.1:9092)");
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{key}: '{item}' has an invalid port '{port}'"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        out.push(Listener { name: name.to_ascii_uppercase(), host, port });
+    }
+    Ok(out)
+}
+
+/// `id@host:port,...` → (id, "host:port").
+pub fn parse_voters(text: &str) -> Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((id, addr)) = item.split_once('@') else {
+            bail!("controller.quorum_voters: '{item}' is not id@host:port (e.g. 1@127.0.0.1:9093)");
+        };
+        let id: u64 = id.parse().map_err(|_| {
+            anyhow::anyhow!("controller.quorum_voters: '{item}' has a non-numeric node id")
+        })?;
+        if !addr.contains(':') {
+            bail!("controller.quorum_voters: '{item}' has no port");
+        }
+        out.push((id, addr.to_string()));
+    }
+    Ok(out)
+}
+
+impl NodeConfig {
+    pub fn load(path: &std::path::Path) -> Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("config file {}: {}", path.display(), e.to_string().trim_end())
+        })
+    }
+
+    pub fn listener(&self, name: &str) -> Result<Option<Listener>> {
+        Ok(parse_listeners("listeners", &self.listeners)?.into_iter().find(|l| l.name == name))
+    }
+
+    pub fn set_listener(&mut self, name: &str, addr: &str) -> Result<()> {
+        let mut all = parse_listeners("listeners", &self.listeners)?;
+        let fresh = parse_listeners("listeners", &format!("{name}://{addr}"))?.remove(0);
+        match all.iter_mut().find(|l| l.name == name) {
+            Some(l) => *l = fresh,
+            None => all.push(fresh),
+        }
+        self.listeners = all
+            .iter()
+            .map(|l| format!("{}://{}:{}", l.name, l.host, l.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(())
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.process_roles.iter().any(|r| r == role)
+    }
+
+    /// Checks every value that deserialisation cannot; each error names the key and the fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.node_id < 0 {
+            bail!("node_id = {}: must be 0 or greater", self.node_id);
+        }
+        if self.process_roles.is_empty() {
+            bail!("process_roles is empty: use [\"broker\", \"controller\"] (or one of them)");
+        }
+        for r in &self.process_roles {
+            if r != "broker" && r != "controller" {
+                bail!("process_roles: unknown role '{r}'; use \"broker\" and/or \"controller\"");
+            }
+        }
+        if !(self.has_role("broker") && self.has_role("controller")) {
+            bail!("process_roles: separate broker-only and controller-only nodes arrive with the controller quorum; use [\"broker\", \"controller\"] for now");
+        }
+        let listeners = parse_listeners("listeners", &self.listeners)?;
+        if !listeners.iter().any(|l| l.name == "PLAINTEXT") {
+            bail!("listeners: no PLAINTEXT://host:port listener for Kafka clients");
+        }
+        if !listeners.iter().any(|l| l.name == "CONTROLLER") {
+            bail!("listeners: no CONTROLLER://host:port listener for the control port");
+        }
+        if let Some(adv) = &self.advertised_listeners {
+            parse_listeners("advertised_listeners", adv)?;
+        }
+        let voters = parse_voters(&self.controller.quorum_voters)?;
+        if !voters.is_empty() && !voters.iter().any(|(id, _)| *id == self.node_id as u64) {
+            bail!("controller.quorum_voters does not list this node_id ({})", self.node_id);
+        }
+        if voters.len() > 1 {
+            bail!("controller.quorum_voters: multi-voter quorums arrive with the controller quorum issue; list only this node for now");
+        }
+        if self.num_partitions < 1 {
+            bail!("num_partitions = {}: must be at least 1", self.num_partitions);
+        }
+        if self.default_replication_factor < 1 {
+            bail!("default_replication_factor = {}: must be at least 1", self.default_replication_factor);
+        }
+        if self.min_insync_replicas < 1 {
+            bail!("min_insync_replicas = {}: must be at least 1", self.min_insync_replicas);
+        }
+        if self.message_max_bytes < 64 {
+            bail!("message_max_bytes = {}: must be at least 64", self.message_max_bytes);
+        }
+        if self.socket_request_max_bytes < 1024 {
+            bail!("socket_request_max_bytes = {}: must be at least 1024", self.socket_request_max_bytes);
+        }
+        if self.log.segment_bytes < 1024 * 1024 {
+            bail!("log.segment_bytes = {}: must be at least 1048576 (1 MiB)", self.log.segment_bytes);
+        }
+        if self.log.retention_ms < -1 {
+            bail!("log.retention_ms = {}: use -1 for unlimited or a positive number", self.log.retention_ms);
+        }
+        if self.log.retention_bytes < -1 {
+            bail!("log.retention_bytes = {}: use -1 for unlimited or a positive number", self.log.retention_bytes);
+        }
+        if self.log.flush_interval_messages < 1 {
+            bail!("log.flush_interval_messages = {}: must be at least 1 (1 = fsync before acknowledging)", self.log.flush_interval_messages);
+        }
+        if !matches!(self.log.message_timestamp_type.as_str(), "CreateTime" | "LogAppendTime") {
+            bail!("log.message_timestamp_type = '{}': use CreateTime or LogAppendTime", self.log.message_timestamp_type);
+        }
+        if self.broker.heartbeat_interval_ms == 0 || self.broker.session_timeout_ms <= self.broker.heartbeat_interval_ms {
+            bail!("broker.session_timeout_ms ({}) must be greater than broker.heartbeat_interval_ms ({}), which must be > 0", self.broker.session_timeout_ms, self.broker.heartbeat_interval_ms);
+        }
+        if self.controller.raft_heartbeat_interval_ms == 0 || self.controller.election_timeout_ms <= self.controller.raft_heartbeat_interval_ms {
+            bail!("controller.election_timeout_ms ({}) must be greater than controller.raft_heartbeat_interval_ms ({})", self.controller.election_timeout_ms, self.controller.raft_heartbeat_interval_ms);
+        }
+        if self.controller.snapshot_after_entries == 0 {
+            bail!("controller.snapshot_after_entries must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_errors_name_the_key() {
+        NodeConfig::default().validate().unwrap();
+        let e = toml::from_str::<NodeConfig>("node_idd = 3").unwrap_err().to_string();
+        assert!(e.contains("node_idd"), "{e}");
+        let e = toml::from_str::<NodeConfig>("[log]\nsegment_bytez = 3").unwrap_err().to_string();
+        assert!(e.contains("segment_bytez"), "{e}");
+        let c: NodeConfig = toml::from_str("[log]\nsegment_bytes = 10").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("log.segment_bytes"), "{e}");
+        let c: NodeConfig = toml::from_str("listeners = \"PLAINTEXT://h\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("no port"));
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
+        NodeConfig::load(&path).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn listeners_can_be_overridden() {
+        let mut c = NodeConfig::default();
+        c.set_listener("PLAINTEXT", "127.0.0.1:19092").unwrap();
+        assert_eq!(c.listener("PLAINTEXT").unwrap().unwrap().port, 19092);
+        assert_eq!(c.listener("CONTROLLER").unwrap().unwrap().port, 9093);
+    }
+}

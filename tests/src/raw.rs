@@ -1,0 +1,272 @@
+//! A raw Kafka connection over `std::net::TcpStream` for tests that send what no well-behaved
+//! client would: garbage, truncated frames, oversize lengths, unknown API keys and versions,
+//! record batches with a wrong CRC. Valid parts are encoded with the `kafka-protocol` crate.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+/// Largest response frame the tests accept (a sanity bound, not the broker's limit).
+const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Socket read/write timeout.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Byte offsets inside a v2 record batch (Kafka's layout).
+pub mod batch_layout {
+    /// base_offset i64, batch_length i32, partition_leader_epoch i32, magic i8, crc u32, ...
+    pub const BATCH_LENGTH_OFFSET: usize = 8;
+    pub const MAGIC_OFFSET: usize = 16;
+    pub const CRC_OFFSET: usize = 17;
+    /// Size of the header fields that precede the records.
+    pub const HEADER_BYTES: usize = 61;
+    /// base_offset + batch_length: bytes not counted by batch_length.
+    pub const LOG_OVERHEAD: usize = 12;
+}
+
+/// One TCP connection speaking (or abusing) the Kafka protocol.
+pub struct RawConnection {
+    stream: TcpStream,
+    next_correlation_id: i32,
+}
+
+impl RawConnection {
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<RawConnection> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(RawConnection { stream, next_correlation_id: 1 })
+    }
+
+    /// Writes bytes as they are, no framing.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes).context("write raw bytes")?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Closes our sending side (the broker reads EOF) while the socket stays open for reading.
+    pub fn shutdown_write(&mut self) -> anyhow::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write).context("shutdown write")
+    }
+
+    /// Encodes `body` at `body_version` under a header that claims `header_api_version`
+    /// (they differ only when a test lies about the version) and sends the frame.
+    pub fn send_request<R: Encodable + HeaderVersion>(
+        &mut self,
+        api_key: i16,
+        header_api_version: i16,
+        body: &R,
+        body_version: i16,
+    ) -> anyhow::Result<i32> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let frame = encode_frame(api_key, header_api_version, correlation_id, body, body_version)?;
+        self.send_raw(&frame)?;
+        Ok(correlation_id)
+    }
+
+    /// Reads one length-prefixed response frame.
+    pub fn read_frame(&mut self) -> anyhow::Result<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).context("read response length")?;
+        let len = i32::from_be_bytes(len);
+        if len < 0 || len as usize > RESPONSE_BYTES_MAX {
+            bail!("response frame length {len} out of range");
+        }
+        let mut body = vec![0u8; len as usize];
+        self.stream.read_exact(&mut body).context("read response body")?;
+        Ok(Bytes::from(body))
+    }
+
+    /// Reads a response, checks its correlation id, decodes its body at `version`.
+    pub fn read_response<R: Decodable + HeaderVersion>(
+        &mut self,
+        correlation_id: i32,
+        version: i16,
+    ) -> anyhow::Result<R> {
+        let mut frame = self.read_frame()?;
+        let header = ResponseHeader::decode(&mut frame, R::header_version(version))
+            .context("decode response header")?;
+        anyhow::ensure!(
+            header.correlation_id == correlation_id,
+            "response correlation id {} for request {correlation_id}",
+            header.correlation_id
+        );
+        let response = R::decode(&mut frame, version).context("decode response body")?;
+        anyhow::ensure!(
+            !frame.has_remaining(),
+            "{} bytes left after the response body",
+            frame.remaining()
+        );
+        Ok(response)
+    }
+
+    /// Succeeds when the broker closes the connection (EOF or reset) within `timeout`; bytes it
+    /// sends before closing are discarded (bounded).
+    pub fn expect_closed(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut discarded = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("the broker kept the connection open for {timeout:?} ({discarded} bytes read)");
+            }
+            self.stream.set_read_timeout(Some(left.min(IO_TIMEOUT)))?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    discarded += n;
+                    if discarded > RESPONSE_BYTES_MAX {
+                        bail!("the broker keeps sending instead of closing");
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(e).context("read while waiting for close"),
+            }
+        }
+    }
+
+    /// ApiVersions v3 round trip; returns the broker's max version of `api_key`.
+    pub fn max_version(&mut self, api_key: ApiKey) -> anyhow::Result<i16> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("strom-tests"))
+            .with_client_software_version(StrBytes::from_static_str("0"));
+        let id = self.send_request(ApiKey::ApiVersions as i16, 3, &request, 3)?;
+        let response: ApiVersionsResponse = self.read_response(id, 3)?;
+        anyhow::ensure!(response.error_code == 0, "ApiVersions error {}", response.error_code);
+        response
+            .api_keys
+            .iter()
+            .find(|v| v.api_key == api_key as i16)
+            .map(|v| v.max_version)
+            .with_context(|| format!("broker does not list {api_key:?}"))
+    }
+
+    /// Sends a Produce (acks=-1) of `batch` to `topic`/`partition` at the highest version both
+    /// sides know and returns that partition's error code.
+    pub fn produce(&mut self, topic: &str, partition: i32, batch: Bytes) -> anyhow::Result<i16> {
+        let version = self.max_version(ApiKey::Produce)?.min(PRODUCE_VERSION_MAX);
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(
+            vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(batch))])],
+        );
+        let id = self.send_request(ApiKey::Produce as i16, version, &request, version)?;
+        let response: ProduceResponse = self.read_response(id, version)?;
+        let code = response
+            .responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter())
+            .find(|p| p.index == partition)
+            .map(|p| p.error_code)
+            .context("Produce response has no entry for the partition")?;
+        Ok(code)
+    }
+}
+
+/// Highest Produce version the tests send: v13 replaces topic names by topic ids.
+pub const PRODUCE_VERSION_MAX: i16 = 12;
+
+/// `len | header | body` for one request.
+pub fn encode_frame<R: Encodable + HeaderVersion>(
+    api_key: i16,
+    header_api_version: i16,
+    correlation_id: i32,
+    body: &R,
+    body_version: i16,
+) -> anyhow::Result<BytesMut> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key)
+        .with_request_api_version(header_api_version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("strom-tests-raw")));
+    let mut payload = BytesMut::new();
+    header
+        .encode(&mut payload, R::header_version(body_version))
+        .context("encode request header")?;
+    body.encode(&mut payload, body_version).context("encode request body")?;
+    let mut frame = BytesMut::with_capacity(4 + payload.len());
+    frame.put_i32(i32::try_from(payload.len())?);
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+/// A request header (v1: api key, version, correlation id, client id) with no body, for API
+/// keys the `kafka-protocol` crate cannot encode because they do not exist.
+pub fn header_only_frame(api_key: i16, api_version: i16, correlation_id: i32) -> Vec<u8> {
+    let client_id = b"strom-tests-raw";
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&api_key.to_be_bytes());
+    payload.extend_from_slice(&api_version.to_be_bytes());
+    payload.extend_from_slice(&correlation_id.to_be_bytes());
+    payload.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    payload.extend_from_slice(client_id);
+    let mut frame = (payload.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// A valid, uncompressed v2 record batch of `values` (CreateTime `timestamp_ms`, no key).
+pub fn record_batch(values: &[&[u8]], timestamp_ms: i64) -> anyhow::Result<Bytes> {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: timestamp_ms,
+            key: None,
+            value: Some(Bytes::copy_from_slice(value)),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions { version: 2, compression: Compression::None },
+    )
+    .context("encode record batch")?;
+    Ok(buf.freeze())
+}
+
+/// `batch` with one bit of its CRC field flipped.
+pub fn with_wrong_crc(batch: &Bytes) -> Bytes {
+    let mut bytes = BytesMut::from(&batch[..]);
+    bytes[batch_layout::CRC_OFFSET] ^= 0x01;
+    bytes.freeze()
+}
