@@ -93,7 +93,7 @@ impl ControllerConfig {
             max_in_snapshot_log_to_keep: self.snapshot_after_entries,
             ..Config::default()
         };
-        Ok(config.validate()?)
+        config.validate().map_err(|e| ControllerError::RaftConfig(Box::new(e)))
     }
 }
 
@@ -131,9 +131,10 @@ impl Controller {
         let (sm, image) = StateMachine::open(&dir, listener).await.map_err(open_err)?;
         let raft = Raft::new(cfg.node_id, raft_config, UnreachableNetwork, log, sm)
             .await
-            .map_err(ControllerError::RaftStart)?;
+            .map_err(|e| ControllerError::RaftStart(Box::new(e)))?;
 
-        let initialized = raft.is_initialized().await.map_err(ControllerError::RaftStart)?;
+        let initialized =
+            raft.is_initialized().await.map_err(|e| ControllerError::RaftStart(Box::new(e)))?;
         if !initialized {
             // Every voter of a fresh quorum proposes the same initial membership (index 0), so
             // whichever is elected first, the logs agree.

@@ -14,7 +14,7 @@ pub enum ControllerError {
     #[error("invalid controller setting '{key}': {reason}")]
     ConfigInvalid { key: &'static str, reason: &'static str },
     #[error("invalid raft timing: {0}")]
-    RaftConfig(#[from] openraft::ConfigError),
+    RaftConfig(#[source] Box<openraft::ConfigError>),
     #[error("cannot open the metadata log in {path}: {source}")]
     StorageOpen {
         path: PathBuf,
@@ -22,7 +22,7 @@ pub enum ControllerError {
         source: io::Error,
     },
     #[error("raft did not start: {0}")]
-    RaftStart(#[source] Fatal<u64>),
+    RaftStart(#[source] Box<Fatal<u64>>),
     #[error("cannot initialize the metadata quorum: {0}")]
     RaftInitialize(#[source] Box<RaftError<u64, InitializeError<u64, ControllerNode>>>),
     #[error("node {node_id} did not become the active controller within {waited_ms} ms")]

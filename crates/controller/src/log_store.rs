@@ -186,7 +186,7 @@ fn open_blocking(dir: &Path, options: LogStoreOptions) -> io::Result<Opened> {
         positions: BTreeMap::new(),
         active: None,
     };
-    let mut index = LogIndex { entries: BTreeMap::new(), purged: purged.clone() };
+    let mut index = LogIndex { entries: BTreeMap::new(), purged };
     let purged_index = purged.as_ref().map(|p| p.index);
     let mut expected = purged_index.map(|p| p + 1);
     for (i, &base) in bases.iter().enumerate() {
@@ -399,7 +399,7 @@ impl SegmentFiles {
 
 impl LogIndex {
     fn last_log_id(&self) -> Option<LogId> {
-        self.entries.values().next_back().map(|e| e.log_id.clone()).or_else(|| self.purged.clone())
+        self.entries.values().next_back().map(|e| e.log_id).or(self.purged)
     }
 }
 
@@ -427,7 +427,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let index = lock(&self.index).map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        Ok(LogState { last_purged_log_id: index.purged.clone(), last_log_id: index.last_log_id() })
+        Ok(LogState { last_purged_log_id: index.purged, last_log_id: index.last_log_id() })
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
@@ -440,12 +440,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || codec::write_message_atomic(&dir, VOTE_FILE, &msg))
             .await
             .map_err(|e| err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.vote = Some(vote.clone());
+        self.vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.vote.clone())
+        Ok(self.vote)
     }
 
     /// Saved durably so a restart re-applies the committed log past the last snapshot before
@@ -464,7 +464,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.committed.clone())
+        Ok(self.committed)
     }
 
     async fn append<I>(
@@ -518,7 +518,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let files = self.files.clone();
-        let upto = log_id.clone();
+        let upto = log_id;
         blocking(move || lock(&files)?.purge(&upto))
             .await
             .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;

@@ -223,7 +223,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let data = MetadataSnapshot { records: self.image.to_records() }.encode_to_vec();
         let meta = SnapshotMeta {
-            last_log_id: self.last_applied.clone(),
+            last_log_id: self.last_applied,
             last_membership: self.last_membership.clone(),
             snapshot_id: snapshot_id(self.last_applied.as_ref()),
         };
@@ -239,7 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.last_applied.clone(), self.last_membership.clone()))
+        Ok((self.last_applied, self.last_membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
@@ -255,8 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(batch) => batch.records.as_slice(),
                 EntryPayload::Blank => &[],
                 EntryPayload::Membership(m) => {
-                    self.last_membership =
-                        StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     &[]
                 }
             };
@@ -266,10 +265,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // The log and the image disagree: openraft stops this node on the error.
                 tracing::error!(offset = offset.0, error = %e, "committed metadata does not apply");
                 return Err(StorageError::IO {
-                    source: StorageIOError::apply(entry.log_id.clone(), AnyError::new(&e)),
+                    source: StorageIOError::apply(entry.log_id, AnyError::new(&e)),
                 });
             }
-            self.last_applied = Some(entry.log_id.clone());
+            self.last_applied = Some(entry.log_id);
             if let EntryPayload::Normal(batch) = &entry.payload {
                 let image = Arc::new(self.image.clone());
                 self.listener.on_commit(offset, &batch.records, image.clone());
@@ -289,7 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             image: self.published.borrow().clone(),
-            last_applied: self.last_applied.clone(),
+            last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             snapshots: self.snapshots.clone(),
         }

@@ -31,15 +31,17 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempDirStores
 }
 
 #[test]
-fn storage_passes_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(TempDirStores { options: LogStoreOptions::default() })
+fn storage_passes_openraft_suite() -> anyhow::Result<()> {
+    Suite::test_all(TempDirStores { options: LogStoreOptions::default() })?;
+    Ok(())
 }
 
 /// Three entries per segment: every case also crosses segment boundaries on append, truncate
 /// and purge.
 #[test]
-fn storage_passes_openraft_suite_with_tiny_segments() -> Result<(), StorageError> {
+fn storage_passes_openraft_suite_with_tiny_segments() -> anyhow::Result<()> {
     Suite::test_all(TempDirStores {
         options: LogStoreOptions { segment_entries_max: 3, segment_bytes_max: 1 << 20 },
-    })
+    })?;
+    Ok(())
 }
