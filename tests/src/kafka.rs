@@ -146,10 +146,9 @@ pub fn describe_topic_configs(
     topic: &str,
 ) -> anyhow::Result<HashMap<String, Option<String>>> {
     let admin = admin(bootstrap)?;
-    let results = block_on(
-        admin.describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options()),
-    )?
-    .context("DescribeConfigs request")?;
+    let results =
+        block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options()))?
+            .context("DescribeConfigs request")?;
     let resource = results
         .into_iter()
         .next()
@@ -461,5 +460,8 @@ pub fn assert_node_serves(bootstrap: &str, topic: &str, partition: i32) -> anyho
             return Ok(ack);
         }
     }
-    bail!("record produced at {topic}-{partition}@{} not read back within {CLIENT_TIMEOUT:?}", ack.offset)
+    bail!(
+        "record produced at {topic}-{partition}@{} not read back within {CLIENT_TIMEOUT:?}",
+        ack.offset
+    )
 }

@@ -156,7 +156,9 @@ impl StromNode {
 
     /// SIGKILL: no chance to flush or shut down. Waits for the process to be reaped.
     pub fn kill9(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else { bail!("kill9 on a node that is not running") };
+        let Some(mut child) = self.child.take() else {
+            bail!("kill9 on a node that is not running")
+        };
         // SIGKILL also ends a stopped (SIGSTOP) process.
         child.kill().context("SIGKILL strom")?;
         child.wait().context("reap strom after SIGKILL")?;

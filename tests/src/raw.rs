@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse,
     RequestHeader, ResponseHeader, TopicName,
 };
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -125,7 +125,9 @@ impl RawConnection {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("the broker kept the connection open for {timeout:?} ({discarded} bytes read)");
+                bail!(
+                    "the broker kept the connection open for {timeout:?} ({discarded} bytes read)"
+                );
             }
             self.stream.set_read_timeout(Some(left.min(IO_TIMEOUT)))?;
             match self.stream.read(&mut buf) {
@@ -141,7 +143,9 @@ impl RawConnection {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+                        ErrorKind::ConnectionReset
+                            | ErrorKind::ConnectionAborted
+                            | ErrorKind::BrokenPipe
                     ) =>
                 {
                     return Ok(())
@@ -171,13 +175,14 @@ impl RawConnection {
     /// sides know and returns that partition's error code.
     pub fn produce(&mut self, topic: &str, partition: i32, batch: Bytes) -> anyhow::Result<i16> {
         let version = self.max_version(ApiKey::Produce)?.min(PRODUCE_VERSION_MAX);
-        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(
-            vec![TopicProduceData::default()
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
-                    .with_records(Some(batch))])],
-        );
+                    .with_records(Some(batch))])]);
         let id = self.send_request(ApiKey::Produce as i16, version, &request, version)?;
         let response: ProduceResponse = self.read_response(id, version)?;
         let code = response

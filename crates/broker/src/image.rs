@@ -30,7 +30,12 @@ impl ImageListener {
 }
 
 impl MetadataListener for ImageListener {
-    fn on_commit(&self, offset: MetadataOffset, _records: &[MetadataRecord], image: Arc<MetadataImage>) {
+    fn on_commit(
+        &self,
+        offset: MetadataOffset,
+        _records: &[MetadataRecord],
+        image: Arc<MetadataImage>,
+    ) {
         debug_assert!(image.offset >= offset || image.offset == MetadataOffset(0));
         self.tx.send_replace(image);
     }

@@ -70,14 +70,14 @@ impl Broker {
         let tcp = tokio::net::TcpListener::bind(ctx.config.kafka_addr)
             .await
             .map_err(|source| BrokerError::Bind { addr: ctx.config.kafka_addr, source })?;
-        let local_addr = tcp.local_addr().map_err(|source| BrokerError::Bind {
-            addr: ctx.config.kafka_addr,
-            source,
-        })?;
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(replica::reconcile_loop(ctx.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(replica::maintenance_loop(ctx.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(server::accept_loop(tcp, ctx.clone(), shutdown_rx)));
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|source| BrokerError::Bind { addr: ctx.config.kafka_addr, source })?;
+        let tasks = vec![
+            tokio::spawn(replica::reconcile_loop(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(replica::maintenance_loop(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(server::accept_loop(tcp, ctx.clone(), shutdown_rx)),
+        ];
         tracing::info!(addr = %local_addr, "kafka listener up");
         Ok(Broker { ctx, tasks, local_addr, shutdown })
     }

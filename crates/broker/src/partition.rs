@@ -92,9 +92,16 @@ impl Partition {
 
     /// Appends a producer's batches. Returns once they are in the page cache; call
     /// [`Partition::wait_acked`] for durability.
-    pub fn append(&self, batches: &Bytes, leader_epoch: i32, now_ms: i64) -> Result<AppendInfo, LogError> {
+    pub fn append(
+        &self,
+        batches: &Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         if self.progress().offline {
-            return Err(LogError::LogOffline { dir: format!("{}-{}", self.topic, self.index).into() });
+            return Err(LogError::LogOffline {
+                dir: format!("{}-{}", self.topic, self.index).into(),
+            });
         }
         let mut log = self.log()?;
         let info = log.append(batches, leader_epoch, now_ms)?;

@@ -32,7 +32,11 @@ pub(crate) struct ReplicaManager {
 }
 
 /// The effective log settings of a topic: its overrides over the broker defaults.
-pub(crate) fn log_config(defaults: &LogDefaults, image: &MetadataImage, topic: &str) -> (LogConfig, bool) {
+pub(crate) fn log_config(
+    defaults: &LogDefaults,
+    image: &MetadataImage,
+    topic: &str,
+) -> (LogConfig, bool) {
     let overrides = image.topic_configs(topic);
     let get = |k: &str| overrides.and_then(|o| o.get(k)).map(String::as_str);
     let num = |k: &str, d: i64| get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(d);
@@ -115,10 +119,14 @@ impl ReplicaManager {
         }
         let (config, fsync_on_ack) = log_config(&self.defaults, image, &topic.name);
         let recovery_point = self.recovery_points.get(&key).copied().unwrap_or(0);
-        let err = |source| BrokerError::LogOpen { topic: topic.name.clone(), partition: index, source };
+        let err =
+            |source| BrokerError::LogOpen { topic: topic.name.clone(), partition: index, source };
         let log = Log::open(&dir, config, recovery_point).map_err(err)?;
-        std::fs::write(dir.join(PARTITION_METADATA), format!("version: 0\ntopic_id: {}\n", topic.id))
-            .map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
+        std::fs::write(
+            dir.join(PARTITION_METADATA),
+            format!("version: 0\ntopic_id: {}\n", topic.id),
+        )
+        .map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
         let p = Partition::new(
             topic.name.clone(),
             index,
@@ -264,8 +272,12 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
                 if let Ok(mut log) = p.log() {
                     match log.apply_retention(now_ms) {
                         Ok(0) => {}
-                        Ok(n) => tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments"),
-                        Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed"),
+                        Ok(n) => {
+                            tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments")
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
+                        }
                     }
                 }
             }

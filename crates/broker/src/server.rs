@@ -94,7 +94,11 @@ async fn serve(
         }
         let frame = match decode_request(buf.freeze()) {
             Ok(f) => f,
-            Err(RequestError::UnsupportedVersion { api_key: ApiKey::ApiVersions, version, correlation_id }) => {
+            Err(RequestError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                version,
+                correlation_id,
+            }) => {
                 // KIP-511: answer an unknown ApiVersions version with v0 and our ranges, so
                 // the client can retry with a version we speak.
                 let resp = ApiVersionsResponse::default()

@@ -5,8 +5,6 @@
 //! only a single-voter quorum makes progress. A real transport drops in by implementing
 //! [`PeerTransport`]; the factory and the error mapping stay.
 
-use std::fmt;
-
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -123,14 +121,8 @@ impl<T: PeerTransport> RaftNetwork<TypeConfig> for PeerNetwork<T> {
 }
 
 /// Hands openraft a [`PeerNetwork`] per peer, until the gRPC transport replaces it.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct UnreachableNetwork;
-
-impl fmt::Debug for UnreachableNetwork {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("UnreachableNetwork")
-    }
-}
 
 impl RaftNetworkFactory<TypeConfig> for UnreachableNetwork {
     type Network = PeerNetwork<UnreachableTransport>;

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{create_topic, live_broker, segment_files, single_voter, Recorder};
+use openraft::storage::{RaftLogStorage, StorageHelper};
+use strom_controller::log_store::{LogStore, LogStoreOptions};
+use strom_controller::state_machine::StateMachine;
 use strom_controller::{Controller, METADATA_LOG_DIR};
 use strom_metadata::control::{ControlRequest, CreateTopicsRequest};
 use strom_metadata::ControlError;
@@ -52,6 +55,30 @@ async fn created_topic_survives_restart_and_is_replayed_to_the_listener() -> any
     let text = format!("{again:?}");
     assert!(text.contains("TopicAlreadyExists"), "{text}");
     controller.shutdown().await?;
+    Ok(())
+}
+
+/// The persisted committed index alone brings the image back: openraft's start-up re-applies
+/// the committed log before any election could commit something new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_log_is_reapplied_at_startup_without_an_election() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller =
+        Controller::start(single_voter(dir.path()), Arc::new(Recorder::default())).await?;
+    live_broker(&controller.client(), 1).await?;
+    create_topic(&controller.client(), "orders", 1).await?;
+    let applied = controller.image().offset;
+    controller.shutdown().await?;
+
+    let log_dir = dir.path().join(METADATA_LOG_DIR);
+    let mut log = LogStore::open(&log_dir, LogStoreOptions::default()).await?;
+    let committed = log.read_committed().await?;
+    assert_eq!(committed.map(|c| c.index), Some(applied.0), "committed index not persisted");
+    let recorder = Arc::new(Recorder::default());
+    let (mut sm, image) = StateMachine::open(&log_dir, recorder.clone()).await?;
+    StorageHelper::new(&mut log, &mut sm).get_initial_state().await?;
+    assert_eq!(recorder.topics_seen(), vec!["orders".to_string()]);
+    assert_eq!(image.borrow().offset, applied);
     Ok(())
 }
 

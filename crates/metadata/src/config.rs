@@ -109,7 +109,8 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ControlError
             TOPIC_CONFIGS.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
         )));
     };
-    let bad = |why: std::string::String| ControlError::InvalidConfig(format!("{name}={value:?}: {why}"));
+    let bad =
+        |why: std::string::String| ControlError::InvalidConfig(format!("{name}={value:?}: {why}"));
     match d.kind {
         Int | Short | Long => {
             let v: i64 = value.trim().parse().map_err(|_| bad("not an integer".into()))?;

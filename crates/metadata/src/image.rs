@@ -6,7 +6,9 @@ use crate::records::{
     metadata_record::Record, ConfigResourceType, Endpoint, MetadataRecord, PartitionRecord,
     RegisterBrokerRecord, TopicRecord,
 };
-use crate::{ApplyError, BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId};
+use crate::{
+    ApplyError, BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId,
+};
 
 /// A registered broker as the controller sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

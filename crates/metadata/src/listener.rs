@@ -14,7 +14,12 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// controller's state machine calls it directly; a broker-only node calls it from its follower
 /// stream. Implementations must return quickly: hand the image to a task, do not block.
 pub trait MetadataListener: Send + Sync + 'static {
-    fn on_commit(&self, offset: MetadataOffset, records: &[MetadataRecord], image: Arc<MetadataImage>);
+    fn on_commit(
+        &self,
+        offset: MetadataOffset,
+        records: &[MetadataRecord],
+        image: Arc<MetadataImage>,
+    );
 }
 
 /// How a broker asks the active controller for a decision (create topics, alter configs, ...).

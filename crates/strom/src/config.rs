@@ -243,7 +243,10 @@ impl NodeConfig {
             bail!("num_partitions = {}: must be at least 1", self.num_partitions);
         }
         if self.default_replication_factor < 1 {
-            bail!("default_replication_factor = {}: must be at least 1", self.default_replication_factor);
+            bail!(
+                "default_replication_factor = {}: must be at least 1",
+                self.default_replication_factor
+            );
         }
         if self.min_insync_replicas < 1 {
             bail!("min_insync_replicas = {}: must be at least 1", self.min_insync_replicas);
@@ -252,27 +255,46 @@ impl NodeConfig {
             bail!("message_max_bytes = {}: must be at least 64", self.message_max_bytes);
         }
         if self.socket_request_max_bytes < 1024 {
-            bail!("socket_request_max_bytes = {}: must be at least 1024", self.socket_request_max_bytes);
+            bail!(
+                "socket_request_max_bytes = {}: must be at least 1024",
+                self.socket_request_max_bytes
+            );
         }
         if self.log.segment_bytes < 1024 * 1024 {
-            bail!("log.segment_bytes = {}: must be at least 1048576 (1 MiB)", self.log.segment_bytes);
+            bail!(
+                "log.segment_bytes = {}: must be at least 1048576 (1 MiB)",
+                self.log.segment_bytes
+            );
         }
         if self.log.retention_ms < -1 {
-            bail!("log.retention_ms = {}: use -1 for unlimited or a positive number", self.log.retention_ms);
+            bail!(
+                "log.retention_ms = {}: use -1 for unlimited or a positive number",
+                self.log.retention_ms
+            );
         }
         if self.log.retention_bytes < -1 {
-            bail!("log.retention_bytes = {}: use -1 for unlimited or a positive number", self.log.retention_bytes);
+            bail!(
+                "log.retention_bytes = {}: use -1 for unlimited or a positive number",
+                self.log.retention_bytes
+            );
         }
         if self.log.flush_interval_messages < 1 {
             bail!("log.flush_interval_messages = {}: must be at least 1 (1 = fsync before acknowledging)", self.log.flush_interval_messages);
         }
         if !matches!(self.log.message_timestamp_type.as_str(), "CreateTime" | "LogAppendTime") {
-            bail!("log.message_timestamp_type = '{}': use CreateTime or LogAppendTime", self.log.message_timestamp_type);
+            bail!(
+                "log.message_timestamp_type = '{}': use CreateTime or LogAppendTime",
+                self.log.message_timestamp_type
+            );
         }
-        if self.broker.heartbeat_interval_ms == 0 || self.broker.session_timeout_ms <= self.broker.heartbeat_interval_ms {
+        if self.broker.heartbeat_interval_ms == 0
+            || self.broker.session_timeout_ms <= self.broker.heartbeat_interval_ms
+        {
             bail!("broker.session_timeout_ms ({}) must be greater than broker.heartbeat_interval_ms ({}), which must be > 0", self.broker.session_timeout_ms, self.broker.heartbeat_interval_ms);
         }
-        if self.controller.raft_heartbeat_interval_ms == 0 || self.controller.election_timeout_ms <= self.controller.raft_heartbeat_interval_ms {
+        if self.controller.raft_heartbeat_interval_ms == 0
+            || self.controller.election_timeout_ms <= self.controller.raft_heartbeat_interval_ms
+        {
             bail!("controller.election_timeout_ms ({}) must be greater than controller.raft_heartbeat_interval_ms ({})", self.controller.election_timeout_ms, self.controller.raft_heartbeat_interval_ms);
         }
         if self.controller.snapshot_after_entries == 0 {
@@ -302,7 +324,8 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_is_valid() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
         NodeConfig::load(&path).unwrap().validate().unwrap();
     }
 

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "strom", version, about = "A Kafka-compatible streaming broker with an embedded Raft quorum")]
+#[command(
+    name = "strom",
+    version,
+    about = "A Kafka-compatible streaming broker with an embedded Raft quorum"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

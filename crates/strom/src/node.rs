@@ -51,7 +51,9 @@ fn format_or_load(dir: &Path, node_id: i32) -> Result<String> {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let get = |k: &str| {
-            text.lines().find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('='))).map(str::trim)
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                .map(str::trim)
         };
         let stored: i32 = get("node.id")
             .and_then(|v| v.parse().ok())
@@ -62,11 +64,14 @@ fn format_or_load(dir: &Path, node_id: i32) -> Result<String> {
                 path.display()
             );
         }
-        let cluster = get("cluster.id").with_context(|| format!("{} has no cluster.id", path.display()))?;
+        let cluster =
+            get("cluster.id").with_context(|| format!("{} has no cluster.id", path.display()))?;
         return Ok(cluster.to_string());
     }
     let cluster = kafka_uuid_string(uuid::Uuid::new_v4());
-    let text = format!("# written by strom on first start\nversion=1\ncluster.id={cluster}\nnode.id={node_id}\n");
+    let text = format!(
+        "# written by strom on first start\nversion=1\ncluster.id={cluster}\nnode.id={node_id}\n"
+    );
     let tmp = dir.join("meta.properties.tmp");
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
@@ -109,7 +114,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             .unwrap_or_else(|| kafka.clone()),
         None => kafka.clone(),
     };
-    let mut voters: BTreeMap<u64, String> = parse_voters(&cfg.controller.quorum_voters)?.into_iter().collect();
+    let mut voters: BTreeMap<u64, String> =
+        parse_voters(&cfg.controller.quorum_voters)?.into_iter().collect();
     if voters.is_empty() {
         voters.insert(cfg.node_id as u64, format!("{}:{}", control.host, control.port));
     }
@@ -165,8 +171,16 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     .await?;
 
     let endpoints = vec![
-        Endpoint { name: "PLAINTEXT".into(), host: advertised.host.clone(), port: advertised.port as u32 },
-        Endpoint { name: "CONTROLLER".into(), host: control.host.clone(), port: control.port as u32 },
+        Endpoint {
+            name: "PLAINTEXT".into(),
+            host: advertised.host.clone(),
+            port: advertised.port as u32,
+        },
+        Endpoint {
+            name: "CONTROLLER".into(),
+            host: control.host.clone(),
+            port: control.port as u32,
+        },
     ];
     let epoch = tokio::time::timeout(
         REGISTER_TIMEOUT,

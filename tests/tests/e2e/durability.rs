@@ -43,11 +43,8 @@ fn acked_records_survive_kill_9_and_the_node_accepts_new_writes() {
         for id in 0..SENDS_MAX {
             let value = value_of(id, &mut rng);
             let key = format!("k{}", id % 97);
-            let record = Outgoing {
-                key: Some(key.as_bytes()),
-                value: Some(&value),
-                ..Outgoing::default()
-            };
+            let record =
+                Outgoing { key: Some(key.as_bytes()), value: Some(&value), ..Outgoing::default() };
             let sent = producer.send(topic, id, record);
             values.push(value);
             match (sent, killed_at) {
@@ -168,7 +165,8 @@ fn check_recovery(node: &mut StromNode, damage: Damage) -> anyhow::Result<()> {
         for i in 0..RECORDS_PER_BATCH {
             let id = batch * RECORDS_PER_BATCH + i;
             let value = value_of(id, &mut rng);
-            let record = Outgoing { partition: Some(0), value: Some(&value), ..Outgoing::default() };
+            let record =
+                Outgoing { partition: Some(0), value: Some(&value), ..Outgoing::default() };
             producer.send(topic, id, record)?;
             values.push(value);
         }

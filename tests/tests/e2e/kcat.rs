@@ -67,7 +67,9 @@ fn run_kcat(kcat: &PathBuf, args: &[&str], stdin: &[u8]) -> anyhow::Result<Vec<u
     let err = err_reader.join().map_err(|_| anyhow::anyhow!("stderr reader panicked"))??;
     let err = String::from_utf8_lossy(&err);
     match status {
-        None => bail!("kcat {} did not finish within {KCAT_TIMEOUT:?}; stderr:\n{err}", args.join(" ")),
+        None => {
+            bail!("kcat {} did not finish within {KCAT_TIMEOUT:?}; stderr:\n{err}", args.join(" "))
+        }
         Some(status) if !status.success() => {
             bail!("kcat {} exited with {status}; stderr:\n{err}", args.join(" "))
         }

@@ -207,10 +207,9 @@ fn list_offsets_by_time_returns_first_offset_at_or_after_the_timestamp() {
         let topic = "by-time";
         kafka::create_topic(&bootstrap, topic, 1, &[])?;
         // A recent base, so that no retention rule applies to these timestamps.
-        let base_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as i64
-            - 3_600_000;
+        let base_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64
+                - 3_600_000;
         let producer = AckingProducer::new(&bootstrap, &[("linger.ms", "50")])?;
         for i in 0..RECORDS {
             let value = format!("at-{i}");

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
@@ -12,9 +14,10 @@ use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError as K;
 use strom_metadata::config::TOPIC_CONFIGS;
 use strom_metadata::control::{
-    AlterConfigOp, AlterConfigsRequest as AlterReq, ConfigAlteration, ControlRequest, ControlResponse,
-    CreatePartitionsRequest as PartsReq, CreateTopic, CreateTopicsRequest as CreateReq,
-    DeleteTopicsRequest as DeleteReq, ItemResult, NewPartitions, ResourceResult,
+    AlterConfigOp, AlterConfigsRequest as AlterReq, ConfigAlteration, ControlRequest,
+    ControlResponse, CreatePartitionsRequest as PartsReq, CreateTopic,
+    CreateTopicsRequest as CreateReq, DeleteTopicsRequest as DeleteReq, ItemResult, NewPartitions,
+    ResourceResult,
 };
 use strom_metadata::records::ConfigResourceType;
 use strom_metadata::{ControlError, NodeId, TopicId};
@@ -43,7 +46,11 @@ async fn submit(ctx: &BrokerCtx, req: ControlRequest) -> Result<ControlResponse,
     ctx.controller.submit(req).await
 }
 
-pub(crate) async fn create_topics(ctx: &Arc<BrokerCtx>, version: i16, req: CreateTopicsRequest) -> CreateTopicsResponse {
+pub(crate) async fn create_topics(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
     let request = CreateReq {
         validate_only: req.validate_only,
@@ -57,16 +64,25 @@ pub(crate) async fn create_topics(ctx: &Arc<BrokerCtx>, version: i16, req: Creat
                 assignments: t
                     .assignments
                     .into_iter()
-                    .map(|a| (a.partition_index, a.broker_ids.into_iter().map(|b| NodeId(b.0)).collect()))
+                    .map(|a| {
+                        (a.partition_index, a.broker_ids.into_iter().map(|b| NodeId(b.0)).collect())
+                    })
                     .collect(),
-                configs: t.configs.into_iter().map(|c| (c.name.to_string(), c.value.map(|v| v.to_string()))).collect(),
+                configs: t
+                    .configs
+                    .into_iter()
+                    .map(|c| (c.name.to_string(), c.value.map(|v| v.to_string())))
+                    .collect(),
             })
             .collect(),
     };
-    let results: Vec<ItemResult<_>> = match submit(ctx, ControlRequest::CreateTopics(request)).await {
+    let results: Vec<ItemResult<_>> = match submit(ctx, ControlRequest::CreateTopics(request)).await
+    {
         Ok(ControlResponse::CreateTopics(r)) => r,
         Ok(_) => unreachable_response(&names),
-        Err(e) => names.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect(),
+        Err(e) => {
+            names.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect()
+        }
     };
     let topics = results
         .into_iter()
@@ -119,7 +135,11 @@ fn unreachable_response<T>(names: &[String]) -> Vec<ItemResult<T>> {
         .collect()
 }
 
-pub(crate) async fn delete_topics(ctx: &Arc<BrokerCtx>, version: i16, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub(crate) async fn delete_topics(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let mut request = DeleteReq::default();
     if version >= 6 {
         for t in req.topics {
@@ -131,19 +151,23 @@ pub(crate) async fn delete_topics(ctx: &Arc<BrokerCtx>, version: i16, req: Delet
     } else {
         request.names = req.topic_names.into_iter().map(|n| n.0.to_string()).collect();
     }
-    let keys: Vec<String> = request.names.iter().cloned().chain(request.ids.iter().map(|i| i.to_string())).collect();
+    let keys: Vec<String> =
+        request.names.iter().cloned().chain(request.ids.iter().map(|i| i.to_string())).collect();
     let image_before = ctx.image.current();
     let results = match submit(ctx, ControlRequest::DeleteTopics(request)).await {
         Ok(ControlResponse::DeleteTopics(r)) => r,
         Ok(_) => unreachable_response(&keys),
-        Err(e) => keys.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect(),
+        Err(e) => {
+            keys.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect()
+        }
     };
     let responses = results
         .into_iter()
         .map(|item| {
             let (code, message) = error_of(&item.result);
             let mut out = DeletableTopicResult::default().with_error_code(code);
-            let name = if item.name.is_empty() { None } else { Some(TopicName(s(item.name.clone()))) };
+            let name =
+                if item.name.is_empty() { None } else { Some(TopicName(s(item.name.clone()))) };
             out.name = name;
             if version >= 5 {
                 out.error_message = message.map(s);
@@ -161,7 +185,10 @@ pub(crate) async fn delete_topics(ctx: &Arc<BrokerCtx>, version: i16, req: Delet
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub(crate) async fn create_partitions(ctx: &Arc<BrokerCtx>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub(crate) async fn create_partitions(
+    ctx: &Arc<BrokerCtx>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
     let request = PartsReq {
         validate_only: req.validate_only,
@@ -183,7 +210,9 @@ pub(crate) async fn create_partitions(ctx: &Arc<BrokerCtx>, req: CreatePartition
     let results = match submit(ctx, ControlRequest::CreatePartitions(request)).await {
         Ok(ControlResponse::CreatePartitions(r)) => r,
         Ok(_) => unreachable_response(&names),
-        Err(e) => names.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect(),
+        Err(e) => {
+            names.iter().map(|n| ItemResult { name: n.clone(), result: Err(e.clone()) }).collect()
+        }
     };
     CreatePartitionsResponse::default().with_results(
         results
@@ -220,7 +249,9 @@ async fn alter(ctx: &BrokerCtx, request: AlterReq) -> Vec<ResourceResult> {
     match submit(ctx, ControlRequest::AlterConfigs(request)).await {
         Ok(ControlResponse::AlterConfigs(r)) => r,
         Ok(_) => fallback,
-        Err(e) => fallback.into_iter().map(|r| ResourceResult { result: Err(e.clone()), ..r }).collect(),
+        Err(e) => {
+            fallback.into_iter().map(|r| ResourceResult { result: Err(e.clone()), ..r }).collect()
+        }
     }
 }
 
@@ -229,7 +260,10 @@ fn alter_result_fields(r: &ResourceResult) -> (i16, Option<String>, i8, String) 
     (code, message, r.resource_type as i8, r.resource_name.clone())
 }
 
-pub(crate) async fn alter_configs(ctx: &Arc<BrokerCtx>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+pub(crate) async fn alter_configs(
+    ctx: &Arc<BrokerCtx>,
+    req: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     let request = AlterReq {
         incremental: false,
         validate_only: req.validate_only,
@@ -242,7 +276,9 @@ pub(crate) async fn alter_configs(ctx: &Arc<BrokerCtx>, req: AlterConfigsRequest
                 ops: r
                     .configs
                     .into_iter()
-                    .map(|c| (c.name.to_string(), AlterConfigOp::Set, c.value.map(|v| v.to_string())))
+                    .map(|c| {
+                        (c.name.to_string(), AlterConfigOp::Set, c.value.map(|v| v.to_string()))
+                    })
                     .collect(),
             })
             .collect(),
@@ -305,7 +341,10 @@ pub(crate) async fn incremental_alter_configs(
             .map(|r| ResourceResult {
                 resource_type: r.resource_type,
                 resource_name: r.resource_name.clone(),
-                result: Err(ControlError::InvalidRequest(format!("unknown config operation {:?}", bad_op))),
+                result: Err(ControlError::InvalidRequest(format!(
+                    "unknown config operation {:?}",
+                    bad_op
+                ))),
             })
             .collect()
     };
@@ -370,7 +409,11 @@ fn topic_configs(ctx: &BrokerCtx, topic: &str, overrides_now: &[(String, String)
             if let Some((k, v)) = stat_differs {
                 synonyms.push((k.to_string(), v.clone(), SOURCE_STATIC_BROKER));
             }
-            synonyms.push((d.broker_synonym.unwrap_or(d.name).to_string(), d.default.to_string(), SOURCE_DEFAULT));
+            synonyms.push((
+                d.broker_synonym.unwrap_or(d.name).to_string(),
+                d.default.to_string(),
+                SOURCE_DEFAULT,
+            ));
             let (value, source) = match (&over, stat_differs) {
                 (Some(v), _) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
                 (None, Some((_, v))) => (v.clone(), SOURCE_STATIC_BROKER),
@@ -430,7 +473,11 @@ fn broker_configs(ctx: &BrokerCtx) -> Vec<Entry> {
         .collect()
 }
 
-pub(crate) fn describe_configs(ctx: &Arc<BrokerCtx>, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub(crate) fn describe_configs(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let image = ctx.image.current();
     let results = req
         .resources
@@ -441,13 +488,23 @@ pub(crate) fn describe_configs(ctx: &Arc<BrokerCtx>, version: i16, req: Describe
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
             let entries = match r.resource_type {
-                RESOURCE_TOPIC if image.topic(&name).is_some() => Ok(topic_configs(ctx, &name, &[])),
-                RESOURCE_TOPIC => Err((K::UnknownTopicOrPartition.code(), format!("topic '{name}' does not exist"))),
+                RESOURCE_TOPIC if image.topic(&name).is_some() => {
+                    Ok(topic_configs(ctx, &name, &[]))
+                }
+                RESOURCE_TOPIC => Err((
+                    K::UnknownTopicOrPartition.code(),
+                    format!("topic '{name}' does not exist"),
+                )),
                 RESOURCE_BROKER if name.is_empty() || name == ctx.config.node_id.0.to_string() => {
                     Ok(broker_configs(ctx))
                 }
-                RESOURCE_BROKER => Err((K::InvalidRequest.code(), format!("broker '{name}' is not this node; ask that node"))),
-                other => Err((K::InvalidRequest.code(), format!("unsupported resource type {other}"))),
+                RESOURCE_BROKER => Err((
+                    K::InvalidRequest.code(),
+                    format!("broker '{name}' is not this node; ask that node"),
+                )),
+                other => {
+                    Err((K::InvalidRequest.code(), format!("unsupported resource type {other}")))
+                }
             };
             match entries {
                 Err((code, message)) => {
@@ -455,11 +512,14 @@ pub(crate) fn describe_configs(ctx: &Arc<BrokerCtx>, version: i16, req: Describe
                     out.error_message = Some(s(message));
                 }
                 Ok(entries) => {
-                    let wanted: Option<Vec<String>> =
-                        r.configuration_keys.map(|keys| keys.iter().map(|k| k.to_string()).collect());
+                    let wanted: Option<Vec<String>> = r
+                        .configuration_keys
+                        .map(|keys| keys.iter().map(|k| k.to_string()).collect());
                     out.configs = entries
                         .into_iter()
-                        .filter(|e| wanted.as_ref().is_none_or(|w| w.iter().any(|k| k == e.name.as_str())))
+                        .filter(|e| {
+                            wanted.as_ref().is_none_or(|w| w.iter().any(|k| k == e.name.as_str()))
+                        })
                         .map(|e| {
                             let mut c = DescribeConfigsResourceResult::default()
                                 .with_name(e.name)

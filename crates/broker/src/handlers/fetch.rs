@@ -26,7 +26,12 @@ fn error_partition(index: i32, code: i16) -> PartitionData {
 }
 
 /// One pass over the requested partitions; returns the response and the record bytes in it.
-fn read_once(ctx: &BrokerCtx, image: &MetadataImage, version: i16, req: &FetchRequest) -> (FetchResponse, usize, bool) {
+fn read_once(
+    ctx: &BrokerCtx,
+    image: &MetadataImage,
+    version: i16,
+    req: &FetchRequest,
+) -> (FetchResponse, usize, bool) {
     let node = ctx.image.node;
     let mut budget = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
     let mut total = 0usize;
@@ -46,7 +51,8 @@ fn read_once(ctx: &BrokerCtx, image: &MetadataImage, version: i16, req: &FetchRe
         }
         let Some(topic) = topic else {
             let code = if version >= 13 { K::UnknownTopicId } else { K::UnknownTopicOrPartition };
-            out.partitions = t.partitions.iter().map(|p| error_partition(p.partition, code.code())).collect();
+            out.partitions =
+                t.partitions.iter().map(|p| error_partition(p.partition, code.code())).collect();
             any_error = true;
             responses.push(out);
             continue;
@@ -128,4 +134,3 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: FetchRequest) 
         }
     }
 }
-

@@ -16,7 +16,11 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-pub(crate) fn handle(ctx: &Arc<BrokerCtx>, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub(crate) fn handle(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let image = ctx.image.current();
     let node = ctx.image.node;
     let topics = req
@@ -30,7 +34,9 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, version: i16, req: ListOffsetsRequest
                 .map(|lp| {
                     let index = lp.partition_index;
                     let answer = (|| -> Result<(i64, i64, i32), i16> {
-                        let p = image.partition(&name, index).ok_or(K::UnknownTopicOrPartition.code())?;
+                        let p = image
+                            .partition(&name, index)
+                            .ok_or(K::UnknownTopicOrPartition.code())?;
                         if p.leader != Some(node) {
                             return Err(K::NotLeaderOrFollower.code());
                         }
@@ -56,10 +62,12 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, version: i16, req: ListOffsetsRequest
                                 Some((offset, ts)) if offset < hw => (ts, offset, epoch),
                                 _ => (-1, -1, -1),
                             },
-                            ts if ts >= 0 => match log.offset_for_timestamp(ts).map_err(|e| log_code(&e))? {
-                                Some((offset, found)) if offset < hw => (found, offset, epoch),
-                                _ => (-1, -1, -1),
-                            },
+                            ts if ts >= 0 => {
+                                match log.offset_for_timestamp(ts).map_err(|e| log_code(&e))? {
+                                    Some((offset, found)) if offset < hw => (found, offset, epoch),
+                                    _ => (-1, -1, -1),
+                                }
+                            }
                             _ => return Err(K::InvalidRequest.code()),
                         })
                     })();

@@ -84,7 +84,11 @@ fn unknown(name: Option<TopicName>, id: Uuid, code: i16) -> MetadataResponseTopi
     MetadataResponseTopic::default().with_name(name).with_topic_id(id).with_error_code(code)
 }
 
-pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, version: i16, req: MetadataRequest) -> MetadataResponse {
+pub(crate) async fn handle(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: MetadataRequest,
+) -> MetadataResponse {
     let mut image = ctx.image.current();
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let requested: Option<Vec<_>> = match req.topics {

@@ -90,10 +90,16 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
         }
         R::ListOffsets(req) => now(meta.encode(&list_offsets::handle(ctx, meta.version, req))),
         R::DescribeCluster(_) => now(meta.encode(&admin::describe_cluster(ctx, meta.version))),
-        R::DescribeConfigs(req) => now(meta.encode(&admin::describe_configs(ctx, meta.version, req))),
+        R::DescribeConfigs(req) => {
+            now(meta.encode(&admin::describe_configs(ctx, meta.version, req)))
+        }
         // Admin writes run in arrival order: the reader waits for each, as Kafka does.
-        R::CreateTopics(req) => now(meta.encode(&admin::create_topics(ctx, meta.version, req).await)),
-        R::DeleteTopics(req) => now(meta.encode(&admin::delete_topics(ctx, meta.version, req).await)),
+        R::CreateTopics(req) => {
+            now(meta.encode(&admin::create_topics(ctx, meta.version, req).await))
+        }
+        R::DeleteTopics(req) => {
+            now(meta.encode(&admin::delete_topics(ctx, meta.version, req).await))
+        }
         R::CreatePartitions(req) => now(meta.encode(&admin::create_partitions(ctx, req).await)),
         R::AlterConfigs(req) => now(meta.encode(&admin::alter_configs(ctx, req).await)),
         R::IncrementalAlterConfigs(req) => {
@@ -101,4 +107,3 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
         }
     }
 }
-

@@ -24,7 +24,12 @@ struct Slot {
     wait: Option<(Arc<Partition>, i64)>,
 }
 
-fn refused(index: i32, code: i16, message: Option<String>, version: i16) -> PartitionProduceResponse {
+fn refused(
+    index: i32,
+    code: i16,
+    message: Option<String>,
+    version: i16,
+) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default().with_index(index).with_error_code(code);
     if version >= 8 {
         r.error_message = message.map(s);
@@ -46,7 +51,7 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
         for pd in td.partition_data {
             let index = pd.index;
             let mut wait = None;
-            let response = if !matches!(acks, -1 | 0 | 1) {
+            let response = if !(-1..=1).contains(&acks) {
                 refused(index, K::InvalidRequiredAcks.code(), None, version)
             } else if let Err(e) = validate_topic_name(&name) {
                 refused(index, K::InvalidTopicException.code(), Some(e.to_string()), version)
@@ -59,13 +64,20 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                     Some(p) => match ctx.replicas.get_or_open(&image, node, &name, index) {
                         None => refused(index, K::KafkaStorageError.code(), None, version),
                         Some(part) => match &pd.records {
-                            None => refused(index, K::CorruptMessage.code(), Some("no records".into()), version),
+                            None => refused(
+                                index,
+                                K::CorruptMessage.code(),
+                                Some("no records".into()),
+                                version,
+                            ),
                             Some(records) => match part.append(records, p.leader_epoch.0, now) {
                                 Ok(info) => {
                                     let mut r = PartitionProduceResponse::default()
                                         .with_index(index)
                                         .with_base_offset(info.base_offset)
-                                        .with_log_append_time_ms(info.log_append_time.unwrap_or(-1));
+                                        .with_log_append_time_ms(
+                                            info.log_append_time.unwrap_or(-1),
+                                        );
                                     if version >= 5 {
                                         r.log_start_offset =
                                             part.log().map(|l| l.log_start_offset()).unwrap_or(-1);
@@ -95,7 +107,9 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                 match part.wait_acked(end, timeout).await {
                     Ok(()) => {}
                     Err(AckError::TimedOut) => slot.response.error_code = K::RequestTimedOut.code(),
-                    Err(AckError::Offline) => slot.response.error_code = K::KafkaStorageError.code(),
+                    Err(AckError::Offline) => {
+                        slot.response.error_code = K::KafkaStorageError.code()
+                    }
                 }
                 if slot.response.error_code != 0 {
                     slot.response.base_offset = -1;

@@ -133,7 +133,10 @@ pub fn remove_leadership(image: &MetadataImage, broker: NodeId) -> Vec<MetadataR
             let others: Vec<NodeId> = p.isr.iter().copied().filter(|&r| r != broker).collect();
             let isr = if others.is_empty() { p.isr.clone() } else { others };
             let leader = if p.leader == Some(broker) {
-                p.replicas.iter().copied().find(|r| *r != broker && isr.contains(r) && image.is_live(*r))
+                p.replicas
+                    .iter()
+                    .copied()
+                    .find(|r| *r != broker && isr.contains(r) && image.is_live(*r))
             } else {
                 p.leader
             };

@@ -68,9 +68,8 @@ fn alter_one(
         }
     }
     for (key, op, value) in &res.ops {
-        let def = topic_config(key).ok_or_else(|| {
-            ControlError::InvalidConfig(format!("unknown topic config '{key}'"))
-        })?;
+        let def = topic_config(key)
+            .ok_or_else(|| ControlError::InvalidConfig(format!("unknown topic config '{key}'")))?;
         let new = match op {
             AlterConfigOp::Set => {
                 let v = value.clone().ok_or_else(|| {
@@ -92,8 +91,11 @@ fn alter_one(
                     .flatten()
                     .or_else(|| current.get(key).cloned())
                     .unwrap_or_else(|| def.default.to_string());
-                let mut items: Vec<String> =
-                    base.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                let mut items: Vec<String> = base
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 let given: Vec<String> = value
                     .as_deref()
                     .unwrap_or("")

@@ -9,11 +9,13 @@ mod topics;
 #[cfg(test)]
 mod tests;
 
-pub use brokers::{remove_leadership, BrokerHeartbeatRequest, HeartbeatReply, RegisterBrokerRequest};
+pub use brokers::{
+    remove_leadership, BrokerHeartbeatRequest, HeartbeatReply, RegisterBrokerRequest,
+};
 pub use configs::{AlterConfigOp, AlterConfigsRequest, ConfigAlteration, ResourceResult};
 pub use topics::{
-    placement, validate_topic_name, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
-    DeleteTopicsRequest, NewPartitions,
+    placement, validate_topic_name, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest,
+    CreatedTopic, DeleteTopicsRequest, NewPartitions,
 };
 
 use crate::records::MetadataRecord;

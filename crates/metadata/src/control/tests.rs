@@ -30,8 +30,12 @@ impl Sim {
             *seed ^= *seed << 17;
             *seed
         };
-        let mut ctx =
-            DecideCtx { now_ms: 0, next_offset: next, defaults: &self.defaults, random: &mut random };
+        let mut ctx = DecideCtx {
+            now_ms: 0,
+            next_offset: next,
+            defaults: &self.defaults,
+            random: &mut random,
+        };
         let d = decide(&self.image, &req, &mut ctx)?;
         self.image.apply_batch(next, &d.records).expect("decided records apply");
         Ok(d)
@@ -129,22 +133,42 @@ fn create_topic_places_replicas_round_robin_over_live_brokers() {
 fn create_topic_refuses_what_kafka_refuses() {
     let mut sim = Sim::new();
     sim.live_broker(1);
-    check(&mut sim, create("a", 1, 3), expect![[r#"
+    check(
+        &mut sim,
+        create("a", 1, 3),
+        expect![[r#"
         => CreateTopics([ItemResult { name: "a", result: Err(InvalidReplicationFactor("replication factor 3 is larger than the 1 available brokers")) }])
-    "#]]);
-    check(&mut sim, create("bad name", 1, 1), expect![[r#"
+    "#]],
+    );
+    check(
+        &mut sim,
+        create("bad name", 1, 1),
+        expect![[r#"
         => CreateTopics([ItemResult { name: "bad name", result: Err(InvalidTopic("'bad name' may contain only ASCII letters, digits, '.', '_' and '-'")) }])
-    "#]]);
-    check(&mut sim, create("zero", 0, 1), expect![[r#"
+    "#]],
+    );
+    check(
+        &mut sim,
+        create("zero", 0, 1),
+        expect![[r#"
         => CreateTopics([ItemResult { name: "zero", result: Err(InvalidPartitions("number of partitions must be between 1 and 100000, got 0")) }])
-    "#]]);
+    "#]],
+    );
     sim.run(create("a.b", -1, -1)).unwrap();
-    check(&mut sim, create("a.b", 1, 1), expect![[r#"
+    check(
+        &mut sim,
+        create("a.b", 1, 1),
+        expect![[r#"
         => CreateTopics([ItemResult { name: "a.b", result: Err(TopicAlreadyExists("a.b")) }])
-    "#]]);
-    check(&mut sim, create("a_b", 1, 1), expect![[r#"
+    "#]],
+    );
+    check(
+        &mut sim,
+        create("a_b", 1, 1),
+        expect![[r#"
         => CreateTopics([ItemResult { name: "a_b", result: Err(InvalidTopic("'a_b' collides with existing topic 'a.b' ('.' and '_' are treated alike)")) }])
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -166,21 +190,37 @@ fn configs_are_validated_set_and_deleted() {
             validate_only: false,
         })
     };
-    check(&mut sim, alter(vec![("retention.ms", AlterConfigOp::Set, Some("1000"))]), expect![[r#"
+    check(
+        &mut sim,
+        alter(vec![("retention.ms", AlterConfigOp::Set, Some("1000"))]),
+        expect![[r#"
         Config(ConfigRecord { resource_type: ConfigResourceTopic, resource_name: "t", name: "retention.ms", value: Some("1000") })
         => AlterConfigs([ResourceResult { resource_type: ConfigResourceTopic, resource_name: "t", result: Ok(()) }])
-    "#]]);
-    check(&mut sim, alter(vec![("retention.ms", AlterConfigOp::Set, Some("x"))]), expect![[r#"
+    "#]],
+    );
+    check(
+        &mut sim,
+        alter(vec![("retention.ms", AlterConfigOp::Set, Some("x"))]),
+        expect![[r#"
         => AlterConfigs([ResourceResult { resource_type: ConfigResourceTopic, resource_name: "t", result: Err(InvalidConfig("retention.ms=\"x\": not an integer")) }])
-    "#]]);
-    check(&mut sim, alter(vec![("cleanup.policy", AlterConfigOp::Append, Some("compact"))]), expect![[r#"
+    "#]],
+    );
+    check(
+        &mut sim,
+        alter(vec![("cleanup.policy", AlterConfigOp::Append, Some("compact"))]),
+        expect![[r#"
         Config(ConfigRecord { resource_type: ConfigResourceTopic, resource_name: "t", name: "cleanup.policy", value: Some("delete,compact") })
         => AlterConfigs([ResourceResult { resource_type: ConfigResourceTopic, resource_name: "t", result: Ok(()) }])
-    "#]]);
-    check(&mut sim, alter(vec![("retention.ms", AlterConfigOp::Delete, None)]), expect![[r#"
+    "#]],
+    );
+    check(
+        &mut sim,
+        alter(vec![("retention.ms", AlterConfigOp::Delete, None)]),
+        expect![[r#"
         Config(ConfigRecord { resource_type: ConfigResourceTopic, resource_name: "t", name: "retention.ms", value: None })
         => AlterConfigs([ResourceResult { resource_type: ConfigResourceTopic, resource_name: "t", result: Ok(()) }])
-    "#]]);
+    "#]],
+    );
     assert_eq!(
         sim.image.topic_configs("t").unwrap().get("cleanup.policy").map(String::as_str),
         Some("delete,compact")

@@ -217,12 +217,9 @@ fn create_one(
         }
         by_id.into_values().cloned().collect()
     } else {
-        let partitions = if t.num_partitions == -1 {
-            ctx.defaults.num_partitions
-        } else {
-            t.num_partitions
-        };
-        if partitions < 1 || partitions > PARTITIONS_PER_TOPIC_MAX {
+        let partitions =
+            if t.num_partitions == -1 { ctx.defaults.num_partitions } else { t.num_partitions };
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
             return Err(ControlError::InvalidPartitions(format!(
                 "number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}, got {partitions}"
             )));
@@ -245,8 +242,10 @@ fn create_one(
             break id;
         }
     };
-    let mut records =
-        vec![rec(Record::Topic(TopicRecord { name: t.name.clone(), topic_id: topic_id.0.to_vec() }))];
+    let mut records = vec![rec(Record::Topic(TopicRecord {
+        name: t.name.clone(),
+        topic_id: topic_id.0.to_vec(),
+    }))];
     for (p, replicas) in assignment.iter().enumerate() {
         records.push(partition_record(image, topic_id, p as i32, replicas));
     }
@@ -293,9 +292,10 @@ pub(super) fn delete_topics(image: &MetadataImage, req: &DeleteTopicsRequest) ->
     let mut results = Vec::new();
     let mut seen = HashSet::new();
     let by_name = req.names.iter().map(|n| (n.clone(), image.topic(n).map(|t| t.id)));
-    let by_id = req.ids.iter().map(|id| {
-        (image.topic_by_id(*id).map_or_else(String::new, |t| t.name.clone()), Some(*id))
-    });
+    let by_id = req
+        .ids
+        .iter()
+        .map(|id| (image.topic_by_id(*id).map_or_else(String::new, |t| t.name.clone()), Some(*id)));
     for (name, id) in by_name.chain(by_id) {
         let result = match id.filter(|id| image.topic_names.contains_key(id)) {
             None if name.is_empty() => Err(ControlError::UnknownTopicId(id.unwrap_or_default())),

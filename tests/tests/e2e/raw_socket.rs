@@ -1,0 +1,170 @@
+//! Bad input on a raw socket: each case gets Kafka's documented treatment (an error code where
+//! the protocol has one, otherwise that one connection closed), and a second client on the same
+//! node keeps producing and consuming throughout.
+
+use std::time::Duration;
+
+use anyhow::ensure;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::protocol::StrBytes;
+use strom_testkit::{seed_from_env, TestRng};
+use strom_tests::raw::{self, RawConnection};
+use strom_tests::{kafka, with_node, NodeOptions, StromNode};
+
+/// How long the broker may take to close a connection it must close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(20);
+const LIVENESS_TOPIC: &str = "liveness";
+
+// Kafka error codes the cases expect.
+const CORRUPT_MESSAGE: i16 = 2;
+const MESSAGE_TOO_LARGE: i16 = 10;
+const INVALID_TOPIC_EXCEPTION: i16 = 17;
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// Starts a node with a topic for the second client, runs `case`, then checks the node still
+/// serves that client.
+fn with_second_client(case: impl FnOnce(&mut StromNode) -> anyhow::Result<()>) {
+    with_node(NodeOptions::default(), |node| {
+        kafka::create_topic(&node.bootstrap(), LIVENESS_TOPIC, 1, &[])?;
+        case(node)?;
+        kafka::assert_node_serves(&node.bootstrap(), LIVENESS_TOPIC, 0)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn garbage_bytes_close_only_that_connection() {
+    with_second_client(|node| {
+        let mut rng = TestRng::new(seed_from_env("garbage_bytes"));
+        // A plausible length, then noise: the broker must reject the frame, not wait forever.
+        let mut garbage = 60i32.to_be_bytes().to_vec();
+        garbage.extend(rng.bytes(60));
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        connection.send_raw(&garbage)?;
+        // Pure noise on a second connection, whose first four bytes are its length.
+        let mut noise = RawConnection::connect(node.kafka_addr())?;
+        noise.send_raw(&rng.bytes(4096))?;
+        kafka::assert_node_serves(&node.bootstrap(), LIVENESS_TOPIC, 0)?;
+        connection.shutdown_write()?;
+        connection.expect_closed(CLOSE_TIMEOUT)?;
+        noise.shutdown_write()?;
+        noise.expect_closed(CLOSE_TIMEOUT)
+    });
+}
+
+#[test]
+fn truncated_frame_then_close_leaves_other_clients_served() {
+    with_second_client(|node| {
+        let full = raw::header_only_frame(ApiKey::Metadata as i16, 1, 1);
+        let mut frame = 100i32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&full[4..]);
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        connection.send_raw(&frame)?;
+        // The broker waits for the rest of this frame; everyone else must still be served.
+        kafka::assert_node_serves(&node.bootstrap(), LIVENESS_TOPIC, 0)?;
+        connection.shutdown_write()?;
+        connection.expect_closed(CLOSE_TIMEOUT)
+    });
+}
+
+#[test]
+fn length_prefix_over_socket_request_max_bytes_closes_the_connection() {
+    // socket.request.max.bytes defaults to 100 MiB.
+    const OVERSIZE: i32 = 200 * 1024 * 1024;
+    with_second_client(|node| {
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let mut frame = OVERSIZE.to_be_bytes().to_vec();
+        frame.extend_from_slice(&raw::header_only_frame(ApiKey::Metadata as i16, 1, 1)[4..]);
+        connection.send_raw(&frame)?;
+        connection.expect_closed(CLOSE_TIMEOUT)?;
+
+        let mut negative = RawConnection::connect(node.kafka_addr())?;
+        negative.send_raw(&(-5i32).to_be_bytes())?;
+        negative.expect_closed(CLOSE_TIMEOUT)
+    });
+}
+
+#[test]
+fn unknown_api_key_closes_the_connection() {
+    with_second_client(|node| {
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        connection.send_raw(&raw::header_only_frame(12_345, 0, 7))?;
+        connection.expect_closed(CLOSE_TIMEOUT)
+    });
+}
+
+#[test]
+fn api_versions_v99_is_answered_with_v0_unsupported_version() {
+    with_second_client(|node| {
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let body = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("from-the-future"))
+            .with_client_software_version(StrBytes::from_static_str("99"));
+        // A future client sends its newest header and body; the body is v3-shaped here.
+        let id = connection.send_request(ApiKey::ApiVersions as i16, 99, &body, 3)?;
+        let response: ApiVersionsResponse = connection.read_response(id, 0)?;
+        ensure!(
+            response.error_code == UNSUPPORTED_VERSION,
+            "ApiVersions v99 answered error {} (expected {UNSUPPORTED_VERSION})",
+            response.error_code
+        );
+        let api_versions =
+            response.api_keys.iter().find(|k| k.api_key == ApiKey::ApiVersions as i16);
+        ensure!(
+            api_versions.is_some_and(|k| k.min_version == 0 && k.max_version >= 3),
+            "the v0 answer must list the supported ApiVersions range, got {:?}",
+            response.api_keys
+        );
+        // The connection stays usable: the client retries with a version it now knows.
+        let max = connection.max_version(ApiKey::Produce)?;
+        ensure!(max >= 3, "Produce max version {max}");
+        Ok(())
+    });
+}
+
+#[test]
+fn produce_with_a_wrong_crc_gets_corrupt_message_and_stores_nothing() {
+    with_second_client(|node| {
+        let batch = raw::record_batch(&[b"one", b"two"], 1_700_000_000_000)?;
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let code = connection.produce(LIVENESS_TOPIC, 0, raw::with_wrong_crc(&batch))?;
+        ensure!(code == CORRUPT_MESSAGE, "bad CRC answered error {code}");
+        // The same connection still works, and the good batch lands at offset 0.
+        let code = connection.produce(LIVENESS_TOPIC, 0, batch)?;
+        ensure!(code == 0, "valid batch after a corrupt one answered error {code}");
+        let marks = kafka::watermarks(&node.bootstrap(), LIVENESS_TOPIC, &[0])?;
+        ensure!(marks[&0] == (0, 2), "watermarks {:?}: the corrupt batch was stored", marks[&0]);
+        Ok(())
+    });
+}
+
+#[test]
+fn record_over_max_message_bytes_gets_message_too_large() {
+    with_second_client(|node| {
+        kafka::create_topic(
+            &node.bootstrap(),
+            "small-records",
+            1,
+            &[("max.message.bytes", "1024")],
+        )?;
+        let batch = raw::record_batch(&[&[7u8; 4096]], 1_700_000_000_000)?;
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let code = connection.produce("small-records", 0, batch)?;
+        ensure!(code == MESSAGE_TOO_LARGE, "oversize batch answered error {code}");
+        let small = raw::record_batch(&[b"fits"], 1_700_000_000_000)?;
+        let code = connection.produce("small-records", 0, small)?;
+        ensure!(code == 0, "small batch answered error {code}");
+        Ok(())
+    });
+}
+
+#[test]
+fn produce_to_an_invalid_topic_name_gets_invalid_topic_exception() {
+    with_second_client(|node| {
+        let batch = raw::record_batch(&[b"nowhere"], 1_700_000_000_000)?;
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let code = connection.produce("not a valid/topic!", 0, batch)?;
+        ensure!(code == INVALID_TOPIC_EXCEPTION, "invalid topic name answered error {code}");
+        Ok(())
+    });
+}
