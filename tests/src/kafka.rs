@@ -66,7 +66,7 @@ pub fn admin(bootstrap: &str) -> anyhow::Result<AdminClient<DefaultClientContext
 pub fn block_on<F: Future>(future: F) -> anyhow::Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     runtime
-        .block_on(tokio::time::timeout(CLIENT_TIMEOUT, future))
+        .block_on(async { tokio::time::timeout(CLIENT_TIMEOUT, future).await })
         .with_context(|| format!("admin request did not complete within {CLIENT_TIMEOUT:?}"))
 }
 

@@ -252,7 +252,9 @@ pub fn record_batch(values: &[&[u8]], timestamp_ms: i64) -> anyhow::Result<Bytes
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // The encoder starts a new batch unless offset - sequence stays constant; this
+            // keeps the batch's base sequence at -1 (no idempotence).
+            sequence: i as i32 - 1,
             timestamp: timestamp_ms,
             key: None,
             value: Some(Bytes::copy_from_slice(value)),
