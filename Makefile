@@ -12,7 +12,7 @@ build:
 	$(CARGO) build -p strom
 
 install-test-deps:
-	scripts/install-test-deps.sh
+	bash scripts/install-test-deps.sh
 
 test: install-test-deps lint test-only
 
@@ -33,7 +33,7 @@ fmt:
 	$(CARGO) fmt --all
 
 check-deps:
-	scripts/check-deps.sh
+	bash scripts/check-deps.sh
 
 bench:
 	@echo "make bench: no benchmark yet (comes with the benchmark issue)"

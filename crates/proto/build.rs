@@ -1,6 +1,11 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed.
+/// Must match the name `src/lib.rs` includes.
+const DESCRIPTOR_FILE: &str = "strom_descriptor.bin";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The directory too, so that a new .proto file is picked up.
+    println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&root)? {
         let path = entry?.path();
@@ -11,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     files.sort();
     let fds = protox::compile(&files, [&root])?;
+    // The encoded set serves gRPC reflection (`strom_proto::FILE_DESCRIPTOR_SET`).
+    let descriptor = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join(DESCRIPTOR_FILE);
+    std::fs::write(descriptor, protox::prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -45,10 +45,12 @@ fn apply(config: &mut ClientConfig, extra: &[(&str, &str)]) {
     }
 }
 
-/// An assign-only consumer: no group, no commits, CRCs checked on every fetched batch.
+/// An assign-only consumer: no commits, CRCs checked on every fetched batch. librdkafka wants a
+/// `group.id` before `assign`, but nothing here joins a group or commits.
 pub fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> anyhow::Result<BaseConsumer> {
     let mut config = client_config(bootstrap);
     config
+        .set("group.id", "strom-tests")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -371,7 +373,7 @@ pub fn consume_all(
     if remaining.is_empty() {
         return Ok(out);
     }
-    consumer.assign(&assignment)?;
+    consumer.assign(&assignment).with_context(|| format!("assign {topic} {partitions:?}"))?;
     let deadline = Instant::now() + CONSUME_TIMEOUT;
     let mut errors = Vec::new();
     while !remaining.is_empty() {
@@ -429,11 +431,14 @@ fn headers_of<M: Message>(message: &M) -> HeaderList {
         .collect()
 }
 
+/// Value prefix of the records [`assert_node_serves`] writes.
+pub const LIVENESS_PREFIX: &str = "still-serving-";
+
 /// Produces one record to `topic`/`partition` and reads it back at the acknowledged offset:
 /// proof that the node still serves clients.
 pub fn assert_node_serves(bootstrap: &str, topic: &str, partition: i32) -> anyhow::Result<Ack> {
     let producer = AckingProducer::new(bootstrap, &[])?;
-    let value = format!("still-serving-{}", std::process::id()).into_bytes();
+    let value = format!("{LIVENESS_PREFIX}{}", std::process::id()).into_bytes();
     producer.send(
         topic,
         0,
@@ -444,7 +449,7 @@ pub fn assert_node_serves(bootstrap: &str, topic: &str, partition: i32) -> anyho
     let consumer = consumer(bootstrap, &[])?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Offset(ack.offset))?;
-    consumer.assign(&assignment)?;
+    consumer.assign(&assignment).context("assign for read-back")?;
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     while Instant::now() < deadline {
         if let Some(result) = consumer.poll(Duration::from_millis(500)) {

@@ -29,9 +29,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub fn with_node(options: NodeOptions, body: impl FnOnce(&mut StromNode) -> anyhow::Result<()>) {
     let mut node = match StromNode::start(options) {
         Ok(node) => node,
-        Err(error) => panic!("strom did not start: {error:?}"),
+        Err(error) => panic!("strom did not start: {error:#}"),
     };
     if let Err(error) = body(&mut node) {
-        panic!("{error:?}");
+        // `{:#}` prints the whole context chain on one line, without anyhow's backtrace.
+        panic!("{error:#}");
     }
 }

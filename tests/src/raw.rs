@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::{
@@ -60,8 +61,13 @@ impl RawConnection {
     }
 
     /// Closes our sending side (the broker reads EOF) while the socket stays open for reading.
+    /// A connection the broker already closed counts as done.
     pub fn shutdown_write(&mut self) -> anyhow::Result<()> {
-        self.stream.shutdown(std::net::Shutdown::Write).context("shutdown write")
+        match self.stream.shutdown(std::net::Shutdown::Write) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotConnected => Ok(()),
+            Err(e) => Err(e).context("shutdown write"),
+        }
     }
 
     /// Encodes `body` at `body_version` under a header that claims `header_api_version`
@@ -175,6 +181,18 @@ impl RawConnection {
     /// sides know and returns that partition's error code.
     pub fn produce(&mut self, topic: &str, partition: i32, batch: Bytes) -> anyhow::Result<i16> {
         let version = self.max_version(ApiKey::Produce)?.min(PRODUCE_VERSION_MAX);
+        let id = self.send_produce(topic, partition, batch, version)?;
+        produce_error_code(&self.read_response(id, version)?, partition)
+    }
+
+    /// Sends a Produce (acks=-1) at `version` without waiting for the answer.
+    pub fn send_produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        version: i16,
+    ) -> anyhow::Result<i32> {
         let request = ProduceRequest::default()
             .with_acks(-1)
             .with_timeout_ms(30_000)
@@ -183,21 +201,56 @@ impl RawConnection {
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
                     .with_records(Some(batch))])]);
-        let id = self.send_request(ApiKey::Produce as i16, version, &request, version)?;
-        let response: ProduceResponse = self.read_response(id, version)?;
-        let code = response
+        self.send_request(ApiKey::Produce as i16, version, &request, version)
+    }
+
+    /// Fetches `topic`/`partition` from `offset` without waiting and returns the partition's
+    /// error code and high watermark.
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<(i16, i64)> {
+        let version = self.max_version(ApiKey::Fetch)?.min(FETCH_VERSION_MAX);
+        let request = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(0)
+            .with_max_bytes(1024 * 1024)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1024 * 1024)])]);
+        let id = self.send_request(ApiKey::Fetch as i16, version, &request, version)?;
+        let response: FetchResponse = self.read_response(id, version)?;
+        anyhow::ensure!(response.error_code == 0, "Fetch top-level error {}", response.error_code);
+        response
             .responses
             .iter()
-            .flat_map(|t| t.partition_responses.iter())
-            .find(|p| p.index == partition)
-            .map(|p| p.error_code)
-            .context("Produce response has no entry for the partition")?;
-        Ok(code)
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .map(|p| (p.error_code, p.high_watermark))
+            .context("Fetch response has no entry for the partition")
     }
+}
+
+/// The error code of `partition` in a Produce response.
+pub fn produce_error_code(response: &ProduceResponse, partition: i32) -> anyhow::Result<i16> {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter())
+        .find(|p| p.index == partition)
+        .map(|p| p.error_code)
+        .context("Produce response has no entry for the partition")
 }
 
 /// Highest Produce version the tests send: v13 replaces topic names by topic ids.
 pub const PRODUCE_VERSION_MAX: i16 = 12;
+/// Highest Fetch version the tests send: v13 replaces topic names by topic ids.
+pub const FETCH_VERSION_MAX: i16 = 12;
 
 /// `len | header | body` for one request.
 pub fn encode_frame<R: Encodable + HeaderVersion>(

@@ -16,6 +16,8 @@ pub struct LogDefaults {
     pub message_timestamp_type: String,
     pub index_interval_bytes: u32,
     pub message_max_bytes: u32,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for LogDefaults {
@@ -28,6 +30,7 @@ impl Default for LogDefaults {
             message_timestamp_type: "CreateTime".into(),
             index_interval_bytes: 4096,
             message_max_bytes: 1_048_588,
+            min_insync_replicas: 1,
         }
     }
 }

@@ -7,8 +7,10 @@
 
 mod config;
 mod errors;
+mod fetcher;
 mod handlers;
 mod image;
+mod isr;
 mod partition;
 mod replica;
 mod server;

@@ -4,14 +4,25 @@
 //! fdatasync for everything appended since the previous one (group commit) and advances the
 //! high watermark; producers waiting for an acknowledgement wake when it passes their batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use strom_log::{AppendInfo, Log, LogError};
-use strom_metadata::TopicId;
+use strom_metadata::{NodeId, TopicId};
 use tokio::sync::{watch, Notify};
+
+use crate::isr::LeaderState;
+
+/// This broker's part in a partition, from the metadata image.
+pub(crate) enum Role {
+    /// No leader is known, or the reconciler has not seen the partition yet.
+    Idle,
+    Leader(LeaderState),
+    /// Copies the leader's log; the fetcher task stops when `stop` is dropped or set.
+    Follower { leader: NodeId, leader_epoch: i32, _stop: watch::Sender<bool> },
+}
 
 /// What waiters watch: how far data is acknowledged, and whether the log still works.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +44,14 @@ pub(crate) struct Partition {
     closed: AtomicBool,
     /// Broker-wide "some high watermark moved" signal for long-polling fetches.
     data_arrived: Arc<watch::Sender<u64>>,
+    role: Mutex<Role>,
+    /// Everything below this offset is durable locally (fsynced, or written when fsync-on-ack
+    /// is off): what the leader counts as its own end offset for the high watermark.
+    durable_leo: AtomicI64,
+    /// `min.insync.replicas` of the topic.
+    min_insync: AtomicI32,
+    /// Whether followers may be waiting on appends (wake them on every append).
+    has_followers: AtomicBool,
 }
 
 /// Why an acknowledgement could not be given.
@@ -64,6 +83,11 @@ impl Partition {
             fsync_on_ack: AtomicBool::new(fsync_on_ack),
             closed: AtomicBool::new(false),
             data_arrived,
+            role: Mutex::new(Role::Idle),
+            // What survived recovery is on disk.
+            durable_leo: AtomicI64::new(hw),
+            min_insync: AtomicI32::new(1),
+            has_followers: AtomicBool::new(false),
         });
         tokio::spawn(flusher(p.clone()));
         p
@@ -107,12 +131,181 @@ impl Partition {
         let info = log.append(batches, leader_epoch, now_ms)?;
         let leo = log.log_end_offset();
         drop(log);
+        self.appended(leo);
+        Ok(info)
+    }
+
+    /// Appends batches fetched from `leader` at `leader_epoch`, exactly as they are. Refused
+    /// (`Ok(None)`) once this broker no longer follows that leader at that epoch: a fetch that
+    /// was in flight across a leader change must not write into the new role's log.
+    pub fn append_as_follower(
+        &self,
+        batches: &Bytes,
+        leader: NodeId,
+        leader_epoch: i32,
+    ) -> Result<Option<i64>, LogError> {
+        let role = self.role.lock().map_err(|_| LogError::LogOffline {
+            dir: format!("{}-{}", self.topic, self.index).into(),
+        })?;
+        let current = matches!(&*role,
+            Role::Follower { leader: l, leader_epoch: e, .. } if *l == leader && *e == leader_epoch);
+        if !current {
+            return Ok(None);
+        }
+        let mut log = self.log()?;
+        log.append_as_follower(batches)?;
+        let leo = log.log_end_offset();
+        drop(log);
+        drop(role);
+        self.appended(leo);
+        Ok(Some(leo))
+    }
+
+    fn appended(&self, leo: i64) {
         if self.fsync_on_ack.load(Ordering::Relaxed) {
             self.flush_requested.notify_one();
         } else {
-            self.advance_hw(leo);
+            self.on_durable(leo);
         }
-        Ok(info)
+        if self.has_followers.load(Ordering::Relaxed) {
+            self.data_arrived.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Everything below `upto` is durable here: a leader may move its high watermark.
+    fn on_durable(&self, upto: i64) {
+        self.durable_leo.fetch_max(upto, Ordering::Relaxed);
+        let durable = self.durable_leo.load(Ordering::Relaxed);
+        let moved = match self.role.lock() {
+            Ok(mut role) => match &mut *role {
+                Role::Leader(state) => state.update_hw(durable),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(hw) = moved {
+            self.advance_hw(hw);
+        }
+    }
+
+    pub fn durable_leo(&self) -> i64 {
+        self.durable_leo.load(Ordering::Relaxed)
+    }
+
+    pub fn set_min_insync(&self, n: i32) {
+        self.min_insync.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub fn min_insync(&self) -> usize {
+        self.min_insync.load(Ordering::Relaxed).max(1) as usize
+    }
+
+    /// A follower's fetch at `fetch_offset`: moves the high watermark when the ISR allows.
+    pub fn on_follower_fetch(&self, follower: NodeId, fetch_offset: i64, leader_epoch: i32, now_ms: i64) -> bool {
+        let leo = self.log().map(|l| l.log_end_offset()).unwrap_or(-1);
+        let durable = self.durable_leo();
+        let (known, moved) = match self.role.lock() {
+            Ok(mut role) => match &mut *role {
+                Role::Leader(state) if state.leader_epoch == leader_epoch && state.is_replica(follower) => {
+                    state.on_follower_fetch(follower, fetch_offset, leo, now_ms);
+                    (true, state.update_hw(durable))
+                }
+                _ => (false, None),
+            },
+            Err(_) => (false, None),
+        };
+        if let Some(hw) = moved {
+            self.advance_hw(hw);
+        }
+        known
+    }
+
+    /// The high watermark the leader reported to this follower.
+    pub fn set_follower_hw(&self, leader_hw: i64) {
+        let bound = leader_hw.min(self.durable_leo());
+        self.advance_hw(bound);
+    }
+
+    /// Runs `f` on the role under its lock.
+    pub fn with_role<T>(&self, f: impl FnOnce(&mut Role) -> T) -> Option<T> {
+        self.role.lock().ok().map(|mut r| f(&mut r))
+    }
+
+    /// Makes this broker the partition's leader at `leader_epoch` (no-op if it already is),
+    /// or applies an ISR/replica change at the same epoch.
+    pub fn lead(&self, me: NodeId, replicas: Vec<NodeId>, isr: Vec<NodeId>, leader_epoch: i32, partition_epoch: i32, now_ms: i64) {
+        self.has_followers.store(replicas.len() > 1, Ordering::Relaxed);
+        let hw = self.progress().high_watermark;
+        let moved = self.with_role(|role| {
+            match role {
+                Role::Leader(state) if state.leader_epoch == leader_epoch => {
+                    if state.partition_epoch != partition_epoch {
+                        state.on_partition_change(replicas, isr, partition_epoch, now_ms);
+                    }
+                }
+                _ => {
+                    tracing::info!(topic = %self.topic, partition = self.index, leader_epoch, "becoming leader");
+                    *role = Role::Leader(LeaderState::new(me, replicas, isr, leader_epoch, partition_epoch, hw, now_ms));
+                }
+            }
+            match role {
+                Role::Leader(state) => state.update_hw(self.durable_leo()),
+                _ => None,
+            }
+        });
+        if let Some(Some(hw)) = moved {
+            self.advance_hw(hw);
+        }
+    }
+
+    /// Makes this broker a follower of `leader` at `leader_epoch`. Returns the receiver the new
+    /// fetcher task must watch, or `None` if it already follows that leader at that epoch.
+    pub fn follow(&self, leader: NodeId, leader_epoch: i32) -> Option<watch::Receiver<bool>> {
+        self.has_followers.store(false, Ordering::Relaxed);
+        self.with_role(|role| {
+            if let Role::Follower { leader: l, leader_epoch: e, .. } = role {
+                if *l == leader && *e == leader_epoch {
+                    return None;
+                }
+            }
+            tracing::info!(topic = %self.topic, partition = self.index, leader = leader.0, leader_epoch, "becoming follower");
+            let (stop, rx) = watch::channel(false);
+            // Replacing the role drops the old stop sender: the old fetcher ends.
+            *role = Role::Follower { leader, leader_epoch, _stop: stop };
+            Some(rx)
+        })
+        .flatten()
+    }
+
+    /// No leader is known: stop leading or following.
+    pub fn idle(&self) {
+        self.with_role(|role| {
+            if !matches!(role, Role::Idle) {
+                tracing::info!(topic = %self.topic, partition = self.index, "partition has no leader");
+                *role = Role::Idle;
+            }
+        });
+    }
+
+    /// Cuts a follower's divergent suffix (everything at and after `offset`).
+    pub fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
+        let mut log = self.log()?;
+        if offset < log.log_end_offset() {
+            tracing::info!(topic = %self.topic, partition = self.index, from = log.log_end_offset(), to = offset, "truncating divergent log suffix");
+            log.truncate_to(offset)?;
+        }
+        let leo = log.log_end_offset();
+        self.durable_leo.fetch_min(leo, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Leader-only: the current ISR size and leader epoch, or `None` when not leader.
+    pub fn leader_view(&self) -> Option<(usize, i32)> {
+        self.with_role(|role| match role {
+            Role::Leader(state) => Some((state.isr().len(), state.leader_epoch)),
+            _ => None,
+        })
+        .flatten()
     }
 
     fn advance_hw(&self, to: i64) {
@@ -157,7 +350,7 @@ impl Partition {
                 source,
             })?;
             self.log()?.mark_synced(&h);
-            self.advance_hw(upto);
+            self.on_durable(upto);
         }
         Ok(())
     }
@@ -195,7 +388,7 @@ async fn flusher(p: Arc<Partition>) {
                     // mark_synced ignores a handle taken before a truncation.
                     log.mark_synced(&handle);
                 }
-                p.advance_hw(upto);
+                p.on_durable(upto);
             }
             Ok(Err(e)) => {
                 // After a failed fsync the page cache state is unknown (the kernel may have

@@ -61,6 +61,50 @@ pub(crate) fn log_config(
     (config, fsync_on_ack)
 }
 
+/// `min.insync.replicas` of a topic: its override, else the broker default.
+fn min_insync(defaults: &LogDefaults, image: &MetadataImage, topic: &str) -> i32 {
+    image
+        .topic_configs(topic)
+        .and_then(|o| o.get("min.insync.replicas"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(defaults.min_insync_replicas)
+}
+
+/// Puts a local partition in the role the image gives it. Followers get a fetcher task, which
+/// needs the broker context; without one (a lazy open from a handler) only leadership is set.
+fn sync_role(
+    ctx: Option<&Arc<BrokerCtx>>,
+    p: &Arc<Partition>,
+    node: strom_metadata::NodeId,
+    pi: &strom_metadata::PartitionImage,
+) {
+    let now = crate::handlers::now_ms();
+    match pi.leader {
+        Some(leader) if leader == node => p.lead(
+            node,
+            pi.replicas.clone(),
+            pi.isr.clone(),
+            pi.leader_epoch.0,
+            pi.partition_epoch.0,
+            now,
+        ),
+        Some(leader) => {
+            if let Some(ctx) = ctx {
+                if let Some(stop) = p.follow(leader, pi.leader_epoch.0) {
+                    tokio::spawn(crate::fetcher::follow(
+                        ctx.clone(),
+                        p.clone(),
+                        leader,
+                        pi.leader_epoch.0,
+                        stop,
+                    ));
+                }
+            }
+        }
+        None => p.idle(),
+    }
+}
+
 fn read_topic_id(dir: &Path) -> Option<TopicId> {
     let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
     let hex = text.lines().find_map(|l| l.strip_prefix("topic_id: "))?;
@@ -146,9 +190,11 @@ impl ReplicaManager {
 
     /// Makes the local logs match `image`: open what this node replicates, apply config
     /// changes, delete the logs of deleted topics.
-    fn reconcile(&self, image: &MetadataImage, node: strom_metadata::NodeId, first: bool) {
+    fn reconcile(&self, ctx: &Arc<BrokerCtx>, image: &MetadataImage, first: bool) {
+        let node = ctx.image.node;
         for topic in image.topics.values() {
             let (config, fsync) = log_config(&self.defaults, image, &topic.name);
+            let min_insync = min_insync(&self.defaults, image, &topic.name);
             for (&index, part) in &topic.partitions {
                 if !part.replicas.contains(&node) {
                     continue;
@@ -156,6 +202,8 @@ impl ReplicaManager {
                 match self.ensure(image, topic, index) {
                     Ok(p) => {
                         p.set_fsync_on_ack(fsync);
+                        p.set_min_insync(min_insync);
+                        sync_role(Some(ctx), &p, node, part);
                         if let Ok(mut log) = p.log() {
                             if log.config() != &config {
                                 if let Err(e) = log.set_config(config.clone()) {
@@ -244,7 +292,7 @@ pub(crate) async fn reconcile_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Rec
     loop {
         let image = rx.borrow_and_update().clone();
         if image.offset.0 > 0 {
-            ctx.replicas.reconcile(&image, ctx.image.node, first);
+            ctx.replicas.reconcile(&ctx, &image, first);
             first = false;
         }
         tokio::select! {
@@ -309,7 +357,14 @@ impl ReplicaManager {
             return None;
         }
         match self.ensure(image, t, index) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                if let Some(pi) = t.partitions.get(&index) {
+                    p.set_min_insync(min_insync(&self.defaults, image, topic));
+                    // Leading needs no task; following waits for the reconciler.
+                    sync_role(None, &p, node, pi);
+                }
+                Some(p)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot open partition");
                 None

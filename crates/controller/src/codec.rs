@@ -1,5 +1,6 @@
 //! How raft state is laid out in bytes: CRC-32C-checked frames, conversions between openraft's
-//! types and the prost messages of `proto/raft.proto`, and small files replaced atomically.
+//! types (log entries, votes, snapshot metadata, and the voter-to-voter RPCs) and the prost
+//! messages of `proto/raft.proto`, and small files replaced atomically.
 //!
 //! A frame is `[payload length: u32 LE][crc32c(payload): u32 LE][payload]`. Segment files are
 //! frames back to back; the vote, committed and purged files hold one frame; a snapshot file
@@ -10,13 +11,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::error::SnapshotMismatch;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{CommittedLeaderId, EntryPayload, SnapshotSegmentId};
 use prost::Message;
 use strom_metadata::records::MetadataBatch;
 use strom_proto::raft as pb;
 
 use crate::types::{
-    ControllerNode, Entry, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
+    ControllerNode, Entry, LogId, Membership, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 
 /// Bytes in front of every frame's payload: length and CRC.
@@ -178,6 +184,149 @@ pub(crate) fn snapshot_meta_from_pb(meta: &pb::SnapshotMeta) -> Result<SnapshotM
     })
 }
 
+fn required<T>(field: Option<T>, name: &'static str) -> Result<T, CodecError> {
+    field.ok_or(CodecError::MissingField(name))
+}
+
+pub(crate) fn append_request_to_pb(
+    r: &AppendEntriesRequest<TypeConfig>,
+) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        prev_log_id: r.prev_log_id.as_ref().map(log_id_to_pb),
+        entries: r.entries.iter().map(entry_to_pb).collect(),
+        leader_commit: r.leader_commit.as_ref().map(log_id_to_pb),
+    }
+}
+
+pub(crate) fn append_request_from_pb(
+    r: pb::AppendEntriesRequest,
+) -> Result<AppendEntriesRequest<TypeConfig>, CodecError> {
+    Ok(AppendEntriesRequest {
+        vote: vote_from_pb(&required(r.vote, "AppendEntriesRequest.vote")?),
+        prev_log_id: r.prev_log_id.as_ref().map(log_id_from_pb),
+        entries: r.entries.into_iter().map(entry_from_pb).collect::<Result<_, _>>()?,
+        leader_commit: r.leader_commit.as_ref().map(log_id_from_pb),
+    })
+}
+
+pub(crate) fn append_response_to_pb(r: &AppendEntriesResponse<u64>) -> pb::AppendEntriesResponse {
+    use pb::append_entries_response::Result as R;
+    let result = match r {
+        AppendEntriesResponse::Success => R::Success(pb::Blank {}),
+        AppendEntriesResponse::PartialSuccess(matching) => {
+            R::PartialSuccess(pb::PartialSuccess { matching: matching.as_ref().map(log_id_to_pb) })
+        }
+        AppendEntriesResponse::Conflict => R::Conflict(pb::Blank {}),
+        AppendEntriesResponse::HigherVote(v) => R::HigherVote(vote_to_pb(v)),
+    };
+    pb::AppendEntriesResponse { result: Some(result) }
+}
+
+pub(crate) fn append_response_from_pb(
+    r: pb::AppendEntriesResponse,
+) -> Result<AppendEntriesResponse<u64>, CodecError> {
+    use pb::append_entries_response::Result as R;
+    Ok(match required(r.result, "AppendEntriesResponse.result")? {
+        R::Success(_) => AppendEntriesResponse::Success,
+        R::PartialSuccess(p) => {
+            AppendEntriesResponse::PartialSuccess(p.matching.as_ref().map(log_id_from_pb))
+        }
+        R::Conflict(_) => AppendEntriesResponse::Conflict,
+        R::HigherVote(v) => AppendEntriesResponse::HigherVote(vote_from_pb(&v)),
+    })
+}
+
+pub(crate) fn vote_request_to_pb(r: &VoteRequest<u64>) -> pb::VoteRequest {
+    pb::VoteRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        last_log_id: r.last_log_id.as_ref().map(log_id_to_pb),
+    }
+}
+
+pub(crate) fn vote_request_from_pb(r: pb::VoteRequest) -> Result<VoteRequest<u64>, CodecError> {
+    Ok(VoteRequest {
+        vote: vote_from_pb(&required(r.vote, "VoteRequest.vote")?),
+        last_log_id: r.last_log_id.as_ref().map(log_id_from_pb),
+    })
+}
+
+pub(crate) fn vote_response_to_pb(r: &VoteResponse<u64>) -> pb::VoteResponse {
+    pb::VoteResponse {
+        vote: Some(vote_to_pb(&r.vote)),
+        vote_granted: r.vote_granted,
+        last_log_id: r.last_log_id.as_ref().map(log_id_to_pb),
+    }
+}
+
+pub(crate) fn vote_response_from_pb(r: pb::VoteResponse) -> Result<VoteResponse<u64>, CodecError> {
+    Ok(VoteResponse {
+        vote: vote_from_pb(&required(r.vote, "VoteResponse.vote")?),
+        vote_granted: r.vote_granted,
+        last_log_id: r.last_log_id.as_ref().map(log_id_from_pb),
+    })
+}
+
+pub(crate) fn install_request_to_pb(
+    r: InstallSnapshotRequest<TypeConfig>,
+) -> pb::InstallSnapshotRequest {
+    pb::InstallSnapshotRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        meta: Some(snapshot_meta_to_pb(&r.meta)),
+        offset: r.offset,
+        data: r.data,
+        done: r.done,
+    }
+}
+
+pub(crate) fn install_request_from_pb(
+    r: pb::InstallSnapshotRequest,
+) -> Result<InstallSnapshotRequest<TypeConfig>, CodecError> {
+    Ok(InstallSnapshotRequest {
+        vote: vote_from_pb(&required(r.vote, "InstallSnapshotRequest.vote")?),
+        meta: snapshot_meta_from_pb(&required(r.meta, "InstallSnapshotRequest.meta")?)?,
+        offset: r.offset,
+        data: r.data,
+        done: r.done,
+    })
+}
+
+fn segment_to_pb(s: &SnapshotSegmentId) -> pb::SnapshotSegmentId {
+    pb::SnapshotSegmentId { snapshot_id: s.id.clone(), offset: s.offset }
+}
+
+fn segment_from_pb(s: pb::SnapshotSegmentId) -> SnapshotSegmentId {
+    SnapshotSegmentId { id: s.snapshot_id, offset: s.offset }
+}
+
+/// A chunk's answer: taken (the receiver's vote), or the stream must restart.
+pub(crate) fn install_reply_to_pb(
+    r: &Result<InstallSnapshotResponse<u64>, SnapshotMismatch>,
+) -> pb::InstallSnapshotReply {
+    use pb::install_snapshot_reply::Result as R;
+    let result = match r {
+        Ok(resp) => R::Vote(vote_to_pb(&resp.vote)),
+        Err(m) => R::Mismatch(pb::SnapshotMismatch {
+            expect: Some(segment_to_pb(&m.expect)),
+            got: Some(segment_to_pb(&m.got)),
+        }),
+    };
+    pb::InstallSnapshotReply { result: Some(result) }
+}
+
+pub(crate) fn install_reply_from_pb(
+    r: pb::InstallSnapshotReply,
+) -> Result<Result<InstallSnapshotResponse<u64>, SnapshotMismatch>, CodecError> {
+    use pb::install_snapshot_reply::Result as R;
+    Ok(match required(r.result, "InstallSnapshotReply.result")? {
+        R::Vote(v) => Ok(InstallSnapshotResponse { vote: vote_from_pb(&v) }),
+        R::Mismatch(m) => Err(SnapshotMismatch {
+            expect: segment_from_pb(required(m.expect, "SnapshotMismatch.expect")?),
+            got: segment_from_pb(required(m.got, "SnapshotMismatch.got")?),
+        }),
+    })
+}
+
 /// Makes renames and creations in `dir` durable: without it a crash may forget a new name.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -269,6 +418,68 @@ mod tests {
         let mut huge = out.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(get_frame(&huge), Err(CodecError::Oversized(_))));
+    }
+
+    #[test]
+    fn voter_rpcs_survive_the_wire() {
+        let entry = Entry { log_id: log_id(3, 2, 8), payload: EntryPayload::Blank };
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 2),
+            prev_log_id: Some(log_id(3, 2, 7)),
+            entries: vec![entry.clone()],
+            leader_commit: Some(log_id(2, 1, 5)),
+        };
+        let back = append_request_from_pb(append_request_to_pb(&append)).expect("decodes");
+        assert_eq!(
+            (back.vote, back.prev_log_id, back.leader_commit),
+            (append.vote, append.prev_log_id, append.leader_commit)
+        );
+        assert_eq!(back.entries, vec![entry]);
+        for resp in [
+            AppendEntriesResponse::Success,
+            AppendEntriesResponse::PartialSuccess(Some(log_id(3, 2, 7))),
+            AppendEntriesResponse::PartialSuccess(None),
+            AppendEntriesResponse::Conflict,
+            AppendEntriesResponse::HigherVote(Vote::new(4, 1)),
+        ] {
+            assert_eq!(
+                append_response_from_pb(append_response_to_pb(&resp)).expect("decodes"),
+                resp
+            );
+        }
+        let vote = VoteRequest { vote: Vote::new(5, 3), last_log_id: Some(log_id(4, 1, 9)) };
+        assert_eq!(vote_request_from_pb(vote_request_to_pb(&vote)).expect("decodes"), vote);
+        let granted = VoteResponse { vote: Vote::new(5, 3), vote_granted: true, last_log_id: None };
+        assert_eq!(vote_response_from_pb(vote_response_to_pb(&granted)).expect("decodes"), granted);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(2, 1, 40)),
+            last_membership: StoredMembership::new(
+                Some(log_id(1, 1, 0)),
+                Membership::new(vec![BTreeSet::from([1, 2, 3])], ()),
+            ),
+            snapshot_id: "40-2".into(),
+        };
+        let chunk = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 1),
+            meta: meta.clone(),
+            offset: 1 << 20,
+            data: vec![1, 2, 3],
+            done: true,
+        };
+        let back = install_request_from_pb(install_request_to_pb(chunk)).expect("decodes");
+        assert_eq!(
+            (back.meta, back.offset, back.data, back.done),
+            (meta, 1 << 20, vec![1, 2, 3], true)
+        );
+        let mismatch = SnapshotMismatch {
+            expect: SnapshotSegmentId { id: "40-2".into(), offset: 0 },
+            got: SnapshotSegmentId { id: "40-2".into(), offset: 7 },
+        };
+        for reply in [Ok(InstallSnapshotResponse { vote: Vote::new(2, 1) }), Err(mismatch)] {
+            assert_eq!(install_reply_from_pb(install_reply_to_pb(&reply)).expect("decodes"), reply);
+        }
+        // A peer's message without its vote is refused, not defaulted.
+        assert!(vote_request_from_pb(pb::VoteRequest { vote: None, last_log_id: None }).is_err());
     }
 
     #[test]

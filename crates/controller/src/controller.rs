@@ -1,6 +1,6 @@
 //! The public face of the metadata plane: `Controller` opens the metadata log, runs the raft
-//! node over it, and runs the active controller, the one task that decides requests and
-//! proposes their records while this node leads.
+//! node over it (gRPC between voters), and runs the active controller, the one task that
+//! decides requests, tracks broker liveness and proposes records while this node leads.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,18 +10,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
 use strom_metadata::control::{
-    decide, ControlDefaults, ControlRequest, ControlResponse, DecideCtx,
+    decide, fence_broker, BrokerLiveness, ControlDefaults, ControlRequest, ControlResponse,
+    DecideCtx,
 };
-use strom_metadata::records::MetadataBatch;
+use strom_metadata::records::{MetadataBatch, MetadataRecord};
 use strom_metadata::{
     BoxFuture, ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset,
 };
+use strom_proto::controller::controller_server::ControllerServer;
+use strom_proto::raft::raft_server::RaftServer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::ControllerError;
+use crate::forward::ForwardingClient;
 use crate::log_store::{LogStore, LogStoreOptions, SEGMENT_BYTES_MAX_DEFAULT};
-use crate::network::UnreachableNetwork;
+use crate::network::{Channels, GrpcNetwork, RPC_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use crate::service::{ControllerService, RaftService};
 use crate::state_machine::StateMachine;
 use crate::types::{ControllerNode, Raft};
 
@@ -36,8 +41,16 @@ pub const EVENT_QUEUE_MAX: usize = 1024;
 /// the election, the rest is slack for a slow disk.
 pub const LEADER_WAIT_ELECTION_TIMEOUTS: u64 = 20;
 
+/// How long a submitted request may wait, in election timeouts, for an active controller to
+/// exist and answer: a failover takes one or two election timeouts.
+pub const SUBMIT_WAIT_ELECTION_TIMEOUTS: u64 = 5;
+
 /// How long a request waits for a new leader to apply its own log before it is refused.
 pub const CATCH_UP_WAIT_MS_MAX: u64 = 5_000;
+
+/// How often per broker heartbeat interval the active controller looks for expired sessions:
+/// twice, so a silent broker is fenced at most half an interval after its session ends.
+pub const LIVENESS_CHECKS_PER_HEARTBEAT: u64 = 2;
 
 pub const SNAPSHOT_AFTER_ENTRIES_DEFAULT: u64 = 10_000;
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
@@ -84,32 +97,55 @@ impl ControllerConfig {
                 reason: "must be at least 1",
             });
         }
+        if self.defaults.broker_heartbeat_interval_ms == 0
+            || self.defaults.session_timeout_ms <= self.defaults.broker_heartbeat_interval_ms
+        {
+            return Err(ControllerError::ConfigInvalid {
+                key: "session_timeout_ms",
+                reason: "must be greater than the broker heartbeat interval, which must be > 0",
+            });
+        }
         let config = Config {
             cluster_name: "strom-metadata".into(),
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
+            // A chunk may take as long as an election before the leader gives up on it.
+            install_snapshot_timeout: self.election_timeout_max_ms,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
             max_in_snapshot_log_to_keep: self.snapshot_after_entries,
             ..Config::default()
         };
         config.validate().map_err(|e| ControllerError::RaftConfig(Box::new(e)))
     }
+
+    /// How long a submit may wait for an active controller to answer.
+    fn submit_wait(&self) -> Duration {
+        Duration::from_millis(SUBMIT_WAIT_ELECTION_TIMEOUTS * self.election_timeout_max_ms)
+    }
 }
 
 /// A running controller: raft node, metadata log, and active controller task.
 pub struct Controller {
+    node_id: u64,
     raft: Raft,
     image: watch::Receiver<Arc<MetadataImage>>,
-    client: Arc<EventClient>,
+    leader: watch::Receiver<Option<u64>>,
+    local: Arc<EventClient>,
+    client: Arc<ForwardingClient>,
     stop: oneshot::Sender<()>,
     event_loop: JoinHandle<()>,
+    leader_watch: JoinHandle<()>,
 }
 
 impl Controller {
     /// Opens the metadata log in `<data_dir>/__cluster_metadata-0/` and starts the raft node.
-    /// A fresh directory is initialised with the configured voters. With a single voter it
-    /// returns once this node leads and has applied its log, so requests are served at once.
+    /// A fresh directory is initialised with the configured voters (every voter proposes the
+    /// same membership). With a single voter it returns once this node leads and has applied
+    /// its log, so requests are served at once; with several it returns as soon as raft runs,
+    /// before any quorum exists (the peers cannot reach this node until the binary serves
+    /// [`Controller::raft_service`]); use [`Controller::wait_for_leader`] to wait for one.
     pub async fn start(
         cfg: ControllerConfig,
         listener: Arc<dyn MetadataListener>,
@@ -129,7 +165,12 @@ impl Controller {
         };
         let log = LogStore::open(&dir, options).await.map_err(open_err)?;
         let (sm, image) = StateMachine::open(&dir, listener).await.map_err(open_err)?;
-        let raft = Raft::new(cfg.node_id, raft_config, UnreachableNetwork, log, sm)
+        let channels = Channels::for_election_timeout(
+            cfg.election_timeout_min_ms,
+            cfg.election_timeout_max_ms,
+        );
+        let network = GrpcNetwork::new(channels.clone());
+        let raft = Raft::new(cfg.node_id, raft_config, network, log, sm)
             .await
             .map_err(|e| ControllerError::RaftStart(Box::new(e)))?;
 
@@ -163,6 +204,9 @@ impl Controller {
             tracing::info!(node_id, "this node is the active controller");
         }
 
+        let (leader_tx, leader) = watch::channel(raft.metrics().borrow().current_leader);
+        let leader_watch = tokio::spawn(watch_leader(raft.metrics(), leader_tx, cfg.node_id));
+
         let (tx, rx) = mpsc::channel(EVENT_QUEUE_MAX);
         let (stop, stop_rx) = oneshot::channel();
         let active = ActiveController {
@@ -171,12 +215,35 @@ impl Controller {
             image: image.clone(),
             defaults: cfg.defaults.clone(),
             random: SplitMix64(uuid::Uuid::new_v4().as_u64_pair().0),
+            commit_wait: cfg.submit_wait(),
+            clock: tokio::time::Instant::now(),
+            liveness: None,
         };
         let event_loop = tokio::spawn(active.run(rx, stop_rx));
-        Ok(Controller { raft, image, client: Arc::new(EventClient { tx }), stop, event_loop })
+        let local = Arc::new(EventClient { tx });
+        let client = Arc::new(ForwardingClient::new(
+            cfg.node_id,
+            raft.clone(),
+            local.clone(),
+            channels,
+            cfg.submit_wait(),
+        ));
+        Ok(Controller {
+            node_id: cfg.node_id,
+            raft,
+            image,
+            leader,
+            local,
+            client,
+            stop,
+            event_loop,
+            leader_watch,
+        })
     }
 
-    /// How brokers and the admin service submit requests to the active controller.
+    /// How brokers and the admin service submit requests: decided by the active controller,
+    /// wherever it runs. On this node while it leads; otherwise relayed over gRPC, retried
+    /// (bounded) while a new leader is elected.
     pub fn client(&self) -> Arc<dyn ControllerClient> {
         self.client.clone()
     }
@@ -186,9 +253,56 @@ impl Controller {
         self.image.borrow().clone()
     }
 
-    /// The raft node, for the transport and admin services that will serve it.
+    /// The raft node, for the admin service (term, commit index, membership).
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The active controller as this node last heard (the raft leader), if any.
+    pub fn leader_id(&self) -> Option<u64> {
+        *self.leader.borrow()
+    }
+
+    /// Follows the active controller's id (a broker's `controller_id`).
+    pub fn leader_watch(&self) -> watch::Receiver<Option<u64>> {
+        self.leader.clone()
+    }
+
+    /// Waits until some voter is known to lead, and returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ControllerError> {
+        let mut leader = self.leader.clone();
+        let waited = tokio::time::timeout(timeout, leader.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(id)) => id.ok_or(ControllerError::LeaderUnknown {
+                node_id: self.node_id,
+                waited_ms: timeout.as_millis() as u64,
+            }),
+            _ => Err(ControllerError::LeaderUnknown {
+                node_id: self.node_id,
+                waited_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// The `strom.raft.v1.Raft` service to mount on the control port: how the other voters
+    /// reach this one.
+    pub fn raft_service(&self) -> RaftServer<RaftService> {
+        RaftServer::new(RaftService::new(self.raft.clone()))
+            .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
+    }
+
+    /// The `strom.controller.v1.Controller` service to mount on the control port: how other
+    /// voters relay requests to this node while it is the active controller. It never relays
+    /// further: a node that does not lead answers NOT_CONTROLLER.
+    pub fn controller_service(&self) -> ControllerServer<ControllerService> {
+        ControllerServer::new(ControllerService::new(self.local.clone()))
+            .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
     }
 
     /// Stops the active controller and the raft node; queued requests are answered with
@@ -198,7 +312,32 @@ impl Controller {
         let _ = self.stop.send(());
         self.raft.shutdown().await.map_err(ControllerError::RaftShutdown)?;
         self.event_loop.await.map_err(ControllerError::EventLoopJoin)?;
+        // It ends when raft drops its metrics; it only ever observes.
+        self.leader_watch.abort();
         Ok(())
+    }
+}
+
+/// Publishes the raft leader's id whenever it changes, until raft stops (then: none).
+async fn watch_leader(
+    mut metrics: watch::Receiver<RaftMetrics<u64, ControllerNode>>,
+    leader: watch::Sender<Option<u64>>,
+    node_id: u64,
+) {
+    loop {
+        let current = metrics.borrow_and_update().current_leader;
+        leader.send_if_modified(|old| {
+            if *old == current {
+                return false;
+            }
+            tracing::info!(node_id, leader = ?current, "active controller changed");
+            *old = current;
+            true
+        });
+        if metrics.changed().await.is_err() {
+            leader.send_replace(None);
+            return;
+        }
     }
 }
 
@@ -222,29 +361,35 @@ enum Event {
     },
 }
 
-struct EventClient {
+/// Submits to this node's active controller task only (NOT_CONTROLLER when it does not lead).
+pub(crate) struct EventClient {
     tx: mpsc::Sender<Event>,
+}
+
+impl EventClient {
+    pub(crate) async fn submit_local(
+        &self,
+        request: ControlRequest,
+    ) -> Result<ControlResponse, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send(Event::Submit { request, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ControlError::ControllerUnavailable(format!(
+                "the controller has {EVENT_QUEUE_MAX} requests queued"
+            )),
+            mpsc::error::TrySendError::Closed(_) => {
+                ControlError::ControllerUnavailable("the controller is shut down".into())
+            }
+        })?;
+        answer.await.map_err(|_| {
+            ControlError::ControllerUnavailable("the controller stopped before answering".into())
+        })?
+    }
 }
 
 impl ControllerClient for EventClient {
     fn submit(&self, request: ControlRequest) -> BoxFuture<Result<ControlResponse, ControlError>> {
         let tx = self.tx.clone();
-        Box::pin(async move {
-            let (reply, answer) = oneshot::channel();
-            tx.try_send(Event::Submit { request, reply }).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ControlError::ControllerUnavailable(format!(
-                    "the controller has {EVENT_QUEUE_MAX} requests queued"
-                )),
-                mpsc::error::TrySendError::Closed(_) => {
-                    ControlError::ControllerUnavailable("the controller is shut down".into())
-                }
-            })?;
-            answer.await.map_err(|_| {
-                ControlError::ControllerUnavailable(
-                    "the controller stopped before answering".into(),
-                )
-            })?
-        })
+        Box::pin(async move { EventClient { tx }.submit_local(request).await })
     }
 }
 
@@ -261,35 +406,147 @@ impl SplitMix64 {
     }
 }
 
+/// Broker liveness for one leadership term: rebuilt whenever this node starts to lead.
+struct TermLiveness {
+    term: u64,
+    brokers: BrokerLiveness,
+}
+
 struct ActiveController {
     raft: Raft,
     node_id: u64,
     image: watch::Receiver<Arc<MetadataImage>>,
     defaults: ControlDefaults,
     random: SplitMix64,
+    /// How long a proposal may wait to commit before the caller hears "outcome unknown".
+    commit_wait: Duration,
+    /// Liveness runs on this monotonic clock, in ms since the task started.
+    clock: tokio::time::Instant,
+    liveness: Option<TermLiveness>,
 }
 
 impl ActiveController {
     async fn run(mut self, mut events: mpsc::Receiver<Event>, mut stop: oneshot::Receiver<()>) {
+        let check_ms =
+            (self.defaults.broker_heartbeat_interval_ms / LIVENESS_CHECKS_PER_HEARTBEAT).max(1);
+        let mut check = tokio::time::interval(Duration::from_millis(check_ms));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = tokio::select! {
+            tokio::select! {
                 _ = &mut stop => break,
                 event = events.recv() => match event {
-                    Some(event) => event,
+                    Some(Event::Submit { request, reply }) => {
+                        let answer = self.submit(&request).await;
+                        // The caller may have given up waiting; nothing to do then.
+                        let _ = reply.send(answer);
+                    }
                     None => break,
                 },
-            };
-            match event {
-                Event::Submit { request, reply } => {
-                    let answer = self.submit(&request).await;
-                    // The caller may have given up waiting; nothing to do then.
-                    let _ = reply.send(answer);
+                _ = check.tick() => self.fence_expired().await,
+            }
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.clock.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The liveness of the current term, if this node leads: a new term (this node just
+    /// became the active controller) starts over, every registered broker heard from now.
+    fn liveness(&mut self) -> Option<&mut BrokerLiveness> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            self.liveness = None;
+            return None;
+        }
+        let term = metrics.current_term;
+        if self.liveness.as_ref().is_none_or(|l| l.term != term) {
+            let image = self.image.borrow().clone();
+            let brokers = BrokerLiveness::starting_at(&image, self.now_ms());
+            tracing::info!(
+                node_id = self.node_id,
+                term,
+                "active controller: broker sessions start"
+            );
+            self.liveness = Some(TermLiveness { term, brokers });
+        }
+        self.liveness.as_mut().map(|l| &mut l.brokers)
+    }
+
+    /// Fences every unfenced broker whose session expired.
+    async fn fence_expired(&mut self) {
+        let now = self.now_ms();
+        let session_ms = i64::try_from(self.defaults.session_timeout_ms).unwrap_or(i64::MAX);
+        let image = self.image.borrow().clone();
+        let Some(liveness) = self.liveness() else { return };
+        liveness.track_registered(&image, now);
+        let expired = liveness.expired(now, session_ms);
+        for (broker, epoch) in expired {
+            let image = self.image.borrow().clone();
+            match image.brokers.get(&broker) {
+                Some(b) if b.epoch == epoch && !b.fenced => {}
+                Some(b) if b.epoch == epoch => continue,
+                // Gone, or registered again since: that registration has its own contact.
+                _ => {
+                    if let Some(l) = self.liveness() {
+                        l.forget(broker);
+                    }
+                    continue;
+                }
+            }
+            let fenced =
+                self.propose(|image, _| Ok((fence_broker(image, broker, epoch), ()))).await;
+            match fenced {
+                Ok(()) => tracing::warn!(
+                    broker = broker.0,
+                    epoch = epoch.0,
+                    session_timeout_ms = session_ms,
+                    "broker session expired: fenced, its leaderships moved"
+                ),
+                Err(e) => {
+                    tracing::warn!(broker = broker.0, error = %e, "cannot fence expired broker");
+                    return;
                 }
             }
         }
     }
 
     async fn submit(&mut self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
+        // Make sure the sessions of this term exist before a heartbeat is counted.
+        let _ = self.liveness();
+        let response = self
+            .propose(|image, ctx| {
+                let decision = decide(image, request, ctx)?;
+                Ok((decision.records, decision.response))
+            })
+            .await?;
+        let contact = match (request, &response) {
+            (ControlRequest::BrokerHeartbeat(r), _) => Some((r.broker_id, r.broker_epoch)),
+            (ControlRequest::RegisterBroker(r), ControlResponse::RegisterBroker(epoch)) => {
+                Some((r.broker_id, *epoch))
+            }
+            _ => None,
+        };
+        if let Some((broker, epoch)) = contact {
+            let now = self.now_ms();
+            if let Some(liveness) = self.liveness() {
+                liveness.on_heartbeat(broker, epoch, now);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Decides against the image of everything committed and proposes the records; answers
+    /// once they committed. NOT_CONTROLLER only when nothing was proposed, so a caller may
+    /// retry it elsewhere; after a proposal the outcome may be unknown (leadership lost,
+    /// commit too slow), which is `ControllerUnavailable`.
+    async fn propose<T>(
+        &mut self,
+        decide: impl FnOnce(
+            &MetadataImage,
+            &mut DecideCtx<'_>,
+        ) -> Result<(Vec<MetadataRecord>, T), ControlError>,
+    ) -> Result<T, ControlError> {
         let mut metrics = self.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
             return Err(ControlError::NotController);
@@ -323,29 +580,39 @@ impl ActiveController {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let decision = {
+        let (records, answer) = {
             // Scoped: the context holds a `dyn FnMut`, which must not live across an await.
             let rng = &mut self.random;
             let mut random = || rng.next_u64();
             let mut ctx =
                 DecideCtx { now_ms, next_offset, defaults: &self.defaults, random: &mut random };
-            decide(&image, request, &mut ctx)?
+            decide(&image, &mut ctx)?
         };
-        if decision.records.is_empty() {
-            return Ok(decision.response);
+        if records.is_empty() {
+            return Ok(answer);
         }
-        let written =
-            self.raft.client_write(MetadataBatch { records: decision.records }).await.map_err(
-                |e| match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-                        ControlError::NotController
-                    }
-                    RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                        ControlError::ControllerUnavailable(e.to_string())
-                    }
-                    RaftError::Fatal(e) => ControlError::ControllerUnavailable(e.to_string()),
-                },
-            )?;
+        let write = self.raft.client_write(MetadataBatch { records });
+        let written = match tokio::time::timeout(self.commit_wait, write).await {
+            Err(_) => {
+                return Err(ControlError::ControllerUnavailable(format!(
+                    "the metadata quorum did not commit within {} ms; the outcome is unknown",
+                    self.commit_wait.as_millis()
+                )))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                // The entry may still commit under the next leader.
+                return Err(ControlError::ControllerUnavailable(
+                    "leadership was lost while committing; the outcome is unknown".into(),
+                ));
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                return Err(ControlError::ControllerUnavailable(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                return Err(ControlError::ControllerUnavailable(e.to_string()))
+            }
+            Ok(Ok(written)) => written,
+        };
         // Only this task proposes while the node leads, and it waited for the leader's own
         // entries to apply, so the proposal lands where the decision assumed.
         debug_assert_eq!(written.log_id.index, next_offset.0, "proposal landed elsewhere");
@@ -357,6 +624,6 @@ impl ActiveController {
                 "metadata proposal landed at another offset than decided for"
             );
         }
-        Ok(decision.response)
+        Ok(answer)
     }
 }

@@ -27,6 +27,8 @@ pub enum ControllerError {
     RaftInitialize(#[source] Box<RaftError<u64, InitializeError<u64, ControllerNode>>>),
     #[error("node {node_id} did not become the active controller within {waited_ms} ms")]
     LeaderWait { node_id: u64, waited_ms: u64 },
+    #[error("node {node_id} heard of no active controller within {waited_ms} ms")]
+    LeaderUnknown { node_id: u64, waited_ms: u64 },
     #[error("raft did not shut down cleanly: {0}")]
     RaftShutdown(#[source] tokio::task::JoinError),
     #[error("the active controller task failed: {0}")]

@@ -1,22 +1,32 @@
 //! The metadata plane: an embedded openraft quorum whose log is the cluster's metadata log,
 //! and the active controller that decides requests while this node leads it.
 //!
-//! - [`Controller`]: start/stop a controller node, submit requests, read the image.
+//! - [`Controller`]: start/stop a controller node, submit requests (relayed to the active
+//!   controller when this node does not lead), follow the leader, read the image.
 //! - [`log_store`]: the durable metadata log (segments, vote, committed, purged).
 //! - [`state_machine`]: committed entries → `MetadataImage` → `MetadataListener`; snapshots.
-//! - [`network`]: how voters reach each other (a placeholder until the gRPC transport).
+//! - [`network`]: how voters reach each other (tonic clients of the `Raft` service).
+//! - [`service`]: the gRPC services a controller serves on its control port.
+//! - [`wire`]: controller requests and responses as protobuf, for relaying.
 
+pub mod admin;
 mod codec;
 mod controller;
 mod error;
+mod forward;
 pub mod log_store;
 pub mod network;
+pub mod service;
 pub mod state_machine;
 pub mod types;
+pub mod wire;
 
 pub use controller::{
     Controller, ControllerConfig, CATCH_UP_WAIT_MS_MAX, ELECTION_TIMEOUT_MAX_MS_DEFAULT,
     ELECTION_TIMEOUT_MIN_MS_DEFAULT, EVENT_QUEUE_MAX, HEARTBEAT_INTERVAL_MS_DEFAULT,
-    LEADER_WAIT_ELECTION_TIMEOUTS, METADATA_LOG_DIR, SNAPSHOT_AFTER_ENTRIES_DEFAULT,
+    LEADER_WAIT_ELECTION_TIMEOUTS, LIVENESS_CHECKS_PER_HEARTBEAT, METADATA_LOG_DIR,
+    SNAPSHOT_AFTER_ENTRIES_DEFAULT, SUBMIT_WAIT_ELECTION_TIMEOUTS,
 };
 pub use error::ControllerError;
+pub use forward::{SUBMIT_ATTEMPTS_MAX, SUBMIT_BACKOFF_MS_MAX, SUBMIT_BACKOFF_MS_MIN};
+pub use service::{ControllerService, RaftService};

@@ -1,84 +1,82 @@
-//! How this voter reaches the others: openraft's `RaftNetworkFactory`.
+//! How this voter reaches the others: openraft's `RaftNetworkFactory` over gRPC (the
+//! `strom.raft.v1.Raft` service on each voter's control port), and the channel cache the
+//! request forwarding shares.
 //!
-//! Placeholder: the gRPC transport (a tonic client per peer, the `strom.raft.v1` service on the
-//! control port) replaces `UnreachableNetwork`. Until then every RPC fails as `Unreachable`, so
-//! only a single-voter quorum makes progress. A real transport drops in by implementing
-//! [`PeerTransport`]; the factory and the error mapping stay.
+//! A [`PeerTransport`] is one peer's RPCs in transport terms; [`GrpcTransport`] is the tonic
+//! client. [`PeerNetwork`] maps transport failures to what openraft expects: `Unreachable`
+//! (openraft backs off), `Network` (it retries at once), and the peer's own refusals as
+//! `RemoteError` (a snapshot stream that must restart).
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use strom_proto::raft::raft_client::RaftClient;
+use tonic::transport::{Channel, Endpoint};
 
+use crate::codec::{self, CodecError};
 use crate::types::{ControllerNode, TypeConfig};
+
+/// The largest gRPC message a voter sends or accepts: a batch of entries or a snapshot chunk
+/// with room to spare.
+pub const RPC_MESSAGE_BYTES_MAX: usize = 16 << 20;
+
+/// The snapshot bytes sent per InstallSnapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX * 2 <= RPC_MESSAGE_BYTES_MAX);
+
+/// The longest a connection attempt to a peer may take; shorter with short election timeouts.
+pub const CONNECT_TIMEOUT_MS_MAX: u64 = 1_000;
+
+/// Peers (and active controllers) whose channels are kept; more distinct addresses than this
+/// means a misconfiguration, and the cache starts over rather than grow.
+pub const CHANNELS_MAX: usize = 64;
 
 /// Why a peer RPC failed before the peer answered.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The peer cannot be reached (down, partitioned, or no transport yet).
+    /// The peer cannot be reached (down, partitioned, its raft stopped).
     #[error("controller {target} at '{addr}' is unreachable: {reason}")]
     Unreachable { target: u64, addr: String, reason: String },
-    /// The peer was reached but the exchange broke (bad frame, reset stream).
+    /// The peer was reached but the exchange broke (bad frame, reset stream, deadline).
     #[error("RPC to controller {target} failed: {reason}")]
     Rpc { target: u64, reason: String },
 }
 
-type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, ControllerNode, E>>;
-
-/// One peer's RPCs, in transport terms: a tonic client implements this.
+/// One peer's RPCs, in transport terms: a tonic client implements this. `timeout` is how long
+/// the caller (openraft) waits for the answer.
 pub trait PeerTransport: Send + Sync + 'static {
     fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
     ) -> impl std::future::Future<Output = Result<AppendEntriesResponse<u64>, TransportError>> + Send;
+    /// `Ok(Err(mismatch))`: the peer expected another chunk; the stream restarts at 0.
     fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-    ) -> impl std::future::Future<Output = Result<InstallSnapshotResponse<u64>, TransportError>> + Send;
+        timeout: Duration,
+    ) -> impl std::future::Future<
+        Output = Result<Result<InstallSnapshotResponse<u64>, SnapshotMismatch>, TransportError>,
+    > + Send;
     fn vote(
         &mut self,
         rpc: VoteRequest<u64>,
+        timeout: Duration,
     ) -> impl std::future::Future<Output = Result<VoteResponse<u64>, TransportError>> + Send;
 }
 
-/// The transport that is not there yet: every RPC fails as `Unreachable`.
-#[derive(Clone, Debug)]
-pub struct UnreachableTransport {
-    target: u64,
-    addr: String,
-}
-
-impl UnreachableTransport {
-    fn refuse<T>(&self) -> Result<T, TransportError> {
-        Err(TransportError::Unreachable {
-            target: self.target,
-            addr: self.addr.clone(),
-            reason: "no controller-to-controller transport in this build".into(),
-        })
-    }
-}
-
-impl PeerTransport for UnreachableTransport {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-    ) -> Result<AppendEntriesResponse<u64>, TransportError> {
-        self.refuse()
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-    ) -> Result<InstallSnapshotResponse<u64>, TransportError> {
-        self.refuse()
-    }
-
-    async fn vote(&mut self, _rpc: VoteRequest<u64>) -> Result<VoteResponse<u64>, TransportError> {
-        self.refuse()
-    }
-}
+type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, ControllerNode, E>>;
 
 /// Maps transport failures to what openraft retries on: `Unreachable` backs off, a broken
 /// exchange is a `Network` error.
@@ -91,6 +89,8 @@ fn to_rpc_error<E: std::error::Error>(e: TransportError) -> RPCError<u64, Contro
 
 /// openraft's view of one peer over a [`PeerTransport`].
 pub struct PeerNetwork<T> {
+    target: u64,
+    node: ControllerNode,
     transport: T,
 }
 
@@ -98,36 +98,202 @@ impl<T: PeerTransport> RaftNetwork<TypeConfig> for PeerNetwork<T> {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
-        self.transport.append_entries(rpc).await.map_err(to_rpc_error)
+        self.transport.append_entries(rpc, option.hard_ttl()).await.map_err(to_rpc_error)
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
-        self.transport.install_snapshot(rpc).await.map_err(to_rpc_error)
+        match self.transport.install_snapshot(rpc, option.hard_ttl()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(mismatch)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch)),
+            ))),
+            Err(e) => Err(to_rpc_error(e)),
+        }
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
-        self.transport.vote(rpc).await.map_err(to_rpc_error)
+        self.transport.vote(rpc, option.hard_ttl()).await.map_err(to_rpc_error)
     }
 }
 
-/// Hands openraft a [`PeerNetwork`] per peer, until the gRPC transport replaces it.
-#[derive(Clone, Debug, Default)]
-pub struct UnreachableNetwork;
+/// Lazily connected channels by control address, shared by raft replication and request
+/// forwarding; a channel reconnects by itself after its peer comes back.
+#[derive(Clone, Debug)]
+pub struct Channels {
+    connect_timeout: Duration,
+    rpc_timeout: Duration,
+    cache: Arc<Mutex<HashMap<String, Channel>>>,
+}
 
-impl RaftNetworkFactory<TypeConfig> for UnreachableNetwork {
-    type Network = PeerNetwork<UnreachableTransport>;
+impl Channels {
+    /// `rpc_timeout` bounds every call (its own deadline may be shorter); `connect_timeout`
+    /// bounds a connection attempt.
+    pub fn new(connect_timeout: Duration, rpc_timeout: Duration) -> Channels {
+        Channels { connect_timeout, rpc_timeout, cache: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// Timeouts derived from the election timeout: an RPC that outlasts an election is of no
+    /// use to raft, and a connect must leave time for the call.
+    pub fn for_election_timeout(
+        election_timeout_min_ms: u64,
+        election_timeout_max_ms: u64,
+    ) -> Self {
+        let connect_ms = (election_timeout_min_ms / 2).clamp(1, CONNECT_TIMEOUT_MS_MAX);
+        Channels::new(
+            Duration::from_millis(connect_ms),
+            Duration::from_millis(election_timeout_max_ms.max(1)),
+        )
+    }
+
+    /// The channel to `addr` (`host:port`), created on first use; the connection itself is
+    /// made by the first call.
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        let mut cache = self.cache.lock().map_err(|_| "channel cache poisoned".to_string())?;
+        if let Some(channel) = cache.get(addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("invalid control address '{addr}': {e}"))?
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.rpc_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        if cache.len() >= CHANNELS_MAX {
+            cache.clear();
+        }
+        cache.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The tonic client of one peer's `Raft` service.
+pub struct GrpcTransport {
+    target: u64,
+    addr: String,
+    /// `Err`: the address cannot be used; every call fails as unreachable.
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl GrpcTransport {
+    pub fn new(target: u64, addr: &str, channels: &Channels) -> GrpcTransport {
+        let client = channels.get(addr).map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
+        });
+        GrpcTransport { target, addr: addr.to_string(), client }
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, TransportError> {
+        self.client.clone().map_err(|reason| TransportError::Unreachable {
+            target: self.target,
+            addr: self.addr.clone(),
+            reason,
+        })
+    }
+
+    fn status_error(&self, status: tonic::Status) -> TransportError {
+        match status.code() {
+            // A refused or dropped connection: the peer is down or restarting.
+            tonic::Code::Unavailable | tonic::Code::Cancelled => TransportError::Unreachable {
+                target: self.target,
+                addr: self.addr.clone(),
+                reason: status.message().to_string(),
+            },
+            code => TransportError::Rpc {
+                target: self.target,
+                reason: format!("{code:?}: {}", status.message()),
+            },
+        }
+    }
+
+    fn decode_error(&self, e: CodecError) -> TransportError {
+        TransportError::Rpc { target: self.target, reason: format!("bad answer: {e}") }
+    }
+}
+
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+impl PeerTransport for GrpcTransport {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<AppendEntriesResponse<u64>, TransportError> {
+        let message = codec::append_request_to_pb(&rpc);
+        let answer = self
+            .client()?
+            .append_entries(request(message, timeout))
+            .await
+            .map_err(|s| self.status_error(s))?;
+        codec::append_response_from_pb(answer.into_inner()).map_err(|e| self.decode_error(e))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<Result<InstallSnapshotResponse<u64>, SnapshotMismatch>, TransportError> {
+        let message = codec::install_request_to_pb(rpc);
+        let answer = self
+            .client()?
+            .install_snapshot(request(message, timeout))
+            .await
+            .map_err(|s| self.status_error(s))?;
+        codec::install_reply_from_pb(answer.into_inner()).map_err(|e| self.decode_error(e))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        timeout: Duration,
+    ) -> Result<VoteResponse<u64>, TransportError> {
+        let message = codec::vote_request_to_pb(&rpc);
+        let answer = self
+            .client()?
+            .vote(request(message, timeout))
+            .await
+            .map_err(|s| self.status_error(s))?;
+        codec::vote_response_from_pb(answer.into_inner()).map_err(|e| self.decode_error(e))
+    }
+}
+
+/// Hands openraft a gRPC [`PeerNetwork`] per peer.
+#[derive(Clone, Debug)]
+pub struct GrpcNetwork {
+    channels: Channels,
+}
+
+impl GrpcNetwork {
+    pub fn new(channels: Channels) -> GrpcNetwork {
+        GrpcNetwork { channels }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = PeerNetwork<GrpcTransport>;
 
     async fn new_client(&mut self, target: u64, node: &ControllerNode) -> Self::Network {
-        PeerNetwork { transport: UnreachableTransport { target, addr: node.control_addr.clone() } }
+        PeerNetwork {
+            target,
+            node: node.clone(),
+            transport: GrpcTransport::new(target, &node.control_addr, &self.channels),
+        }
     }
 }

@@ -47,6 +47,8 @@ pub enum LogError {
     UnsupportedMagic { batch_index: usize, magic: i8 },
     #[error("batch {batch_index} of the append is {size} bytes, over the {max} byte limit")]
     BatchTooLarge { batch_index: usize, size: usize, max: u32 },
+    #[error("replicated batch {batch_index} starts at offset {found}, expected {expected}")]
+    FollowerOffsetMismatch { batch_index: usize, expected: i64, found: i64 },
     #[error("append carries no record batch")]
     AppendEmpty,
     #[error("append spans {span} offsets, more than one segment can address")]

@@ -232,34 +232,7 @@ impl Log {
         if let Some(latest) = self.epochs.latest_epoch().filter(|latest| leader_epoch < *latest) {
             return Err(LogError::LeaderEpochStale { epoch: leader_epoch, latest });
         }
-        let mut validated: Vec<(BatchHeader, Bytes)> = Vec::new();
-        for (batch_index, item) in Batches::new(batches.clone()).enumerate() {
-            let (header, slice) = item.map_err(|source| map_batch_error(batch_index, source))?;
-            if header.magic != MAGIC_V2 {
-                return Err(LogError::UnsupportedMagic { batch_index, magic: header.magic });
-            }
-            if slice.len() > self.config.max_message_bytes as usize {
-                return Err(LogError::BatchTooLarge {
-                    batch_index,
-                    size: slice.len(),
-                    max: self.config.max_message_bytes,
-                });
-            }
-            let header =
-                batch::validate(&slice).map_err(|source| map_batch_error(batch_index, source))?;
-            // Offsets are assigned from the delta, so it must agree with the record count.
-            if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
-                let source = BatchError::RecordsCountMismatch {
-                    records_count: header.records_count,
-                    last_offset_delta: header.last_offset_delta,
-                };
-                return Err(LogError::CorruptBatch { batch_index, source });
-            }
-            validated.push((header, slice));
-        }
-        if validated.is_empty() {
-            return Err(LogError::AppendEmpty);
-        }
+        let validated = self.validate_batches(batches, true)?;
         let span: i64 = validated.iter().map(|(h, _)| i64::from(h.last_offset_delta) + 1).sum();
         let total_bytes: u64 = validated.iter().map(|(_, slice)| slice.len() as u64).sum();
         let base_offset = self.log_end_offset();
@@ -330,6 +303,95 @@ impl Log {
         }
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
         Ok(AppendInfo { base_offset, last_offset, log_append_time, max_timestamp })
+    }
+
+    /// Splits and checks producer or leader batches (all or nothing): framing, magic, CRC,
+    /// and that offsets can be assigned from the record counts.
+    fn validate_batches(
+        &self,
+        batches: &Bytes,
+        check_size: bool,
+    ) -> Result<Vec<(BatchHeader, Bytes)>, LogError> {
+        let mut validated: Vec<(BatchHeader, Bytes)> = Vec::new();
+        for (batch_index, item) in Batches::new(batches.clone()).enumerate() {
+            let (header, slice) = item.map_err(|source| map_batch_error(batch_index, source))?;
+            if header.magic != MAGIC_V2 {
+                return Err(LogError::UnsupportedMagic { batch_index, magic: header.magic });
+            }
+            if check_size && slice.len() > self.config.max_message_bytes as usize {
+                return Err(LogError::BatchTooLarge {
+                    batch_index,
+                    size: slice.len(),
+                    max: self.config.max_message_bytes,
+                });
+            }
+            let header =
+                batch::validate(&slice).map_err(|source| map_batch_error(batch_index, source))?;
+            // Offsets are assigned from the delta, so it must agree with the record count.
+            if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+                let source = BatchError::RecordsCountMismatch {
+                    records_count: header.records_count,
+                    last_offset_delta: header.last_offset_delta,
+                };
+                return Err(LogError::CorruptBatch { batch_index, source });
+            }
+            validated.push((header, slice));
+        }
+        if validated.is_empty() {
+            return Err(LogError::AppendEmpty);
+        }
+        Ok(validated)
+    }
+
+    /// Appends batches copied from the partition leader (a follower's fetch): offsets and
+    /// leader epochs are the leader's, so the bytes are written exactly as received. The first
+    /// batch must start at this log's end offset.
+    pub fn append_as_follower(&mut self, batches: &Bytes) -> Result<Option<AppendInfo>, LogError> {
+        self.check_online()?;
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let validated = self.validate_batches(batches, false)?;
+        let mut expected = self.log_end_offset();
+        for (batch_index, (header, _)) in validated.iter().enumerate() {
+            if header.base_offset != expected {
+                return Err(LogError::FollowerOffsetMismatch {
+                    batch_index,
+                    expected,
+                    found: header.base_offset,
+                });
+            }
+            expected = header.last_offset() + 1;
+        }
+        let base_offset = self.log_end_offset();
+        let last_offset = expected - 1;
+        let total_bytes: u64 = validated.iter().map(|(_, slice)| slice.len() as u64).sum();
+        let active = self.active();
+        let would_overflow = active.size + total_bytes > self.config.segment_bytes
+            || last_offset - active.base_offset > RELATIVE_OFFSET_MAX;
+        if active.size > 0 && would_overflow {
+            self.roll(base_offset)?;
+        }
+        let mut prepared = Vec::with_capacity(validated.len());
+        let mut max_timestamp = i64::MIN;
+        for (header, slice) in validated {
+            if header.partition_leader_epoch >= 0 {
+                self.epochs.assign(header.partition_leader_epoch, header.base_offset)?;
+            }
+            max_timestamp = max_timestamp.max(header.max_timestamp);
+            let mut head = [0u8; ATTRIBUTES_OFFSET];
+            head.copy_from_slice(&slice[..ATTRIBUTES_OFFSET]);
+            prepared.push(PreparedBatch { header, head, tail: slice.slice(ATTRIBUTES_OFFSET..) });
+        }
+        if let Err(failure) = self.active_mut().append(&prepared) {
+            if !failure.rolled_back {
+                tracing::error!(dir = %self.dir.display(), error = %failure.error, "log offline");
+                self.offline = true;
+            }
+            return Err(failure.error);
+        }
+        debug_assert_eq!(self.log_end_offset(), last_offset + 1);
+        Ok(Some(AppendInfo { base_offset, last_offset, log_append_time: None, max_timestamp }))
     }
 
     fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {

@@ -486,3 +486,31 @@ fn delete_removes_the_partition_dir() {
     log.delete().unwrap();
     assert!(!dir.exists());
 }
+
+#[test]
+fn a_follower_copies_the_leaders_batches_byte_for_byte() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut leader = Log::open(leader_dir.path(), config(), 0).unwrap();
+    for epoch in [1, 1, 3] {
+        leader.append(&batch(4, 100), epoch, 0).unwrap();
+    }
+    let mut follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    // A fetch from the middle of the leader's log must not apply to an empty follower.
+    let middle = leader.read(4, usize::MAX, i64::MAX).unwrap();
+    assert!(matches!(
+        follower.append_as_follower(&middle),
+        Err(LogError::FollowerOffsetMismatch { expected: 0, found: 4, .. })
+    ));
+    let all = leader.read(0, usize::MAX, i64::MAX).unwrap();
+    let info = follower.append_as_follower(&all).unwrap().unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (0, 11));
+    assert_eq!(follower.read(0, usize::MAX, i64::MAX).unwrap(), all);
+    assert_eq!(follower.leader_epoch_entries(), leader.leader_epoch_entries());
+    assert_eq!(follower.append_as_follower(&Bytes::new()).unwrap(), None);
+    // After a restart the follower still has them, epochs included.
+    drop(follower);
+    let follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    assert_eq!(follower.log_end_offset(), 12);
+    assert_eq!(follower.end_offset_for_epoch(1), Some((1, 8)));
+}

@@ -4,7 +4,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest,
     RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -19,6 +20,7 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
     CreatePartitions(CreatePartitionsRequest),
@@ -77,6 +79,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<RequestFrame, RequestError> {
         ApiKey::Produce => decode(body, version).map(Request::Produce),
         ApiKey::Fetch => decode(body, version).map(Request::Fetch),
         ApiKey::ListOffsets => decode(body, version).map(Request::ListOffsets),
+        ApiKey::OffsetForLeaderEpoch => decode(body, version).map(Request::OffsetForLeaderEpoch),
         ApiKey::CreateTopics => decode(body, version).map(Request::CreateTopics),
         ApiKey::DeleteTopics => decode(body, version).map(Request::DeleteTopics),
         ApiKey::CreatePartitions => decode(body, version).map(Request::CreatePartitions),
@@ -115,6 +118,41 @@ pub fn encode_response<R: Encodable>(
     body.encode(&mut buf, version).map_err(|e| e.to_string())?;
     debug_assert_eq!(buf.len(), 4 + size);
     Ok(buf.freeze())
+}
+
+/// Encodes a whole request frame (the client side, used by replica fetchers).
+pub fn encode_request<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: &str,
+    body: &R,
+) -> Result<Bytes, String> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_string(client_id.into())));
+    let header_version = api_key.request_header_version(version);
+    let size = header.compute_size(header_version).map_err(|e| e.to_string())?
+        + body.compute_size(version).map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_i32(size as i32);
+    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
+}
+
+/// Decodes a response frame (without its length prefix): its correlation id and body.
+pub fn decode_response<R: Decodable>(
+    api_key: ApiKey,
+    version: i16,
+    mut frame: Bytes,
+) -> Result<(i32, R), String> {
+    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+        .map_err(|e| e.to_string())?;
+    let body = R::decode(&mut frame, version).map_err(|e| e.to_string())?;
+    Ok((header.correlation_id, body))
 }
 
 /// Reads the correlation id of a frame too broken to decode, for logging.

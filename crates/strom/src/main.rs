@@ -1,5 +1,7 @@
-//! `strom`: one binary that runs a combined controller + broker node (`strom start`).
+//! `strom`: one binary that runs a combined controller + broker node (`strom start`) and
+//! administers a cluster over gRPC (`strom topic …`, `strom cluster …`).
 
+mod cli;
 mod config;
 mod node;
 
@@ -23,6 +25,10 @@ enum Command {
     /// Start a node. With no flags: one combined controller+broker on 127.0.0.1:9092 (Kafka)
     /// and 127.0.0.1:9093 (control), data in ./strom-data.
     Start(StartArgs),
+    /// Create, list, describe, delete and reconfigure topics (through a node's control port).
+    Topic(cli::TopicArgs),
+    /// Describe the cluster (quorum, brokers) and elect preferred leaders.
+    Cluster(cli::ClusterArgs),
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -62,6 +68,9 @@ fn main() -> std::process::ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(node::run(cfg)))
         }),
+        // Admin commands choose their own exit codes (see the `cli` module).
+        Command::Topic(args) => return cli::run_topic(args),
+        Command::Cluster(args) => return cli::run_cluster(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use strom_broker::{Broker, BrokerConfig, LogDefaults};
+use strom_controller::admin::{mount_admin, AdminServiceImpl, ImagePublisher, RaftClusterInfo};
 use strom_controller::{Controller, ControllerConfig};
 use strom_metadata::control::{
     BrokerHeartbeatRequest, ControlDefaults, ControlRequest, ControlResponse, RegisterBrokerRequest,
@@ -121,6 +122,13 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
 
     let listener = Broker::listener(node);
+    // Bind the control port before the quorum starts: peers may call as soon as we vote.
+    let control_addr = control.addr().context("listeners: CONTROLLER")?;
+    let control_listener = tokio::net::TcpListener::bind(control_addr)
+        .await
+        .with_context(|| format!("cannot bind the control port {control_addr} (listeners: CONTROLLER)"))?;
+    let (publisher, image_rx) =
+        ImagePublisher::new(Some(listener.clone() as Arc<dyn MetadataListener>));
     let controller = Controller::start(
         ControllerConfig {
             node_id: cfg.node_id as u64,
@@ -129,17 +137,40 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             defaults: ControlDefaults {
                 num_partitions: cfg.num_partitions,
                 default_replication_factor: cfg.default_replication_factor,
+                session_timeout_ms: cfg.broker.session_timeout_ms,
+                broker_heartbeat_interval_ms: cfg.broker.heartbeat_interval_ms,
             },
             snapshot_after_entries: cfg.controller.snapshot_after_entries,
             heartbeat_interval_ms: cfg.controller.raft_heartbeat_interval_ms,
             election_timeout_min_ms: cfg.controller.election_timeout_ms,
             election_timeout_max_ms: cfg.controller.election_timeout_ms * 2,
         },
-        listener.clone() as Arc<dyn MetadataListener>,
+        publisher,
     )
     .await
     .context("cannot start the controller")?;
     let client = controller.client();
+    let admin = AdminServiceImpl::new(
+        client.clone(),
+        image_rx,
+        Arc::new(RaftClusterInfo::new(cluster_id.clone(), controller.raft())),
+    )
+    .with_broker_defaults(BTreeMap::from([
+        ("retention.ms".to_string(), cfg.log.retention_ms.to_string()),
+        ("retention.bytes".to_string(), cfg.log.retention_bytes.to_string()),
+        ("segment.bytes".to_string(), cfg.log.segment_bytes.to_string()),
+        ("flush.messages".to_string(), cfg.log.flush_interval_messages.to_string()),
+        ("message.timestamp.type".to_string(), cfg.log.message_timestamp_type.clone()),
+        ("max.message.bytes".to_string(), cfg.message_max_bytes.to_string()),
+        ("min.insync.replicas".to_string(), cfg.min_insync_replicas.to_string()),
+    ]));
+    let mut routes = tonic::service::RoutesBuilder::default();
+    let _health = mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
+    let control_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes.routes())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(control_listener)),
+    );
 
     let broker = Broker::start(
         BrokerConfig {
@@ -163,6 +194,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 message_timestamp_type: cfg.log.message_timestamp_type.clone(),
                 index_interval_bytes: cfg.log.index_interval_bytes,
                 message_max_bytes: cfg.message_max_bytes,
+                min_insync_replicas: cfg.min_insync_replicas,
             },
         },
         listener.clone(),
@@ -202,6 +234,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     heartbeats.abort();
     broker.shutdown().await.context("broker shutdown")?;
     controller.shutdown().await.context("controller shutdown")?;
+    control_server.abort();
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -24,6 +24,9 @@ pub struct RecordFixtures {
     pub key_count: usize,
     /// Largest value length generated.
     pub value_len_max: usize,
+    /// Values are text that compresses well instead of random bytes (codecs fall back to no
+    /// compression when it does not pay).
+    pub compressible: bool,
 }
 
 /// Every this many records the value is null.
@@ -33,7 +36,13 @@ pub const EMPTY_VALUE_EVERY: usize = 991;
 
 impl RecordFixtures {
     pub fn new(seed: u64) -> Self {
-        Self { rng: TestRng::new(seed), next_index: 0, key_count: 1000, value_len_max: 200 }
+        Self {
+            rng: TestRng::new(seed),
+            next_index: 0,
+            key_count: 1000,
+            value_len_max: 200,
+            compressible: false,
+        }
     }
 
     pub fn next_record(&mut self) -> RecordFixture {
@@ -46,7 +55,12 @@ impl RecordFixtures {
             Some(Vec::new())
         } else {
             let len = self.rng.in_range(1..self.value_len_max + 1);
-            Some(self.rng.bytes(len))
+            if self.compressible {
+                let word = format!("value-{}-", self.rng.below(10));
+                Some(word.bytes().cycle().take(len).collect())
+            } else {
+                Some(self.rng.bytes(len))
+            }
         };
         let mut headers = vec![("index".to_owned(), Some(index.to_string().into_bytes()))];
         match self.rng.below(3) {
@@ -73,6 +87,14 @@ mod tests {
     fn fixtures_are_reproducible_from_the_seed() {
         assert_eq!(RecordFixtures::new(9).take(50), RecordFixtures::new(9).take(50));
         assert_ne!(RecordFixtures::new(9).take(50), RecordFixtures::new(10).take(50));
+    }
+
+    #[test]
+    fn compressible_values_repeat_a_short_word() {
+        let mut fixtures = RecordFixtures::new(5);
+        fixtures.compressible = true;
+        let value = fixtures.take(3).pop().and_then(|r| r.value).expect("a value");
+        assert!(value.starts_with(b"value-"), "{value:?}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, ensure, Context};
 use strom_testkit::{seed_from_env, TestRng};
@@ -11,18 +11,129 @@ use strom_tests::kafka::{self, AckingProducer, Outgoing};
 use strom_tests::raw::batch_layout::HEADER_BYTES;
 use strom_tests::{segment, with_node, NodeOptions, StromNode, CLIENT_TIMEOUT};
 
-/// Acknowledged records before the kill: enough that some segments hold real data.
+/// Acknowledged records per round before the kill: enough that segments hold real data.
 const KILL_AFTER_ACKS: usize = 3_000;
 /// Records still sent after the kill, so that the crash lands mid-stream.
 const SENDS_AFTER_KILL: usize = 2_000;
-/// Bound on the produce loop.
-const SENDS_MAX: usize = 500_000;
+/// Bound on the produce loop of one round.
+const SENDS_PER_ROUND_MAX: usize = 500_000;
+/// Crash/restart rounds: later rounds recover logs that earlier recoveries already touched.
+const CRASH_ROUNDS: usize = 3;
 
 fn value_of(id: usize, rng: &mut TestRng) -> Vec<u8> {
     let mut value = format!("record-{id}:").into_bytes();
     let len = rng.in_range(0..100);
     value.extend(rng.bytes(len));
     value
+}
+
+/// Produces keyed records until `KILL_AFTER_ACKS` more are acknowledged, kills the node -9
+/// mid-stream, keeps sending a little into the void, and returns the acknowledgements.
+fn produce_then_kill(
+    node: &mut StromNode,
+    topic: &str,
+    first_id: usize,
+    values: &mut Vec<Vec<u8>>,
+    rng: &mut TestRng,
+) -> anyhow::Result<Vec<(usize, kafka::Ack)>> {
+    let producer = AckingProducer::new(
+        &node.bootstrap(),
+        &[("message.timeout.ms", "10000"), ("queue.buffering.max.messages", "20000")],
+    )?;
+    let mut killed_at: Option<usize> = None;
+    for id in first_id..first_id + SENDS_PER_ROUND_MAX {
+        assert_eq!(values.len(), id, "ids index `values`");
+        values.push(value_of(id, rng));
+        let key = format!("k{}", id % 97);
+        let record =
+            Outgoing { key: Some(key.as_bytes()), value: Some(&values[id]), ..Outgoing::default() };
+        match (producer.send(topic, id, record), killed_at) {
+            (Ok(()), _) => {}
+            // After the kill the local queue may stay full until messages time out.
+            (Err(_), Some(_)) => break,
+            (Err(error), None) => return Err(error),
+        }
+        if id % 100 == 0 {
+            producer.poll(std::time::Duration::ZERO);
+            if killed_at.is_none() && producer.acked() >= KILL_AFTER_ACKS {
+                node.kill9()?;
+                killed_at = Some(id);
+            }
+        }
+        if killed_at.is_some_and(|at| id >= at + SENDS_AFTER_KILL) {
+            break;
+        }
+    }
+    let Some(killed_at) = killed_at else {
+        bail!("only {} acknowledgements after {SENDS_PER_ROUND_MAX} sends", producer.acked());
+    };
+    producer.purge();
+    let reports = producer.reports();
+    let acked: Vec<(usize, kafka::Ack)> = reports
+        .iter()
+        .filter_map(|(id, report)| report.as_ref().ok().map(|ack| (*id, *ack)))
+        .collect();
+    ensure!(acked.len() >= KILL_AFTER_ACKS, "{} acked", acked.len());
+    eprintln!(
+        "killed after sending ids {first_id}..={killed_at} with {} acknowledged ({} reports)",
+        acked.len(),
+        reports.len()
+    );
+    Ok(acked)
+}
+
+/// Reads everything back and checks: offsets contiguous from 0 with none served twice, every
+/// acknowledged record at its offset byte for byte, every other record one this test sent,
+/// whole. Returns each partition's log end offset.
+fn check_after_crash(
+    bootstrap: &str,
+    topic: &str,
+    partitions: &[i32],
+    acked: &[(usize, kafka::Ack)],
+    values: &[Vec<u8>],
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let consumed = kafka::consume_all(bootstrap, topic, partitions, &[])?;
+    let mut at: HashMap<(i32, i64), &kafka::Consumed> = HashMap::new();
+    for record in &consumed {
+        ensure!(
+            at.insert((record.partition, record.offset), record).is_none(),
+            "offset {} of partition {} served twice",
+            record.offset,
+            record.partition
+        );
+    }
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for &partition in partitions {
+        let offsets: Vec<i64> =
+            consumed.iter().filter(|r| r.partition == partition).map(|r| r.offset).collect();
+        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+        ensure!(offsets == expected, "partition {partition}: offsets have gaps or disorder");
+        ends.insert(partition, offsets.len() as i64);
+    }
+    for (id, ack) in acked {
+        let got = at.get(&(ack.partition, ack.offset)).with_context(|| {
+            format!("acknowledged record {id} at {ack:?} is missing after kill -9")
+        })?;
+        ensure!(
+            got.value.as_deref() == Some(&values[*id][..]),
+            "acknowledged record {id} at {ack:?} was replaced by {:?}",
+            got.value.as_deref().map(String::from_utf8_lossy)
+        );
+    }
+    for record in &consumed {
+        let value = record.value.as_deref().context("null value served")?;
+        if value.starts_with(kafka::LIVENESS_PREFIX.as_bytes()) {
+            continue; // written by assert_node_serves after an earlier crash
+        }
+        let text = String::from_utf8_lossy(value);
+        let id: usize = text
+            .strip_prefix("record-")
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|id| id.parse().ok())
+            .with_context(|| format!("unknown record served: {text:?}"))?;
+        ensure!(values.get(id).map(Vec::as_slice) == Some(value), "record {id} damaged");
+    }
+    Ok(ends)
 }
 
 #[test]
@@ -33,102 +144,23 @@ fn acked_records_survive_kill_9_and_the_node_accepts_new_writes() {
         let partitions = [0, 1, 2];
         kafka::create_topic(&bootstrap, topic, 3, &[])?;
         let mut rng = TestRng::new(seed_from_env("acked_records_survive_kill_9"));
-
-        let producer = AckingProducer::new(
-            &bootstrap,
-            &[("message.timeout.ms", "10000"), ("queue.buffering.max.messages", "20000")],
-        )?;
         let mut values: Vec<Vec<u8>> = Vec::new();
-        let mut killed_at: Option<usize> = None;
-        for id in 0..SENDS_MAX {
-            let value = value_of(id, &mut rng);
-            let key = format!("k{}", id % 97);
-            let record =
-                Outgoing { key: Some(key.as_bytes()), value: Some(&value), ..Outgoing::default() };
-            let sent = producer.send(topic, id, record);
-            values.push(value);
-            match (sent, killed_at) {
-                (Ok(()), _) => {}
-                // After the kill the local queue may stay full until messages time out.
-                (Err(_), Some(_)) => break,
-                (Err(error), None) => return Err(error),
+        let mut acked: Vec<(usize, kafka::Ack)> = Vec::new();
+        for round in 0..CRASH_ROUNDS {
+            let first_id = values.len();
+            acked.extend(produce_then_kill(node, topic, first_id, &mut values, &mut rng)?);
+            node.restart()?;
+            let ends = check_after_crash(&bootstrap, topic, &partitions, &acked, &values)
+                .with_context(|| format!("after crash {}", round + 1))?;
+            for partition in partitions {
+                let ack = kafka::assert_node_serves(&bootstrap, topic, partition)?;
+                ensure!(
+                    ack.offset == ends[&partition],
+                    "new write to partition {partition} got offset {}, expected {}",
+                    ack.offset,
+                    ends[&partition]
+                );
             }
-            if id % 100 == 0 {
-                producer.poll(std::time::Duration::ZERO);
-                if killed_at.is_none() && producer.acked() >= KILL_AFTER_ACKS {
-                    node.kill9()?;
-                    killed_at = Some(id);
-                }
-            }
-            if killed_at.is_some_and(|at| id >= at + SENDS_AFTER_KILL) {
-                break;
-            }
-        }
-        let Some(killed_at) = killed_at else {
-            bail!("only {} acknowledgements after {SENDS_MAX} sends", producer.acked());
-        };
-        producer.purge();
-        let reports = producer.reports();
-        let acked: Vec<(usize, kafka::Ack)> = reports
-            .iter()
-            .filter_map(|(id, report)| report.as_ref().ok().map(|ack| (*id, *ack)))
-            .collect();
-        ensure!(acked.len() >= KILL_AFTER_ACKS, "{} acked", acked.len());
-        eprintln!(
-            "killed after {killed_at} sends with {} acknowledged; {} reports in total",
-            acked.len(),
-            reports.len()
-        );
-
-        node.restart()?;
-        let consumed = kafka::consume_all(&bootstrap, topic, &partitions, &[])?;
-        let mut at: HashMap<(i32, i64), &kafka::Consumed> = HashMap::new();
-        for record in &consumed {
-            ensure!(
-                at.insert((record.partition, record.offset), record).is_none(),
-                "offset {} of partition {} served twice",
-                record.offset,
-                record.partition
-            );
-        }
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        for partition in partitions {
-            let offsets: Vec<i64> =
-                consumed.iter().filter(|r| r.partition == partition).map(|r| r.offset).collect();
-            let expected: Vec<i64> = (0..offsets.len() as i64).collect();
-            ensure!(offsets == expected, "partition {partition}: offsets have gaps or disorder");
-            ends.insert(partition, offsets.len() as i64);
-        }
-        for (id, ack) in &acked {
-            let got = at.get(&(ack.partition, ack.offset)).with_context(|| {
-                format!("acknowledged record {id} at {ack:?} is missing after kill -9")
-            })?;
-            ensure!(
-                got.value.as_deref() == Some(&values[*id][..]),
-                "acknowledged record {id} at {ack:?} was replaced by {:?}",
-                got.value.as_deref().map(String::from_utf8_lossy)
-            );
-        }
-        // Whatever else survived must be a record this test sent, whole.
-        for record in &consumed {
-            let value = record.value.as_deref().context("null value served")?;
-            let text = String::from_utf8_lossy(value);
-            let id: usize = text
-                .strip_prefix("record-")
-                .and_then(|rest| rest.split(':').next())
-                .and_then(|id| id.parse().ok())
-                .with_context(|| format!("unknown record served: {text:?}"))?;
-            ensure!(values.get(id).map(Vec::as_slice) == Some(value), "record {id} damaged");
-        }
-
-        for partition in partitions {
-            let ack = kafka::assert_node_serves(&bootstrap, topic, partition)?;
-            ensure!(
-                ack.offset == ends[&partition],
-                "new write to partition {partition} got offset {}, expected {}",
-                ack.offset,
-                ends[&partition]
-            );
         }
         Ok(())
     });
@@ -189,13 +221,13 @@ fn check_recovery(node: &mut StromNode, damage: Damage) -> anyhow::Result<()> {
         "segment holds batches {batches:?}, expected offsets 0..{}",
         values.len()
     );
-    let mut file = OpenOptions::new().write(true).open(&path)?;
+    let file = OpenOptions::new().write(true).open(&path)?;
     let survivors = match damage {
         Damage::AppendGarbage => {
             let mut garbage = rng.bytes(1000);
             // Make the garbage look like the start of a batch with an absurd length.
             garbage[..8].copy_from_slice(&(values.len() as i64).to_be_bytes());
-            file.write_all(&garbage)?;
+            file.write_all_at(&garbage, bytes.len() as u64)?;
             values.len()
         }
         Damage::TruncateMidBatch => {
@@ -208,7 +240,7 @@ fn check_recovery(node: &mut StromNode, damage: Damage) -> anyhow::Result<()> {
         }
         Damage::FlipByteInLastBatch => {
             let at = last.position + HEADER_BYTES + (last.size - HEADER_BYTES) / 2;
-            std::os::unix::fs::FileExt::write_at(&file, &[bytes[at] ^ 0xFF], at as u64)?;
+            file.write_all_at(&[bytes[at] ^ 0xFF], at as u64)?;
             last.base_offset as usize
         }
     };

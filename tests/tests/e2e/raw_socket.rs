@@ -168,3 +168,72 @@ fn produce_to_an_invalid_topic_name_gets_invalid_topic_exception() {
         Ok(())
     });
 }
+
+#[test]
+fn produce_to_a_missing_partition_gets_unknown_topic_or_partition() {
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    with_second_client(|node| {
+        let batch = raw::record_batch(&[b"nowhere"], 1_700_000_000_000)?;
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        // LIVENESS_TOPIC has one partition.
+        let code = connection.produce(LIVENESS_TOPIC, 7, batch)?;
+        ensure!(code == UNKNOWN_TOPIC_OR_PARTITION, "missing partition answered error {code}");
+        Ok(())
+    });
+}
+
+#[test]
+fn fetch_past_the_log_end_gets_offset_out_of_range() {
+    const OFFSET_OUT_OF_RANGE: i16 = 1;
+    with_second_client(|node| {
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let code = connection.produce(LIVENESS_TOPIC, 0, raw::record_batch(&[b"a", b"b"], 1)?)?;
+        ensure!(code == 0, "produce answered error {code}");
+        let (code, high_watermark) = connection.fetch(LIVENESS_TOPIC, 0, 0)?;
+        ensure!(
+            code == 0 && high_watermark == 2,
+            "fetch from 0: error {code}, hw {high_watermark}"
+        );
+        // Fetching at the log end is valid (nothing yet); past it is out of range.
+        let (code, _) = connection.fetch(LIVENESS_TOPIC, 0, 2)?;
+        ensure!(code == 0, "fetch at the log end answered error {code}");
+        let (code, _) = connection.fetch(LIVENESS_TOPIC, 0, 1_000)?;
+        ensure!(code == OFFSET_OUT_OF_RANGE, "fetch past the log end answered error {code}");
+        Ok(())
+    });
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_request_order() {
+    // A Produce with acks=-1 waits for fsync; the cheap requests after it must not overtake it.
+    const ROUNDS: usize = 20;
+    with_second_client(|node| {
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let produce_version =
+            connection.max_version(ApiKey::Produce)?.min(raw::PRODUCE_VERSION_MAX);
+        let mut sent = Vec::new();
+        for round in 0..ROUNDS {
+            let value = format!("pipelined-{round}");
+            let batch = raw::record_batch(&[value.as_bytes()], 1_700_000_000_000)?;
+            let id = connection.send_produce(LIVENESS_TOPIC, 0, batch, produce_version)?;
+            sent.push((id, true));
+            let body = ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("strom-tests"))
+                .with_client_software_version(StrBytes::from_static_str("0"));
+            let id = connection.send_request(ApiKey::ApiVersions as i16, 3, &body, 3)?;
+            sent.push((id, false));
+        }
+        // read_response fails unless the next frame carries the expected correlation id.
+        for (id, is_produce) in sent {
+            if is_produce {
+                let response = connection.read_response(id, produce_version)?;
+                let code = raw::produce_error_code(&response, 0)?;
+                ensure!(code == 0, "pipelined produce {id} answered error {code}");
+            } else {
+                let response: ApiVersionsResponse = connection.read_response(id, 3)?;
+                ensure!(response.error_code == 0, "ApiVersions {id}: {}", response.error_code);
+            }
+        }
+        Ok(())
+    });
+}

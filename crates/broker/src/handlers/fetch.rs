@@ -8,7 +8,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError as K;
-use strom_metadata::{MetadataImage, TopicId};
+use strom_metadata::{MetadataImage, NodeId, TopicId};
 
 use super::Meta;
 use crate::errors::log_code;
@@ -31,8 +31,10 @@ fn read_once(
     image: &MetadataImage,
     version: i16,
     req: &FetchRequest,
+    replica: Option<NodeId>,
 ) -> (FetchResponse, usize, bool) {
     let node = ctx.image.node;
+    let now = super::now_ms();
     let mut budget = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
     let mut total = 0usize;
     let mut any_error = false;
@@ -76,6 +78,12 @@ fn read_once(
                     .replicas
                     .get_or_open(image, node, &topic.name, index)
                     .ok_or(K::KafkaStorageError.code())?;
+                if let Some(r) = replica {
+                    // A follower's fetch offset is its durable end: it may move the HW.
+                    if !part.on_follower_fetch(r, fp.fetch_offset, p.leader_epoch.0, now) {
+                        return Err(K::NotLeaderOrFollower.code());
+                    }
+                }
                 let progress = part.progress();
                 if progress.offline {
                     return Err(K::KafkaStorageError.code());
@@ -86,11 +94,13 @@ fn read_once(
                 if fp.fetch_offset < start || fp.fetch_offset > end {
                     return Err(K::OffsetOutOfRange.code());
                 }
-                let records = if fp.fetch_offset >= hw || budget == 0 {
+                // Consumers read up to the high watermark, followers up to the log end.
+                let bound = if replica.is_some() { end } else { hw };
+                let records = if fp.fetch_offset >= bound || budget == 0 {
                     Bytes::new()
                 } else {
                     let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
-                    log.read(fp.fetch_offset, max, hw).map_err(|e| log_code(&e))?
+                    log.read(fp.fetch_offset, max, bound).map_err(|e| log_code(&e))?
                 };
                 drop(log);
                 budget = budget.saturating_sub(records.len());
@@ -120,10 +130,12 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: FetchRequest) 
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
     let mut arrived = ctx.replicas.data_arrived.subscribe();
+    let replica_id = if meta.version >= 15 { req.replica_state.replica_id.0 } else { req.replica_id.0 };
+    let replica = (replica_id >= 0).then_some(NodeId(replica_id));
     loop {
         arrived.borrow_and_update();
         let image = ctx.image.current();
-        let (resp, bytes, any_error) = read_once(ctx, &image, meta.version, &req);
+        let (resp, bytes, any_error) = read_once(ctx, &image, meta.version, &req, replica);
         let done = bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline;
         if done {
             return meta.encode(&resp);

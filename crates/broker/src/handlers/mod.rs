@@ -3,9 +3,10 @@
 
 pub(crate) mod admin;
 pub(crate) mod api_versions;
+mod epochs;
 mod fetch;
 mod list_offsets;
-mod metadata;
+pub(crate) mod metadata;
 mod produce;
 
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
             let ctx = ctx.clone();
             Reply::Later(Box::pin(async move { fetch::handle(&ctx, meta, req).await }))
         }
+        R::OffsetForLeaderEpoch(req) => now(meta.encode(&epochs::handle(ctx, req))),
         R::ListOffsets(req) => now(meta.encode(&list_offsets::handle(ctx, meta.version, req))),
         R::DescribeCluster(_) => now(meta.encode(&admin::describe_cluster(ctx, meta.version))),
         R::DescribeConfigs(req) => {

@@ -63,33 +63,49 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                     }
                     Some(p) => match ctx.replicas.get_or_open(&image, node, &name, index) {
                         None => refused(index, K::KafkaStorageError.code(), None, version),
-                        Some(part) => match &pd.records {
-                            None => refused(
+                        Some(part) => match (part.leader_view(), &pd.records) {
+                            (None, _) => refused(index, K::NotLeaderOrFollower.code(), None, version),
+                            (_, None) => refused(
                                 index,
                                 K::CorruptMessage.code(),
                                 Some("no records".into()),
                                 version,
                             ),
-                            Some(records) => match part.append(records, p.leader_epoch.0, now) {
-                                Ok(info) => {
-                                    let mut r = PartitionProduceResponse::default()
-                                        .with_index(index)
-                                        .with_base_offset(info.base_offset)
-                                        .with_log_append_time_ms(
-                                            info.log_append_time.unwrap_or(-1),
-                                        );
-                                    if version >= 5 {
-                                        r.log_start_offset =
-                                            part.log().map(|l| l.log_start_offset()).unwrap_or(-1);
+                            (Some((isr, _)), Some(_)) if acks == -1 && isr < part.min_insync() => {
+                                refused(
+                                    index,
+                                    K::NotEnoughReplicas.code(),
+                                    Some(format!(
+                                        "ISR has {isr} replicas, min.insync.replicas is {}",
+                                        part.min_insync()
+                                    )),
+                                    version,
+                                )
+                            }
+                            (Some(_), Some(records)) => {
+                                match part.append(records, p.leader_epoch.0, now) {
+                                    Ok(info) => {
+                                        let mut r = PartitionProduceResponse::default()
+                                            .with_index(index)
+                                            .with_base_offset(info.base_offset)
+                                            .with_log_append_time_ms(
+                                                info.log_append_time.unwrap_or(-1),
+                                            );
+                                        if version >= 5 {
+                                            r.log_start_offset = part
+                                                .log()
+                                                .map(|l| l.log_start_offset())
+                                                .unwrap_or(-1);
+                                        }
+                                        wait = Some((part.clone(), info.last_offset + 1));
+                                        r
                                     }
-                                    wait = Some((part.clone(), info.last_offset + 1));
-                                    r
+                                    Err(e) => {
+                                        tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
+                                        refused(index, log_code(&e), Some(e.to_string()), version)
+                                    }
                                 }
-                                Err(e) => {
-                                    tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
-                                    refused(index, log_code(&e), Some(e.to_string()), version)
-                                }
-                            },
+                            }
                         },
                     },
                 }
@@ -105,6 +121,11 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
         for slot in &mut slots {
             if let Some((part, end)) = slot.wait.take() {
                 match part.wait_acked(end, timeout).await {
+                    Ok(()) if acks == -1
+                        && part.leader_view().is_none_or(|(isr, _)| isr < part.min_insync()) =>
+                    {
+                        slot.response.error_code = K::NotEnoughReplicasAfterAppend.code()
+                    }
                     Ok(()) => {}
                     Err(AckError::TimedOut) => slot.response.error_code = K::RequestTimedOut.code(),
                     Err(AckError::Offline) => {

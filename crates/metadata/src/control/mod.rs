@@ -4,33 +4,58 @@
 
 mod brokers;
 mod configs;
+pub mod liveness;
 mod topics;
 
 #[cfg(test)]
 mod tests;
 
 pub use brokers::{
-    remove_leadership, BrokerHeartbeatRequest, HeartbeatReply, RegisterBrokerRequest,
+    fence_broker, remove_leadership, unclean_election_enabled, BrokerHeartbeatRequest,
+    ElectionError, HeartbeatReply, PartitionElection, RegisterBrokerRequest,
+    UNCLEAN_LEADER_ELECTION_ENABLE,
 };
 pub use configs::{AlterConfigOp, AlterConfigsRequest, ConfigAlteration, ResourceResult};
+pub use liveness::BrokerLiveness;
 pub use topics::{
-    placement, validate_topic_name, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest,
-    CreatedTopic, DeleteTopicsRequest, NewPartitions,
+    placement, rack_aware_placement, validate_topic_name, CreatePartitionsRequest, CreateTopic,
+    CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest, NewPartitions,
 };
 
 use crate::records::MetadataRecord;
 use crate::{ControlError, MetadataImage, MetadataOffset, TopicId};
 
-/// Cluster-wide defaults the controller applies where a request leaves a value out (-1).
+/// How often a broker heartbeats by default (`broker.heartbeat.interval.ms`).
+pub const BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 500;
+/// How long a broker may stay silent before it is fenced (`broker.session.timeout.ms`):
+/// three heartbeats, so one lost heartbeat is not a failure, and a dead leader is replaced
+/// within 2 s (timeout plus the controller's check interval plus a commit).
+pub const BROKER_SESSION_TIMEOUT_MS_DEFAULT: u64 = 1_500;
+
+const _: () = assert!(BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT < BROKER_SESSION_TIMEOUT_MS_DEFAULT);
+const _: () =
+    assert!(BROKER_SESSION_TIMEOUT_MS_DEFAULT + BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT <= 2_000);
+
+/// Cluster-wide defaults the controller applies where a request leaves a value out (-1), and
+/// the broker session settings the active controller enforces.
 #[derive(Clone, Debug)]
 pub struct ControlDefaults {
     pub num_partitions: i32,
     pub default_replication_factor: i16,
+    /// A broker not heard from for longer than this is fenced.
+    pub session_timeout_ms: u64,
+    /// The brokers' heartbeat interval; the active controller checks sessions this often.
+    pub broker_heartbeat_interval_ms: u64,
 }
 
 impl Default for ControlDefaults {
     fn default() -> Self {
-        ControlDefaults { num_partitions: 1, default_replication_factor: 1 }
+        ControlDefaults {
+            num_partitions: 1,
+            default_replication_factor: 1,
+            session_timeout_ms: BROKER_SESSION_TIMEOUT_MS_DEFAULT,
+            broker_heartbeat_interval_ms: BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT,
+        }
     }
 }
 
@@ -53,6 +78,13 @@ pub enum ControlRequest {
     AlterConfigs(AlterConfigsRequest),
     RegisterBroker(RegisterBrokerRequest),
     BrokerHeartbeat(BrokerHeartbeatRequest),
+    /// Leader elections: `preferred` moves leadership to the first replica where it is live
+    /// and in the ISR; otherwise leaderless partitions get a leader, out of the ISR if need
+    /// be (Kafka's UNCLEAN type). `topics: None` is every partition.
+    ElectLeaders {
+        topics: Option<Vec<(String, Vec<i32>)>>,
+        preferred: bool,
+    },
 }
 
 /// The outcome of one item (a topic, a resource) of a request.
@@ -70,6 +102,7 @@ pub enum ControlResponse {
     AlterConfigs(Vec<ResourceResult>),
     RegisterBroker(crate::BrokerEpoch),
     BrokerHeartbeat(HeartbeatReply),
+    ElectLeaders(Vec<PartitionElection>),
 }
 
 /// Records to commit, and the answer to send after they commit.
@@ -92,6 +125,9 @@ pub fn decide(
         ControlRequest::AlterConfigs(r) => Ok(configs::alter_configs(image, r)),
         ControlRequest::RegisterBroker(r) => brokers::register(image, r, ctx),
         ControlRequest::BrokerHeartbeat(r) => brokers::heartbeat(image, r),
+        ControlRequest::ElectLeaders { topics, preferred } => {
+            Ok(brokers::elect_leaders(image, topics.as_deref(), *preferred))
+        }
     }
 }
 

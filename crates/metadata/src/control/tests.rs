@@ -42,16 +42,54 @@ impl Sim {
     }
 
     fn live_broker(&mut self, id: i32) {
+        self.live_broker_in_rack(id, None);
+    }
+
+    fn live_broker_in_rack(&mut self, id: i32, rack: Option<&str>) {
         let d = self
             .run(ControlRequest::RegisterBroker(RegisterBrokerRequest {
                 broker_id: NodeId(id),
                 incarnation_id: vec![id as u8; 16],
                 endpoints: vec![Endpoint { name: "PLAINTEXT".into(), host: "h".into(), port: 1 }],
-                rack: None,
+                rack: rack.map(str::to_string),
             }))
             .unwrap();
         let ControlResponse::RegisterBroker(epoch) = d.response else { panic!() };
         self.heartbeat(id, epoch);
+    }
+
+    fn epoch(&self, id: i32) -> BrokerEpoch {
+        self.image.brokers[&NodeId(id)].epoch
+    }
+
+    /// Commits records the way the active controller commits a decision of its own (fencing).
+    fn commit(&mut self, records: Vec<crate::records::MetadataRecord>) -> Decision {
+        let next = MetadataOffset(self.image.offset.0 + 1);
+        self.image.apply_batch(next, &records).expect("decided records apply");
+        // The controller's own decisions answer nobody; any response renders the records.
+        Decision { records, response: ControlResponse::RegisterBroker(BrokerEpoch(-1)) }
+    }
+
+    /// The session of broker `id` expired: what the active controller's tick decides.
+    fn fence(&mut self, id: i32) -> Decision {
+        let epoch = self.epoch(id);
+        let records = fence_broker(&self.image, NodeId(id), epoch);
+        self.commit(records)
+    }
+
+    fn beat(&mut self, id: i32, want_shutdown: bool) -> Result<Decision, crate::ControlError> {
+        let req = BrokerHeartbeatRequest {
+            broker_id: NodeId(id),
+            broker_epoch: self.epoch(id),
+            current_metadata_offset: self.image.offset,
+            want_fence: false,
+            want_shutdown,
+        };
+        self.run(ControlRequest::BrokerHeartbeat(req))
+    }
+
+    fn leaders(&self, topic: &str) -> Vec<Option<i32>> {
+        self.image.topics[topic].partitions.values().map(|p| p.leader.map(|n| n.0)).collect()
     }
 
     fn heartbeat(&mut self, id: i32, epoch: BrokerEpoch) -> Decision {
@@ -68,6 +106,15 @@ impl Sim {
 }
 
 fn render(d: &Result<Decision, crate::ControlError>) -> String {
+    render_with(d, true)
+}
+
+/// Only the records: for decisions the controller makes on its own (fencing).
+fn render_records(d: Decision) -> String {
+    render_with(&Ok(d), false)
+}
+
+fn render_with(d: &Result<Decision, crate::ControlError>, response: bool) -> String {
     match d {
         Err(e) => format!("error: {e}\n"),
         Ok(d) => {
@@ -81,6 +128,9 @@ fn render(d: &Result<Decision, crate::ControlError>) -> String {
                 }
                 s.push_str(&line);
                 s.push('\n');
+            }
+            if !response {
+                return s;
             }
             let mut resp = format!("{:?}", d.response);
             while let Some(i) = resp.find("topic_id: TopicId(") {
@@ -274,4 +324,338 @@ fn snapshot_records_rebuild_the_same_image() {
         .unwrap();
     assert_eq!(d.records.len(), 1);
     assert!(sim.image.topic("a").is_none() && sim.image.topic("b").is_some());
+}
+
+fn set_topic_config(sim: &mut Sim, topic: &str, key: &str, value: &str) {
+    let d = sim
+        .run(ControlRequest::AlterConfigs(AlterConfigsRequest {
+            resources: vec![ConfigAlteration {
+                resource_type: crate::records::ConfigResourceType::ConfigResourceTopic,
+                resource_name: topic.into(),
+                ops: vec![(key.into(), AlterConfigOp::Set, Some(value.into()))],
+            }],
+            incremental: true,
+            validate_only: false,
+        }))
+        .unwrap();
+    assert_eq!(d.records.len(), 1, "config not set: {d:?}");
+}
+
+/// A topic with explicit replicas (checked to be created when run).
+fn create_with_replicas(name: &str, assignments: &[&[i32]]) -> ControlRequest {
+    assert!(assignments.windows(2).all(|w| w[0].len() == w[1].len()), "uneven replicas");
+    ControlRequest::CreateTopics(CreateTopicsRequest {
+        topics: vec![CreateTopic {
+            name: name.into(),
+            num_partitions: -1,
+            replication_factor: -1,
+            assignments: assignments
+                .iter()
+                .enumerate()
+                .map(|(p, r)| (p as i32, r.iter().map(|&n| NodeId(n)).collect()))
+                .collect(),
+            ..Default::default()
+        }],
+        validate_only: false,
+    })
+}
+
+#[test]
+fn placement_spreads_each_partition_over_racks_first() {
+    let mut sim = Sim::new();
+    // Racks a: 1, 2; b: 3, 4; c: 5, 6 (registered out of rack order on purpose).
+    for (id, rack) in [(1, "a"), (3, "b"), (5, "c"), (2, "a"), (4, "b"), (6, "c")] {
+        sim.live_broker_in_rack(id, Some(rack));
+    }
+    let d = sim.run(create("spread", 6, 3)).unwrap();
+    let rack = |n: &NodeId| sim.image.brokers[n].rack.clone();
+    for p in sim.image.topics["spread"].partitions.values() {
+        let racks: std::collections::BTreeSet<_> = p.replicas.iter().map(rack).collect();
+        assert_eq!(racks.len(), 3, "replicas {:?} share a rack", p.replicas);
+    }
+    // Leaders land on every broker once.
+    let mut leaders: Vec<i32> = sim.leaders("spread").into_iter().flatten().collect();
+    leaders.sort();
+    assert_eq!(leaders, vec![1, 2, 3, 4, 5, 6]);
+    expect![[r#"
+        Topic(TopicRecord { name: "spread", topic_id: _ })
+        Partition(PartitionRecord { topic_id: _, partition_id: 0, replicas: [2, 4, 6], isr: [2, 4, 6], leader: 2, leader_epoch: 0, partition_epoch: 0 })
+        Partition(PartitionRecord { topic_id: _, partition_id: 1, replicas: [4, 6, 1], isr: [4, 6, 1], leader: 4, leader_epoch: 0, partition_epoch: 0 })
+        Partition(PartitionRecord { topic_id: _, partition_id: 2, replicas: [6, 1, 3], isr: [6, 1, 3], leader: 6, leader_epoch: 0, partition_epoch: 0 })
+        Partition(PartitionRecord { topic_id: _, partition_id: 3, replicas: [1, 3, 5], isr: [1, 3, 5], leader: 1, leader_epoch: 0, partition_epoch: 0 })
+        Partition(PartitionRecord { topic_id: _, partition_id: 4, replicas: [3, 5, 2], isr: [3, 5, 2], leader: 3, leader_epoch: 0, partition_epoch: 0 })
+        Partition(PartitionRecord { topic_id: _, partition_id: 5, replicas: [5, 2, 4], isr: [5, 2, 4], leader: 5, leader_epoch: 0, partition_epoch: 0 })
+        => CreateTopics([ItemResult { name: "spread", result: Ok(CreatedTopic { topic_id: _, num_partitions: 6, replication_factor: 3, configs: [] }) }])
+    "#]]
+    .assert_eq(&render(&Ok(d)));
+}
+
+#[test]
+fn rack_aware_placement_reuses_a_rack_only_when_every_rack_is_used() {
+    let live: Vec<(NodeId, Option<String>)> = [(1, "a"), (2, "a"), (3, "a"), (4, "b")]
+        .iter()
+        .map(|&(id, r)| (NodeId(id), Some(r.to_string())))
+        .collect();
+    let placed = rack_aware_placement(&live, 0, 4, 3, 0);
+    let text = format!(
+        "{:?}",
+        placed.iter().map(|r| r.iter().map(|n| n.0).collect::<Vec<_>>()).collect::<Vec<_>>()
+    );
+    expect!["[[1, 4, 2], [4, 2, 3], [2, 4, 3], [3, 4, 2]]"].assert_eq(&text);
+    for replicas in &placed {
+        assert!(replicas.contains(&NodeId(4)), "rack b unused in {replicas:?}");
+    }
+}
+
+#[test]
+fn replication_factor_above_the_live_brokers_is_refused() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    sim.live_broker(2);
+    sim.fence(2);
+    check(
+        &mut sim,
+        create("big", 1, 2),
+        expect![[r#"
+            => CreateTopics([ItemResult { name: "big", result: Err(InvalidReplicationFactor("replication factor 2 is larger than the 1 available brokers")) }])
+        "#]],
+    );
+}
+
+#[test]
+fn fencing_moves_leaders_to_the_next_live_isr_replica_and_bumps_epochs() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1, 2, 3], &[2, 1, 3], &[3, 2, 1]])).unwrap();
+    let d = sim.fence(1);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 1, broker_epoch: 1, fenced: Some(true), in_controlled_shutdown: None })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 2, isr: [2, 3], replicas: [1, 2, 3], leader_epoch: 1, partition_epoch: 1 })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 1, leader: 2, isr: [2, 3], replicas: [2, 1, 3], leader_epoch: 0, partition_epoch: 1 })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 2, leader: 3, isr: [3, 2], replicas: [3, 2, 1], leader_epoch: 0, partition_epoch: 1 })
+    "#]]
+    .assert_eq(&render_records(d));
+    assert_eq!(sim.leaders("t"), vec![Some(2), Some(2), Some(3)]);
+    // Fencing again is a no-op: the registration is already fenced.
+    assert!(fence_broker(&sim.image, NodeId(1), sim.epoch(1)).is_empty());
+    // The last ISR member is kept even when it goes: the partition then has no leader.
+    sim.fence(3);
+    let d = sim.fence(2);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 2, broker_epoch: 3, fenced: Some(true), in_controlled_shutdown: None })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: -1, isr: [2], replicas: [1, 2, 3], leader_epoch: 2, partition_epoch: 3 })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 1, leader: -1, isr: [2], replicas: [2, 1, 3], leader_epoch: 1, partition_epoch: 3 })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 2, leader: -1, isr: [2], replicas: [3, 2, 1], leader_epoch: 2, partition_epoch: 3 })
+    "#]]
+    .assert_eq(&render_records(d));
+}
+
+#[test]
+fn unfence_elects_the_broker_where_it_is_the_first_live_isr_replica() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    sim.live_broker(2);
+    sim.run(create_with_replicas("t", &[&[1, 2], &[2, 1]])).unwrap();
+    sim.fence(2);
+    sim.fence(1);
+    assert_eq!(sim.leaders("t"), vec![None, None]);
+    // Broker 1 comes back: the last ISR member of both, it leads both.
+    let d = sim.beat(1, false);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 1, broker_epoch: 1, fenced: Some(false), in_controlled_shutdown: None })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1], replicas: [1, 2], leader_epoch: 2, partition_epoch: 3 })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 1, leader: 1, isr: [1], replicas: [2, 1], leader_epoch: 3, partition_epoch: 3 })
+        => BrokerHeartbeat(HeartbeatReply { is_caught_up: true, is_fenced: false, should_shutdown: false })
+    "#]]
+    .assert_eq(&render(&d));
+    // Broker 2 is out of the ISR: unfencing it moves nothing.
+    let d = sim.beat(2, false);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 2, broker_epoch: 3, fenced: Some(false), in_controlled_shutdown: None })
+        => BrokerHeartbeat(HeartbeatReply { is_caught_up: true, is_fenced: false, should_shutdown: false })
+    "#]]
+    .assert_eq(&render(&d));
+}
+
+#[test]
+fn heartbeat_with_a_stale_broker_epoch_is_rejected() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    let old = sim.epoch(1);
+    sim.run(ControlRequest::RegisterBroker(RegisterBrokerRequest {
+        broker_id: NodeId(1),
+        incarnation_id: vec![42; 16],
+        endpoints: vec![],
+        rack: None,
+    }))
+    .unwrap();
+    assert_ne!(sim.epoch(1), old);
+    check(
+        &mut sim,
+        ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: NodeId(1),
+            broker_epoch: old,
+            current_metadata_offset: MetadataOffset(100),
+            want_fence: false,
+            want_shutdown: false,
+        }),
+        expect![[r#"
+            error: broker 1 is not registered or its epoch is stale
+        "#]],
+    );
+    check(
+        &mut sim,
+        ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: NodeId(9),
+            broker_epoch: old,
+            current_metadata_offset: MetadataOffset(100),
+            want_fence: false,
+            want_shutdown: false,
+        }),
+        expect![[r#"
+            error: broker 9 is not registered or its epoch is stale
+        "#]],
+    );
+    // A broker that has not applied its own registration stays fenced.
+    let epoch = sim.epoch(1);
+    check(
+        &mut sim,
+        ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: NodeId(1),
+            broker_epoch: epoch,
+            current_metadata_offset: MetadataOffset(epoch.0 as u64 - 1),
+            want_fence: false,
+            want_shutdown: false,
+        }),
+        expect![[r#"
+            => BrokerHeartbeat(HeartbeatReply { is_caught_up: false, is_fenced: true, should_shutdown: false })
+        "#]],
+    );
+}
+
+#[test]
+fn controlled_shutdown_moves_leaderships_before_the_broker_may_exit() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1, 2], &[2, 1]])).unwrap();
+    sim.run(create_with_replicas("solo", &[&[1]])).unwrap();
+    let d = sim.beat(1, true);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 1, broker_epoch: 1, fenced: None, in_controlled_shutdown: Some(true) })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: -1, isr: [1], replicas: [1], leader_epoch: 1, partition_epoch: 1 })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 2, isr: [2], replicas: [1, 2], leader_epoch: 1, partition_epoch: 1 })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 1, leader: 2, isr: [2], replicas: [2, 1], leader_epoch: 0, partition_epoch: 1 })
+        => BrokerHeartbeat(HeartbeatReply { is_caught_up: true, is_fenced: false, should_shutdown: false })
+    "#]]
+    .assert_eq(&render(&d));
+    assert!(!sim.image.is_live(NodeId(1)), "a broker in controlled shutdown takes no leadership");
+    // It has applied the moves and leads nothing: it may go.
+    let d = sim.beat(1, true);
+    expect![[r#"
+        => BrokerHeartbeat(HeartbeatReply { is_caught_up: true, is_fenced: false, should_shutdown: true })
+    "#]]
+    .assert_eq(&render(&d));
+    // Placement no longer picks it.
+    sim.run(create("after", 4, 1)).unwrap();
+    let replicas: Vec<NodeId> =
+        sim.image.topics["after"].partitions.values().flat_map(|p| p.replicas.clone()).collect();
+    assert!(!replicas.contains(&NodeId(1)), "{replicas:?}");
+}
+
+#[test]
+fn unclean_election_happens_only_where_the_topic_enables_it() {
+    let setup = |unclean: bool| {
+        let mut sim = Sim::new();
+        for id in 1..=2 {
+            sim.live_broker(id);
+        }
+        sim.run(create_with_replicas("t", &[&[1, 2]])).unwrap();
+        if unclean {
+            set_topic_config(&mut sim, "t", UNCLEAN_LEADER_ELECTION_ENABLE, "true");
+        }
+        // 2 drops out of the ISR (it was fenced and came back); then the leader dies.
+        sim.fence(2);
+        sim.beat(2, false).unwrap();
+        sim
+    };
+    let mut clean = setup(false);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 1, broker_epoch: 1, fenced: Some(true), in_controlled_shutdown: None })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: -1, isr: [1], replicas: [1, 2], leader_epoch: 1, partition_epoch: 2 })
+    "#]]
+    .assert_eq(&render_records(clean.fence(1)));
+    let mut unclean = setup(true);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 1, broker_epoch: 1, fenced: Some(true), in_controlled_shutdown: None })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 2, isr: [2], replicas: [1, 2], leader_epoch: 1, partition_epoch: 2 })
+    "#]]
+    .assert_eq(&render_records(unclean.fence(1)));
+    // With no leader and the only ISR member gone, an unclean election on request elects 2.
+    check(
+        &mut clean,
+        ControlRequest::ElectLeaders {
+            topics: Some(vec![("t".into(), vec![0])]),
+            preferred: false,
+        },
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 2, isr: [2], replicas: [1, 2], leader_epoch: 2, partition_epoch: 3 })
+            => ElectLeaders([PartitionElection { topic: "t", partition: 0, result: Ok(NodeId(2)) }])
+        "#]],
+    );
+}
+
+#[test]
+fn preferred_election_moves_leadership_back_to_the_first_replica() {
+    let mut sim = Sim::new();
+    for id in 1..=2 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1, 2], &[2, 1]])).unwrap();
+    sim.fence(1);
+    sim.beat(1, false).unwrap();
+    // Out of the ISR: the preferred replica cannot lead yet.
+    check(
+        &mut sim,
+        ControlRequest::ElectLeaders { topics: None, preferred: true },
+        expect![[r#"
+            => ElectLeaders([PartitionElection { topic: "t", partition: 0, result: Err(PreferredLeaderNotAvailable) }])
+        "#]],
+    );
+    // The replication layer brings it back into the ISR (AlterPartition, not decided here).
+    let p = sim.image.partition("t", 0).unwrap().clone();
+    let topic_id = sim.image.topics["t"].id;
+    sim.commit(vec![rec(crate::records::metadata_record::Record::PartitionChange(
+        crate::records::PartitionChangeRecord {
+            topic_id: topic_id.0.to_vec(),
+            partition_id: 0,
+            leader: 2,
+            isr: vec![2, 1],
+            replicas: vec![1, 2],
+            leader_epoch: p.leader_epoch.0,
+            partition_epoch: p.partition_epoch.0 + 1,
+        },
+    ))]);
+    check(
+        &mut sim,
+        ControlRequest::ElectLeaders {
+            topics: Some(vec![("t".into(), vec![0, 1, 7]), ("nope".into(), vec![0])]),
+            preferred: true,
+        },
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [2, 1], replicas: [1, 2], leader_epoch: 2, partition_epoch: 3 })
+            => ElectLeaders([PartitionElection { topic: "t", partition: 0, result: Ok(NodeId(1)) }, PartitionElection { topic: "t", partition: 1, result: Err(ElectionNotNeeded) }, PartitionElection { topic: "t", partition: 7, result: Err(UnknownTopicOrPartition) }, PartitionElection { topic: "nope", partition: 0, result: Err(UnknownTopicOrPartition) }])
+        "#]],
+    );
+    // Every partition, all already led by their preferred replica: nothing to report.
+    check(
+        &mut sim,
+        ControlRequest::ElectLeaders { topics: None, preferred: true },
+        expect![[r#"
+            => ElectLeaders([])
+        "#]],
+    );
 }

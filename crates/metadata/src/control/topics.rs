@@ -1,4 +1,5 @@
-//! Topic decisions: create, delete, add partitions; replica placement.
+//! Topic decisions: create, delete, add partitions; replica placement (rack-aware when the
+//! brokers have racks).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -100,6 +101,62 @@ pub fn placement(
         .collect()
 }
 
+/// Placement over brokers with racks: partition p's first replica is the broker at position
+/// `start + p` of a list that takes one broker from each rack in turn (racks by name, brokers by
+/// id), and each further replica is the next broker in that list on a rack the partition does
+/// not use yet; only when every rack holds one of its replicas may a rack hold a second. So
+/// replicas spread over racks first, and leaders spread over racks and brokers.
+/// `live` is (broker, rack) in id order; brokers without a rack count as one rack.
+pub fn rack_aware_placement(
+    live: &[(NodeId, Option<String>)],
+    first_partition: i32,
+    count: i32,
+    rf: usize,
+    start: usize,
+) -> Vec<Vec<NodeId>> {
+    let mut by_rack: BTreeMap<Option<&str>, Vec<NodeId>> = BTreeMap::new();
+    for (id, rack) in live {
+        by_rack.entry(rack.as_deref()).or_default().push(*id);
+    }
+    let rack_count = by_rack.len();
+    let mut ordered: Vec<(NodeId, Option<&str>)> = Vec::with_capacity(live.len());
+    for i in 0..by_rack.values().map(Vec::len).max().unwrap_or(0) {
+        for (rack, ids) in &by_rack {
+            if let Some(&id) = ids.get(i) {
+                ordered.push((id, *rack));
+            }
+        }
+    }
+    let n = ordered.len();
+    assert!(rf <= n, "placement of {rf} replicas over {n} brokers");
+    (first_partition..first_partition + count)
+        .map(|p| {
+            let mut replicas: Vec<NodeId> = Vec::with_capacity(rf);
+            let mut racks_used: BTreeSet<Option<&str>> = BTreeSet::new();
+            let mut cursor = start + p as usize;
+            while replicas.len() < rf {
+                if racks_used.len() == rack_count {
+                    racks_used.clear();
+                }
+                let candidates = (0..n).map(|k| (cursor + k) % n);
+                let mut pick = candidates.clone().find(|&i| {
+                    !replicas.contains(&ordered[i].0) && !racks_used.contains(&ordered[i].1)
+                });
+                if pick.is_none() {
+                    // The racks left unused have no broker left: any other broker will do.
+                    racks_used.clear();
+                    pick = candidates.clone().find(|&i| !replicas.contains(&ordered[i].0));
+                }
+                let Some(i) = pick else { break };
+                replicas.push(ordered[i].0);
+                racks_used.insert(ordered[i].1);
+                cursor = i + 1;
+            }
+            replicas
+        })
+        .collect()
+}
+
 fn partition_record(
     image: &MetadataImage,
     topic_id: TopicId,
@@ -167,6 +224,11 @@ fn place(
         )));
     }
     let start = ((ctx.random)() % live.len() as u64) as usize;
+    if image.live_brokers().any(|b| b.rack.is_some()) {
+        let racks: Vec<(NodeId, Option<String>)> =
+            image.live_brokers().map(|b| (b.id, b.rack.clone())).collect();
+        return Ok(rack_aware_placement(&racks, first_partition, count, rf, start));
+    }
     Ok(placement(&live, first_partition, count, rf, start))
 }
 

@@ -1,0 +1,209 @@
+//! The leader's view of its followers, as a plain state machine: follower fetch offsets, the
+//! high watermark (the minimum log end offset over the ISR) and the ISR changes to ask the
+//! controller for. No IO and no clock: the caller passes `now_ms` and acts on what it returns.
+
+use std::collections::BTreeMap;
+
+use strom_metadata::NodeId;
+
+/// What the leader knows of one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FollowerProgress {
+    /// The follower's log end offset as its last fetch reported it. Followers fsync before they
+    /// fetch again, so everything below it is durable on the follower.
+    leo: i64,
+    /// The last time the follower had fetched everything the leader had.
+    caught_up_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeaderState {
+    me: NodeId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    replicas: Vec<NodeId>,
+    isr: Vec<NodeId>,
+    followers: BTreeMap<NodeId, FollowerProgress>,
+    hw: i64,
+    /// An ISR change sent to the controller and not yet seen committed.
+    pending: Option<(Vec<NodeId>, i64)>,
+}
+
+/// How long an unanswered ISR change blocks the next one.
+pub(crate) const ISR_CHANGE_RETRY_MS: i64 = 5_000;
+
+impl LeaderState {
+    /// Becoming leader: followers get a full lag period of grace, and the high watermark
+    /// starts where the previous leader left it (it never goes back).
+    pub fn new(
+        me: NodeId,
+        replicas: Vec<NodeId>,
+        isr: Vec<NodeId>,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        hw: i64,
+        now_ms: i64,
+    ) -> LeaderState {
+        let followers = replicas
+            .iter()
+            .filter(|r| **r != me)
+            .map(|r| (*r, FollowerProgress { leo: -1, caught_up_ms: now_ms }))
+            .collect();
+        LeaderState { me, leader_epoch, partition_epoch, replicas, isr, followers, hw, pending: None }
+    }
+
+    pub fn isr(&self) -> &[NodeId] {
+        &self.isr
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.hw
+    }
+
+    pub fn is_replica(&self, node: NodeId) -> bool {
+        self.followers.contains_key(&node)
+    }
+
+    /// A committed metadata change of this partition at the same leader epoch.
+    pub fn on_partition_change(&mut self, replicas: Vec<NodeId>, isr: Vec<NodeId>, partition_epoch: i32, now_ms: i64) {
+        for r in &replicas {
+            if *r != self.me {
+                self.followers.entry(*r).or_insert(FollowerProgress { leo: -1, caught_up_ms: now_ms });
+            }
+        }
+        self.followers.retain(|id, _| replicas.contains(id));
+        self.replicas = replicas;
+        self.isr = isr;
+        self.partition_epoch = partition_epoch;
+        self.pending = None;
+    }
+
+    /// A fetch from a follower at `fetch_offset` while the leader's log ends at `leader_leo`.
+    pub fn on_follower_fetch(&mut self, follower: NodeId, fetch_offset: i64, leader_leo: i64, now_ms: i64) {
+        if let Some(p) = self.followers.get_mut(&follower) {
+            p.leo = fetch_offset;
+            if fetch_offset >= leader_leo {
+                p.caught_up_ms = now_ms;
+            }
+        }
+    }
+
+    /// Recomputes the high watermark from the leader's durable end offset and the ISR
+    /// followers' fetch offsets. Returns the new value if it moved (it only moves up).
+    pub fn update_hw(&mut self, leader_durable_leo: i64) -> Option<i64> {
+        let mut hw = leader_durable_leo;
+        for r in &self.isr {
+            if *r == self.me {
+                continue;
+            }
+            match self.followers.get(r) {
+                Some(p) => hw = hw.min(p.leo),
+                None => return None, // an ISR member we do not track: do not guess
+            }
+        }
+        if hw > self.hw {
+            self.hw = hw;
+            Some(hw)
+        } else {
+            None
+        }
+    }
+
+    /// The ISR the controller should be asked for, if it should change: members that have not
+    /// caught up within `lag_max_ms` leave; replicas that have reached the high watermark join.
+    pub fn propose_isr(&mut self, now_ms: i64, lag_max_ms: i64) -> Option<Vec<NodeId>> {
+        if let Some((_, sent)) = &self.pending {
+            if now_ms - sent < ISR_CHANGE_RETRY_MS {
+                return None;
+            }
+        }
+        let mut next: Vec<NodeId> = Vec::new();
+        for r in &self.replicas {
+            let keep = if *r == self.me {
+                true
+            } else {
+                let Some(p) = self.followers.get(r) else { continue };
+                if self.isr.contains(r) {
+                    now_ms - p.caught_up_ms <= lag_max_ms
+                } else {
+                    p.leo >= self.hw && now_ms - p.caught_up_ms <= lag_max_ms
+                }
+            };
+            if keep {
+                next.push(*r);
+            }
+        }
+        let same = next.len() == self.isr.len() && next.iter().all(|r| self.isr.contains(r));
+        if same {
+            return None;
+        }
+        self.pending = Some((next.clone(), now_ms));
+        Some(next)
+    }
+
+    /// The controller refused or failed the change: allow a new proposal at once.
+    pub fn isr_change_failed(&mut self) {
+        self.pending = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(ids: &[i32]) -> Vec<NodeId> {
+        ids.iter().map(|&i| NodeId(i)).collect()
+    }
+
+    fn three() -> LeaderState {
+        LeaderState::new(NodeId(1), n(&[1, 2, 3]), n(&[1, 2, 3]), 5, 7, 0, 0)
+    }
+
+    #[test]
+    fn high_watermark_is_the_minimum_over_the_isr_and_never_goes_back() {
+        let mut s = three();
+        assert_eq!(s.update_hw(10), None, "followers have not fetched yet");
+        s.on_follower_fetch(NodeId(2), 10, 10, 1);
+        assert_eq!(s.update_hw(10), None, "follower 3 still unknown");
+        s.on_follower_fetch(NodeId(3), 4, 10, 1);
+        assert_eq!(s.update_hw(10), Some(4));
+        s.on_follower_fetch(NodeId(3), 10, 12, 2);
+        assert_eq!(s.update_hw(8), Some(8), "the leader's own durable end bounds it");
+        s.on_follower_fetch(NodeId(3), 2, 12, 3); // a stale fetch offset
+        assert_eq!(s.update_hw(12), None);
+        assert_eq!(s.high_watermark(), 8);
+    }
+
+    #[test]
+    fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
+        let mut s = three();
+        s.on_follower_fetch(NodeId(2), 10, 10, 100);
+        s.on_follower_fetch(NodeId(3), 3, 10, 100);
+        assert_eq!(s.propose_isr(1_000, 30_000), None);
+        // follower 3 has not caught up for longer than the lag limit
+        s.on_follower_fetch(NodeId(2), 50, 50, 31_000);
+        assert_eq!(s.propose_isr(31_000, 30_000), Some(n(&[1, 2])));
+        assert_eq!(s.propose_isr(31_001, 30_000), None, "one change in flight at a time");
+        s.on_partition_change(n(&[1, 2, 3]), n(&[1, 2]), 8, 31_002);
+        assert_eq!(s.update_hw(50), Some(50), "without 3 the high watermark moves on");
+        // follower 3 catches up to the high watermark: it is proposed back
+        s.on_follower_fetch(NodeId(3), 50, 50, 32_000);
+        assert_eq!(s.propose_isr(32_000, 30_000), Some(n(&[1, 2, 3])));
+    }
+
+    #[test]
+    fn a_refused_change_can_be_proposed_again() {
+        let mut s = three();
+        s.on_follower_fetch(NodeId(2), 0, 0, 0);
+        assert_eq!(s.propose_isr(40_000, 30_000), Some(n(&[1])));
+        s.isr_change_failed();
+        assert_eq!(s.propose_isr(40_001, 30_000), Some(n(&[1])));
+    }
+
+    #[test]
+    fn a_single_replica_partition_follows_its_own_log() {
+        let mut s = LeaderState::new(NodeId(1), n(&[1]), n(&[1]), 0, 0, 0, 0);
+        assert_eq!(s.update_hw(3), Some(3));
+        assert_eq!(s.propose_isr(1_000_000, 30_000), None);
+    }
+}

@@ -1,0 +1,696 @@
+//! `strom_metadata::control` requests, responses and errors as the prost messages of
+//! `proto/controller.proto`, both ways: what a follower relays to the active controller.
+//! Decoding checks what a peer sent (lengths, enum values, required fields) and never panics.
+
+use strom_metadata::control::{
+    AlterConfigOp, AlterConfigsRequest, BrokerHeartbeatRequest, ConfigAlteration, ControlRequest,
+    ControlResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
+    DeleteTopicsRequest, ElectionError, HeartbeatReply, ItemResult, NewPartitions,
+    PartitionElection, RegisterBrokerRequest, ResourceResult,
+};
+use strom_metadata::records::{ConfigResourceType, Endpoint};
+use strom_metadata::{BrokerEpoch, ControlError, MetadataOffset, NodeId, TopicId};
+use strom_proto::controller as pb;
+
+/// Why a relayed message could not be turned back into a request or response.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message lacks required field '{0}'")]
+    MissingField(&'static str),
+    #[error("field '{field}' has the unknown value {value}")]
+    UnknownEnum { field: &'static str, value: i32 },
+    #[error("field '{0}' is not a 16-byte id")]
+    BadTopicId(&'static str),
+}
+
+fn required<T>(field: Option<T>, name: &'static str) -> Result<T, WireError> {
+    field.ok_or(WireError::MissingField(name))
+}
+
+fn topic_id(bytes: &[u8], field: &'static str) -> Result<TopicId, WireError> {
+    TopicId::from_slice(bytes).ok_or(WireError::BadTopicId(field))
+}
+
+fn node_ids(ids: &[NodeId]) -> pb::NodeIds {
+    pb::NodeIds { ids: ids.iter().map(|n| n.0).collect() }
+}
+
+fn from_node_ids(ids: &pb::NodeIds) -> Vec<NodeId> {
+    ids.ids.iter().map(|&i| NodeId(i)).collect()
+}
+
+// ---- errors ----
+
+pub fn error_to_pb(e: &ControlError) -> pb::ControlError {
+    use pb::ControlErrorCode as C;
+    let (code, message, broker_id, topic_id) = match e {
+        ControlError::TopicAlreadyExists(m) => (C::TopicAlreadyExists, m.clone(), 0, Vec::new()),
+        ControlError::UnknownTopicOrPartition(m) => {
+            (C::UnknownTopicOrPartition, m.clone(), 0, Vec::new())
+        }
+        ControlError::UnknownTopicId(id) => (C::UnknownTopicId, String::new(), 0, id.0.to_vec()),
+        ControlError::InvalidTopic(m) => (C::InvalidTopic, m.clone(), 0, Vec::new()),
+        ControlError::InvalidPartitions(m) => (C::InvalidPartitions, m.clone(), 0, Vec::new()),
+        ControlError::InvalidReplicationFactor(m) => {
+            (C::InvalidReplicationFactor, m.clone(), 0, Vec::new())
+        }
+        ControlError::InvalidReplicaAssignment(m) => {
+            (C::InvalidReplicaAssignment, m.clone(), 0, Vec::new())
+        }
+        ControlError::InvalidConfig(m) => (C::InvalidConfig, m.clone(), 0, Vec::new()),
+        ControlError::InvalidRequest(m) => (C::InvalidRequest, m.clone(), 0, Vec::new()),
+        ControlError::StaleBrokerEpoch(id) => (C::StaleBrokerEpoch, String::new(), *id, Vec::new()),
+        ControlError::DuplicateBrokerRegistration(m) => {
+            (C::DuplicateBrokerRegistration, m.clone(), 0, Vec::new())
+        }
+        ControlError::NotController => (C::NotController, String::new(), 0, Vec::new()),
+        ControlError::ControllerUnavailable(m) => {
+            (C::ControllerUnavailable, m.clone(), 0, Vec::new())
+        }
+    };
+    pb::ControlError { code: code as i32, message, broker_id, topic_id }
+}
+
+pub fn error_from_pb(e: &pb::ControlError) -> Result<ControlError, WireError> {
+    use pb::ControlErrorCode as C;
+    let code = C::try_from(e.code)
+        .map_err(|_| WireError::UnknownEnum { field: "ControlError.code", value: e.code })?;
+    let m = e.message.clone();
+    Ok(match code {
+        C::ControlErrorUnknown => {
+            return Err(WireError::UnknownEnum { field: "ControlError.code", value: e.code })
+        }
+        C::TopicAlreadyExists => ControlError::TopicAlreadyExists(m),
+        C::UnknownTopicOrPartition => ControlError::UnknownTopicOrPartition(m),
+        C::UnknownTopicId => {
+            ControlError::UnknownTopicId(topic_id(&e.topic_id, "ControlError.topic_id")?)
+        }
+        C::InvalidTopic => ControlError::InvalidTopic(m),
+        C::InvalidPartitions => ControlError::InvalidPartitions(m),
+        C::InvalidReplicationFactor => ControlError::InvalidReplicationFactor(m),
+        C::InvalidReplicaAssignment => ControlError::InvalidReplicaAssignment(m),
+        C::InvalidConfig => ControlError::InvalidConfig(m),
+        C::InvalidRequest => ControlError::InvalidRequest(m),
+        C::StaleBrokerEpoch => ControlError::StaleBrokerEpoch(e.broker_id),
+        C::DuplicateBrokerRegistration => ControlError::DuplicateBrokerRegistration(m),
+        C::NotController => ControlError::NotController,
+        C::ControllerUnavailable => ControlError::ControllerUnavailable(m),
+    })
+}
+
+fn item_error(result: &Result<(), ControlError>) -> Option<pb::ControlError> {
+    result.as_ref().err().map(error_to_pb)
+}
+
+fn item_result(error: &Option<pb::ControlError>) -> Result<Result<(), ControlError>, WireError> {
+    match error {
+        None => Ok(Ok(())),
+        Some(e) => Ok(Err(error_from_pb(e)?)),
+    }
+}
+
+fn config_entries(configs: &[(String, Option<String>)]) -> Vec<pb::ConfigEntry> {
+    configs
+        .iter()
+        .map(|(name, value)| pb::ConfigEntry { name: name.clone(), value: value.clone() })
+        .collect()
+}
+
+fn op_to_pb(op: AlterConfigOp) -> pb::AlterConfigOp {
+    match op {
+        AlterConfigOp::Set => pb::AlterConfigOp::Set,
+        AlterConfigOp::Delete => pb::AlterConfigOp::Delete,
+        AlterConfigOp::Append => pb::AlterConfigOp::Append,
+        AlterConfigOp::Subtract => pb::AlterConfigOp::Subtract,
+    }
+}
+
+fn op_from_pb(op: i32) -> Result<AlterConfigOp, WireError> {
+    let op = pb::AlterConfigOp::try_from(op)
+        .map_err(|_| WireError::UnknownEnum { field: "ConfigOp.op", value: op })?;
+    Ok(match op {
+        pb::AlterConfigOp::Set => AlterConfigOp::Set,
+        pb::AlterConfigOp::Delete => AlterConfigOp::Delete,
+        pb::AlterConfigOp::Append => AlterConfigOp::Append,
+        pb::AlterConfigOp::Subtract => AlterConfigOp::Subtract,
+    })
+}
+
+fn resource_type(value: i32, field: &'static str) -> Result<ConfigResourceType, WireError> {
+    ConfigResourceType::try_from(value).map_err(|_| WireError::UnknownEnum { field, value })
+}
+
+fn election_error_to_pb(e: ElectionError) -> pb::ElectionError {
+    match e {
+        ElectionError::UnknownTopicOrPartition => {
+            pb::ElectionError::ElectionUnknownTopicOrPartition
+        }
+        ElectionError::ElectionNotNeeded => pb::ElectionError::ElectionNotNeeded,
+        ElectionError::PreferredLeaderNotAvailable => {
+            pb::ElectionError::PreferredLeaderNotAvailable
+        }
+        ElectionError::EligibleLeadersNotAvailable => {
+            pb::ElectionError::EligibleLeadersNotAvailable
+        }
+    }
+}
+
+fn election_error_from_pb(value: i32) -> Result<ElectionError, WireError> {
+    let unknown = WireError::UnknownEnum { field: "PartitionElection.error", value };
+    Ok(match pb::ElectionError::try_from(value).map_err(|_| unknown)? {
+        pb::ElectionError::Unknown => {
+            return Err(WireError::UnknownEnum { field: "PartitionElection.error", value })
+        }
+        pb::ElectionError::ElectionUnknownTopicOrPartition => {
+            ElectionError::UnknownTopicOrPartition
+        }
+        pb::ElectionError::ElectionNotNeeded => ElectionError::ElectionNotNeeded,
+        pb::ElectionError::PreferredLeaderNotAvailable => {
+            ElectionError::PreferredLeaderNotAvailable
+        }
+        pb::ElectionError::EligibleLeadersNotAvailable => {
+            ElectionError::EligibleLeadersNotAvailable
+        }
+    })
+}
+
+// ---- requests ----
+
+pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
+    use pb::control_request::Request as R;
+    let request = match r {
+        ControlRequest::CreateTopics(r) => R::CreateTopics(pb::CreateTopicsRequest {
+            topics: r
+                .topics
+                .iter()
+                .map(|t| pb::CreateTopic {
+                    name: t.name.clone(),
+                    num_partitions: t.num_partitions,
+                    replication_factor: i32::from(t.replication_factor),
+                    assignments: t.assignments.iter().map(|(p, ids)| (*p, node_ids(ids))).collect(),
+                    configs: config_entries(&t.configs),
+                })
+                .collect(),
+            validate_only: r.validate_only,
+        }),
+        ControlRequest::DeleteTopics(r) => R::DeleteTopics(pb::DeleteTopicsRequest {
+            names: r.names.clone(),
+            ids: r.ids.iter().map(|id| id.0.to_vec()).collect(),
+        }),
+        ControlRequest::CreatePartitions(r) => R::CreatePartitions(pb::CreatePartitionsRequest {
+            topics: r
+                .topics
+                .iter()
+                .map(|t| pb::NewPartitions {
+                    topic: t.topic.clone(),
+                    count: t.count,
+                    assignments: t.assignments.iter().map(|ids| node_ids(ids)).collect(),
+                })
+                .collect(),
+            validate_only: r.validate_only,
+        }),
+        ControlRequest::AlterConfigs(r) => R::AlterConfigs(pb::AlterConfigsRequest {
+            resources: r
+                .resources
+                .iter()
+                .map(|res| pb::ConfigAlteration {
+                    resource_type: res.resource_type as i32,
+                    resource_name: res.resource_name.clone(),
+                    ops: res
+                        .ops
+                        .iter()
+                        .map(|(name, op, value)| pb::ConfigOp {
+                            name: name.clone(),
+                            op: op_to_pb(*op) as i32,
+                            value: value.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            incremental: r.incremental,
+            validate_only: r.validate_only,
+        }),
+        ControlRequest::RegisterBroker(r) => R::RegisterBroker(pb::RegisterBrokerRequest {
+            broker_id: r.broker_id.0,
+            incarnation_id: r.incarnation_id.clone(),
+            endpoints: r
+                .endpoints
+                .iter()
+                .map(|e| pb::Endpoint { name: e.name.clone(), host: e.host.clone(), port: e.port })
+                .collect(),
+            rack: r.rack.clone(),
+        }),
+        ControlRequest::BrokerHeartbeat(r) => R::BrokerHeartbeat(pb::BrokerHeartbeatRequest {
+            broker_id: r.broker_id.0,
+            broker_epoch: r.broker_epoch.0,
+            current_metadata_offset: r.current_metadata_offset.0,
+            want_fence: r.want_fence,
+            want_shutdown: r.want_shutdown,
+        }),
+        ControlRequest::ElectLeaders { topics, preferred } => {
+            R::ElectLeaders(pb::ElectLeadersRequest {
+                some_topics: topics.is_some(),
+                topics: topics
+                    .iter()
+                    .flatten()
+                    .map(|(topic, partitions)| pb::TopicPartitions {
+                        topic: topic.clone(),
+                        partitions: partitions.clone(),
+                    })
+                    .collect(),
+                preferred: *preferred,
+            })
+        }
+    };
+    pb::ControlRequest { request: Some(request) }
+}
+
+pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireError> {
+    use pb::control_request::Request as R;
+    Ok(match required(r.request, "ControlRequest.request")? {
+        R::CreateTopics(r) => ControlRequest::CreateTopics(CreateTopicsRequest {
+            topics: r
+                .topics
+                .into_iter()
+                .map(|t| {
+                    let replication_factor = i16::try_from(t.replication_factor).map_err(|_| {
+                        WireError::UnknownEnum {
+                            field: "CreateTopic.replication_factor",
+                            value: t.replication_factor,
+                        }
+                    })?;
+                    let mut assignments: Vec<(i32, Vec<NodeId>)> =
+                        t.assignments.iter().map(|(p, ids)| (*p, from_node_ids(ids))).collect();
+                    assignments.sort_by_key(|(p, _)| *p);
+                    Ok(CreateTopic {
+                        name: t.name,
+                        num_partitions: t.num_partitions,
+                        replication_factor,
+                        assignments,
+                        configs: t.configs.into_iter().map(|c| (c.name, c.value)).collect(),
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+            validate_only: r.validate_only,
+        }),
+        R::DeleteTopics(r) => ControlRequest::DeleteTopics(DeleteTopicsRequest {
+            names: r.names,
+            ids: r
+                .ids
+                .iter()
+                .map(|id| topic_id(id, "DeleteTopicsRequest.ids"))
+                .collect::<Result<_, _>>()?,
+        }),
+        R::CreatePartitions(r) => ControlRequest::CreatePartitions(CreatePartitionsRequest {
+            topics: r
+                .topics
+                .into_iter()
+                .map(|t| NewPartitions {
+                    topic: t.topic,
+                    count: t.count,
+                    assignments: t.assignments.iter().map(from_node_ids).collect(),
+                })
+                .collect(),
+            validate_only: r.validate_only,
+        }),
+        R::AlterConfigs(r) => ControlRequest::AlterConfigs(AlterConfigsRequest {
+            resources: r
+                .resources
+                .into_iter()
+                .map(|res| {
+                    Ok(ConfigAlteration {
+                        resource_type: resource_type(
+                            res.resource_type,
+                            "ConfigAlteration.resource_type",
+                        )?,
+                        resource_name: res.resource_name,
+                        ops: res
+                            .ops
+                            .into_iter()
+                            .map(|op| Ok((op.name, op_from_pb(op.op)?, op.value)))
+                            .collect::<Result<_, WireError>>()?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+            incremental: r.incremental,
+            validate_only: r.validate_only,
+        }),
+        R::RegisterBroker(r) => ControlRequest::RegisterBroker(RegisterBrokerRequest {
+            broker_id: NodeId(r.broker_id),
+            incarnation_id: r.incarnation_id,
+            endpoints: r
+                .endpoints
+                .into_iter()
+                .map(|e| Endpoint { name: e.name, host: e.host, port: e.port })
+                .collect(),
+            rack: r.rack,
+        }),
+        R::BrokerHeartbeat(r) => ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: NodeId(r.broker_id),
+            broker_epoch: BrokerEpoch(r.broker_epoch),
+            current_metadata_offset: MetadataOffset(r.current_metadata_offset),
+            want_fence: r.want_fence,
+            want_shutdown: r.want_shutdown,
+        }),
+        R::ElectLeaders(r) => ControlRequest::ElectLeaders {
+            topics: r
+                .some_topics
+                .then(|| r.topics.into_iter().map(|t| (t.topic, t.partitions)).collect()),
+            preferred: r.preferred,
+        },
+    })
+}
+
+// ---- responses ----
+
+pub fn response_to_pb(r: &Result<ControlResponse, ControlError>) -> pb::ControlResponse {
+    use pb::control_response::Response as R;
+    let response = match r {
+        Err(e) => R::Error(error_to_pb(e)),
+        Ok(ControlResponse::CreateTopics(items)) => R::CreateTopics(pb::CreateTopicsResponse {
+            results: items
+                .iter()
+                .map(|item| {
+                    use pb::create_topic_result::Result as T;
+                    let result = match &item.result {
+                        Ok(c) => T::Created(pb::CreatedTopic {
+                            topic_id: c.topic_id.0.to_vec(),
+                            num_partitions: c.num_partitions,
+                            replication_factor: i32::from(c.replication_factor),
+                            configs: c
+                                .configs
+                                .iter()
+                                .map(|(name, value)| pb::ConfigEntry {
+                                    name: name.clone(),
+                                    value: Some(value.clone()),
+                                })
+                                .collect(),
+                        }),
+                        Err(e) => T::Error(error_to_pb(e)),
+                    };
+                    pb::CreateTopicResult { name: item.name.clone(), result: Some(result) }
+                })
+                .collect(),
+        }),
+        Ok(ControlResponse::DeleteTopics(items)) => R::DeleteTopics(pb::DeleteTopicsResponse {
+            results: items
+                .iter()
+                .map(|item| {
+                    use pb::delete_topic_result::Result as T;
+                    let result = match &item.result {
+                        Ok(id) => T::TopicId(id.0.to_vec()),
+                        Err(e) => T::Error(error_to_pb(e)),
+                    };
+                    pb::DeleteTopicResult { name: item.name.clone(), result: Some(result) }
+                })
+                .collect(),
+        }),
+        Ok(ControlResponse::CreatePartitions(items)) => {
+            R::CreatePartitions(pb::CreatePartitionsResponse {
+                results: items
+                    .iter()
+                    .map(|item| pb::ItemResult {
+                        name: item.name.clone(),
+                        error: item_error(&item.result),
+                    })
+                    .collect(),
+            })
+        }
+        Ok(ControlResponse::AlterConfigs(items)) => R::AlterConfigs(pb::AlterConfigsResponse {
+            results: items
+                .iter()
+                .map(|item| pb::ResourceResult {
+                    resource_type: item.resource_type as i32,
+                    resource_name: item.resource_name.clone(),
+                    error: item_error(&item.result),
+                })
+                .collect(),
+        }),
+        Ok(ControlResponse::RegisterBroker(epoch)) => R::RegisterBrokerEpoch(epoch.0),
+        Ok(ControlResponse::BrokerHeartbeat(h)) => R::BrokerHeartbeat(pb::HeartbeatReply {
+            is_caught_up: h.is_caught_up,
+            is_fenced: h.is_fenced,
+            should_shutdown: h.should_shutdown,
+        }),
+        Ok(ControlResponse::ElectLeaders(items)) => R::ElectLeaders(pb::ElectLeadersResponse {
+            results: items
+                .iter()
+                .map(|item| {
+                    use pb::partition_election::Result as T;
+                    let result = match item.result {
+                        Ok(leader) => T::Leader(leader.0),
+                        Err(e) => T::Error(election_error_to_pb(e) as i32),
+                    };
+                    pb::PartitionElection {
+                        topic: item.topic.clone(),
+                        partition: item.partition,
+                        result: Some(result),
+                    }
+                })
+                .collect(),
+        }),
+    };
+    pb::ControlResponse { response: Some(response) }
+}
+
+pub fn response_from_pb(
+    r: pb::ControlResponse,
+) -> Result<Result<ControlResponse, ControlError>, WireError> {
+    use pb::control_response::Response as R;
+    Ok(Ok(match required(r.response, "ControlResponse.response")? {
+        R::Error(e) => return Ok(Err(error_from_pb(&e)?)),
+        R::CreateTopics(r) => ControlResponse::CreateTopics(
+            r.results
+                .into_iter()
+                .map(|item| {
+                    use pb::create_topic_result::Result as T;
+                    let result = match required(item.result, "CreateTopicResult.result")? {
+                        T::Created(c) => Ok(CreatedTopic {
+                            topic_id: topic_id(&c.topic_id, "CreatedTopic.topic_id")?,
+                            num_partitions: c.num_partitions,
+                            replication_factor: i16::try_from(c.replication_factor).map_err(
+                                |_| WireError::UnknownEnum {
+                                    field: "CreatedTopic.replication_factor",
+                                    value: c.replication_factor,
+                                },
+                            )?,
+                            configs: c
+                                .configs
+                                .into_iter()
+                                .map(|e| (e.name, e.value.unwrap_or_default()))
+                                .collect(),
+                        }),
+                        T::Error(e) => Err(error_from_pb(&e)?),
+                    };
+                    Ok(ItemResult { name: item.name, result })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
+        R::DeleteTopics(r) => ControlResponse::DeleteTopics(
+            r.results
+                .into_iter()
+                .map(|item| {
+                    use pb::delete_topic_result::Result as T;
+                    let result = match required(item.result, "DeleteTopicResult.result")? {
+                        T::TopicId(id) => Ok(topic_id(&id, "DeleteTopicResult.topic_id")?),
+                        T::Error(e) => Err(error_from_pb(&e)?),
+                    };
+                    Ok(ItemResult { name: item.name, result })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
+        R::CreatePartitions(r) => ControlResponse::CreatePartitions(
+            r.results
+                .into_iter()
+                .map(|item| Ok(ItemResult { result: item_result(&item.error)?, name: item.name }))
+                .collect::<Result<_, WireError>>()?,
+        ),
+        R::AlterConfigs(r) => ControlResponse::AlterConfigs(
+            r.results
+                .into_iter()
+                .map(|item| {
+                    Ok(ResourceResult {
+                        resource_type: resource_type(
+                            item.resource_type,
+                            "ResourceResult.resource_type",
+                        )?,
+                        result: item_result(&item.error)?,
+                        resource_name: item.resource_name,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
+        R::RegisterBrokerEpoch(epoch) => ControlResponse::RegisterBroker(BrokerEpoch(epoch)),
+        R::BrokerHeartbeat(h) => ControlResponse::BrokerHeartbeat(HeartbeatReply {
+            is_caught_up: h.is_caught_up,
+            is_fenced: h.is_fenced,
+            should_shutdown: h.should_shutdown,
+        }),
+        R::ElectLeaders(r) => ControlResponse::ElectLeaders(
+            r.results
+                .into_iter()
+                .map(|item| {
+                    use pb::partition_election::Result as T;
+                    let result = match required(item.result, "PartitionElection.result")? {
+                        T::Leader(id) => Ok(NodeId(id)),
+                        T::Error(e) => Err(election_error_from_pb(e)?),
+                    };
+                    Ok(PartitionElection { topic: item.topic, partition: item.partition, result })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip_request(r: ControlRequest) {
+        let back = request_from_pb(request_to_pb(&r)).expect("decodes");
+        assert_eq!(format!("{back:?}"), format!("{r:?}"));
+    }
+
+    fn round_trip_response(r: Result<ControlResponse, ControlError>) {
+        let back = response_from_pb(response_to_pb(&r)).expect("decodes");
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn every_request_survives_the_wire() {
+        round_trip_request(ControlRequest::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: "t".into(),
+                num_partitions: -1,
+                replication_factor: -1,
+                assignments: vec![(0, vec![NodeId(1), NodeId(2)]), (1, vec![NodeId(2), NodeId(3)])],
+                configs: vec![("retention.ms".into(), Some("5".into())), ("x".into(), None)],
+            }],
+            validate_only: true,
+        }));
+        round_trip_request(ControlRequest::DeleteTopics(DeleteTopicsRequest {
+            names: vec!["a".into()],
+            ids: vec![TopicId([7; 16])],
+        }));
+        round_trip_request(ControlRequest::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![NewPartitions {
+                topic: "t".into(),
+                count: 4,
+                assignments: vec![vec![NodeId(1)]],
+            }],
+            validate_only: false,
+        }));
+        round_trip_request(ControlRequest::AlterConfigs(AlterConfigsRequest {
+            resources: vec![ConfigAlteration {
+                resource_type: ConfigResourceType::ConfigResourceTopic,
+                resource_name: "t".into(),
+                ops: vec![
+                    ("cleanup.policy".into(), AlterConfigOp::Append, Some("compact".into())),
+                    ("retention.ms".into(), AlterConfigOp::Delete, None),
+                ],
+            }],
+            incremental: true,
+            validate_only: false,
+        }));
+        round_trip_request(ControlRequest::RegisterBroker(RegisterBrokerRequest {
+            broker_id: NodeId(3),
+            incarnation_id: vec![1; 16],
+            endpoints: vec![Endpoint { name: "PLAINTEXT".into(), host: "h".into(), port: 9 }],
+            rack: Some("r1".into()),
+        }));
+        round_trip_request(ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: NodeId(3),
+            broker_epoch: BrokerEpoch(12),
+            current_metadata_offset: MetadataOffset(40),
+            want_fence: false,
+            want_shutdown: true,
+        }));
+        round_trip_request(ControlRequest::ElectLeaders { topics: None, preferred: true });
+        round_trip_request(ControlRequest::ElectLeaders {
+            topics: Some(vec![("t".into(), vec![0, 2])]),
+            preferred: false,
+        });
+    }
+
+    #[test]
+    fn every_response_and_error_survives_the_wire() {
+        round_trip_response(Ok(ControlResponse::CreateTopics(vec![
+            ItemResult {
+                name: "a".into(),
+                result: Ok(CreatedTopic {
+                    topic_id: TopicId([3; 16]),
+                    num_partitions: 2,
+                    replication_factor: 3,
+                    configs: vec![("retention.ms".into(), "9".into())],
+                }),
+            },
+            ItemResult {
+                name: "b".into(),
+                result: Err(ControlError::TopicAlreadyExists("b".into())),
+            },
+        ])));
+        round_trip_response(Ok(ControlResponse::DeleteTopics(vec![
+            ItemResult { name: "a".into(), result: Ok(TopicId([3; 16])) },
+            ItemResult {
+                name: String::new(),
+                result: Err(ControlError::UnknownTopicId(TopicId([4; 16]))),
+            },
+        ])));
+        round_trip_response(Ok(ControlResponse::CreatePartitions(vec![ItemResult {
+            name: "a".into(),
+            result: Err(ControlError::InvalidPartitions("no".into())),
+        }])));
+        round_trip_response(Ok(ControlResponse::AlterConfigs(vec![ResourceResult {
+            resource_type: ConfigResourceType::ConfigResourceTopic,
+            resource_name: "a".into(),
+            result: Ok(()),
+        }])));
+        round_trip_response(Ok(ControlResponse::RegisterBroker(BrokerEpoch(17))));
+        round_trip_response(Ok(ControlResponse::BrokerHeartbeat(HeartbeatReply {
+            is_caught_up: true,
+            is_fenced: false,
+            should_shutdown: true,
+        })));
+        round_trip_response(Ok(ControlResponse::ElectLeaders(vec![
+            PartitionElection { topic: "a".into(), partition: 0, result: Ok(NodeId(2)) },
+            PartitionElection {
+                topic: "a".into(),
+                partition: 1,
+                result: Err(ElectionError::PreferredLeaderNotAvailable),
+            },
+        ])));
+        for e in [
+            ControlError::UnknownTopicOrPartition("x".into()),
+            ControlError::InvalidTopic("x".into()),
+            ControlError::InvalidReplicationFactor("x".into()),
+            ControlError::InvalidReplicaAssignment("x".into()),
+            ControlError::InvalidConfig("x".into()),
+            ControlError::InvalidRequest("x".into()),
+            ControlError::StaleBrokerEpoch(4),
+            ControlError::DuplicateBrokerRegistration("x".into()),
+            ControlError::NotController,
+            ControlError::ControllerUnavailable("x".into()),
+        ] {
+            round_trip_response(Err(e));
+        }
+    }
+
+    #[test]
+    fn garbage_from_a_peer_is_an_error_not_a_panic() {
+        assert!(request_from_pb(pb::ControlRequest { request: None }).is_err());
+        let bad_code = pb::ControlResponse {
+            response: Some(pb::control_response::Response::Error(pb::ControlError {
+                code: 999,
+                ..Default::default()
+            })),
+        };
+        assert!(response_from_pb(bad_code).is_err());
+        let bad_id = pb::ControlRequest {
+            request: Some(pb::control_request::Request::DeleteTopics(pb::DeleteTopicsRequest {
+                names: vec![],
+                ids: vec![vec![1, 2, 3]],
+            })),
+        };
+        assert!(request_from_pb(bad_id).is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! Command-line shapes of `strom topic …` and `strom cluster …`, and the parsers of their values.
+
+use clap::{Args, Subcommand, ValueEnum};
+
+/// Where the CLI looks for a node's control (gRPC) port unless told otherwise.
+pub const CONTROL_ADDR_DEFAULT: &str = "127.0.0.1:9093";
+
+/// Options every admin command takes, before or after the subcommand.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct ConnectArgs {
+    /// Control (gRPC) address of any strom node.
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        default_value = CONTROL_ADDR_DEFAULT,
+        value_parser = parse_host_port,
+    )]
+    pub bootstrap_control: String,
+    /// How to print results: human-readable tables, or JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(subcommand)]
+    pub command: TopicCommand,
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions (default: the cluster's num_partitions).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        partitions: Option<i32>,
+        /// Replicas per partition (default: the cluster's default_replication_factor).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=i64::from(i16::MAX)))]
+        replication_factor: Option<i32>,
+        /// A topic config override, e.g. --config retention.ms=3600000; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+        /// Check the request with the controller without creating anything.
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's partitions (leader, leader epoch, replicas, ISR) and configs.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+    /// Set or remove topic config overrides.
+    #[command(arg_required_else_help = true)]
+    AlterConfig {
+        name: String,
+        /// Override a config, e.g. --set retention.ms=3600000; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value,
+              required_unless_present = "delete")]
+        set: Vec<(String, String)>,
+        /// Remove an override so the default applies again; repeatable.
+        #[arg(long = "delete", value_name = "KEY", value_parser = parse_key)]
+        delete: Vec<String>,
+        /// Check the change with the controller without applying it.
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// Add partitions to a topic (existing partitions keep their data and placement).
+    AddPartitions {
+        name: String,
+        /// How many partitions to add.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        count: i32,
+        /// Check the request with the controller without adding anything.
+        #[arg(long)]
+        validate_only: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum ClusterCommand {
+    /// Show the cluster id, controller quorum (voters, active controller, raft term, commit
+    /// index) and brokers (epoch, endpoints, rack, fenced / controlled shutdown).
+    Describe,
+    /// Move leadership of partitions back to their preferred (first) replica.
+    ElectLeaders {
+        /// Only this topic's partitions (default: every topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only these partitions of --topic; repeatable.
+        #[arg(long, requires = "topic")]
+        partition: Vec<i32>,
+        /// Instead give leaderless partitions a leader even from outside the ISR (unclean:
+        /// acknowledged records may be lost).
+        #[arg(long)]
+        unclean: bool,
+    },
+}
+
+/// `KEY=VALUE` → (key, value). The value may contain '=' and may be empty (some configs take
+/// an empty list); the key may not.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("'{s}' has no '=': expected KEY=VALUE, e.g. retention.ms=3600000"));
+    };
+    let key = parse_key(key)?;
+    Ok((key, value.to_string()))
+}
+
+/// A config key: non-empty, without spaces or '='.
+pub fn parse_key(s: &str) -> Result<String, String> {
+    let key = s.trim();
+    if key.is_empty() {
+        return Err("the config key is empty: expected KEY=VALUE, e.g. retention.ms=3600000".into());
+    }
+    if key.contains('=') || key.contains(char::is_whitespace) {
+        return Err(format!("'{key}' is not a config key: it contains '=' or whitespace"));
+    }
+    Ok(key.to_string())
+}
+
+/// `HOST:PORT` with a numeric port; a leading `http://` is accepted and kept.
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("http://").unwrap_or(s);
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(format!("'{s}' has no port: expected HOST:PORT, e.g. 127.0.0.1:9093"));
+    };
+    if host.is_empty() {
+        return Err(format!("'{s}' has no host: expected HOST:PORT, e.g. 127.0.0.1:9093"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(format!("'{port}' in '{s}' is not a port number (0-65535)"));
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    #[command(name = "strom")]
+    enum TestCli {
+        Topic(TopicArgs),
+        Cluster(ClusterArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<TestCli, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("strom").chain(args.iter().copied()))
+    }
+
+    fn topic(args: &[&str]) -> TopicArgs {
+        match parse(args) {
+            Ok(TestCli::Topic(t)) => t,
+            other => panic!("not a topic command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn key_value_splits_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("retention.ms=1000"),
+            Ok(("retention.ms".into(), "1000".into()))
+        );
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_key_value("cleanup.policy="), Ok(("cleanup.policy".into(), "".into())));
+    }
+
+    #[test]
+    fn key_value_errors_name_the_problem() {
+        let e = parse_key_value("retention.ms").unwrap_err();
+        assert!(e.contains("'retention.ms' has no '='"), "{e}");
+        let e = parse_key_value("=5").unwrap_err();
+        assert!(e.contains("config key is empty"), "{e}");
+        let e = parse_key_value("retention ms=5").unwrap_err();
+        assert!(e.contains("'retention ms' is not a config key"), "{e}");
+    }
+
+    #[test]
+    fn host_port_needs_a_numeric_port() {
+        assert_eq!(parse_host_port("10.0.0.1:19093"), Ok("10.0.0.1:19093".into()));
+        assert_eq!(parse_host_port("http://node-1:9093"), Ok("http://node-1:9093".into()));
+        assert!(parse_host_port("localhost").unwrap_err().contains("has no port"));
+        assert!(parse_host_port("localhost:http").unwrap_err().contains("not a port number"));
+        assert!(parse_host_port(":9093").unwrap_err().contains("has no host"));
+    }
+
+    #[test]
+    fn create_takes_counts_and_repeated_configs() {
+        let t = topic(&[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "2",
+            "--config",
+            "retention.ms=1000",
+            "--config",
+            "cleanup.policy=compact",
+        ]);
+        assert_eq!(
+            t.command,
+            TopicCommand::Create {
+                name: "orders".into(),
+                partitions: Some(3),
+                replication_factor: Some(2),
+                configs: vec![
+                    ("retention.ms".into(), "1000".into()),
+                    ("cleanup.policy".into(), "compact".into())
+                ],
+                validate_only: false,
+            }
+        );
+        assert_eq!(t.connect.bootstrap_control, CONTROL_ADDR_DEFAULT);
+        assert_eq!(t.connect.output, Output::Table);
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let before = topic(&["topic", "--output", "json", "--bootstrap-control", "h:1", "list"]);
+        let after = topic(&["topic", "list", "--output", "json", "--bootstrap-control", "h:1"]);
+        for t in [before, after] {
+            assert_eq!(t.command, TopicCommand::List);
+            assert_eq!(t.connect.output, Output::Json);
+            assert_eq!(t.connect.bootstrap_control, "h:1");
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors_that_name_the_problem() {
+        let e = parse(&["topic", "create", "t", "--config", "retention.ms"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("has no '='"), "{e}");
+        let e = parse(&["topic", "create", "t", "--partitions", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--partitions"), "{e}");
+        let e = parse(&["topic", "add-partitions", "t"]).unwrap_err();
+        assert!(e.to_string().contains("--count"), "{e}");
+        let e = parse(&["topic", "alter-config", "t"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        let e = parse(&["topic", "list", "--output", "yaml"]).unwrap_err();
+        assert!(e.to_string().contains("yaml"), "{e}");
+        let e = parse(&["cluster", "elect-leaders", "--partition", "1"]).unwrap_err();
+        assert!(e.to_string().contains("--topic"), "{e}");
+    }
+
+    #[test]
+    fn alter_config_takes_sets_and_deletes() {
+        let t = topic(&[
+            "topic",
+            "alter-config",
+            "orders",
+            "--set",
+            "retention.ms=5",
+            "--delete",
+            "cleanup.policy",
+        ]);
+        assert_eq!(
+            t.command,
+            TopicCommand::AlterConfig {
+                name: "orders".into(),
+                set: vec![("retention.ms".into(), "5".into())],
+                delete: vec!["cleanup.policy".into()],
+                validate_only: false,
+            }
+        );
+        let only_delete = topic(&["topic", "alter-config", "orders", "--delete", "retention.ms"]);
+        assert!(matches!(only_delete.command, TopicCommand::AlterConfig { .. }));
+    }
+
+    #[test]
+    fn cluster_commands_parse() {
+        let Ok(TestCli::Cluster(c)) =
+            parse(&["cluster", "elect-leaders", "--topic", "t", "--partition", "0"])
+        else {
+            panic!("not a cluster command");
+        };
+        assert_eq!(
+            c.command,
+            ClusterCommand::ElectLeaders {
+                topic: Some("t".into()),
+                partition: vec![0],
+                unclean: false
+            }
+        );
+        assert!(matches!(parse(&["cluster", "describe"]), Ok(TestCli::Cluster(_))));
+    }
+}

@@ -1,0 +1,340 @@
+//! `strom topic …` and `strom cluster …`: a gRPC client of the AdminService on any node's
+//! control port (`--bootstrap-control`, default 127.0.0.1:9093).
+//!
+//! Exit codes:
+//! - 0: done.
+//! - 1: the control port could not be reached, or no active controller answered in time
+//!   (connection refused, timeout, UNAVAILABLE); retrying later may help.
+//! - 2: the command line was wrong, or the cluster refused the request (unknown topic, invalid
+//!   config, topic exists, …); the message says why and retrying will not help.
+
+mod args;
+mod render;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use strom_proto::admin as pb;
+use strom_proto::admin::admin_service_client::AdminServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use args::{ClusterArgs, ClusterCommand, ConnectArgs, Output, TopicArgs, TopicCommand};
+
+/// How long the CLI waits for a TCP connection to the control port.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long one call may take; longer than the server's own wait for the controller, so the
+/// server's UNAVAILABLE answer arrives before the client gives up.
+pub const REQUEST_TIMEOUT_MS: u64 = 40_000;
+/// Largest answer the CLI accepts: describing every topic of a large cluster exceeds tonic's
+/// 4 MiB default.
+pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Why a command failed; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach the control port at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Usage(String),
+    /// Some items of the request failed; `output` shows which.
+    #[error("{message}")]
+    Partial { output: String, message: String },
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Connect { .. } | CliError::Unavailable(_) => 1,
+            CliError::Refused(_) | CliError::Usage(_) | CliError::Partial { .. } => 2,
+        }
+    }
+}
+
+impl From<Status> for CliError {
+    fn from(status: Status) -> Self {
+        let message = if status.message().is_empty() {
+            status.code().description().to_string()
+        } else {
+            status.message().to_string()
+        };
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                CliError::Unavailable(message)
+            }
+            Code::Unimplemented => {
+                CliError::Refused(format!("{message} (not supported by this server)"))
+            }
+            _ => CliError::Refused(message),
+        }
+    }
+}
+
+/// Every message in an error's source chain: tonic's transport error alone says only
+/// "transport error".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+pub fn run_topic(args: TopicArgs) -> ExitCode {
+    run(&args.connect, Job::Topic(args.command))
+}
+
+pub fn run_cluster(args: ClusterArgs) -> ExitCode {
+    run(&args.connect, Job::Cluster(args.command))
+}
+
+enum Job {
+    Topic(TopicCommand),
+    Cluster(ClusterCommand),
+}
+
+fn run(connect: &ConnectArgs, job: Job) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Unavailable(format!("cannot start the async runtime: {e}")))
+        .and_then(|rt| rt.block_on(execute(connect, job)));
+    let (text, error) = match result {
+        Ok(text) => (text, None),
+        Err(CliError::Partial { output, message }) => {
+            (output.clone(), Some(CliError::Partial { output, message }))
+        }
+        Err(e) => (String::new(), Some(e)),
+    };
+    if !text.is_empty() {
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // `strom topic list | head` closes the pipe early; that is not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => {
+                eprintln!("strom: error: cannot write the output: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    match error {
+        None => ExitCode::SUCCESS,
+        Some(e) => {
+            eprintln!("strom: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<AdminServiceClient<Channel>, CliError> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| CliError::Usage(format!("invalid --bootstrap-control '{addr}': {e}")))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| CliError::Connect { addr: addr.to_string(), reason: chain(&e) })?;
+    Ok(AdminServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
+}
+
+/// The one item a single-item call answers with.
+fn only<T>(items: Vec<T>, what: &str) -> Result<T, CliError> {
+    items.into_iter().next().ok_or_else(|| {
+        CliError::Refused(format!("the server answered without a result for {what}"))
+    })
+}
+
+fn item_failed(error: Option<pb::ItemError>) -> Result<(), CliError> {
+    match error {
+        None => Ok(()),
+        Some(e) => Err(CliError::from(Status::new(Code::from_i32(e.code), e.message))),
+    }
+}
+
+async fn execute(connect_args: &ConnectArgs, job: Job) -> Result<String, CliError> {
+    let mut client = connect(&connect_args.bootstrap_control).await?;
+    let output = connect_args.output;
+    match job {
+        Job::Topic(command) => topic(&mut client, command, output).await,
+        Job::Cluster(command) => cluster(&mut client, command, output).await,
+    }
+}
+
+async fn topic(
+    client: &mut AdminServiceClient<Channel>,
+    command: TopicCommand,
+    output: Output,
+) -> Result<String, CliError> {
+    match command {
+        TopicCommand::Create { name, partitions, replication_factor, configs, validate_only } => {
+            let request = pb::CreateTopicsRequest {
+                topics: vec![pb::NewTopic {
+                    name: name.clone(),
+                    partitions,
+                    replication_factor,
+                    configs: configs.into_iter().collect(),
+                }],
+                validate_only,
+            };
+            let answer = client.create_topics(request).await?.into_inner();
+            let created = only(answer.topics, &format!("topic '{name}'"))?;
+            item_failed(created.error.clone())?;
+            Ok(render::render(&render::CreatedTopic::new(&created, validate_only), output))
+        }
+        TopicCommand::List => {
+            let answer = client.list_topics(pb::ListTopicsRequest {}).await?.into_inner();
+            Ok(render::render(&render::TopicList::from(&answer), output))
+        }
+        TopicCommand::Describe { name } => {
+            let topics = client
+                .describe_topics(pb::DescribeTopicsRequest { names: vec![name.clone()] })
+                .await?
+                .into_inner();
+            let topic = only(topics.topics, &format!("topic '{name}'"))?;
+            let configs = client
+                .describe_configs(pb::DescribeConfigsRequest { topic: name, keys: vec![] })
+                .await?
+                .into_inner();
+            Ok(render::render(&render::TopicDescription::new(&topic, &configs), output))
+        }
+        TopicCommand::Delete { name } => {
+            let answer = client
+                .delete_topics(pb::DeleteTopicsRequest { names: vec![name.clone()] })
+                .await?
+                .into_inner();
+            let deleted = only(answer.topics, &format!("topic '{name}'"))?;
+            item_failed(deleted.error)?;
+            let view = render::DeletedTopic { name: deleted.name, topic_id: deleted.topic_id };
+            Ok(render::render(&view, output))
+        }
+        TopicCommand::AlterConfig { name, set, delete, validate_only } => {
+            if set.is_empty() && delete.is_empty() {
+                return Err(CliError::Usage(
+                    "give at least one --set KEY=VALUE or --delete KEY".into(),
+                ));
+            }
+            let set: BTreeMap<String, String> = set.into_iter().collect();
+            let mut ops: Vec<pb::ConfigOp> = set
+                .iter()
+                .map(|(k, v)| pb::ConfigOp {
+                    key: k.clone(),
+                    op: pb::ConfigOpType::Set as i32,
+                    value: Some(v.clone()),
+                })
+                .collect();
+            ops.extend(delete.iter().map(|k| pb::ConfigOp {
+                key: k.clone(),
+                op: pb::ConfigOpType::Delete as i32,
+                value: None,
+            }));
+            let request = pb::AlterConfigsRequest {
+                topics: vec![pb::TopicConfigAlteration { topic: name.clone(), ops }],
+                validate_only,
+            };
+            let answer = client.alter_configs(request).await?.into_inner();
+            item_failed(only(answer.topics, &format!("topic '{name}'"))?.error)?;
+            let view = render::AlteredConfigs { topic: name, set, deleted: delete, validate_only };
+            Ok(render::render(&view, output))
+        }
+        TopicCommand::AddPartitions { name, count, validate_only } => {
+            let request = pb::CreatePartitionsRequest {
+                topics: vec![pb::NewPartitions {
+                    topic: name.clone(),
+                    total_count: 0,
+                    add_count: count,
+                }],
+                validate_only,
+            };
+            let answer = client.create_partitions(request).await?.into_inner();
+            let result = only(answer.topics, &format!("topic '{name}'"))?;
+            item_failed(result.error)?;
+            let view = render::AddedPartitions {
+                topic: result.topic,
+                partitions: result.total_count,
+                validate_only,
+            };
+            Ok(render::render(&view, output))
+        }
+    }
+}
+
+async fn cluster(
+    client: &mut AdminServiceClient<Channel>,
+    command: ClusterCommand,
+    output: Output,
+) -> Result<String, CliError> {
+    match command {
+        ClusterCommand::Describe => {
+            let answer = client.describe_cluster(pb::DescribeClusterRequest {}).await?.into_inner();
+            Ok(render::render(&render::ClusterDescription::from(&answer), output))
+        }
+        ClusterCommand::ElectLeaders { topic, partition, unclean } => {
+            let election_type =
+                if unclean { pb::ElectionType::Unclean } else { pb::ElectionType::Preferred };
+            let request = pb::ElectLeadersRequest {
+                election_type: election_type as i32,
+                topics: topic
+                    .map(|topic| vec![pb::TopicPartitions { topic, partitions: partition }])
+                    .unwrap_or_default(),
+            };
+            let answer = client.elect_leaders(request).await?.into_inner();
+            let view = render::Elections::from(&answer);
+            let text = render::render(&view, output);
+            match view.failed() {
+                0 => Ok(text),
+                n => Err(CliError::Partial {
+                    output: text,
+                    message: format!("{n} partition(s) got no new leader"),
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_exit_codes() {
+        let refused = CliError::from(Status::not_found("topic 'x' does not exist"));
+        assert_eq!(refused.to_string(), "topic 'x' does not exist");
+        assert_eq!(refused.exit_code(), 2);
+        assert_eq!(CliError::from(Status::invalid_argument("bad")).exit_code(), 2);
+        assert_eq!(CliError::from(Status::already_exists("dup")).exit_code(), 2);
+        assert_eq!(CliError::from(Status::unavailable("no controller")).exit_code(), 1);
+        assert_eq!(CliError::from(Status::deadline_exceeded("slow")).exit_code(), 1);
+        let e = CliError::Connect { addr: "h:1".into(), reason: "connection refused".into() };
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.to_string(), "cannot reach the control port at h:1: connection refused");
+        let e = CliError::from(Status::unimplemented("no election"));
+        assert!(e.to_string().contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn an_item_error_becomes_the_commands_error() {
+        let e = item_failed(Some(pb::ItemError {
+            code: Code::NotFound as i32,
+            message: "topic 'x' does not exist".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.to_string(), "topic 'x' does not exist");
+        assert!(item_failed(None).is_ok());
+    }
+}
