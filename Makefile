@@ -41,8 +41,9 @@ bench:
 soak:
 	@echo "make soak: no soak test yet"
 
+# Three combined nodes on 127.0.0.1 (config/cluster/node-{1,2,3}.toml), data in CLUSTER_DIR.
 cluster:
-	@echo "make cluster: a three-node cluster comes with issue 4 (controller quorum)"; exit 1
+	scripts/cluster.sh start
 
 cluster-stop:
-	@echo "make cluster-stop: a three-node cluster comes with issue 4 (controller quorum)"; exit 1
+	scripts/cluster.sh stop

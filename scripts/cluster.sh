@@ -31,9 +31,9 @@ stop() {
         [[ -f $pidfile ]] || continue
         pid=$(cat "$pidfile")
         if kill -TERM "$pid" 2>/dev/null; then
-            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             if kill -0 "$pid" 2>/dev/null; then
-                echo "node $n did not stop within 10 s; killing it"
+                echo "node $n did not stop within 20 s; killing it"
                 kill -KILL "$pid" 2>/dev/null || true
             fi
         fi

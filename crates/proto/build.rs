@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The encoded set serves gRPC reflection (`strom_proto::FILE_DESCRIPTOR_SET`).
     let descriptor = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join(DESCRIPTOR_FILE);
     std::fs::write(descriptor, protox::prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Services only with the `grpc` feature, so that message-only users stay free of tonic.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure().build_client(grpc).build_server(grpc).compile_fds(fds)?;
     Ok(())
 }

@@ -53,6 +53,8 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     /// `auto.create.topics.enable`.
     pub auto_create_topics_enable: bool,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
     pub log: LogDefaults,

@@ -31,6 +31,9 @@ pub fn control_code(e: &ControlError) -> i16 {
         ControlError::InvalidRequest(_) => K::InvalidRequest,
         ControlError::StaleBrokerEpoch(_) => K::StaleBrokerEpoch,
         ControlError::DuplicateBrokerRegistration(_) => K::DuplicateBrokerRegistration,
+        ControlError::FencedLeaderEpoch(_) => K::FencedLeaderEpoch,
+        ControlError::InvalidUpdateVersion(_) => K::InvalidUpdateVersion,
+        ControlError::IneligibleReplica(_) => K::IneligibleReplica,
         ControlError::NotController => K::NotController,
         ControlError::ControllerUnavailable(_) => K::RequestTimedOut,
     };

@@ -132,7 +132,12 @@ fn leader_addr(ctx: &BrokerCtx, leader: NodeId) -> Option<String> {
     Some(format!("{}:{}", e.host, e.port))
 }
 
-async fn session(ctx: &BrokerCtx, part: &Arc<Partition>, leader: NodeId, leader_epoch: i32) -> Stop {
+async fn session(
+    ctx: &BrokerCtx,
+    part: &Arc<Partition>,
+    leader: NodeId,
+    leader_epoch: i32,
+) -> Stop {
     let Some(addr) = leader_addr(ctx, leader) else {
         return Stop::Retry(format!("leader {} has no {LISTENER} endpoint", leader.0));
     };
@@ -164,11 +169,16 @@ async fn session(ctx: &BrokerCtx, part: &Arc<Partition>, leader: NodeId, leader_
                     .with_fetch_offset(fetch_offset)
                     .with_log_start_offset(log_start)
                     .with_partition_max_bytes(REPLICA_FETCH_MAX_BYTES)])]);
-        let resp: FetchResponse = match conn.call(ApiKey::Fetch, FETCH_VERSION, &req, &client_id).await {
-            Ok(r) => r,
-            Err(e) => return Stop::Retry(e),
-        };
-        let Some(data) = resp.responses.into_iter().flat_map(|t| t.partitions).find(|p| p.partition_index == part.index)
+        let resp: FetchResponse =
+            match conn.call(ApiKey::Fetch, FETCH_VERSION, &req, &client_id).await {
+                Ok(r) => r,
+                Err(e) => return Stop::Retry(e),
+            };
+        let Some(data) = resp
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == part.index)
         else {
             return Stop::Retry("fetch response without our partition".into());
         };
@@ -210,14 +220,15 @@ async fn truncate(
 ) -> Result<(), String> {
     let latest = part.log().map_err(|e| e.to_string())?.leader_epoch_entries().last().copied();
     let Some((epoch, _)) = latest else { return Ok(()) };
-    let req = OffsetForLeaderEpochRequest::default().with_replica_id(BrokerId(me.0)).with_topics(vec![
-        OffsetForLeaderTopic::default().with_topic(TopicName(s(part.topic.clone()))).with_partitions(vec![
-            OffsetForLeaderPartition::default()
-                .with_partition(part.index)
-                .with_current_leader_epoch(leader_epoch)
-                .with_leader_epoch(epoch),
-        ]),
-    ]);
+    let req =
+        OffsetForLeaderEpochRequest::default().with_replica_id(BrokerId(me.0)).with_topics(vec![
+            OffsetForLeaderTopic::default()
+                .with_topic(TopicName(s(part.topic.clone())))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(part.index)
+                    .with_current_leader_epoch(leader_epoch)
+                    .with_leader_epoch(epoch)]),
+        ]);
     let resp: OffsetForLeaderEpochResponse =
         conn.call(ApiKey::OffsetForLeaderEpoch, EPOCH_VERSION, &req, client_id).await?;
     let r = resp

@@ -49,13 +49,23 @@ impl LeaderState {
             .filter(|r| **r != me)
             .map(|r| (*r, FollowerProgress { leo: -1, caught_up_ms: now_ms }))
             .collect();
-        LeaderState { me, leader_epoch, partition_epoch, replicas, isr, followers, hw, pending: None }
+        LeaderState {
+            me,
+            leader_epoch,
+            partition_epoch,
+            replicas,
+            isr,
+            followers,
+            hw,
+            pending: None,
+        }
     }
 
     pub fn isr(&self) -> &[NodeId] {
         &self.isr
     }
 
+    #[cfg(test)]
     pub fn high_watermark(&self) -> i64 {
         self.hw
     }
@@ -65,10 +75,18 @@ impl LeaderState {
     }
 
     /// A committed metadata change of this partition at the same leader epoch.
-    pub fn on_partition_change(&mut self, replicas: Vec<NodeId>, isr: Vec<NodeId>, partition_epoch: i32, now_ms: i64) {
+    pub fn on_partition_change(
+        &mut self,
+        replicas: Vec<NodeId>,
+        isr: Vec<NodeId>,
+        partition_epoch: i32,
+        now_ms: i64,
+    ) {
         for r in &replicas {
             if *r != self.me {
-                self.followers.entry(*r).or_insert(FollowerProgress { leo: -1, caught_up_ms: now_ms });
+                self.followers
+                    .entry(*r)
+                    .or_insert(FollowerProgress { leo: -1, caught_up_ms: now_ms });
             }
         }
         self.followers.retain(|id, _| replicas.contains(id));
@@ -79,7 +97,13 @@ impl LeaderState {
     }
 
     /// A fetch from a follower at `fetch_offset` while the leader's log ends at `leader_leo`.
-    pub fn on_follower_fetch(&mut self, follower: NodeId, fetch_offset: i64, leader_leo: i64, now_ms: i64) {
+    pub fn on_follower_fetch(
+        &mut self,
+        follower: NodeId,
+        fetch_offset: i64,
+        leader_leo: i64,
+        now_ms: i64,
+    ) {
         if let Some(p) = self.followers.get_mut(&follower) {
             p.leo = fetch_offset;
             if fetch_offset >= leader_leo {

@@ -31,6 +31,8 @@ pub(crate) struct BrokerCtx {
     pub controller: Arc<dyn ControllerClient>,
     /// The active controller's node id, as Metadata and DescribeCluster report it.
     pub controller_id: std::sync::atomic::AtomicI32,
+    /// This broker's registration epoch (-1 until registered): carried by ISR changes.
+    pub broker_epoch: std::sync::atomic::AtomicI64,
 }
 
 impl BrokerCtx {
@@ -66,6 +68,7 @@ impl Broker {
             replicas,
             controller,
             controller_id: std::sync::atomic::AtomicI32::new(config.node_id.0),
+            broker_epoch: std::sync::atomic::AtomicI64::new(-1),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -78,6 +81,7 @@ impl Broker {
         let tasks = vec![
             tokio::spawn(replica::reconcile_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(replica::maintenance_loop(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(replica::isr_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(server::accept_loop(tcp, ctx.clone(), shutdown_rx)),
         ];
         tracing::info!(addr = %local_addr, "kafka listener up");
@@ -87,6 +91,11 @@ impl Broker {
     /// Records which node is the active controller (the raft leader).
     pub fn set_controller_id(&self, id: i32) {
         self.ctx.controller_id.store(id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records this broker's registration epoch once the controller has granted it.
+    pub fn set_broker_epoch(&self, epoch: strom_metadata::BrokerEpoch) {
+        self.ctx.broker_epoch.store(epoch.0, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

@@ -21,7 +21,11 @@ pub(crate) enum Role {
     Idle,
     Leader(LeaderState),
     /// Copies the leader's log; the fetcher task stops when `stop` is dropped or set.
-    Follower { leader: NodeId, leader_epoch: i32, _stop: watch::Sender<bool> },
+    Follower {
+        leader: NodeId,
+        leader_epoch: i32,
+        _stop: watch::Sender<bool>,
+    },
 }
 
 /// What waiters watch: how far data is acknowledged, and whether the log still works.
@@ -69,9 +73,12 @@ impl Partition {
         log: Log,
         fsync_on_ack: bool,
         data_arrived: Arc<watch::Sender<u64>>,
+        checkpointed_hw: i64,
     ) -> Arc<Partition> {
-        // After recovery everything left in the log is what survived: serve all of it.
-        let hw = log.log_end_offset();
+        // The high watermark restarts from its checkpoint: data above it may not be committed.
+        // (A sole replica moves it to its log end as soon as it leads.)
+        let hw = checkpointed_hw.clamp(0, log.log_end_offset());
+        let leo = log.log_end_offset();
         let (progress, _) = watch::channel(Progress { high_watermark: hw, offline: false });
         let p = Arc::new(Partition {
             topic,
@@ -85,7 +92,7 @@ impl Partition {
             data_arrived,
             role: Mutex::new(Role::Idle),
             // What survived recovery is on disk.
-            durable_leo: AtomicI64::new(hw),
+            durable_leo: AtomicI64::new(leo),
             min_insync: AtomicI32::new(1),
             has_followers: AtomicBool::new(false),
         });
@@ -201,12 +208,20 @@ impl Partition {
     }
 
     /// A follower's fetch at `fetch_offset`: moves the high watermark when the ISR allows.
-    pub fn on_follower_fetch(&self, follower: NodeId, fetch_offset: i64, leader_epoch: i32, now_ms: i64) -> bool {
+    pub fn on_follower_fetch(
+        &self,
+        follower: NodeId,
+        fetch_offset: i64,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> bool {
         let leo = self.log().map(|l| l.log_end_offset()).unwrap_or(-1);
         let durable = self.durable_leo();
         let (known, moved) = match self.role.lock() {
             Ok(mut role) => match &mut *role {
-                Role::Leader(state) if state.leader_epoch == leader_epoch && state.is_replica(follower) => {
+                Role::Leader(state)
+                    if state.leader_epoch == leader_epoch && state.is_replica(follower) =>
+                {
                     state.on_follower_fetch(follower, fetch_offset, leo, now_ms);
                     (true, state.update_hw(durable))
                 }
@@ -233,7 +248,15 @@ impl Partition {
 
     /// Makes this broker the partition's leader at `leader_epoch` (no-op if it already is),
     /// or applies an ISR/replica change at the same epoch.
-    pub fn lead(&self, me: NodeId, replicas: Vec<NodeId>, isr: Vec<NodeId>, leader_epoch: i32, partition_epoch: i32, now_ms: i64) {
+    pub fn lead(
+        &self,
+        me: NodeId,
+        replicas: Vec<NodeId>,
+        isr: Vec<NodeId>,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        now_ms: i64,
+    ) {
         self.has_followers.store(replicas.len() > 1, Ordering::Relaxed);
         let hw = self.progress().high_watermark;
         let moved = self.with_role(|role| {

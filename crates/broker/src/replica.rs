@@ -16,6 +16,8 @@ use crate::partition::Partition;
 use crate::BrokerCtx;
 
 pub(crate) const RECOVERY_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
+/// High watermarks, so a restarted replica does not serve data it cannot know is committed.
+pub(crate) const HW_CHECKPOINT: &str = "replication-offset-checkpoint";
 /// Written into each partition dir so a log is never served under a recreated topic's name.
 const PARTITION_METADATA: &str = "partition.metadata";
 /// How often logs that do not fsync on ack are flushed and checkpoints written.
@@ -27,6 +29,7 @@ pub(crate) struct ReplicaManager {
     data_dir: PathBuf,
     partitions: RwLock<HashMap<Key, Arc<Partition>>>,
     recovery_points: HashMap<Key, i64>,
+    high_watermarks: HashMap<Key, i64>,
     pub data_arrived: Arc<watch::Sender<u64>>,
     defaults: LogDefaults,
 }
@@ -124,11 +127,17 @@ impl ReplicaManager {
             .into_iter()
             .map(|(t, p, o)| ((t, p), o))
             .collect();
+        let high_watermarks = checkpoint::read(&config.data_dir.join(HW_CHECKPOINT))
+            .map_err(BrokerError::Checkpoint)?
+            .into_iter()
+            .map(|(t, p, o)| ((t, p), o))
+            .collect();
         let (data_arrived, _) = watch::channel(0u64);
         Ok(ReplicaManager {
             data_dir: config.data_dir.clone(),
             partitions: RwLock::new(HashMap::new()),
             recovery_points,
+            high_watermarks,
             data_arrived: Arc::new(data_arrived),
             defaults: config.log.clone(),
         })
@@ -139,7 +148,7 @@ impl ReplicaManager {
         map.get(&(topic.to_string(), partition)).cloned()
     }
 
-    fn all(&self) -> Vec<Arc<Partition>> {
+    pub fn all(&self) -> Vec<Arc<Partition>> {
         self.partitions.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
@@ -178,6 +187,7 @@ impl ReplicaManager {
             log,
             fsync_on_ack,
             self.data_arrived.clone(),
+            self.high_watermarks.get(&key).copied().unwrap_or(0),
         );
         if let Ok(mut map) = self.partitions.write() {
             if let Some(old) = map.insert(key, p.clone()) {
@@ -270,7 +280,13 @@ impl ReplicaManager {
             .filter_map(|p| p.recovery_point().map(|o| (p.topic.clone(), p.index, o)))
             .collect();
         checkpoint::write(&self.data_dir.join(RECOVERY_CHECKPOINT), &entries)
-            .map_err(BrokerError::Checkpoint)
+            .map_err(BrokerError::Checkpoint)?;
+        let hws: Vec<(String, i32, i64)> = self
+            .all()
+            .iter()
+            .map(|p| (p.topic.clone(), p.index, p.progress().high_watermark))
+            .collect();
+        checkpoint::write(&self.data_dir.join(HW_CHECKPOINT), &hws).map_err(BrokerError::Checkpoint)
     }
 
     /// Flushes every log and writes the recovery points: a clean shutdown recovers nothing.
@@ -369,6 +385,60 @@ impl ReplicaManager {
                 tracing::error!(error = %e, "cannot open partition");
                 None
             }
+        }
+    }
+}
+
+/// How often leaders check whether their ISR should change.
+const ISR_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Asks the controller to shrink or expand the ISR of partitions this broker leads.
+pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
+    use strom_metadata::control::{AlterPartitionRequest, ControlRequest};
+    let mut tick = tokio::time::interval(ISR_CHECK_EVERY);
+    let lag_max_ms = ctx.config.replica_lag_time_max_ms as i64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let broker_epoch = ctx.broker_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        if broker_epoch < 0 {
+            continue;
+        }
+        let now = crate::handlers::now_ms();
+        for p in ctx.replicas.all() {
+            let proposal = p
+                .with_role(|role| match role {
+                    crate::partition::Role::Leader(state) => state
+                        .propose_isr(now, lag_max_ms)
+                        .map(|isr| (isr, state.leader_epoch, state.partition_epoch)),
+                    _ => None,
+                })
+                .flatten();
+            let Some((new_isr, leader_epoch, partition_epoch)) = proposal else { continue };
+            tracing::info!(topic = %p.topic, partition = p.index,
+                isr = ?new_isr.iter().map(|n| n.0).collect::<Vec<_>>(), "asking the controller to change the ISR");
+            let request = ControlRequest::AlterPartition(AlterPartitionRequest {
+                broker_id: ctx.image.node,
+                broker_epoch: strom_metadata::BrokerEpoch(broker_epoch),
+                topic: p.topic.clone(),
+                partition: p.index,
+                leader_epoch,
+                partition_epoch,
+                new_isr,
+            });
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ctx.controller.submit(request).await {
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change refused");
+                    p.with_role(|role| {
+                        if let crate::partition::Role::Leader(state) = role {
+                            state.isr_change_failed();
+                        }
+                    });
+                }
+            });
         }
     }
 }

@@ -15,7 +15,7 @@ use strom_metadata::control::{
 };
 use strom_metadata::records::{MetadataBatch, MetadataRecord};
 use strom_metadata::{
-    BoxFuture, ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset,
+    ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset,
 };
 use strom_proto::controller::controller_server::ControllerServer;
 use strom_proto::raft::raft_server::RaftServer;
@@ -367,6 +367,8 @@ pub(crate) struct EventClient {
 }
 
 impl EventClient {
+    /// A request the task never took (it is stopping, or stopped) is refused as
+    /// NOT_CONTROLLER: it was certainly not decided, so a relaying voter tries the next leader.
     pub(crate) async fn submit_local(
         &self,
         request: ControlRequest,
@@ -376,20 +378,16 @@ impl EventClient {
             mpsc::error::TrySendError::Full(_) => ControlError::ControllerUnavailable(format!(
                 "the controller has {EVENT_QUEUE_MAX} requests queued"
             )),
-            mpsc::error::TrySendError::Closed(_) => {
-                ControlError::ControllerUnavailable("the controller is shut down".into())
-            }
+            mpsc::error::TrySendError::Closed(_) => ControlError::NotController,
         })?;
-        answer.await.map_err(|_| {
-            ControlError::ControllerUnavailable("the controller stopped before answering".into())
-        })?
+        // The task answers every request it takes before it stops; a dropped reply means the
+        // request was still queued when it stopped.
+        answer.await.map_err(|_| ControlError::NotController)?
     }
-}
 
-impl ControllerClient for EventClient {
-    fn submit(&self, request: ControlRequest) -> BoxFuture<Result<ControlResponse, ControlError>> {
-        let tx = self.tx.clone();
-        Box::pin(async move { EventClient { tx }.submit_local(request).await })
+    /// The active controller task has stopped: this node is shutting down.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 

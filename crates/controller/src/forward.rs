@@ -75,6 +75,11 @@ impl Inner {
         let mut backoff = Duration::from_millis(SUBMIT_BACKOFF_MS_MIN);
         let mut last = String::from("no active controller is known");
         for _ in 0..SUBMIT_ATTEMPTS_MAX {
+            if self.local.is_closed() {
+                return Err(ControlError::ControllerUnavailable(
+                    "the controller is shut down".into(),
+                ));
+            }
             let leader = self.raft.metrics().borrow().current_leader;
             let attempt = match leader {
                 None => Attempt::Retry("no active controller is known".into()),

@@ -3,10 +3,11 @@
 //! Decoding checks what a peer sent (lengths, enum values, required fields) and never panics.
 
 use strom_metadata::control::{
-    AlterConfigOp, AlterConfigsRequest, BrokerHeartbeatRequest, ConfigAlteration, ControlRequest,
-    ControlResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
-    DeleteTopicsRequest, ElectionError, HeartbeatReply, ItemResult, NewPartitions,
-    PartitionElection, RegisterBrokerRequest, ResourceResult,
+    AlterConfigOp, AlterConfigsRequest, AlterPartitionReply, AlterPartitionRequest,
+    BrokerHeartbeatRequest, ConfigAlteration, ControlRequest, ControlResponse,
+    CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest,
+    ElectionError, HeartbeatReply, ItemResult, NewPartitions, PartitionElection,
+    RegisterBrokerRequest, ResourceResult,
 };
 use strom_metadata::records::{ConfigResourceType, Endpoint};
 use strom_metadata::{BrokerEpoch, ControlError, MetadataOffset, NodeId, TopicId};
@@ -63,6 +64,11 @@ pub fn error_to_pb(e: &ControlError) -> pb::ControlError {
         ControlError::DuplicateBrokerRegistration(m) => {
             (C::DuplicateBrokerRegistration, m.clone(), 0, Vec::new())
         }
+        ControlError::FencedLeaderEpoch(m) => (C::FencedLeaderEpoch, m.clone(), 0, Vec::new()),
+        ControlError::InvalidUpdateVersion(m) => {
+            (C::InvalidUpdateVersion, m.clone(), 0, Vec::new())
+        }
+        ControlError::IneligibleReplica(m) => (C::IneligibleReplica, m.clone(), 0, Vec::new()),
         ControlError::NotController => (C::NotController, String::new(), 0, Vec::new()),
         ControlError::ControllerUnavailable(m) => {
             (C::ControllerUnavailable, m.clone(), 0, Vec::new())
@@ -93,6 +99,9 @@ pub fn error_from_pb(e: &pb::ControlError) -> Result<ControlError, WireError> {
         C::InvalidRequest => ControlError::InvalidRequest(m),
         C::StaleBrokerEpoch => ControlError::StaleBrokerEpoch(e.broker_id),
         C::DuplicateBrokerRegistration => ControlError::DuplicateBrokerRegistration(m),
+        C::FencedLeaderEpoch => ControlError::FencedLeaderEpoch(m),
+        C::InvalidUpdateVersion => ControlError::InvalidUpdateVersion(m),
+        C::IneligibleReplica => ControlError::IneligibleReplica(m),
         C::NotController => ControlError::NotController,
         C::ControllerUnavailable => ControlError::ControllerUnavailable(m),
     })
@@ -261,6 +270,15 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
                 preferred: *preferred,
             })
         }
+        ControlRequest::AlterPartition(r) => R::AlterPartition(pb::AlterPartitionRequest {
+            broker_id: r.broker_id.0,
+            broker_epoch: r.broker_epoch.0,
+            topic: r.topic.clone(),
+            partition: r.partition,
+            leader_epoch: r.leader_epoch,
+            partition_epoch: r.partition_epoch,
+            new_isr: r.new_isr.iter().map(|n| n.0).collect(),
+        }),
     };
     pb::ControlRequest { request: Some(request) }
 }
@@ -358,6 +376,15 @@ pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireErro
                 .then(|| r.topics.into_iter().map(|t| (t.topic, t.partitions)).collect()),
             preferred: r.preferred,
         },
+        R::AlterPartition(r) => ControlRequest::AlterPartition(AlterPartitionRequest {
+            broker_id: NodeId(r.broker_id),
+            broker_epoch: BrokerEpoch(r.broker_epoch),
+            topic: r.topic,
+            partition: r.partition,
+            leader_epoch: r.leader_epoch,
+            partition_epoch: r.partition_epoch,
+            new_isr: r.new_isr.into_iter().map(NodeId).collect(),
+        }),
     })
 }
 
@@ -431,6 +458,10 @@ pub fn response_to_pb(r: &Result<ControlResponse, ControlError>) -> pb::ControlR
             is_caught_up: h.is_caught_up,
             is_fenced: h.is_fenced,
             should_shutdown: h.should_shutdown,
+        }),
+        Ok(ControlResponse::AlterPartition(reply)) => R::AlterPartition(pb::AlterPartitionReply {
+            partition_epoch: reply.partition_epoch,
+            isr: reply.isr.iter().map(|n| n.0).collect(),
         }),
         Ok(ControlResponse::ElectLeaders(items)) => R::ElectLeaders(pb::ElectLeadersResponse {
             results: items
@@ -525,6 +556,10 @@ pub fn response_from_pb(
             is_caught_up: h.is_caught_up,
             is_fenced: h.is_fenced,
             should_shutdown: h.should_shutdown,
+        }),
+        R::AlterPartition(r) => ControlResponse::AlterPartition(AlterPartitionReply {
+            partition_epoch: r.partition_epoch,
+            isr: r.isr.into_iter().map(NodeId).collect(),
         }),
         R::ElectLeaders(r) => ControlResponse::ElectLeaders(
             r.results

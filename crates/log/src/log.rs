@@ -176,7 +176,10 @@ impl Log {
     /// next segment; limits and retention at once. An invalid segment size is refused.
     pub fn set_config(&mut self, config: LogConfig) -> Result<(), LogError> {
         if config.segment_bytes == 0 || config.segment_bytes > SEGMENT_BYTES_MAX {
-            return Err(LogError::ConfigInvalid { key: "segment.bytes", value: config.segment_bytes });
+            return Err(LogError::ConfigInvalid {
+                key: "segment.bytes",
+                value: config.segment_bytes,
+            });
         }
         self.config = config;
         Ok(())

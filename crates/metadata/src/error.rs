@@ -28,6 +28,12 @@ pub enum ControlError {
     StaleBrokerEpoch(i32),
     #[error("duplicate broker registration: {0}")]
     DuplicateBrokerRegistration(String),
+    #[error("fenced leader epoch: {0}")]
+    FencedLeaderEpoch(String),
+    #[error("stale partition epoch: {0}")]
+    InvalidUpdateVersion(String),
+    #[error("ineligible replica: {0}")]
+    IneligibleReplica(String),
     #[error("this node is not the active controller")]
     NotController,
     #[error("the controller is not available: {0}")]

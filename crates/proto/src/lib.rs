@@ -1,20 +1,21 @@
-//! Code generated from `proto/`: metadata records (the metadata log's schema) and gRPC services.
+//! Code generated from `proto/`: metadata records (the metadata log's schema) and, with the
+//! `grpc` feature, the gRPC services.
 #![allow(clippy::all, missing_docs)]
 
 pub mod metadata {
-    tonic::include_proto!("strom.metadata.v1");
+    include!(concat!(env!("OUT_DIR"), "/strom.metadata.v1.rs"));
 }
 
 pub mod raft {
-    tonic::include_proto!("strom.raft.v1");
+    include!(concat!(env!("OUT_DIR"), "/strom.raft.v1.rs"));
 }
 
 pub mod controller {
-    tonic::include_proto!("strom.controller.v1");
+    include!(concat!(env!("OUT_DIR"), "/strom.controller.v1.rs"));
 }
 
 pub mod admin {
-    tonic::include_proto!("strom.admin.v1");
+    include!(concat!(env!("OUT_DIR"), "/strom.admin.v1.rs"));
 }
 
 /// Every `proto/*.proto` file, encoded as a `FileDescriptorSet`: what gRPC reflection serves.

@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub auto_create_topics_enable: bool,
     pub message_max_bytes: u32,
     pub socket_request_max_bytes: usize,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: u64,
     pub controller: ControllerSection,
     pub broker: BrokerSection,
     pub log: LogSection,
@@ -80,6 +82,7 @@ impl Default for NodeConfig {
             auto_create_topics_enable: true,
             message_max_bytes: 1_048_588,
             socket_request_max_bytes: 104_857_600,
+            replica_lag_time_max_ms: 30_000,
             controller: ControllerSection::default(),
             broker: BrokerSection::default(),
             log: LogSection::default(),
@@ -91,8 +94,8 @@ impl Default for ControllerSection {
     fn default() -> Self {
         ControllerSection {
             quorum_voters: String::new(),
-            election_timeout_ms: 1000,
-            raft_heartbeat_interval_ms: 100,
+            election_timeout_ms: 400,
+            raft_heartbeat_interval_ms: 50,
             snapshot_after_entries: 10_000,
         }
     }
@@ -236,8 +239,8 @@ impl NodeConfig {
         if !voters.is_empty() && !voters.iter().any(|(id, _)| *id == self.node_id as u64) {
             bail!("controller.quorum_voters does not list this node_id ({})", self.node_id);
         }
-        if voters.len() > 1 {
-            bail!("controller.quorum_voters: multi-voter quorums arrive with the controller quorum issue; list only this node for now");
+        if !matches!(voters.len(), 0 | 1 | 3 | 5) {
+            bail!("controller.quorum_voters lists {} voters: use 1, 3 or 5", voters.len());
         }
         if self.num_partitions < 1 {
             bail!("num_partitions = {}: must be at least 1", self.num_partitions);

@@ -124,9 +124,10 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let listener = Broker::listener(node);
     // Bind the control port before the quorum starts: peers may call as soon as we vote.
     let control_addr = control.addr().context("listeners: CONTROLLER")?;
-    let control_listener = tokio::net::TcpListener::bind(control_addr)
-        .await
-        .with_context(|| format!("cannot bind the control port {control_addr} (listeners: CONTROLLER)"))?;
+    let control_listener =
+        tokio::net::TcpListener::bind(control_addr).await.with_context(|| {
+            format!("cannot bind the control port {control_addr} (listeners: CONTROLLER)")
+        })?;
     let (publisher, image_rx) =
         ImagePublisher::new(Some(listener.clone() as Arc<dyn MetadataListener>));
     let controller = Controller::start(
@@ -165,7 +166,10 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         ("min.insync.replicas".to_string(), cfg.min_insync_replicas.to_string()),
     ]));
     let mut routes = tonic::service::RoutesBuilder::default();
-    let _health = mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
+    routes.add_service(controller.raft_service());
+    routes.add_service(controller.controller_service());
+    let _health =
+        mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
     let control_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_routes(routes.routes())
@@ -186,6 +190,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             default_replication_factor: cfg.default_replication_factor,
             auto_create_topics_enable: cfg.auto_create_topics_enable,
             retention_check_interval_ms: cfg.log.retention_check_interval_ms,
+            replica_lag_time_max_ms: cfg.replica_lag_time_max_ms,
             log: LogDefaults {
                 segment_bytes: cfg.log.segment_bytes,
                 retention_ms: cfg.log.retention_ms,
@@ -220,6 +225,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     )
     .await
     .context("broker registration timed out")??;
+    broker.set_broker_epoch(epoch);
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         listener.clone(),
@@ -227,11 +233,28 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         epoch,
         Duration::from_millis(cfg.broker.heartbeat_interval_ms),
     ));
+    let broker = Arc::new(broker);
+    let leader_updates = tokio::spawn({
+        let broker = broker.clone();
+        let mut leader = controller.leader_watch();
+        async move {
+            loop {
+                let id = *leader.borrow_and_update();
+                broker.set_controller_id(id.map_or(-1, |id| id as i32));
+                if leader.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
     tracing::info!(node_id = cfg.node_id, kafka = %broker.local_addr(), "strom node ready");
 
     wait_for_signal().await?;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: moving leaderships away first (controlled shutdown)");
     heartbeats.abort();
+    controlled_shutdown(&client, &listener, node, epoch).await;
+    leader_updates.abort();
+    let broker = Arc::into_inner(broker).context("broker still in use at shutdown")?;
     broker.shutdown().await.context("broker shutdown")?;
     controller.shutdown().await.context("controller shutdown")?;
     control_server.abort();
@@ -289,6 +312,41 @@ async fn heartbeat_loop(
             tracing::warn!(error = %e, "broker heartbeat failed");
         }
     }
+}
+
+/// How long a controlled shutdown waits for the controller to move this broker's leaderships.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Kafka's controlled shutdown: heartbeat with `want_shutdown` until the controller says every
+/// leadership has moved (or the wait runs out; then the session timeout does the rest).
+async fn controlled_shutdown(
+    client: &Arc<dyn ControllerClient>,
+    listener: &Arc<strom_broker::ImageListener>,
+    node: NodeId,
+    epoch: strom_metadata::BrokerEpoch,
+) {
+    let deadline = tokio::time::Instant::now() + CONTROLLED_SHUTDOWN_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        let req = ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: node,
+            broker_epoch: epoch,
+            current_metadata_offset: listener.image().offset,
+            want_fence: false,
+            want_shutdown: true,
+        });
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(remaining, client.submit(req)).await {
+            Ok(Ok(ControlResponse::BrokerHeartbeat(reply))) if reply.should_shutdown => {
+                tracing::info!("controlled shutdown complete: this broker leads no partition");
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "controlled shutdown heartbeat failed"),
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!("controlled shutdown did not complete in time; exiting anyway");
 }
 
 async fn wait_for_signal() -> Result<()> {

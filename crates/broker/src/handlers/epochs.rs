@@ -12,7 +12,10 @@ use kafka_protocol::ResponseError as K;
 use crate::errors::log_code;
 use crate::BrokerCtx;
 
-pub(crate) fn handle(ctx: &Arc<BrokerCtx>, req: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+pub(crate) fn handle(
+    ctx: &Arc<BrokerCtx>,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
     let image = ctx.image.current();
     let node = ctx.image.node;
     let topics = req
@@ -26,11 +29,14 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, req: OffsetForLeaderEpochRequest) -> 
                 .map(|p| {
                     let out = EpochEndOffset::default().with_partition(p.partition);
                     let answer = (|| -> Result<(i32, i64), i16> {
-                        let pi = image.partition(&name, p.partition).ok_or(K::UnknownTopicOrPartition.code())?;
+                        let pi = image
+                            .partition(&name, p.partition)
+                            .ok_or(K::UnknownTopicOrPartition.code())?;
                         if pi.leader != Some(node) {
                             return Err(K::NotLeaderOrFollower.code());
                         }
-                        if p.current_leader_epoch >= 0 && p.current_leader_epoch < pi.leader_epoch.0 {
+                        if p.current_leader_epoch >= 0 && p.current_leader_epoch < pi.leader_epoch.0
+                        {
                             return Err(K::FencedLeaderEpoch.code());
                         }
                         if p.current_leader_epoch > pi.leader_epoch.0 {
@@ -48,7 +54,9 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, req: OffsetForLeaderEpochRequest) -> 
                     })();
                     match answer {
                         Ok((epoch, end)) => out.with_leader_epoch(epoch).with_end_offset(end),
-                        Err(code) => out.with_error_code(code).with_leader_epoch(-1).with_end_offset(-1),
+                        Err(code) => {
+                            out.with_error_code(code).with_leader_epoch(-1).with_end_offset(-1)
+                        }
                     }
                 })
                 .collect();

@@ -130,7 +130,8 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: FetchRequest) 
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
     let mut arrived = ctx.replicas.data_arrived.subscribe();
-    let replica_id = if meta.version >= 15 { req.replica_state.replica_id.0 } else { req.replica_id.0 };
+    let replica_id =
+        if meta.version >= 15 { req.replica_state.replica_id.0 } else { req.replica_id.0 };
     let replica = (replica_id >= 0).then_some(NodeId(replica_id));
     loop {
         arrived.borrow_and_update();

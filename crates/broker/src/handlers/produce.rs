@@ -64,7 +64,9 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                     Some(p) => match ctx.replicas.get_or_open(&image, node, &name, index) {
                         None => refused(index, K::KafkaStorageError.code(), None, version),
                         Some(part) => match (part.leader_view(), &pd.records) {
-                            (None, _) => refused(index, K::NotLeaderOrFollower.code(), None, version),
+                            (None, _) => {
+                                refused(index, K::NotLeaderOrFollower.code(), None, version)
+                            }
                             (_, None) => refused(
                                 index,
                                 K::CorruptMessage.code(),
@@ -121,8 +123,11 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
         for slot in &mut slots {
             if let Some((part, end)) = slot.wait.take() {
                 match part.wait_acked(end, timeout).await {
-                    Ok(()) if acks == -1
-                        && part.leader_view().is_none_or(|(isr, _)| isr < part.min_insync()) =>
+                    Ok(())
+                        if acks == -1
+                            && part
+                                .leader_view()
+                                .is_none_or(|(isr, _)| isr < part.min_insync()) =>
                     {
                         slot.response.error_code = K::NotEnoughReplicasAfterAppend.code()
                     }

@@ -41,7 +41,11 @@ pub(super) fn alter_partition(
     if p.leader != Some(broker.id) || p.leader_epoch.0 != req.leader_epoch {
         return Err(ControlError::FencedLeaderEpoch(format!(
             "{}-{}: leader is {:?} at epoch {}, request from {} at epoch {}",
-            req.topic, req.partition, p.leader.map(|n| n.0), p.leader_epoch.0, req.broker_id.0,
+            req.topic,
+            req.partition,
+            p.leader.map(|n| n.0),
+            p.leader_epoch.0,
+            req.broker_id.0,
             req.leader_epoch
         )));
     }
@@ -59,13 +63,19 @@ pub(super) fn alter_partition(
     }
     // A joining replica must be alive: a fenced broker cannot be in sync.
     if let Some(bad) = req.new_isr.iter().find(|r| !p.isr.contains(r) && !image.is_live(**r)) {
-        return Err(ControlError::IneligibleReplica(format!("{} is fenced or shutting down", bad.0)));
+        return Err(ControlError::IneligibleReplica(format!(
+            "{} is fenced or shutting down",
+            bad.0
+        )));
     }
     // Keep replica order, so "first ISR member in replica order" stays well defined.
     let isr: Vec<NodeId> = p.replicas.iter().copied().filter(|r| req.new_isr.contains(r)).collect();
     if isr == p.isr {
         let reply = AlterPartitionReply { partition_epoch: p.partition_epoch.0, isr };
-        return Ok(Decision { records: Vec::new(), response: ControlResponse::AlterPartition(reply) });
+        return Ok(Decision {
+            records: Vec::new(),
+            response: ControlResponse::AlterPartition(reply),
+        });
     }
     let partition_epoch = p.partition_epoch.0 + 1;
     let records = vec![rec(Record::PartitionChange(PartitionChangeRecord {

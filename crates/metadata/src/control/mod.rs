@@ -4,6 +4,7 @@
 
 mod brokers;
 mod configs;
+mod isr;
 pub mod liveness;
 mod topics;
 
@@ -16,6 +17,7 @@ pub use brokers::{
     UNCLEAN_LEADER_ELECTION_ENABLE,
 };
 pub use configs::{AlterConfigOp, AlterConfigsRequest, ConfigAlteration, ResourceResult};
+pub use isr::{AlterPartitionReply, AlterPartitionRequest};
 pub use liveness::BrokerLiveness;
 pub use topics::{
     placement, rack_aware_placement, validate_topic_name, CreatePartitionsRequest, CreateTopic,
@@ -85,6 +87,8 @@ pub enum ControlRequest {
         topics: Option<Vec<(String, Vec<i32>)>>,
         preferred: bool,
     },
+    /// A partition leader's ISR change (Kafka's AlterPartition).
+    AlterPartition(AlterPartitionRequest),
 }
 
 /// The outcome of one item (a topic, a resource) of a request.
@@ -103,6 +107,7 @@ pub enum ControlResponse {
     RegisterBroker(crate::BrokerEpoch),
     BrokerHeartbeat(HeartbeatReply),
     ElectLeaders(Vec<PartitionElection>),
+    AlterPartition(AlterPartitionReply),
 }
 
 /// Records to commit, and the answer to send after they commit.
@@ -128,6 +133,7 @@ pub fn decide(
         ControlRequest::ElectLeaders { topics, preferred } => {
             Ok(brokers::elect_leaders(image, topics.as_deref(), *preferred))
         }
+        ControlRequest::AlterPartition(r) => isr::alter_partition(image, r),
     }
 }
 

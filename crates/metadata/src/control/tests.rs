@@ -659,3 +659,87 @@ fn preferred_election_moves_leadership_back_to_the_first_replica() {
         "#]],
     );
 }
+
+fn alter_isr(
+    sim: &Sim,
+    leader: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    isr: &[i32],
+) -> ControlRequest {
+    ControlRequest::AlterPartition(AlterPartitionRequest {
+        broker_id: NodeId(leader),
+        broker_epoch: sim.epoch(leader),
+        topic: "t".into(),
+        partition: 0,
+        leader_epoch,
+        partition_epoch,
+        new_isr: isr.iter().map(|&i| NodeId(i)).collect(),
+    })
+}
+
+#[test]
+fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1, 2, 3]])).unwrap();
+    // shrink: 3 is lagging
+    let req = alter_isr(&sim, 1, 0, 0, &[1, 2]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 1 })
+        => AlterPartition(AlterPartitionReply { partition_epoch: 1, isr: [NodeId(1), NodeId(2)] })
+    "#]],
+    );
+    // a request that saw the old partition epoch is stale
+    let req = alter_isr(&sim, 1, 0, 0, &[1, 2, 3]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+        error: stale partition epoch: t-0: partition epoch is 1, request saw 0
+    "#]],
+    );
+    // only the leader may ask
+    let req = alter_isr(&sim, 2, 0, 1, &[1, 2, 3]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+        error: fenced leader epoch: t-0: leader is Some(1) at epoch 0, request from 2 at epoch 0
+    "#]],
+    );
+    // expand, listed out of order: the ISR keeps replica order
+    let req = alter_isr(&sim, 1, 0, 1, &[3, 1, 2]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2, 3], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 2 })
+        => AlterPartition(AlterPartitionReply { partition_epoch: 2, isr: [NodeId(1), NodeId(2), NodeId(3)] })
+    "#]],
+    );
+    // a fenced broker cannot join the ISR
+    let req = alter_isr(&sim, 1, 0, 2, &[1, 2]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 3 })
+        => AlterPartition(AlterPartitionReply { partition_epoch: 3, isr: [NodeId(1), NodeId(2)] })
+    "#]],
+    );
+    sim.fence(3);
+    let req = alter_isr(&sim, 1, 0, 3, &[1, 2, 3]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+        error: ineligible replica: 3 is fenced or shutting down
+    "#]],
+    );
+}
