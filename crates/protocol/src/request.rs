@@ -4,7 +4,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest,
+    FindCoordinatorRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest,
     OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -18,6 +18,7 @@ pub enum Request {
     Metadata(MetadataRequest),
     Produce(ProduceRequest),
     Fetch(FetchRequest),
+    FindCoordinator(FindCoordinatorRequest),
     ListOffsets(ListOffsetsRequest),
     OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
     CreateTopics(CreateTopicsRequest),
@@ -77,6 +78,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<RequestFrame, RequestError> {
         ApiKey::Metadata => decode(body, version).map(Request::Metadata),
         ApiKey::Produce => decode(body, version).map(Request::Produce),
         ApiKey::Fetch => decode(body, version).map(Request::Fetch),
+        ApiKey::FindCoordinator => decode(body, version).map(Request::FindCoordinator),
         ApiKey::ListOffsets => decode(body, version).map(Request::ListOffsets),
         ApiKey::OffsetForLeaderEpoch => decode(body, version).map(Request::OffsetForLeaderEpoch),
         ApiKey::CreateTopics => decode(body, version).map(Request::CreateTopics),

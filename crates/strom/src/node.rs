@@ -254,6 +254,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     heartbeats.abort();
     controlled_shutdown(&client, &listener, node, epoch).await;
     leader_updates.abort();
+    // Wait for the aborted task to drop its handle on the broker.
+    let _ = leader_updates.await;
     let broker = Arc::into_inner(broker).context("broker still in use at shutdown")?;
     broker.shutdown().await.context("broker shutdown")?;
     controller.shutdown().await.context("controller shutdown")?;

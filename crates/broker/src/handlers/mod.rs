@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod api_versions;
+mod coordinator;
 mod epochs;
 mod fetch;
 mod list_offsets;
@@ -90,6 +91,7 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
             Reply::Later(Box::pin(async move { fetch::handle(&ctx, meta, req).await }))
         }
         R::OffsetForLeaderEpoch(req) => now(meta.encode(&epochs::handle(ctx, req))),
+        R::FindCoordinator(req) => now(meta.encode(&coordinator::handle(meta.version, req))),
         R::ListOffsets(req) => now(meta.encode(&list_offsets::handle(ctx, meta.version, req))),
         R::DescribeCluster(_) => now(meta.encode(&admin::describe_cluster(ctx, meta.version))),
         R::DescribeConfigs(req) => {
