@@ -35,8 +35,11 @@ fmt:
 check-deps:
 	bash scripts/check-deps.sh
 
+# Release builds of strom and the bench driver; the bench starts its own nodes on loopback.
+# BENCH_FULL=1 for the long run. Results: stdout and target/bench/results.json.
 bench:
-	@echo "make bench: no benchmark yet (comes with the benchmark issue)"
+	$(CARGO) build --release -p strom -p strom-bench
+	STROM_BIN=$(CURDIR)/target/release/strom RUST_LOG=warn target/release/strom-bench
 
 soak:
 	@echo "make soak: no soak test yet"

@@ -1,0 +1,566 @@
+//! `strom-bench`: starts its own strom nodes on loopback and measures them with librdkafka
+//! (the `rdkafka` crate), next to this machine's limits (disk with and without fdatasync,
+//! loopback TCP), so that every figure is also a ratio to what the hardware allows.
+//!
+//! `make bench` runs the quick set (a few minutes); `BENCH_FULL=1` runs longer. Results go to
+//! stdout as a table and to `target/bench/results.json` (or `--json PATH`).
+
+// A command-line tool: its report goes to stdout.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use strom_tests::{ClusterOptions, NodeOptions, StromCluster, StromNode};
+
+/// One produce scenario of the matrix.
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    nodes: usize,
+    record_bytes: usize,
+    partitions: i32,
+    acks: &'static str,
+}
+
+struct Sizes {
+    records_100b: u64,
+    records_1k: u64,
+    disk_mb: usize,
+    tcp_mb: usize,
+    latency_secs: u64,
+    failover_rounds: usize,
+}
+
+fn sizes() -> Sizes {
+    if std::env::var_os("BENCH_FULL").is_some() {
+        Sizes {
+            records_100b: 5_000_000,
+            records_1k: 1_000_000,
+            disk_mb: 2048,
+            tcp_mb: 8192,
+            latency_secs: 20,
+            failover_rounds: 10,
+        }
+    } else {
+        Sizes {
+            records_100b: 1_000_000,
+            records_1k: 300_000,
+            disk_mb: 512,
+            tcp_mb: 2048,
+            latency_secs: 5,
+            failover_rounds: 3,
+        }
+    }
+}
+
+// ---------- machine limits ----------
+
+fn disk_limits(dir: &std::path::Path, mb: usize) -> Result<(f64, f64)> {
+    let chunk = vec![0x5au8; 1 << 20];
+    let run = |sync_each: bool| -> Result<f64> {
+        let path = dir.join(if sync_each { "dd-sync" } else { "dd-nosync" });
+        let mut f = std::fs::File::create(&path)?;
+        let t = Instant::now();
+        for _ in 0..mb {
+            f.write_all(&chunk)?;
+            if sync_each {
+                f.sync_data()?;
+            }
+        }
+        if !sync_each {
+            f.sync_data()?; // what reached the disk, not only the page cache
+        }
+        let secs = t.elapsed().as_secs_f64();
+        std::fs::remove_file(&path)?;
+        Ok(mb as f64 / secs)
+    };
+    Ok((run(false)?, run(true)?))
+}
+
+fn loopback_limit(mb: usize) -> Result<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let chunk = vec![1u8; 1 << 20];
+    let t = Instant::now();
+    for _ in 0..mb {
+        s.write_all(&chunk)?;
+    }
+    drop(s);
+    let total = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(total as f64 / (1 << 20) as f64 / secs)
+}
+
+// ---------- process accounting ----------
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// (user + system CPU seconds, peak RSS in MiB) of a process.
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some((ticks / clock_ticks(), hwm_kb / 1024.0))
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| proc_usage(*p)).map(|(c, _)| c).sum()
+}
+
+fn rss_peak_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| proc_usage(*p)).map(|(_, r)| r).fold(0.0, f64::max)
+}
+
+// ---------- clients ----------
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_us() -> u64 {
+    epoch().elapsed().as_micros() as u64 + 1
+}
+
+#[derive(Default)]
+struct Deliveries {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Delivery latencies in microseconds (only when the opaque carries a send time).
+    latencies_us: Mutex<Vec<u64>>,
+    /// (when, ok) of every delivery, for failover windows.
+    events: Mutex<Vec<(Instant, bool)>>,
+    record_events: bool,
+}
+
+struct Ctx(Arc<Deliveries>);
+impl ClientContext for Ctx {}
+impl ProducerContext for Ctx {
+    /// Send time in microseconds since `epoch()`, or 0 when latency is not measured.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: Self::DeliveryOpaque) {
+        let ok = result.is_ok();
+        if ok {
+            self.0.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.0.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if ok && sent_us > 0 {
+            if let Ok(mut l) = self.0.latencies_us.lock() {
+                l.push((now_us() as usize).saturating_sub(sent_us) as u64);
+            }
+        }
+        if self.0.record_events {
+            if let Ok(mut e) = self.0.events.lock() {
+                e.push((Instant::now(), ok));
+            }
+        }
+    }
+}
+
+fn producer(bootstrap: &str, acks: &str, d: Arc<Deliveries>) -> Result<ThreadedProducer<Ctx>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", acks)
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(Ctx(d))?)
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32, rf: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let rt = std::thread::spawn({
+        let topic = topic.to_string();
+        move || {
+            let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(rf));
+            block_on(admin.create_topics([&new], &AdminOptions::new()))
+        }
+    });
+    let results = rt.join().map_err(|_| anyhow::anyhow!("admin thread panicked"))??;
+    for r in results {
+        if let Err((t, e)) = r {
+            bail!("create topic {t}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Drives a future to completion on this thread: rdkafka's admin futures complete from
+/// librdkafka's own threads and need no runtime, so polling with a no-op waker suffices.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn produce(bootstrap: &str, topic: &str, n: u64, bytes: usize, acks: &str) -> Result<f64> {
+    let d = Arc::new(Deliveries::default());
+    let p = producer(bootstrap, acks, d.clone())?;
+    let payload = vec![b'x'; bytes];
+    let t = Instant::now();
+    for _ in 0..n {
+        let mut rec = BaseRecord::with_opaque_to(topic, 0).payload(&payload[..]).key(&[] as &[u8]);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err((e, _)) => bail!("produce: {e}"),
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    let secs = t.elapsed().as_secs_f64();
+    let failed = d.failed.load(Ordering::Relaxed);
+    if failed > 0 || d.ok.load(Ordering::Relaxed) != n {
+        bail!("{failed} deliveries failed, {} acknowledged of {n}", d.ok.load(Ordering::Relaxed));
+    }
+    Ok(n as f64 / secs)
+}
+
+fn consume(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<f64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "strom-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(300);
+    let mut got = 0u64;
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("consumed {got} of {n} before the deadline");
+        }
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            m?;
+            got += 1;
+        }
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+// ---------- scenarios ----------
+
+struct Running {
+    _single: Option<StromNode>,
+    _cluster: Option<StromCluster>,
+    bootstrap: String,
+    pids: Vec<u32>,
+}
+
+fn start(nodes: usize) -> Result<Running> {
+    if nodes == 1 {
+        let node = StromNode::start(NodeOptions::default())?;
+        let pids = node.pid().into_iter().collect();
+        Ok(Running { bootstrap: node.bootstrap(), pids, _single: Some(node), _cluster: None })
+    } else {
+        let cluster = StromCluster::start(nodes, ClusterOptions::default())?;
+        let pids = cluster.ids().iter().filter_map(|id| cluster.node(*id).pid()).collect();
+        Ok(Running { bootstrap: cluster.bootstrap(), pids, _single: None, _cluster: Some(cluster) })
+    }
+}
+
+fn run_scenario(s: Scenario, n: u64) -> Result<Value> {
+    let r = start(s.nodes)?;
+    let rf = if s.nodes >= 3 { 3 } else { 1 };
+    create_topic(&r.bootstrap, "bench", s.partitions, rf)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_peak_of(&r.pids);
+    let cpu0 = cpu_of(&r.pids);
+    let produce_rps = produce(&r.bootstrap, "bench", n, s.record_bytes, s.acks)?;
+    let cpu1 = cpu_of(&r.pids);
+    let consume_rps = consume(&r.bootstrap, "bench", s.partitions, n)?;
+    let cpu2 = cpu_of(&r.pids);
+    let mb = |rps: f64| rps * s.record_bytes as f64 / 1e6;
+    let gb_moved = n as f64 * s.record_bytes as f64 / 1e9;
+    Ok(json!({
+        "nodes": s.nodes, "record_bytes": s.record_bytes, "partitions": s.partitions, "acks": s.acks,
+        "records": n,
+        "produce_records_per_s": produce_rps, "produce_mb_per_s": mb(produce_rps),
+        "consume_records_per_s": consume_rps, "consume_mb_per_s": mb(consume_rps),
+        "broker_cpu_s_produce": cpu1 - cpu0, "broker_cpu_s_consume": cpu2 - cpu1,
+        "cpu_us_per_record_produce": (cpu1 - cpu0) * 1e6 / n as f64,
+        "cpu_us_per_record_consume": (cpu2 - cpu1) * 1e6 / n as f64,
+        "cpu_s_per_gb_produce": (cpu1 - cpu0) / gb_moved,
+        "idle_rss_mb": idle_rss, "peak_rss_mb": rss_peak_of(&r.pids),
+    }))
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// Produce and end-to-end latency at a fixed rate (records/s), 100-byte records, acks=all.
+fn latency(rate: f64, secs: u64) -> Result<Value> {
+    let r = start(1)?;
+    create_topic(&r.bootstrap, "lat", 1, 1)?;
+    let d = Arc::new(Deliveries::default());
+    let p = producer(&r.bootstrap, "all", d.clone())?;
+    let bootstrap = r.bootstrap.clone();
+    let stop = Arc::new(AtomicU64::new(0));
+    let e2e = std::thread::spawn({
+        let stop = stop.clone();
+        move || -> Result<Vec<u64>> {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", "strom-bench-lat")
+                .set("fetch.wait.max.ms", "5")
+                .create()?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset("lat", 0, Offset::Beginning)?;
+            c.assign(&tpl)?;
+            let mut out = Vec::new();
+            while stop.load(Ordering::Relaxed) == 0 {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                    if let Some(p) = m.payload().and_then(|p| p.get(..16)) {
+                        let sent = u128::from_be_bytes(p.try_into().unwrap_or([0; 16]));
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_micros())
+                            .unwrap_or(0);
+                        out.push(now.saturating_sub(sent) as u64);
+                    }
+                }
+            }
+            Ok(out)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let total = (rate * secs as f64) as u64;
+    let start_t = Instant::now();
+    let mut payload = [b'x'; 100];
+    for i in 0..total {
+        let due = start_t + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let micros =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+        payload[..16].copy_from_slice(&micros.to_be_bytes());
+        let rec = BaseRecord::with_opaque_to("lat", now_us() as usize)
+            .payload(&payload[..])
+            .key(&[] as &[u8]);
+        if let Err((e, _)) = p.send(rec) {
+            bail!("latency produce: {e}");
+        }
+    }
+    p.flush(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(1, Ordering::Relaxed);
+    let mut e2e = e2e.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    let mut produce_lat = d.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
+    produce_lat.sort_unstable();
+    e2e.sort_unstable();
+    Ok(json!({
+        "rate_records_per_s": rate, "records": total,
+        "produce_ms": {"p50": percentile(&produce_lat, 0.5), "p99": percentile(&produce_lat, 0.99), "p999": percentile(&produce_lat, 0.999)},
+        "end_to_end_ms": {"p50": percentile(&e2e, 0.5), "p99": percentile(&e2e, 0.99), "p999": percentile(&e2e, 0.999)},
+    }))
+}
+
+/// Time from kill -9 of a partition leader to the next acknowledged acks=all write.
+fn failover(rounds: usize) -> Result<Value> {
+    let mut cluster = StromCluster::start(3, ClusterOptions::default())?;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "fo", 1, 3)?;
+    let d = Arc::new(Deliveries { record_events: true, ..Default::default() });
+    let p = producer(&bootstrap, "all", d.clone())?;
+    let stop = Arc::new(AtomicU64::new(0));
+    let sender = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while stop.load(Ordering::Relaxed) == 0 {
+                let rec =
+                    BaseRecord::with_opaque_to("fo", 0).payload(&b"failover"[..]).key(&[] as &[u8]);
+                let _ = p.send(rec);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = p.flush(Duration::from_secs(30));
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut windows = Vec::new();
+    for _ in 0..rounds {
+        let leaders = cluster.leaders_of("fo")?;
+        let Some(&leader) = leaders.get(&0) else { bail!("fo-0 has no leader") };
+        let killed_at = Instant::now();
+        cluster.kill9(leader as u32)?;
+        let deadline = killed_at + Duration::from_secs(30);
+        let mut window = None;
+        while Instant::now() < deadline && window.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+            let events = d.events.lock().map(|e| e.clone()).unwrap_or_default();
+            // The first success after the kill that follows a gap (the old leader's last acks
+            // can land just after the kill): the first success more than 50 ms after it.
+            window = events
+                .iter()
+                .find(|(t, ok)| *ok && *t > killed_at + Duration::from_millis(50))
+                .map(|(t, _)| *t - killed_at);
+        }
+        let w = window.context("no acknowledged write within 30 s of the kill")?;
+        windows.push(w.as_secs_f64() * 1000.0);
+        cluster.restart(leader as u32)?;
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    stop.store(1, Ordering::Relaxed);
+    let _ = sender.join();
+    Ok(json!({ "rounds": rounds, "kill_to_next_ack_ms": windows }))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "target/bench/results.json".into());
+    let sz = sizes();
+    let mut results: BTreeMap<&str, Value> = BTreeMap::new();
+
+    let tmp = std::env::temp_dir().join(format!("strom-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let (disk, disk_sync) = disk_limits(&tmp, sz.disk_mb)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    let tcp = loopback_limit(sz.tcp_mb)?;
+    eprintln!("limits: disk {disk:.0} MB/s, disk+fdatasync per MiB {disk_sync:.0} MB/s, loopback {tcp:.0} MB/s");
+    results.insert("limits", json!({"disk_mb_per_s": disk, "disk_fdatasync_mb_per_s": disk_sync, "loopback_tcp_mb_per_s": tcp}));
+
+    let mut matrix = Vec::new();
+    let scenarios = [
+        Scenario { nodes: 1, record_bytes: 100, partitions: 1, acks: "1" },
+        Scenario { nodes: 1, record_bytes: 100, partitions: 6, acks: "1" },
+        Scenario { nodes: 1, record_bytes: 100, partitions: 6, acks: "all" },
+        Scenario { nodes: 1, record_bytes: 1024, partitions: 6, acks: "1" },
+        Scenario { nodes: 1, record_bytes: 1024, partitions: 6, acks: "all" },
+        Scenario { nodes: 3, record_bytes: 100, partitions: 6, acks: "all" },
+        Scenario { nodes: 3, record_bytes: 1024, partitions: 6, acks: "all" },
+    ];
+    println!(
+        "{:<5} {:>6} {:>4} {:>4} | {:>12} {:>9} {:>7} | {:>12} {:>9} {:>7} | {:>7} {:>7} {:>6}",
+        "nodes",
+        "bytes",
+        "part",
+        "acks",
+        "produce r/s",
+        "MB/s",
+        "%disk",
+        "consume r/s",
+        "MB/s",
+        "%tcp",
+        "us/rec",
+        "us/rec",
+        "RSS"
+    );
+    for s in scenarios {
+        let n = if s.record_bytes <= 100 { sz.records_100b } else { sz.records_1k };
+        match run_scenario(s, n) {
+            Ok(v) => {
+                let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                println!("{:<5} {:>6} {:>4} {:>4} | {:>12.0} {:>9.1} {:>6.0}% | {:>12.0} {:>9.1} {:>6.1}% | {:>7.2} {:>7.2} {:>6.0}",
+                    s.nodes, s.record_bytes, s.partitions, s.acks,
+                    f("produce_records_per_s"), f("produce_mb_per_s"), 100.0 * f("produce_mb_per_s") / if s.acks == "all" { disk_sync } else { disk },
+                    f("consume_records_per_s"), f("consume_mb_per_s"), 100.0 * f("consume_mb_per_s") / tcp,
+                    f("cpu_us_per_record_produce"), f("cpu_us_per_record_consume"), f("peak_rss_mb"));
+                matrix.push(v);
+            }
+            Err(e) => {
+                println!("{s:?}: FAILED: {e:#}");
+                matrix.push(json!({"scenario": format!("{s:?}"), "error": format!("{e:#}")}));
+            }
+        }
+    }
+    let peak = matrix
+        .iter()
+        .find(|v| v["nodes"] == 1 && v["record_bytes"] == 100 && v["acks"] == "all")
+        .and_then(|v| v["produce_records_per_s"].as_f64())
+        .unwrap_or(10_000.0);
+    results.insert("throughput", Value::Array(matrix));
+
+    match latency(peak * 0.5, sz.latency_secs) {
+        Ok(v) => {
+            println!("latency at {:.0} records/s (50% of 1-node acks=all peak): produce p50/p99/p99.9 {}/{}/{} ms, end-to-end {}/{}/{} ms",
+                peak * 0.5, v["produce_ms"]["p50"], v["produce_ms"]["p99"], v["produce_ms"]["p999"],
+                v["end_to_end_ms"]["p50"], v["end_to_end_ms"]["p99"], v["end_to_end_ms"]["p999"]);
+            results.insert("latency", v);
+        }
+        Err(e) => println!("latency: FAILED: {e:#}"),
+    }
+    match failover(sz.failover_rounds) {
+        Ok(v) => {
+            println!(
+                "failover (kill -9 of the leader to next acks=all ack), ms per round: {}",
+                v["kill_to_next_ack_ms"]
+            );
+            results.insert("failover", v);
+        }
+        Err(e) => println!("failover: FAILED: {e:#}"),
+    }
+    if let Some(dir) = std::path::Path::new(&json_path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    println!("results written to {json_path}");
+    Ok(())
+}
