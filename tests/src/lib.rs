@@ -1,14 +1,18 @@
 //! Process harness for end-to-end tests: spawns the real `strom` binary on free loopback ports
 //! with its data in a temporary directory, waits until it serves Kafka, signals it (kill -9,
 //! SIGTERM, SIGSTOP/SIGCONT), restarts it on the same ports and data, and drives it with
-//! librdkafka (`rdkafka`) and raw sockets.
+//! librdkafka (`rdkafka`) and raw sockets. [`StromCluster`] does the same for 1, 3 or 5 nodes
+//! that form one controller quorum.
 
 pub mod binary;
+pub mod cluster;
 pub mod kafka;
+pub mod netns;
 pub mod node;
 pub mod raw;
 pub mod segment;
 
+pub use cluster::{wait_until, with_cluster, ClusterOptions, StromCluster};
 pub use node::{run_to_exit, NodeOptions, StromNode};
 
 use std::time::Duration;

@@ -30,6 +30,11 @@ pub struct NodeOptions {
     pub extra_args: Vec<String>,
     /// Extra environment for the process (`RUST_LOG` defaults to `info`).
     pub env: Vec<(String, String)>,
+    /// `--kafka-addr`; a free loopback port when unset. Set by a cluster, whose configs must
+    /// name every node's ports before any node starts.
+    pub kafka_addr: Option<SocketAddr>,
+    /// `--control-addr`; a free loopback port when unset.
+    pub control_addr: Option<SocketAddr>,
 }
 
 /// A running (or stopped, between restarts) `strom` process.
@@ -60,7 +65,9 @@ impl StromNode {
         let dir = tempfile::Builder::new().prefix("strom-test-").tempdir()?;
         let data_dir = dir.path().join("data");
         let stderr_path = dir.path().join("stderr.log");
-        let (kafka_addr, control_addr) = two_free_ports()?;
+        let (free_kafka, free_control) = two_free_ports()?;
+        let kafka_addr = options.kafka_addr.unwrap_or(free_kafka);
+        let control_addr = options.control_addr.unwrap_or(free_control);
         let mut node = StromNode {
             options,
             binary,
@@ -177,6 +184,25 @@ impl StromNode {
         self.wait_exit(EXIT_TIMEOUT)
     }
 
+    /// Sends SIGTERM and returns at once; [`Self::try_exit_status`] or [`Self::wait_exit`]
+    /// observe the exit (for tests that watch the cluster while the node shuts down).
+    pub fn send_sigterm(&self) -> anyhow::Result<()> {
+        self.signal("TERM")
+    }
+
+    /// The exit status if the process has exited (it is then reaped and detached), `None`
+    /// while it runs; an error if no process is attached.
+    pub fn try_exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let Some(child) = &mut self.child else {
+            bail!("try_exit_status on a node that is not running")
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            self.child = None;
+        }
+        Ok(status)
+    }
+
     pub fn sigstop(&self) -> anyhow::Result<()> {
         self.signal("STOP")
     }
@@ -218,6 +244,22 @@ impl StromNode {
         self.wait_ready()
     }
 
+    /// Starts the process again on the same ports and data directory without waiting for it
+    /// (a cluster restarts all its stopped nodes before any of them can be ready). Fails if a
+    /// process is still attached.
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("respawn of a node that is still running");
+        }
+        self.child = None;
+        self.spawn_process()
+    }
+
+    /// The `--node-id` the node runs with.
+    pub fn node_id(&self) -> u32 {
+        self.options.node_id.unwrap_or(1)
+    }
+
     /// Everything the node wrote to stderr/stdout so far, across restarts.
     pub fn stderr(&self) -> String {
         std::fs::read(&self.stderr_path)
@@ -234,7 +276,8 @@ impl StromNode {
 
     fn stderr_report(&self) -> String {
         format!(
-            "----- strom stderr tail ({}) -----\n{}\n----- end of strom stderr -----",
+            "----- strom stderr tail (node {}, {}) -----\n{}\n----- end of strom stderr -----",
+            self.node_id(),
             self.stderr_path.display(),
             self.stderr_tail(STDERR_TAIL_LINES)
         )

@@ -26,7 +26,7 @@ use crate::error::ControllerError;
 use crate::forward::ForwardingClient;
 use crate::log_store::{LogStore, LogStoreOptions, SEGMENT_BYTES_MAX_DEFAULT};
 use crate::network::{Channels, GrpcNetwork, RPC_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
-use crate::service::{ControllerService, RaftService};
+use crate::service::{metadata_feed, ControllerService, MetadataFeed, RaftService};
 use crate::state_machine::StateMachine;
 use crate::types::{ControllerNode, Raft};
 
@@ -134,6 +134,7 @@ pub struct Controller {
     leader: watch::Receiver<Option<u64>>,
     local: Arc<EventClient>,
     client: Arc<ForwardingClient>,
+    feed: MetadataFeed,
     stop: oneshot::Sender<()>,
     event_loop: JoinHandle<()>,
     leader_watch: JoinHandle<()>,
@@ -164,6 +165,8 @@ impl Controller {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
         };
         let log = LogStore::open(&dir, options).await.map_err(open_err)?;
+        // What the state machine commits also feeds the metadata stream (`WatchMetadata`).
+        let (listener, feed) = metadata_feed(listener);
         let (sm, image) = StateMachine::open(&dir, listener).await.map_err(open_err)?;
         let channels = Channels::for_election_timeout(
             cfg.election_timeout_min_ms,
@@ -235,6 +238,7 @@ impl Controller {
             leader,
             local,
             client,
+            feed,
             stop,
             event_loop,
             leader_watch,
@@ -298,9 +302,12 @@ impl Controller {
 
     /// The `strom.controller.v1.Controller` service to mount on the control port: how other
     /// voters relay requests to this node while it is the active controller. It never relays
-    /// further: a node that does not lead answers NOT_CONTROLLER.
+    /// further: a node that does not lead answers NOT_CONTROLLER. It also streams this node's
+    /// committed metadata to broker-only nodes (`WatchMetadata`, see `follower`).
     pub fn controller_service(&self) -> ControllerServer<ControllerService> {
-        ControllerServer::new(ControllerService::new(self.local.clone()))
+        let service =
+            ControllerService::new(self.local.clone(), self.feed.clone(), self.leader.clone());
+        ControllerServer::new(service)
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
     }
@@ -512,6 +519,14 @@ impl ActiveController {
     async fn submit(&mut self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
         // Make sure the sessions of this term exist before a heartbeat is counted.
         let _ = self.liveness();
+        // A heartbeat proves the broker alive even when its proposal cannot commit (no
+        // quorum): count it first, or a quorum outage would end with every session expired.
+        if let ControlRequest::BrokerHeartbeat(r) = request {
+            let now = self.now_ms();
+            if let Some(liveness) = self.liveness() {
+                liveness.on_heartbeat(r.broker_id, r.broker_epoch, now);
+            }
+        }
         let response = self
             .propose(|image, ctx| {
                 let decision = decide(image, request, ctx)?;

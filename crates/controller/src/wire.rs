@@ -1,7 +1,9 @@
 //! `strom_metadata::control` requests, responses and errors as the prost messages of
 //! `proto/controller.proto`, both ways: what a follower relays to the active controller.
+//! Also the metadata stream's updates (`WatchMetadata`), which a broker-only node follows.
 //! Decoding checks what a peer sent (lengths, enum values, required fields) and never panics.
 
+use prost::Message;
 use strom_metadata::control::{
     AlterConfigOp, AlterConfigsRequest, AlterPartitionReply, AlterPartitionRequest,
     BrokerHeartbeatRequest, ConfigAlteration, ControlRequest, ControlResponse,
@@ -9,7 +11,9 @@ use strom_metadata::control::{
     ElectionError, HeartbeatReply, ItemResult, NewPartitions, PartitionElection,
     RegisterBrokerRequest, ResourceResult,
 };
-use strom_metadata::records::{ConfigResourceType, Endpoint};
+use strom_metadata::records::{
+    ConfigResourceType, Endpoint, MetadataBatch, MetadataRecord, MetadataSnapshot,
+};
 use strom_metadata::{BrokerEpoch, ControlError, MetadataOffset, NodeId, TopicId};
 use strom_proto::controller as pb;
 
@@ -22,6 +26,12 @@ pub enum WireError {
     UnknownEnum { field: &'static str, value: i32 },
     #[error("field '{0}' is not a 16-byte id")]
     BadTopicId(&'static str),
+    #[error("field '{field}' does not decode: {source}")]
+    Decode {
+        field: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
 }
 
 fn required<T>(field: Option<T>, name: &'static str) -> Result<T, WireError> {
@@ -577,9 +587,111 @@ pub fn response_from_pb(
     }))
 }
 
+// ---- the metadata stream ----
+
+/// One message of `Controller.WatchMetadata`, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetadataUpdate {
+    /// The voter's metadata offset after this update.
+    pub offset: MetadataOffset,
+    /// The active controller as the voter knows it.
+    pub leader_id: Option<u64>,
+    pub change: MetadataChange,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetadataChange {
+    /// No metadata: the leader changed, or the voter says it is alive.
+    None,
+    /// One committed entry's records, to apply to the image at `prev_offset`.
+    Delta { prev_offset: MetadataOffset, records: Vec<MetadataRecord> },
+    /// The whole image at the update's offset, as `MetadataImage::to_records`.
+    Snapshot(Vec<MetadataRecord>),
+}
+
+/// Node ids travel as int64 with -1 for "none"; an id past i64 is no id a voter can have.
+pub fn leader_to_pb(leader: Option<u64>) -> i64 {
+    leader.and_then(|id| i64::try_from(id).ok()).unwrap_or(-1)
+}
+
+pub fn leader_from_pb(leader: i64) -> Option<u64> {
+    u64::try_from(leader).ok()
+}
+
+/// One entry's records as `MetadataDelta.batch` bytes: encoded once, sent to every watcher.
+pub fn encode_batch(records: &[MetadataRecord]) -> Vec<u8> {
+    MetadataBatch { records: records.to_vec() }.encode_to_vec()
+}
+
+/// An image's records as `MetadataUpdate.snapshot` bytes.
+pub fn encode_snapshot(records: Vec<MetadataRecord>) -> Vec<u8> {
+    MetadataSnapshot { records }.encode_to_vec()
+}
+
+pub fn update_to_pb(u: &MetadataUpdate) -> pb::MetadataUpdate {
+    use pb::metadata_update::Update as U;
+    let update = match &u.change {
+        MetadataChange::None => None,
+        MetadataChange::Delta { prev_offset, records } => Some(U::Delta(pb::MetadataDelta {
+            prev_offset: prev_offset.0,
+            batch: encode_batch(records),
+        })),
+        MetadataChange::Snapshot(records) => Some(U::Snapshot(encode_snapshot(records.clone()))),
+    };
+    pb::MetadataUpdate { offset: u.offset.0, leader_id: leader_to_pb(u.leader_id), update }
+}
+
+pub fn update_from_pb(u: pb::MetadataUpdate) -> Result<MetadataUpdate, WireError> {
+    use pb::metadata_update::Update as U;
+    let change = match u.update {
+        None => MetadataChange::None,
+        Some(U::Delta(d)) => MetadataChange::Delta {
+            prev_offset: MetadataOffset(d.prev_offset),
+            records: MetadataBatch::decode(d.batch.as_slice())
+                .map_err(|source| WireError::Decode { field: "MetadataDelta.batch", source })?
+                .records,
+        },
+        Some(U::Snapshot(bytes)) => MetadataChange::Snapshot(
+            MetadataSnapshot::decode(bytes.as_slice())
+                .map_err(|source| WireError::Decode { field: "MetadataUpdate.snapshot", source })?
+                .records,
+        ),
+    };
+    Ok(MetadataUpdate {
+        offset: MetadataOffset(u.offset),
+        leader_id: leader_from_pb(u.leader_id),
+        change,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_updates_survive_the_wire() {
+        use strom_metadata::records::{metadata_record::Record, FeatureRecord};
+        let record = MetadataRecord {
+            record: Some(Record::Feature(FeatureRecord { name: "x".into(), feature_level: 3 })),
+        };
+        for change in [
+            MetadataChange::None,
+            MetadataChange::Delta { prev_offset: MetadataOffset(4), records: vec![record.clone()] },
+            MetadataChange::Snapshot(vec![record.clone(), record]),
+        ] {
+            for leader_id in [None, Some(0), Some(3)] {
+                let u =
+                    MetadataUpdate { offset: MetadataOffset(9), leader_id, change: change.clone() };
+                assert_eq!(update_from_pb(update_to_pb(&u)).expect("decodes"), u);
+            }
+        }
+        let garbage = pb::MetadataUpdate {
+            offset: 1,
+            leader_id: -1,
+            update: Some(pb::metadata_update::Update::Snapshot(vec![0xff, 0xff, 0xff])),
+        };
+        assert!(matches!(update_from_pb(garbage), Err(WireError::Decode { .. })));
+    }
 
     fn round_trip_request(r: ControlRequest) {
         let back = request_from_pb(request_to_pb(&r)).expect("decodes");

@@ -12,6 +12,10 @@ use serde::Deserialize;
 pub struct NodeConfig {
     /// `node.id`.
     pub node_id: i32,
+    /// The cluster id written to `meta.properties` on first start (Kafka's `--cluster-id` of
+    /// `kafka-storage format`). Unset: derived from `controller.quorum_voters` when there are
+    /// several voters, so every node agrees, else random.
+    pub cluster_id: Option<String>,
     /// `process.roles`: "broker", "controller", or both.
     pub process_roles: Vec<String>,
     /// `listeners`: `PLAINTEXT://host:port` for Kafka, `CONTROLLER://host:port` for gRPC.
@@ -72,6 +76,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             node_id: 1,
+            cluster_id: None,
             process_roles: vec!["broker".into(), "controller".into()],
             listeners: "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093".into(),
             advertised_listeners: None,
@@ -94,7 +99,7 @@ impl Default for ControllerSection {
     fn default() -> Self {
         ControllerSection {
             quorum_voters: String::new(),
-            election_timeout_ms: 400,
+            election_timeout_ms: 300,
             raft_heartbeat_interval_ms: 50,
             snapshot_after_entries: 10_000,
         }
@@ -222,22 +227,35 @@ impl NodeConfig {
                 bail!("process_roles: unknown role '{r}'; use \"broker\" and/or \"controller\"");
             }
         }
-        if !(self.has_role("broker") && self.has_role("controller")) {
-            bail!("process_roles: separate broker-only and controller-only nodes arrive with the controller quorum; use [\"broker\", \"controller\"] for now");
-        }
         let listeners = parse_listeners("listeners", &self.listeners)?;
-        if !listeners.iter().any(|l| l.name == "PLAINTEXT") {
-            bail!("listeners: no PLAINTEXT://host:port listener for Kafka clients");
+        if self.has_role("broker") && !listeners.iter().any(|l| l.name == "PLAINTEXT") {
+            bail!("listeners: no PLAINTEXT://host:port listener for Kafka clients (a broker needs one)");
         }
-        if !listeners.iter().any(|l| l.name == "CONTROLLER") {
-            bail!("listeners: no CONTROLLER://host:port listener for the control port");
+        if self.has_role("controller") && !listeners.iter().any(|l| l.name == "CONTROLLER") {
+            bail!("listeners: no CONTROLLER://host:port listener for the control port (a controller needs one)");
+        }
+        if let Some(id) = &self.cluster_id {
+            if id.is_empty()
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                bail!("cluster_id = {id:?}: use letters, digits, '-' and '_' (e.g. a Kafka-style base64 id)");
+            }
         }
         if let Some(adv) = &self.advertised_listeners {
             parse_listeners("advertised_listeners", adv)?;
         }
         let voters = parse_voters(&self.controller.quorum_voters)?;
-        if !voters.is_empty() && !voters.iter().any(|(id, _)| *id == self.node_id as u64) {
-            bail!("controller.quorum_voters does not list this node_id ({})", self.node_id);
+        let listed = voters.iter().any(|(id, _)| *id == self.node_id as u64);
+        if self.has_role("controller") && !voters.is_empty() && !listed {
+            bail!("controller.quorum_voters does not list this node_id ({}), which has the controller role", self.node_id);
+        }
+        if !self.has_role("controller") {
+            if voters.is_empty() {
+                bail!("controller.quorum_voters is empty: a broker-only node needs the voters' id@host:port to follow the metadata log");
+            }
+            if listed {
+                bail!("controller.quorum_voters lists node_id {} but its process_roles has no \"controller\"", self.node_id);
+            }
         }
         if !matches!(voters.len(), 0 | 1 | 3 | 5) {
             bail!("controller.quorum_voters lists {} voters: use 1, 3 or 5", voters.len());

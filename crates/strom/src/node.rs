@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use strom_broker::{Broker, BrokerConfig, LogDefaults};
-use strom_controller::admin::{mount_admin, AdminServiceImpl, ImagePublisher, RaftClusterInfo};
+use strom_controller::admin::{
+    mount_admin, AdminServiceImpl, ClusterInfo, ImagePublisher, QuorumState, RaftClusterInfo,
+};
+use strom_controller::follower::follow_metadata_as;
+use strom_controller::remote::RemoteControllerClient;
 use strom_controller::{Controller, ControllerConfig};
 use strom_metadata::control::{
     BrokerHeartbeatRequest, ControlDefaults, ControlRequest, ControlResponse, RegisterBrokerRequest,
 };
 use strom_metadata::records::Endpoint;
 use strom_metadata::{ControllerClient, MetadataListener, NodeId};
+use tokio::sync::watch;
 
 use crate::config::{parse_listeners, parse_voters, NodeConfig};
 use crate::StartArgs;
@@ -44,7 +49,7 @@ pub fn config_from(args: StartArgs) -> Result<NodeConfig> {
 }
 
 /// Reads `meta.properties`, or writes it with a fresh cluster id on first start.
-fn format_or_load(dir: &Path, node_id: i32) -> Result<String> {
+fn format_or_load(dir: &Path, node_id: i32, wanted: &Option<String>) -> Result<String> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {} (log.dirs)", dir.display()))?;
     let path = dir.join("meta.properties");
@@ -69,7 +74,7 @@ fn format_or_load(dir: &Path, node_id: i32) -> Result<String> {
             get("cluster.id").with_context(|| format!("{} has no cluster.id", path.display()))?;
         return Ok(cluster.to_string());
     }
-    let cluster = kafka_uuid_string(uuid::Uuid::new_v4());
+    let cluster = wanted.clone().unwrap_or_else(|| kafka_uuid_string(uuid::Uuid::new_v4()));
     let text = format!(
         "# written by strom on first start\nversion=1\ncluster.id={cluster}\nnode.id={node_id}\n"
     );
@@ -102,12 +107,241 @@ fn kafka_uuid_string(id: uuid::Uuid) -> String {
     out
 }
 
+/// The metadata side of a node: a local controller (a voter), or a follower of the voters'
+/// metadata stream (a broker-only node).
+enum MetadataSide {
+    Voter(Controller),
+    Follower { stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()> },
+}
+
+/// [`ClusterInfo`] of a broker-only node: what its metadata stream tells it of the quorum.
+struct FollowerClusterInfo {
+    cluster_id: String,
+    node_id: u64,
+    voters: Vec<(u64, String)>,
+    leader: watch::Receiver<Option<u64>>,
+    image: watch::Receiver<Arc<strom_metadata::MetadataImage>>,
+}
+
+impl ClusterInfo for FollowerClusterInfo {
+    fn cluster_id(&self) -> String {
+        self.cluster_id.clone()
+    }
+
+    fn quorum(&self) -> QuorumState {
+        QuorumState {
+            node_id: self.node_id,
+            voters: self.voters.clone(),
+            active_controller: *self.leader.borrow(),
+            term: 0,
+            commit_index: self.image.borrow().offset.0,
+        }
+    }
+}
+
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     let node = NodeId(cfg.node_id);
+    let is_controller = cfg.has_role("controller");
+    let is_broker = cfg.has_role("broker");
     let data_dir = cfg.log.dirs.clone();
-    let cluster_id = format_or_load(&data_dir, cfg.node_id)?;
+    let mut voters: BTreeMap<u64, String> =
+        parse_voters(&cfg.controller.quorum_voters)?.into_iter().collect();
+    let control = cfg.listener("CONTROLLER")?;
+    if voters.is_empty() {
+        let control = control.as_ref().context("listeners: no CONTROLLER listener")?;
+        voters.insert(cfg.node_id as u64, format!("{}:{}", control.host, control.port));
+    }
+    let cluster_id = format_or_load(&data_dir, cfg.node_id, &cluster_id_for(&cfg, &voters))?;
+
+    let listener = Broker::listener(node);
+    // Bind the control port before the quorum starts: peers may call as soon as we vote.
+    let control_listener = match &control {
+        Some(control) => {
+            let addr = control.addr().context("listeners: CONTROLLER")?;
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot bind the control port {addr} (listeners: CONTROLLER)")
+            })?)
+        }
+        None => None,
+    };
+    let (publisher, image_rx) =
+        ImagePublisher::new(is_broker.then(|| listener.clone() as Arc<dyn MetadataListener>));
+    let (metadata, client, leader_rx, cluster_info): (
+        _,
+        Arc<dyn ControllerClient>,
+        _,
+        Arc<dyn ClusterInfo>,
+    ) = if is_controller {
+        let controller = Controller::start(
+            ControllerConfig {
+                node_id: cfg.node_id as u64,
+                data_dir: data_dir.clone(),
+                voters: voters.clone(),
+                defaults: ControlDefaults {
+                    num_partitions: cfg.num_partitions,
+                    default_replication_factor: cfg.default_replication_factor,
+                    session_timeout_ms: cfg.broker.session_timeout_ms,
+                    broker_heartbeat_interval_ms: cfg.broker.heartbeat_interval_ms,
+                },
+                snapshot_after_entries: cfg.controller.snapshot_after_entries,
+                heartbeat_interval_ms: cfg.controller.raft_heartbeat_interval_ms,
+                election_timeout_min_ms: cfg.controller.election_timeout_ms,
+                // A narrow range: openraft's leader lease is the maximum, and it delays
+                // the vote that replaces a dead leader.
+                election_timeout_max_ms: cfg.controller.election_timeout_ms * 3 / 2,
+            },
+            publisher,
+        )
+        .await
+        .context("cannot start the controller")?;
+        let client = controller.client();
+        let leader = controller.leader_watch();
+        let info = Arc::new(RaftClusterInfo::new(cluster_id.clone(), controller.raft()));
+        (MetadataSide::Voter(controller), client, leader, info)
+    } else {
+        // A broker-only node follows the voters' metadata stream and sends its requests
+        // to them over gRPC.
+        let (leader_tx, leader_rx) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let addrs: Vec<String> = voters.values().cloned().collect();
+        let publisher = publisher as Arc<dyn MetadataListener>;
+        let task = tokio::spawn(async move {
+            if let Err(e) = follow_metadata_as(node.0, addrs, publisher, leader_tx, stop_rx).await {
+                tracing::error!(error = %e, "metadata follower stopped");
+            }
+        });
+        let client: Arc<dyn ControllerClient> = Arc::new(
+            RemoteControllerClient::new(voters.clone())
+                .context("controller.quorum_voters")?
+                .with_leader(leader_rx.clone()),
+        );
+        let info = Arc::new(FollowerClusterInfo {
+            cluster_id: cluster_id.clone(),
+            node_id: cfg.node_id as u64,
+            voters: voters.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            leader: leader_rx.clone(),
+            image: image_rx.clone(),
+        });
+        (MetadataSide::Follower { stop, task }, client, leader_rx, info)
+    };
+
+    let control_server = match control_listener {
+        Some(control_listener) => {
+            let admin = AdminServiceImpl::new(client.clone(), image_rx, cluster_info)
+                .with_broker_defaults(BTreeMap::from([
+                    ("retention.ms".to_string(), cfg.log.retention_ms.to_string()),
+                    ("retention.bytes".to_string(), cfg.log.retention_bytes.to_string()),
+                    ("segment.bytes".to_string(), cfg.log.segment_bytes.to_string()),
+                    ("flush.messages".to_string(), cfg.log.flush_interval_messages.to_string()),
+                    ("message.timestamp.type".to_string(), cfg.log.message_timestamp_type.clone()),
+                    ("max.message.bytes".to_string(), cfg.message_max_bytes.to_string()),
+                    ("min.insync.replicas".to_string(), cfg.min_insync_replicas.to_string()),
+                ]));
+            let mut routes = tonic::service::RoutesBuilder::default();
+            if let MetadataSide::Voter(controller) = &metadata {
+                routes.add_service(controller.raft_service());
+                routes.add_service(controller.controller_service());
+            }
+            let _health =
+                mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_routes(routes.routes())
+                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(
+                        control_listener,
+                    )),
+            ))
+        }
+        None => None,
+    };
+
+    let running = if is_broker {
+        Some(
+            start_broker(&cfg, node, cluster_id, &listener, &client, control.as_ref(), leader_rx)
+                .await?,
+        )
+    } else {
+        tracing::info!(node_id = cfg.node_id, "strom controller ready");
+        None
+    };
+
+    wait_for_signal().await?;
+    if let Some(running) = running {
+        tracing::info!("shutting down: moving leaderships away first (controlled shutdown)");
+        running.stop(&client, &listener, node).await?;
+    } else {
+        tracing::info!("shutting down");
+    }
+    match metadata {
+        MetadataSide::Voter(controller) => {
+            controller.shutdown().await.context("controller shutdown")?
+        }
+        MetadataSide::Follower { stop, task } => {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+    }
+    if let Some(server) = control_server {
+        server.abort();
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// The cluster id a node formats its data dir with: the configured one, else one derived from
+/// the voter list (so that every node of a cluster agrees without coordination), else random.
+fn cluster_id_for(cfg: &NodeConfig, voters: &BTreeMap<u64, String>) -> Option<String> {
+    if let Some(id) = &cfg.cluster_id {
+        return Some(id.clone());
+    }
+    if voters.len() > 1 {
+        let text = voters.iter().map(|(id, a)| format!("{id}@{a}")).collect::<Vec<_>>().join(",");
+        // Two independent 64-bit FNV-1a hashes make the 16 bytes of a Kafka-style id.
+        let fnv =
+            |seed: u64| text.bytes().fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&fnv(0xcbf29ce484222325).to_be_bytes());
+        bytes[8..].copy_from_slice(&fnv(0x84222325cbf29ce4).to_be_bytes());
+        return Some(kafka_uuid_string(uuid::Uuid::from_bytes(bytes)));
+    }
+    None
+}
+
+/// A running broker and the tasks that keep it registered.
+struct RunningBroker {
+    broker: Arc<Broker>,
+    epoch: strom_metadata::BrokerEpoch,
+    heartbeats: tokio::task::JoinHandle<()>,
+    leader_updates: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBroker {
+    async fn stop(
+        self,
+        client: &Arc<dyn ControllerClient>,
+        listener: &Arc<strom_broker::ImageListener>,
+        node: NodeId,
+    ) -> Result<()> {
+        self.heartbeats.abort();
+        controlled_shutdown(client, listener, node, self.epoch).await;
+        self.leader_updates.abort();
+        // Wait for the aborted task to drop its handle on the broker.
+        let _ = self.leader_updates.await;
+        let broker = Arc::into_inner(self.broker).context("broker still in use at shutdown")?;
+        broker.shutdown().await.context("broker shutdown")
+    }
+}
+
+async fn start_broker(
+    cfg: &NodeConfig,
+    node: NodeId,
+    cluster_id: String,
+    listener: &Arc<strom_broker::ImageListener>,
+    client: &Arc<dyn ControllerClient>,
+    control: Option<&crate::config::Listener>,
+    mut leader: watch::Receiver<Option<u64>>,
+) -> Result<RunningBroker> {
     let kafka = cfg.listener("PLAINTEXT")?.context("listeners: no PLAINTEXT listener")?;
-    let control = cfg.listener("CONTROLLER")?.context("listeners: no CONTROLLER listener")?;
     let advertised = match &cfg.advertised_listeners {
         Some(a) => parse_listeners("advertised_listeners", a)?
             .into_iter()
@@ -115,72 +349,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             .unwrap_or_else(|| kafka.clone()),
         None => kafka.clone(),
     };
-    let mut voters: BTreeMap<u64, String> =
-        parse_voters(&cfg.controller.quorum_voters)?.into_iter().collect();
-    if voters.is_empty() {
-        voters.insert(cfg.node_id as u64, format!("{}:{}", control.host, control.port));
-    }
-
-    let listener = Broker::listener(node);
-    // Bind the control port before the quorum starts: peers may call as soon as we vote.
-    let control_addr = control.addr().context("listeners: CONTROLLER")?;
-    let control_listener =
-        tokio::net::TcpListener::bind(control_addr).await.with_context(|| {
-            format!("cannot bind the control port {control_addr} (listeners: CONTROLLER)")
-        })?;
-    let (publisher, image_rx) =
-        ImagePublisher::new(Some(listener.clone() as Arc<dyn MetadataListener>));
-    let controller = Controller::start(
-        ControllerConfig {
-            node_id: cfg.node_id as u64,
-            data_dir: data_dir.clone(),
-            voters,
-            defaults: ControlDefaults {
-                num_partitions: cfg.num_partitions,
-                default_replication_factor: cfg.default_replication_factor,
-                session_timeout_ms: cfg.broker.session_timeout_ms,
-                broker_heartbeat_interval_ms: cfg.broker.heartbeat_interval_ms,
-            },
-            snapshot_after_entries: cfg.controller.snapshot_after_entries,
-            heartbeat_interval_ms: cfg.controller.raft_heartbeat_interval_ms,
-            election_timeout_min_ms: cfg.controller.election_timeout_ms,
-            election_timeout_max_ms: cfg.controller.election_timeout_ms * 2,
-        },
-        publisher,
-    )
-    .await
-    .context("cannot start the controller")?;
-    let client = controller.client();
-    let admin = AdminServiceImpl::new(
-        client.clone(),
-        image_rx,
-        Arc::new(RaftClusterInfo::new(cluster_id.clone(), controller.raft())),
-    )
-    .with_broker_defaults(BTreeMap::from([
-        ("retention.ms".to_string(), cfg.log.retention_ms.to_string()),
-        ("retention.bytes".to_string(), cfg.log.retention_bytes.to_string()),
-        ("segment.bytes".to_string(), cfg.log.segment_bytes.to_string()),
-        ("flush.messages".to_string(), cfg.log.flush_interval_messages.to_string()),
-        ("message.timestamp.type".to_string(), cfg.log.message_timestamp_type.clone()),
-        ("max.message.bytes".to_string(), cfg.message_max_bytes.to_string()),
-        ("min.insync.replicas".to_string(), cfg.min_insync_replicas.to_string()),
-    ]));
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(controller.raft_service());
-    routes.add_service(controller.controller_service());
-    let _health =
-        mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
-    let control_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes.routes())
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(control_listener)),
-    );
-
     let broker = Broker::start(
         BrokerConfig {
             node_id: node,
             cluster_id,
-            data_dir: data_dir.clone(),
+            data_dir: cfg.log.dirs.clone(),
             kafka_addr: kafka.addr().context("listeners: PLAINTEXT")?,
             advertised_host: advertised.host.clone(),
             advertised_port: advertised.port,
@@ -207,24 +380,22 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     )
     .await?;
 
-    let endpoints = vec![
-        Endpoint {
-            name: "PLAINTEXT".into(),
-            host: advertised.host.clone(),
-            port: advertised.port as u32,
-        },
-        Endpoint {
+    let mut endpoints = vec![Endpoint {
+        name: "PLAINTEXT".into(),
+        host: advertised.host.clone(),
+        port: advertised.port as u32,
+    }];
+    if let Some(control) = control {
+        endpoints.push(Endpoint {
             name: "CONTROLLER".into(),
             host: control.host.clone(),
             port: control.port as u32,
-        },
-    ];
-    let epoch = tokio::time::timeout(
-        REGISTER_TIMEOUT,
-        register(&client, node, endpoints, cfg.rack.clone()),
-    )
-    .await
-    .context("broker registration timed out")??;
+        });
+    }
+    let epoch =
+        tokio::time::timeout(REGISTER_TIMEOUT, register(client, node, endpoints, cfg.rack.clone()))
+            .await
+            .context("broker registration timed out")??;
     broker.set_broker_epoch(epoch);
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
@@ -236,7 +407,6 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let broker = Arc::new(broker);
     let leader_updates = tokio::spawn({
         let broker = broker.clone();
-        let mut leader = controller.leader_watch();
         async move {
             loop {
                 let id = *leader.borrow_and_update();
@@ -248,20 +418,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         }
     });
     tracing::info!(node_id = cfg.node_id, kafka = %broker.local_addr(), "strom node ready");
-
-    wait_for_signal().await?;
-    tracing::info!("shutting down: moving leaderships away first (controlled shutdown)");
-    heartbeats.abort();
-    controlled_shutdown(&client, &listener, node, epoch).await;
-    leader_updates.abort();
-    // Wait for the aborted task to drop its handle on the broker.
-    let _ = leader_updates.await;
-    let broker = Arc::into_inner(broker).context("broker still in use at shutdown")?;
-    broker.shutdown().await.context("broker shutdown")?;
-    controller.shutdown().await.context("controller shutdown")?;
-    control_server.abort();
-    tracing::info!("stopped cleanly");
-    Ok(())
+    Ok(RunningBroker { broker, epoch, heartbeats, leader_updates })
 }
 
 async fn register(

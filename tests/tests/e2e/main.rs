@@ -5,6 +5,8 @@ mod check_deps;
 mod durability;
 mod kcat;
 mod lifecycle;
+mod quorum;
 mod raw_socket;
+mod replication;
 mod restart;
 mod roundtrip;
