@@ -251,12 +251,7 @@ impl Log {
         }
         let last_offset = base_offset + span - 1;
 
-        let active = self.active();
-        let would_overflow = active.size + total_bytes > self.config.segment_bytes
-            || last_offset - active.base_offset > RELATIVE_OFFSET_MAX;
-        if active.size > 0 && would_overflow {
-            self.roll(base_offset)?;
-        }
+        self.roll_if_full(base_offset, last_offset, total_bytes)?;
         // Persisting the epoch before the data is harmless if the write then fails: the epoch
         // would start at the unchanged log end offset either way.
         if leader_epoch >= 0 {
@@ -297,13 +292,7 @@ impl Log {
         }
         debug_assert_eq!(next_offset, last_offset + 1);
 
-        if let Err(failure) = self.active_mut().append(&prepared) {
-            if !failure.rolled_back {
-                tracing::error!(dir = %self.dir.display(), error = %failure.error, "log offline");
-                self.offline = true;
-            }
-            return Err(failure.error);
-        }
+        self.write_prepared(&prepared)?;
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
         Ok(AppendInfo { base_offset, last_offset, log_append_time, max_timestamp })
     }
@@ -369,12 +358,7 @@ impl Log {
         let base_offset = self.log_end_offset();
         let last_offset = expected - 1;
         let total_bytes: u64 = validated.iter().map(|(_, slice)| slice.len() as u64).sum();
-        let active = self.active();
-        let would_overflow = active.size + total_bytes > self.config.segment_bytes
-            || last_offset - active.base_offset > RELATIVE_OFFSET_MAX;
-        if active.size > 0 && would_overflow {
-            self.roll(base_offset)?;
-        }
+        self.roll_if_full(base_offset, last_offset, total_bytes)?;
         let mut prepared = Vec::with_capacity(validated.len());
         let mut max_timestamp = i64::MIN;
         for (header, slice) in validated {
@@ -386,15 +370,39 @@ impl Log {
             head.copy_from_slice(&slice[..ATTRIBUTES_OFFSET]);
             prepared.push(PreparedBatch { header, head, tail: slice.slice(ATTRIBUTES_OFFSET..) });
         }
-        if let Err(failure) = self.active_mut().append(&prepared) {
+        self.write_prepared(&prepared)?;
+        debug_assert_eq!(self.log_end_offset(), last_offset + 1);
+        Ok(Some(AppendInfo { base_offset, last_offset, log_append_time: None, max_timestamp }))
+    }
+
+    /// Rolls to a new segment at `base_offset` when `total_bytes` more, up to `last_offset`,
+    /// would not fit the active one (by size, or by the 32-bit relative offsets of its index).
+    fn roll_if_full(
+        &mut self,
+        base_offset: i64,
+        last_offset: i64,
+        total_bytes: u64,
+    ) -> Result<(), LogError> {
+        let active = self.active();
+        let would_overflow = active.size + total_bytes > self.config.segment_bytes
+            || last_offset - active.base_offset > RELATIVE_OFFSET_MAX;
+        if active.size > 0 && would_overflow {
+            self.roll(base_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Writes prepared batches to the active segment. A failed write that could not be rolled
+    /// back leaves the segment in an unknown state: the log goes offline.
+    fn write_prepared(&mut self, prepared: &[PreparedBatch]) -> Result<(), LogError> {
+        if let Err(failure) = self.active_mut().append(prepared) {
             if !failure.rolled_back {
                 tracing::error!(dir = %self.dir.display(), error = %failure.error, "log offline");
                 self.offline = true;
             }
             return Err(failure.error);
         }
-        debug_assert_eq!(self.log_end_offset(), last_offset + 1);
-        Ok(Some(AppendInfo { base_offset, last_offset, log_append_time: None, max_timestamp }))
+        Ok(())
     }
 
     fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {

@@ -9,6 +9,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError as K;
 
+use super::check_leader;
 use crate::errors::log_code;
 use crate::BrokerCtx;
 
@@ -29,19 +30,11 @@ pub(crate) fn handle(
                 .map(|p| {
                     let out = EpochEndOffset::default().with_partition(p.partition);
                     let answer = (|| -> Result<(i32, i64), i16> {
-                        let pi = image
-                            .partition(&name, p.partition)
-                            .ok_or(K::UnknownTopicOrPartition.code())?;
-                        if pi.leader != Some(node) {
-                            return Err(K::NotLeaderOrFollower.code());
-                        }
-                        if p.current_leader_epoch >= 0 && p.current_leader_epoch < pi.leader_epoch.0
-                        {
-                            return Err(K::FencedLeaderEpoch.code());
-                        }
-                        if p.current_leader_epoch > pi.leader_epoch.0 {
-                            return Err(K::UnknownLeaderEpoch.code());
-                        }
+                        let pi = check_leader(
+                            image.partition(&name, p.partition),
+                            node,
+                            p.current_leader_epoch,
+                        )?;
                         let part = ctx
                             .replicas
                             .get_or_open(&image, node, &name, p.partition)

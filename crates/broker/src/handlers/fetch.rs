@@ -10,6 +10,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError as K;
 use strom_metadata::{MetadataImage, NodeId, TopicId};
 
+use super::check_leader;
 use super::Meta;
 use crate::errors::log_code;
 use crate::BrokerCtx;
@@ -62,18 +63,9 @@ fn read_once(
         for fp in &t.partitions {
             let index = fp.partition;
             let data = (|| {
-                let p = topic.partitions.get(&index).ok_or(K::UnknownTopicOrPartition.code())?;
-                if p.leader != Some(node) {
-                    return Err(K::NotLeaderOrFollower.code());
-                }
-                if version >= 9 && fp.current_leader_epoch >= 0 {
-                    if fp.current_leader_epoch < p.leader_epoch.0 {
-                        return Err(K::FencedLeaderEpoch.code());
-                    }
-                    if fp.current_leader_epoch > p.leader_epoch.0 {
-                        return Err(K::UnknownLeaderEpoch.code());
-                    }
-                }
+                // v9 added current_leader_epoch: older requests carry no claim to check.
+                let claimed = if version >= 9 { fp.current_leader_epoch } else { -1 };
+                let p = check_leader(topic.partitions.get(&index), node, claimed)?;
                 let part = ctx
                     .replicas
                     .get_or_open(image, node, &topic.name, index)

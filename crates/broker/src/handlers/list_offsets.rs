@@ -8,6 +8,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError as K;
 
+use super::check_leader;
 use crate::errors::log_code;
 use crate::BrokerCtx;
 
@@ -34,20 +35,9 @@ pub(crate) fn handle(
                 .map(|lp| {
                     let index = lp.partition_index;
                     let answer = (|| -> Result<(i64, i64, i32), i16> {
-                        let p = image
-                            .partition(&name, index)
-                            .ok_or(K::UnknownTopicOrPartition.code())?;
-                        if p.leader != Some(node) {
-                            return Err(K::NotLeaderOrFollower.code());
-                        }
-                        if version >= 4 && lp.current_leader_epoch >= 0 {
-                            if lp.current_leader_epoch < p.leader_epoch.0 {
-                                return Err(K::FencedLeaderEpoch.code());
-                            }
-                            if lp.current_leader_epoch > p.leader_epoch.0 {
-                                return Err(K::UnknownLeaderEpoch.code());
-                            }
-                        }
+                        // v4 added current_leader_epoch: older requests carry no claim to check.
+                        let claimed = if version >= 4 { lp.current_leader_epoch } else { -1 };
+                        let p = check_leader(image.partition(&name, index), node, claimed)?;
                         let part = ctx
                             .replicas
                             .get_or_open(&image, node, &name, index)

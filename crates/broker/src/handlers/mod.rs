@@ -62,6 +62,28 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Checks that this broker leads the partition at the epoch the client believes current
+/// (negative: the client did not say): UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER,
+/// FENCED_LEADER_EPOCH (client behind) or UNKNOWN_LEADER_EPOCH (client ahead) otherwise.
+pub(crate) fn check_leader(
+    partition: Option<&strom_metadata::PartitionImage>,
+    node: strom_metadata::NodeId,
+    current_leader_epoch: i32,
+) -> Result<&strom_metadata::PartitionImage, i16> {
+    use kafka_protocol::ResponseError as K;
+    let p = partition.ok_or(K::UnknownTopicOrPartition.code())?;
+    if p.leader != Some(node) {
+        return Err(K::NotLeaderOrFollower.code());
+    }
+    if current_leader_epoch >= 0 && current_leader_epoch < p.leader_epoch.0 {
+        return Err(K::FencedLeaderEpoch.code());
+    }
+    if current_leader_epoch > p.leader_epoch.0 {
+        return Err(K::UnknownLeaderEpoch.code());
+    }
+    Ok(p)
+}
+
 pub(crate) fn s(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
 }
@@ -109,5 +131,29 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
         R::IncrementalAlterConfigs(req) => {
             now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strom_metadata::{LeaderEpoch, NodeId, PartitionEpoch, PartitionImage};
+
+    use super::check_leader;
+
+    #[test]
+    fn leader_checks_follow_kafkas_epoch_rules() {
+        let p = PartitionImage {
+            replicas: vec![NodeId(1), NodeId(2)],
+            isr: vec![NodeId(1), NodeId(2)],
+            leader: Some(NodeId(1)),
+            leader_epoch: LeaderEpoch(5),
+            partition_epoch: PartitionEpoch(7),
+        };
+        assert!(check_leader(Some(&p), NodeId(1), -1).is_ok(), "no claim: no check");
+        assert!(check_leader(Some(&p), NodeId(1), 5).is_ok());
+        assert_eq!(check_leader(Some(&p), NodeId(1), 4).unwrap_err(), 74, "FENCED_LEADER_EPOCH");
+        assert_eq!(check_leader(Some(&p), NodeId(1), 6).unwrap_err(), 75, "UNKNOWN_LEADER_EPOCH");
+        assert_eq!(check_leader(Some(&p), NodeId(2), 5).unwrap_err(), 6, "NOT_LEADER_OR_FOLLOWER");
+        assert_eq!(check_leader(None, NodeId(1), 5).unwrap_err(), 3, "UNKNOWN_TOPIC_OR_PARTITION");
     }
 }
