@@ -33,6 +33,11 @@ pub(crate) enum Role {
 pub(crate) struct Progress {
     /// Exclusive: every offset below it may be served and acknowledged.
     pub high_watermark: i64,
+    /// Exclusive: everything below it is durable on this replica (what acks=1 waits for).
+    pub durable_leo: i64,
+    /// The leader epoch while this broker leads the partition; `None` otherwise. A waiting
+    /// produce fails when it changes: its batch may not be in the new leader's log.
+    pub leader_epoch: Option<i32>,
     pub offline: bool,
 }
 
@@ -63,6 +68,8 @@ pub(crate) struct Partition {
 pub(crate) enum AckError {
     TimedOut,
     Offline,
+    /// Leadership moved (or the epoch changed) while waiting.
+    NotLeader,
 }
 
 impl Partition {
@@ -79,7 +86,12 @@ impl Partition {
         // (A sole replica moves it to its log end as soon as it leads.)
         let hw = checkpointed_hw.clamp(0, log.log_end_offset());
         let leo = log.log_end_offset();
-        let (progress, _) = watch::channel(Progress { high_watermark: hw, offline: false });
+        let (progress, _) = watch::channel(Progress {
+            high_watermark: hw,
+            durable_leo: leo,
+            leader_epoch: None,
+            offline: false,
+        });
         let p = Arc::new(Partition {
             topic,
             index,
@@ -183,6 +195,11 @@ impl Partition {
     fn on_durable(&self, upto: i64) {
         self.durable_leo.fetch_max(upto, Ordering::Relaxed);
         let durable = self.durable_leo.load(Ordering::Relaxed);
+        self.progress.send_if_modified(|p| {
+            let moved = durable > p.durable_leo;
+            p.durable_leo = p.durable_leo.max(durable);
+            moved
+        });
         let moved = match self.role.lock() {
             Ok(mut role) => match &mut *role {
                 Role::Leader(state) => state.update_hw(durable),
@@ -268,6 +285,7 @@ impl Partition {
                 }
                 _ => {
                     tracing::info!(topic = %self.topic, partition = self.index, leader_epoch, "becoming leader");
+                    self.progress.send_modify(|p| p.leader_epoch = Some(leader_epoch));
                     *role = Role::Leader(LeaderState::new(me, replicas, isr, leader_epoch, partition_epoch, hw, now_ms));
                 }
             }
@@ -292,6 +310,7 @@ impl Partition {
                 }
             }
             tracing::info!(topic = %self.topic, partition = self.index, leader = leader.0, leader_epoch, "becoming follower");
+            self.progress.send_modify(|p| p.leader_epoch = None);
             let (stop, rx) = watch::channel(false);
             // Replacing the role drops the old stop sender: the old fetcher ends.
             *role = Role::Follower { leader, leader_epoch, _stop: stop };
@@ -304,6 +323,7 @@ impl Partition {
     pub fn idle(&self) {
         self.with_role(|role| {
             if !matches!(role, Role::Idle) {
+                self.progress.send_modify(|p| p.leader_epoch = None);
                 tracing::info!(topic = %self.topic, partition = self.index, "partition has no leader");
                 *role = Role::Idle;
             }
@@ -319,6 +339,7 @@ impl Partition {
         }
         let leo = log.log_end_offset();
         self.durable_leo.fetch_min(leo, Ordering::Relaxed);
+        self.progress.send_modify(|p| p.durable_leo = p.durable_leo.min(leo));
         Ok(())
     }
 
@@ -345,14 +366,33 @@ impl Partition {
         }
     }
 
-    /// Waits until every offset below `end` is acknowledged (fsynced, or appended when
-    /// fsync-on-ack is off), or the timeout passes.
-    pub async fn wait_acked(&self, end: i64, timeout: Duration) -> Result<(), AckError> {
+    /// Waits until every offset below `end` is acknowledged while this broker still leads at
+    /// `leader_epoch`: for acks=all until the high watermark passes it, for acks=1 until it is
+    /// durable here (fsynced, or written when fsync-on-ack is off).
+    pub async fn wait_acked(
+        &self,
+        end: i64,
+        leader_epoch: i32,
+        all_replicas: bool,
+        timeout: Duration,
+    ) -> Result<(), AckError> {
         let mut rx = self.progress.subscribe();
         let wait = async move {
-            match rx.wait_for(|p| p.offline || p.high_watermark >= end).await {
-                Ok(p) if !p.offline => Ok(()),
-                _ => Err(AckError::Offline),
+            let reached = |p: &Progress| {
+                if all_replicas {
+                    p.high_watermark >= end
+                } else {
+                    p.durable_leo >= end
+                }
+            };
+            let outcome = rx
+                .wait_for(|p| p.offline || p.leader_epoch != Some(leader_epoch) || reached(p))
+                .await;
+            match outcome {
+                Ok(p) if p.offline => Err(AckError::Offline),
+                Ok(p) if p.leader_epoch != Some(leader_epoch) => Err(AckError::NotLeader),
+                Ok(_) => Ok(()),
+                Err(_) => Err(AckError::Offline),
             }
         };
         tokio::time::timeout(timeout, wait).await.unwrap_or(Err(AckError::TimedOut))

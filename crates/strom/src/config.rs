@@ -108,7 +108,7 @@ impl Default for ControllerSection {
 
 impl Default for BrokerSection {
     fn default() -> Self {
-        BrokerSection { heartbeat_interval_ms: 500, session_timeout_ms: 1500 }
+        BrokerSection { heartbeat_interval_ms: 250, session_timeout_ms: 1000 }
     }
 }
 

@@ -21,7 +21,8 @@ struct Slot {
     topic: usize,
     response: PartitionProduceResponse,
     /// The partition and exclusive end offset to wait for, if the append succeeded.
-    wait: Option<(Arc<Partition>, i64)>,
+    /// With the leader epoch the batch was appended at.
+    wait: Option<(Arc<Partition>, i64, i32)>,
 }
 
 fn refused(
@@ -61,7 +62,7 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                     Some(p) if p.leader != Some(node) => {
                         refused(index, K::NotLeaderOrFollower.code(), None, version)
                     }
-                    Some(p) => match ctx.replicas.get_or_open(&image, node, &name, index) {
+                    Some(_) => match ctx.replicas.get_or_open(&image, node, &name, index) {
                         None => refused(index, K::KafkaStorageError.code(), None, version),
                         Some(part) => match (part.leader_view(), &pd.records) {
                             (None, _) => {
@@ -84,8 +85,8 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                                     version,
                                 )
                             }
-                            (Some(_), Some(records)) => {
-                                match part.append(records, p.leader_epoch.0, now) {
+                            (Some((_, epoch)), Some(records)) => {
+                                match part.append(records, epoch, now) {
                                     Ok(info) => {
                                         let mut r = PartitionProduceResponse::default()
                                             .with_index(index)
@@ -99,7 +100,7 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                                                 .map(|l| l.log_start_offset())
                                                 .unwrap_or(-1);
                                         }
-                                        wait = Some((part.clone(), info.last_offset + 1));
+                                        wait = Some((part.clone(), info.last_offset + 1, epoch));
                                         r
                                     }
                                     Err(e) => {
@@ -121,8 +122,8 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64).min(ACK_TIMEOUT_MAX);
     Reply::Later(Box::pin(async move {
         for slot in &mut slots {
-            if let Some((part, end)) = slot.wait.take() {
-                match part.wait_acked(end, timeout).await {
+            if let Some((part, end, epoch)) = slot.wait.take() {
+                match part.wait_acked(end, epoch, acks == -1, timeout).await {
                     Ok(())
                         if acks == -1
                             && part
@@ -135,6 +136,11 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                     Err(AckError::TimedOut) => slot.response.error_code = K::RequestTimedOut.code(),
                     Err(AckError::Offline) => {
                         slot.response.error_code = K::KafkaStorageError.code()
+                    }
+                    // Kafka's answer when leadership moves while a produce waits: the batch
+                    // may be cut from this log by the new leader, so it is not acknowledged.
+                    Err(AckError::NotLeader) => {
+                        slot.response.error_code = K::NotLeaderOrFollower.code()
                     }
                 }
                 if slot.response.error_code != 0 {
