@@ -719,7 +719,7 @@ fn raw_metadata(answered_by: u32, addr: SocketAddr) -> anyhow::Result<ClusterMet
 }
 
 /// `count` distinct free loopback ports: every listener is held until all are chosen.
-fn free_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+pub fn free_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
     let listeners =
         (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
     listeners.iter().map(|l| l.local_addr().map_err(Into::into)).collect()

@@ -12,7 +12,7 @@ pub mod node;
 pub mod raw;
 pub mod segment;
 
-pub use cluster::{wait_until, with_cluster, ClusterOptions, StromCluster};
+pub use cluster::{free_ports, wait_until, with_cluster, ClusterOptions, StromCluster};
 pub use node::{run_to_exit, NodeOptions, StromNode};
 
 use std::time::Duration;

@@ -36,8 +36,16 @@ pub(crate) struct BrokerCtx {
 }
 
 impl BrokerCtx {
+    /// The controller id Kafka clients are told: clients send admin requests to it, and every
+    /// broker relays them to the active controller, so a controller that is not also a live
+    /// broker (a controller-only voter) is reported as this broker instead, as KRaft does.
     pub fn controller_id(&self) -> i32 {
-        self.controller_id.load(std::sync::atomic::Ordering::Relaxed)
+        let id = self.controller_id.load(std::sync::atomic::Ordering::Relaxed);
+        if self.image.current().is_live(strom_metadata::NodeId(id)) {
+            id
+        } else {
+            self.config.node_id.0
+        }
     }
 }
 

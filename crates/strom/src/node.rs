@@ -288,13 +288,18 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     Ok(())
 }
 
-/// The cluster id a node formats its data dir with: the configured one, else one derived from
-/// the voter list (so that every node of a cluster agrees without coordination), else random.
+/// The cluster id a node formats its data dir with: the configured one; else, for a node that
+/// is one of several (more voters, or a broker-only or controller-only node), one derived from
+/// the voter list, so every node of the cluster agrees without coordination; else random.
 fn cluster_id_for(cfg: &NodeConfig, voters: &BTreeMap<u64, String>) -> Option<String> {
     if let Some(id) = &cfg.cluster_id {
         return Some(id.clone());
     }
-    if voters.len() > 1 {
+    let alone = voters.len() == 1
+        && voters.contains_key(&(cfg.node_id as u64))
+        && cfg.has_role("broker")
+        && cfg.has_role("controller");
+    if !alone {
         let text = voters.iter().map(|(id, a)| format!("{id}@{a}")).collect::<Vec<_>>().join(",");
         // Two independent 64-bit FNV-1a hashes make the 16 bytes of a Kafka-style id.
         let fnv =

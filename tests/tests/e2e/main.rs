@@ -9,4 +9,5 @@ mod quorum;
 mod raw_socket;
 mod replication;
 mod restart;
+mod roles;
 mod roundtrip;

@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError as K;
 use strom_metadata::{MetadataImage, NodeId, TopicId};
 
-use super::check_leader;
 use super::Meta;
+use super::{check_leader, leader_hint, s};
 use crate::errors::log_code;
 use crate::BrokerCtx;
 
@@ -39,6 +42,7 @@ fn read_once(
     let mut budget = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
     let mut total = 0usize;
     let mut any_error = false;
+    let mut endpoints = std::collections::BTreeMap::new();
     let mut responses = Vec::with_capacity(req.topics.len());
     for t in &req.topics {
         let topic = if version >= 13 {
@@ -109,12 +113,37 @@ fn read_once(
             })();
             out.partitions.push(data.unwrap_or_else(|code| {
                 any_error = true;
-                error_partition(index, code)
+                let mut d = error_partition(index, code);
+                if version >= 12 {
+                    // KIP-951: name the current leader so the client can go straight there.
+                    if let Some(hint) = leader_hint(image, &topic.name, index, code) {
+                        d.current_leader = LeaderIdAndEpoch::default()
+                            .with_leader_id(BrokerId(hint.leader_id))
+                            .with_leader_epoch(hint.leader_epoch);
+                        if let Some((id, host, port, rack)) = hint.endpoint {
+                            endpoints.insert(id, (host, port, rack));
+                        }
+                    }
+                }
+                d
             }));
         }
         responses.push(out);
     }
-    (FetchResponse::default().with_responses(responses), total, any_error)
+    let mut resp = FetchResponse::default().with_responses(responses);
+    if version >= 16 {
+        resp.node_endpoints = endpoints
+            .into_iter()
+            .map(|(id, (host, port, rack))| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(s(host))
+                    .with_port(port)
+                    .with_rack(rack.map(s))
+            })
+            .collect();
+    }
+    (resp, total, any_error)
 }
 
 pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: FetchRequest) -> Option<Bytes> {

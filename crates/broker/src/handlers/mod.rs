@@ -84,6 +84,33 @@ pub(crate) fn check_leader(
     Ok(p)
 }
 
+/// KIP-951: the leader a client should turn to after NOT_LEADER_OR_FOLLOWER or
+/// FENCED_LEADER_EPOCH on this partition, as (leader id, leader epoch, its Kafka endpoint).
+pub(crate) struct LeaderHint {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub endpoint: Option<(i32, String, i32, Option<String>)>,
+}
+
+pub(crate) fn leader_hint(
+    image: &strom_metadata::MetadataImage,
+    topic: &str,
+    partition: i32,
+    code: i16,
+) -> Option<LeaderHint> {
+    use kafka_protocol::ResponseError as K;
+    if code != K::NotLeaderOrFollower.code() && code != K::FencedLeaderEpoch.code() {
+        return None;
+    }
+    let p = image.partition(topic, partition)?;
+    let leader = p.leader?;
+    let endpoint = image.brokers.get(&leader).and_then(|b| {
+        let e = b.endpoint(metadata::LISTENER)?;
+        Some((leader.0, e.host.clone(), e.port as i32, b.rack.clone()))
+    });
+    Some(LeaderHint { leader_id: leader.0, leader_epoch: p.leader_epoch.0, endpoint })
+}
+
 pub(crate) fn s(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
 }

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError as K;
 use strom_metadata::control::validate_topic_name;
 
-use super::{now_ms, s, Meta, Reply};
+use super::{leader_hint, now_ms, s, Meta, Reply};
 use crate::errors::log_code;
 use crate::partition::{AckError, Partition};
 use crate::BrokerCtx;
@@ -36,6 +39,34 @@ fn refused(
         r.error_message = message.map(s);
     }
     r
+}
+
+/// KIP-951 (v10+): partitions refused for leadership name the current leader, and the response
+/// carries that leader's endpoint, so the client retries there without a Metadata round trip.
+fn add_leader_hints(image: &strom_metadata::MetadataImage, resp: &mut ProduceResponse) {
+    let mut endpoints = std::collections::BTreeMap::new();
+    for t in &mut resp.responses {
+        for p in &mut t.partition_responses {
+            if let Some(hint) = leader_hint(image, t.name.as_str(), p.index, p.error_code) {
+                p.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(hint.leader_id))
+                    .with_leader_epoch(hint.leader_epoch);
+                if let Some((id, host, port, rack)) = hint.endpoint {
+                    endpoints.insert(id, (host, port, rack));
+                }
+            }
+        }
+    }
+    resp.node_endpoints = endpoints
+        .into_iter()
+        .map(|(id, (host, port, rack))| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(s(host))
+                .with_port(port)
+                .with_rack(rack.map(s))
+        })
+        .collect();
 }
 
 pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> Reply {
@@ -120,6 +151,7 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
         return Reply::Now(None);
     }
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64).min(ACK_TIMEOUT_MAX);
+    let ctx = ctx.clone();
     Reply::Later(Box::pin(async move {
         for slot in &mut slots {
             if let Some((part, end, epoch)) = slot.wait.take() {
@@ -151,6 +183,11 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
         for slot in slots {
             topics[slot.topic].partition_responses.push(slot.response);
         }
-        meta.encode(&ProduceResponse::default().with_responses(topics))
+        let mut resp = ProduceResponse::default().with_responses(topics);
+        if version >= 10 {
+            // The image now, not at append: leadership may have moved while we waited.
+            add_leader_hints(&ctx.image.current(), &mut resp);
+        }
+        meta.encode(&resp)
     }))
 }
