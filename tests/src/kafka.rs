@@ -80,6 +80,28 @@ fn admin_options() -> AdminOptions {
 
 /// Creates a topic with replication factor 1 and `configs`, then waits until metadata shows
 /// every partition with a leader.
+/// Creates a topic with `rf` replicas through Kafka CreateTopics (rdkafka's AdminClient).
+pub fn create_topic_replicated(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    rf: i32,
+) -> anyhow::Result<()> {
+    let admin = admin(bootstrap)?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(rf));
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(20)))
+        .operation_timeout(Some(Duration::from_secs(20)));
+    for result in
+        block_on(admin.create_topics([&new_topic], &options))?.context("CreateTopics request")?
+    {
+        if let Err((name, code)) = result {
+            anyhow::bail!("CreateTopics {name}: {code:?}");
+        }
+    }
+    Ok(())
+}
+
 pub fn create_topic(
     bootstrap: &str,
     topic: &str,

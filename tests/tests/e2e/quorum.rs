@@ -26,19 +26,7 @@ fn new_topic(name: &str, partitions: i32, replication_factor: i32) -> pb::NewTop
 
 /// Creates a topic with rdkafka's AdminClient (Kafka CreateTopics) through the given nodes.
 fn kafka_create_topic(bootstrap: &str, name: &str, partitions: i32, rf: i32) -> anyhow::Result<()> {
-    let admin = kafka::admin(bootstrap)?;
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
-    let options = rdkafka::admin::AdminOptions::new()
-        .request_timeout(Some(Duration::from_secs(20)))
-        .operation_timeout(Some(Duration::from_secs(20)));
-    for result in
-        kafka::block_on(admin.create_topics([&topic], &options))?.context("CreateTopics request")?
-    {
-        if let Err((name, code)) = result {
-            bail!("CreateTopics {name}: {code:?}");
-        }
-    }
-    Ok(())
+    kafka::create_topic_replicated(bootstrap, name, partitions, rf)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
@@ -11,7 +11,6 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use strom_tests::raw::{self, RawConnection};
 use strom_tests::{
@@ -20,22 +19,6 @@ use strom_tests::{
 
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-
-fn create_topic(bootstrap: &str, name: &str, partitions: i32, rf: i32) -> anyhow::Result<()> {
-    let admin = kafka::admin(bootstrap)?;
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
-    let options = rdkafka::admin::AdminOptions::new()
-        .request_timeout(Some(Duration::from_secs(20)))
-        .operation_timeout(Some(Duration::from_secs(20)));
-    for result in
-        kafka::block_on(admin.create_topics([&topic], &options))?.context("CreateTopics request")?
-    {
-        if let Err((name, code)) = result {
-            bail!("CreateTopics {name}: {code:?}");
-        }
-    }
-    Ok(())
-}
 
 /// The broker ids librdkafka sees through `bootstrap`.
 fn broker_ids(bootstrap: &str) -> anyhow::Result<Vec<i32>> {
@@ -74,7 +57,7 @@ fn broker_only_nodes_follow_a_controller_only_voter() {
         wait_until(FORM_TIMEOUT, "both broker-only nodes in Metadata", || {
             Ok((broker_ids(&bootstrap)? == vec![2, 3]).then_some(()))
         })?;
-        create_topic(&bootstrap, "roles", 2, 2)?;
+        kafka::create_topic_replicated(&bootstrap, "roles", 2, 2)?;
         kafka::wait_for_topic(&bootstrap, "roles", 2)?;
         for partition in 0..2 {
             kafka::assert_node_serves(&bootstrap, "roles", partition)?;
@@ -114,7 +97,7 @@ fn broker_only_nodes_follow_a_controller_only_voter() {
 #[test]
 fn produce_and_fetch_to_a_follower_name_the_current_leader() {
     with_cluster(3, ClusterOptions::default(), |cluster| {
-        create_topic(&cluster.bootstrap(), "hints", 1, 3)?;
+        kafka::create_topic_replicated(&cluster.bootstrap(), "hints", 1, 3)?;
         cluster.wait_topic_everywhere("hints", 1)?;
         let md = cluster.metadata(cluster.ids()[0])?;
         let partition = &md.topic("hints").context("topic in Metadata")?.partitions[&0];
