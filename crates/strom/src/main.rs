@@ -1,6 +1,7 @@
 //! `strom`: one binary that runs a combined controller + broker node (`strom start`) and
 //! administers a cluster over gRPC (`strom topic …`, `strom cluster …`).
 
+mod alloc;
 mod cli;
 mod config;
 mod node;
@@ -8,6 +9,10 @@ mod node;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// Keeps a hostile array count in a request from aborting the process (see `alloc`).
+#[global_allocator]
+static GLOBAL: alloc::GuardedAlloc = alloc::GuardedAlloc;
 
 #[derive(Parser)]
 #[command(

@@ -237,3 +237,34 @@ fn pipelined_requests_are_answered_in_request_order() {
         Ok(())
     });
 }
+
+#[test]
+fn hostile_array_counts_close_only_that_connection() {
+    with_second_client(|node| {
+        // Metadata v12 (flexible): a compact topics array claiming 2^32 - 2 elements, then
+        // nothing; and Metadata v1 claiming 2^31 - 1. A decoder that sizes the array first
+        // asks for hundreds of gigabytes: the broker must refuse the frame, not abort.
+        let mut flexible = 0i32.to_be_bytes().to_vec();
+        flexible.extend_from_slice(&3i16.to_be_bytes());
+        flexible.extend_from_slice(&12i16.to_be_bytes());
+        flexible.extend_from_slice(&7i32.to_be_bytes());
+        flexible.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+        flexible.push(0); // no tagged fields
+        flexible.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        let mut classic = 0i32.to_be_bytes().to_vec();
+        classic.extend_from_slice(&3i16.to_be_bytes());
+        classic.extend_from_slice(&1i16.to_be_bytes());
+        classic.extend_from_slice(&8i32.to_be_bytes());
+        classic.extend_from_slice(&(-1i16).to_be_bytes());
+        classic.extend_from_slice(&i32::MAX.to_be_bytes());
+        for mut frame in [flexible, classic] {
+            let len = (frame.len() - 4) as i32;
+            frame[..4].copy_from_slice(&len.to_be_bytes());
+            let mut connection = RawConnection::connect(node.kafka_addr())?;
+            connection.send_raw(&frame)?;
+            connection.expect_closed(CLOSE_TIMEOUT)?;
+            kafka::assert_node_serves(&node.bootstrap(), LIVENESS_TOPIC, 0)?;
+        }
+        Ok(())
+    });
+}
