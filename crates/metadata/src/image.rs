@@ -92,6 +92,19 @@ impl MetadataImage {
         self.brokers.values().filter(|b| !b.fenced && !b.in_controlled_shutdown)
     }
 
+    /// The broker registered as `id` at `epoch`; a request carrying any other epoch comes from
+    /// a stale incarnation (Kafka's STALE_BROKER_EPOCH).
+    pub fn registered_broker(
+        &self,
+        id: NodeId,
+        epoch: BrokerEpoch,
+    ) -> Result<&BrokerImage, crate::ControlError> {
+        self.brokers
+            .get(&id)
+            .filter(|b| b.epoch == epoch)
+            .ok_or(crate::ControlError::StaleBrokerEpoch(id.0))
+    }
+
     pub fn is_live(&self, id: NodeId) -> bool {
         self.brokers.get(&id).is_some_and(|b| !b.fenced && !b.in_controlled_shutdown)
     }

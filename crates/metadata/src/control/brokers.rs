@@ -83,11 +83,7 @@ pub(super) fn heartbeat(
     image: &MetadataImage,
     req: &BrokerHeartbeatRequest,
 ) -> Result<Decision, ControlError> {
-    let broker = image
-        .brokers
-        .get(&req.broker_id)
-        .filter(|b| b.epoch == req.broker_epoch)
-        .ok_or(ControlError::StaleBrokerEpoch(req.broker_id.0))?;
+    let broker = image.registered_broker(req.broker_id, req.broker_epoch)?;
     // Caught up once it has applied its own registration.
     let caught_up = req.current_metadata_offset.0 as i64 >= broker.epoch.0;
     let mut records = Vec::new();

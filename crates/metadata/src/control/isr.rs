@@ -27,11 +27,7 @@ pub(super) fn alter_partition(
     image: &MetadataImage,
     req: &AlterPartitionRequest,
 ) -> Result<Decision, ControlError> {
-    let broker = image
-        .brokers
-        .get(&req.broker_id)
-        .filter(|b| b.epoch == req.broker_epoch)
-        .ok_or(ControlError::StaleBrokerEpoch(req.broker_id.0))?;
+    let broker = image.registered_broker(req.broker_id, req.broker_epoch)?;
     let topic = image
         .topic(&req.topic)
         .ok_or_else(|| ControlError::UnknownTopicOrPartition(req.topic.clone()))?;
