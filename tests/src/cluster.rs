@@ -631,17 +631,8 @@ pub fn cli(args: &[&str], timeout: Duration) -> anyhow::Result<CliOutput> {
         .stderr(File::create(&err_path)?)
         .spawn()
         .with_context(|| format!("spawn {} {}", binary.display(), args.join(" ")))?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("strom {} did not exit within {timeout:?}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = crate::node::wait_or_kill(&mut child, timeout)? else {
+        bail!("strom {} did not exit within {timeout:?}", args.join(" "));
     };
     let read = |path| std::fs::read_to_string(path).unwrap_or_default();
     Ok(CliOutput { status, stdout: read(&out_path), stderr: read(&err_path) })

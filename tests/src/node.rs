@@ -214,19 +214,11 @@ impl StromNode {
     /// Waits for the process to exit by itself; on timeout kills it and fails.
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let Some(child) = &mut self.child else { bail!("wait_exit on a node that is not running") };
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.child = None;
-                bail!("strom did not exit within {timeout:?}\n{}", self.stderr_report());
-            }
-            std::thread::sleep(POLL_INTERVAL);
+        let exited = wait_or_kill(child, timeout)?;
+        self.child = None;
+        match exited {
+            Some(status) => Ok(status),
+            None => bail!("strom did not exit within {timeout:?}\n{}", self.stderr_report()),
         }
     }
 
@@ -391,21 +383,32 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> anyhow::Result<(ExitStat
         .stderr(stderr)
         .spawn()
         .with_context(|| format!("spawn {} {}", binary.display(), args.join(" ")))?;
+    let Some(status) = wait_or_kill(&mut child, timeout)? else {
+        bail!(
+            "strom {} did not exit within {timeout:?}; output:\n{}",
+            args.join(" "),
+            tail_of_file(&stderr_path, 64 * 1024)
+        );
+    };
+    Ok((status, tail_of_file(&stderr_path, 1024 * 1024)))
+}
+
+/// Waits up to `timeout` for a child that should exit by itself; kills and reaps it and
+/// returns `None` if it does not.
+pub(crate) fn wait_or_kill(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> anyhow::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait()? {
-            break status;
+            return Ok(Some(status));
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "strom {} did not exit within {timeout:?}; output:\n{}",
-                args.join(" "),
-                tail_of_file(&stderr_path, 64 * 1024)
-            );
+            return Ok(None);
         }
         std::thread::sleep(POLL_INTERVAL);
-    };
-    Ok((status, tail_of_file(&stderr_path, 1024 * 1024)))
+    }
 }
