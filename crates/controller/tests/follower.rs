@@ -4,150 +4,34 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use common::{create_topic, live_broker};
+use common::{create_topic, live_broker, Quorum, SETTLE};
 use strom_controller::follower::follow_metadata_as;
 use strom_controller::remote::RemoteControllerClient;
-use strom_controller::{Controller, ControllerConfig, ControllerError};
+use strom_controller::ControllerError;
 use strom_metadata::control::{
     ControlRequest, ControlResponse, CreateTopic, CreateTopicsRequest, DeleteTopicsRequest,
 };
 use strom_metadata::records::{metadata_record::Record, MetadataRecord};
 use strom_metadata::{ControllerClient, MetadataImage, MetadataListener, MetadataOffset};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
-/// How long a test waits for a state before it fails.
-const SETTLE: Duration = Duration::from_secs(15);
-
-struct Voter {
-    controller: Controller,
-    stop_server: oneshot::Sender<()>,
-    server: JoinHandle<()>,
+/// Voters for these tests: the broker heartbeats once, so its session must outlast the test.
+async fn cluster(n: u64, snapshot_after_entries: u64) -> anyhow::Result<Quorum> {
+    let mut quorum = Quorum::new(n, snapshot_after_entries).await?;
+    quorum.session_timeout_ms = Some(600_000);
+    quorum.start_all().await?;
+    Ok(quorum)
 }
 
-/// Controller voters on 127.0.0.1, each serving `Raft` and `Controller` as the binary does.
-struct Cluster {
-    _root: tempfile::TempDir,
-    dirs: BTreeMap<u64, PathBuf>,
-    voters: BTreeMap<u64, String>,
-    running: BTreeMap<u64, Voter>,
-    snapshot_after_entries: u64,
-}
-
-impl Cluster {
-    async fn start(n: u64, snapshot_after_entries: u64) -> anyhow::Result<Cluster> {
-        let root = tempfile::tempdir()?;
-        let mut voters = BTreeMap::new();
-        let mut dirs = BTreeMap::new();
-        for id in 1..=n {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-            voters.insert(id, probe.local_addr()?.to_string());
-            dirs.insert(id, root.path().join(format!("node-{id}")));
-        }
-        let mut cluster =
-            Cluster { _root: root, dirs, voters, running: BTreeMap::new(), snapshot_after_entries };
-        for id in 1..=n {
-            cluster.start_voter(id).await?;
-        }
-        Ok(cluster)
-    }
-
-    fn config(&self, id: u64) -> ControllerConfig {
-        let mut cfg = ControllerConfig::new(id, self.dirs[&id].clone(), self.voters.clone());
-        cfg.heartbeat_interval_ms = 50;
-        cfg.election_timeout_min_ms = 300;
-        cfg.election_timeout_max_ms = 600;
-        cfg.snapshot_after_entries = self.snapshot_after_entries;
-        // The test's broker heartbeats once; it must stay live for placement throughout.
-        cfg.defaults.session_timeout_ms = 600_000;
-        cfg
-    }
-
-    async fn start_voter(&mut self, id: u64) -> anyhow::Result<()> {
-        let listener = bind_retrying(&self.voters[&id]).await?;
-        let recorder = Arc::new(common::Recorder::default());
-        let controller = Controller::start(self.config(id), recorder).await?;
-        let (stop_server, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .add_service(controller.raft_service())
-            .add_service(controller.controller_service());
-        let server = tokio::spawn(async move {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
-                tracing::warn!(error = %e, "test control server failed");
-            }
-        });
-        self.running.insert(id, Voter { controller, stop_server, server });
-        Ok(())
-    }
-
-    async fn stop_voter(&mut self, id: u64) -> anyhow::Result<()> {
-        let voter = self.running.remove(&id).ok_or_else(|| anyhow::anyhow!("{id} not running"))?;
-        let _ = voter.stop_server.send(());
-        voter.controller.shutdown().await?;
-        voter.server.abort();
-        let _ = voter.server.await;
-        Ok(())
-    }
-
-    async fn stop_all(&mut self) -> anyhow::Result<()> {
-        let ids: Vec<u64> = self.running.keys().copied().collect();
-        for id in ids {
-            self.stop_voter(id).await?;
-        }
-        Ok(())
-    }
-
-    fn controller(&self, id: u64) -> &Controller {
-        &self.running[&id].controller
-    }
-
-    /// The leader every running voter agrees on.
-    async fn agreed_leader(&self) -> anyhow::Result<u64> {
-        let deadline = tokio::time::Instant::now() + SETTLE;
-        loop {
-            let seen: Vec<Option<u64>> =
-                self.running.values().map(|v| v.controller.leader_id()).collect();
-            if let Some(Some(leader)) = seen.first() {
-                if self.running.contains_key(leader) && seen.iter().all(|s| s == &Some(*leader)) {
-                    return Ok(*leader);
-                }
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no agreed leader: {seen:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
+impl Quorum {
     fn remote(&self, follower: &Follower) -> anyhow::Result<Arc<dyn ControllerClient>> {
         let client =
             RemoteControllerClient::new(self.voters.clone())?.with_leader(follower.leader.clone());
         Ok(Arc::new(client))
-    }
-}
-
-/// The port was just released by a stopped server (or a probe); binding may race its close.
-async fn bind_retrying(addr: &str) -> anyhow::Result<TcpListener> {
-    let mut attempts = 0;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return Ok(l),
-            Err(e) if attempts < 50 => {
-                attempts += 1;
-                tracing::debug!(error = %e, addr, "port busy; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
 }
 
@@ -256,7 +140,7 @@ fn content(image: &MetadataImage) -> MetadataImage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_sees_a_topic_created_through_the_remote_client() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(1, 1_000).await?;
+    let mut cluster = cluster(1, 1_000).await?;
     let follower = Follower::spawn(cluster.voters.values().cloned().collect());
     let remote = cluster.remote(&follower)?;
 
@@ -297,7 +181,7 @@ async fn a_follower_sees_a_topic_created_through_the_remote_client() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_follower_starts_from_the_full_image_then_follows_deltas() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(1, 5).await?;
+    let mut cluster = cluster(1, 5).await?;
     let client = cluster.controller(1).client();
     // Twenty changes: registration, unfence, eighteen topics.
     live_broker(&client, 1).await?;
@@ -311,8 +195,8 @@ async fn a_late_follower_starts_from_the_full_image_then_follows_deltas() -> any
         .metrics(|m| m.purged.is_some(), "log purged behind a snapshot")
         .await?;
     // Restarted, the voter's own image starts from its snapshot, not from its log.
-    cluster.stop_voter(1).await?;
-    cluster.start_voter(1).await?;
+    cluster.stop(1).await?;
+    cluster.start(1).await?;
 
     let follower = Follower::spawn(cluster.voters.values().cloned().collect());
     let voter = cluster.controller(1).image();
@@ -343,7 +227,7 @@ async fn a_late_follower_starts_from_the_full_image_then_follows_deltas() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_survives_the_loss_of_the_voter_it_follows() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3, 1_000).await?;
+    let mut cluster = cluster(3, 1_000).await?;
     let leader = cluster.agreed_leader().await?;
     // It follows the leader first: losing it costs the stream and the active controller.
     let mut addrs = vec![cluster.voters[&leader].clone()];
@@ -359,7 +243,7 @@ async fn a_follower_survives_the_loss_of_the_voter_it_follows() -> anyhow::Resul
     follower.leader_is(leader).await?;
     let offset_before = follower.image.borrow().offset;
 
-    cluster.stop_voter(leader).await?;
+    cluster.stop(leader).await?;
     for i in 0..5 {
         create_topic(&remote, &format!("after-{i}"), 2).await?;
     }
@@ -381,7 +265,7 @@ async fn a_follower_survives_the_loss_of_the_voter_it_follows() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_of_a_voter_that_catches_up_by_snapshot_gets_everything() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3, 5).await?;
+    let mut cluster = cluster(3, 5).await?;
     let leader = cluster.agreed_leader().await?;
     let lagging = *cluster.voters.keys().find(|&&id| id != leader).expect("three voters");
     // Only the lagging voter is followed: the follower must wait for it to come back.
@@ -392,7 +276,7 @@ async fn a_follower_of_a_voter_that_catches_up_by_snapshot_gets_everything() -> 
     follower.image(|i| i.topic("early").is_some()).await?;
     let stopped_at = cluster.controller(lagging).image().offset.0;
 
-    cluster.stop_voter(lagging).await?;
+    cluster.stop(lagging).await?;
     for i in 0..30 {
         create_topic(&remote, &format!("t{i}"), 1).await?;
     }
@@ -411,7 +295,7 @@ async fn a_follower_of_a_voter_that_catches_up_by_snapshot_gets_everything() -> 
         .wait(Some(SETTLE))
         .metrics(|m| m.purged.is_some_and(|p| p.index > stopped_at + 5), "leader purged")
         .await?;
-    cluster.start_voter(lagging).await?;
+    cluster.start(lagging).await?;
 
     let leader_image = cluster.controller(leader).image();
     assert!(leader_image.topic("early").is_none());

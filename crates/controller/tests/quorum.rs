@@ -5,132 +5,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{create_topic, live_broker, Recorder};
-use strom_controller::{Controller, ControllerConfig};
+use common::{create_topic, live_broker, Quorum, Recorder, SETTLE};
+use strom_controller::Controller;
 use strom_metadata::control::{ControlRequest, ControlResponse};
 use strom_metadata::{ControlError, MetadataImage, NodeId};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-
-/// How long a test waits for the quorum to reach a state before it fails.
-const SETTLE: Duration = Duration::from_secs(15);
-
-struct Voter {
-    controller: Controller,
-    recorder: Arc<Recorder>,
-    stop_server: oneshot::Sender<()>,
-    server: JoinHandle<()>,
-}
-
-/// A quorum of voters on 127.0.0.1, each with its own data dir; voters may be stopped and
-/// started again on the same address and dir.
-struct Quorum {
-    _root: tempfile::TempDir,
-    dirs: BTreeMap<u64, PathBuf>,
-    voters: BTreeMap<u64, String>,
-    running: BTreeMap<u64, Voter>,
-    snapshot_after_entries: u64,
-}
 
 impl Quorum {
-    /// Reserves a port per voter; starts nobody.
-    async fn new(n: u64, snapshot_after_entries: u64) -> anyhow::Result<Quorum> {
-        let root = tempfile::tempdir()?;
-        let mut voters = BTreeMap::new();
-        let mut dirs = BTreeMap::new();
-        for id in 1..=n {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-            voters.insert(id, probe.local_addr()?.to_string());
-            dirs.insert(id, root.path().join(format!("node-{id}")));
-        }
-        Ok(Quorum { _root: root, dirs, voters, running: BTreeMap::new(), snapshot_after_entries })
-    }
-
-    fn config(&self, id: u64) -> ControllerConfig {
-        let mut cfg = ControllerConfig::new(id, self.dirs[&id].clone(), self.voters.clone());
-        cfg.heartbeat_interval_ms = 50;
-        cfg.election_timeout_min_ms = 300;
-        cfg.election_timeout_max_ms = 600;
-        cfg.snapshot_after_entries = self.snapshot_after_entries;
-        cfg
-    }
-
-    async fn start(&mut self, id: u64) -> anyhow::Result<()> {
-        let listener = bind_retrying(&self.voters[&id]).await?;
-        let recorder = Arc::new(Recorder::default());
-        let controller = Controller::start(self.config(id), recorder.clone()).await?;
-        let (stop_server, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .add_service(controller.raft_service())
-            .add_service(controller.controller_service());
-        let server = tokio::spawn(async move {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await
-            {
-                tracing::warn!(error = %e, "test control server failed");
-            }
-        });
-        self.running.insert(id, Voter { controller, recorder, stop_server, server });
-        Ok(())
-    }
-
-    async fn start_all(&mut self) -> anyhow::Result<()> {
-        let ids: Vec<u64> = self.voters.keys().copied().collect();
-        for id in ids {
-            self.start(id).await?;
-        }
-        Ok(())
-    }
-
-    /// Stops the voter's server and controller, as a node that exits.
-    async fn stop(&mut self, id: u64) -> anyhow::Result<()> {
-        let voter = self.running.remove(&id).ok_or_else(|| anyhow::anyhow!("{id} not running"))?;
-        let _ = voter.stop_server.send(());
-        voter.controller.shutdown().await?;
-        voter.server.abort();
-        let _ = voter.server.await;
-        Ok(())
-    }
-
-    async fn stop_all(&mut self) -> anyhow::Result<()> {
-        let ids: Vec<u64> = self.running.keys().copied().collect();
-        for id in ids {
-            self.stop(id).await?;
-        }
-        Ok(())
-    }
-
-    fn voter(&self, id: u64) -> &Voter {
-        &self.running[&id]
-    }
-
-    /// The leader every running voter agrees on.
-    async fn agreed_leader(&self) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let seen: Vec<Option<u64>> =
-                self.running.values().map(|v| v.controller.leader_id()).collect();
-            if let Some(Some(leader)) = seen.first() {
-                if self.running.contains_key(leader) && seen.iter().all(|s| s == &Some(*leader)) {
-                    return Ok(*leader);
-                }
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no agreed leader: {seen:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     fn follower(&self, leader: u64) -> u64 {
         *self.running.keys().find(|&&id| id != leader).expect("a follower runs")
     }
@@ -149,22 +32,6 @@ impl Quorum {
             }
             anyhow::ensure!(Instant::now() < deadline, "voter {id} never saw the expected image");
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// The port was just released by a stopped server (or a probe); binding may race its close.
-async fn bind_retrying(addr: &str) -> anyhow::Result<TcpListener> {
-    let mut attempts = 0;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return Ok(l),
-            Err(e) if attempts < 50 => {
-                attempts += 1;
-                tracing::debug!(error = %e, addr, "port busy; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -1,13 +1,15 @@
-//! Shared fixtures: a listener that records what it hears, quick raft timings, and the
-//! requests that give a fresh cluster a live broker and topics.
+//! Shared fixtures: a listener that records what it hears, quick raft timings, an in-process
+//! quorum of voters serving raft and relay over real gRPC, and the requests that give a fresh
+//! cluster a live broker and topics.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use strom_controller::ControllerConfig;
+use strom_controller::{Controller, ControllerConfig};
 use strom_metadata::control::{
     BrokerHeartbeatRequest, ControlRequest, ControlResponse, CreateTopic, CreateTopicsRequest,
     RegisterBrokerRequest,
@@ -16,6 +18,10 @@ use strom_metadata::records::{metadata_record::Record, Endpoint, MetadataRecord}
 use strom_metadata::{
     BrokerEpoch, ControllerClient, MetadataImage, MetadataListener, MetadataOffset, NodeId,
 };
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
 
 /// Records every commit the state machine reports.
 #[derive(Default)]
@@ -149,4 +155,150 @@ pub fn files_with_suffix(data_dir: &Path, suffix: &str) -> anyhow::Result<Vec<St
     }
     names.sort();
     Ok(names)
+}
+
+/// How long a test waits for the quorum to reach a state before it fails.
+pub const SETTLE: Duration = Duration::from_secs(15);
+
+/// One running voter: its controller, what its listener heard, and its control server.
+pub struct Voter {
+    pub controller: Controller,
+    pub recorder: Arc<Recorder>,
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+/// A quorum of voters on 127.0.0.1, each with its own data dir; voters may be stopped and
+/// started again on the same address and dir.
+pub struct Quorum {
+    _root: tempfile::TempDir,
+    pub dirs: BTreeMap<u64, PathBuf>,
+    pub voters: BTreeMap<u64, String>,
+    pub running: BTreeMap<u64, Voter>,
+    snapshot_after_entries: u64,
+    /// Overrides the broker session timeout (tests whose broker heartbeats only once).
+    pub session_timeout_ms: Option<u64>,
+}
+
+impl Quorum {
+    /// Reserves a port per voter; starts nobody.
+    pub async fn new(n: u64, snapshot_after_entries: u64) -> anyhow::Result<Quorum> {
+        let root = tempfile::tempdir()?;
+        let mut voters = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
+        for id in 1..=n {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            voters.insert(id, probe.local_addr()?.to_string());
+            dirs.insert(id, root.path().join(format!("node-{id}")));
+        }
+        Ok(Quorum {
+            _root: root,
+            dirs,
+            voters,
+            running: BTreeMap::new(),
+            snapshot_after_entries,
+            session_timeout_ms: None,
+        })
+    }
+
+    pub fn config(&self, id: u64) -> ControllerConfig {
+        let mut cfg = ControllerConfig::new(id, self.dirs[&id].clone(), self.voters.clone());
+        cfg.heartbeat_interval_ms = 50;
+        cfg.election_timeout_min_ms = 300;
+        cfg.election_timeout_max_ms = 600;
+        cfg.snapshot_after_entries = self.snapshot_after_entries;
+        if let Some(ms) = self.session_timeout_ms {
+            cfg.defaults.session_timeout_ms = ms;
+        }
+        cfg
+    }
+
+    pub async fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        let listener = bind_retrying(&self.voters[&id]).await?;
+        let recorder = Arc::new(Recorder::default());
+        let controller = Controller::start(self.config(id), recorder.clone()).await?;
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .add_service(controller.raft_service())
+            .add_service(controller.controller_service());
+        let server = tokio::spawn(async move {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "test control server failed");
+            }
+        });
+        self.running.insert(id, Voter { controller, recorder, stop_server, server });
+        Ok(())
+    }
+
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<u64> = self.voters.keys().copied().collect();
+        for id in ids {
+            self.start(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the voter's server and controller, as a node that exits.
+    pub async fn stop(&mut self, id: u64) -> anyhow::Result<()> {
+        let voter = self.running.remove(&id).ok_or_else(|| anyhow::anyhow!("{id} not running"))?;
+        let _ = voter.stop_server.send(());
+        voter.controller.shutdown().await?;
+        voter.server.abort();
+        let _ = voter.server.await;
+        Ok(())
+    }
+
+    pub async fn stop_all(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await?;
+        }
+        Ok(())
+    }
+
+    pub fn voter(&self, id: u64) -> &Voter {
+        &self.running[&id]
+    }
+
+    pub fn controller(&self, id: u64) -> &Controller {
+        &self.running[&id].controller
+    }
+
+    /// The leader every running voter agrees on.
+    pub async fn agreed_leader(&self) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let seen: Vec<Option<u64>> =
+                self.running.values().map(|v| v.controller.leader_id()).collect();
+            if let Some(Some(leader)) = seen.first() {
+                if self.running.contains_key(leader) && seen.iter().all(|s| s == &Some(*leader)) {
+                    return Ok(*leader);
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The port was just released by a stopped server (or a probe); binding may race its close.
+pub async fn bind_retrying(addr: &str) -> anyhow::Result<TcpListener> {
+    let mut attempts = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                tracing::debug!(error = %e, addr, "port busy; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
