@@ -4,6 +4,8 @@ use kafka_protocol::ResponseError as K;
 use strom_log::LogError;
 use strom_metadata::ControlError;
 
+use crate::group::GroupError;
+
 /// Operational errors of the broker process itself (not of one request).
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -54,6 +56,27 @@ pub fn log_code(e: &LogError) -> i16 {
     k.code()
 }
 
+/// Kafka's code for a group coordinator refusal.
+pub(crate) fn group_code(e: GroupError) -> i16 {
+    let k = match e {
+        GroupError::CoordinatorNotAvailable => K::CoordinatorNotAvailable,
+        GroupError::IllegalGeneration => K::IllegalGeneration,
+        GroupError::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
+        GroupError::UnknownMemberId => K::UnknownMemberId,
+        GroupError::InvalidSessionTimeout => K::InvalidSessionTimeout,
+        GroupError::RebalanceInProgress => K::RebalanceInProgress,
+        GroupError::InvalidRequest => K::InvalidRequest,
+        GroupError::NonEmptyGroup => K::NonEmptyGroup,
+        GroupError::MemberIdRequired => K::MemberIdRequired,
+        GroupError::GroupMaxSizeReached => K::GroupMaxSizeReached,
+        GroupError::FencedInstanceId => K::FencedInstanceId,
+        GroupError::NotCoordinator => K::NotCoordinator,
+        GroupError::GroupIdNotFound => K::GroupIdNotFound,
+        GroupError::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
+    };
+    k.code()
+}
+
 /// The public form for callers outside this module (tests, the binary's admin mapping).
 pub fn kafka_code(e: &ControlError) -> i16 {
     control_code(e)
@@ -80,5 +103,24 @@ mod tests {
         assert_eq!(log_code(&LogError::BatchTooLarge { batch_index: 0, size: 2, max: 1 }), 10);
         assert_eq!(log_code(&LogError::OffsetOutOfRange { offset: 9, start: 0, end: 1 }), 1);
         assert_eq!(log_code(&LogError::LogOffline { dir: "x".into() }), 56);
+        let groups = [
+            (GroupError::CoordinatorNotAvailable, 15),
+            (GroupError::NotCoordinator, 16),
+            (GroupError::IllegalGeneration, 22),
+            (GroupError::InconsistentGroupProtocol, 23),
+            (GroupError::UnknownMemberId, 25),
+            (GroupError::InvalidSessionTimeout, 26),
+            (GroupError::RebalanceInProgress, 27),
+            (GroupError::InvalidRequest, 42),
+            (GroupError::NonEmptyGroup, 68),
+            (GroupError::MemberIdRequired, 79),
+            (GroupError::GroupMaxSizeReached, 81),
+            (GroupError::FencedInstanceId, 82),
+            (GroupError::GroupIdNotFound, 69),
+            (GroupError::GroupSubscribedToTopic, 86),
+        ];
+        for (e, code) in groups {
+            assert_eq!(group_code(e), code, "{e:?}");
+        }
     }
 }

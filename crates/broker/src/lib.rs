@@ -8,8 +8,6 @@
 mod config;
 mod errors;
 mod fetcher;
-// The group coordinator's core, not yet reached: its handlers arrive with issue 6.
-#[allow(dead_code)]
 mod group;
 mod handlers;
 mod image;
@@ -20,7 +18,7 @@ mod server;
 
 use std::sync::Arc;
 
-pub use config::{BrokerConfig, LogDefaults};
+pub use config::{BrokerConfig, GroupSettings, LogDefaults};
 pub use errors::{kafka_code, BrokerError};
 pub use image::ImageListener;
 
@@ -36,6 +34,8 @@ pub(crate) struct BrokerCtx {
     pub controller_id: std::sync::atomic::AtomicI32,
     /// This broker's registration epoch (-1 until registered): carried by ISR changes.
     pub broker_epoch: std::sync::atomic::AtomicI64,
+    /// The group coordinator's shards on this broker.
+    pub groups: group::Coordinator,
 }
 
 impl BrokerCtx {
@@ -80,6 +80,7 @@ impl Broker {
             controller,
             controller_id: std::sync::atomic::AtomicI32::new(config.node_id.0),
             broker_epoch: std::sync::atomic::AtomicI64::new(-1),
+            groups: group::Coordinator::default(),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -93,6 +94,7 @@ impl Broker {
             tokio::spawn(replica::reconcile_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(replica::maintenance_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(replica::isr_loop(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(group::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(server::accept_loop(tcp, ctx.clone(), shutdown_rx)),
         ];
         tracing::info!(addr = %local_addr, "kafka listener up");

@@ -125,6 +125,11 @@ impl Partition {
         *self.progress.borrow()
     }
 
+    /// Changes of [`Progress`], for tasks that must stop when leadership moves.
+    pub fn progress_watch(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
     pub fn set_fsync_on_ack(&self, on: bool) {
         self.fsync_on_ack.store(on, Ordering::Relaxed);
     }

@@ -52,7 +52,7 @@ pub(crate) async fn accept_loop(
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(why) = serve(stream, ctx, shutdown).await {
+            if let Err(why) = serve(stream, peer, ctx, shutdown).await {
                 tracing::info!(%peer, "closing connection: {why}");
             }
             drop(permit);
@@ -65,6 +65,7 @@ type Pending = oneshot::Receiver<Option<Bytes>>;
 
 async fn serve(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     ctx: Arc<BrokerCtx>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -120,7 +121,7 @@ async fn serve(
         if tx.send(orx).await.is_err() {
             break Ok(());
         }
-        match handlers::handle(&ctx, frame).await {
+        match handlers::handle(&ctx, frame, peer).await {
             Reply::Now(bytes) => {
                 let _ = otx.send(bytes);
             }

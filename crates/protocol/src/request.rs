@@ -3,9 +3,12 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    FindCoordinatorRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader,
+    ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -28,6 +31,16 @@ pub enum Request {
     AlterConfigs(AlterConfigsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+    OffsetDelete(OffsetDeleteRequest),
 }
 
 /// One request frame: its header and decoded body.
@@ -90,6 +103,16 @@ pub fn decode_request(mut frame: Bytes) -> Result<RequestFrame, RequestError> {
             decode(body, version).map(Request::IncrementalAlterConfigs)
         }
         ApiKey::DescribeCluster => decode(body, version).map(Request::DescribeCluster),
+        ApiKey::JoinGroup => decode(body, version).map(Request::JoinGroup),
+        ApiKey::SyncGroup => decode(body, version).map(Request::SyncGroup),
+        ApiKey::Heartbeat => decode(body, version).map(Request::Heartbeat),
+        ApiKey::LeaveGroup => decode(body, version).map(Request::LeaveGroup),
+        ApiKey::OffsetCommit => decode(body, version).map(Request::OffsetCommit),
+        ApiKey::OffsetFetch => decode(body, version).map(Request::OffsetFetch),
+        ApiKey::ListGroups => decode(body, version).map(Request::ListGroups),
+        ApiKey::DescribeGroups => decode(body, version).map(Request::DescribeGroups),
+        ApiKey::DeleteGroups => decode(body, version).map(Request::DeleteGroups),
+        ApiKey::OffsetDelete => decode(body, version).map(Request::OffsetDelete),
         // is_supported() admitted only the keys above
         _ => return Err(RequestError::UnsupportedVersion { api_key, version, correlation_id }),
     }

@@ -35,6 +35,63 @@ pub struct NodeConfig {
     pub controller: ControllerSection,
     pub broker: BrokerSection,
     pub log: LogSection,
+    pub offsets: OffsetsSection,
+    pub group: GroupSection,
+}
+
+/// Kafka's `offsets.*` keys: the `__consumer_offsets` topic and committed-offset retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffsetsSection {
+    /// `offsets.topic.num.partitions`.
+    pub topic_num_partitions: i32,
+    /// `offsets.topic.replication.factor` (capped by the live brokers at creation).
+    pub topic_replication_factor: i16,
+    /// `offsets.topic.segment.bytes`.
+    pub topic_segment_bytes: u64,
+    /// `offsets.retention.minutes`.
+    pub retention_minutes: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub retention_check_interval_ms: u64,
+    /// `offsets.commit.timeout.ms`.
+    pub commit_timeout_ms: u64,
+}
+
+/// Kafka's `group.*` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSection {
+    /// `group.initial.rebalance.delay.ms`.
+    pub initial_rebalance_delay_ms: i64,
+    /// `group.min.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`.
+    pub max_session_timeout_ms: i32,
+}
+
+impl Default for OffsetsSection {
+    fn default() -> Self {
+        let d = strom_broker::GroupSettings::default();
+        OffsetsSection {
+            topic_num_partitions: d.offsets_topic_num_partitions,
+            topic_replication_factor: d.offsets_topic_replication_factor,
+            topic_segment_bytes: d.offsets_topic_segment_bytes,
+            retention_minutes: d.offsets_retention_ms / 60_000,
+            retention_check_interval_ms: d.offsets_retention_check_interval_ms,
+            commit_timeout_ms: d.offsets_commit_timeout_ms,
+        }
+    }
+}
+
+impl Default for GroupSection {
+    fn default() -> Self {
+        let d = strom_broker::GroupSettings::default();
+        GroupSection {
+            initial_rebalance_delay_ms: d.initial_rebalance_delay_ms,
+            min_session_timeout_ms: d.min_session_timeout_ms,
+            max_session_timeout_ms: d.max_session_timeout_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +148,8 @@ impl Default for NodeConfig {
             controller: ControllerSection::default(),
             broker: BrokerSection::default(),
             log: LogSection::default(),
+            offsets: OffsetsSection::default(),
+            group: GroupSection::default(),
         }
     }
 }
@@ -279,6 +338,39 @@ impl NodeConfig {
             bail!(
                 "socket_request_max_bytes = {}: must be at least 1024",
                 self.socket_request_max_bytes
+            );
+        }
+        if !(1..=10_000).contains(&self.offsets.topic_num_partitions) {
+            bail!(
+                "offsets.topic_num_partitions = {}: must be between 1 and 10000 (Kafka's default is 50)",
+                self.offsets.topic_num_partitions
+            );
+        }
+        if self.offsets.topic_replication_factor < 1 {
+            bail!(
+                "offsets.topic_replication_factor = {}: must be at least 1",
+                self.offsets.topic_replication_factor
+            );
+        }
+        if self.offsets.retention_minutes < 1 {
+            bail!("offsets.retention_minutes = {}: must be at least 1", self.offsets.retention_minutes);
+        }
+        if self.offsets.retention_check_interval_ms < 1 || self.offsets.commit_timeout_ms < 1 {
+            bail!("offsets.retention_check_interval_ms and offsets.commit_timeout_ms must be at least 1");
+        }
+        if self.group.initial_rebalance_delay_ms < 0 {
+            bail!(
+                "group.initial_rebalance_delay_ms = {}: must be 0 or more",
+                self.group.initial_rebalance_delay_ms
+            );
+        }
+        if self.group.min_session_timeout_ms < 1
+            || self.group.min_session_timeout_ms > self.group.max_session_timeout_ms
+        {
+            bail!(
+                "group.min_session_timeout_ms = {} and group.max_session_timeout_ms = {}: the minimum must be at least 1 and at most the maximum",
+                self.group.min_session_timeout_ms,
+                self.group.max_session_timeout_ms
             );
         }
         if self.log.segment_bytes < 1024 * 1024 {

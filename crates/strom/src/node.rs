@@ -379,6 +379,18 @@ async fn start_broker(
                 message_max_bytes: cfg.message_max_bytes,
                 min_insync_replicas: cfg.min_insync_replicas,
             },
+            groups: strom_broker::GroupSettings {
+                offsets_topic_num_partitions: cfg.offsets.topic_num_partitions,
+                offsets_topic_replication_factor: cfg.offsets.topic_replication_factor,
+                offsets_topic_segment_bytes: cfg.offsets.topic_segment_bytes,
+                offsets_retention_ms: cfg.offsets.retention_minutes.saturating_mul(60_000),
+                offsets_retention_check_interval_ms: cfg.offsets.retention_check_interval_ms,
+                offsets_commit_timeout_ms: cfg.offsets.commit_timeout_ms,
+                initial_rebalance_delay_ms: cfg.group.initial_rebalance_delay_ms,
+                min_session_timeout_ms: cfg.group.min_session_timeout_ms,
+                max_session_timeout_ms: cfg.group.max_session_timeout_ms,
+                ..strom_broker::GroupSettings::default()
+            },
         },
         listener.clone(),
         client.clone(),

@@ -3,6 +3,7 @@
 
 mod check_deps;
 mod durability;
+mod groups;
 mod kcat;
 mod lifecycle;
 mod quorum;

@@ -1,13 +1,15 @@
-//! The group coordinator's core for Kafka's classic group protocol (JoinGroup, SyncGroup,
-//! Heartbeat, LeaveGroup): one [`Group`] per group id, a plain state machine driven by events
-//! and `tick(now_ms)` that returns [`Effect`]s. The tokio shell that owns the sockets, the
-//! `__consumer_offsets` writes and the timers arrives with issue 6.
+//! The group coordinator for Kafka's classic group protocol (JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit/OffsetFetch and the admin APIs): a sans-IO state machine per group
+//! ([`state`]), the `__consumer_offsets` record layout ([`records`]), and the tokio shell that
+//! runs one shard per offsets partition this broker leads ([`coordinator`]).
 
+mod coordinator;
+mod records;
 mod state;
 
 #[cfg(test)]
 mod tests;
 
-// Nothing outside this module uses the core until the handlers land with issue 6.
-#[allow(unused_imports)]
+pub(crate) use coordinator::*;
+pub(crate) use records::OffsetValue;
 pub(crate) use state::*;

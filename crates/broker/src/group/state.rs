@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use kafka_protocol::ResponseError as K;
 
 /// Members one group may hold; a JoinGroup over it gets GROUP_MAX_SIZE_REACHED. Kafka's
 /// `group.max.size` defaults to unbounded; a broker must not be.
@@ -32,27 +31,12 @@ pub(crate) enum GroupError {
     MemberIdRequired,
     GroupMaxSizeReached,
     FencedInstanceId,
-}
-
-impl GroupError {
-    /// Kafka's code. TODO(issue 6): move this mapping into `errors.rs` when the handlers land, so
-    /// that codes stay mapped in one module.
-    pub fn code(self) -> i16 {
-        let k = match self {
-            GroupError::CoordinatorNotAvailable => K::CoordinatorNotAvailable,
-            GroupError::IllegalGeneration => K::IllegalGeneration,
-            GroupError::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
-            GroupError::UnknownMemberId => K::UnknownMemberId,
-            GroupError::InvalidSessionTimeout => K::InvalidSessionTimeout,
-            GroupError::RebalanceInProgress => K::RebalanceInProgress,
-            GroupError::InvalidRequest => K::InvalidRequest,
-            GroupError::NonEmptyGroup => K::NonEmptyGroup,
-            GroupError::MemberIdRequired => K::MemberIdRequired,
-            GroupError::GroupMaxSizeReached => K::GroupMaxSizeReached,
-            GroupError::FencedInstanceId => K::FencedInstanceId,
-        };
-        k.code()
-    }
+    /// This broker no longer leads the group's `__consumer_offsets` partition.
+    NotCoordinator,
+    /// DeleteGroups / OffsetDelete of a group that does not exist.
+    GroupIdNotFound,
+    /// OffsetDelete of a topic the group's members consume.
+    GroupSubscribedToTopic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,8 +287,100 @@ impl Group {
         }
     }
 
+    /// A group as its last [`Effect::PersistGroup`] left it, for a coordinator taking over its
+    /// partition. Members get a whole session from `now_ms` to heartbeat the new coordinator.
+    pub fn load(record: GroupRecord, config: GroupConfig, now_ms: i64) -> Group {
+        let mut group = Group::new(record.group_id, config);
+        group.generation_id = record.generation_id;
+        group.protocol_type = record.protocol_type;
+        group.protocol_name = record.protocol_name.clone();
+        let protocol = record.protocol_name.unwrap_or_default();
+        for m in record.members {
+            if let Some(instance) = &m.group_instance_id {
+                group.static_members.insert(instance.clone(), m.member_id.clone());
+            }
+            let member = Member {
+                group_instance_id: m.group_instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout_ms: m.session_timeout_ms,
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                protocols: vec![Protocol { name: protocol.clone(), metadata: m.subscription }],
+                assignment: m.assignment,
+                last_heartbeat_ms: now_ms,
+                awaiting_join: None,
+                awaiting_sync: None,
+            };
+            group.members.insert(m.member_id, member);
+        }
+        if group.members.is_empty() {
+            group.protocol_name = None;
+        } else {
+            group.leader = record.leader.filter(|l| group.members.contains_key(l));
+            if group.leader.is_none() {
+                group.leader = group.members.keys().next().cloned();
+            }
+            group.state = GroupState::Stable;
+        }
+        group
+    }
+
     pub fn group_id(&self) -> &str {
         &self.group_id
+    }
+
+    pub fn protocol_type(&self) -> Option<&str> {
+        self.protocol_type.as_deref()
+    }
+
+    /// Every member with its metadata for the chosen protocol and its assignment, for
+    /// DescribeGroups and the admin API.
+    pub fn describe_members(&self) -> Vec<MemberRecord> {
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        self.members
+            .iter()
+            .map(|(id, m)| MemberRecord {
+                member_id: id.clone(),
+                group_instance_id: m.group_instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                session_timeout_ms: m.session_timeout_ms,
+                subscription: m.metadata(&protocol),
+                assignment: m.assignment.clone(),
+            })
+            .collect()
+    }
+
+    /// May this OffsetCommit write? Kafka's rules for the classic protocol: a commit without a
+    /// generation (`generation_id < 0`, an assign()-only consumer or an admin tool) only to a
+    /// group with no members; otherwise from a current member of the current generation, and not
+    /// while the leader's assignment is outstanding. A good commit counts as a heartbeat.
+    pub fn validate_offset_commit(
+        &mut self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+        now_ms: i64,
+    ) -> Result<(), GroupError> {
+        match self.state {
+            GroupState::Dead => return Err(GroupError::CoordinatorNotAvailable),
+            GroupState::Empty if generation_id < 0 && member_id.is_empty() => return Ok(()),
+            _ => {}
+        }
+        if generation_id < 0 && member_id.is_empty() {
+            // A standalone commit to a group whose members own the partitions.
+            return Err(GroupError::UnknownMemberId);
+        }
+        self.check_member(member_id, instance)?;
+        if generation_id != self.generation_id {
+            return Err(GroupError::IllegalGeneration);
+        }
+        if self.state == GroupState::CompletingRebalance {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        self.touch(member_id, now_ms);
+        Ok(())
     }
 
     pub fn state(&self) -> GroupState {
@@ -315,6 +391,7 @@ impl Group {
         self.generation_id
     }
 
+    #[cfg(test)]
     pub fn leader(&self) -> Option<&str> {
         self.leader.as_deref()
     }
@@ -323,6 +400,7 @@ impl Group {
         self.protocol_name.as_deref()
     }
 
+    #[cfg(test)]
     pub fn member_ids(&self) -> impl Iterator<Item = &str> {
         self.members.keys().map(String::as_str)
     }

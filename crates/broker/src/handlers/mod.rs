@@ -6,6 +6,7 @@ pub(crate) mod api_versions;
 mod coordinator;
 mod epochs;
 mod fetch;
+pub(crate) mod groups;
 mod list_offsets;
 pub(crate) mod metadata;
 mod produce;
@@ -115,7 +116,11 @@ pub(crate) fn s(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
 }
 
-pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
+pub(crate) async fn handle(
+    ctx: &Arc<BrokerCtx>,
+    frame: RequestFrame,
+    peer: std::net::SocketAddr,
+) -> Reply {
     let meta = Meta {
         api_key: frame.api_key,
         version: frame.api_version,
@@ -140,7 +145,25 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, frame: RequestFrame) -> Reply {
             Reply::Later(Box::pin(async move { fetch::handle(&ctx, meta, req).await }))
         }
         R::OffsetForLeaderEpoch(req) => now(meta.encode(&epochs::handle(ctx, req))),
-        R::FindCoordinator(req) => now(meta.encode(&coordinator::handle(meta.version, req))),
+        R::FindCoordinator(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&coordinator::handle(&ctx, meta.version, req).await)
+            }))
+        }
+        R::JoinGroup(req) => {
+            let client_id = frame.header.client_id.map(|c| c.to_string()).unwrap_or_default();
+            groups::join(ctx, meta, req, client_id, peer).await
+        }
+        R::SyncGroup(req) => groups::sync(ctx, meta, req).await,
+        R::Heartbeat(req) => groups::heartbeat(ctx, meta, req).await,
+        R::LeaveGroup(req) => groups::leave(ctx, meta, req).await,
+        R::OffsetCommit(req) => groups::offset_commit(ctx, meta, req).await,
+        R::OffsetFetch(req) => groups::offset_fetch(ctx, meta, req).await,
+        R::OffsetDelete(req) => groups::offset_delete(ctx, meta, req).await,
+        R::ListGroups(req) => groups::list_groups(ctx, meta, req).await,
+        R::DescribeGroups(req) => groups::describe_groups(ctx, meta, req).await,
+        R::DeleteGroups(req) => groups::delete_groups(ctx, meta, req).await,
         R::ListOffsets(req) => now(meta.encode(&list_offsets::handle(ctx, meta.version, req))),
         R::DescribeCluster(_) => now(meta.encode(&admin::describe_cluster(ctx, meta.version))),
         R::DescribeConfigs(req) => {

@@ -1,0 +1,497 @@
+//! Consumer groups (issue 6) with librdkafka's group consumer: three members share a 6-partition
+//! topic and consume each record exactly once through members joining and leaving (eager and
+//! cooperative-sticky assignors); consumption resumes from committed offsets after every
+//! member stopped and after the node restarted; kill -9 of the coordinator's node in a 3-node
+//! cluster; a static member (`group.instance.id`) restarting within its session timeout causes
+//! no rebalance.
+//!
+//! Members are threads in this process, each with its own `BaseConsumer`: they record every
+//! record they are given, commit what they consumed every 200 ms and, synchronously, whenever
+//! partitions are revoked and when they stop, as a careful application does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use strom_tests::kafka::{self, AckingProducer, Outgoing};
+use strom_tests::{wait_until, with_cluster, with_node, ClusterOptions, NodeOptions};
+
+const TOPIC: &str = "orders";
+const PARTITIONS: i32 = 6;
+/// How long a group may take to consume what the test expects (rebalances included).
+const CONSUME_WAIT: Duration = Duration::from_secs(90);
+
+/// Broker settings that keep group tests quick: few offsets partitions, a short initial
+/// rebalance delay and a session minimum low enough for one-second sessions.
+const GROUP_TOML: &str = "offsets.topic_num_partitions = 4\n\
+                          group.initial_rebalance_delay_ms = 300\n\
+                          group.min_session_timeout_ms = 1000\n";
+
+fn node_options() -> NodeOptions {
+    NodeOptions { config_toml: Some(GROUP_TOML.to_owned()), ..NodeOptions::default() }
+}
+
+/// One consumed record: (member, partition, offset, value).
+type Seen = Arc<Mutex<Vec<(String, i32, i64, String)>>>;
+
+struct GroupContext {
+    name: String,
+    rebalances: Arc<AtomicUsize>,
+    assigned: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Commit what was consumed before the partitions go to another member.
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                eprintln!("[{}] commit on revoke: {e}", self.name);
+            }
+            let mut assigned = self.assigned.lock().unwrap();
+            for e in tpl.elements() {
+                assigned.remove(&e.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut assigned = self.assigned.lock().unwrap();
+            assigned.extend(tpl.elements().iter().map(|e| e.partition()));
+            eprintln!("[{}] assigned now {:?}", self.name, *assigned);
+        }
+    }
+}
+
+/// A group member running in its own thread until stopped.
+struct Member {
+    name: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    rebalances: Arc<AtomicUsize>,
+    assigned: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl Member {
+    fn start(
+        bootstrap: &str,
+        group: &str,
+        name: &str,
+        extra: &[(&str, &str)],
+        seen: &Seen,
+    ) -> anyhow::Result<Member> {
+        let mut config = kafka::client_config(bootstrap);
+        config
+            .set("client.id", name)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "300")
+            .set("check.crcs", "true");
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
+        let rebalances = Arc::new(AtomicUsize::new(0));
+        let assigned = Arc::new(Mutex::new(BTreeSet::new()));
+        let context = GroupContext {
+            name: name.to_owned(),
+            rebalances: rebalances.clone(),
+            assigned: assigned.clone(),
+        };
+        let consumer: BaseConsumer<GroupContext> =
+            config.create_with_context(context).context("create group consumer")?;
+        consumer.subscribe(&[TOPIC]).context("subscribe")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, seen, member) = (stop.clone(), seen.clone(), name.to_owned());
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut last_commit = Instant::now();
+            let mut dirty = false;
+            while !stop2.load(Ordering::SeqCst) {
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        let value = String::from_utf8_lossy(m.payload().unwrap_or_default());
+                        seen.lock().unwrap().push((
+                            member.clone(),
+                            m.partition(),
+                            m.offset(),
+                            value.into_owned(),
+                        ));
+                        dirty = true;
+                    }
+                    Some(Err(e)) => eprintln!("[{member}] consumer error: {e}"),
+                    None => {}
+                }
+                if dirty && last_commit.elapsed() >= Duration::from_millis(200) {
+                    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                        eprintln!("[{member}] commit: {e}");
+                    }
+                    dirty = false;
+                    last_commit = Instant::now();
+                }
+            }
+            if dirty {
+                consumer.commit_consumer_state(CommitMode::Sync).context("final commit")?;
+            }
+            // Dropping the consumer closes it: revocation (committing again) and LeaveGroup.
+            drop(consumer);
+            Ok(())
+        });
+        Ok(Member { name: name.to_owned(), stop, thread: Some(thread), rebalances, assigned })
+    }
+
+    /// Stops cleanly: a last commit, then the consumer closes and leaves the group.
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().context("member already stopped")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !thread.is_finished() {
+            ensure!(Instant::now() < deadline, "member {} did not stop within 60 s", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        thread.join().map_err(|_| anyhow::anyhow!("member {} panicked", self.name))?
+    }
+
+    fn assigned(&self) -> BTreeSet<i32> {
+        self.assigned.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Produces `count` records `{prefix}-{i}` spread by key over the partitions; all acknowledged.
+fn produce(bootstrap: &str, prefix: &str, count: usize) -> anyhow::Result<BTreeSet<String>> {
+    let producer = AckingProducer::new(bootstrap, &[])?;
+    let mut values = BTreeSet::new();
+    for i in 0..count {
+        let value = format!("{prefix}-{i}");
+        let key = format!("k{i}");
+        producer.send(
+            TOPIC,
+            i,
+            Outgoing {
+                key: Some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+                ..Default::default()
+            },
+        )?;
+        values.insert(value);
+    }
+    producer.flush(Duration::from_secs(60))?;
+    ensure!(producer.acked() == count, "{} of {count} records acknowledged", producer.acked());
+    Ok(values)
+}
+
+/// Waits until every value of `want` has been consumed by some member.
+fn wait_consumed(seen: &Seen, want: &BTreeSet<String>, what: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    wait_until(CONSUME_WAIT, what, || {
+        let seen = seen.lock().unwrap();
+        let got: BTreeSet<&String> = seen.iter().map(|(_, _, _, v)| v).collect();
+        let missing = want.iter().filter(|v| !got.contains(v)).count();
+        Ok((missing == 0).then_some(()))
+    })
+    .with_context(|| format!("{} records consumed so far", seen.lock().unwrap().len()))?;
+    eprintln!("{what}: {} records in {:?}", want.len(), started.elapsed());
+    Ok(())
+}
+
+/// Every value consumed exactly once, and nothing else consumed.
+fn check_exactly_once(seen: &Seen, want: &BTreeSet<String>) -> anyhow::Result<()> {
+    let seen = seen.lock().unwrap();
+    let mut counts: BTreeMap<&str, Vec<(&str, i32, i64)>> = BTreeMap::new();
+    for (member, p, o, v) in seen.iter() {
+        counts.entry(v.as_str()).or_default().push((member.as_str(), *p, *o));
+    }
+    let duplicates: Vec<_> = counts.iter().filter(|(_, c)| c.len() > 1).take(10).collect();
+    ensure!(duplicates.is_empty(), "records consumed more than once: {duplicates:?}");
+    let unexpected: Vec<_> = counts.keys().filter(|v| !want.contains(**v)).take(10).collect();
+    ensure!(unexpected.is_empty(), "records consumed that were not expected: {unexpected:?}");
+    ensure!(counts.len() == want.len(), "{} of {} records consumed", counts.len(), want.len());
+    Ok(())
+}
+
+fn per_member(seen: &Seen) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (m, ..) in seen.lock().unwrap().iter() {
+        *out.entry(m.clone()).or_default() += 1;
+    }
+    out
+}
+
+/// The group's committed offsets for every partition of the topic (OffsetFetch).
+fn committed(bootstrap: &str, group: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer = kafka::consumer(bootstrap, &[("group.id", group)])?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(TOPIC, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(20))
+        .context("OffsetFetch of the group's offsets")?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 }))
+        .collect())
+}
+
+fn group_of_three_through_rebalances(strategy: &str) {
+    with_node(node_options(), |node| {
+        let bootstrap = node.bootstrap();
+        kafka::create_topic(&bootstrap, TOPIC, PARTITIONS, &[])?;
+        let group = format!("g-{strategy}");
+        let extra = [("partition.assignment.strategy", strategy)];
+        let seen: Seen = Arc::default();
+
+        // Three members share the first 3,000 records.
+        let first = produce(&bootstrap, "a", 3_000)?;
+        let mut members: Vec<Member> = (1..=3)
+            .map(|i| Member::start(&bootstrap, &group, &format!("m{i}"), &extra, &seen))
+            .collect::<anyhow::Result<_>>()?;
+        wait_consumed(&seen, &first, "three members consume batch a")?;
+        check_exactly_once(&seen, &first)?;
+        let counts = per_member(&seen);
+        eprintln!("batch a per member: {counts:?}");
+
+        // A fourth member joins and the first leaves while more records arrive.
+        members.push(Member::start(&bootstrap, &group, "m4", &extra, &seen)?);
+        let second = produce(&bootstrap, "b", 3_000)?;
+        members.remove(0).stop()?;
+        let third = produce(&bootstrap, "c", 1_000)?;
+        let mut all = first.clone();
+        all.extend(second.iter().cloned());
+        all.extend(third.iter().cloned());
+        wait_consumed(&seen, &all, "members m2..m4 consume batches b and c")?;
+        // Let the group settle (the last rebalance's commits), then check.
+        std::thread::sleep(Duration::from_millis(500));
+        check_exactly_once(&seen, &all)?;
+        let assignment: Vec<(String, BTreeSet<i32>)> =
+            members.iter().map(|m| (m.name.clone(), m.assigned())).collect();
+        eprintln!("after m1 left: {assignment:?}; per member {:?}", per_member(&seen));
+        let covered: BTreeSet<i32> = assignment.iter().flat_map(|(_, a)| a.clone()).collect();
+        ensure!(
+            covered.len() == PARTITIONS as usize,
+            "partitions not all assigned: {assignment:?}"
+        );
+
+        // Everyone stops; what arrives next is read by a new member from the committed offsets.
+        for m in members.drain(..) {
+            m.stop()?;
+        }
+        let marks = kafka::watermarks(&bootstrap, TOPIC, &(0..PARTITIONS).collect::<Vec<_>>())?;
+        let offsets = committed(&bootstrap, &group)?;
+        for (p, (_, high)) in &marks {
+            ensure!(
+                offsets.get(p) == Some(high),
+                "partition {p}: committed {offsets:?}, high watermarks {marks:?}"
+            );
+        }
+        let fourth = produce(&bootstrap, "d", 500)?;
+        let resumed: Seen = Arc::default();
+        let m5 = Member::start(&bootstrap, &group, "m5", &extra, &resumed)?;
+        wait_consumed(&resumed, &fourth, "a restarted member reads only batch d")?;
+        std::thread::sleep(Duration::from_millis(500));
+        m5.stop()?;
+        check_exactly_once(&resumed, &fourth)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn librdkafka_group_consumes_each_record_once_through_joins_and_leaves_eager() {
+    group_of_three_through_rebalances("range");
+}
+
+#[test]
+fn librdkafka_group_consumes_each_record_once_through_joins_and_leaves_cooperative() {
+    group_of_three_through_rebalances("cooperative-sticky");
+}
+
+#[test]
+fn committed_offsets_survive_a_node_restart() {
+    with_node(node_options(), |node| {
+        let bootstrap = node.bootstrap();
+        kafka::create_topic(&bootstrap, TOPIC, PARTITIONS, &[])?;
+        let seen: Seen = Arc::default();
+        let first = produce(&bootstrap, "a", 1_000)?;
+        let m = Member::start(&bootstrap, "g-restart", "m1", &[], &seen)?;
+        wait_consumed(&seen, &first, "batch a")?;
+        m.stop()?;
+        let before = committed(&bootstrap, "g-restart")?;
+        node.kill9()?;
+        node.restart()?;
+        let bootstrap = node.bootstrap();
+        let after = wait_until(Duration::from_secs(30), "offsets readable after restart", || {
+            Ok(committed(&bootstrap, "g-restart").ok().filter(|o| o.values().all(|&v| v >= 0)))
+        })?;
+        ensure!(before == after, "committed offsets before kill -9 {before:?}, after {after:?}");
+        let second = produce(&bootstrap, "b", 500)?;
+        let resumed: Seen = Arc::default();
+        let m = Member::start(&bootstrap, "g-restart", "m2", &[], &resumed)?;
+        wait_consumed(&resumed, &second, "batch b after restart")?;
+        std::thread::sleep(Duration::from_millis(300));
+        m.stop()?;
+        check_exactly_once(&resumed, &second)
+    });
+}
+
+/// Java's `String.hashCode`, as Kafka maps a group to its `__consumer_offsets` partition.
+fn offsets_partition(group: &str, partitions: i32) -> i32 {
+    let h = group.encode_utf16().fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(u as i32));
+    (if h == i32::MIN { 0 } else { h.abs() }) % partitions
+}
+
+#[test]
+fn consumers_continue_and_offsets_survive_kill9_of_the_coordinator() {
+    let options = ClusterOptions { extra_toml: GROUP_TOML.to_owned(), ..ClusterOptions::default() };
+    with_cluster(3, options, |cluster| {
+        let bootstrap = cluster.bootstrap();
+        kafka::create_topic_replicated(&bootstrap, TOPIC, PARTITIONS, 3)?;
+        cluster.wait_topic_everywhere(TOPIC, PARTITIONS as usize)?;
+        let group = "g-failover";
+        let seen: Seen = Arc::default();
+        let first = produce(&bootstrap, "a", 2_000)?;
+        let members: Vec<Member> = (1..=3)
+            .map(|i| Member::start(&bootstrap, group, &format!("m{i}"), &[], &seen))
+            .collect::<anyhow::Result<_>>()?;
+        wait_consumed(&seen, &first, "batch a")?;
+        std::thread::sleep(Duration::from_millis(600)); // the periodic commits land
+        let before = committed(&bootstrap, group)?;
+        ensure!(before.values().sum::<i64>() == 2_000, "committed before the kill: {before:?}");
+
+        let partition = offsets_partition(group, 4);
+        let leaders = cluster.leaders_of("__consumer_offsets")?;
+        let coordinator = *leaders.get(&partition).context("offsets partition has no leader")?;
+        eprintln!("group {group} → __consumer_offsets-{partition}, coordinator node {coordinator}");
+        let killed_at = Instant::now();
+        cluster.kill9(coordinator as u32)?;
+        let alive: Vec<u32> = cluster.running();
+        let bootstrap = cluster.bootstrap_of(&alive);
+
+        let second = produce(&bootstrap, "b", 2_000)?;
+        let mut all = first.clone();
+        all.extend(second.iter().cloned());
+        wait_consumed(&seen, &all, "batch b after the coordinator's kill -9")?;
+        eprintln!("consumers caught up {:?} after the kill", killed_at.elapsed());
+        std::thread::sleep(Duration::from_millis(600));
+        let after = committed(&bootstrap, group)?;
+        for (p, offset) in &before {
+            ensure!(
+                after.get(p).is_some_and(|a| a >= offset),
+                "partition {p} went back: before {before:?}, after {after:?}"
+            );
+        }
+        ensure!(after.values().sum::<i64>() == 4_000, "committed after: {after:?}");
+        // Nothing consumed twice unless a rebalance handed a partition over mid-batch; with
+        // members alive and commits every 200 ms, the group should not have rebalanced at all.
+        let rebalances: Vec<usize> =
+            members.iter().map(|m| m.rebalances.load(Ordering::SeqCst)).collect();
+        eprintln!("rebalance callbacks per member: {rebalances:?}");
+        for m in members {
+            m.stop()?;
+        }
+        let seen_values: BTreeSet<String> =
+            seen.lock().unwrap().iter().map(|(_, _, _, v)| v.clone()).collect();
+        ensure!(seen_values == all, "consumed values differ from produced");
+        cluster.restart(coordinator as u32)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn static_member_restarting_within_its_session_causes_no_rebalance() {
+    with_node(node_options(), |node| {
+        let bootstrap = node.bootstrap();
+        kafka::create_topic(&bootstrap, TOPIC, PARTITIONS, &[])?;
+        let seen: Seen = Arc::default();
+        let group = "g-static";
+        let first = produce(&bootstrap, "a", 600)?;
+        let statics = |i: usize| {
+            [
+                ("group.instance.id", if i == 1 { "instance-1" } else { "instance-2" }),
+                ("session.timeout.ms", "10000"),
+            ]
+        };
+        let m1 = Member::start(&bootstrap, group, "s1", &statics(1), &seen)?;
+        let m2 = Member::start(&bootstrap, group, "s2", &statics(2), &seen)?;
+        wait_consumed(&seen, &first, "batch a")?;
+        // Both hold partitions and the group is quiet.
+        wait_until(Duration::from_secs(30), "both members assigned", || {
+            Ok((m1.assigned().len() + m2.assigned().len() == PARTITIONS as usize
+                && !m1.assigned().is_empty()
+                && !m2.assigned().is_empty())
+            .then_some(()))
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+        let m1_partitions = m1.assigned();
+        let m2_rebalances = m2.rebalances.load(Ordering::SeqCst);
+
+        // s1 restarts with the same instance id, well within its 10 s session.
+        m1.stop()?;
+        let m1 = Member::start(&bootstrap, group, "s1-again", &statics(1), &seen)?;
+        let second = produce(&bootstrap, "b", 600)?;
+        let mut all = first.clone();
+        all.extend(second.iter().cloned());
+        wait_consumed(&seen, &all, "batch b after the static member's restart")?;
+        ensure!(
+            m1.assigned() == m1_partitions,
+            "restarted static member got {:?}, had {m1_partitions:?}",
+            m1.assigned()
+        );
+        let now = m2.rebalances.load(Ordering::SeqCst);
+        ensure!(
+            now == m2_rebalances,
+            "the other member saw {} rebalance callback(s) during the restart",
+            now - m2_rebalances
+        );
+        m1.stop()?;
+        m2.stop()?;
+        Ok(())
+    });
+}
+
+#[test]
+fn find_coordinator_names_a_live_broker_and_unknown_key_types_are_refused() {
+    with_node(node_options(), |node| {
+        use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+        use kafka_protocol::protocol::StrBytes;
+        let mut conn = strom_tests::raw::RawConnection::connect(node.kafka_addr())?;
+        let ask = |conn: &mut strom_tests::raw::RawConnection,
+                   key_type: i8|
+         -> anyhow::Result<FindCoordinatorResponse> {
+            let req = FindCoordinatorRequest::default()
+                .with_key_type(key_type)
+                .with_coordinator_keys(vec![StrBytes::from_static_str("some-group")]);
+            let id = conn.send_request(ApiKey::FindCoordinator as i16, 4, &req, 4)?;
+            conn.read_response(id, 4)
+        };
+        // The first lookup creates __consumer_offsets; the coordinator follows once it leads.
+        let found = wait_until(Duration::from_secs(30), "a group coordinator", || {
+            let r = ask(&mut conn, 0)?;
+            let c = r.coordinators.first().context("no coordinator entry")?.clone();
+            Ok((c.error_code == 0).then_some(c))
+        })?;
+        ensure!(found.node_id.0 == 1 && found.port == node.kafka_addr().port() as i32, "{found:?}");
+        let txn = ask(&mut conn, 1)?;
+        ensure!(txn.coordinators[0].error_code == 15, "transaction key: {txn:?}");
+        let bad = ask(&mut conn, 7)?;
+        if bad.coordinators[0].error_code != 42 {
+            bail!("unknown key type: {bad:?}");
+        }
+        Ok(())
+    });
+}
