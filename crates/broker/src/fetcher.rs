@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
@@ -15,16 +14,13 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
     OffsetForLeaderEpochResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError as K;
 use strom_metadata::NodeId;
-use strom_protocol::request::{decode_response, encode_request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::handlers::{metadata::LISTENER, s};
 use crate::partition::Partition;
+use crate::peer::PeerConn;
 use crate::BrokerCtx;
 
 const FETCH_VERSION: i16 = 11;
@@ -35,60 +31,8 @@ const REPLICA_FETCH_WAIT_MS: i32 = 500;
 const REPLICA_FETCH_MAX_BYTES: i32 = 1_048_576;
 /// `replica.fetch.response.max.bytes` (Kafka's default).
 const REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1_048_576;
-/// Largest response frame a fetcher accepts.
-const RESPONSE_FRAME_MAX: usize = 64 * 1_048_576;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
-
-/// One request/response connection to the leader.
-struct PeerConn {
-    stream: TcpStream,
-    correlation: i32,
-}
-
-impl PeerConn {
-    async fn connect(addr: &str) -> Result<PeerConn, String> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| format!("connect to {addr} timed out"))?
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        Ok(PeerConn { stream, correlation: 0 })
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-        client_id: &str,
-    ) -> Result<Resp, String> {
-        self.correlation = self.correlation.wrapping_add(1);
-        let frame = encode_request(key, version, self.correlation, client_id, req)?;
-        let exchange = async {
-            self.stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-            let mut prefix = [0u8; 4];
-            self.stream.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
-            let len = i32::from_be_bytes(prefix);
-            if len < 0 || len as usize > RESPONSE_FRAME_MAX {
-                return Err(format!("response frame length {len} out of bounds"));
-            }
-            let mut buf = BytesMut::zeroed(len as usize);
-            self.stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-            Ok::<Bytes, String>(buf.freeze())
-        };
-        let body = tokio::time::timeout(CALL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| format!("{key:?} timed out"))??;
-        let (correlation, resp) = decode_response::<Resp>(key, version, body)?;
-        if correlation != self.correlation {
-            return Err(format!("correlation id {correlation}, expected {}", self.correlation));
-        }
-        Ok(resp)
-    }
-}
 
 /// Why a fetch session with the leader ended.
 enum Stop {

@@ -13,6 +13,7 @@ mod handlers;
 mod image;
 mod isr;
 mod partition;
+mod peer;
 mod replica;
 mod server;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 pub use config::{BrokerConfig, GroupSettings, LogDefaults};
 pub use errors::{kafka_code, BrokerError};
+pub use group::BrokerGroupAdmin;
 pub use image::ImageListener;
 
 use strom_metadata::ControllerClient;
@@ -109,6 +111,11 @@ impl Broker {
     /// Records this broker's registration epoch once the controller has granted it.
     pub fn set_broker_epoch(&self, epoch: strom_metadata::BrokerEpoch) {
         self.ctx.broker_epoch.store(epoch.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Consumer groups as the admin API shows them, asked of the brokers over Kafka.
+    pub fn group_admin(&self) -> Arc<BrokerGroupAdmin> {
+        Arc::new(BrokerGroupAdmin { ctx: self.ctx.clone() })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

@@ -18,7 +18,8 @@ use strom_metadata::control::{
 };
 use strom_metadata::records::{ConfigResourceType, MetadataRecord};
 use strom_metadata::{
-    ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset, TopicImage,
+    ControlError, ControllerClient, GroupAdmin, GroupDescription, MetadataImage, MetadataListener,
+    MetadataOffset, TopicImage,
 };
 use strom_proto::admin as pb;
 use tokio::sync::watch;
@@ -140,6 +141,8 @@ pub struct AdminServiceImpl {
     cluster: Arc<dyn ClusterInfo>,
     /// Static broker defaults by topic config key (`retention.ms` = the node's `retention_ms`).
     broker_defaults: BTreeMap<String, String>,
+    /// Consumer groups, on a node that runs a broker.
+    groups: Option<Arc<dyn GroupAdmin>>,
 }
 
 impl AdminServiceImpl {
@@ -148,7 +151,22 @@ impl AdminServiceImpl {
         image: watch::Receiver<Arc<MetadataImage>>,
         cluster: Arc<dyn ClusterInfo>,
     ) -> Self {
-        AdminServiceImpl { client, image, cluster, broker_defaults: BTreeMap::new() }
+        AdminServiceImpl { client, image, cluster, broker_defaults: BTreeMap::new(), groups: None }
+    }
+
+    /// Serves ListGroups and DescribeGroups through this node's broker.
+    pub fn with_groups(mut self, groups: Arc<dyn GroupAdmin>) -> Self {
+        self.groups = Some(groups);
+        self
+    }
+
+    fn groups(&self) -> Result<&Arc<dyn GroupAdmin>, Status> {
+        self.groups.as_ref().ok_or_else(|| {
+            Status::unavailable(
+                "this node runs no broker, and consumer groups live in the brokers: ask a \
+                 broker's control port (--bootstrap-control)",
+            )
+        })
     }
 
     /// The node's static defaults for topic config keys (Kafka's STATIC_BROKER_CONFIG source),
@@ -771,6 +789,93 @@ impl AdminService for AdminServiceImpl {
             })
             .collect();
         Ok(Response::new(pb::ElectLeadersResponse { partitions }))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let listed = tokio::time::timeout(GROUPS_TIMEOUT, self.groups()?.list_groups())
+            .await
+            .map_err(|_| Status::unavailable("brokers did not answer ListGroups in time"))?
+            .map_err(Status::unavailable)?;
+        let groups = listed
+            .groups
+            .into_iter()
+            .map(|g| pb::GroupListing {
+                group_id: g.group_id,
+                protocol_type: g.protocol_type,
+                state: g.state,
+                coordinator_id: g.coordinator_id,
+            })
+            .collect();
+        Ok(Response::new(pb::ListGroupsResponse { groups, unreachable: listed.unreachable }))
+    }
+
+    async fn describe_groups(
+        &self,
+        request: Request<pb::DescribeGroupsRequest>,
+    ) -> Result<Response<pb::DescribeGroupsResponse>, Status> {
+        let ids = request.into_inner().group_ids;
+        check_count("group_ids", ids.len())?;
+        let admin = self.groups()?;
+        let mut groups = Vec::with_capacity(ids.len());
+        for group_id in ids {
+            let described =
+                tokio::time::timeout(GROUPS_TIMEOUT, admin.describe_group(group_id.clone()))
+                    .await
+                    .unwrap_or_else(|_| Err("the coordinator did not answer in time".to_owned()));
+            groups.push(match described {
+                Ok(d) => group_description(d),
+                Err(message) => pb::GroupDescription {
+                    group_id,
+                    error: Some(pb::ItemError { code: Code::Unavailable as i32, message }),
+                    ..Default::default()
+                },
+            });
+        }
+        Ok(Response::new(pb::DescribeGroupsResponse { groups }))
+    }
+}
+
+/// How long the admin API waits for brokers to answer about groups.
+const GROUPS_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn group_description(d: GroupDescription) -> pb::GroupDescription {
+    pb::GroupDescription {
+        group_id: d.group_id,
+        state: d.state,
+        protocol_type: d.protocol_type,
+        protocol: d.protocol,
+        coordinator_id: d.coordinator_id,
+        members: d
+            .members
+            .into_iter()
+            .map(|m| pb::GroupMember {
+                member_id: m.member_id,
+                group_instance_id: m.group_instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                assignment: m
+                    .assignment
+                    .into_iter()
+                    .map(|(topic, partitions)| pb::TopicPartitions { topic, partitions })
+                    .collect(),
+            })
+            .collect(),
+        partitions: d
+            .partitions
+            .into_iter()
+            .map(|p| pb::GroupPartition {
+                topic: p.topic,
+                partition: p.partition,
+                committed_offset: p.committed_offset,
+                log_end_offset: p.log_end_offset,
+                lag: p.lag,
+                member_id: p.member_id,
+            })
+            .collect(),
+        error: None,
     }
 }
 

@@ -14,7 +14,10 @@ mod listener;
 pub use error::{ApplyError, ControlError};
 pub use ids::{BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId};
 pub use image::{BrokerImage, MetadataImage, PartitionImage, TopicImage};
-pub use listener::{BoxFuture, ControllerClient, MetadataListener};
+pub use listener::{
+    BoxFuture, ControllerClient, GroupAdmin, GroupDescription, GroupListing, GroupListings,
+    GroupMember, GroupPartitionLag, MetadataListener,
+};
 
 /// The generated record types of the metadata log (`proto/metadata.proto`).
 pub use strom_proto::metadata as records;

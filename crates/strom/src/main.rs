@@ -34,6 +34,8 @@ enum Command {
     Topic(cli::TopicArgs),
     /// Describe the cluster (quorum, brokers) and elect preferred leaders.
     Cluster(cli::ClusterArgs),
+    /// List consumer groups; describe members, committed offsets and lag.
+    Group(cli::GroupArgs),
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -76,6 +78,7 @@ fn main() -> std::process::ExitCode {
         // Admin commands choose their own exit codes (see the `cli` module).
         Command::Topic(args) => return cli::run_topic(args),
         Command::Cluster(args) => return cli::run_cluster(args),
+        Command::Group(args) => return cli::run_group(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

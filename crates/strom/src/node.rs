@@ -225,9 +225,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         (MetadataSide::Follower { stop, task }, client, leader_rx, info)
     };
 
+    // Groups are answered by this node's broker, which starts after the control port.
+    let groups = Arc::new(LateGroupAdmin::default());
     let control_server = match control_listener {
         Some(control_listener) => {
-            let admin = AdminServiceImpl::new(client.clone(), image_rx, cluster_info)
+            let mut admin = AdminServiceImpl::new(client.clone(), image_rx, cluster_info)
                 .with_broker_defaults(BTreeMap::from([
                     ("retention.ms".to_string(), cfg.log.retention_ms.to_string()),
                     ("retention.bytes".to_string(), cfg.log.retention_bytes.to_string()),
@@ -237,6 +239,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                     ("max.message.bytes".to_string(), cfg.message_max_bytes.to_string()),
                     ("min.insync.replicas".to_string(), cfg.min_insync_replicas.to_string()),
                 ]));
+            if is_broker {
+                admin = admin.with_groups(groups.clone());
+            }
             let mut routes = tonic::service::RoutesBuilder::default();
             if let MetadataSide::Voter(controller) = &metadata {
                 routes.add_service(controller.raft_service());
@@ -256,10 +261,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     };
 
     let running = if is_broker {
-        Some(
+        let running =
             start_broker(&cfg, node, cluster_id, &listener, &client, control.as_ref(), leader_rx)
-                .await?,
-        )
+                .await?;
+        let _ = groups.0.set(running.broker.group_admin());
+        Some(running)
     } else {
         tracing::info!(node_id = cfg.node_id, "strom controller ready");
         None
@@ -310,6 +316,31 @@ fn cluster_id_for(cfg: &NodeConfig, voters: &BTreeMap<u64, String>) -> Option<St
         return Some(kafka_uuid_string(uuid::Uuid::from_bytes(bytes)));
     }
     None
+}
+
+/// The admin API's view of consumer groups, bound once this node's broker has started.
+#[derive(Default)]
+struct LateGroupAdmin(std::sync::OnceLock<Arc<strom_broker::BrokerGroupAdmin>>);
+
+impl strom_metadata::GroupAdmin for LateGroupAdmin {
+    fn list_groups(
+        &self,
+    ) -> strom_metadata::BoxFuture<Result<strom_metadata::GroupListings, String>> {
+        match self.0.get() {
+            Some(admin) => admin.list_groups(),
+            None => Box::pin(async { Err("this node's broker is still starting".to_owned()) }),
+        }
+    }
+
+    fn describe_group(
+        &self,
+        group_id: String,
+    ) -> strom_metadata::BoxFuture<Result<strom_metadata::GroupDescription, String>> {
+        match self.0.get() {
+            Some(admin) => admin.describe_group(group_id),
+            None => Box::pin(async { Err("this node's broker is still starting".to_owned()) }),
+        }
+    }
 }
 
 /// A running broker and the tasks that keep it registered.

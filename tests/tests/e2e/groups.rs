@@ -19,6 +19,8 @@ use anyhow::{bail, ensure, Context};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use strom_tests::cluster::cli;
+use strom_tests::cluster::CLI_TIMEOUT;
 use strom_tests::kafka::{self, AckingProducer, Outgoing};
 use strom_tests::{wait_until, with_cluster, with_node, ClusterOptions, NodeOptions};
 
@@ -340,12 +342,56 @@ fn committed_offsets_survive_a_node_restart() {
         })?;
         ensure!(before == after, "committed offsets before kill -9 {before:?}, after {after:?}");
         let second = produce(&bootstrap, "b", 500)?;
+
+        // The CLI shows the group, its committed offsets and the lag the new batch makes.
+        let control = node.control_addr().to_string();
+        let cli = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
+            let mut all = args.to_vec();
+            all.extend(["--bootstrap-control", &control, "--output", "json"]);
+            cli(&all, CLI_TIMEOUT)?.success()?.json()
+        };
+        let listed = cli(&["group", "list"])?;
+        let entry = listed["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["group_id"] == "g-restart"))
+            .with_context(|| format!("g-restart not listed: {listed}"))?;
+        ensure!(entry["state"] == "Empty" && entry["coordinator_id"] == 1, "{entry}");
+        let described = cli(&["group", "describe", "g-restart"])?;
+        let group = &described["groups"][0];
+        ensure!(group["state"] == "Empty", "{described}");
+        ensure!(group["total_lag"] == 500, "lag after 500 new records: {described}");
+        let parts = group["partitions"].as_array().context("partitions")?;
+        ensure!(parts.len() == PARTITIONS as usize, "{described}");
+        for p in parts {
+            let (c, e, l) = (&p["committed_offset"], &p["log_end_offset"], &p["lag"]);
+            ensure!(
+                e.as_i64().zip(c.as_i64()).map(|(e, c)| e - c) == l.as_i64(),
+                "partition row {p}"
+            );
+        }
         let resumed: Seen = Arc::default();
         let m = Member::start(&bootstrap, "g-restart", "m2", &[], &resumed)?;
         wait_consumed(&resumed, &second, "batch b after restart")?;
         std::thread::sleep(Duration::from_millis(300));
         m.stop()?;
-        check_exactly_once(&resumed, &second)
+        check_exactly_once(&resumed, &second)?;
+
+        // DeleteGroups through librdkafka's admin client: the group and its offsets go.
+        let admin = kafka::admin(&bootstrap)?;
+        let options =
+            rdkafka::admin::AdminOptions::new().request_timeout(Some(Duration::from_secs(20)));
+        let deleted = kafka::block_on(admin.delete_groups(&["g-restart"], &options))??;
+        ensure!(deleted.iter().all(|r| r.is_ok()), "DeleteGroups: {deleted:?}");
+        let after = committed(&bootstrap, "g-restart")?;
+        ensure!(after.values().all(|&o| o < 0), "offsets after DeleteGroups: {after:?}");
+        let listed = cli(&["group", "list"])?;
+        ensure!(
+            !listed["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["group_id"] == "g-restart")),
+            "deleted group still listed: {listed}"
+        );
+        Ok(())
     });
 }
 

@@ -50,9 +50,7 @@ pub(crate) struct GroupSummary {
     pub state: Option<GroupState>,
     pub protocol_type: Option<String>,
     pub protocol_name: Option<String>,
-    pub generation_id: i32,
     pub members: Vec<MemberRecord>,
-    pub offsets: Vec<((String, i32), OffsetValue)>,
 }
 
 /// Kafka's name for a group state, as DescribeGroups and ListGroups report it.
@@ -596,9 +594,7 @@ impl Shard {
                         state: Some(e.group.state()),
                         protocol_type: e.group.protocol_type().map(str::to_owned),
                         protocol_name: e.group.protocol_name().map(str::to_owned),
-                        generation_id: e.group.generation_id(),
                         members: Vec::new(),
-                        offsets: Vec::new(),
                     })
                     .collect();
                 out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
@@ -701,18 +697,14 @@ impl Shard {
                 state: Some(e.group.state()),
                 protocol_type: e.group.protocol_type().map(str::to_owned),
                 protocol_name: e.group.protocol_name().map(str::to_owned),
-                generation_id: e.group.generation_id(),
                 members: e.group.describe_members(),
-                offsets: e.offsets.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             },
             _ => GroupSummary {
                 group_id: group_id.to_owned(),
                 state: None,
                 protocol_type: None,
                 protocol_name: None,
-                generation_id: -1,
                 members: Vec::new(),
-                offsets: Vec::new(),
             },
         }
     }
@@ -749,19 +741,13 @@ impl Shard {
             if e.group.state() != GroupState::Empty {
                 continue;
             }
-            let expired: Vec<(String, i32)> = e
-                .offsets
-                .iter()
-                .filter(|(_, v)| {
-                    let base = if e.group.protocol_type().is_some() {
-                        e.empty_since_ms.max(v.commit_timestamp_ms)
-                    } else {
-                        v.commit_timestamp_ms
-                    };
-                    base.saturating_add(retention) <= now
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
+            let expired = expired_offsets(
+                e.group.protocol_type().is_some(),
+                e.empty_since_ms,
+                &e.offsets,
+                retention,
+                now,
+            );
             let all_gone = expired.len() == e.offsets.len();
             if !expired.is_empty() || (all_gone && e.persisted) {
                 work.push((group_id.clone(), expired, all_gone));
@@ -915,14 +901,26 @@ impl Shard {
                 }
             }
             Pending::Tombstones { group_id, offsets, group, reply } => {
-                if result.is_ok() {
-                    if group {
+                match (&result, group) {
+                    (Ok(()), true) => {
                         self.groups.remove(&group_id);
-                    } else if let Some(e) = self.groups.get_mut(&group_id) {
-                        for k in &offsets {
-                            e.offsets.remove(k);
+                    }
+                    (Ok(()), false) => {
+                        if let Some(e) = self.groups.get_mut(&group_id) {
+                            for k in &offsets {
+                                e.offsets.remove(k);
+                            }
                         }
                     }
+                    (Err(_), true) => {
+                        // The group went Dead for a deletion that did not happen: it is Empty
+                        // again (only an empty group is deleted), with its offsets.
+                        let config = self.group_config();
+                        if let Some(e) = self.groups.get_mut(&group_id) {
+                            e.group = Group::new(group_id.clone(), config);
+                        }
+                    }
+                    (Err(_), false) => {}
                 }
                 if let Some(r) = reply {
                     let _ = r.send(result);
@@ -930,6 +928,32 @@ impl Shard {
             }
         }
     }
+}
+
+/// The offsets of an Empty group that `offsets.retention.minutes` (`retention_ms`) has run out
+/// for at `now_ms`. A group with members keeps its offsets. Offsets of a group that ran the
+/// protocol (`ran_protocol`) are kept for the retention period after the group became empty
+/// (`empty_since_ms`, or after the commit if that is later); offsets committed without a
+/// membership (an assign()-only consumer) for the retention period after their commit.
+pub(crate) fn expired_offsets(
+    ran_protocol: bool,
+    empty_since_ms: i64,
+    offsets: &BTreeMap<(String, i32), OffsetValue>,
+    retention_ms: i64,
+    now_ms: i64,
+) -> Vec<(String, i32)> {
+    offsets
+        .iter()
+        .filter(|(_, v)| {
+            let base = if ran_protocol {
+                empty_since_ms.max(v.commit_timestamp_ms)
+            } else {
+                v.commit_timestamp_ms
+            };
+            base.saturating_add(retention_ms) <= now_ms
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 fn unknown_sync() -> SyncResponse {
@@ -1049,6 +1073,26 @@ mod tests {
             assert!((0..50).contains(&p), "{g}: {p}");
         }
         assert_eq!(partition_for("anything", 1), 0);
+    }
+
+    #[test]
+    fn offsets_expire_after_the_retention_counted_from_emptiness_or_commit() {
+        let at = |ts: i64| OffsetValue {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: ts,
+        };
+        let offsets: BTreeMap<(String, i32), OffsetValue> =
+            [(("t".to_owned(), 0), at(100)), (("t".to_owned(), 1), at(500))].into();
+        // A consumer group empty since 1000: nothing goes before 1000 + retention.
+        assert!(expired_offsets(true, 1_000, &offsets, 1_000, 1_999).is_empty());
+        assert_eq!(expired_offsets(true, 1_000, &offsets, 1_000, 2_000).len(), 2);
+        // Offsets without a membership count from their own commit.
+        assert_eq!(expired_offsets(false, 0, &offsets, 1_000, 1_100), vec![("t".to_owned(), 0)]);
+        assert_eq!(expired_offsets(false, 0, &offsets, 1_000, 1_500).len(), 2);
+        // A commit after the group emptied counts from the commit.
+        assert!(expired_offsets(true, 0, &offsets, 1_000, 1_499).len() == 1);
     }
 
     #[test]

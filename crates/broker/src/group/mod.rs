@@ -3,6 +3,7 @@
 //! ([`state`]), the `__consumer_offsets` record layout ([`records`]), and the tokio shell that
 //! runs one shard per offsets partition this broker leads ([`coordinator`]).
 
+mod admin;
 mod coordinator;
 mod records;
 mod state;
@@ -10,6 +11,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use admin::BrokerGroupAdmin;
 pub(crate) use coordinator::*;
 pub(crate) use records::OffsetValue;
 pub(crate) use state::*;

@@ -387,6 +387,7 @@ impl Group {
         self.state
     }
 
+    #[cfg(test)]
     pub fn generation_id(&self) -> i32 {
         self.generation_id
     }

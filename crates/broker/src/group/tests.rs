@@ -1220,3 +1220,104 @@ fn join_phase_ends_once_a_pending_member_id_lapses() {
     "#,
     );
 }
+
+fn member_record(id: &str, instance: Option<&str>, assignment: &'static [u8]) -> MemberRecord {
+    MemberRecord {
+        member_id: id.to_owned(),
+        group_instance_id: instance.map(str::to_owned),
+        client_id: "c".to_owned(),
+        client_host: "/127.0.0.1".to_owned(),
+        rebalance_timeout_ms: 30_000,
+        session_timeout_ms: 10_000,
+        subscription: Bytes::from_static(b"sub"),
+        assignment: Bytes::from_static(assignment),
+    }
+}
+
+fn stable_record() -> GroupRecord {
+    GroupRecord {
+        group_id: "g".to_owned(),
+        generation_id: 7,
+        protocol_type: Some("consumer".to_owned()),
+        protocol_name: Some("range".to_owned()),
+        leader: Some("m-1".to_owned()),
+        current_state_timestamp_ms: 0,
+        members: vec![member_record("m-1", None, b"a1"), member_record("m-2", Some("i-2"), b"a2")],
+    }
+}
+
+#[test]
+fn a_loaded_group_resumes_its_generation_with_the_same_members_and_assignments() {
+    let mut g = Group::load(stable_record(), GroupConfig::default(), 1_000);
+    assert_eq!(g.state(), GroupState::Stable);
+    assert_eq!(g.generation_id(), 7);
+    assert_eq!(g.leader(), Some("m-1"));
+    let members = g.describe_members();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[1].assignment, Bytes::from_static(b"a2"));
+    assert_eq!(members[1].subscription, Bytes::from_static(b"sub"));
+    // Members carry on with heartbeats of the loaded generation: no rebalance.
+    let hb = g.heartbeat(ReplyTo(1), "m-1", None, 7, 2_000);
+    assert_eq!(hb, vec![Effect::Heartbeat { to: ReplyTo(1), error: None }]);
+    // The static member is known by its instance id, and a stale holder is fenced.
+    let hb = g.heartbeat(ReplyTo(2), "m-other", Some("i-2"), 7, 2_000);
+    assert_eq!(
+        hb,
+        vec![Effect::Heartbeat { to: ReplyTo(2), error: Some(GroupError::FencedInstanceId) }]
+    );
+    // Members that never come back expire after their session, counted from the load.
+    assert!(g.tick(10_999).is_empty());
+    let effects = g.tick(11_000);
+    assert!(effects.iter().any(|e| matches!(e, Effect::PersistGroup(r) if r.members.is_empty())));
+    assert_eq!(g.state(), GroupState::Empty);
+}
+
+#[test]
+fn a_loaded_group_without_members_is_empty() {
+    let mut record = stable_record();
+    record.members.clear();
+    let g = Group::load(record, GroupConfig::default(), 0);
+    assert_eq!((g.state(), g.generation_id(), g.protocol_name()), (GroupState::Empty, 7, None));
+}
+
+#[test]
+fn offset_commits_follow_kafkas_membership_rules() {
+    let mut empty = Group::new("g".to_owned(), GroupConfig::default());
+    assert_eq!(empty.validate_offset_commit("", None, -1, 0), Ok(()), "assign()-only commit");
+    assert_eq!(
+        empty.validate_offset_commit("m-1", None, 3, 0),
+        Err(GroupError::UnknownMemberId),
+        "a member of a generation the group no longer has"
+    );
+    let mut g = Group::load(stable_record(), GroupConfig::default(), 0);
+    assert_eq!(g.validate_offset_commit("m-1", None, 7, 0), Ok(()));
+    assert_eq!(g.validate_offset_commit("m-1", None, 6, 0), Err(GroupError::IllegalGeneration));
+    assert_eq!(g.validate_offset_commit("m-9", None, 7, 0), Err(GroupError::UnknownMemberId));
+    assert_eq!(g.validate_offset_commit("", None, -1, 0), Err(GroupError::UnknownMemberId));
+    assert_eq!(
+        g.validate_offset_commit("m-x", Some("i-2"), 7, 0),
+        Err(GroupError::FencedInstanceId)
+    );
+    // A commit counts as a heartbeat: m-1 outlives m-2's session.
+    assert_eq!(g.validate_offset_commit("m-1", None, 7, 9_000), Ok(()));
+    g.tick(10_000);
+    assert_eq!(
+        g.describe_members().iter().map(|m| m.member_id.as_str()).collect::<Vec<_>>(),
+        ["m-1"]
+    );
+    // Once a rebalance has picked a generation, commits wait for the assignment.
+    let mut ids = counter_ids();
+    let mut g = Group::new(
+        "g".to_owned(),
+        GroupConfig { initial_rebalance_delay_ms: 0, ..GroupConfig::default() },
+    );
+    let joined = g.join(ReplyTo(1), join_req("c", ""), 0, &mut ids);
+    let Some(Effect::Join { response, .. }) = joined.first() else { panic!("{joined:?}") };
+    let (member, generation) = (response.member_id.clone(), response.generation_id);
+    g.tick(0);
+    assert_eq!(g.state(), GroupState::CompletingRebalance);
+    assert_eq!(
+        g.validate_offset_commit(&member, None, generation, 0),
+        Err(GroupError::RebalanceInProgress)
+    );
+}

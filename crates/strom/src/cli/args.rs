@@ -1,4 +1,4 @@
-//! Command-line shapes of `strom topic …` and `strom cluster …`, and the parsers of their values.
+//! Command-line shapes of `strom topic …`, `strom cluster …` and `strom group …`, and the parsers of their values.
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -116,6 +116,27 @@ pub enum ClusterCommand {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(subcommand)]
+    pub command: GroupCommand,
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum GroupCommand {
+    /// List every consumer group of the cluster with its state and coordinator.
+    List,
+    /// Show a group's members and, per partition, the committed offset, the log end offset
+    /// and the lag (like `kafka-consumer-groups --describe`).
+    Describe {
+        /// Group ids; at least one.
+        #[arg(required = true)]
+        groups: Vec<String>,
+    },
+}
+
 /// `KEY=VALUE` → (key, value). The value may contain '=' and may be empty (some configs take
 /// an empty list); the key may not.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -164,6 +185,7 @@ mod tests {
     enum TestCli {
         Topic(TopicArgs),
         Cluster(ClusterArgs),
+        Group(GroupArgs),
     }
 
     fn parse(args: &[&str]) -> Result<TestCli, clap::Error> {
@@ -306,5 +328,13 @@ mod tests {
             }
         );
         assert!(matches!(parse(&["cluster", "describe"]), Ok(TestCli::Cluster(_))));
+        let Ok(TestCli::Group(g)) = parse(&["group", "describe", "a", "b", "--output", "json"])
+        else {
+            panic!("group describe did not parse")
+        };
+        assert_eq!(g.command, GroupCommand::Describe { groups: vec!["a".into(), "b".into()] });
+        assert_eq!(g.connect.output, Output::Json);
+        assert!(parse(&["group", "describe"]).is_err(), "a group id is required");
+        assert!(matches!(parse(&["group", "list"]), Ok(TestCli::Group(_))));
     }
 }

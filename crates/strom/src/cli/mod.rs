@@ -1,4 +1,4 @@
-//! `strom topic …` and `strom cluster …`: a gRPC client of the AdminService on any node's
+//! `strom topic …`, `strom cluster …` and `strom group …`: a gRPC client of the AdminService on any node's
 //! control port (`--bootstrap-control`, default 127.0.0.1:9093).
 //!
 //! Exit codes:
@@ -21,7 +21,10 @@ use strom_proto::admin::admin_service_client::AdminServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-pub use args::{ClusterArgs, ClusterCommand, ConnectArgs, Output, TopicArgs, TopicCommand};
+pub use args::{
+    ClusterArgs, ClusterCommand, ConnectArgs, GroupArgs, GroupCommand, Output, TopicArgs,
+    TopicCommand,
+};
 
 /// How long the CLI waits for a TCP connection to the control port.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -100,9 +103,14 @@ pub fn run_cluster(args: ClusterArgs) -> ExitCode {
     run(&args.connect, Job::Cluster(args.command))
 }
 
+pub fn run_group(args: GroupArgs) -> ExitCode {
+    run(&args.connect, Job::Group(args.command))
+}
+
 enum Job {
     Topic(TopicCommand),
     Cluster(ClusterCommand),
+    Group(GroupCommand),
 }
 
 fn run(connect: &ConnectArgs, job: Job) -> ExitCode {
@@ -172,6 +180,7 @@ async fn execute(connect_args: &ConnectArgs, job: Job) -> Result<String, CliErro
     match job {
         Job::Topic(command) => topic(&mut client, command, output).await,
         Job::Cluster(command) => cluster(&mut client, command, output).await,
+        Job::Group(command) => group(&mut client, command, output).await,
     }
 }
 
@@ -301,6 +310,57 @@ async fn cluster(
                     output: text,
                     message: format!("{n} partition(s) got no new leader"),
                 }),
+            }
+        }
+    }
+}
+
+async fn group(
+    client: &mut AdminServiceClient<Channel>,
+    command: GroupCommand,
+    output: Output,
+) -> Result<String, CliError> {
+    match command {
+        GroupCommand::List => {
+            let answer = client.list_groups(pb::ListGroupsRequest {}).await?.into_inner();
+            let text = render::render(&render::GroupList::from(&answer), output);
+            if answer.unreachable.is_empty() {
+                Ok(text)
+            } else {
+                Err(CliError::Partial {
+                    output: text,
+                    message: format!(
+                        "the list may be incomplete: {}",
+                        answer.unreachable.join("; ")
+                    ),
+                })
+            }
+        }
+        GroupCommand::Describe { groups } => {
+            let answer = client
+                .describe_groups(pb::DescribeGroupsRequest { group_ids: groups })
+                .await?
+                .into_inner();
+            let view = render::GroupDescriptions::from(&answer);
+            let text = render::render(&view, output);
+            let unavailable: Vec<String> = answer
+                .groups
+                .iter()
+                .filter_map(|g| g.error.as_ref().map(|e| format!("{}: {}", g.group_id, e.message)))
+                .collect();
+            let missing: Vec<String> = view
+                .groups
+                .iter()
+                .filter(|g| g.is_missing())
+                .map(|g| format!("group '{}' does not exist", g.group_id))
+                .collect();
+            if !unavailable.is_empty() && unavailable.len() == answer.groups.len() {
+                Err(CliError::Unavailable(unavailable.join("; ")))
+            } else if unavailable.is_empty() && missing.is_empty() {
+                Ok(text)
+            } else {
+                let message = unavailable.into_iter().chain(missing).collect::<Vec<_>>().join("; ");
+                Err(CliError::Partial { output: text, message })
             }
         }
     }

@@ -499,6 +499,231 @@ impl View for Elections {
     }
 }
 
+// ---- consumer groups ----
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct GroupList {
+    pub groups: Vec<GroupListing>,
+    /// Brokers that could not be asked.
+    pub unreachable: Vec<String>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: String,
+    pub coordinator_id: i32,
+}
+
+impl From<&pb::ListGroupsResponse> for GroupList {
+    fn from(r: &pb::ListGroupsResponse) -> Self {
+        GroupList {
+            groups: r
+                .groups
+                .iter()
+                .map(|g| GroupListing {
+                    group_id: g.group_id.clone(),
+                    protocol_type: g.protocol_type.clone(),
+                    state: g.state.clone(),
+                    coordinator_id: g.coordinator_id,
+                })
+                .collect(),
+            unreachable: r.unreachable.clone(),
+        }
+    }
+}
+
+impl View for GroupList {
+    fn table(&self) -> String {
+        if self.groups.is_empty() {
+            return "No consumer groups.".into();
+        }
+        let rows: Vec<Vec<String>> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let kind = if g.protocol_type.is_empty() { "-" } else { g.protocol_type.as_str() };
+                vec![
+                    g.group_id.clone(),
+                    g.state.clone(),
+                    kind.to_owned(),
+                    g.coordinator_id.to_string(),
+                ]
+            })
+            .collect();
+        table(&["GROUP", "STATE", "PROTOCOL-TYPE", "COORDINATOR"], &rows)
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct GroupDescriptions {
+    pub groups: Vec<GroupDescription>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub coordinator_id: i32,
+    pub members: Vec<GroupMember>,
+    pub partitions: Vec<GroupPartition>,
+    /// Total lag over the partitions whose lag is known.
+    pub total_lag: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub host: String,
+    pub assignment: BTreeMap<String, Vec<i32>>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct GroupPartition {
+    pub topic: String,
+    pub partition: i32,
+    /// `None`: nothing committed.
+    pub committed_offset: Option<i64>,
+    /// `None`: unknown.
+    pub log_end_offset: Option<i64>,
+    /// `None`: unknown.
+    pub lag: Option<i64>,
+    pub member_id: Option<String>,
+}
+
+impl GroupDescription {
+    /// A Dead group with nothing committed: no such group.
+    pub fn is_missing(&self) -> bool {
+        self.error.is_none()
+            && self.state == "Dead"
+            && self.members.is_empty()
+            && self.partitions.is_empty()
+    }
+}
+
+impl From<&pb::DescribeGroupsResponse> for GroupDescriptions {
+    fn from(r: &pb::DescribeGroupsResponse) -> Self {
+        let known = |v: i64| (v >= 0).then_some(v);
+        GroupDescriptions {
+            groups: r
+                .groups
+                .iter()
+                .map(|g| GroupDescription {
+                    group_id: g.group_id.clone(),
+                    state: g.state.clone(),
+                    protocol_type: g.protocol_type.clone(),
+                    protocol: g.protocol.clone(),
+                    coordinator_id: g.coordinator_id,
+                    members: g
+                        .members
+                        .iter()
+                        .map(|m| GroupMember {
+                            member_id: m.member_id.clone(),
+                            group_instance_id: m.group_instance_id.clone(),
+                            client_id: m.client_id.clone(),
+                            host: m.client_host.clone(),
+                            assignment: m
+                                .assignment
+                                .iter()
+                                .map(|tp| (tp.topic.clone(), tp.partitions.clone()))
+                                .collect(),
+                        })
+                        .collect(),
+                    partitions: g
+                        .partitions
+                        .iter()
+                        .map(|p| GroupPartition {
+                            topic: p.topic.clone(),
+                            partition: p.partition,
+                            committed_offset: known(p.committed_offset),
+                            log_end_offset: known(p.log_end_offset),
+                            lag: known(p.lag),
+                            member_id: p.member_id.clone(),
+                        })
+                        .collect(),
+                    total_lag: g.partitions.iter().filter(|p| p.lag > 0).map(|p| p.lag).sum(),
+                    error: g.error.as_ref().map(|e| e.message.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl View for GroupDescriptions {
+    fn table(&self) -> String {
+        let dash = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+        let mut out = String::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            if let Some(e) = &g.error {
+                out.push_str(&format!("Group '{}': {e}\n", g.group_id));
+                continue;
+            }
+            if g.is_missing() {
+                out.push_str(&format!("Group '{}' does not exist.\n", g.group_id));
+                continue;
+            }
+            let protocol = if g.protocol.is_empty() { "-" } else { g.protocol.as_str() };
+            out.push_str(&format!(
+                "Group '{}' is {} (protocol {protocol}, coordinator {}), {} member(s), total lag {}.\n",
+                g.group_id,
+                g.state,
+                g.coordinator_id,
+                g.members.len(),
+                g.total_lag
+            ));
+            if g.partitions.is_empty() {
+                out.push_str("No committed offsets or assigned partitions.\n");
+            } else {
+                let member = |id: &Option<String>| {
+                    id.as_ref().and_then(|id| g.members.iter().find(|m| &m.member_id == id))
+                };
+                let rows: Vec<Vec<String>> = g
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let m = member(&p.member_id);
+                        vec![
+                            p.topic.clone(),
+                            p.partition.to_string(),
+                            dash(p.committed_offset),
+                            dash(p.log_end_offset),
+                            dash(p.lag),
+                            m.map_or("-".to_owned(), |m| m.member_id.clone()),
+                            m.map_or("-".to_owned(), |m| m.host.clone()),
+                            m.map_or("-".to_owned(), |m| m.client_id.clone()),
+                        ]
+                    })
+                    .collect();
+                out.push_str(&table(
+                    &[
+                        "TOPIC",
+                        "PARTITION",
+                        "CURRENT-OFFSET",
+                        "LOG-END-OFFSET",
+                        "LAG",
+                        "CONSUMER-ID",
+                        "HOST",
+                        "CLIENT-ID",
+                    ],
+                    &rows,
+                ));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,5 +975,57 @@ mod tests {
             render(&Elections { partitions: vec![] }, Output::Table),
             "No partition needed an election.\n"
         );
+    }
+
+    #[test]
+    fn group_descriptions_show_lag_per_partition_and_dashes_for_unknowns() {
+        let answer = pb::DescribeGroupsResponse {
+            groups: vec![pb::GroupDescription {
+                group_id: "g".into(),
+                state: "Stable".into(),
+                protocol_type: "consumer".into(),
+                protocol: "range".into(),
+                coordinator_id: 2,
+                members: vec![pb::GroupMember {
+                    member_id: "m-1".into(),
+                    group_instance_id: None,
+                    client_id: "app".into(),
+                    client_host: "/127.0.0.1".into(),
+                    assignment: vec![pb::TopicPartitions {
+                        topic: "t".into(),
+                        partitions: vec![0],
+                    }],
+                }],
+                partitions: vec![
+                    pb::GroupPartition {
+                        topic: "t".into(),
+                        partition: 0,
+                        committed_offset: 5,
+                        log_end_offset: 9,
+                        lag: 4,
+                        member_id: Some("m-1".into()),
+                    },
+                    pb::GroupPartition {
+                        topic: "t".into(),
+                        partition: 1,
+                        committed_offset: -1,
+                        log_end_offset: 3,
+                        lag: -1,
+                        member_id: None,
+                    },
+                ],
+                error: None,
+            }],
+        };
+        let text = render(&GroupDescriptions::from(&answer), Output::Table);
+        expect_test::expect![[r#"
+            Group 'g' is Stable (protocol range, coordinator 2), 1 member(s), total lag 4.
+            TOPIC  PARTITION  CURRENT-OFFSET  LOG-END-OFFSET  LAG  CONSUMER-ID  HOST        CLIENT-ID
+            t      0          5               9               4    m-1          /127.0.0.1  app
+            t      1          -               3               -    -            -           -
+        "#]]
+        .assert_eq(&text);
+        let json = render(&GroupDescriptions::from(&answer), Output::Json);
+        assert!(json.contains("\"total_lag\": 4"), "{json}");
     }
 }

@@ -1,0 +1,252 @@
+//! Consumer groups for the admin API and `strom group`: asks the brokers over the Kafka
+//! protocol, as Kafka's `kafka-consumer-groups` tool does. ListGroups goes to every live broker
+//! (each lists the groups it coordinates); a description comes from the group's coordinator
+//! (DescribeGroups, OffsetFetch) and the partition leaders (ListOffsets, for the lag).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Buf;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, ConsumerProtocolAssignment, DescribeGroupsRequest, DescribeGroupsResponse,
+    GroupId, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::Decodable;
+use strom_metadata::{
+    BoxFuture, GroupAdmin, GroupDescription, GroupListing, GroupListings, GroupMember,
+    GroupPartitionLag, MetadataImage, NodeId,
+};
+
+use super::{partition_for, OFFSETS_TOPIC};
+use crate::handlers::{metadata::LISTENER, s};
+use crate::peer::PeerConn;
+use crate::BrokerCtx;
+
+const CLIENT_ID: &str = "strom-admin";
+
+/// The [`GroupAdmin`] of a node that runs a broker.
+pub struct BrokerGroupAdmin {
+    pub(crate) ctx: Arc<BrokerCtx>,
+}
+
+fn addr_of(image: &MetadataImage, node: NodeId) -> Option<String> {
+    let e = image.brokers.get(&node)?.endpoint(LISTENER)?;
+    Some(format!("{}:{}", e.host, e.port))
+}
+
+fn kafka_error(code: i16) -> String {
+    match kafka_protocol::ResponseError::try_from_code(code) {
+        Some(e) => format!("{e:?} ({code})"),
+        None => format!("error code {code}"),
+    }
+}
+
+impl GroupAdmin for BrokerGroupAdmin {
+    fn list_groups(&self) -> BoxFuture<Result<GroupListings, String>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let image = ctx.image.current();
+            let brokers: Vec<(NodeId, Option<String>)> =
+                image.live_brokers().map(|b| (b.id, addr_of(&image, b.id))).collect();
+            let asks = brokers.into_iter().map(|(id, addr)| async move {
+                let Some(addr) = addr else {
+                    return (id, Err("no PLAINTEXT endpoint".to_owned()));
+                };
+                let answer = async {
+                    let mut conn = PeerConn::connect(&addr).await?;
+                    let resp: ListGroupsResponse = conn
+                        .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default(), CLIENT_ID)
+                        .await?;
+                    if resp.error_code != 0 {
+                        return Err(kafka_error(resp.error_code));
+                    }
+                    Ok(resp.groups)
+                };
+                (id, answer.await.map_err(|e| format!("{addr}: {e}")))
+            });
+            let mut out = GroupListings::default();
+            for (id, answer) in futures::future::join_all(asks).await {
+                match answer {
+                    Ok(groups) => out.groups.extend(groups.into_iter().map(|g| GroupListing {
+                        group_id: g.group_id.0.to_string(),
+                        protocol_type: g.protocol_type.to_string(),
+                        state: g.group_state.to_string(),
+                        coordinator_id: id.0,
+                    })),
+                    Err(e) => out.unreachable.push(format!("broker {}: {e}", id.0)),
+                }
+            }
+            out.groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+            Ok(out)
+        })
+    }
+
+    fn describe_group(&self, group_id: String) -> BoxFuture<Result<GroupDescription, String>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move { describe(&ctx, group_id).await })
+    }
+}
+
+async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription, String> {
+    let image = ctx.image.current();
+    let topic = image.topic(OFFSETS_TOPIC).ok_or_else(|| {
+        format!("{OFFSETS_TOPIC} does not exist yet: no group has looked up its coordinator")
+    })?;
+    let partition = partition_for(&group_id, topic.partitions.len() as i32);
+    let coordinator = image
+        .partition(OFFSETS_TOPIC, partition)
+        .and_then(|p| p.leader)
+        .ok_or_else(|| format!("{OFFSETS_TOPIC}-{partition} has no leader: no coordinator"))?;
+    let addr = addr_of(&image, coordinator)
+        .ok_or_else(|| format!("coordinator {} has no PLAINTEXT endpoint", coordinator.0))?;
+    let mut conn = PeerConn::connect(&addr).await?;
+    let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group_id.clone()))]);
+    let described: DescribeGroupsResponse =
+        conn.call(ApiKey::DescribeGroups, 5, &req, CLIENT_ID).await?;
+    let group = described.groups.into_iter().next().ok_or("empty DescribeGroups response")?;
+    if group.error_code != 0 {
+        return Err(format!("DescribeGroups: {}", kafka_error(group.error_code)));
+    }
+    let req = OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+        .with_group_id(GroupId(s(group_id.clone())))
+        .with_topics(None)]);
+    let fetched: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 8, &req, CLIENT_ID).await?;
+    let fetched = fetched.groups.into_iter().next().ok_or("empty OffsetFetch response")?;
+    if fetched.error_code != 0 {
+        return Err(format!("OffsetFetch: {}", kafka_error(fetched.error_code)));
+    }
+
+    let consumer = group.protocol_type.as_str() == "consumer";
+    let mut owner: BTreeMap<(String, i32), String> = BTreeMap::new();
+    let members: Vec<GroupMember> = group
+        .members
+        .into_iter()
+        .map(|m| {
+            let assignment = if consumer { decode_assignment(m.member_assignment) } else { vec![] };
+            for (t, parts) in &assignment {
+                for p in parts {
+                    owner.insert((t.clone(), *p), m.member_id.to_string());
+                }
+            }
+            GroupMember {
+                member_id: m.member_id.to_string(),
+                group_instance_id: m.group_instance_id.map(|i| i.to_string()),
+                client_id: m.client_id.to_string(),
+                client_host: m.client_host.to_string(),
+                assignment,
+            }
+        })
+        .collect();
+    let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for t in fetched.topics {
+        for p in t.partitions {
+            if p.error_code == 0 {
+                committed.insert((t.name.0.to_string(), p.partition_index), p.committed_offset);
+            }
+        }
+    }
+    let keys: BTreeSet<(String, i32)> = committed.keys().chain(owner.keys()).cloned().collect();
+    let ends = log_end_offsets(&image, &keys).await;
+    let partitions = keys
+        .into_iter()
+        .map(|key| {
+            let committed_offset = committed.get(&key).copied().unwrap_or(-1);
+            let log_end_offset = ends.get(&key).copied().unwrap_or(-1);
+            let lag = if committed_offset >= 0 && log_end_offset >= 0 {
+                (log_end_offset - committed_offset).max(0)
+            } else {
+                -1
+            };
+            GroupPartitionLag {
+                member_id: owner.get(&key).cloned(),
+                topic: key.0,
+                partition: key.1,
+                committed_offset,
+                log_end_offset,
+                lag,
+            }
+        })
+        .collect();
+    Ok(GroupDescription {
+        group_id,
+        state: group.group_state.to_string(),
+        protocol_type: group.protocol_type.to_string(),
+        protocol: group.protocol_data.to_string(),
+        coordinator_id: coordinator.0,
+        members,
+        partitions,
+    })
+}
+
+/// A consumer-protocol assignment: a version, then (topic, partitions) pairs.
+fn decode_assignment(mut raw: bytes::Bytes) -> Vec<(String, Vec<i32>)> {
+    if raw.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = raw.get_i16().clamp(0, 3);
+    match ConsumerProtocolAssignment::decode(&mut raw, version) {
+        Ok(a) => a
+            .assigned_partitions
+            .into_iter()
+            .map(|tp| (tp.topic.0.to_string(), tp.partitions))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The log end offsets (high watermarks) of `keys`, asked of each partition's leader; a leader
+/// that cannot be asked leaves its partitions out.
+async fn log_end_offsets(
+    image: &MetadataImage,
+    keys: &BTreeSet<(String, i32)>,
+) -> BTreeMap<(String, i32), i64> {
+    let mut by_leader: BTreeMap<NodeId, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
+    for (topic, p) in keys {
+        if let Some(leader) = image.partition(topic, *p).and_then(|pi| pi.leader) {
+            by_leader.entry(leader).or_default().entry(topic.clone()).or_default().push(*p);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (leader, topics) in by_leader {
+        let Some(addr) = addr_of(image, leader) else { continue };
+        let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(
+            topics
+                .into_iter()
+                .map(|(t, parts)| {
+                    ListOffsetsTopic::default().with_name(TopicName(s(t))).with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|p| {
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(p)
+                                    .with_current_leader_epoch(-1)
+                                    .with_timestamp(-1)
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+        );
+        let answer: Result<ListOffsetsResponse, String> = async {
+            let mut conn = PeerConn::connect(&addr).await?;
+            conn.call(ApiKey::ListOffsets, 5, &req, CLIENT_ID).await
+        }
+        .await;
+        match answer {
+            Ok(resp) => {
+                for t in resp.topics {
+                    for p in t.partitions {
+                        if p.error_code == 0 {
+                            out.insert((t.name.0.to_string(), p.partition_index), p.offset);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(leader = leader.0, error = %e, "ListOffsets for group lag"),
+        }
+    }
+    out
+}

@@ -1,0 +1,62 @@
+//! A request/response connection to another broker's Kafka listener, with kafka-protocol's
+//! codecs: what followers fetch with and what the admin API asks brokers through.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Decodable, Encodable};
+use strom_protocol::request::{decode_response, encode_request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response frame accepted.
+const RESPONSE_FRAME_MAX: usize = 64 * 1_048_576;
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One request/response connection to a broker.
+pub(crate) struct PeerConn {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl PeerConn {
+    pub async fn connect(addr: &str) -> Result<PeerConn, String> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(PeerConn { stream, correlation: 0 })
+    }
+
+    pub async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+        client_id: &str,
+    ) -> Result<Resp, String> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let frame = encode_request(key, version, self.correlation, client_id, req)?;
+        let exchange = async {
+            self.stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+            let mut prefix = [0u8; 4];
+            self.stream.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+            let len = i32::from_be_bytes(prefix);
+            if len < 0 || len as usize > RESPONSE_FRAME_MAX {
+                return Err(format!("response frame length {len} out of bounds"));
+            }
+            let mut buf = BytesMut::zeroed(len as usize);
+            self.stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            Ok::<Bytes, String>(buf.freeze())
+        };
+        let body = tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("{key:?} timed out"))??;
+        let (correlation, resp) = decode_response::<Resp>(key, version, body)?;
+        if correlation != self.correlation {
+            return Err(format!("correlation id {correlation}, expected {}", self.correlation));
+        }
+        Ok(resp)
+    }
+}
