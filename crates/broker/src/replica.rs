@@ -46,6 +46,10 @@ pub(crate) fn log_config(
     let retention_ms = num("retention.ms", defaults.retention_ms);
     let retention_bytes = num("retention.bytes", defaults.retention_bytes);
     let ts_type = get("message.timestamp.type").unwrap_or(&defaults.message_timestamp_type);
+    let dirty_ratio = get("min.cleanable.dirty.ratio")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .unwrap_or(strom_log::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT);
     let config = LogConfig {
         segment_bytes: num("segment.bytes", defaults.segment_bytes as i64).max(14) as u64,
         index_interval_bytes: num("index.interval.bytes", defaults.index_interval_bytes as i64)
@@ -59,6 +63,11 @@ pub(crate) fn log_config(
         },
         max_message_bytes: num("max.message.bytes", defaults.message_max_bytes as i64)
             .clamp(0, u32::MAX as i64) as u32,
+        cleanup_policy: strom_log::CleanupPolicy::parse(get("cleanup.policy").unwrap_or("delete")),
+        delete_retention_ms: num("delete.retention.ms", strom_log::DELETE_RETENTION_MS_DEFAULT)
+            .max(0),
+        min_compaction_lag_ms: num("min.compaction.lag.ms", 0).max(0),
+        min_cleanable_dirty_ratio: dirty_ratio,
     };
     let fsync_on_ack = num("flush.messages", defaults.flush_messages) <= 1;
     (config, fsync_on_ack)
@@ -323,6 +332,8 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
     let retention_every = Duration::from_millis(ctx.config.retention_check_interval_ms.max(100));
     let mut flush_tick = tokio::time::interval(FLUSH_TICK.min(retention_every));
     let mut last_retention = tokio::time::Instant::now();
+    // At most one compaction pass at a time, over the compacted logs one after another.
+    let mut compaction: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = flush_tick.tick() => {}
@@ -344,6 +355,52 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
                         }
                     }
                 }
+            }
+        }
+        // Compaction rewrites whole segments: off the async threads, and holding a partition's
+        // lock only to snapshot it and to swap each cleaned group in, so appends go on.
+        if retention_due && compaction.as_ref().is_none_or(|task| task.is_finished()) {
+            let compacted: Vec<Arc<Partition>> = ctx
+                .replicas
+                .all()
+                .into_iter()
+                .filter(|p| p.log().is_ok_and(|log| log.config().cleanup_policy.compact))
+                .collect();
+            if !compacted.is_empty() {
+                let (ctx, stop) = (ctx.clone(), shutdown.clone());
+                compaction = Some(tokio::task::spawn_blocking(move || {
+                    for p in compacted {
+                        // Stop at shutdown; skip a partition deleted or reopened meanwhile.
+                        let live = || {
+                            !*stop.borrow()
+                                && ctx
+                                    .replicas
+                                    .get(&p.topic, p.index)
+                                    .is_some_and(|current| Arc::ptr_eq(&current, &p))
+                        };
+                        if !live() {
+                            continue;
+                        }
+                        let high_watermark = p.progress().high_watermark;
+                        match strom_log::compact_locked(|| p.log(), now_ms, high_watermark, live) {
+                            Ok(stats) if stats.segments_replaced > 0 => tracing::info!(
+                                topic = %p.topic,
+                                partition = p.index,
+                                segments_replaced = stats.segments_replaced,
+                                segments_written = stats.segments_written,
+                                records_superseded = stats.records_superseded,
+                                tombstones_removed = stats.tombstones_removed,
+                                bytes_before = stats.bytes_before,
+                                bytes_after = stats.bytes_after,
+                                "compacted log"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed")
+                            }
+                        }
+                    }
+                }));
             }
         }
         if retention_due {

@@ -25,6 +25,8 @@ pub enum LogError {
     SegmentTruncate { path: PathBuf, source: io::Error },
     #[error("cannot fsync segment {path}: {source}")]
     SegmentSync { path: PathBuf, source: io::Error },
+    #[error("cannot rename {from} to {to}: {source}")]
+    SegmentRename { from: PathBuf, to: PathBuf, source: io::Error },
     #[error("cannot delete segment file {path}: {source}")]
     SegmentDelete { path: PathBuf, source: io::Error },
     #[error("segment {path} holds no valid batch at position {position}: {source}")]
@@ -47,7 +49,9 @@ pub enum LogError {
     UnsupportedMagic { batch_index: usize, magic: i8 },
     #[error("batch {batch_index} of the append is {size} bytes, over the {max} byte limit")]
     BatchTooLarge { batch_index: usize, size: usize, max: u32 },
-    #[error("replicated batch {batch_index} starts at offset {found}, expected {expected}")]
+    #[error(
+        "replicated batch {batch_index} starts at offset {found}, expected at least {expected}"
+    )]
     FollowerOffsetMismatch { batch_index: usize, expected: i64, found: i64 },
     #[error("append carries no record batch")]
     AppendEmpty,

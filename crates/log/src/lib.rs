@@ -1,18 +1,24 @@
-//! Partition log storage: segments of v2 record batches, sparse indexes, recovery, retention.
+//! Partition log storage: segments of v2 record batches, sparse indexes, recovery, retention,
+//! key-based compaction (`compact`).
 //!
 //! File IO only (std::fs, positional reads); batches are stored exactly as producers sent them
-//! apart from the broker-owned header fields. Index design: each segment keeps its offset and
+//! apart from the broker-owned header fields, until compaction rewrites the closed segments of
+//! a compacted topic (same offsets, fewer records, fresh CRCs). Index design: each segment keeps its offset and
 //! time index in memory and mirrors them to append-only `.index`/`.timeindex` files, which are
 //! loaded for segments below the recovery point and rebuilt from the `.log` otherwise (or when
 //! they fail their checks).
 
 pub mod checkpoint;
+mod compact;
 mod epoch;
 mod error;
 mod index;
 mod log;
 mod segment;
 
+pub use crate::compact::{
+    compact_locked, CleanedGroup, CompactStats, Compaction, KEY_MAP_ENTRIES_MAX,
+};
 pub use crate::error::LogError;
 pub use crate::log::{Log, SyncHandle};
 pub use strom_protocol::batch::TimestampType;
@@ -23,16 +29,63 @@ pub const MAX_MESSAGE_BYTES_DEFAULT: u32 = 1_048_588;
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 
+/// Kafka's default `delete.retention.ms`: how long a tombstone outlives compaction (1 day).
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
+/// Kafka's default `min.cleanable.dirty.ratio`.
+pub const MIN_CLEANABLE_DIRTY_RATIO_DEFAULT: f64 = 0.5;
+
+/// Kafka's `cleanup.policy`: a list of `delete` and `compact`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// Time and size retention delete old segments.
+    pub delete: bool,
+    /// Compaction keeps the latest record of every key.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: CleanupPolicy = CleanupPolicy { delete: true, compact: false };
+
+    /// Parses Kafka's comma-separated list; unknown items are ignored (the controller validates
+    /// topic configs) and an empty list means `delete`, Kafka's default.
+    pub fn parse(list: &str) -> CleanupPolicy {
+        let items = || list.split(',').map(str::trim);
+        let policy = CleanupPolicy {
+            delete: items().any(|item| item.eq_ignore_ascii_case("delete")),
+            compact: items().any(|item| item.eq_ignore_ascii_case("compact")),
+        };
+        if policy.delete || policy.compact {
+            policy
+        } else {
+            CleanupPolicy::DELETE
+        }
+    }
+}
+
+impl Default for CleanupPolicy {
+    fn default() -> Self {
+        CleanupPolicy::DELETE
+    }
+}
+
 /// Per-partition storage settings, named after Kafka's topic configs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub segment_bytes: u64,
     pub index_interval_bytes: u32,
-    /// `None` keeps data forever.
+    /// `None` keeps data forever. Applies only when the policy has `delete`.
     pub retention_ms: Option<i64>,
     pub retention_bytes: Option<u64>,
     pub message_timestamp_type: TimestampType,
     pub max_message_bytes: u32,
+    pub cleanup_policy: CleanupPolicy,
+    /// How long a tombstone (and with it the news of the deletion) survives compaction, from
+    /// its timestamp.
+    pub delete_retention_ms: i64,
+    /// A closed segment is compacted only once its newest timestamp is at least this old.
+    pub min_compaction_lag_ms: i64,
+    /// Compaction starts once the uncompacted share of the closed segments' bytes reaches this.
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -44,6 +97,10 @@ impl Default for LogConfig {
             retention_bytes: None,
             message_timestamp_type: TimestampType::CreateTime,
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
+            cleanup_policy: CleanupPolicy::DELETE,
+            delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: MIN_CLEANABLE_DIRTY_RATIO_DEFAULT,
         }
     }
 }
@@ -76,6 +133,16 @@ pub fn parse_partition_dir_name(name: &str) -> Option<(String, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cleanup_policy_parses_kafka_lists() {
+        let policy = |delete, compact| CleanupPolicy { delete, compact };
+        assert_eq!(CleanupPolicy::parse("delete"), policy(true, false));
+        assert_eq!(CleanupPolicy::parse("compact"), policy(false, true));
+        assert_eq!(CleanupPolicy::parse("compact,delete"), policy(true, true));
+        assert_eq!(CleanupPolicy::parse(" delete , compact "), policy(true, true));
+        assert_eq!(CleanupPolicy::parse(""), policy(true, false));
+    }
 
     #[test]
     fn partition_dir_names_round_trip() {

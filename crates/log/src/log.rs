@@ -20,11 +20,11 @@ use crate::{AppendInfo, LogConfig, LogError, SEGMENT_BYTES_MAX};
 /// outside that mutex through [`SyncHandle`].
 #[derive(Debug)]
 pub struct Log {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     dir_file: Arc<File>,
-    config: LogConfig,
+    pub(crate) config: LogConfig,
     /// Never empty; the last one is the active segment.
-    segments: Vec<Segment>,
+    pub(crate) segments: Vec<Segment>,
     epochs: LeaderEpochCache,
     /// Every offset below this is durable.
     recovery_point: i64,
@@ -32,10 +32,14 @@ pub struct Log {
     /// has also fsynced the directory entry of the new file.
     dir_unsynced_since: Option<i64>,
     /// Bumped by truncation so that a [`SyncHandle`] taken before it cannot advance the
-    /// recovery point over data written after it.
-    generation: u64,
+    /// recovery point over data written after it (nor a compaction install what it cleaned
+    /// from data that is gone).
+    pub(crate) generation: u64,
     /// A write failed and could not be undone: the files no longer match memory.
-    offline: bool,
+    pub(crate) offline: bool,
+    /// Compaction: every offset below this was compacted by a pass whose key map covered it, so
+    /// no key repeats there. In memory only: after a restart the whole log counts as dirty.
+    pub(crate) cleaned_upto: i64,
 }
 
 /// The files a group commit must fdatasync, taken under the broker's lock and synced outside.
@@ -60,7 +64,7 @@ impl SyncHandle {
     }
 }
 
-fn base_offset_of(file_name: &str) -> Option<i64> {
+pub(crate) fn base_offset_of(file_name: &str) -> Option<i64> {
     let stem = file_name.strip_suffix(".log")?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -87,6 +91,7 @@ impl Log {
             .map_err(|source| LogError::DirCreate { path: dir.to_owned(), source })?;
         let dir_file =
             File::open(dir).map_err(|source| LogError::DirRead { path: dir.to_owned(), source })?;
+        crate::compact::recover_leftovers(dir)?;
         let mut bases = Vec::new();
         let mut others = Vec::new();
         let read_dir = |source| LogError::DirRead { path: dir.to_owned(), source };
@@ -121,7 +126,8 @@ impl Log {
                 }
                 continue;
             }
-            let mode = if i < first_verified { OpenMode::Trusted } else { OpenMode::Verify };
+            let trusted = i < first_verified && Segment::index_files_exist(dir, base);
+            let mode = if trusted { OpenMode::Trusted } else { OpenMode::Verify };
             let (segment, cut) = Segment::open(dir, base, interval, mode)?;
             bytes_cut += cut;
             segments.push(segment);
@@ -153,6 +159,7 @@ impl Log {
             dir_unsynced_since: None,
             generation: 0,
             offline: false,
+            cleaned_upto: 0,
         };
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.recovery_point = recovery_point.min(end).max(start);
@@ -216,7 +223,7 @@ impl Log {
         &mut self.segments[last]
     }
 
-    fn check_online(&self) -> Result<(), LogError> {
+    pub(crate) fn check_online(&self) -> Result<(), LogError> {
         if self.offline {
             return Err(LogError::LogOffline { dir: self.dir.clone() });
         }
@@ -298,11 +305,12 @@ impl Log {
     }
 
     /// Splits and checks producer or leader batches (all or nothing): framing, magic, CRC,
-    /// and that offsets can be assigned from the record counts.
+    /// and that offsets can be assigned from the record counts. A leader's batches may have
+    /// lost records to compaction (fewer records than offsets, down to none), producers' not.
     fn validate_batches(
         &self,
         batches: &Bytes,
-        check_size: bool,
+        from_producer: bool,
     ) -> Result<Vec<(BatchHeader, Bytes)>, LogError> {
         let mut validated: Vec<(BatchHeader, Bytes)> = Vec::new();
         for (batch_index, item) in Batches::new(batches.clone()).enumerate() {
@@ -310,7 +318,7 @@ impl Log {
             if header.magic != MAGIC_V2 {
                 return Err(LogError::UnsupportedMagic { batch_index, magic: header.magic });
             }
-            if check_size && slice.len() > self.config.max_message_bytes as usize {
+            if from_producer && slice.len() > self.config.max_message_bytes as usize {
                 return Err(LogError::BatchTooLarge {
                     batch_index,
                     size: slice.len(),
@@ -320,7 +328,12 @@ impl Log {
             let header =
                 batch::validate(&slice).map_err(|source| map_batch_error(batch_index, source))?;
             // Offsets are assigned from the delta, so it must agree with the record count.
-            if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+            let counts_agree = if from_producer {
+                header.records_count >= 1 && header.last_offset_delta == header.records_count - 1
+            } else {
+                i64::from(header.records_count) <= i64::from(header.last_offset_delta) + 1
+            };
+            if !counts_agree {
                 let source = BatchError::RecordsCountMismatch {
                     records_count: header.records_count,
                     last_offset_delta: header.last_offset_delta,
@@ -336,8 +349,9 @@ impl Log {
     }
 
     /// Appends batches copied from the partition leader (a follower's fetch): offsets and
-    /// leader epochs are the leader's, so the bytes are written exactly as received. The first
-    /// batch must start at this log's end offset.
+    /// leader epochs are the leader's, so the bytes are written exactly as received. Batches
+    /// must start at or after this log's end offset and follow each other; gaps are offsets
+    /// the leader's compaction removed.
     pub fn append_as_follower(&mut self, batches: &Bytes) -> Result<Option<AppendInfo>, LogError> {
         self.check_online()?;
         if batches.is_empty() {
@@ -346,7 +360,7 @@ impl Log {
         let validated = self.validate_batches(batches, false)?;
         let mut expected = self.log_end_offset();
         for (batch_index, (header, _)) in validated.iter().enumerate() {
-            if header.base_offset != expected {
+            if header.base_offset < expected {
                 return Err(LogError::FollowerOffsetMismatch {
                     batch_index,
                     expected,
@@ -355,7 +369,7 @@ impl Log {
             }
             expected = header.last_offset() + 1;
         }
-        let base_offset = self.log_end_offset();
+        let base_offset = validated[0].0.base_offset;
         let last_offset = expected - 1;
         let total_bytes: u64 = validated.iter().map(|(_, slice)| slice.len() as u64).sum();
         self.roll_if_full(base_offset, last_offset, total_bytes)?;
@@ -485,6 +499,7 @@ impl Log {
         }
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();
+        self.cleaned_upto = self.cleaned_upto.min(end);
         self.recovery_point = self.recovery_point.min(end).max(self.log_start_offset());
         self.dir_unsynced_since = None;
         self.epochs.truncate_from_end(end)?;
@@ -552,9 +567,13 @@ impl Log {
     }
 
     /// Deletes the oldest segments past `retention_ms` (by their largest timestamp) or beyond
-    /// `retention_bytes`, never the active one, and advances the log start offset.
+    /// `retention_bytes`, never the active one, and advances the log start offset. Does nothing
+    /// when the cleanup policy lacks `delete` (compacted-only topics keep every key's latest).
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
         self.check_online()?;
+        if !self.config.cleanup_policy.delete {
+            return Ok(0);
+        }
         let mut excess_bytes = match self.config.retention_bytes {
             Some(limit) => self.size_bytes().saturating_sub(limit),
             None => 0,

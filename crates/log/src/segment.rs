@@ -18,7 +18,7 @@ use crate::LogError;
 
 /// Largest read while scanning a segment; batches bigger than this are CRC-checked in pieces so
 /// a corrupt length field cannot make recovery allocate the whole file.
-const SCAN_CHUNK_BYTES: usize = 1 << 20;
+pub(crate) const SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// Read size for short header walks (index floor to target), which usually span one interval.
 const SEEK_CHUNK_BYTES: usize = 16 << 10;
 /// Offsets inside a segment are stored relative to its base as u32; rolling before this keeps
@@ -28,6 +28,12 @@ pub const RELATIVE_OFFSET_MAX: i64 = i32::MAX as i64;
 pub fn file_name(base_offset: i64, extension: &str) -> String {
     format!("{base_offset:020}.{extension}")
 }
+
+/// Suffix of the files a compaction writes before they replace a segment.
+pub const CLEANED_SUFFIX: &str = ".cleaned";
+/// Suffix of a cleaned `.log` that is complete and fsynced: from the moment it exists it
+/// replaces the segments it covers, on the next open if not before.
+pub const SWAP_SUFFIX: &str = ".swap";
 
 /// The first 21 bytes of a batch as they go to disk (base offset and leader epoch patched),
 /// followed by the untouched rest: writing both as two slices avoids copying the batch.
@@ -61,8 +67,8 @@ pub enum OpenMode {
 pub struct Segment {
     pub base_offset: i64,
     pub log_path: PathBuf,
-    index_path: PathBuf,
-    time_index_path: PathBuf,
+    pub index_path: PathBuf,
+    pub time_index_path: PathBuf,
     pub log: Arc<File>,
     index_file: Arc<File>,
     time_index_file: Arc<File>,
@@ -83,7 +89,7 @@ fn open_rw(path: &Path) -> io::Result<File> {
 }
 
 /// Reads a file through a window so that walking many small batches costs few syscalls.
-struct ChunkReader<'a> {
+pub(crate) struct ChunkReader<'a> {
     file: &'a File,
     path: &'a Path,
     file_len: u64,
@@ -93,12 +99,12 @@ struct ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
-    fn new(file: &'a File, path: &'a Path, file_len: u64, chunk_bytes: usize) -> Self {
+    pub(crate) fn new(file: &'a File, path: &'a Path, file_len: u64, chunk_bytes: usize) -> Self {
         ChunkReader { file, path, file_len, chunk_bytes, buf: Vec::new(), buf_start: 0 }
     }
 
     /// `len` bytes at `position`, or `None` when the file ends first.
-    fn get(&mut self, position: u64, len: usize) -> Result<Option<&[u8]>, LogError> {
+    pub(crate) fn get(&mut self, position: u64, len: usize) -> Result<Option<&[u8]>, LogError> {
         let Some(end) = position.checked_add(len as u64).filter(|end| *end <= self.file_len) else {
             return Ok(None);
         };
@@ -115,7 +121,7 @@ impl<'a> ChunkReader<'a> {
         Ok(Some(&self.buf[from..from + len]))
     }
 
-    fn header(&mut self, position: u64) -> Result<Option<BatchHeader>, LogError> {
+    pub(crate) fn header(&mut self, position: u64) -> Result<Option<BatchHeader>, LogError> {
         Ok(match self.get(position, BATCH_HEADER_LEN)? {
             Some(bytes) => BatchHeader::parse(bytes).ok(),
             None => None,
@@ -150,20 +156,26 @@ pub enum ScanStop {
 }
 
 impl Segment {
-    fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
-        (
-            dir.join(file_name(base_offset, "log")),
-            dir.join(file_name(base_offset, "index")),
-            dir.join(file_name(base_offset, "timeindex")),
-        )
+    /// The `.log`, `.index` and `.timeindex` paths of a segment, each ending with `suffix`.
+    pub fn paths(dir: &Path, base_offset: i64, suffix: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let path = |extension| dir.join(file_name(base_offset, extension) + suffix);
+        (path("log"), path("index"), path("timeindex"))
+    }
+
+    /// Whether both index files of a segment exist. A missing one (lost in a crash while a
+    /// compaction swapped files) makes the next open rebuild both from the `.log`.
+    pub fn index_files_exist(dir: &Path, base_offset: i64) -> bool {
+        let (_, index, time_index) = Self::paths(dir, base_offset, "");
+        index.exists() && time_index.exists()
     }
 
     fn with_files(
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u32,
+        suffix: &str,
     ) -> Result<Segment, LogError> {
-        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
+        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset, suffix);
         let log = open_rw(&log_path)
             .map_err(|source| LogError::SegmentOpen { path: log_path.clone(), source })?;
         let index_file = open_rw(&index_path)
@@ -198,10 +210,65 @@ impl Segment {
         base_offset: i64,
         index_interval_bytes: u32,
     ) -> Result<Segment, LogError> {
-        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes)?;
+        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, "")?;
         segment.set_log_len(0)?;
         segment.write_index_files()?;
         Ok(segment)
+    }
+
+    /// A new empty segment whose files carry [`CLEANED_SUFFIX`]: the output of a compaction,
+    /// invisible to [`Segment::open`] until [`Segment::commit_swap`] and
+    /// [`Segment::finish_swap`] give it the real names.
+    pub fn create_cleaned(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u32,
+    ) -> Result<Segment, LogError> {
+        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, CLEANED_SUFFIX)?;
+        segment.set_log_len(0)?;
+        segment.write_index_files()?;
+        Ok(segment)
+    }
+
+    /// Renames the cleaned `.log` to its swap name: once the directory is fsynced after this,
+    /// the cleaned segment is committed (recovery completes the swap).
+    pub fn commit_swap(&mut self) -> Result<(), LogError> {
+        let swap = self.log_path.with_extension(&SWAP_SUFFIX[1..]);
+        rename(&self.log_path, &swap)?;
+        self.log_path = swap;
+        Ok(())
+    }
+
+    /// Gives a committed swap segment its final names. The old index files go first: if the
+    /// process dies before the new ones are in place, the next open finds none and rebuilds,
+    /// instead of trusting an index of the replaced file.
+    pub fn finish_swap(&mut self, dir: &Path) -> Result<(), LogError> {
+        let (log_path, index_path, time_index_path) = Self::paths(dir, self.base_offset, "");
+        for path in [&index_path, &time_index_path] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(LogError::SegmentDelete { path: path.clone(), source }),
+            }
+        }
+        rename(&self.log_path, &log_path)?;
+        self.log_path = log_path;
+        rename(&self.index_path, &index_path)?;
+        self.index_path = index_path;
+        rename(&self.time_index_path, &time_index_path)?;
+        self.time_index_path = time_index_path;
+        Ok(())
+    }
+
+    /// Removes whatever files of this segment exist, for discarding a cleaned segment.
+    pub fn remove_files_quietly(&self) {
+        for path in [&self.log_path, &self.index_path, &self.time_index_path] {
+            if let Err(error) = fs::remove_file(path) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "cannot delete file");
+                }
+            }
+        }
     }
 
     /// Opens an existing segment. Returns it with the number of bytes cut from its end when
@@ -212,7 +279,7 @@ impl Segment {
         index_interval_bytes: u32,
         mode: OpenMode,
     ) -> Result<(Segment, u64), LogError> {
-        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes)?;
+        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, "")?;
         if mode == OpenMode::Trusted && segment.load_trusted()? {
             return Ok((segment, 0));
         }
@@ -649,6 +716,39 @@ impl Segment {
     }
 }
 
+fn rename(from: &Path, to: &Path) -> Result<(), LogError> {
+    fs::rename(from, to).map_err(|source| LogError::SegmentRename {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        source,
+    })
+}
+
+/// The offset after the last whole, well-formed batch of the `.log`-format file at `path`
+/// whose first batch would start at `base_offset` (`base_offset` when it holds none).
+pub fn scan_end_offset(path: &Path, base_offset: i64) -> Result<i64, LogError> {
+    let file = File::open(path)
+        .map_err(|source| LogError::SegmentOpen { path: path.to_owned(), source })?;
+    let size = file
+        .metadata()
+        .map_err(|source| LogError::SegmentRead { path: path.to_owned(), source })?
+        .len();
+    let mut reader = ChunkReader::new(&file, path, size, SCAN_CHUNK_BYTES);
+    let (mut position, mut next_offset) = (0u64, base_offset);
+    while let Some(header) = reader.header(position)? {
+        let Some(total) = header.total_len().filter(|_| batch::validate_header(&header).is_ok())
+        else {
+            break;
+        };
+        if position + total as u64 > size || header.base_offset < next_offset {
+            break;
+        }
+        next_offset = header.last_offset() + 1;
+        position += total as u64;
+    }
+    Ok(next_offset)
+}
+
 /// `write_all` for vectored IO (std's is unstable): one syscall in the common case.
 fn write_all_vectored(file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
@@ -693,7 +793,7 @@ mod tests {
         assert!(written.offset_index.len() > 1);
         let (entries, max_timestamp) = (written.offset_index.encode(), written.max_timestamp);
         drop(written);
-        let mut loaded = Segment::with_files(dir.path(), 100, 150).unwrap();
+        let mut loaded = Segment::with_files(dir.path(), 100, 150, "").unwrap();
         assert!(loaded.load_trusted().unwrap());
         assert_eq!(loaded.offset_index.encode(), entries);
         assert_eq!(loaded.next_offset, 120);
@@ -710,7 +810,7 @@ mod tests {
         let written = written_segment(dir.path());
         written.log.set_len(written.size - 1).unwrap();
         drop(written);
-        let mut loaded = Segment::with_files(dir.path(), 100, 150).unwrap();
+        let mut loaded = Segment::with_files(dir.path(), 100, 150, "").unwrap();
         assert!(!loaded.load_trusted().unwrap());
         let (segment, cut) = Segment::open(dir.path(), 100, 150, OpenMode::Trusted).unwrap();
         assert_eq!(segment.next_offset, 118);
