@@ -71,6 +71,13 @@ pub(crate) struct CommitRequest {
     pub offsets: Vec<((String, i32), OffsetValue)>,
 }
 
+/// A topic partition, as the group APIs name it.
+pub(crate) type TopicPartition = (String, i32);
+/// OffsetFetch's answer: each partition with its committed offset, if any.
+pub(crate) type FetchedOffsets = Vec<(TopicPartition, Option<OffsetValue>)>;
+/// OffsetDelete's answer: each partition's refusal, if any, or the group's.
+pub(crate) type DeletedOffsets = Result<Vec<(TopicPartition, Option<GroupError>)>, GroupError>;
+
 /// A request for one shard, with the channel its answer goes back on.
 pub(crate) enum Cmd {
     Join(String, JoinRequest, oneshot::Sender<JoinResponse>),
@@ -89,19 +96,11 @@ pub(crate) enum Cmd {
     ),
     Commit(String, CommitRequest, oneshot::Sender<Result<(), GroupError>>),
     /// `None`: every committed offset of the group.
-    FetchOffsets(
-        String,
-        Option<Vec<(String, i32)>>,
-        oneshot::Sender<Vec<((String, i32), Option<OffsetValue>)>>,
-    ),
+    FetchOffsets(String, Option<Vec<(String, i32)>>, oneshot::Sender<FetchedOffsets>),
     Describe(String, oneshot::Sender<GroupSummary>),
     List(oneshot::Sender<Vec<GroupSummary>>),
     Delete(String, oneshot::Sender<Result<(), GroupError>>),
-    DeleteOffsets(
-        String,
-        Vec<(String, i32)>,
-        oneshot::Sender<Result<Vec<((String, i32), Option<GroupError>)>, GroupError>>,
-    ),
+    DeleteOffsets(String, Vec<(String, i32)>, oneshot::Sender<DeletedOffsets>),
 }
 
 enum Slot {

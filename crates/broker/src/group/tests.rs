@@ -1265,9 +1265,12 @@ fn a_loaded_group_resumes_its_generation_with_the_same_members_and_assignments()
         hb,
         vec![Effect::Heartbeat { to: ReplyTo(2), error: Some(GroupError::FencedInstanceId) }]
     );
-    // Members that never come back expire after their session, counted from the load.
+    // Members that never come back expire after their session, counted from the load (m-2)
+    // or from their last heartbeat (m-1); the group then rebalances, and empties.
     assert!(g.tick(10_999).is_empty());
-    let effects = g.tick(11_000);
+    g.tick(11_000);
+    assert_eq!(g.state(), GroupState::PreparingRebalance);
+    let effects = g.tick(12_000);
     assert!(effects.iter().any(|e| matches!(e, Effect::PersistGroup(r) if r.members.is_empty())));
     assert_eq!(g.state(), GroupState::Empty);
 }

@@ -268,7 +268,9 @@ pub(crate) async fn offset_commit(
     let max_metadata = ctx.config.groups.offset_metadata_max_bytes;
     let commit_ts = super::now_ms();
     // Per-partition refusals first; what is left is committed as one write.
-    let mut codes: Vec<(String, Vec<(i32, Option<i16>)>)> = Vec::with_capacity(req.topics.len());
+    // (topic, [(partition, refusal code)])
+    type Refusals = Vec<(String, Vec<(i32, Option<i16>)>)>;
+    let mut codes: Refusals = Vec::with_capacity(req.topics.len());
     let mut offsets = Vec::new();
     for t in &req.topics {
         let topic = t.name.0.to_string();
