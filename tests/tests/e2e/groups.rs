@@ -541,3 +541,57 @@ fn find_coordinator_names_a_live_broker_and_unknown_key_types_are_refused() {
         Ok(())
     });
 }
+
+#[test]
+fn offsets_topic_is_compacted_and_reloads_the_latest_commits() {
+    let toml = "offsets.topic_num_partitions = 1\noffsets.topic_segment_bytes = 4096\n\
+                log.retention_check_interval_ms = 200\n"
+        .to_owned();
+    let options = NodeOptions { config_toml: Some(toml), ..NodeOptions::default() };
+    with_node(options, |node| {
+        let bootstrap = node.bootstrap();
+        kafka::create_topic(&bootstrap, TOPIC, PARTITIONS, &[])?;
+        // An assign()-only consumer commits the same six partitions over and over.
+        const ROUNDS: i64 = 400;
+        let consumer = kafka::consumer(&bootstrap, &[("group.id", "g-compact")])?;
+        for round in 1..=ROUNDS {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..PARTITIONS {
+                tpl.add_partition_offset(TOPIC, p, Offset::Offset(round * 10 + i64::from(p)))?;
+            }
+            consumer.commit(&tpl, CommitMode::Sync).context("OffsetCommit")?;
+        }
+        drop(consumer);
+        let want: BTreeMap<i32, i64> =
+            (0..PARTITIONS).map(|p| (p, ROUNDS * 10 + i64::from(p))).collect();
+        let dir = node.partition_dir("__consumer_offsets", 0);
+        let size = |dir: &std::path::Path| -> anyhow::Result<u64> {
+            let mut total = 0;
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                if entry.file_name().to_string_lossy().ends_with(".log") {
+                    total += entry.metadata()?.len();
+                }
+            }
+            Ok(total)
+        };
+        // Each round wrote six offset records (~60 bytes each); compaction leaves about one
+        // segment of them.
+        let written = ROUNDS as u64 * 6 * 60;
+        let compacted =
+            wait_until(Duration::from_secs(60), "__consumer_offsets compacted", || {
+                let bytes = size(&dir)?;
+                Ok((bytes < written / 4).then_some(bytes))
+            })?;
+        eprintln!("__consumer_offsets-0: about {written} bytes written, {compacted} bytes after compaction");
+        ensure!(committed(&bootstrap, "g-compact")? == want, "offsets before restart");
+        node.kill9()?;
+        node.restart()?;
+        let bootstrap = node.bootstrap();
+        let after = wait_until(Duration::from_secs(30), "offsets readable after restart", || {
+            Ok(committed(&bootstrap, "g-compact").ok().filter(|o| o.values().all(|&v| v >= 0)))
+        })?;
+        ensure!(after == want, "committed offsets after a restart on the compacted log: {after:?}");
+        Ok(())
+    });
+}
