@@ -2,9 +2,18 @@
 # Installs what building and testing strom needs on a fresh Debian bookworm machine (as root):
 # kcat for the end-to-end tests, a C toolchain for librdkafka's vendored build (rdkafka-sys runs
 # its configure + make; zstd and zlib are built by their -sys crates or found via pkg-config),
-# procps for `kill` (the test harness sends signals with it), iproute2 for network tests, and
-# rustfmt/clippy for `make lint`. Idempotent: apt is skipped when everything is already there.
+# procps for `kill` (the test harness sends signals with it), iproute2 for network tests,
+# rustfmt/clippy for `make lint`, and the group-consumer clients of tests/clients/: kafka-python
+# in a venv and kafkajs in a node prefix, both under target/test-deps (STROM_TEST_DEPS_DIR),
+# where tests/tests/e2e/groups_clients.rs looks for them. Idempotent and quick when everything
+# is already there: apt, pip and npm are skipped.
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Pinned client versions: a change here reinstalls on the next run.
+KAFKA_PYTHON_VERSION=3.0.12
+KAFKAJS_VERSION=2.2.4
+DEPS_DIR=${STROM_TEST_DEPS_DIR:-$PWD/target/test-deps}
 
 # command -> Debian package that provides it
 declare -A COMMANDS=(
@@ -17,6 +26,8 @@ declare -A COMMANDS=(
     [perl]=perl
     [ip]=iproute2
     [kill]=procps
+    [node]=nodejs
+    [npm]=npm
 )
 # packages without a command to look for
 LIBRARIES=(zlib1g-dev libzstd-dev ca-certificates)
@@ -29,6 +40,8 @@ for package in "${LIBRARIES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||
         missing+=("$package")
 done
+# `python3 -m venv` needs ensurepip, which Debian ships apart from python3.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if ((${#missing[@]} > 0)); then
     # Deduplicate, keep the order stable for the log.
@@ -56,3 +69,29 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+# kafka-python in a venv (Debian's python3 refuses system-wide pip installs, PEP 668).
+venv=$DEPS_DIR/venv
+if "$venv/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" \
+    >/dev/null 2>&1; then
+    echo "install-test-deps: kafka-python $KAFKA_PYTHON_VERSION present in $venv"
+else
+    echo "install-test-deps: installing kafka-python $KAFKA_PYTHON_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "kafka-python==$KAFKA_PYTHON_VERSION"
+fi
+
+# kafkajs in a node prefix; the tests run node with NODE_PATH=$DEPS_DIR/node/node_modules.
+prefix=$DEPS_DIR/node
+installed=$(node -p "require('$prefix/node_modules/kafkajs/package.json').version" 2>/dev/null ||
+    true)
+if [[ $installed == "$KAFKAJS_VERSION" ]]; then
+    echo "install-test-deps: kafkajs $KAFKAJS_VERSION present in $prefix"
+else
+    echo "install-test-deps: installing kafkajs $KAFKAJS_VERSION into $prefix"
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error \
+        "kafkajs@$KAFKAJS_VERSION"
+fi

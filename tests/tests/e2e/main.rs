@@ -5,6 +5,7 @@ mod check_deps;
 mod compaction;
 mod durability;
 mod groups;
+mod groups_clients;
 mod kcat;
 mod lifecycle;
 mod quorum;
