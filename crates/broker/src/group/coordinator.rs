@@ -112,6 +112,9 @@ enum Slot {
 #[derive(Default)]
 pub(crate) struct Coordinator {
     slots: Mutex<HashMap<i32, Slot>>,
+    /// When a client first looked up a group coordinator (offsets topic creation waits a
+    /// little for brokers from then).
+    first_lookup: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Coordinator {
@@ -1019,18 +1022,51 @@ fn encode_batch(entries: &[(Bytes, Option<Bytes>)], now_ms: i64) -> Bytes {
     buf.freeze()
 }
 
+/// How long the first group lookups wait for every registered broker to be live before
+/// `__consumer_offsets` is created with fewer replicas than wanted (a cluster starting up
+/// registers its brokers one by one; one that stays down must not block groups for ever).
+const OFFSETS_TOPIC_REPLICAS_WAIT: Duration = Duration::from_secs(10);
+
+/// The replication factor `__consumer_offsets` gets now, or `None` to wait: the wanted factor
+/// (`offsets.topic.replication.factor` capped by the registered brokers) once that many are
+/// live, or what is live once `waited` passes [`OFFSETS_TOPIC_REPLICAS_WAIT`].
+pub(crate) fn offsets_replication_factor(
+    wanted: i16,
+    registered: usize,
+    live: usize,
+    waited: Duration,
+) -> Option<i16> {
+    let target = (wanted.max(1) as usize).min(registered.max(1));
+    if live >= target {
+        Some(target as i16)
+    } else if waited >= OFFSETS_TOPIC_REPLICAS_WAIT && live > 0 {
+        Some(live as i16)
+    } else {
+        None
+    }
+}
+
 /// Asks the controller for `__consumer_offsets` if it does not exist yet (Kafka creates it on
-/// the first FindCoordinator). The topic is compacted; its replication factor is
-/// `offsets.topic.replication.factor` capped by the live brokers.
+/// the first FindCoordinator). The topic is compacted; its replication factor comes from
+/// [`offsets_replication_factor`].
 pub(crate) async fn ensure_offsets_topic(ctx: &BrokerCtx) {
-    use strom_metadata::control::{ControlRequest, CreateTopic, CreateTopicsRequest};
+    use strom_metadata::control::{
+        ControlRequest, ControlResponse, CreateTopic, CreateTopicsRequest,
+    };
     let image = ctx.image.current();
     if image.topic(OFFSETS_TOPIC).is_some() {
         return;
     }
-    let live = image.live_brokers().count().max(1);
-    let replication_factor =
-        (ctx.config.groups.offsets_topic_replication_factor as usize).min(live) as i16;
+    let first = *ctx.groups.first_lookup.get_or_init(std::time::Instant::now);
+    let Some(replication_factor) = offsets_replication_factor(
+        ctx.config.groups.offsets_topic_replication_factor,
+        image.brokers.len(),
+        image.live_brokers().count(),
+        first.elapsed(),
+    ) else {
+        tracing::debug!("waiting for more live brokers before creating {OFFSETS_TOPIC}");
+        return;
+    };
     let request = CreateTopicsRequest {
         validate_only: false,
         topics: vec![CreateTopic {
@@ -1048,7 +1084,14 @@ pub(crate) async fn ensure_offsets_topic(ctx: &BrokerCtx) {
         }],
     };
     match ctx.controller.submit(ControlRequest::CreateTopics(request)).await {
-        Ok(_) => tracing::info!(replication_factor, "created {OFFSETS_TOPIC}"),
+        Ok(ControlResponse::CreateTopics(items)) => match items.into_iter().next() {
+            Some(item) if item.result.is_ok() => {
+                tracing::info!(replication_factor, "created {OFFSETS_TOPIC}")
+            }
+            Some(item) => tracing::info!(result = ?item.result, "{OFFSETS_TOPIC} not created"),
+            None => {}
+        },
+        Ok(other) => tracing::warn!(?other, "unexpected answer creating {OFFSETS_TOPIC}"),
         Err(e) => tracing::info!(error = %e, "cannot create {OFFSETS_TOPIC} yet"),
     }
 }
@@ -1056,6 +1099,19 @@ pub(crate) async fn ensure_offsets_topic(ctx: &BrokerCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_topic_waits_briefly_for_the_replicas_it_wants() {
+        let now = Duration::ZERO;
+        let later = OFFSETS_TOPIC_REPLICAS_WAIT;
+        assert_eq!(offsets_replication_factor(3, 1, 1, now), Some(1), "a single node");
+        assert_eq!(offsets_replication_factor(3, 3, 3, now), Some(3));
+        assert_eq!(offsets_replication_factor(3, 5, 4, now), Some(3), "capped by the setting");
+        assert_eq!(offsets_replication_factor(3, 3, 1, now), None, "two still starting");
+        assert_eq!(offsets_replication_factor(3, 3, 2, later), Some(2), "one stays down");
+        assert_eq!(offsets_replication_factor(3, 3, 0, later), None, "nobody live");
+        assert_eq!(offsets_replication_factor(1, 3, 3, now), Some(1));
+    }
 
     #[test]
     fn groups_map_to_the_partition_kafka_picks() {
