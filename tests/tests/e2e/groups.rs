@@ -511,7 +511,7 @@ fn static_member_restarting_within_its_session_causes_no_rebalance() {
 }
 
 #[test]
-fn find_coordinator_names_a_live_broker_and_unknown_key_types_are_refused() {
+fn find_coordinator_names_a_live_broker_and_refuses_other_key_types_and_writes_to_group_state() {
     with_node(node_options(), |node| {
         use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
         use kafka_protocol::protocol::StrBytes;
@@ -538,6 +538,10 @@ fn find_coordinator_names_a_live_broker_and_unknown_key_types_are_refused() {
         if bad.coordinators[0].error_code != 42 {
             bail!("unknown key type: {bad:?}");
         }
+        // Only the coordinator writes group state: a client's produce to it is refused.
+        let batch = strom_tests::raw::record_batch(&[b"forged"], 0)?;
+        let code = conn.produce("__consumer_offsets", 0, batch)?;
+        ensure!(code == 17, "produce to __consumer_offsets: error code {code}, want 17");
         Ok(())
     });
 }

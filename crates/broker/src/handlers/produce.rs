@@ -87,6 +87,10 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                 refused(index, K::InvalidRequiredAcks.code(), None, version)
             } else if let Err(e) = validate_topic_name(&name) {
                 refused(index, K::InvalidTopicException.code(), Some(e.to_string()), version)
+            } else if name == crate::group::OFFSETS_TOPIC {
+                // Only the group coordinator writes group state (as in Kafka).
+                let why = format!("cannot append to internal topic {name}");
+                refused(index, K::InvalidTopicException.code(), Some(why), version)
             } else {
                 match image.partition(&name, index) {
                     None => refused(index, K::UnknownTopicOrPartition.code(), None, version),
