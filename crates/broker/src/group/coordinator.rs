@@ -31,6 +31,9 @@ const LOAD_READ_BYTES: usize = 1 << 20;
 /// How often the shard manager re-checks leadership besides image changes (a partition may
 /// become leader locally a moment after the image says so).
 const MANAGER_TICK: Duration = Duration::from_millis(200);
+/// Groups one shard (offsets partition) holds; a new group beyond it is refused with
+/// COORDINATOR_NOT_AVAILABLE. Kafka has no such bound; a broker must.
+const GROUPS_PER_SHARD_MAX: usize = 1_000_000;
 /// Longest sleep of a shard between timer checks.
 const SHARD_TICK_MAX_MS: i64 = 1_000;
 
@@ -492,15 +495,22 @@ impl Shard {
         }
     }
 
-    fn entry(&mut self, group_id: &str) -> &mut GroupEntry {
+    /// The group, created (Empty) on first use, unless the shard already holds
+    /// [`GROUPS_PER_SHARD_MAX`] groups.
+    fn entry(&mut self, group_id: &str) -> Result<&mut GroupEntry, GroupError> {
         let config = self.group_config();
         let now = crate::handlers::now_ms();
-        self.groups.entry(group_id.to_owned()).or_insert_with(|| GroupEntry {
+        if !self.groups.contains_key(group_id) && self.groups.len() >= GROUPS_PER_SHARD_MAX {
+            tracing::warn!(partition = self.index, group = %group_id,
+                "{GROUPS_PER_SHARD_MAX} groups on this offsets partition; refusing a new one");
+            return Err(GroupError::CoordinatorNotAvailable);
+        }
+        Ok(self.groups.entry(group_id.to_owned()).or_insert_with(|| GroupEntry {
             group: Group::new(group_id.to_owned(), config),
             offsets: BTreeMap::new(),
             empty_since_ms: now,
             persisted: false,
-        })
+        }))
     }
 
     fn reply_to(&mut self, waiter: Waiter) -> ReplyTo {
@@ -516,7 +526,24 @@ impl Shard {
                 let to = self.reply_to(Waiter::Join(reply));
                 let mut ids =
                     |prefix: &str| format!("{prefix}-{}", uuid::Uuid::new_v4().as_hyphenated());
-                let effects = self.entry(&group_id).group.join(to, req, now, &mut ids);
+                let effects = match self.entry(&group_id) {
+                    Ok(e) => e.group.join(to, req, now, &mut ids),
+                    Err(error) => {
+                        if let Some(Waiter::Join(tx)) = self.waiters.remove(&to.0) {
+                            let _ = tx.send(JoinResponse {
+                                member_id: req.member_id,
+                                generation_id: -1,
+                                protocol_type: None,
+                                protocol_name: None,
+                                leader: String::new(),
+                                members: Vec::new(),
+                                skip_assignment: false,
+                                error: Some(error),
+                            });
+                        }
+                        return;
+                    }
+                };
                 self.apply(&group_id, effects, now);
             }
             Cmd::Sync(group_id, req, reply) => {
@@ -674,7 +701,13 @@ impl Shard {
         reply: oneshot::Sender<Result<(), GroupError>>,
         now: i64,
     ) {
-        let entry = self.entry(&group_id);
+        let entry = match self.entry(&group_id) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         if let Err(e) = entry.group.validate_offset_commit(
             &req.member_id,
             req.group_instance_id.as_deref(),
@@ -894,9 +927,11 @@ impl Shard {
             }
             Pending::Offsets { group_id, offsets, reply } => {
                 if result.is_ok() {
-                    let e = self.entry(&group_id);
-                    e.persisted = true;
-                    e.offsets.extend(offsets);
+                    // The commit created its group, which the bound counted then.
+                    if let Some(e) = self.groups.get_mut(&group_id) {
+                        e.persisted = true;
+                        e.offsets.extend(offsets);
+                    }
                 }
                 if let Some(r) = reply {
                     let _ = r.send(result);
