@@ -8,6 +8,8 @@
 // A command-line tool: its report goes to stdout.
 #![allow(clippy::print_stdout)]
 
+mod batch;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -142,6 +143,32 @@ fn proc_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / clock_ticks(), hwm_kb / 1024.0))
 }
 
+/// Resident set now (`VmRSS`), in MiB.
+fn rss_now(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kb / 1024.0)
+}
+
+/// A fresh node before any topic: its resident set once startup has settled.
+fn idle_rss() -> Result<Value> {
+    let r = start(1)?;
+    let pid = *r.pids.first().context("no pid for the node")?;
+    // Startup (raft log, controller registration) settles within a second; sample a few
+    // times and keep the last, which is what the node holds while idle.
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        samples.push(rss_now(pid).context("no VmRSS")?);
+    }
+    Ok(
+        json!({ "idle_rss_mb": samples.last(), "samples_mb": samples, "peak_rss_mb": rss_peak_of(&r.pids) }),
+    )
+}
+
 fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| proc_usage(*p)).map(|(c, _)| c).sum()
 }
@@ -198,10 +225,19 @@ impl ProducerContext for Ctx {
 }
 
 fn producer(bootstrap: &str, acks: &str, d: Arc<Deliveries>) -> Result<ThreadedProducer<Ctx>> {
+    producer_lingering(bootstrap, acks, 5, d)
+}
+
+fn producer_lingering(
+    bootstrap: &str,
+    acks: &str,
+    linger_ms: u32,
+    d: Arc<Deliveries>,
+) -> Result<ThreadedProducer<Ctx>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", acks)
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
@@ -268,14 +304,47 @@ fn produce(bootstrap: &str, topic: &str, n: u64, bytes: usize, acks: &str) -> Re
     Ok(n as f64 / secs)
 }
 
-fn consume(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<f64> {
-    let c: BaseConsumer = ClientConfig::new()
+/// Consumer settings for a cold read: large fetches and a deep prefetch queue, so that
+/// librdkafka's fetcher always has a request in flight.
+/// `BENCH_CONSUMER_CONF=key=value,...` overrides these (and applies to the kcat cross-check).
+fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "strom-bench")
-        .set("enable.auto.commit", "false")
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "10485760")
-        .create()?;
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    for (key, value) in consumer_settings() {
+        config.set(key, value);
+    }
+    Ok(config.create()?)
+}
+
+fn consumer_settings() -> Vec<(String, String)> {
+    let mut settings: Vec<(String, String)> =
+        CONSUMER_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if let Ok(extra) = std::env::var("BENCH_CONSUMER_CONF") {
+        for kv in extra.split(',').filter(|kv| !kv.is_empty()) {
+            if let Some((k, v)) = kv.split_once('=') {
+                settings.retain(|(key, _)| key != k);
+                settings.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    settings
+}
+
+const CONSUMER_SETTINGS: [(&str, &str); 4] = [
+    ("fetch.max.bytes", "52428800"),
+    ("max.partition.fetch.bytes", "10485760"),
+    ("queued.max.messages.kbytes", "262144"),
+    ("queued.min.messages", "1000000"),
+];
+
+/// Cold read of `n` records from offset 0 of every partition; records/s.
+/// `BENCH_CONSUMER=poll` reads one message per `BaseConsumer::poll` (the first instrument's
+/// loop, bound near 0.3 M records/s by the client), otherwise librdkafka's batch API.
+fn consume(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<f64> {
+    let c = consumer(bootstrap, "strom-bench")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -283,17 +352,69 @@ fn consume(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<f64>
     c.assign(&tpl)?;
     let t = Instant::now();
     let deadline = t + Duration::from_secs(300);
-    let mut got = 0u64;
-    while got < n {
-        if Instant::now() > deadline {
-            bail!("consumed {got} of {n} before the deadline");
+    if std::env::var("BENCH_CONSUMER").is_ok_and(|v| v == "poll") {
+        let mut got = 0u64;
+        while got < n {
+            if Instant::now() > deadline {
+                bail!("consumed {got} of {n} before the deadline");
+            }
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                m?;
+                got += 1;
+            }
         }
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            m?;
-            got += 1;
-        }
+    } else {
+        batch::drain(&c, topic, partitions, n, deadline)?;
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The same cold read with kcat (librdkafka in C, one process), as a cross-check of the
+/// client side; `None` when kcat is not installed.
+fn consume_kcat(bootstrap: &str, topic: &str, n: u64) -> Option<f64> {
+    let t = Instant::now();
+    let out = std::process::Command::new("kcat")
+        .args(["-C", "-b", bootstrap, "-t", topic, "-e", "-o", "beginning", "-q", "-f", "%o\n"])
+        .args(consumer_settings().iter().flat_map(|(k, v)| ["-X".to_string(), format!("{k}={v}")]))
+        .output()
+        .ok()?;
+    let secs = t.elapsed().as_secs_f64();
+    let lines = out.stdout.iter().filter(|b| **b == b'\n').count() as u64;
+    (out.status.success() && lines == n).then_some(n as f64 / secs)
+}
+
+/// `BENCH_PERF=produce` or `=consume`: `perf record` of the broker process(es) during that
+/// phase, written to `target/bench/perf-<phase>.data` (for `perf report`).
+struct Perf(Option<std::process::Child>);
+
+impl Perf {
+    fn start_if(phase: &str, pids: &[u32]) -> Perf {
+        if std::env::var("BENCH_PERF").ok().as_deref() != Some(phase) {
+            return Perf(None);
+        }
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let out = format!("target/bench/perf-{phase}.data");
+        let child = std::process::Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,32768"])
+            .args(["-o", &out, "-p", &pids.join(",")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        std::thread::sleep(Duration::from_millis(300)); // let perf attach
+        Perf(child)
+    }
+}
+
+impl Drop for Perf {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // perf writes its file on SIGINT.
+            let _ =
+                std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
 }
 
 // ---------- scenarios ----------
@@ -322,12 +443,16 @@ fn run_scenario(s: Scenario, n: u64) -> Result<Value> {
     let rf = if s.nodes >= 3 { 3 } else { 1 };
     create_topic(&r.bootstrap, "bench", s.partitions, rf)?;
     std::thread::sleep(Duration::from_millis(500));
-    let idle_rss = rss_peak_of(&r.pids);
     let cpu0 = cpu_of(&r.pids);
+    let perf = Perf::start_if("produce", &r.pids);
     let produce_rps = produce(&r.bootstrap, "bench", n, s.record_bytes, s.acks)?;
+    drop(perf);
     let cpu1 = cpu_of(&r.pids);
+    let perf = Perf::start_if("consume", &r.pids);
     let consume_rps = consume(&r.bootstrap, "bench", s.partitions, n)?;
+    drop(perf);
     let cpu2 = cpu_of(&r.pids);
+    let kcat_rps = consume_kcat(&r.bootstrap, "bench", n);
     let mb = |rps: f64| rps * s.record_bytes as f64 / 1e6;
     let gb_moved = n as f64 * s.record_bytes as f64 / 1e9;
     Ok(json!({
@@ -335,11 +460,12 @@ fn run_scenario(s: Scenario, n: u64) -> Result<Value> {
         "records": n,
         "produce_records_per_s": produce_rps, "produce_mb_per_s": mb(produce_rps),
         "consume_records_per_s": consume_rps, "consume_mb_per_s": mb(consume_rps),
+        "kcat_consume_records_per_s": kcat_rps,
         "broker_cpu_s_produce": cpu1 - cpu0, "broker_cpu_s_consume": cpu2 - cpu1,
         "cpu_us_per_record_produce": (cpu1 - cpu0) * 1e6 / n as f64,
         "cpu_us_per_record_consume": (cpu2 - cpu1) * 1e6 / n as f64,
         "cpu_s_per_gb_produce": (cpu1 - cpu0) / gb_moved,
-        "idle_rss_mb": idle_rss, "peak_rss_mb": rss_peak_of(&r.pids),
+        "peak_rss_mb": rss_peak_of(&r.pids), "load": load_average(),
     }))
 }
 
@@ -351,12 +477,13 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-/// Produce and end-to-end latency at a fixed rate (records/s), 100-byte records, acks=all.
-fn latency(rate: f64, secs: u64) -> Result<Value> {
+/// Produce and end-to-end latency at a fixed rate (records/s), 100-byte records, acks=all,
+/// with the producer's `linger.ms` (which every record may wait before its batch is sent).
+fn latency(rate: f64, secs: u64, linger_ms: u32) -> Result<Value> {
     let r = start(1)?;
     create_topic(&r.bootstrap, "lat", 1, 1)?;
     let d = Arc::new(Deliveries::default());
-    let p = producer(&r.bootstrap, "all", d.clone())?;
+    let p = producer_lingering(&r.bootstrap, "all", linger_ms, d.clone())?;
     let bootstrap = r.bootstrap.clone();
     let stop = Arc::new(AtomicU64::new(0));
     let e2e = std::thread::spawn({
@@ -371,9 +498,15 @@ fn latency(rate: f64, secs: u64) -> Result<Value> {
             tpl.add_partition_offset("lat", 0, Offset::Beginning)?;
             c.assign(&tpl)?;
             let mut out = Vec::new();
-            while stop.load(Ordering::Relaxed) == 0 {
-                if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-                    if let Some(p) = m.payload().and_then(|p| p.get(..16)) {
+            let deadline = Instant::now() + Duration::from_secs(secs + 120);
+            batch::each(
+                &c,
+                "lat",
+                1,
+                deadline,
+                |_| stop.load(Ordering::Relaxed) != 0,
+                |payload| {
+                    if let Some(p) = payload.get(..16) {
                         let sent = u128::from_be_bytes(p.try_into().unwrap_or([0; 16]));
                         let now = SystemTime::now()
                             .duration_since(UNIX_EPOCH)
@@ -381,8 +514,8 @@ fn latency(rate: f64, secs: u64) -> Result<Value> {
                             .unwrap_or(0);
                         out.push(now.saturating_sub(sent) as u64);
                     }
-                }
-            }
+                },
+            )?;
             Ok(out)
         }
     });
@@ -406,6 +539,7 @@ fn latency(rate: f64, secs: u64) -> Result<Value> {
             bail!("latency produce: {e}");
         }
     }
+    let achieved = total as f64 / start_t.elapsed().as_secs_f64();
     p.flush(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(500));
     stop.store(1, Ordering::Relaxed);
@@ -414,10 +548,16 @@ fn latency(rate: f64, secs: u64) -> Result<Value> {
     produce_lat.sort_unstable();
     e2e.sort_unstable();
     Ok(json!({
-        "rate_records_per_s": rate, "records": total,
+        "rate_records_per_s": rate, "sent_records_per_s": achieved, "records": total,
+        "linger_ms": linger_ms, "load": load_average(),
         "produce_ms": {"p50": percentile(&produce_lat, 0.5), "p99": percentile(&produce_lat, 0.99), "p999": percentile(&produce_lat, 0.999)},
         "end_to_end_ms": {"p50": percentile(&e2e, 0.5), "p99": percentile(&e2e, 0.99), "p999": percentile(&e2e, 0.999)},
     }))
+}
+
+/// The 1-minute load average, noted beside figures taken on a shared machine.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Time from kill -9 of a partition leader to the next acknowledged acks=all write.
@@ -469,24 +609,106 @@ fn failover(rounds: usize) -> Result<Value> {
     Ok(json!({ "rounds": rounds, "kill_to_next_ack_ms": windows }))
 }
 
+/// The sections a run may be limited to with `--only a,b`.
+const SECTIONS: [&str; 5] = ["limits", "idle", "throughput", "latency", "failover"];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let json_path = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "target/bench/results.json".into());
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let json_path = arg("--json").cloned().unwrap_or_else(|| "target/bench/results.json".into());
+    let only: Vec<&str> = match arg("--only") {
+        Some(list) => list.split(',').collect(),
+        None => SECTIONS.to_vec(),
+    };
+    if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(s)) {
+        bail!("unknown section {bad}; sections: {}", SECTIONS.join(","));
+    }
+    let run = |section: &str| only.contains(&section);
     let sz = sizes();
     let mut results: BTreeMap<&str, Value> = BTreeMap::new();
+    results.insert("load_at_start", json!(load_average()));
 
-    let tmp = std::env::temp_dir().join(format!("strom-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
-    let (disk, disk_sync) = disk_limits(&tmp, sz.disk_mb)?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    let tcp = loopback_limit(sz.tcp_mb)?;
-    eprintln!("limits: disk {disk:.0} MB/s, disk+fdatasync per MiB {disk_sync:.0} MB/s, loopback {tcp:.0} MB/s");
-    results.insert("limits", json!({"disk_mb_per_s": disk, "disk_fdatasync_mb_per_s": disk_sync, "loopback_tcp_mb_per_s": tcp}));
+    let (mut disk, mut disk_sync, mut tcp) = (f64::NAN, f64::NAN, f64::NAN);
+    if run("limits") {
+        let tmp = std::env::temp_dir().join(format!("strom-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        (disk, disk_sync) = disk_limits(&tmp, sz.disk_mb)?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        tcp = loopback_limit(sz.tcp_mb)?;
+        println!("limits: disk {disk:.0} MB/s, disk+fdatasync per MiB {disk_sync:.0} MB/s, loopback {tcp:.0} MB/s");
+        results.insert("limits", json!({"disk_mb_per_s": disk, "disk_fdatasync_mb_per_s": disk_sync, "loopback_tcp_mb_per_s": tcp}));
+    }
 
+    if run("idle") {
+        match idle_rss() {
+            Ok(v) => {
+                println!(
+                    "idle RSS of a fresh node (no topics): {:.1} MiB",
+                    v["idle_rss_mb"].as_f64().unwrap_or(f64::NAN)
+                );
+                results.insert("idle", v);
+            }
+            Err(e) => println!("idle: FAILED: {e:#}"),
+        }
+    }
+
+    let mut peak = 1_000_000.0;
+    if run("throughput") {
+        let matrix = throughput(&sz, disk, disk_sync, tcp);
+        if let Some(p) = matrix
+            .iter()
+            .find(|v| v["nodes"] == 1 && v["record_bytes"] == 100 && v["acks"] == "all")
+            .and_then(|v| v["produce_records_per_s"].as_f64())
+        {
+            peak = p;
+        }
+        results.insert("throughput", Value::Array(matrix));
+    }
+
+    if run("latency") {
+        // Half the measured peak (the load point), then fixed lower rates; the last
+        // row without linger shows what the client's own batching wait adds.
+        let points = [(peak * 0.5, 5), (100_000.0, 5), (10_000.0, 5), (peak * 0.5, 0)];
+        let mut rows = Vec::new();
+        for (rate, linger_ms) in points {
+            match latency(rate, sz.latency_secs, linger_ms) {
+                Ok(v) => {
+                    println!("latency at {rate:.0} records/s (sent {:.0}), linger.ms={linger_ms}: produce p50/p99/p99.9 {:.2}/{:.2}/{:.2} ms, end-to-end {:.2}/{:.2}/{:.2} ms (load {})",
+                        v["sent_records_per_s"].as_f64().unwrap_or(f64::NAN),
+                        v["produce_ms"]["p50"].as_f64().unwrap_or(f64::NAN), v["produce_ms"]["p99"].as_f64().unwrap_or(f64::NAN), v["produce_ms"]["p999"].as_f64().unwrap_or(f64::NAN),
+                        v["end_to_end_ms"]["p50"].as_f64().unwrap_or(f64::NAN), v["end_to_end_ms"]["p99"].as_f64().unwrap_or(f64::NAN), v["end_to_end_ms"]["p999"].as_f64().unwrap_or(f64::NAN),
+                        v["load"]);
+                    rows.push(v);
+                }
+                Err(e) => println!("latency at {rate:.0} records/s: FAILED: {e:#}"),
+            }
+        }
+        results.insert("latency", Value::Array(rows));
+    }
+
+    if run("failover") {
+        match failover(sz.failover_rounds) {
+            Ok(v) => {
+                println!(
+                    "failover (kill -9 of the leader to next acks=all ack), ms per round: {}",
+                    v["kill_to_next_ack_ms"]
+                );
+                results.insert("failover", v);
+            }
+            Err(e) => println!("failover: FAILED: {e:#}"),
+        }
+    }
+    results.insert("load_at_end", json!(load_average()));
+    if let Some(dir) = std::path::Path::new(&json_path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    println!("results written to {json_path}");
+    Ok(())
+}
+
+/// The produce/consume matrix; one JSON row per scenario (or its error).
+fn throughput(sz: &Sizes, disk: f64, disk_sync: f64, tcp: f64) -> Vec<Value> {
     let mut matrix = Vec::new();
     let scenarios = [
         Scenario { nodes: 1, record_bytes: 100, partitions: 1, acks: "1" },
@@ -498,7 +720,7 @@ fn main() -> Result<()> {
         Scenario { nodes: 3, record_bytes: 1024, partitions: 6, acks: "all" },
     ];
     println!(
-        "{:<5} {:>6} {:>4} {:>4} | {:>12} {:>9} {:>7} | {:>12} {:>9} {:>7} | {:>7} {:>7} {:>6}",
+        "{:<5} {:>6} {:>4} {:>4} | {:>12} {:>9} {:>7} | {:>12} {:>9} {:>7} {:>11} | {:>7} {:>7} {:>6} | load",
         "nodes",
         "bytes",
         "part",
@@ -509,20 +731,29 @@ fn main() -> Result<()> {
         "consume r/s",
         "MB/s",
         "%tcp",
+        "kcat r/s",
         "us/rec",
         "us/rec",
         "RSS"
     );
-    for s in scenarios {
+    // `BENCH_ROWS=0,3` runs only those rows of the matrix (for profiling one of them).
+    let rows: Option<Vec<usize>> = std::env::var("BENCH_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect());
+    for (row, s) in scenarios.into_iter().enumerate() {
+        if rows.as_ref().is_some_and(|rows| !rows.contains(&row)) {
+            continue;
+        }
         let n = if s.record_bytes <= 100 { sz.records_100b } else { sz.records_1k };
         match run_scenario(s, n) {
             Ok(v) => {
                 let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-                println!("{:<5} {:>6} {:>4} {:>4} | {:>12.0} {:>9.1} {:>6.0}% | {:>12.0} {:>9.1} {:>6.1}% | {:>7.2} {:>7.2} {:>6.0}",
+                println!("{:<5} {:>6} {:>4} {:>4} | {:>12.0} {:>9.1} {:>6.0}% | {:>12.0} {:>9.1} {:>6.1}% {:>11.0} | {:>7.2} {:>7.2} {:>6.0} | {:.2}",
                     s.nodes, s.record_bytes, s.partitions, s.acks,
                     f("produce_records_per_s"), f("produce_mb_per_s"), 100.0 * f("produce_mb_per_s") / if s.acks == "all" { disk_sync } else { disk },
                     f("consume_records_per_s"), f("consume_mb_per_s"), 100.0 * f("consume_mb_per_s") / tcp,
-                    f("cpu_us_per_record_produce"), f("cpu_us_per_record_consume"), f("peak_rss_mb"));
+                    f("kcat_consume_records_per_s"),
+                    f("cpu_us_per_record_produce"), f("cpu_us_per_record_consume"), f("peak_rss_mb"), f("load"));
                 matrix.push(v);
             }
             Err(e) => {
@@ -531,36 +762,5 @@ fn main() -> Result<()> {
             }
         }
     }
-    let peak = matrix
-        .iter()
-        .find(|v| v["nodes"] == 1 && v["record_bytes"] == 100 && v["acks"] == "all")
-        .and_then(|v| v["produce_records_per_s"].as_f64())
-        .unwrap_or(10_000.0);
-    results.insert("throughput", Value::Array(matrix));
-
-    match latency(peak * 0.5, sz.latency_secs) {
-        Ok(v) => {
-            println!("latency at {:.0} records/s (50% of 1-node acks=all peak): produce p50/p99/p99.9 {}/{}/{} ms, end-to-end {}/{}/{} ms",
-                peak * 0.5, v["produce_ms"]["p50"], v["produce_ms"]["p99"], v["produce_ms"]["p999"],
-                v["end_to_end_ms"]["p50"], v["end_to_end_ms"]["p99"], v["end_to_end_ms"]["p999"]);
-            results.insert("latency", v);
-        }
-        Err(e) => println!("latency: FAILED: {e:#}"),
-    }
-    match failover(sz.failover_rounds) {
-        Ok(v) => {
-            println!(
-                "failover (kill -9 of the leader to next acks=all ack), ms per round: {}",
-                v["kill_to_next_ack_ms"]
-            );
-            results.insert("failover", v);
-        }
-        Err(e) => println!("failover: FAILED: {e:#}"),
-    }
-    if let Some(dir) = std::path::Path::new(&json_path).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
-    println!("results written to {json_path}");
-    Ok(())
+    matrix
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 use strom_protocol::frame::{frame_len, FrameError};
 use strom_protocol::request::{decode_request, encode_response, RequestError};
@@ -61,7 +61,59 @@ pub(crate) async fn accept_loop(
 }
 
 /// A response still being produced, in the order its request arrived.
-type Pending = oneshot::Receiver<Option<Bytes>>;
+type Pending = oneshot::Receiver<Option<Frame>>;
+
+/// A response frame: one buffer, or a chain of buffers written back to back (see
+/// `Reply::LaterChain`).
+enum Frame {
+    One(Bytes),
+    Chain(Vec<Bytes>),
+}
+
+/// The remaining bytes of a chain, for vectored writes (`write_all_buf`).
+struct ChainBuf {
+    parts: std::collections::VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl ChainBuf {
+    fn new(parts: Vec<Bytes>) -> ChainBuf {
+        let remaining = parts.iter().map(Bytes::len).sum();
+        ChainBuf { parts: parts.into_iter().filter(|p| !p.is_empty()).collect(), remaining }
+    }
+}
+
+impl Buf for ChainBuf {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |p| p.as_ref())
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let n = dst.len().min(self.parts.len());
+        for (slot, part) in dst.iter_mut().zip(&self.parts) {
+            *slot = std::io::IoSlice::new(part);
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of the chain");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let Some(front) = self.parts.front_mut() else { break };
+            if cnt < front.len() {
+                front.advance(cnt);
+                break;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+}
 
 async fn serve(
     stream: TcpStream,
@@ -109,7 +161,7 @@ async fn serve(
                     .map_err(|e| format!("cannot encode ApiVersions v0: {e}"))?;
                 tracing::debug!(version, "ApiVersions version unsupported; answered with v0");
                 let (otx, orx) = oneshot::channel();
-                let _ = otx.send(Some(bytes));
+                let _ = otx.send(Some(Frame::One(bytes)));
                 if tx.send(orx).await.is_err() {
                     break Ok(());
                 }
@@ -123,11 +175,16 @@ async fn serve(
         }
         match handlers::handle(&ctx, frame, peer).await {
             Reply::Now(bytes) => {
-                let _ = otx.send(bytes);
+                let _ = otx.send(bytes.map(Frame::One));
             }
             Reply::Later(fut) => {
                 tokio::spawn(async move {
-                    let _ = otx.send(fut.await);
+                    let _ = otx.send(fut.await.map(Frame::One));
+                });
+            }
+            Reply::LaterChain(fut) => {
+                tokio::spawn(async move {
+                    let _ = otx.send(fut.await.map(Frame::Chain));
                 });
             }
             Reply::Close(why) => break Err(why),
@@ -159,7 +216,7 @@ async fn write_responses(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Rece
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        let bytes = match pending.try_recv() {
+        let frame = match pending.try_recv() {
             Ok(b) => b,
             Err(OneshotTryRecv::Empty) => {
                 if out.flush().await.is_err() {
@@ -172,11 +229,45 @@ async fn write_responses(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Rece
             }
             Err(OneshotTryRecv::Closed) => return,
         };
-        if let Some(bytes) = bytes {
-            if out.write_all(&bytes).await.is_err() {
-                return;
-            }
+        let written = match frame {
+            None => Ok(()),
+            Some(Frame::One(bytes)) => out.write_all(&bytes).await,
+            // Vectored writes: parts larger than the buffer go to the socket from where they
+            // are (BufWriter flushes what it holds first, so the order stays).
+            Some(Frame::Chain(parts)) => out.write_all_buf(&mut ChainBuf::new(parts)).await,
+        };
+        if written.is_err() {
+            return;
         }
     }
     let _ = out.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Buf, Bytes};
+
+    use super::ChainBuf;
+
+    #[test]
+    fn a_chain_buffer_yields_its_parts_in_order_across_partial_writes() {
+        let parts = vec![
+            Bytes::from_static(b"head"),
+            Bytes::new(),
+            Bytes::from_static(b"records"),
+            Bytes::from_static(b"tail"),
+        ];
+        let mut chain = ChainBuf::new(parts);
+        assert_eq!(chain.remaining(), 15);
+        let mut slices = [std::io::IoSlice::new(&[]); 8];
+        assert_eq!(chain.chunks_vectored(&mut slices), 3, "empty parts are dropped");
+        let mut out = Vec::new();
+        // Writes that stop mid-part, at a part boundary, and across two parts.
+        for step in [2, 2, 5, 4, 2] {
+            out.extend_from_slice(&chain.copy_to_bytes(step));
+        }
+        assert_eq!(out, b"headrecordstail");
+        assert_eq!(chain.remaining(), 0);
+        assert!(chain.chunk().is_empty());
+    }
 }

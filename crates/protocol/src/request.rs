@@ -7,9 +7,10 @@ use kafka_protocol::messages::{
     DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
     IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
     ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::versions::is_supported;
@@ -132,16 +133,138 @@ pub fn encode_response<R: Encodable>(
     correlation_id: i32,
     body: &R,
 ) -> Result<Bytes, String> {
+    let buf = encode_frame(api_key, version, correlation_id, body, BytesMut::with_capacity)?;
+    Ok(buf.freeze())
+}
+
+/// Encodes a response frame like [`encode_response`], except that the byte fields that are one
+/// of `shared` (record batches served by Fetch) are not copied: the frame comes back as a chain
+/// of buffers, written back to back, in which those fields are the `shared` buffers themselves.
+/// Byte fields below `SHARED_BYTES_MIN` are copied all the same (an extra buffer costs more).
+pub fn encode_response_sharing<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+    shared: &[Bytes],
+) -> Result<Vec<Bytes>, String> {
+    let shared_len: usize = shared.iter().map(Bytes::len).sum();
+    let buf = encode_frame(api_key, version, correlation_id, body, |size| SharingBuf {
+        done: Vec::with_capacity(2 * shared.len() + 1),
+        done_len: 0,
+        head: BytesMut::with_capacity(size.saturating_sub(shared_len)),
+        shared,
+        next: 0,
+    })?;
+    Ok(buf.into_chain())
+}
+
+/// Shared byte fields smaller than this are copied into the frame.
+pub const SHARED_BYTES_MIN: usize = 1024;
+
+/// Length prefix, response header (its version chosen by the API and version, e.g. always v0
+/// for ApiVersions), then the body, into a buffer made for the frame's size.
+fn encode_frame<R: Encodable, B: ByteBufMut>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+    make_buf: impl FnOnce(usize) -> B,
+) -> Result<B, String> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = api_key.response_header_version(version);
     let size = header.compute_size(header_version).map_err(|e| e.to_string())?
         + body.compute_size(version).map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(4 + size);
+    let mut buf = make_buf(4 + size);
     buf.put_i32(size as i32);
     header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
     body.encode(&mut buf, version).map_err(|e| e.to_string())?;
-    debug_assert_eq!(buf.len(), 4 + size);
-    Ok(buf.freeze())
+    debug_assert_eq!(buf.offset(), 4 + size);
+    Ok(buf)
+}
+
+/// An encoding buffer that splices `shared` byte fields in by reference. The codecs write a
+/// byte field with one `put_slice` of the field's own bytes, so a slice that starts where one
+/// of `shared` starts, with its length, is that buffer.
+struct SharingBuf<'a> {
+    /// Finished parts of the frame, in order.
+    done: Vec<Bytes>,
+    done_len: usize,
+    /// Bytes written since the last shared part.
+    head: BytesMut,
+    shared: &'a [Bytes],
+    /// Where in `shared` to look first: fields are usually encoded in the order given.
+    next: usize,
+}
+
+impl SharingBuf<'_> {
+    fn find_shared(&mut self, src: &[u8]) -> Option<Bytes> {
+        if src.len() < SHARED_BYTES_MIN {
+            return None;
+        }
+        let is = |b: &Bytes| b.as_ptr() == src.as_ptr() && b.len() == src.len();
+        let n = self.shared.len();
+        let i = (0..n).map(|k| (self.next + k) % n).find(|&i| is(&self.shared[i]))?;
+        self.next = i + 1;
+        Some(self.shared[i].clone())
+    }
+
+    fn into_chain(mut self) -> Vec<Bytes> {
+        if !self.head.is_empty() {
+            self.done.push(self.head.freeze());
+        }
+        self.done
+    }
+}
+
+// SAFETY: every method delegates to the `BytesMut` behind it, which upholds `BufMut`'s
+// contract; `put_slice` either delegates too or appends nothing to `head`.
+#[allow(unsafe_code)]
+unsafe impl BufMut for SharingBuf<'_> {
+    fn remaining_mut(&self) -> usize {
+        self.head.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller's promise about `cnt` is about `chunk_mut`, which is `head`'s.
+        unsafe { self.head.advance_mut(cnt) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.head.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        match self.find_shared(src) {
+            Some(part) => {
+                let head = self.head.split().freeze();
+                if !head.is_empty() {
+                    self.done_len += head.len();
+                    self.done.push(head);
+                }
+                self.done_len += part.len();
+                self.done.push(part);
+            }
+            None => self.head.put_slice(src),
+        }
+    }
+}
+
+impl ByteBufMut for SharingBuf<'_> {
+    fn offset(&self) -> usize {
+        self.done_len + self.head.len()
+    }
+
+    /// Gaps (length fields filled in later) may only reach back into the unshared tail.
+    fn seek(&mut self, offset: usize) {
+        assert!(offset >= self.done_len, "seek before a shared part of the frame");
+        self.head.resize(offset - self.done_len, 0);
+    }
+
+    fn range(&mut self, r: std::ops::Range<usize>) -> &mut [u8] {
+        assert!(r.start >= self.done_len, "range before a shared part of the frame");
+        &mut self.head[r.start - self.done_len..r.end - self.done_len]
+    }
 }
 
 /// Encodes a whole request frame (the client side, used by replica fetchers).
@@ -248,5 +371,36 @@ mod tests {
         // length, correlation id, then straight into the body: no tagged-field byte
         assert_eq!(&v3[4..8], &9i32.to_be_bytes());
         assert_eq!(v3.len(), 4 + 4 + resp.compute_size(3).unwrap());
+    }
+
+    #[test]
+    fn a_shared_fetch_response_is_the_copied_one_without_copying_the_records() {
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        use kafka_protocol::messages::FetchResponse;
+        let big = Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let small = Bytes::from_static(b"under the sharing threshold");
+        let other_big = Bytes::from(vec![7u8; 3000]);
+        let partition = |i: i32, records: &Bytes| {
+            PartitionData::default().with_partition_index(i).with_records(Some(records.clone()))
+        };
+        let resp = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+            .with_partitions(vec![
+                partition(0, &big),
+                partition(1, &small),
+                partition(2, &other_big),
+                partition(3, &Bytes::new()),
+            ])]);
+        // Non-flexible (i32 lengths) and flexible (varint lengths, tagged fields) versions.
+        for version in [4, 12, 16] {
+            let copied = encode_response(ApiKey::Fetch, version, 3, &resp).unwrap();
+            let shared = [big.clone(), small.clone(), other_big.clone()];
+            let chain = encode_response_sharing(ApiKey::Fetch, version, 3, &resp, &shared).unwrap();
+            assert_eq!(chain.concat(), copied.to_vec(), "v{version}");
+            for records in [&big, &other_big] {
+                assert!(chain.iter().any(|part| part.as_ptr() == records.as_ptr()), "v{version}");
+            }
+            assert!(!chain.iter().any(|part| part.as_ptr() == small.as_ptr()), "v{version}");
+            assert_eq!(chain.len(), 5, "head, big, middle, other_big, tail (v{version})");
+        }
     }
 }

@@ -12,6 +12,7 @@ use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError as K;
 use strom_metadata::{MetadataImage, NodeId, TopicId};
+use strom_protocol::request::{encode_response_sharing, SHARED_BYTES_MIN};
 
 use super::Meta;
 use super::{check_leader, leader_hint, s};
@@ -146,7 +147,31 @@ fn read_once(
     (resp, total, any_error)
 }
 
-pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: FetchRequest) -> Option<Bytes> {
+/// The response frame as a chain of buffers in which the stored batches are shared, not copied.
+fn encode(meta: Meta, resp: &FetchResponse) -> Option<Vec<Bytes>> {
+    let shared: Vec<Bytes> = resp
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter_map(|p| p.records.clone())
+        .filter(|r| r.len() >= SHARED_BYTES_MIN)
+        .collect();
+    match encode_response_sharing(meta.api_key, meta.version, meta.correlation_id, resp, &shared) {
+        Ok(chain) => Some(chain),
+        Err(e) => {
+            // A bug (a field set that this version lacks): say so loudly, answer nothing.
+            tracing::error!(version = meta.version, error = %e, "cannot encode Fetch response");
+            debug_assert!(false, "cannot encode Fetch v{}: {e}", meta.version);
+            None
+        }
+    }
+}
+
+pub(crate) async fn handle(
+    ctx: &Arc<BrokerCtx>,
+    meta: Meta,
+    req: FetchRequest,
+) -> Option<Vec<Bytes>> {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -160,10 +185,10 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: FetchRequest) 
         let (resp, bytes, any_error) = read_once(ctx, &image, meta.version, &req, replica);
         let done = bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline;
         if done {
-            return meta.encode(&resp);
+            return encode(meta, &resp);
         }
         tokio::select! {
-            changed = arrived.changed() => if changed.is_err() { return meta.encode(&resp) },
+            changed = arrived.changed() => if changed.is_err() { return encode(meta, &resp) },
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }

@@ -29,6 +29,9 @@ pub(crate) enum Reply {
     Now(Option<Bytes>),
     /// Send what this future yields, in this request's turn.
     Later(BoxFuture<Option<Bytes>>),
+    /// Like `Later`, for a frame written as a chain of buffers back to back (Fetch: the stored
+    /// record batches go out as they are, without being copied into the response).
+    LaterChain(BoxFuture<Option<Vec<Bytes>>>),
     /// Close the connection; the reason is logged.
     Close(String),
 }
@@ -142,7 +145,7 @@ pub(crate) async fn handle(
         R::Produce(req) => produce::handle(ctx, meta, req),
         R::Fetch(req) => {
             let ctx = ctx.clone();
-            Reply::Later(Box::pin(async move { fetch::handle(&ctx, meta, req).await }))
+            Reply::LaterChain(Box::pin(async move { fetch::handle(&ctx, meta, req).await }))
         }
         R::OffsetForLeaderEpoch(req) => now(meta.encode(&epochs::handle(ctx, req))),
         R::FindCoordinator(req) => {
