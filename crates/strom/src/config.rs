@@ -353,7 +353,10 @@ impl NodeConfig {
             );
         }
         if self.offsets.retention_minutes < 1 {
-            bail!("offsets.retention_minutes = {}: must be at least 1", self.offsets.retention_minutes);
+            bail!(
+                "offsets.retention_minutes = {}: must be at least 1",
+                self.offsets.retention_minutes
+            );
         }
         if self.offsets.retention_check_interval_ms < 1 || self.offsets.commit_timeout_ms < 1 {
             bail!("offsets.retention_check_interval_ms and offsets.commit_timeout_ms must be at least 1");
