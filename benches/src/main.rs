@@ -234,15 +234,29 @@ fn producer_lingering(
     linger_ms: u32,
     d: Arc<Deliveries>,
 ) -> Result<ThreadedProducer<Ctx>> {
-    Ok(ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("acks", acks)
         .set("linger.ms", linger_ms.to_string())
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
-        .set("message.timeout.ms", "60000")
-        .create_with_context(Ctx(d))?)
+        .set("message.timeout.ms", "60000");
+    for (key, value) in overrides("BENCH_PRODUCER_CONF") {
+        config.set(key, value);
+    }
+    Ok(config.create_with_context(Ctx(d))?)
+}
+
+/// `key=value,...` pairs from an environment variable, for comparing client settings.
+fn overrides(var: &str) -> Vec<(String, String)> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32, rf: i32) -> Result<()> {
@@ -306,29 +320,23 @@ fn produce(bootstrap: &str, topic: &str, n: u64, bytes: usize, acks: &str) -> Re
 
 /// Consumer settings for a cold read: large fetches and a deep prefetch queue, so that
 /// librdkafka's fetcher always has a request in flight.
-/// `BENCH_CONSUMER_CONF=key=value,...` overrides these (and applies to the kcat cross-check).
-fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer> {
+/// The consumer's settings; `BENCH_CONSUMER_CONF=key=value,...` overrides them (and applies to
+/// the kcat cross-check).
+fn consumer_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false");
+    config.set("bootstrap.servers", bootstrap);
     for (key, value) in consumer_settings() {
         config.set(key, value);
     }
-    Ok(config.create()?)
+    config
 }
 
 fn consumer_settings() -> Vec<(String, String)> {
     let mut settings: Vec<(String, String)> =
         CONSUMER_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    if let Ok(extra) = std::env::var("BENCH_CONSUMER_CONF") {
-        for kv in extra.split(',').filter(|kv| !kv.is_empty()) {
-            if let Some((k, v)) = kv.split_once('=') {
-                settings.retain(|(key, _)| key != k);
-                settings.push((k.to_string(), v.to_string()));
-            }
-        }
+    for (k, v) in overrides("BENCH_CONSUMER_CONF") {
+        settings.retain(|(key, _)| *key != k);
+        settings.push((k, v));
     }
     settings
 }
@@ -340,33 +348,53 @@ const CONSUMER_SETTINGS: [(&str, &str); 4] = [
     ("queued.min.messages", "1000000"),
 ];
 
-/// Cold read of `n` records from offset 0 of every partition; records/s.
-/// `BENCH_CONSUMER=poll` reads one message per `BaseConsumer::poll` (the first instrument's
-/// loop, bound near 0.3 M records/s by the client), otherwise librdkafka's batch API.
-fn consume(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<f64> {
-    let c = consumer(bootstrap, "strom-bench")?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
+/// A cold read: records/s over the whole read, and how long the first record took (client
+/// start-up: connection, metadata, offset lookup, first fetch).
+struct ConsumeRun {
+    records_per_s: f64,
+    first_record_ms: f64,
+    /// From the first record to the last: the steady rate, without start-up.
+    steady_records_per_s: f64,
+}
+
+/// Cold read of `n` records from offset 0 of every partition, by librdkafka's simple consumer
+/// and batch call (`batch::Reader`). `BENCH_CONSUMER=poll` reads one message per
+/// `BaseConsumer::poll` of a group consumer with `assign` instead: the first instrument's loop,
+/// bound near 0.3 M records/s by the client.
+fn consume(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<ConsumeRun> {
     let t = Instant::now();
     let deadline = t + Duration::from_secs(300);
-    if std::env::var("BENCH_CONSUMER").is_ok_and(|v| v == "poll") {
-        let mut got = 0u64;
+    let first = if std::env::var("BENCH_CONSUMER").is_ok_and(|v| v == "poll") {
+        let c: BaseConsumer = consumer_config(bootstrap)
+            .set("group.id", "strom-bench")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        c.assign(&tpl)?;
+        let (mut got, mut first) = (0u64, None);
         while got < n {
             if Instant::now() > deadline {
                 bail!("consumed {got} of {n} before the deadline");
             }
             if let Some(m) = c.poll(Duration::from_millis(100)) {
                 m?;
+                first.get_or_insert_with(Instant::now);
                 got += 1;
             }
         }
+        first.unwrap_or(t)
     } else {
-        batch::drain(&c, topic, partitions, n, deadline)?;
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+        batch::Reader::start(&consumer_config(bootstrap), topic, partitions)?.drain(n, deadline)?
+    };
+    let (total, steady) = (t.elapsed().as_secs_f64(), first.elapsed().as_secs_f64());
+    Ok(ConsumeRun {
+        records_per_s: n as f64 / total,
+        first_record_ms: (first - t).as_secs_f64() * 1000.0,
+        steady_records_per_s: (n - 1) as f64 / steady,
+    })
 }
 
 /// The same cold read with kcat (librdkafka in C, one process), as a cross-check of the
@@ -394,9 +422,15 @@ impl Perf {
         }
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
         let out = format!("target/bench/perf-{phase}.data");
+        // BENCH_PERF_SYSTEM=1: every process (client and broker), to see how they split.
+        let target = match std::env::var_os("BENCH_PERF_SYSTEM") {
+            Some(_) => vec!["-a".to_string()],
+            None => vec!["-p".to_string(), pids.join(",")],
+        };
         let child = std::process::Command::new("perf")
             .args(["record", "-e", "cpu-clock", "-F", "1999", "--call-graph", "dwarf,32768"])
-            .args(["-o", &out, "-p", &pids.join(",")])
+            .args(["-o", &out])
+            .args(&target)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -422,24 +456,98 @@ impl Drop for Perf {
 struct Running {
     _single: Option<StromNode>,
     _cluster: Option<StromCluster>,
+    _peer: Option<Peer>,
     bootstrap: String,
     pids: Vec<u32>,
+}
+
+/// Which broker a scenario runs against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Broker {
+    Strom,
+    /// tansu (`make bench-peer`) with its SQLite store.
+    Tansu,
+}
+
+/// A peer broker process, killed on drop, with its data directory.
+struct Peer {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// tansu (`TANSU_BIN`, or `tansu` on PATH) on a free loopback port, SQLite storage in a fresh
+/// directory (`TANSU_STORAGE` overrides the engine URL, e.g. `memory://tansu/`).
+fn start_tansu() -> Result<Running> {
+    let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+    let addr = strom_tests::free_ports(1)?[0];
+    let dir = std::env::temp_dir().join(format!(
+        "strom-bench-tansu-{}-{}",
+        std::process::id(),
+        addr.port()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    // tansu reads the SQLite path relative to its working directory.
+    let storage = std::env::var("TANSU_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".into());
+    let url = format!("tcp://{addr}");
+    let child = std::process::Command::new(&bin)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", &storage])
+        .current_dir(&dir)
+        .stdout(std::fs::File::create(dir.join("stdout.log"))?)
+        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+        .spawn()
+        .with_context(|| format!("cannot start {bin}"))?;
+    let pid = child.id();
+    let peer = Peer { child, dir };
+    let bootstrap = addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(peer.dir.join("stderr.log")).unwrap_or_default();
+            bail!("tansu did not listen on {addr} within 30 s: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(Running { bootstrap, pids: vec![pid], _single: None, _cluster: None, _peer: Some(peer) })
 }
 
 fn start(nodes: usize) -> Result<Running> {
     if nodes == 1 {
         let node = StromNode::start(NodeOptions::default())?;
         let pids = node.pid().into_iter().collect();
-        Ok(Running { bootstrap: node.bootstrap(), pids, _single: Some(node), _cluster: None })
+        Ok(Running {
+            bootstrap: node.bootstrap(),
+            pids,
+            _single: Some(node),
+            _cluster: None,
+            _peer: None,
+        })
     } else {
         let cluster = StromCluster::start(nodes, ClusterOptions::default())?;
         let pids = cluster.ids().iter().filter_map(|id| cluster.node(*id).pid()).collect();
-        Ok(Running { bootstrap: cluster.bootstrap(), pids, _single: None, _cluster: Some(cluster) })
+        Ok(Running {
+            bootstrap: cluster.bootstrap(),
+            pids,
+            _single: None,
+            _cluster: Some(cluster),
+            _peer: None,
+        })
     }
 }
 
-fn run_scenario(s: Scenario, n: u64) -> Result<Value> {
-    let r = start(s.nodes)?;
+fn run_scenario(s: Scenario, n: u64, broker: Broker) -> Result<Value> {
+    let r = match broker {
+        Broker::Strom => start(s.nodes)?,
+        Broker::Tansu => start_tansu()?,
+    };
     let rf = if s.nodes >= 3 { 3 } else { 1 };
     create_topic(&r.bootstrap, "bench", s.partitions, rf)?;
     std::thread::sleep(Duration::from_millis(500));
@@ -449,7 +557,8 @@ fn run_scenario(s: Scenario, n: u64) -> Result<Value> {
     drop(perf);
     let cpu1 = cpu_of(&r.pids);
     let perf = Perf::start_if("consume", &r.pids);
-    let consume_rps = consume(&r.bootstrap, "bench", s.partitions, n)?;
+    let consumed = consume(&r.bootstrap, "bench", s.partitions, n)?;
+    let consume_rps = consumed.records_per_s;
     drop(perf);
     let cpu2 = cpu_of(&r.pids);
     let kcat_rps = consume_kcat(&r.bootstrap, "bench", n);
@@ -461,6 +570,8 @@ fn run_scenario(s: Scenario, n: u64) -> Result<Value> {
         "produce_records_per_s": produce_rps, "produce_mb_per_s": mb(produce_rps),
         "consume_records_per_s": consume_rps, "consume_mb_per_s": mb(consume_rps),
         "kcat_consume_records_per_s": kcat_rps,
+        "consume_first_record_ms": consumed.first_record_ms,
+        "consume_steady_records_per_s": consumed.steady_records_per_s,
         "broker_cpu_s_produce": cpu1 - cpu0, "broker_cpu_s_consume": cpu2 - cpu1,
         "cpu_us_per_record_produce": (cpu1 - cpu0) * 1e6 / n as f64,
         "cpu_us_per_record_consume": (cpu2 - cpu1) * 1e6 / n as f64,
@@ -489,20 +600,12 @@ fn latency(rate: f64, secs: u64, linger_ms: u32) -> Result<Value> {
     let e2e = std::thread::spawn({
         let stop = stop.clone();
         move || -> Result<Vec<u64>> {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("group.id", "strom-bench-lat")
-                .set("fetch.wait.max.ms", "5")
-                .create()?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset("lat", 0, Offset::Beginning)?;
-            c.assign(&tpl)?;
+            let mut config = ClientConfig::new();
+            config.set("bootstrap.servers", &bootstrap).set("fetch.wait.max.ms", "5");
+            let reader = batch::Reader::start(&config, "lat", 1)?;
             let mut out = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(secs + 120);
-            batch::each(
-                &c,
-                "lat",
-                1,
+            reader.each(
                 deadline,
                 |_| stop.load(Ordering::Relaxed) != 0,
                 |payload| {
@@ -512,13 +615,24 @@ fn latency(rate: f64, secs: u64, linger_ms: u32) -> Result<Value> {
                             .duration_since(UNIX_EPOCH)
                             .map(|d| d.as_micros())
                             .unwrap_or(0);
-                        out.push(now.saturating_sub(sent) as u64);
+                        if sent > 0 {
+                            out.push(now.saturating_sub(sent) as u64);
+                        }
                     }
                 },
             )?;
             Ok(out)
         }
     });
+    // Warm-up, not measured (zero send time): the first records wait for the producer's
+    // connection and metadata, which is start-up, not latency under load.
+    for _ in 0..1000 {
+        let rec = BaseRecord::with_opaque_to("lat", 0).payload(&[0u8; 100][..]).key(&[] as &[u8]);
+        if let Err((e, _)) = p.send(rec) {
+            bail!("latency warm-up: {e}");
+        }
+    }
+    p.flush(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(500));
     let total = (rate * secs as f64) as u64;
     let start_t = Instant::now();
@@ -609,8 +723,8 @@ fn failover(rounds: usize) -> Result<Value> {
     Ok(json!({ "rounds": rounds, "kill_to_next_ack_ms": windows }))
 }
 
-/// The sections a run may be limited to with `--only a,b`.
-const SECTIONS: [&str; 5] = ["limits", "idle", "throughput", "latency", "failover"];
+/// The sections a run may be limited to with `--only a,b`; `peer` runs only when named.
+const SECTIONS: [&str; 6] = ["limits", "idle", "throughput", "latency", "failover", "peer"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -618,7 +732,7 @@ fn main() -> Result<()> {
     let json_path = arg("--json").cloned().unwrap_or_else(|| "target/bench/results.json".into());
     let only: Vec<&str> = match arg("--only") {
         Some(list) => list.split(',').collect(),
-        None => SECTIONS.to_vec(),
+        None => SECTIONS.iter().copied().filter(|s| *s != "peer").collect(),
     };
     if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(s)) {
         bail!("unknown section {bad}; sections: {}", SECTIONS.join(","));
@@ -698,6 +812,9 @@ fn main() -> Result<()> {
             Err(e) => println!("failover: FAILED: {e:#}"),
         }
     }
+    if run("peer") {
+        results.insert("peer", Value::Array(peer()));
+    }
     results.insert("load_at_end", json!(load_average()));
     if let Some(dir) = std::path::Path::new(&json_path).parent() {
         std::fs::create_dir_all(dir)?;
@@ -705,6 +822,69 @@ fn main() -> Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
     println!("results written to {json_path}");
     Ok(())
+}
+
+/// strom and tansu side by side on the 1-node rows, with fewer records (tansu's SQLite store
+/// consumes near 10 K records/s); prints strom/tansu ratios.
+fn peer() -> Vec<Value> {
+    let full = std::env::var_os("BENCH_FULL").is_some();
+    let rows = [
+        Scenario { nodes: 1, record_bytes: 100, partitions: 1, acks: "1" },
+        Scenario { nodes: 1, record_bytes: 100, partitions: 6, acks: "all" },
+        Scenario { nodes: 1, record_bytes: 1024, partitions: 6, acks: "1" },
+    ];
+    println!(
+        "{:>6} {:>4} {:>4} | {:>12} {:>12} {:>7} | {:>12} {:>12} {:>7}",
+        "bytes",
+        "part",
+        "acks",
+        "strom prod",
+        "tansu prod",
+        "ratio",
+        "strom cons",
+        "tansu cons",
+        "ratio"
+    );
+    let mut out = Vec::new();
+    for s in rows {
+        let n = match (s.record_bytes <= 100, full) {
+            (true, false) => 100_000,
+            (true, true) => 1_000_000,
+            (false, false) => 30_000,
+            (false, true) => 300_000,
+        };
+        let strom = run_scenario(s, n, Broker::Strom);
+        let tansu = run_scenario(s, n, Broker::Tansu);
+        let f = |r: &Result<Value>, k: &str| {
+            r.as_ref().ok().and_then(|v| v[k].as_f64()).unwrap_or(f64::NAN)
+        };
+        let (sp, tp) = (f(&strom, "produce_records_per_s"), f(&tansu, "produce_records_per_s"));
+        let (sc, tc) = (f(&strom, "consume_records_per_s"), f(&tansu, "consume_records_per_s"));
+        println!(
+            "{:>6} {:>4} {:>4} | {:>12.0} {:>12.0} {:>6.1}x | {:>12.0} {:>12.0} {:>6.1}x",
+            s.record_bytes,
+            s.partitions,
+            s.acks,
+            sp,
+            tp,
+            sp / tp,
+            sc,
+            tc,
+            sc / tc
+        );
+        for (name, r) in [("strom", &strom), ("tansu", &tansu)] {
+            if let Err(e) = r {
+                println!("  {name}: FAILED: {e:#}");
+            }
+        }
+        let as_json = |r: Result<Value>| r.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+        out.push(json!({
+            "scenario": format!("{s:?}"), "records": n,
+            "produce_ratio": sp / tp, "consume_ratio": sc / tc,
+            "strom": as_json(strom), "tansu": as_json(tansu),
+        }));
+    }
+    out
 }
 
 /// The produce/consume matrix; one JSON row per scenario (or its error).
@@ -720,7 +900,7 @@ fn throughput(sz: &Sizes, disk: f64, disk_sync: f64, tcp: f64) -> Vec<Value> {
         Scenario { nodes: 3, record_bytes: 1024, partitions: 6, acks: "all" },
     ];
     println!(
-        "{:<5} {:>6} {:>4} {:>4} | {:>12} {:>9} {:>7} | {:>12} {:>9} {:>7} {:>11} | {:>7} {:>7} {:>6} | load",
+        "{:<5} {:>6} {:>4} {:>4} | {:>12} {:>9} {:>7} | {:>12} {:>9} {:>7} {:>7} {:>11} | {:>7} {:>7} {:>6} | load",
         "nodes",
         "bytes",
         "part",
@@ -731,6 +911,7 @@ fn throughput(sz: &Sizes, disk: f64, disk_sync: f64, tcp: f64) -> Vec<Value> {
         "consume r/s",
         "MB/s",
         "%tcp",
+        "1st ms",
         "kcat r/s",
         "us/rec",
         "us/rec",
@@ -745,14 +926,14 @@ fn throughput(sz: &Sizes, disk: f64, disk_sync: f64, tcp: f64) -> Vec<Value> {
             continue;
         }
         let n = if s.record_bytes <= 100 { sz.records_100b } else { sz.records_1k };
-        match run_scenario(s, n) {
+        match run_scenario(s, n, Broker::Strom) {
             Ok(v) => {
                 let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-                println!("{:<5} {:>6} {:>4} {:>4} | {:>12.0} {:>9.1} {:>6.0}% | {:>12.0} {:>9.1} {:>6.1}% {:>11.0} | {:>7.2} {:>7.2} {:>6.0} | {:.2}",
+                println!("{:<5} {:>6} {:>4} {:>4} | {:>12.0} {:>9.1} {:>6.0}% | {:>12.0} {:>9.1} {:>6.1}% {:>7.0} {:>11.0} | {:>7.2} {:>7.2} {:>6.0} | {:.2}",
                     s.nodes, s.record_bytes, s.partitions, s.acks,
                     f("produce_records_per_s"), f("produce_mb_per_s"), 100.0 * f("produce_mb_per_s") / if s.acks == "all" { disk_sync } else { disk },
                     f("consume_records_per_s"), f("consume_mb_per_s"), 100.0 * f("consume_mb_per_s") / tcp,
-                    f("kcat_consume_records_per_s"),
+                    f("consume_first_record_ms"), f("kcat_consume_records_per_s"),
                     f("cpu_us_per_record_produce"), f("cpu_us_per_record_consume"), f("peak_rss_mb"), f("load"));
                 matrix.push(v);
             }
