@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: run build test test-only lint fmt check-deps install-test-deps bench soak cluster cluster-stop
+.PHONY: run build test test-only lint fmt check-deps install-test-deps bench bench-peer soak cluster cluster-stop
 
 run:
 	$(CARGO) run --release -p strom -- start
@@ -40,6 +40,17 @@ check-deps:
 bench:
 	$(CARGO) build --release -p strom -p strom-bench
 	STROM_BIN=$(CURDIR)/target/release/strom RUST_LOG=warn target/release/strom-bench
+
+# Optional, not in CI: the same produce/consume rows against tansu from crates.io (its SQLite
+# store needs the libsql feature) and the strom/tansu ratios. The first run installs tansu
+# into TANSU_ROOT, which takes about half an hour on 2 cores.
+TANSU_ROOT ?= $(CURDIR)/target/bench-peer
+bench-peer:
+	$(CARGO) build --release -p strom -p strom-bench
+	test -x $(TANSU_ROOT)/bin/tansu || \
+		$(CARGO) install tansu --version 0.6.0 --locked --features libsql --root $(TANSU_ROOT)
+	STROM_BIN=$(CURDIR)/target/release/strom TANSU_BIN=$(TANSU_ROOT)/bin/tansu RUST_LOG=warn \
+		target/release/strom-bench --only peer --json target/bench/peer.json
 
 # Long runs kept out of `make test`: the replication kill test for the issue's full 10 rounds.
 soak:
