@@ -38,6 +38,8 @@ pub(crate) struct BrokerCtx {
     pub broker_epoch: std::sync::atomic::AtomicI64,
     /// The group coordinator's shards on this broker.
     pub groups: group::Coordinator,
+    /// The replica fetchers, one per leader this broker follows partitions of.
+    pub fetchers: fetcher::FetcherManager,
 }
 
 impl BrokerCtx {
@@ -83,6 +85,7 @@ impl Broker {
             controller_id: std::sync::atomic::AtomicI32::new(config.node_id.0),
             broker_epoch: std::sync::atomic::AtomicI64::new(-1),
             groups: group::Coordinator::default(),
+            fetchers: fetcher::FetcherManager::default(),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -134,6 +137,7 @@ impl Broker {
             t.abort();
             let _ = t.await;
         }
+        self.ctx.fetchers.shutdown().await;
         self.ctx.replicas.close_all().await
     }
 }

@@ -20,7 +20,7 @@ pub(crate) enum Role {
     /// No leader is known, or the reconciler has not seen the partition yet.
     Idle,
     Leader(LeaderState),
-    /// Copies the leader's log; the fetcher task stops when `stop` is dropped or set.
+    /// Copies the leader's log; its leader's fetcher drops the partition once `stop` is dropped.
     Follower {
         leader: NodeId,
         leader_epoch: i32,
@@ -304,8 +304,9 @@ impl Partition {
         }
     }
 
-    /// Makes this broker a follower of `leader` at `leader_epoch`. Returns the receiver the new
-    /// fetcher task must watch, or `None` if it already follows that leader at that epoch.
+    /// Makes this broker a follower of `leader` at `leader_epoch`. Returns the receiver the
+    /// fetcher watches to drop the partition when this role ends, or `None` if it already follows
+    /// that leader at that epoch.
     pub fn follow(&self, leader: NodeId, leader_epoch: i32) -> Option<watch::Receiver<bool>> {
         self.has_followers.store(false, Ordering::Relaxed);
         self.with_role(|role| {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use strom_log::{checkpoint, Log, LogConfig, TimestampType};
@@ -28,6 +28,9 @@ type Key = (String, i32);
 pub(crate) struct ReplicaManager {
     data_dir: PathBuf,
     partitions: RwLock<HashMap<Key, Arc<Partition>>>,
+    /// Held while a log is opened: the reconciler and a handler's lazy open must not both open
+    /// one directory (each `Log` would append at its own idea of the log end).
+    opening: Mutex<()>,
     recovery_points: HashMap<Key, i64>,
     high_watermarks: HashMap<Key, i64>,
     pub data_arrived: Arc<watch::Sender<u64>>,
@@ -82,8 +85,9 @@ fn min_insync(defaults: &LogDefaults, image: &MetadataImage, topic: &str) -> i32
         .unwrap_or(defaults.min_insync_replicas)
 }
 
-/// Puts a local partition in the role the image gives it. Followers get a fetcher task, which
-/// needs the broker context; without one (a lazy open from a handler) only leadership is set.
+/// Puts a local partition in the role the image gives it. A follower joins its leader's fetcher,
+/// which needs the broker context; without one (a lazy open from a handler) only leadership is
+/// set. A partition leaves its fetcher by itself when its role changes (`Partition::follow`).
 fn sync_role(
     ctx: Option<&Arc<BrokerCtx>>,
     p: &Arc<Partition>,
@@ -103,13 +107,7 @@ fn sync_role(
         Some(leader) => {
             if let Some(ctx) = ctx {
                 if let Some(stop) = p.follow(leader, pi.leader_epoch.0) {
-                    tokio::spawn(crate::fetcher::follow(
-                        ctx.clone(),
-                        p.clone(),
-                        leader,
-                        pi.leader_epoch.0,
-                        stop,
-                    ));
+                    ctx.fetchers.add(ctx, p, leader, pi.leader_epoch.0, stop);
                 }
             }
         }
@@ -145,6 +143,7 @@ impl ReplicaManager {
         Ok(ReplicaManager {
             data_dir: config.data_dir.clone(),
             partitions: RwLock::new(HashMap::new()),
+            opening: Mutex::new(()),
             recovery_points,
             high_watermarks,
             data_arrived: Arc::new(data_arrived),
@@ -169,10 +168,16 @@ impl ReplicaManager {
         index: i32,
     ) -> Result<Arc<Partition>, BrokerError> {
         let key = (topic.name.clone(), index);
-        if let Some(p) = self.partitions.read().ok().and_then(|m| m.get(&key).cloned()) {
-            if p.topic_id == topic.id {
-                return Ok(p);
-            }
+        let opened = || {
+            let p = self.partitions.read().ok().and_then(|m| m.get(&key).cloned());
+            p.filter(|p| p.topic_id == topic.id)
+        };
+        if let Some(p) = opened() {
+            return Ok(p);
+        }
+        let _opening = self.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = opened() {
+            return Ok(p); // opened by another caller meanwhile
         }
         let dir = self.data_dir.join(strom_log::partition_dir_name(&topic.name, index));
         if dir.exists() && read_topic_id(&dir).is_some_and(|id| id != topic.id) {
@@ -250,6 +255,7 @@ impl ReplicaManager {
             if let Ok(mut map) = self.partitions.write() {
                 map.remove(&key);
             }
+            ctx.fetchers.remove(&p);
             p.close();
             let dir = self.data_dir.join(strom_log::partition_dir_name(&p.topic, p.index));
             tracing::info!(topic = %p.topic, partition = p.index, "deleting partition log");

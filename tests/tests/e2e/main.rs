@@ -10,6 +10,7 @@ mod kcat;
 mod lifecycle;
 mod quorum;
 mod raw_socket;
+mod replica_fetchers;
 mod replication;
 mod restart;
 mod roles;
