@@ -288,7 +288,13 @@ impl Group {
         let mut command = self.library.command()?;
         command
             .args(["--bootstrap", &self.bootstrap, "--topic", TOPIC, "--group", GROUP])
-            .args(["--name", name, "--exit-on-stdin-eof", "--log-level", "INFO"])
+            .args([
+                "--name",
+                name,
+                "--exit-on-stdin-eof",
+                "--log-level",
+                &std::env::var("STROM_CLIENT_LOG").unwrap_or_else(|_| "INFO".into()),
+            ])
             .current_dir(self.dir.path())
             .stdin(Stdio::piped())
             .stdout(File::create(&stdout_path)?)
