@@ -31,6 +31,10 @@ pub(crate) struct ReplicaManager {
     /// Held while a log is opened: the reconciler and a handler's lazy open must not both open
     /// one directory (each `Log` would append at its own idea of the log end).
     opening: Mutex<()>,
+    /// The metadata offset of the image each local log was opened from. A reconcile of an
+    /// older image (the reconciler runs behind handlers that open logs lazily) must not delete
+    /// a log that a newer image created.
+    opened_at: Mutex<HashMap<Key, u64>>,
     recovery_points: HashMap<Key, i64>,
     high_watermarks: HashMap<Key, i64>,
     pub data_arrived: Arc<watch::Sender<u64>>,
@@ -144,6 +148,7 @@ impl ReplicaManager {
             data_dir: config.data_dir.clone(),
             partitions: RwLock::new(HashMap::new()),
             opening: Mutex::new(()),
+            opened_at: Mutex::new(HashMap::new()),
             recovery_points,
             high_watermarks,
             data_arrived: Arc::new(data_arrived),
@@ -203,6 +208,9 @@ impl ReplicaManager {
             self.data_arrived.clone(),
             self.high_watermarks.get(&key).copied().unwrap_or(0),
         );
+        if let Ok(mut opened_at) = self.opened_at.lock() {
+            opened_at.insert(key.clone(), image.offset.0);
+        }
         if let Ok(mut map) = self.partitions.write() {
             if let Some(old) = map.insert(key, p.clone()) {
                 old.close();
@@ -249,9 +257,20 @@ impl ReplicaManager {
                         || t.partitions.get(&p.index).is_none_or(|pi| !pi.replicas.contains(&node))
                 })
             })
+            .filter(|p| {
+                let opened_at = self
+                    .opened_at
+                    .lock()
+                    .ok()
+                    .and_then(|o| o.get(&(p.topic.clone(), p.index)).copied());
+                opened_at.is_none_or(|at| at <= image.offset.0)
+            })
             .collect();
         for p in gone {
             let key = (p.topic.clone(), p.index);
+            if let Ok(mut opened_at) = self.opened_at.lock() {
+                opened_at.remove(&key);
+            }
             if let Ok(mut map) = self.partitions.write() {
                 map.remove(&key);
             }
