@@ -91,6 +91,26 @@ fn disk_limits(dir: &std::path::Path, mb: usize) -> Result<(f64, f64)> {
     Ok((run(false)?, run(true)?))
 }
 
+/// The floor under acks latency: fdatasync of a small append (5 KB, as a lightly loaded
+/// producer's batch), every millisecond for `secs`; (p50, p99, p99.9) in ms.
+fn fsync_latency(dir: &std::path::Path, secs: f64) -> Result<(f64, f64, f64)> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let chunk = vec![0x5au8; 5000];
+    let mut took = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        f.write_all(&chunk)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        took.push(t.elapsed().as_micros() as u64);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::fs::remove_file(&path)?;
+    took.sort_unstable();
+    Ok((percentile(&took, 0.5), percentile(&took, 0.99), percentile(&took, 0.999)))
+}
+
 fn loopback_limit(mb: usize) -> Result<f64> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -295,6 +315,8 @@ fn produce(bootstrap: &str, topic: &str, n: u64, bytes: usize, acks: &str) -> Re
     let d = Arc::new(Deliveries::default());
     let p = producer(bootstrap, acks, d.clone())?;
     let payload = vec![b'x'; bytes];
+    // Connect and learn the topic's leaders before the clock starts: start-up, not throughput.
+    p.client().fetch_metadata(Some(topic), Duration::from_secs(30))?;
     let t = Instant::now();
     for _ in 0..n {
         let mut rec = BaseRecord::with_opaque_to(topic, 0).payload(&payload[..]).key(&[] as &[u8]);
@@ -783,6 +805,17 @@ fn main() -> Result<()> {
         // without linger show what the client's own batching wait (linger.ms) adds.
         let points =
             [(peak * 0.5, 5), (100_000.0, 5), (10_000.0, 5), (peak * 0.5, 0), (10_000.0, 0)];
+        let tmp = std::env::temp_dir().join(format!("strom-bench-fsync-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        let fsync = fsync_latency(&tmp, 2.0);
+        let _ = std::fs::remove_dir_all(&tmp);
+        match fsync {
+            Ok((p50, p99, p999)) => {
+                println!("fdatasync of a 5 KB append (the floor under acks): p50/p99/p99.9 {p50:.2}/{p99:.2}/{p999:.2} ms");
+                results.insert("fsync_latency_ms", json!({"p50": p50, "p99": p99, "p999": p999}));
+            }
+            Err(e) => println!("fsync latency probe: FAILED: {e:#}"),
+        }
         let mut rows = Vec::new();
         for (rate, linger_ms) in points {
             match latency(rate, sz.latency_secs, linger_ms) {
@@ -848,9 +881,9 @@ fn peer() -> Vec<Value> {
     let mut out = Vec::new();
     for s in rows {
         let n = match (s.record_bytes <= 100, full) {
-            (true, false) => 100_000,
+            (true, false) => 300_000,
             (true, true) => 1_000_000,
-            (false, false) => 30_000,
+            (false, false) => 100_000,
             (false, true) => 300_000,
         };
         let strom = run_scenario(s, n, Broker::Strom);
