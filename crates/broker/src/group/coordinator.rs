@@ -530,16 +530,7 @@ impl Shard {
                     Ok(e) => e.group.join(to, req, now, &mut ids),
                     Err(error) => {
                         if let Some(Waiter::Join(tx)) = self.waiters.remove(&to.0) {
-                            let _ = tx.send(JoinResponse {
-                                member_id: req.member_id,
-                                generation_id: -1,
-                                protocol_type: None,
-                                protocol_name: None,
-                                leader: String::new(),
-                                members: Vec::new(),
-                                skip_assignment: false,
-                                error: Some(error),
-                            });
+                            let _ = tx.send(JoinResponse::refused(req.member_id, error));
                         }
                         return;
                     }

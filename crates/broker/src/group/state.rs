@@ -139,6 +139,22 @@ pub(crate) struct JoinResponse {
     pub error: Option<GroupError>,
 }
 
+impl JoinResponse {
+    /// A JoinGroup refused with `error`: no generation, no leader, no members.
+    pub fn refused(member_id: String, error: GroupError) -> JoinResponse {
+        JoinResponse {
+            member_id,
+            generation_id: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            members: Vec::new(),
+            skip_assignment: false,
+            error: Some(error),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SyncResponse {
     pub protocol_type: Option<String>,
@@ -1146,19 +1162,7 @@ impl Group {
     }
 
     fn join_error(&self, to: ReplyTo, member_id: String, error: GroupError) -> Effect {
-        Effect::Join {
-            to,
-            response: JoinResponse {
-                member_id,
-                generation_id: -1,
-                protocol_type: None,
-                protocol_name: None,
-                leader: String::new(),
-                members: Vec::new(),
-                skip_assignment: false,
-                error: Some(error),
-            },
-        }
+        Effect::Join { to, response: JoinResponse::refused(member_id, error) }
     }
 
     fn sync_response(&self, assignment: Bytes) -> SyncResponse {

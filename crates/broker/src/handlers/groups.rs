@@ -343,6 +343,16 @@ pub(crate) async fn offset_commit(
 
 type Wanted = Option<Vec<(String, i32)>>;
 
+/// The (topic, partition) pairs of a request's topics and their partition indexes.
+fn partitions_of(topics: impl Iterator<Item = (TopicName, Vec<i32>)>) -> Vec<(String, i32)> {
+    topics
+        .flat_map(|(name, partitions)| {
+            let name = name.0.to_string();
+            partitions.into_iter().map(move |p| (name.clone(), p))
+        })
+        .collect()
+}
+
 /// Committed offsets of one group, or the error for the whole group.
 async fn fetch_group(ctx: &BrokerCtx, group_id: &str, wanted: Wanted) -> FetchedGroup {
     let (tx, rx) = oneshot::channel();
@@ -405,14 +415,9 @@ pub(crate) async fn offset_fetch(
             let mut groups = Vec::with_capacity(req.groups.len());
             for g in req.groups {
                 let group_id = g.group_id.0.to_string();
-                let wanted = g.topics.map(|ts| {
-                    ts.into_iter()
-                        .flat_map(|t| {
-                            let name = t.name.0.to_string();
-                            t.partition_indexes.into_iter().map(move |p| (name.clone(), p))
-                        })
-                        .collect()
-                });
+                let wanted = g
+                    .topics
+                    .map(|ts| partitions_of(ts.into_iter().map(|t| (t.name, t.partition_indexes))));
                 let fetched = fetch_group(&ctx, &group_id, wanted).await;
                 let error = fetched.error;
                 let topics = fetched
@@ -445,14 +450,9 @@ pub(crate) async fn offset_fetch(
             return meta.encode(&OffsetFetchResponse::default().with_groups(groups));
         }
         let group_id = req.group_id.0.to_string();
-        let wanted = req.topics.map(|ts| {
-            ts.into_iter()
-                .flat_map(|t| {
-                    let name = t.name.0.to_string();
-                    t.partition_indexes.into_iter().map(move |p| (name.clone(), p))
-                })
-                .collect()
-        });
+        let wanted = req
+            .topics
+            .map(|ts| partitions_of(ts.into_iter().map(|t| (t.name, t.partition_indexes))));
         let fetched = fetch_group(&ctx, &group_id, wanted).await;
         let error = fetched.error;
         // v1 has no top-level error: each partition carries it.
