@@ -45,9 +45,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use strom_protocol::batch::{
-    self, BatchError, BatchHeader, Compression, TimestampType, ATTRIBUTES_OFFSET, BATCH_HEADER_LEN,
-    BATCH_LENGTH_OFFSET, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD, MAX_TIMESTAMP_OFFSET,
-    RECORDS_COUNT_OFFSET, RECORDS_OFFSET,
+    self, BatchError, BatchHeader, Compression, TimestampType, VarintReader, ATTRIBUTES_OFFSET,
+    BATCH_HEADER_LEN, BATCH_LENGTH_OFFSET, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD,
+    MAX_TIMESTAMP_OFFSET, RECORDS_COUNT_OFFSET, RECORDS_OFFSET,
 };
 
 use crate::checkpoint::sync_dir;
@@ -180,49 +180,6 @@ struct Record {
     bytes: Range<usize>,
 }
 
-/// Zigzag varint reader (Kafka encodes record fields as signed varints).
-struct Varints<'a> {
-    buf: &'a [u8],
-    position: usize,
-}
-
-impl Varints<'_> {
-    fn read_u64(&mut self, max_bytes: usize) -> Option<u64> {
-        let mut value: u64 = 0;
-        for i in 0..max_bytes {
-            let byte = *self.buf.get(self.position)?;
-            self.position += 1;
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn varlong(&mut self) -> Option<i64> {
-        let raw = self.read_u64(10)?;
-        Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
-    }
-
-    fn varint(&mut self) -> Option<i32> {
-        let raw = u32::try_from(self.read_u64(5)?).ok()?;
-        Some(((raw >> 1) as i32) ^ -((raw & 1) as i32))
-    }
-
-    /// Skips a length-prefixed field; `None` for a null one (negative length).
-    fn bytes(&mut self) -> Option<Option<Range<usize>>> {
-        let len = self.varint()?;
-        let Ok(len) = usize::try_from(len) else {
-            return Some(None);
-        };
-        let start = self.position;
-        let end = start.checked_add(len).filter(|end| *end <= self.buf.len())?;
-        self.position = end;
-        Some(Some(start..end))
-    }
-}
-
 /// Batches whose records the cleaner does not read.
 fn is_opaque(header: &BatchHeader) -> bool {
     header.compression() != Ok(Compression::None)
@@ -240,21 +197,21 @@ fn parse_records(batch: &[u8], header: &BatchHeader) -> Result<Vec<Record>, Batc
     let count = usize::try_from(header.records_count)
         .map_err(|_| BatchError::InvalidRecordsCount { records_count: header.records_count })?;
     let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
-    let mut reader = Varints { buf: &batch[..total], position: RECORDS_OFFSET };
+    let mut reader = VarintReader::new(&batch[..total], RECORDS_OFFSET);
     // Each record takes at least one byte, which bounds the allocation by the batch size.
     let mut records: Vec<Record> = Vec::with_capacity(count.min(total));
     for index in 0..header.records_count {
         let malformed = |reason| BatchError::MalformedRecord { index, reason };
-        let start = reader.position;
+        let start = reader.position();
         let length = reader.varint().ok_or(malformed("bad length varint"))?;
         let length = usize::try_from(length).map_err(|_| malformed("negative length"))?;
         let end = reader
-            .position
+            .position()
             .checked_add(length)
             .filter(|end| *end <= total)
             .ok_or(malformed("length past end of batch"))?;
-        let mut body = Varints { buf: &batch[..end], position: reader.position };
-        body.position += 1; // attributes
+        let mut body = VarintReader::new(&batch[..end], reader.position());
+        body.skip(1).ok_or(malformed("missing attributes"))?;
         let timestamp_delta = body.varlong().ok_or(malformed("bad timestamp delta"))?;
         let offset_delta = body.varint().ok_or(malformed("bad offset delta"))?;
         let key = body.bytes().ok_or(malformed("bad key"))?;
@@ -278,9 +235,9 @@ fn parse_records(batch: &[u8], header: &BatchHeader) -> Result<Vec<Record>, Batc
             tombstone: value.is_none(),
             bytes: start..end,
         });
-        reader.position = end;
+        reader.set_position(end);
     }
-    if reader.position != total {
+    if reader.position() != total {
         return Err(BatchError::MalformedRecord {
             index: header.records_count,
             reason: "bytes after the last record",

@@ -358,13 +358,27 @@ pub fn set_log_append_time(buf: &mut [u8], timestamp_ms: i64) -> Result<(), Batc
     recompute_crc(buf)
 }
 
-/// Zigzag varint reader over a record; Kafka encodes record fields as signed varints.
-struct VarintReader<'a> {
+/// Zigzag varint reader over a record; Kafka encodes record fields as signed varints. Every
+/// read is bounds-checked and returns `None` past the end of `buf`.
+pub struct VarintReader<'a> {
     buf: &'a [u8],
     position: usize,
 }
 
-impl VarintReader<'_> {
+impl<'a> VarintReader<'a> {
+    /// A reader of `buf` starting at `position`.
+    pub fn new(buf: &'a [u8], position: usize) -> VarintReader<'a> {
+        VarintReader { buf, position }
+    }
+
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    pub fn set_position(&mut self, position: usize) {
+        self.position = position;
+    }
+
     fn read_u64(&mut self, max_bytes: usize) -> Option<u64> {
         let mut value: u64 = 0;
         for i in 0..max_bytes {
@@ -378,23 +392,36 @@ impl VarintReader<'_> {
         None
     }
 
-    fn varlong(&mut self) -> Option<i64> {
+    pub fn varlong(&mut self) -> Option<i64> {
         let raw = self.read_u64(10)?;
         Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
     }
 
-    fn varint(&mut self) -> Option<i32> {
+    pub fn varint(&mut self) -> Option<i32> {
         let raw = u32::try_from(self.read_u64(5)?).ok()?;
         Some(((raw >> 1) as i32) ^ -((raw & 1) as i32))
     }
 
-    fn skip(&mut self, n: usize) -> Option<()> {
+    pub fn skip(&mut self, n: usize) -> Option<()> {
         let end = self.position.checked_add(n)?;
         if end > self.buf.len() {
             return None;
         }
         self.position = end;
         Some(())
+    }
+
+    /// Skips a varint-length-prefixed field (a record's key or value) and returns where its
+    /// bytes are; `Some(None)` for a null one (negative length).
+    pub fn bytes(&mut self) -> Option<Option<std::ops::Range<usize>>> {
+        let len = self.varint()?;
+        let Ok(len) = usize::try_from(len) else {
+            return Some(None);
+        };
+        let start = self.position;
+        let end = start.checked_add(len).filter(|end| *end <= self.buf.len())?;
+        self.position = end;
+        Some(Some(start..end))
     }
 }
 
