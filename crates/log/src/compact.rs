@@ -797,18 +797,7 @@ pub(crate) fn recover_leftovers(dir: &Path) -> Result<(), LogError> {
 mod tests {
     use super::*;
 
-    fn put_varint(out: &mut Vec<u8>, value: i64) {
-        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-        loop {
-            let byte = (raw & 0x7f) as u8;
-            raw >>= 7;
-            if raw == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    use strom_protocol::batch::test_support::put_varint;
 
     /// `(offset delta, timestamp delta, key, value)`.
     type Spec<'a> = (i64, i64, Option<&'a [u8]>, Option<&'a [u8]>);

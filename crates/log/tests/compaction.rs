@@ -38,18 +38,7 @@ fn compacted(segment_bytes: u64) -> LogConfig {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    loop {
-        let byte = (raw & 0x7f) as u8;
-        raw >>= 7;
-        if raw == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
+use strom_protocol::batch::test_support::put_varint;
 
 /// A producer batch (base offset 0) of `(key, value, timestamp)` records.
 fn keyed_batch(records: &[(Option<&str>, Option<&str>, i64)], attributes: i16) -> Bytes {

@@ -482,7 +482,8 @@ pub fn record_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>, BatchError> {
 pub mod test_support {
     use super::*;
 
-    fn put_varint(out: &mut Vec<u8>, value: i64) {
+    /// Appends `value` as a zigzag varint, as records encode their fields.
+    pub fn put_varint(out: &mut Vec<u8>, value: i64) {
         let mut raw = ((value << 1) ^ (value >> 63)) as u64;
         loop {
             let byte = (raw & 0x7f) as u8;
