@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: run build test test-only lint fmt check-deps install-test-deps bench bench-peer soak cluster cluster-stop
+.PHONY: run build test test-only lint fmt check-deps install-test-deps bench bench-peer soak fuzz cluster cluster-stop
 
 run:
 	$(CARGO) run --release -p strom -- start
@@ -56,6 +56,17 @@ bench-peer:
 soak:
 	$(CARGO) build -p strom
 	STROM_KILL_ROUNDS=10 $(CARGO) nextest run -p strom-tests replication::acks_all_survives --no-capture
+
+# Long fuzz runs; `make test` runs the same two tests with few cases. Mutated valid frames of
+# every request type and version: FUZZ_CASES per type (and record batches) through the decoders
+# in release mode, then FUZZ_NODE_CASES per type against a running node, which must not panic
+# and must still serve. A failure prints its seed: STROM_SEED=<n> replays it.
+FUZZ_CASES ?= 100000
+FUZZ_NODE_CASES ?= 5000
+fuzz:
+	STROM_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p strom-protocol --test fuzz -- --nocapture
+	$(CARGO) build -p strom
+	STROM_FUZZ_NODE_CASES=$(FUZZ_NODE_CASES) $(CARGO) test -p strom-tests --test e2e fuzz_node -- --nocapture
 
 # Three combined nodes on 127.0.0.1 (config/cluster/node-{1,2,3}.toml), data in CLUSTER_DIR.
 cluster:

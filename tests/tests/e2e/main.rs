@@ -4,6 +4,7 @@
 mod check_deps;
 mod compaction;
 mod durability;
+mod fuzz_node;
 mod groups;
 mod groups_clients;
 mod kcat;
