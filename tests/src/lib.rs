@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod kafka;
 pub mod netns;
 pub mod node;
+pub mod powercut;
 pub mod raw;
 pub mod segment;
 

@@ -8,16 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tempfile::TempDir;
 
-use crate::{binary, kafka, EXIT_TIMEOUT, POLL_INTERVAL, READY_TIMEOUT};
+use crate::{binary, kafka, powercut, EXIT_TIMEOUT, POLL_INTERVAL, READY_TIMEOUT};
 
 /// Set to keep the temporary directory (data and logs) of every node for inspection.
 pub const KEEP_DIR_ENV: &str = "STROM_KEEP_TEST_DIRS";
 /// Lines of the node's stderr shown when a test fails or the node dies.
 const STDERR_TAIL_LINES: usize = 80;
+/// The sync journal in the node's directory, beside (not in) its data directory.
+const SYNC_JOURNAL: &str = "sync-journal";
 
 /// How to start a node. Everything has a default: `NodeOptions::default()` is one combined node.
 #[derive(Debug, Clone, Default)]
@@ -159,6 +161,14 @@ impl StromNode {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// Power loss after a crash: the process must be dead (see [`StromNode::kill9`]); every
+    /// file of its data directory is cut back to what its syncs made durable.
+    pub fn cut_power(&mut self) -> anyhow::Result<powercut::PowerCut> {
+        ensure!(!self.is_running(), "cut_power on a running node: kill it first");
+        let dir = self.dir.as_ref().context("node directory already released")?.path();
+        powercut::cut_power(&self.data_dir, &dir.join(SYNC_JOURNAL))
     }
 
     /// SIGKILL: no chance to flush or shut down. Waits for the process to be reaped.
@@ -323,6 +333,8 @@ impl StromNode {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        // Every node journals its syncs (debug builds), so any test can cut its power.
+        command.env(powercut::JOURNAL_ENV, dir.join(SYNC_JOURNAL));
         command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .spawn()

@@ -17,6 +17,8 @@ pub enum BrokerError {
     Checkpoint(LogError),
     #[error("cannot read or create data dir {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("refusing to open a log for topic '{topic}': {reason}")]
+    ReservedTopic { topic: String, reason: ControlError },
 }
 
 /// Kafka's code for a controller refusal.

@@ -184,6 +184,10 @@ impl ReplicaManager {
         if let Some(p) = opened() {
             return Ok(p); // opened by another caller meanwhile
         }
+        // An image written before a name was reserved could hold it: its directory may be the
+        // node's own state (the metadata log), so never open it as a partition.
+        strom_metadata::control::validate_topic_name(&topic.name)
+            .map_err(|reason| BrokerError::ReservedTopic { topic: topic.name.clone(), reason })?;
         let dir = self.data_dir.join(strom_log::partition_dir_name(&topic.name, index));
         if dir.exists() && read_topic_id(&dir).is_some_and(|id| id != topic.id) {
             tracing::warn!(dir = %dir.display(), "log belongs to a deleted topic of the same name; removing it");

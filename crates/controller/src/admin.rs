@@ -41,9 +41,6 @@ pub const ITEMS_PER_REQUEST_MAX: usize = 1_000;
 /// UNAVAILABLE; the write may still commit, which a retry then reports (e.g. ALREADY_EXISTS).
 pub const SUBMIT_TIMEOUT_MS_MAX: u64 = 30_000;
 
-/// Topics that Kafka clients treat as internal.
-pub const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
-
 /// The quorum as one node sees it, for DescribeCluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QuorumState {
@@ -302,10 +299,6 @@ fn replication_factor(topic: &TopicImage) -> i32 {
     topic.partitions.values().next().map_or(0, |p| p.replicas.len() as i32)
 }
 
-fn is_internal(name: &str) -> bool {
-    INTERNAL_TOPICS.contains(&name)
-}
-
 fn type_name(kind: ConfigType) -> &'static str {
     match kind {
         ConfigType::Boolean => "boolean",
@@ -399,7 +392,7 @@ fn describe_topic(image: &MetadataImage, topic: &TopicImage) -> pb::TopicDescrip
     pb::TopicDescription {
         name: topic.name.clone(),
         topic_id: topic.id.to_string(),
-        internal: is_internal(&topic.name),
+        internal: strom_metadata::config::is_internal_topic(&topic.name),
         partitions: topic
             .partitions
             .iter()
@@ -430,6 +423,7 @@ impl AdminService for AdminServiceImpl {
                 topics,
                 validate_only: request.validate_only,
             }))
+                internal: false,
             .await?;
         let ControlResponse::CreateTopics(results) = answer else {
             return Err(unexpected(&answer));
@@ -498,7 +492,7 @@ impl AdminService for AdminServiceImpl {
                 topic_id: t.id.to_string(),
                 partitions: t.partitions.len() as i32,
                 replication_factor: replication_factor(t),
-                internal: is_internal(&t.name),
+                internal: strom_metadata::config::is_internal_topic(&t.name),
             })
             .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))

@@ -7,8 +7,8 @@
 //! holds two (its `SnapshotMeta`, then the encoded `MetadataSnapshot`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use openraft::error::SnapshotMismatch;
@@ -329,19 +329,13 @@ pub(crate) fn install_reply_from_pb(
 
 /// Makes renames and creations in `dir` durable: without it a crash may forget a new name.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    strom_fsio::sync_dir(dir)
 }
 
 /// Replaces `dir/name` with `bytes`: a reader (or a restart after a crash) sees the old file or
 /// the new one, never a mixture. Write a temp file, fsync it, rename it over, fsync the dir.
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
+    strom_fsio::write_atomically(&dir.join(name), bytes)
 }
 
 /// Writes one framed message with [`write_atomic`].

@@ -210,7 +210,7 @@ fn open_blocking(dir: &Path, options: LogStoreOptions) -> io::Result<Opened> {
                     );
                     let file = OpenOptions::new().write(true).open(&seg.path)?;
                     file.set_len(pos as u64)?;
-                    file.sync_all()?;
+                    strom_fsio::sync_all(&file)?;
                     break;
                 }
                 Err(e) => {
@@ -286,7 +286,7 @@ impl SegmentFiles {
     fn roll(&mut self, base: u64) -> io::Result<()> {
         if let Some(file) = self.active.take() {
             // The old segment is closed for good: make it durable before moving on.
-            file.sync_data()?;
+            strom_fsio::sync_data(&file)?;
         }
         let path = self.dir.join(segment_name(base));
         let file = OpenOptions::new().append(true).create_new(true).open(&path)?;
@@ -316,7 +316,7 @@ impl SegmentFiles {
         }
         self.write_pending(&mut pending)?;
         match &self.active {
-            Some(file) => file.sync_data(),
+            Some(file) => strom_fsio::sync_data(file),
             None => Ok(()),
         }
     }
@@ -339,7 +339,7 @@ impl SegmentFiles {
             .ok_or_else(|| io::Error::other(format!("segment {base} missing from the map")))?;
         let file = OpenOptions::new().write(true).open(&seg.path)?;
         file.set_len(pos)?;
-        file.sync_all()?;
+        strom_fsio::sync_all(&file)?;
         seg.len = pos;
         seg.frames = kept as u64;
         if seg.first.is_some_and(|f| f >= since) {

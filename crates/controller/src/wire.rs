@@ -213,6 +213,7 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
             validate_only: r.validate_only,
         }),
         ControlRequest::DeleteTopics(r) => R::DeleteTopics(pb::DeleteTopicsRequest {
+            internal: r.internal,
             names: r.names.clone(),
             ids: r.ids.iter().map(|id| id.0.to_vec()).collect(),
         }),
@@ -322,6 +323,7 @@ pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireErro
             validate_only: r.validate_only,
         }),
         R::DeleteTopics(r) => ControlRequest::DeleteTopics(DeleteTopicsRequest {
+            internal: r.internal,
             names: r.names,
             ids: r
                 .ids
@@ -785,6 +787,7 @@ mod tests {
         ])));
         round_trip_response(Ok(ControlResponse::CreatePartitions(vec![ItemResult {
             name: "a".into(),
+            internal: true,
             result: Err(ControlError::InvalidPartitions("no".into())),
         }])));
         round_trip_response(Ok(ControlResponse::AlterConfigs(vec![ResourceResult {

@@ -50,6 +50,7 @@ async fn created_topic_survives_restart_and_is_replayed_to_the_listener() -> any
                 ..Default::default()
             }],
             validate_only: false,
+            internal: false,
         }))
         .await?;
     let text = format!("{again:?}");

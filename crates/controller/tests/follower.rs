@@ -165,6 +165,7 @@ async fn a_follower_sees_a_topic_created_through_the_remote_client() -> anyhow::
                 ..Default::default()
             }],
             validate_only: false,
+            internal: false,
         }))
         .await?;
     let ControlResponse::CreateTopics(results) = again else {

@@ -68,6 +68,7 @@ async fn three_voters_elect_a_leader_and_a_follower_forwards_writes() -> anyhow:
                 ..Default::default()
             }],
             validate_only: false,
+            internal: false,
         }))
         .await?;
     let ControlResponse::CreateTopics(items) = again else { anyhow::bail!("{again:?}") };
@@ -193,6 +194,7 @@ async fn a_silent_broker_is_fenced_and_its_leaderships_move() -> anyhow::Result<
                 configs: vec![],
             }],
             validate_only: false,
+            internal: false,
         }))
         .await?;
     anyhow::ensure!(format!("{created:?}").contains("Ok(CreatedTopic"), "{created:?}");

@@ -1,9 +1,9 @@
 //! Kafka's text checkpoint files (`recovery-point-offset-checkpoint`,
 //! `replication-offset-checkpoint`): `0\n<count>\n<topic> <partition> <offset>\n...`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::io;
+use std::path::Path;
 
 use crate::LogError;
 
@@ -70,22 +70,10 @@ pub(crate) fn read_versioned_lines(path: &Path) -> Result<Option<Vec<(usize, Str
 
 /// tmp file + fsync + rename + fsync of the directory: the rename is the commit point.
 pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LogError> {
-    let write_err = |source| LogError::CheckpointWrite { path: path.to_owned(), source };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut file =
-        OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(write_err)?;
-    file.write_all(contents).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(write_err)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    sync_dir(dir)
+    strom_fsio::write_atomically(path, contents)
+        .map_err(|source| LogError::CheckpointWrite { path: path.to_owned(), source })
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| LogError::DirSync { path: dir.to_owned(), source })
+    strom_fsio::sync_dir(dir).map_err(|source| LogError::DirSync { path: dir.to_owned(), source })
 }

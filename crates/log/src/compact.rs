@@ -779,7 +779,7 @@ pub(crate) fn recover_leftovers(dir: &Path) -> Result<(), LogError> {
         let (log, index, time_index) = Segment::paths(dir, base, "");
         remove_if_present(&index)?;
         remove_if_present(&time_index)?;
-        fs::rename(&swap, &log).map_err(|source| LogError::SegmentRename {
+        strom_fsio::rename(&swap, &log).map_err(|source| LogError::SegmentRename {
             from: swap.clone(),
             to: log.clone(),
             source,

@@ -58,7 +58,7 @@ impl SyncHandle {
 
     pub fn sync(&self) -> io::Result<()> {
         for file in &self.files {
-            file.sync_data()?;
+            strom_fsio::sync_data(file)?;
         }
         Ok(())
     }

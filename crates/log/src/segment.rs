@@ -561,7 +561,7 @@ impl Segment {
             (&self.index_file, &self.index_path),
             (&self.time_index_file, &self.time_index_path),
         ] {
-            file.sync_all()
+            strom_fsio::sync_all(file)
                 .map_err(|source| LogError::SegmentSync { path: path.clone(), source })?;
         }
         Ok(())
@@ -717,7 +717,7 @@ impl Segment {
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), LogError> {
-    fs::rename(from, to).map_err(|source| LogError::SegmentRename {
+    strom_fsio::rename(from, to).map_err(|source| LogError::SegmentRename {
         from: from.to_owned(),
         to: to.to_owned(),
         source,

@@ -5,6 +5,18 @@
 
 use crate::ControlError;
 
+/// The metadata quorum's own log directory is `<data_dir>/__cluster_metadata-0`: no topic may
+/// take this name (or one that collides with it), or its partition 0 would be the raft log.
+pub const CLUSTER_METADATA_TOPIC: &str = "__cluster_metadata";
+/// Topics the brokers create and write themselves. Clients may read them, never produce to,
+/// create, delete, repartition or reconfigure them.
+pub const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
+
+/// Whether `name` is one of the brokers' own topics (`INTERNAL_TOPICS`).
+pub fn is_internal_topic(name: &str) -> bool {
+    INTERNAL_TOPICS.contains(&name)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigType {
     Boolean,

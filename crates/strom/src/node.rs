@@ -78,10 +78,10 @@ fn format_or_load(dir: &Path, node_id: i32, wanted: &Option<String>) -> Result<S
     let text = format!(
         "# written by strom on first start\nversion=1\ncluster.id={cluster}\nnode.id={node_id}\n"
     );
-    let tmp = dir.join("meta.properties.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    // Synced and renamed into place with its directory synced: a node must never come back
+    // from a crash with a half-written identity.
+    strom_fsio::write_atomically(&path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(cluster_id = %cluster, dir = %dir.display(), "formatted data dir");
     Ok(cluster)
 }

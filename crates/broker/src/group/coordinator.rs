@@ -1095,6 +1095,7 @@ pub(crate) async fn ensure_offsets_topic(ctx: &BrokerCtx) {
     };
     let request = CreateTopicsRequest {
         validate_only: false,
+        internal: true,
         topics: vec![CreateTopic {
             name: OFFSETS_TOPIC.to_owned(),
             num_partitions: ctx.config.groups.offsets_topic_num_partitions,

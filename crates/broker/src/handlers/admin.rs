@@ -54,6 +54,7 @@ pub(crate) async fn create_topics(
     let names: Vec<String> = req.topics.iter().map(|t| t.name.0.to_string()).collect();
     let request = CreateReq {
         validate_only: req.validate_only,
+        internal: false,
         topics: req
             .topics
             .into_iter()

@@ -9,6 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::ResponseError as K;
+use strom_metadata::config::is_internal_topic;
 use strom_metadata::control::{ControlRequest, CreateTopic, CreateTopicsRequest};
 use strom_metadata::{MetadataImage, TopicImage};
 use uuid::Uuid;
@@ -72,7 +73,7 @@ fn topic_response(image: &MetadataImage, t: &TopicImage, version: i16) -> Metada
         .with_name(Some(TopicName(s(t.name.clone()))))
         .with_partitions(partitions);
     if version >= 1 {
-        out.is_internal = t.name.starts_with("__");
+        out.is_internal = is_internal_topic(&t.name);
     }
     if version >= 10 {
         out.topic_id = Uuid::from_bytes(t.id.0);
@@ -104,6 +105,8 @@ pub(crate) async fn handle(
             .filter_map(|t| t.name.as_ref())
             .filter(|n| image.topic(n.as_str()).is_none())
             .filter(|n| strom_metadata::control::validate_topic_name(n.as_str()).is_ok())
+            // The brokers create their own topics, with their own settings, when first used.
+            .filter(|n| !is_internal_topic(n.as_str()))
             .map(|n| CreateTopic {
                 name: n.to_string(),
                 num_partitions: -1,
@@ -115,6 +118,7 @@ pub(crate) async fn handle(
             let create = ctx.controller.submit(ControlRequest::CreateTopics(CreateTopicsRequest {
                 topics: missing,
                 validate_only: false,
+                internal: false,
             }));
             match tokio::time::timeout(AUTO_CREATE_WAIT, create).await {
                 Ok(Ok(_)) => image = ctx.image.current(),
@@ -140,7 +144,9 @@ pub(crate) async fn handle(
                             Some(n) if strom_metadata::control::validate_topic_name(n).is_err() => {
                                 K::InvalidTopicException.code()
                             }
-                            Some(_) if auto_create => K::LeaderNotAvailable.code(),
+                            Some(n) if auto_create && !is_internal_topic(n) => {
+                                K::LeaderNotAvailable.code()
+                            }
                             Some(_) => K::UnknownTopicOrPartition.code(),
                             None => K::UnknownTopicId.code(),
                         };

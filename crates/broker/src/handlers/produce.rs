@@ -10,6 +10,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError as K;
+use strom_metadata::config::is_internal_topic;
 use strom_metadata::control::validate_topic_name;
 
 use super::{leader_hint, now_ms, s, Meta, Reply};
@@ -87,8 +88,8 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
                 refused(index, K::InvalidRequiredAcks.code(), None, version)
             } else if let Err(e) = validate_topic_name(&name) {
                 refused(index, K::InvalidTopicException.code(), Some(e.to_string()), version)
-            } else if name == crate::group::OFFSETS_TOPIC {
-                // Only the group coordinator writes group state (as in Kafka).
+            } else if is_internal_topic(&name) {
+                // Only the coordinators write their own topics (as in Kafka).
                 let why = format!("cannot append to internal topic {name}");
                 refused(index, K::InvalidTopicException.code(), Some(why), version)
             } else {

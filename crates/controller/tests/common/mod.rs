@@ -127,6 +127,7 @@ pub async fn create_topic(
                 ..Default::default()
             }],
             validate_only: false,
+            internal: false,
         }))
         .await?;
     let ControlResponse::CreateTopics(results) = &answer else {

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use super::topics::internal_topic_refused;
 use super::{rec, ControlResponse, Decision};
-use crate::config::{topic_config, validate_topic_config, ConfigType};
+use crate::config::{is_internal_topic, topic_config, validate_topic_config, ConfigType};
 use crate::records::metadata_record::Record;
 use crate::records::{ConfigRecord, ConfigResourceType};
 use crate::{ControlError, MetadataImage};
@@ -58,6 +59,9 @@ fn alter_one(
     }
     if image.topic(&res.resource_name).is_none() {
         return Err(ControlError::UnknownTopicOrPartition(res.resource_name.clone()));
+    }
+    if is_internal_topic(&res.resource_name) {
+        return Err(internal_topic_refused(&res.resource_name, "reconfigured by clients"));
     }
     let current = image.topic_configs(&res.resource_name).cloned().unwrap_or_default();
     // key → new value (None: delete the override)

@@ -157,6 +157,7 @@ fn create(name: &str, partitions: i32, rf: i16) -> ControlRequest {
             ..Default::default()
         }],
         validate_only: false,
+        internal: false,
     })
 }
 
@@ -219,6 +220,52 @@ fn create_topic_refuses_what_kafka_refuses() {
         => CreateTopics([ItemResult { name: "a_b", result: Err(InvalidTopic("'a_b' collides with existing topic 'a.b' ('.' and '_' are treated alike)")) }])
     "#]],
     );
+}
+
+#[test]
+fn reserved_and_internal_topics_are_refused_to_clients() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    let mut out = String::new();
+    for name in ["__cluster_metadata", "__cluster.metadata", "__consumer_offsets"] {
+        out.push_str(&render(&sim.run(create(name, 1, 1))));
+    }
+    // The group coordinator creates its topic with `internal` set: that is allowed.
+    let ControlRequest::CreateTopics(mut by_broker) = create("__consumer_offsets", 2, 1) else {
+        unreachable!()
+    };
+    by_broker.internal = true;
+    sim.run(ControlRequest::CreateTopics(by_broker)).unwrap();
+    out.push_str(&render(&sim.run(ControlRequest::DeleteTopics(DeleteTopicsRequest {
+        names: vec!["__consumer_offsets".into()],
+        ids: vec![],
+    }))));
+    out.push_str(&render(&sim.run(ControlRequest::CreatePartitions(CreatePartitionsRequest {
+        topics: vec![NewPartitions {
+            topic: "__consumer_offsets".into(),
+            count: 3,
+            assignments: vec![],
+        }],
+        validate_only: false,
+    }))));
+    out.push_str(&render(&sim.run(ControlRequest::AlterConfigs(AlterConfigsRequest {
+        resources: vec![ConfigAlteration {
+            resource_type: crate::records::ConfigResourceType::ConfigResourceTopic,
+            resource_name: "__consumer_offsets".into(),
+            ops: vec![("cleanup.policy".into(), AlterConfigOp::Set, Some("delete".into()))],
+        }],
+        incremental: true,
+        validate_only: false,
+    }))));
+    expect![[r#"
+        => CreateTopics([ItemResult { name: "__cluster_metadata", result: Err(InvalidTopic("'__cluster_metadata' is reserved: the metadata quorum keeps its log under that name")) }])
+        => CreateTopics([ItemResult { name: "__cluster.metadata", result: Err(InvalidTopic("'__cluster.metadata' is reserved: the metadata quorum keeps its log under that name")) }])
+        => CreateTopics([ItemResult { name: "__consumer_offsets", result: Err(InvalidRequest("'__consumer_offsets' is an internal topic: the brokers manage it, it cannot be created by clients")) }])
+        => DeleteTopics([ItemResult { name: "__consumer_offsets", result: Err(InvalidRequest("'__consumer_offsets' is an internal topic: the brokers manage it, it cannot be deleted")) }])
+        => CreatePartitions([ItemResult { name: "__consumer_offsets", result: Err(InvalidRequest("'__consumer_offsets' is an internal topic: the brokers manage it, it cannot be repartitioned")) }])
+        => AlterConfigs([ResourceResult { resource_type: ConfigResourceTopic, resource_name: "__consumer_offsets", result: Err(InvalidRequest("'__consumer_offsets' is an internal topic: the brokers manage it, it cannot be reconfigured by clients")) }])
+    "#]].assert_eq(&out);
+    assert!(sim.image.topic("__consumer_offsets").is_some_and(|t| t.partitions.len() == 2));
 }
 
 #[test]
@@ -357,6 +404,7 @@ fn create_with_replicas(name: &str, assignments: &[&[i32]]) -> ControlRequest {
             ..Default::default()
         }],
         validate_only: false,
+        internal: false,
     })
 }
 

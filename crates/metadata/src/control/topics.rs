@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::{rec, ControlResponse, DecideCtx, Decision, ItemResult};
-use crate::config::validate_topic_config;
+use crate::config::{is_internal_topic, validate_topic_config, CLUSTER_METADATA_TOPIC};
 use crate::records::metadata_record::Record;
 use crate::records::{
     ConfigRecord, ConfigResourceType, MetadataRecord, PartitionRecord, RemoveTopicRecord,
@@ -33,6 +33,9 @@ pub struct CreateTopic {
 pub struct CreateTopicsRequest {
     pub topics: Vec<CreateTopic>,
     pub validate_only: bool,
+    /// Sent by a broker for one of its own topics (`config::INTERNAL_TOPICS`); clients' requests
+    /// may not name those.
+    pub internal: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +81,17 @@ pub fn validate_topic_name(name: &str) -> Result<(), ControlError> {
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
         return Err(bad("may contain only ASCII letters, digits, '.', '_' and '-'"));
     }
+    if collision_key(name) == CLUSTER_METADATA_TOPIC {
+        return Err(bad("is reserved: the metadata quorum keeps its log under that name"));
+    }
     Ok(())
+}
+
+/// The refusal of a client's change to one of the brokers' own topics.
+pub(crate) fn internal_topic_refused(name: &str, what: &str) -> ControlError {
+    ControlError::InvalidRequest(format!(
+        "'{name}' is an internal topic: the brokers manage it, it cannot be {what}"
+    ))
 }
 
 /// Metric names fold '.' into '_', so Kafka refuses two topics that differ only there.
@@ -235,10 +248,14 @@ fn place(
 fn create_one(
     image: &MetadataImage,
     t: &CreateTopic,
+    internal: bool,
     taken: &HashSet<String>,
     ctx: &mut DecideCtx<'_>,
 ) -> Result<(Vec<MetadataRecord>, CreatedTopic), ControlError> {
     validate_topic_name(&t.name)?;
+    if is_internal_topic(&t.name) && !internal {
+        return Err(internal_topic_refused(&t.name, "created by clients"));
+    }
     if image.topics.contains_key(&t.name) || taken.contains(&t.name) {
         return Err(ControlError::TopicAlreadyExists(t.name.clone()));
     }
@@ -337,7 +354,7 @@ pub(super) fn create_topics(
     let mut results = Vec::new();
     let mut taken = HashSet::new();
     for t in &req.topics {
-        let result = create_one(image, t, &taken, ctx).map(|(mut recs, created)| {
+        let result = create_one(image, t, req.internal, &taken, ctx).map(|(mut recs, created)| {
             taken.insert(t.name.clone());
             if !req.validate_only {
                 records.append(&mut recs);
@@ -362,6 +379,7 @@ pub(super) fn delete_topics(image: &MetadataImage, req: &DeleteTopicsRequest) ->
         let result = match id.filter(|id| image.topic_names.contains_key(id)) {
             None if name.is_empty() => Err(ControlError::UnknownTopicId(id.unwrap_or_default())),
             None => Err(ControlError::UnknownTopicOrPartition(name.clone())),
+            Some(_) if is_internal_topic(&name) => Err(internal_topic_refused(&name, "deleted")),
             Some(id) => {
                 if seen.insert(id) {
                     records.push(rec(Record::RemoveTopic(RemoveTopicRecord {
@@ -388,6 +406,11 @@ pub(super) fn create_partitions(
             let topic = image
                 .topic(&np.topic)
                 .ok_or_else(|| ControlError::UnknownTopicOrPartition(np.topic.clone()))?;
+            if is_internal_topic(&np.topic) {
+                // Group and transaction coordinators are placed by hashing over the partition
+                // count: more partitions would move every coordinator.
+                return Err(internal_topic_refused(&np.topic, "repartitioned"));
+            }
             let current = topic.partitions.len() as i32;
             if np.count <= current {
                 return Err(ControlError::InvalidPartitions(format!(
