@@ -32,6 +32,16 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 8;
 /// header), not an entry: no metadata batch comes near it.
 pub(crate) const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 
+/// Bytes a log entry adds around its records (term, leader, index, field tags).
+pub(crate) const ENTRY_OVERHEAD_BYTES_MAX: usize = 64;
+
+// The controller refuses entries over `ENTRY_BYTES_MAX` before proposing them, so an entry's
+// frame is always far from the limit that marks a header as garbage.
+const _: () = assert!(
+    (strom_metadata::control::ENTRY_BYTES_MAX + ENTRY_OVERHEAD_BYTES_MAX) * 4
+        <= FRAME_PAYLOAD_BYTES_MAX
+);
+
 /// Why bytes could not be turned back into raft state.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CodecError {
@@ -53,12 +63,16 @@ impl From<CodecError> for io::Error {
     }
 }
 
-/// Appends one frame holding `payload` to `out`.
-pub(crate) fn put_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    assert!(payload.len() <= FRAME_PAYLOAD_BYTES_MAX, "frame payload of {} bytes", payload.len());
+/// Appends one frame holding `payload` to `out`; a payload over the limit is refused (a
+/// reader would take its header for garbage), and `out` is left as it was.
+pub(crate) fn put_frame(out: &mut Vec<u8>, payload: &[u8]) -> Result<(), CodecError> {
+    if payload.len() > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(CodecError::Oversized(payload.len()));
+    }
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
+    Ok(())
 }
 
 /// Reads the frame at the start of `buf`: its payload and the total bytes it spans.
@@ -140,8 +154,8 @@ pub(crate) fn entry_from_pb(entry: pb::LogEntry) -> Result<Entry, CodecError> {
 }
 
 /// One entry as the frame a segment stores.
-pub(crate) fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
-    put_frame(out, &entry_to_pb(entry).encode_to_vec());
+pub(crate) fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    put_frame(out, &entry_to_pb(entry).encode_to_vec())
 }
 
 pub(crate) fn decode_entry(payload: &[u8]) -> Result<Entry, CodecError> {
@@ -341,7 +355,7 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<(
 /// Writes one framed message with [`write_atomic`].
 pub(crate) fn write_message_atomic<M: Message>(dir: &Path, name: &str, msg: &M) -> io::Result<()> {
     let mut out = Vec::new();
-    put_frame(&mut out, &msg.encode_to_vec());
+    put_frame(&mut out, &msg.encode_to_vec())?;
     write_atomic(dir, name, &out)
 }
 
@@ -393,7 +407,7 @@ mod tests {
             Entry { log_id: log_id(4, 1, 9), payload: EntryPayload::Membership(joint) },
         ] {
             let mut out = Vec::new();
-            encode_entry(&entry, &mut out);
+            encode_entry(&entry, &mut out).expect("a small entry encodes");
             let (payload, end) = get_frame(&out).expect("a whole frame");
             assert_eq!(end, out.len());
             assert_eq!(decode_entry(payload).expect("decodes"), entry);
@@ -403,7 +417,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_or_a_cut_frame_is_refused() {
         let mut out = Vec::new();
-        put_frame(&mut out, b"metadata");
+        put_frame(&mut out, b"metadata").expect("a small frame");
         let mut flipped = out.clone();
         flipped[FRAME_HEADER_BYTES + 2] ^= 0x10;
         assert!(matches!(get_frame(&flipped), Err(CodecError::Checksum { .. })));
@@ -412,6 +426,15 @@ mod tests {
         let mut huge = out.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(get_frame(&huge), Err(CodecError::Oversized(_))));
+    }
+
+    #[test]
+    fn an_oversized_payload_is_an_error_not_a_panic() {
+        let mut out = b"kept".to_vec();
+        let payload = vec![0u8; FRAME_PAYLOAD_BYTES_MAX + 1];
+        let refused = put_frame(&mut out, &payload);
+        assert!(matches!(refused, Err(CodecError::Oversized(n)) if n == payload.len()));
+        assert_eq!(out, b"kept", "nothing is written");
     }
 
     #[test]

@@ -481,10 +481,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|e| {
                 let mut frame = Vec::new();
-                codec::encode_entry(e, &mut frame);
-                (e.log_id.index, frame)
+                codec::encode_entry(e, &mut frame)?;
+                Ok((e.log_id.index, frame))
             })
-            .collect();
+            .collect::<Result<_, CodecError>>()
+            .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Write, e.into()))?;
         let files = self.files.clone();
         blocking(move || lock(&files)?.append(&frames))
             .await

@@ -79,6 +79,7 @@ pub fn error_to_pb(e: &ControlError) -> pb::ControlError {
             (C::InvalidUpdateVersion, m.clone(), 0, Vec::new())
         }
         ControlError::IneligibleReplica(m) => (C::IneligibleReplica, m.clone(), 0, Vec::new()),
+        ControlError::PolicyViolation(m) => (C::PolicyViolation, m.clone(), 0, Vec::new()),
         ControlError::NotController => (C::NotController, String::new(), 0, Vec::new()),
         ControlError::ControllerUnavailable(m) => {
             (C::ControllerUnavailable, m.clone(), 0, Vec::new())
@@ -112,6 +113,7 @@ pub fn error_from_pb(e: &pb::ControlError) -> Result<ControlError, WireError> {
         C::FencedLeaderEpoch => ControlError::FencedLeaderEpoch(m),
         C::InvalidUpdateVersion => ControlError::InvalidUpdateVersion(m),
         C::IneligibleReplica => ControlError::IneligibleReplica(m),
+        C::PolicyViolation => ControlError::PolicyViolation(m),
         C::NotController => ControlError::NotController,
         C::ControllerUnavailable => ControlError::ControllerUnavailable(m),
     })
@@ -609,7 +611,17 @@ pub enum MetadataChange {
     Delta { prev_offset: MetadataOffset, records: Vec<MetadataRecord> },
     /// The whole image at the update's offset, as `MetadataImage::to_records`.
     Snapshot(Vec<MetadataRecord>),
+    /// Chunk `index` of the whole image at the update's offset: its next records.
+    SnapshotChunk { index: u32, last: bool, records: Vec<MetadataRecord> },
 }
+
+/// Encoded bytes of one snapshot chunk of the metadata stream.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+
+const _: () = assert!(
+    SNAPSHOT_CHUNK_BYTES_MAX * 4 <= crate::network::RPC_MESSAGE_BYTES_MAX
+        && strom_metadata::control::ENTRY_BYTES_MAX * 4 <= crate::network::RPC_MESSAGE_BYTES_MAX
+);
 
 /// Node ids travel as int64 with -1 for "none"; an id past i64 is no id a voter can have.
 pub fn leader_to_pb(leader: Option<u64>) -> i64 {
@@ -630,6 +642,28 @@ pub fn encode_snapshot(records: Vec<MetadataRecord>) -> Vec<u8> {
     MetadataSnapshot { records }.encode_to_vec()
 }
 
+/// An image's records as `SnapshotChunk.batch` bytes, in order: each chunk at most
+/// [`SNAPSHOT_CHUNK_BYTES_MAX`] unless one record alone is larger; an empty image is one empty
+/// chunk, so the watcher still hears of it.
+pub fn encode_snapshot_chunks(records: Vec<MetadataRecord>) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    let mut current: Vec<MetadataRecord> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let size = strom_metadata::control::batch_bytes(std::slice::from_ref(&record));
+        if !current.is_empty() && bytes + size > SNAPSHOT_CHUNK_BYTES_MAX {
+            chunks.push(MetadataBatch { records: std::mem::take(&mut current) }.encode_to_vec());
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(record);
+    }
+    if !current.is_empty() || chunks.is_empty() {
+        chunks.push(MetadataBatch { records: current }.encode_to_vec());
+    }
+    chunks
+}
+
 pub fn update_to_pb(u: &MetadataUpdate) -> pb::MetadataUpdate {
     use pb::metadata_update::Update as U;
     let update = match &u.change {
@@ -639,6 +673,13 @@ pub fn update_to_pb(u: &MetadataUpdate) -> pb::MetadataUpdate {
             batch: encode_batch(records),
         })),
         MetadataChange::Snapshot(records) => Some(U::Snapshot(encode_snapshot(records.clone()))),
+        MetadataChange::SnapshotChunk { index, last, records } => {
+            Some(U::SnapshotChunk(pb::SnapshotChunk {
+                index: *index,
+                last: *last,
+                batch: encode_batch(records),
+            }))
+        }
     };
     pb::MetadataUpdate { offset: u.offset.0, leader_id: leader_to_pb(u.leader_id), update }
 }
@@ -658,6 +699,13 @@ pub fn update_from_pb(u: pb::MetadataUpdate) -> Result<MetadataUpdate, WireError
                 .map_err(|source| WireError::Decode { field: "MetadataUpdate.snapshot", source })?
                 .records,
         ),
+        Some(U::SnapshotChunk(c)) => MetadataChange::SnapshotChunk {
+            index: c.index,
+            last: c.last,
+            records: MetadataBatch::decode(c.batch.as_slice())
+                .map_err(|source| WireError::Decode { field: "SnapshotChunk.batch", source })?
+                .records,
+        },
     };
     Ok(MetadataUpdate {
         offset: MetadataOffset(u.offset),
@@ -679,7 +727,8 @@ mod tests {
         for change in [
             MetadataChange::None,
             MetadataChange::Delta { prev_offset: MetadataOffset(4), records: vec![record.clone()] },
-            MetadataChange::Snapshot(vec![record.clone(), record]),
+            MetadataChange::Snapshot(vec![record.clone(), record.clone()]),
+            MetadataChange::SnapshotChunk { index: 3, last: true, records: vec![record] },
         ] {
             for leader_id in [None, Some(0), Some(3)] {
                 let u =
@@ -693,6 +742,28 @@ mod tests {
             update: Some(pb::metadata_update::Update::Snapshot(vec![0xff, 0xff, 0xff])),
         };
         assert!(matches!(update_from_pb(garbage), Err(WireError::Decode { .. })));
+    }
+
+    #[test]
+    fn a_large_image_goes_in_bounded_chunks_that_rebuild_it() {
+        use strom_metadata::records::{metadata_record::Record, FeatureRecord};
+        let records: Vec<MetadataRecord> = (0..5_000)
+            .map(|i| MetadataRecord {
+                record: Some(Record::Feature(FeatureRecord {
+                    name: format!("{i:0>500}"),
+                    feature_level: i,
+                })),
+            })
+            .collect();
+        let chunks = encode_snapshot_chunks(records.clone());
+        assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|c| c.len() <= SNAPSHOT_CHUNK_BYTES_MAX));
+        let back: Vec<MetadataRecord> = chunks
+            .iter()
+            .flat_map(|c| MetadataBatch::decode(c.as_slice()).expect("decodes").records)
+            .collect();
+        assert_eq!(back, records);
+        assert_eq!(encode_snapshot_chunks(Vec::new()).len(), 1);
     }
 
     fn round_trip_request(r: ControlRequest) {

@@ -11,9 +11,11 @@
 #[path = "../../../crates/protocol/tests/fuzz_input/mod.rs"]
 mod fuzz_input;
 
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -29,10 +31,14 @@ const CASES_DEFAULT: u64 = 400;
 const CASES_ENV: &str = "STROM_FUZZ_NODE_CASES";
 /// Connections in flight at once: a case the broker holds (a long poll, a join waiting for a
 /// rebalance) must not stall the others.
-const WORKERS: usize = 4;
-/// How long one case waits for the broker to answer and close after our end is shut. Past it
-/// the case is left (the broker may legitimately hold a request); that is not a failure.
+const WORKERS: usize = 8;
+/// How long a case of a request the broker may legitimately hold (a long poll, a join waiting
+/// for a rebalance, a produce waiting for acks, an admin call waiting for the controller) waits
+/// for the broker to answer and close after our end is shut. Past it the case is left.
 const CASE_WAIT: Duration = Duration::from_secs(2);
+/// How long any other request may be held before the test calls it a hang (a deadlock, a task
+/// that died with a request queued to it). Generous: this bounds a wait, it times nothing.
+const HANG_WAIT: Duration = Duration::from_secs(30);
 /// Bytes read back from one case at most (answers are discarded).
 const CASE_READ_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Connections refused in a row before the run stops: the node is gone.
@@ -120,7 +126,24 @@ struct Tally {
     answered: AtomicU64,
     /// The broker still held the connection after `CASE_WAIT`.
     held: AtomicU64,
+    /// Which request types those were (api key, version), for the summary.
+    held_by: Mutex<BTreeMap<(i16, i16), u64>>,
     connect_failures_in_a_row: AtomicU64,
+}
+
+/// Requests a broker may hold for as long as the client asked (mutated timeouts included).
+fn may_wait(api_key: i16) -> bool {
+    let Ok(key) = ApiKey::try_from(api_key) else { return false };
+    matches!(
+        key,
+        ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::JoinGroup
+            | ApiKey::SyncGroup
+            | ApiKey::CreateTopics
+            | ApiKey::DeleteTopics
+            | ApiKey::CreatePartitions
+    )
 }
 
 /// Sends one case on a new connection, shuts our sending side and reads until the broker
@@ -146,13 +169,25 @@ fn run_case(addr: SocketAddr, case: &Case, tally: &Tally) -> anyhow::Result<()> 
         tally.closed.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    let deadline = Instant::now() + CASE_WAIT;
+    // The api key as sent (a mutation may have changed it).
+    let sent_key = case.bytes.get(4..6).map_or(-1, |b| i16::from_be_bytes([b[0], b[1]]));
+    let wait = if may_wait(sent_key) { CASE_WAIT } else { HANG_WAIT };
+    let deadline = Instant::now() + wait;
     let mut buf = [0u8; 16 * 1024];
     let mut read = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() && wait == HANG_WAIT {
+            bail!(
+                "the broker held a request with api key {sent_key} for {HANG_WAIT:?} without \
+                 answering or closing; frame {}",
+                case.bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+        }
         if left.is_zero() || read > CASE_READ_BYTES_MAX {
             tally.held.fetch_add(1, Ordering::Relaxed);
+            let mut held_by = tally.held_by.lock().unwrap_or_else(|poison| poison.into_inner());
+            *held_by.entry((case.key as i16, case.version)).or_default() += 1;
             return Ok(());
         }
         stream.set_read_timeout(Some(left))?;
@@ -173,7 +208,8 @@ fn run_case(addr: SocketAddr, case: &Case, tally: &Tally) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Runs every case on `WORKERS` threads; stops at the first error.
+/// Runs every case on `WORKERS` threads (they mostly wait on the broker); stops at the first
+/// error.
 fn run_cases(addr: SocketAddr, cases: &[Case]) -> anyhow::Result<Tally> {
     let tally = Tally::default();
     let next = AtomicUsize::new(0);
@@ -240,8 +276,8 @@ fn mutated_frames_of_every_request_type_leave_the_node_serving() {
             .with_context(|| format!("fuzzing the node (STROM_SEED={seed})"))?;
         let elapsed = started.elapsed().as_secs_f64();
         eprintln!(
-            "{} request types, {} cases in {elapsed:.1} s ({:.0}/s): {} answered, {} closed, {} held \
-             past {:?}",
+            "{} request types, {} cases in {elapsed:.1} s ({:.0}/s): {} answered, {} closed, \
+             {} held past {:?}",
             apis.len(),
             cases.len(),
             cases.len() as f64 / elapsed.max(1e-9),
@@ -250,6 +286,10 @@ fn mutated_frames_of_every_request_type_leave_the_node_serving() {
             tally.held.load(Ordering::Relaxed),
             CASE_WAIT,
         );
+        let held_by = tally.held_by.into_inner().unwrap_or_else(|poison| poison.into_inner());
+        if !held_by.is_empty() {
+            eprintln!("held (api key, version): count: {held_by:?}");
+        }
 
         ensure!(node.is_running(), "the node died during the fuzz (STROM_SEED={seed})");
         let log = node.stderr();
