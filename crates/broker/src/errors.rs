@@ -38,6 +38,7 @@ pub fn control_code(e: &ControlError) -> i16 {
         ControlError::FencedLeaderEpoch(_) => K::FencedLeaderEpoch,
         ControlError::InvalidUpdateVersion(_) => K::InvalidUpdateVersion,
         ControlError::IneligibleReplica(_) => K::IneligibleReplica,
+        ControlError::PolicyViolation(_) => K::PolicyViolation,
         ControlError::NotController => K::NotController,
         ControlError::ControllerUnavailable(_) => K::RequestTimedOut,
     };
@@ -100,6 +101,7 @@ mod tests {
         assert_eq!(control_code(&ControlError::NotController), 41);
         assert_eq!(control_code(&ControlError::InvalidRequest("t".into())), 42);
         assert_eq!(control_code(&ControlError::InvalidConfig("t".into())), 40);
+        assert_eq!(control_code(&ControlError::PolicyViolation("t".into())), 44);
         let corrupt = LogError::AppendEmpty;
         assert_eq!(log_code(&corrupt), 2);
         assert_eq!(log_code(&LogError::BatchTooLarge { batch_index: 0, size: 2, max: 1 }), 10);

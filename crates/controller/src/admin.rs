@@ -247,7 +247,8 @@ pub fn status_of(e: &ControlError) -> Status {
         | ControlError::InvalidReplicationFactor(_)
         | ControlError::InvalidReplicaAssignment(_)
         | ControlError::InvalidConfig(_)
-        | ControlError::InvalidRequest(_) => Status::invalid_argument(e.to_string()),
+        | ControlError::InvalidRequest(_)
+        | ControlError::PolicyViolation(_) => Status::invalid_argument(e.to_string()),
         ControlError::NotController => Status::unavailable(
             "no active controller: this node is not the active controller and cannot reach it; \
              retry shortly",
@@ -422,8 +423,8 @@ impl AdminService for AdminServiceImpl {
             .submit(ControlRequest::CreateTopics(CreateTopicsRequest {
                 topics,
                 validate_only: request.validate_only,
-            }))
                 internal: false,
+            }))
             .await?;
         let ControlResponse::CreateTopics(results) = answer else {
             return Err(unexpected(&answer));

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
 use strom_metadata::control::{
-    decide, fence_broker, BrokerLiveness, ControlDefaults, ControlRequest, ControlResponse,
-    DecideCtx,
+    decide, fence_broker, split_into_entries, BrokerLiveness, ControlDefaults, ControlRequest,
+    ControlResponse, DecideCtx, ENTRY_BYTES_MAX,
 };
 use strom_metadata::records::{MetadataBatch, MetadataRecord};
 use strom_metadata::{
@@ -312,6 +312,29 @@ impl Controller {
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
     }
 
+    /// Resolves once the raft node has stopped on its own: a storage error (the metadata log
+    /// or a snapshot could not be written or read, a committed record did not apply) or a
+    /// panic inside the raft core. It then answers every request "unavailable" for ever, so
+    /// the node must exit and be restarted; the answer says why. Never resolves while raft
+    /// runs, nor after [`Controller::shutdown`] stopped it.
+    pub fn fatal(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut metrics = self.raft.metrics();
+        async move {
+            loop {
+                let state = metrics.borrow_and_update().running_state.clone();
+                match state {
+                    Ok(()) => {}
+                    Err(Fatal::Stopped) => std::future::pending::<()>().await,
+                    Err(e) => return format!("the metadata quorum stopped on this node: {e}"),
+                }
+                if metrics.changed().await.is_err() {
+                    // Its metrics went without a last word: the raft core task panicked.
+                    return "the metadata quorum's raft core panicked".to_string();
+                }
+            }
+        }
+    }
+
     /// Stops the active controller and the raft node; queued requests are answered with
     /// `ControllerUnavailable`. The metadata log is closed when this returns.
     pub async fn shutdown(self) -> Result<(), ControllerError> {
@@ -604,7 +627,39 @@ impl ActiveController {
         if records.is_empty() {
             return Ok(answer);
         }
-        let write = self.raft.client_write(MetadataBatch { records });
+        // A user request fits one entry (`decide` refuses it otherwise); a large decision of
+        // the controller's own becomes several, each consistent on its own (as Kafka's
+        // non-atomic controller results). No entry may exceed what the log and the voters'
+        // RPCs carry: refused here, before anything is proposed, never a panic in the log.
+        let entries = split_into_entries(records);
+        if let Some(bytes) =
+            entries.iter().map(prost::Message::encoded_len).find(|&b| b > ENTRY_BYTES_MAX)
+        {
+            return Err(ControlError::PolicyViolation(format!(
+                "a metadata record of {bytes} bytes is larger than one log entry may be \
+                 ({ENTRY_BYTES_MAX} bytes)"
+            )));
+        }
+        if entries.len() > 1 {
+            tracing::info!(
+                node_id = self.node_id,
+                entries = entries.len(),
+                "a large controller decision commits as several metadata log entries"
+            );
+        }
+        for (i, batch) in entries.into_iter().enumerate() {
+            self.commit_entry(batch, MetadataOffset(next_offset.0 + i as u64)).await?;
+        }
+        Ok(answer)
+    }
+
+    /// Proposes one entry and waits for it to commit where the decision expected it.
+    async fn commit_entry(
+        &mut self,
+        batch: MetadataBatch,
+        expected: MetadataOffset,
+    ) -> Result<(), ControlError> {
+        let write = self.raft.client_write(batch);
         let written = match tokio::time::timeout(self.commit_wait, write).await {
             Err(_) => {
                 return Err(ControlError::ControllerUnavailable(format!(
@@ -628,15 +683,15 @@ impl ActiveController {
         };
         // Only this task proposes while the node leads, and it waited for the leader's own
         // entries to apply, so the proposal lands where the decision assumed.
-        debug_assert_eq!(written.log_id.index, next_offset.0, "proposal landed elsewhere");
-        if written.log_id.index != next_offset.0 {
+        debug_assert_eq!(written.log_id.index, expected.0, "proposal landed elsewhere");
+        if written.log_id.index != expected.0 {
             tracing::error!(
-                decided_for = next_offset.0,
+                decided_for = expected.0,
                 landed_at = written.log_id.index,
                 node_id = self.node_id,
                 "metadata proposal landed at another offset than decided for"
             );
         }
-        Ok(answer)
+        Ok(())
     }
 }

@@ -58,6 +58,8 @@ pub enum FollowError {
     Wire(#[from] WireError),
     #[error("delta after offset {prev_offset} does not follow the image at offset {have}")]
     Gap { have: u64, prev_offset: u64 },
+    #[error("snapshot chunk {got} at offset {offset} does not follow chunk {expected}")]
+    SnapshotChunk { offset: u64, expected: u32, got: u32 },
     #[error("metadata at offset {offset} does not apply: {source}")]
     Apply {
         offset: u64,
@@ -70,7 +72,13 @@ impl FollowError {
     /// After these the follower's next stream starts from a snapshot: what it was sent did
     /// not fit its image, so neither can be trusted to continue from.
     fn wants_snapshot(&self) -> bool {
-        matches!(self, FollowError::Wire(_) | FollowError::Gap { .. } | FollowError::Apply { .. })
+        matches!(
+            self,
+            FollowError::Wire(_)
+                | FollowError::Gap { .. }
+                | FollowError::SnapshotChunk { .. }
+                | FollowError::Apply { .. }
+        )
     }
 }
 
@@ -78,6 +86,8 @@ impl FollowError {
 #[derive(Debug, Default)]
 pub struct MetadataFollower {
     image: MetadataImage,
+    /// The chunks of a snapshot received so far: (its offset, the next chunk's index, records).
+    partial: Option<(MetadataOffset, u32, Vec<MetadataRecord>)>,
 }
 
 impl MetadataFollower {
@@ -101,8 +111,32 @@ impl MetadataFollower {
         offset: MetadataOffset,
         change: MetadataChange,
     ) -> Result<Option<Vec<MetadataRecord>>, FollowError> {
+        if !matches!(change, MetadataChange::None | MetadataChange::SnapshotChunk { .. }) {
+            // A voter sends a snapshot's chunks back to back; anything else means it was cut.
+            self.partial = None;
+        }
         match change {
             MetadataChange::None => Ok(None),
+            MetadataChange::SnapshotChunk { index, last, records } => {
+                let mut partial = match self.partial.take() {
+                    _ if index == 0 => (offset, 0, Vec::new()),
+                    Some(p) if p.0 == offset && p.1 == index => p,
+                    other => {
+                        return Err(FollowError::SnapshotChunk {
+                            offset: offset.0,
+                            expected: other.map_or(0, |p| p.1),
+                            got: index,
+                        })
+                    }
+                };
+                partial.1 += 1;
+                partial.2.extend(records);
+                if !last {
+                    self.partial = Some(partial);
+                    return Ok(None);
+                }
+                self.on_update(offset, MetadataChange::Snapshot(partial.2))
+            }
             MetadataChange::Delta { prev_offset, records } => {
                 if offset <= self.image.offset {
                     return Ok(None);
@@ -306,7 +340,10 @@ impl Stream {
                     }
                 }
             }
-            let snapshot = matches!(update.change, MetadataChange::Snapshot(_));
+            let snapshot = matches!(
+                update.change,
+                MetadataChange::Snapshot(_) | MetadataChange::SnapshotChunk { last: true, .. }
+            );
             match self.follower.on_update(update.offset, update.change) {
                 Ok(Some(records)) => {
                     let image = Arc::new(self.follower.image().clone());
@@ -420,5 +457,31 @@ mod tests {
         let older = MetadataChange::Snapshot(vec![feature("a", 1)]);
         assert!(f.on_update(MetadataOffset(5), older).expect("ok").is_none());
         assert_eq!(f.image().features.get("a"), Some(&4));
+    }
+
+    #[test]
+    fn snapshot_chunks_replace_the_image_only_when_the_last_one_arrives() {
+        let chunk = |index, last, records| MetadataChange::SnapshotChunk { index, last, records };
+        let mut f = MetadataFollower::new();
+        f.on_update(MetadataOffset(3), delta(0, vec![feature("old", 1)])).expect("applies");
+        assert!(f
+            .on_update(MetadataOffset(9), chunk(0, false, vec![feature("a", 1)]))
+            .expect("ok")
+            .is_none());
+        assert_eq!(f.offset(), MetadataOffset(3), "nothing moves before the last chunk");
+        let done = f.on_update(MetadataOffset(9), chunk(1, true, vec![feature("b", 2)]));
+        assert_eq!(done.expect("applies").map(|r| r.len()), Some(2));
+        assert_eq!(f.offset(), MetadataOffset(9));
+        assert!(!f.image().features.contains_key("old"));
+        assert_eq!(f.image().features.get("b"), Some(&2));
+        // A chunk out of turn: the stream is broken, the next one starts from a snapshot.
+        f.on_update(MetadataOffset(12), chunk(0, false, vec![feature("c", 1)])).expect("ok");
+        let skipped = f.on_update(MetadataOffset(12), chunk(2, true, vec![]));
+        assert!(
+            matches!(skipped, Err(FollowError::SnapshotChunk { expected: 1, got: 2, .. })),
+            "{skipped:?}"
+        );
+        assert!(skipped.as_ref().err().is_some_and(FollowError::wants_snapshot));
+        assert_eq!(f.offset(), MetadataOffset(9));
     }
 }

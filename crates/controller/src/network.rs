@@ -20,20 +20,35 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::EntryPayload;
 use strom_proto::raft::raft_client::RaftClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec::{self, CodecError};
-use crate::types::{ControllerNode, TypeConfig};
+use crate::types::{ControllerNode, Entry, LogId, TypeConfig};
 
-/// The largest gRPC message a voter sends or accepts: a batch of entries or a snapshot chunk
-/// with room to spare.
+/// The largest gRPC message a node sends or accepts on the control port (raft RPCs, relayed
+/// requests, the metadata stream): a batch of entries or a snapshot chunk with room to spare.
 pub const RPC_MESSAGE_BYTES_MAX: usize = 16 << 20;
 
 /// The snapshot bytes sent per InstallSnapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
 
+/// Encoded entry bytes one AppendEntries carries: openraft sends up to `max_payload_entries`
+/// entries at once and waits one raft heartbeat for the answer, so a batch of large entries is
+/// cut here to what fits (always at least one entry) and the rest goes in the next RPC.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 512 << 10;
+
+/// Bytes an entry adds around its records on the wire (ids, tags), and a membership entry.
+const ENTRY_WIRE_OVERHEAD_BYTES: usize = 64;
+
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX * 2 <= RPC_MESSAGE_BYTES_MAX);
+// One entry over the byte budget travels alone: the largest entry the controller proposes and
+// a full budget of small ones both fit a message with room to spare.
+const _: () = assert!(
+    (strom_metadata::control::ENTRY_BYTES_MAX + APPEND_ENTRIES_BYTES_MAX) * 4
+        <= RPC_MESSAGE_BYTES_MAX
+);
 
 /// The longest a connection attempt to a peer may take; shorter with short election timeouts.
 pub const CONNECT_TIMEOUT_MS_MAX: u64 = 1_000;
@@ -97,10 +112,19 @@ pub struct PeerNetwork<T> {
 impl<T: PeerTransport> RaftNetwork<TypeConfig> for PeerNetwork<T> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
-        self.transport.append_entries(rpc, option.hard_ttl()).await.map_err(to_rpc_error)
+        let cut_after = bound_entries(&mut rpc.entries);
+        let answer =
+            self.transport.append_entries(rpc, option.hard_ttl()).await.map_err(to_rpc_error)?;
+        // The peer took every entry sent; openraft sends the rest from there.
+        Ok(match (answer, cut_after) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (answer, _) => answer,
+        })
     }
 
     async fn install_snapshot(
@@ -126,6 +150,33 @@ impl<T: PeerTransport> RaftNetwork<TypeConfig> for PeerNetwork<T> {
     ) -> RpcResult<VoteResponse<u64>> {
         self.transport.vote(rpc, option.hard_ttl()).await.map_err(to_rpc_error)
     }
+}
+
+/// Keeps the entries that fit [`APPEND_ENTRIES_BYTES_MAX`] (at least one); returns the log id
+/// of the last one kept when some were cut.
+fn bound_entries(entries: &mut Vec<Entry>) -> Option<LogId> {
+    let mut total = 0;
+    let mut keep = entries.len();
+    for (i, entry) in entries.iter().enumerate() {
+        total += entry_wire_bytes(entry);
+        if i > 0 && total > APPEND_ENTRIES_BYTES_MAX {
+            keep = i;
+            break;
+        }
+    }
+    if keep == entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
+}
+
+fn entry_wire_bytes(entry: &Entry) -> usize {
+    let records = match &entry.payload {
+        EntryPayload::Normal(batch) => prost::Message::encoded_len(batch),
+        EntryPayload::Blank | EntryPayload::Membership(_) => 0,
+    };
+    records + ENTRY_WIRE_OVERHEAD_BYTES
 }
 
 /// Lazily connected channels by control address, shared by raft replication and request
@@ -295,5 +346,46 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             node: node.clone(),
             transport: GrpcTransport::new(target, &node.control_addr, &self.channels),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+    use strom_metadata::records::{
+        metadata_record::Record, FeatureRecord, MetadataBatch, MetadataRecord,
+    };
+
+    use super::*;
+
+    fn entry(index: u64, records: usize) -> Entry {
+        let record = MetadataRecord {
+            record: Some(Record::Feature(FeatureRecord {
+                name: "f".repeat(1_000),
+                feature_level: 1,
+            })),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(MetadataBatch { records: vec![record; records] }),
+        }
+    }
+
+    #[test]
+    fn an_append_is_cut_to_its_byte_budget_but_always_carries_an_entry() {
+        // Small entries all go.
+        let mut small: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        assert_eq!(bound_entries(&mut small), None);
+        assert_eq!(small.len(), 10);
+        // 200 KB entries: two fit 512 KiB, the third waits for the next RPC.
+        let mut large: Vec<Entry> = (1..=5).map(|i| entry(i, 200)).collect();
+        let last = bound_entries(&mut large).expect("cut");
+        assert_eq!((large.len(), last.index), (2, 2));
+        // One entry over the budget still goes, alone.
+        let mut huge = vec![entry(7, 1_000), entry(8, 1)];
+        assert_eq!(bound_entries(&mut huge).map(|l| l.index), Some(7));
+        assert_eq!(huge.len(), 1);
+        let mut none: Vec<Entry> = Vec::new();
+        assert_eq!(bound_entries(&mut none), None);
     }
 }

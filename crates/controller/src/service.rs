@@ -6,7 +6,7 @@
 //! The metadata stream is fed by a tap on the state machine's listener ([`metadata_feed`]): it
 //! keeps the latest committed image and a bounded backlog of recent entries as deltas, so a
 //! watcher that reconnects or reads slowly catches up with deltas, and one further behind
-//! gets the whole image.
+//! gets the whole image, in chunks of bounded size (`SnapshotChunk`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -185,8 +185,8 @@ struct FeedState {
     /// one's `offset` is `latest.offset`.
     backlog: VecDeque<Delta>,
     backlog_records: usize,
-    /// `latest` encoded as a snapshot, made when a watcher first needs it.
-    snapshot: Option<(u64, Arc<Vec<u8>>)>,
+    /// `latest` encoded as snapshot chunks, made when a watcher first needs it.
+    snapshot: Option<(u64, Arc<Vec<Vec<u8>>>)>,
 }
 
 struct FeedShared {
@@ -306,7 +306,7 @@ enum Next {
     Deltas,
     Snapshot {
         image: Arc<MetadataImage>,
-        encoded: Option<Arc<Vec<u8>>>,
+        encoded: Option<Arc<Vec<Vec<u8>>>>,
     },
 }
 
@@ -411,7 +411,7 @@ impl Watch {
                 Some(bytes) => bytes,
                 None => {
                     // Encoded outside the lock: the state machine must not wait for it.
-                    let bytes = Arc::new(wire::encode_snapshot(image.to_records()));
+                    let bytes = Arc::new(wire::encode_snapshot_chunks(image.to_records()));
                     let mut state = self.feed.shared.lock();
                     if state.latest.offset.0 == offset {
                         state.snapshot = Some((offset, bytes.clone()));
@@ -419,12 +419,24 @@ impl Watch {
                     bytes
                 }
             };
-            tracing::debug!(broker_id = self.broker_id, offset, "metadata watcher gets a snapshot");
-            self.pending.push_back(cpb::MetadataUpdate {
+            tracing::debug!(
+                broker_id = self.broker_id,
                 offset,
-                leader_id,
-                update: Some(cpb::metadata_update::Update::Snapshot(encoded.as_ref().clone())),
-            });
+                chunks = encoded.len(),
+                "metadata watcher gets a snapshot"
+            );
+            let last = encoded.len() - 1;
+            for (index, batch) in encoded.iter().enumerate() {
+                self.pending.push_back(cpb::MetadataUpdate {
+                    offset,
+                    leader_id,
+                    update: Some(cpb::metadata_update::Update::SnapshotChunk(cpb::SnapshotChunk {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        last: index == last,
+                        batch: batch.clone(),
+                    })),
+                });
+            }
             self.cursor = offset;
             self.want_snapshot = false;
         }
@@ -432,7 +444,7 @@ impl Watch {
     }
 }
 
-fn cached(state: &FeedState) -> Option<Arc<Vec<u8>>> {
+fn cached(state: &FeedState) -> Option<Arc<Vec<Vec<u8>>>> {
     state
         .snapshot
         .as_ref()
@@ -524,7 +536,8 @@ mod tests {
                 let kind = match &u.change {
                     MetadataChange::None => "none",
                     MetadataChange::Delta { .. } => "delta",
-                    MetadataChange::Snapshot(_) => "snapshot",
+                    MetadataChange::Snapshot(_) => "whole snapshot",
+                    MetadataChange::SnapshotChunk { .. } => "snapshot",
                 };
                 (u.offset.0, kind)
             })
@@ -570,7 +583,10 @@ mod tests {
         log.install(later.clone());
         let updates = sent(&mut watcher);
         assert_eq!(offsets(&updates), [(9, "snapshot")]);
-        let MetadataChange::Snapshot(records) = &updates[0].change else { unreachable!() };
+        let MetadataChange::SnapshotChunk { index: 0, last: true, records } = &updates[0].change
+        else {
+            unreachable!()
+        };
         assert_eq!(MetadataImage::from_records(MetadataOffset(9), records).expect("ok"), later);
         // And deltas go on from there.
         log.commit(10, vec![feature("b", 1)]);
@@ -602,6 +618,31 @@ mod tests {
             total += more.len();
         }
         assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn a_large_image_reaches_a_watcher_in_chunks_under_the_message_limit() {
+        let mut log = Log::new();
+        let records: Vec<MetadataRecord> =
+            (0..3_000).map(|i| feature(&format!("{i:0>1000}"), i)).collect();
+        log.commit(4, records);
+        let mut watcher = log.watch(0, true);
+        watcher.fill(Some(2));
+        let messages: Vec<cpb::MetadataUpdate> = watcher.pending.drain(..).collect();
+        assert!(messages.len() >= 3, "{} chunks", messages.len());
+        assert!(messages
+            .iter()
+            .all(|m| prost::Message::encoded_len(m) <= wire::SNAPSHOT_CHUNK_BYTES_MAX + 64));
+        let mut follower = crate::follower::MetadataFollower::new();
+        let mut moved = Vec::new();
+        for m in messages {
+            let u = wire::update_from_pb(m).expect("decodes");
+            moved.push(follower.on_update(u.offset, u.change).expect("applies").is_some());
+        }
+        // The image is replaced once, by the last chunk.
+        assert_eq!(moved.iter().filter(|m| **m).count(), 1);
+        assert_eq!(moved.last(), Some(&true));
+        assert_eq!(follower.image(), &log.image);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The metadata log's state machine: committed entries applied to a `MetadataImage`, handed to
 //! the `MetadataListener`, and snapshots of the image kept as files beside the log.
 //!
-//! A snapshot file is `<last index, 20 digits>-<last term, 20 digits>.checkpoint` holding two
-//! frames: the prost `SnapshotMeta`, then the encoded `MetadataSnapshot` (the image written
-//! out as records). A new one is written to a temp file, fsynced and renamed; older ones are
+//! A snapshot file is `<last index, 20 digits>-<last term, 20 digits>.checkpoint` holding the
+//! prost `SnapshotMeta` in one frame, then the encoded `MetadataSnapshot` (the image written
+//! out as records) cut into frames of at most [`SNAPSHOT_FRAME_BYTES_MAX`], so an image of
+//! any size is written without a frame near the codec's limit. A new one is written to a temp file, fsynced and renamed; older ones are
 //! then deleted. On open the newest one is the starting image; openraft re-applies the
 //! committed log after it.
 
@@ -28,6 +29,11 @@ use crate::types::{
 };
 
 const SNAPSHOT_SUFFIX: &str = ".checkpoint";
+
+/// Snapshot bytes per frame of a snapshot file.
+pub const SNAPSHOT_FRAME_BYTES_MAX: usize = 1 << 20;
+
+const _: () = assert!(SNAPSHOT_FRAME_BYTES_MAX * 4 <= codec::FRAME_PAYLOAD_BYTES_MAX);
 
 /// The metadata state machine, as openraft drives it.
 pub struct StateMachine {
@@ -115,14 +121,15 @@ impl SnapshotFiles {
         let (meta, n) = codec::get_frame(&bytes)?;
         let meta = pb::SnapshotMeta::decode(meta).map_err(CodecError::from)?;
         let meta = codec::snapshot_meta_from_pb(&meta)?;
-        let (data, m) = codec::get_frame(&bytes[n..])?;
-        if n + m != bytes.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("snapshot {} has trailing bytes", path.display()),
-            ));
+        // The data frames run to the end of the file; a cut or corrupt one fails the read.
+        let mut data = Vec::with_capacity(bytes.len() - n);
+        let mut at = n;
+        while at < bytes.len() {
+            let (chunk, m) = codec::get_frame(&bytes[at..])?;
+            data.extend_from_slice(chunk);
+            at += m;
         }
-        Ok((meta, data.to_vec()))
+        Ok((meta, data))
     }
 
     fn read_newest(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
@@ -142,9 +149,12 @@ impl SnapshotFiles {
         if self.newest()?.is_some_and(|(i, t, _)| (i, t) > key) {
             return Ok(());
         }
-        let mut out = Vec::with_capacity(data.len() + 256);
-        codec::put_frame(&mut out, &codec::snapshot_meta_to_pb(meta).encode_to_vec());
-        codec::put_frame(&mut out, data);
+        let frames = data.len().div_ceil(SNAPSHOT_FRAME_BYTES_MAX);
+        let mut out = Vec::with_capacity(data.len() + 256 + frames * codec::FRAME_HEADER_BYTES);
+        codec::put_frame(&mut out, &codec::snapshot_meta_to_pb(meta).encode_to_vec())?;
+        for chunk in data.chunks(SNAPSHOT_FRAME_BYTES_MAX) {
+            codec::put_frame(&mut out, chunk)?;
+        }
         let name = snapshot_name(last);
         codec::write_atomic(&self.dir, &name, &out)?;
         for dirent in fs::read_dir(&self.dir)? {

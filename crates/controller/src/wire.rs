@@ -213,9 +213,9 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
                 })
                 .collect(),
             validate_only: r.validate_only,
+            internal: r.internal,
         }),
         ControlRequest::DeleteTopics(r) => R::DeleteTopics(pb::DeleteTopicsRequest {
-            internal: r.internal,
             names: r.names.clone(),
             ids: r.ids.iter().map(|id| id.0.to_vec()).collect(),
         }),
@@ -323,9 +323,9 @@ pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireErro
                 })
                 .collect::<Result<_, WireError>>()?,
             validate_only: r.validate_only,
+            internal: r.internal,
         }),
         R::DeleteTopics(r) => ControlRequest::DeleteTopics(DeleteTopicsRequest {
-            internal: r.internal,
             names: r.names,
             ids: r
                 .ids
@@ -787,6 +787,7 @@ mod tests {
                 configs: vec![("retention.ms".into(), Some("5".into())), ("x".into(), None)],
             }],
             validate_only: true,
+            internal: true,
         }));
         round_trip_request(ControlRequest::DeleteTopics(DeleteTopicsRequest {
             names: vec!["a".into()],
@@ -858,7 +859,6 @@ mod tests {
         ])));
         round_trip_response(Ok(ControlResponse::CreatePartitions(vec![ItemResult {
             name: "a".into(),
-            internal: true,
             result: Err(ControlError::InvalidPartitions("no".into())),
         }])));
         round_trip_response(Ok(ControlResponse::AlterConfigs(vec![ResourceResult {

@@ -137,6 +137,9 @@ async fn five_voters_survive_two_stopped_voters() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_voter_catches_up_through_a_snapshot() -> anyhow::Result<()> {
     let mut q = Quorum::new(3, 5).await?;
+    // The broker registers once and never heartbeats again: its session must outlast the test
+    // (a fenced broker leaves no target for the last topic's replica).
+    q.session_timeout_ms = Some(600_000);
     q.start_all().await?;
     let leader = q.agreed_leader().await?;
     let lagging = q.follower(leader);

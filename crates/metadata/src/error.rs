@@ -34,6 +34,10 @@ pub enum ControlError {
     InvalidUpdateVersion(String),
     #[error("ineligible replica: {0}")]
     IneligibleReplica(String),
+    /// The request is well-formed but larger than one metadata operation may be (Kafka's
+    /// POLICY_VIOLATION): it would write more records than `RECORDS_PER_USER_OP_MAX`.
+    #[error("policy violation: {0}")]
+    PolicyViolation(String),
     #[error("this node is not the active controller")]
     NotController,
     #[error("the controller is not available: {0}")]

@@ -225,6 +225,10 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         (MetadataSide::Follower { stop, task }, client, leader_rx, info)
     };
 
+    if let MetadataSide::Voter(controller) = &metadata {
+        tokio::spawn(exit_on_fatal(controller.fatal()));
+    }
+
     // Groups are answered by this node's broker, which starts after the control port.
     let groups = Arc::new(LateGroupAdmin::default());
     let control_server = match control_listener {
@@ -554,6 +558,21 @@ async fn controlled_shutdown(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tracing::warn!("controlled shutdown did not complete in time; exiting anyway");
+}
+
+/// The exit status of a node whose metadata quorum stopped on a storage error or a panic
+/// (EX_SOFTWARE): distinct from a configuration error (2), so a supervisor can tell them apart.
+pub const EXIT_METADATA_FATAL: i32 = 70;
+
+/// Ends the process when the controller's raft stops on its own. A voter whose raft has
+/// stopped answers every metadata request "unavailable" and never votes again: exiting lets a
+/// supervisor restart it, and the restart reopens the log (or reports why it cannot). The
+/// data plane needs no goodbye: every acknowledged write is already fsynced.
+async fn exit_on_fatal(fatal: impl std::future::Future<Output = String>) {
+    let cause = fatal.await;
+    tracing::error!(%cause, exit_status = EXIT_METADATA_FATAL, "fatal: exiting");
+    eprintln!("strom: fatal: {cause}; exiting with status {EXIT_METADATA_FATAL}");
+    std::process::exit(EXIT_METADATA_FATAL);
 }
 
 async fn wait_for_signal() -> Result<()> {

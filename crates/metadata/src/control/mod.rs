@@ -24,8 +24,34 @@ pub use topics::{
     CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest, NewPartitions,
 };
 
-use crate::records::MetadataRecord;
+use prost::Message;
+
+use crate::records::{MetadataBatch, MetadataRecord};
 use crate::{ControlError, MetadataImage, MetadataOffset, TopicId};
+
+/// Records one user request (CreateTopics, CreatePartitions, DeleteTopics, AlterConfigs) may
+/// write. They commit atomically as one metadata log entry, which every voter encodes, sends,
+/// decodes and fsyncs within one raft heartbeat (openraft's AppendEntries deadline), and every
+/// broker applies at once. Kafka bounds the same (`MAX_RECORDS_PER_USER_OP`, and 10,000
+/// partitions per CreateTopics); here: 10,000 partitions with their topic and config records
+/// and room to spare. A request over it gets POLICY_VIOLATION and writes nothing.
+pub const RECORDS_PER_USER_OP_MAX: usize = 12_000;
+
+/// Encoded bytes of one metadata log entry's records (a `MetadataBatch`). A user request over
+/// it is refused like one over [`RECORDS_PER_USER_OP_MAX`]; the controller's own decisions
+/// (fencing a broker, elections) are split into entries of at most this size and
+/// [`RECORDS_PER_ENTRY_MAX`] records (see [`split_into_entries`]).
+pub const ENTRY_BYTES_MAX: usize = 2 << 20;
+
+/// Records per metadata log entry when the controller splits a large decision of its own.
+pub const RECORDS_PER_ENTRY_MAX: usize = RECORDS_PER_USER_OP_MAX;
+
+/// What one partition record costs at replication factor 3 with a leaderless partition (the
+/// largest common case: `leader = -1` takes ten bytes), measured in the tests.
+pub const PARTITION_RECORD_BYTES_RF3: usize = 64;
+
+// A user request at the record cap, made of partition records, is well inside one entry.
+const _: () = assert!(RECORDS_PER_USER_OP_MAX * PARTITION_RECORD_BYTES_RF3 * 2 <= ENTRY_BYTES_MAX);
 
 /// How often a broker heartbeats by default (`broker.heartbeat.interval.ms`).
 pub const BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 500;
@@ -123,7 +149,8 @@ pub fn decide(
     request: &ControlRequest,
     ctx: &mut DecideCtx<'_>,
 ) -> Result<Decision, ControlError> {
-    match request {
+    check_requested_records(image, request, ctx.defaults)?;
+    let decision = match request {
         ControlRequest::CreateTopics(r) => Ok(topics::create_topics(image, r, ctx)),
         ControlRequest::DeleteTopics(r) => Ok(topics::delete_topics(image, r)),
         ControlRequest::CreatePartitions(r) => Ok(topics::create_partitions(image, r, ctx)),
@@ -134,7 +161,135 @@ pub fn decide(
             Ok(brokers::elect_leaders(image, topics.as_deref(), *preferred))
         }
         ControlRequest::AlterPartition(r) => isr::alter_partition(image, r),
+    }?;
+    if is_user_op(request) {
+        check_user_op_size(request, &decision.records)?;
     }
+    Ok(decision)
+}
+
+/// Requests from users (admin clients), which commit as one entry and so are bounded by
+/// [`RECORDS_PER_USER_OP_MAX`]; the rest are the brokers' and the controller's own, which
+/// cannot be refused for their size and are split instead.
+fn is_user_op(request: &ControlRequest) -> bool {
+    matches!(
+        request,
+        ControlRequest::CreateTopics(_)
+            | ControlRequest::DeleteTopics(_)
+            | ControlRequest::CreatePartitions(_)
+            | ControlRequest::AlterConfigs(_)
+    )
+}
+
+fn op_name(request: &ControlRequest) -> &'static str {
+    match request {
+        ControlRequest::CreateTopics(_) => "CreateTopics",
+        ControlRequest::DeleteTopics(_) => "DeleteTopics",
+        ControlRequest::CreatePartitions(_) => "CreatePartitions",
+        ControlRequest::AlterConfigs(_) => "AlterConfigs",
+        ControlRequest::RegisterBroker(_) => "RegisterBroker",
+        ControlRequest::BrokerHeartbeat(_) => "BrokerHeartbeat",
+        ControlRequest::ElectLeaders { .. } => "ElectLeaders",
+        ControlRequest::AlterPartition(_) => "AlterPartition",
+    }
+}
+
+fn too_many_records(request: &ControlRequest, records: usize) -> ControlError {
+    ControlError::PolicyViolation(format!(
+        "{} would write {records} metadata records; one request may write at most \
+         {RECORDS_PER_USER_OP_MAX} (about 10,000 partitions): split it into smaller requests",
+        op_name(request)
+    ))
+}
+
+/// Refuses a request that asks for more partitions than the cap allows before any placement
+/// is computed, as Kafka does: deciding two million partitions only to refuse them would
+/// stall the active controller. Counts what the request asks for, valid or not.
+fn check_requested_records(
+    image: &MetadataImage,
+    request: &ControlRequest,
+    defaults: &ControlDefaults,
+) -> Result<(), ControlError> {
+    let asked: u64 = match request {
+        ControlRequest::CreateTopics(r) => r
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = if !t.assignments.is_empty() {
+                    t.assignments.len() as u64
+                } else if t.num_partitions == -1 {
+                    defaults.num_partitions.max(0) as u64
+                } else {
+                    t.num_partitions.max(0) as u64
+                };
+                1 + partitions + t.configs.len() as u64
+            })
+            .sum(),
+        ControlRequest::CreatePartitions(r) => r
+            .topics
+            .iter()
+            .map(|np| {
+                let current = image.topic(&np.topic).map_or(0, |t| t.partitions.len() as i64);
+                (i64::from(np.count) - current).max(0) as u64
+            })
+            .sum(),
+        _ => 0,
+    };
+    if asked > RECORDS_PER_USER_OP_MAX as u64 {
+        return Err(too_many_records(request, usize::try_from(asked).unwrap_or(usize::MAX)));
+    }
+    Ok(())
+}
+
+/// The records a user request decided on must commit as one entry of bounded size.
+fn check_user_op_size(
+    request: &ControlRequest,
+    records: &[MetadataRecord],
+) -> Result<(), ControlError> {
+    if records.len() > RECORDS_PER_USER_OP_MAX {
+        return Err(too_many_records(request, records.len()));
+    }
+    let bytes = batch_bytes(records);
+    if bytes > ENTRY_BYTES_MAX {
+        return Err(ControlError::PolicyViolation(format!(
+            "{} would write {bytes} bytes of metadata records; one request may write at most \
+             {ENTRY_BYTES_MAX}: split it into smaller requests",
+            op_name(request)
+        )));
+    }
+    Ok(())
+}
+
+/// Encoded size of `records` as one entry's `MetadataBatch`.
+pub fn batch_bytes(records: &[MetadataRecord]) -> usize {
+    records.iter().map(|r| prost::length_delimiter_len(r.encoded_len()) + 1 + r.encoded_len()).sum()
+}
+
+/// Splits the records of one decision into metadata log entries of at most
+/// [`RECORDS_PER_ENTRY_MAX`] records and [`ENTRY_BYTES_MAX`] bytes, in order. A user request
+/// always fits in one (`decide` refuses it otherwise); a large decision of the controller's
+/// own (fencing a broker that leads 100,000 partitions) becomes several entries, each of which
+/// leaves the image consistent on its own. A record larger than an entry gets an entry alone;
+/// the caller must refuse to propose it.
+pub fn split_into_entries(records: Vec<MetadataRecord>) -> Vec<MetadataBatch> {
+    let mut entries = Vec::new();
+    let mut current = Vec::new();
+    let mut current_bytes = 0;
+    for record in records {
+        let bytes = batch_bytes(std::slice::from_ref(&record));
+        if !current.is_empty()
+            && (current.len() == RECORDS_PER_ENTRY_MAX || current_bytes + bytes > ENTRY_BYTES_MAX)
+        {
+            entries.push(MetadataBatch { records: std::mem::take(&mut current) });
+            current_bytes = 0;
+        }
+        current_bytes += bytes;
+        current.push(record);
+    }
+    if !current.is_empty() {
+        entries.push(MetadataBatch { records: current });
+    }
+    entries
 }
 
 /// Wraps a record variant.

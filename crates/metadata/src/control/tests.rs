@@ -791,3 +791,127 @@ fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
     "#]],
     );
 }
+
+fn create_many(topics: usize, partitions: i32, rf: i16) -> ControlRequest {
+    ControlRequest::CreateTopics(CreateTopicsRequest {
+        topics: (0..topics)
+            .map(|i| CreateTopic {
+                name: format!("t{i}"),
+                num_partitions: partitions,
+                replication_factor: rf,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_request_over_the_record_cap_is_a_policy_violation_and_writes_nothing() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    let before = sim.image.clone();
+    let mut out = String::new();
+    // Issue 11: 20 topics of 100,000 partitions each; every topic is legal on its own.
+    out.push_str(&render(&sim.run(create_many(20, 100_000, 1))));
+    out.push_str(&render(&sim.run(create_many(2, 6_000, 1))));
+    // validate_only is refused alike (Kafka checks the total first).
+    let ControlRequest::CreateTopics(mut dry) = create_many(2, 6_000, 1) else { unreachable!() };
+    dry.validate_only = true;
+    out.push_str(&render(&sim.run(ControlRequest::CreateTopics(dry))));
+    sim.run(create("grows", 1, 1)).unwrap();
+    out.push_str(&render(&sim.run(ControlRequest::CreatePartitions(CreatePartitionsRequest {
+        topics: vec![NewPartitions { topic: "grows".into(), count: 50_000, assignments: vec![] }],
+        validate_only: false,
+    }))));
+    expect![[r#"
+        error: policy violation: CreateTopics would write 2000020 metadata records; one request may write at most 12000 (about 10,000 partitions): split it into smaller requests
+        error: policy violation: CreateTopics would write 12002 metadata records; one request may write at most 12000 (about 10,000 partitions): split it into smaller requests
+        error: policy violation: CreateTopics would write 12002 metadata records; one request may write at most 12000 (about 10,000 partitions): split it into smaller requests
+        error: policy violation: CreatePartitions would write 49999 metadata records; one request may write at most 12000 (about 10,000 partitions): split it into smaller requests
+    "#]]
+    .assert_eq(&out);
+    assert_eq!(sim.image.topics.keys().collect::<Vec<_>>(), ["grows"]);
+    assert_eq!(before.topics.len() + 1, sim.image.topics.len());
+}
+
+#[test]
+fn a_request_at_the_cap_commits_as_one_entry_within_its_byte_bound() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    // Ten topics of 1,000 partitions, and one topic of 10,000 partitions: both under the cap.
+    let d = sim.run(create_many(10, 1_000, 3)).expect("decides");
+    assert_eq!(d.records.len(), 10 * 1_001);
+    let ControlRequest::CreateTopics(mut big) = create_many(1, 10_000, 3) else { unreachable!() };
+    big.topics[0].name = "big".into();
+    let d = sim.run(ControlRequest::CreateTopics(big)).expect("decides");
+    assert_eq!(d.records.len(), 10_001);
+    let entries = split_into_entries(d.records.clone());
+    assert_eq!(entries.len(), 1, "a user request commits as one entry");
+    assert_eq!(batch_bytes(&d.records), entries[0].encoded_len());
+    assert!(entries[0].encoded_len() <= ENTRY_BYTES_MAX / 2);
+}
+
+#[test]
+fn a_partition_record_at_rf3_fits_its_named_size() {
+    use crate::records::{metadata_record::Record, MetadataRecord, PartitionRecord};
+    // The widest fields a partition record of a large cluster has: no leader (-1 is ten
+    // bytes), broker ids and epochs of several varint bytes each.
+    let record = MetadataRecord {
+        record: Some(Record::Partition(PartitionRecord {
+            topic_id: vec![0xff; 16],
+            partition_id: 99_999,
+            replicas: vec![1_000, 1_001, 1_002],
+            isr: vec![],
+            leader: -1,
+            leader_epoch: 70_000,
+            partition_epoch: 70_000,
+        })),
+    };
+    let bytes = batch_bytes(std::slice::from_ref(&record));
+    assert!(bytes <= PARTITION_RECORD_BYTES_RF3, "{bytes} bytes");
+}
+
+#[test]
+fn a_large_decision_of_the_controller_is_split_into_bounded_entries_in_order() {
+    use crate::records::{metadata_record::Record, ConfigRecord, MetadataRecord};
+    let config = |i: usize, value_bytes: usize| MetadataRecord {
+        record: Some(Record::Config(ConfigRecord {
+            resource_type: 2,
+            resource_name: format!("r{i}"),
+            name: "k".into(),
+            value: Some("v".repeat(value_bytes)),
+        })),
+    };
+    let small: Vec<MetadataRecord> = (0..30_000).map(|i| config(i, 1)).collect();
+    let entries = split_into_entries(small.clone());
+    let sizes: Vec<usize> = entries.iter().map(|e| e.records.len()).collect();
+    assert_eq!(sizes, [RECORDS_PER_ENTRY_MAX, RECORDS_PER_ENTRY_MAX, 6_000]);
+    let back: Vec<MetadataRecord> = entries.into_iter().flat_map(|e| e.records).collect();
+    assert_eq!(back, small);
+    // By bytes: 1 MiB records, two to an entry; a record larger than an entry goes alone.
+    let large: Vec<MetadataRecord> =
+        vec![config(0, 1 << 20), config(1, 1 << 20), config(2, 1 << 20), config(3, 3 << 20)];
+    let entries = split_into_entries(large);
+    let sizes: Vec<usize> = entries.iter().map(|e| e.records.len()).collect();
+    assert_eq!(sizes, [1, 1, 1, 1]);
+    assert!(entries[..3].iter().all(|e| e.encoded_len() <= ENTRY_BYTES_MAX));
+    assert!(split_into_entries(Vec::new()).is_empty());
+}
+
+#[test]
+fn fencing_a_broker_that_leads_more_than_the_cap_is_not_refused() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    sim.live_broker(2);
+    for i in 0..2 {
+        let ControlRequest::CreateTopics(mut r) = create_many(1, 10_000, 2) else { unreachable!() };
+        r.topics[0].name = format!("big{i}");
+        sim.run(ControlRequest::CreateTopics(r)).expect("decides");
+    }
+    let d = sim.fence(1);
+    assert!(d.records.len() > RECORDS_PER_USER_OP_MAX, "{} records", d.records.len());
+    assert!(split_into_entries(d.records).len() >= 2);
+}
