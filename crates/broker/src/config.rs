@@ -47,6 +47,9 @@ pub struct BrokerConfig {
     pub rack: Option<String>,
     /// `socket.request.max.bytes`.
     pub socket_request_max_bytes: usize,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response holds (KIP-74; the first
+    /// batch excepted). At most `FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX`.
+    pub fetch_max_bytes: usize,
     /// `num.partitions` and `default.replication.factor` (applied by the controller; shown
     /// by DescribeConfigs).
     pub num_partitions: i32,

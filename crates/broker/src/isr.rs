@@ -29,6 +29,16 @@ pub(crate) struct LeaderState {
     pending: Option<(Vec<NodeId>, i64)>,
 }
 
+/// Why a follower's fetch was not recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FollowerFetchRefused {
+    /// The node is not one of the partition's followers (or this broker does not lead it at
+    /// the fetch's leader epoch).
+    NotReplica,
+    /// The fetch offset is outside the leader's log.
+    OffsetOutOfRange,
+}
+
 /// How long an unanswered ISR change blocks the next one.
 pub(crate) const ISR_CHANGE_RETRY_MS: i64 = 5_000;
 
@@ -70,10 +80,6 @@ impl LeaderState {
         self.hw
     }
 
-    pub fn is_replica(&self, node: NodeId) -> bool {
-        self.followers.contains_key(&node)
-    }
-
     /// A committed metadata change of this partition at the same leader epoch.
     pub fn on_partition_change(
         &mut self,
@@ -97,19 +103,25 @@ impl LeaderState {
     }
 
     /// A fetch from a follower at `fetch_offset` while the leader's log ends at `leader_leo`.
+    /// Refused, changing nothing, from a node that is not a follower of this partition or at an
+    /// offset the leader does not have: a fetch offset counts as the follower's durable end
+    /// and moves the high watermark, so it must be one the leader could have sent.
     pub fn on_follower_fetch(
         &mut self,
         follower: NodeId,
         fetch_offset: i64,
         leader_leo: i64,
         now_ms: i64,
-    ) {
-        if let Some(p) = self.followers.get_mut(&follower) {
-            p.leo = fetch_offset;
-            if fetch_offset >= leader_leo {
-                p.caught_up_ms = now_ms;
-            }
+    ) -> Result<(), FollowerFetchRefused> {
+        let p = self.followers.get_mut(&follower).ok_or(FollowerFetchRefused::NotReplica)?;
+        if !(0..=leader_leo).contains(&fetch_offset) {
+            return Err(FollowerFetchRefused::OffsetOutOfRange);
         }
+        p.leo = fetch_offset;
+        if fetch_offset >= leader_leo {
+            p.caught_up_ms = now_ms;
+        }
+        Ok(())
     }
 
     /// Recomputes the high watermark from the leader's durable end offset and the ISR
@@ -187,13 +199,13 @@ mod tests {
     fn high_watermark_is_the_minimum_over_the_isr_and_never_goes_back() {
         let mut s = three();
         assert_eq!(s.update_hw(10), None, "followers have not fetched yet");
-        s.on_follower_fetch(NodeId(2), 10, 10, 1);
+        s.on_follower_fetch(NodeId(2), 10, 10, 1).unwrap();
         assert_eq!(s.update_hw(10), None, "follower 3 still unknown");
-        s.on_follower_fetch(NodeId(3), 4, 10, 1);
+        s.on_follower_fetch(NodeId(3), 4, 10, 1).unwrap();
         assert_eq!(s.update_hw(10), Some(4));
-        s.on_follower_fetch(NodeId(3), 10, 12, 2);
+        s.on_follower_fetch(NodeId(3), 10, 12, 2).unwrap();
         assert_eq!(s.update_hw(8), Some(8), "the leader's own durable end bounds it");
-        s.on_follower_fetch(NodeId(3), 2, 12, 3); // a stale fetch offset
+        s.on_follower_fetch(NodeId(3), 2, 12, 3).unwrap(); // a stale fetch offset
         assert_eq!(s.update_hw(12), None);
         assert_eq!(s.high_watermark(), 8);
     }
@@ -201,27 +213,44 @@ mod tests {
     #[test]
     fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
         let mut s = three();
-        s.on_follower_fetch(NodeId(2), 10, 10, 100);
-        s.on_follower_fetch(NodeId(3), 3, 10, 100);
+        s.on_follower_fetch(NodeId(2), 10, 10, 100).unwrap();
+        s.on_follower_fetch(NodeId(3), 3, 10, 100).unwrap();
         assert_eq!(s.propose_isr(1_000, 30_000), None);
         // follower 3 has not caught up for longer than the lag limit
-        s.on_follower_fetch(NodeId(2), 50, 50, 31_000);
+        s.on_follower_fetch(NodeId(2), 50, 50, 31_000).unwrap();
         assert_eq!(s.propose_isr(31_000, 30_000), Some(n(&[1, 2])));
         assert_eq!(s.propose_isr(31_001, 30_000), None, "one change in flight at a time");
         s.on_partition_change(n(&[1, 2, 3]), n(&[1, 2]), 8, 31_002);
         assert_eq!(s.update_hw(50), Some(50), "without 3 the high watermark moves on");
         // follower 3 catches up to the high watermark: it is proposed back
-        s.on_follower_fetch(NodeId(3), 50, 50, 32_000);
+        s.on_follower_fetch(NodeId(3), 50, 50, 32_000).unwrap();
         assert_eq!(s.propose_isr(32_000, 30_000), Some(n(&[1, 2, 3])));
     }
 
     #[test]
     fn a_refused_change_can_be_proposed_again() {
         let mut s = three();
-        s.on_follower_fetch(NodeId(2), 0, 0, 0);
+        s.on_follower_fetch(NodeId(2), 0, 0, 0).unwrap();
         assert_eq!(s.propose_isr(40_000, 30_000), Some(n(&[1])));
         s.isr_change_failed();
         assert_eq!(s.propose_isr(40_001, 30_000), Some(n(&[1])));
+    }
+
+    #[test]
+    fn a_fetch_beyond_the_leader_end_or_from_a_non_replica_changes_nothing() {
+        let mut s = three();
+        s.on_follower_fetch(NodeId(2), 10, 10, 1).unwrap();
+        s.on_follower_fetch(NodeId(3), 6, 10, 1).unwrap();
+        assert_eq!(s.update_hw(10), Some(6));
+        let before = s.clone();
+        let refused = s.on_follower_fetch(NodeId(3), 1_010, 10, 2);
+        assert_eq!(refused, Err(FollowerFetchRefused::OffsetOutOfRange));
+        assert_eq!(s.on_follower_fetch(NodeId(3), -1, 10, 2), refused);
+        let stranger = s.on_follower_fetch(NodeId(4), 10, 10, 2);
+        assert_eq!(stranger, Err(FollowerFetchRefused::NotReplica));
+        assert_eq!(s.on_follower_fetch(NodeId(1), 10, 10, 2), stranger, "the leader itself");
+        assert_eq!(s, before, "a refused fetch leaves no trace");
+        assert_eq!(s.update_hw(10), None, "the high watermark stays at follower 3's real end");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod config;
 mod errors;
+mod fetch_memory;
 mod fetcher;
 mod group;
 mod handlers;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 pub use config::{BrokerConfig, GroupSettings, LogDefaults};
 pub use errors::{kafka_code, BrokerError};
+pub use fetch_memory::{FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, FETCH_MAX_BYTES_DEFAULT};
 pub use group::BrokerGroupAdmin;
 pub use image::ImageListener;
 
@@ -40,6 +42,8 @@ pub(crate) struct BrokerCtx {
     pub groups: group::Coordinator,
     /// The replica fetchers, one per leader this broker follows partitions of.
     pub fetchers: fetcher::FetcherManager,
+    /// The bounds on record bytes held by Fetch responses.
+    pub fetch_memory: fetch_memory::FetchMemory,
 }
 
 impl BrokerCtx {
@@ -86,6 +90,7 @@ impl Broker {
             broker_epoch: std::sync::atomic::AtomicI64::new(-1),
             groups: group::Coordinator::default(),
             fetchers: fetcher::FetcherManager::default(),
+            fetch_memory: fetch_memory::FetchMemory::new(),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);

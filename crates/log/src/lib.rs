@@ -20,7 +20,8 @@ pub use crate::compact::{
     compact_locked, CleanedGroup, CompactStats, Compaction, KEY_MAP_ENTRIES_MAX,
 };
 pub use crate::error::LogError;
-pub use crate::log::{Log, SyncHandle};
+pub use crate::log::{Log, ReadStart, SyncHandle};
+pub use crate::segment::Located;
 pub use strom_protocol::batch::TimestampType;
 
 /// Kafka's default `max.message.bytes` (1 MiB + record-batch overhead).

@@ -13,7 +13,7 @@ use strom_protocol::batch::{
 
 use crate::checkpoint::sync_dir;
 use crate::epoch::LeaderEpochCache;
-use crate::segment::{OpenMode, PreparedBatch, Segment, RELATIVE_OFFSET_MAX};
+use crate::segment::{Located, OpenMode, PreparedBatch, Segment, SegmentView, RELATIVE_OFFSET_MAX};
 use crate::{AppendInfo, LogConfig, LogError, SEGMENT_BYTES_MAX};
 
 /// A partition's log. Not thread-safe by itself: the broker wraps it in a mutex and fsyncs
@@ -61,6 +61,27 @@ impl SyncHandle {
             strom_fsio::sync_data(file)?;
         }
         Ok(())
+    }
+}
+
+/// A read taken under the log's lock by [`Log::read_start`], performed outside it.
+#[derive(Debug, Clone)]
+pub struct ReadStart {
+    offset: i64,
+    max_offset: i64,
+    /// The segments that may hold the first batch, in order.
+    segments: Vec<SegmentView>,
+}
+
+impl ReadStart {
+    /// Finds the batch holding the read's offset (file IO; `Ok(None)`: no batch holds it).
+    pub fn locate(&self) -> Result<Option<Located>, LogError> {
+        for segment in self.segments.iter().filter(|s| !s.is_empty()) {
+            if let Some(found) = segment.locate(self.offset, self.max_offset)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -427,27 +448,48 @@ impl Log {
         Ok(())
     }
 
-    /// Kafka Fetch: whole batches starting with the one that holds `offset`, at least one, at
-    /// most `max_bytes` beyond the first, none whose last offset is >= `max_offset` (the high
-    /// watermark). Reads from one segment per call, as Kafka does.
+    /// Whole batches from `offset` up to `max_bytes` (at least one, so that a reader always
+    /// progresses), none at or above `max_offset`, from one segment.
     pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<Bytes, LogError> {
+        let Some(start) = self.read_start(offset, max_offset)? else {
+            return Ok(Bytes::new());
+        };
+        let Some(located) = start.locate()? else {
+            return Ok(Bytes::new());
+        };
+        let first_len = located.first_len();
+        if first_len == 0 {
+            return Ok(Bytes::new());
+        }
+        let len = (max_bytes as u64).min(located.available()).max(first_len as u64) as usize;
+        Ok(Bytes::from(located.read(len)?))
+    }
+
+    /// The part of a read at `offset` (batches below `max_offset`) that needs the log's lock,
+    /// which is memory only: the file IO ([`ReadStart::locate`], [`Located::read`]) runs
+    /// outside the lock. `Ok(None)`: nothing to read.
+    pub fn read_start(&self, offset: i64, max_offset: i64) -> Result<Option<ReadStart>, LogError> {
         let (start, end) = (self.log_start_offset(), self.log_end_offset());
         if offset < start || offset > end {
             return Err(LogError::OffsetOutOfRange { offset, start, end });
         }
         if offset == end || offset >= max_offset {
-            return Ok(Bytes::new());
+            return Ok(None);
         }
         let first = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let mut segments = Vec::with_capacity(1);
         for segment in &self.segments[first..] {
             if segment.next_offset <= offset {
                 continue;
             }
-            if let Some((position, header)) = segment.find_batch(offset)? {
-                return segment.read_from(position, &header, max_bytes, max_offset);
+            segments.push(segment.view(offset));
+            // A non-empty segment starting at or after `offset` holds a batch with it (or
+            // above it, after compaction): no later segment is needed.
+            if segment.base_offset >= offset && segment.size > 0 {
+                break;
             }
         }
-        Ok(Bytes::new())
+        Ok(Some(ReadStart { offset, max_offset, segments }))
     }
 
     /// Kafka ListOffsets by timestamp: the first record (in offset order) whose timestamp is

@@ -590,28 +590,20 @@ impl Segment {
     fn walk<T>(
         &self,
         position: u64,
-        mut visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
+        visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
     ) -> Result<Option<T>, LogError> {
-        let mut reader = ChunkReader::new(&self.log, &self.log_path, self.size, SEEK_CHUNK_BYTES);
-        let mut position = position;
-        while position < self.size {
-            let corrupt =
-                |source| LogError::SegmentCorrupt { path: self.log_path.clone(), position, source };
-            let Some(header) = reader.header(position)? else {
-                let available = (self.size - position) as usize;
-                return Err(corrupt(BatchError::Truncated { needed: BATCH_HEADER_LEN, available }));
-            };
-            let total = header
-                .total_len()
-                .filter(|total| *total >= BATCH_HEADER_LEN)
-                .ok_or(BatchError::InvalidBatchLength { batch_length: header.batch_length })
-                .map_err(corrupt)?;
-            if let ControlFlow::Break(found) = visit(position, &header) {
-                return Ok(Some(found));
-            }
-            position += total as u64;
+        walk(&self.log, &self.log_path, self.size, position, visit)
+    }
+
+    /// What a read at `offset` needs from this segment, for use outside the log's lock.
+    pub(crate) fn view(&self, offset: i64) -> SegmentView {
+        let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        SegmentView {
+            file: self.log.clone(),
+            path: self.log_path.clone(),
+            scan_from: self.offset_index.lookup(relative).map_or(0, |e| u64::from(e.position)),
+            size: self.size,
         }
-        Ok(None)
     }
 
     /// Position and header of the first batch whose last offset is >= `offset`.
@@ -625,45 +617,6 @@ impl Segment {
                 ControlFlow::Continue(())
             }
         })
-    }
-
-    /// Whole batches from `position` (where `first` starts): at least `first`, then as many as
-    /// fit in `max_bytes`, none whose last offset is >= `max_offset`. One positional read.
-    pub fn read_from(
-        &self,
-        position: u64,
-        first: &BatchHeader,
-        max_bytes: usize,
-        max_offset: i64,
-    ) -> Result<Bytes, LogError> {
-        if first.last_offset() >= max_offset {
-            return Ok(Bytes::new());
-        }
-        let available = self.size.saturating_sub(position);
-        let first_len = first.total_len().unwrap_or(0) as u64;
-        let want = (max_bytes as u64).min(available).max(first_len.min(available)) as usize;
-        let mut buf = vec![0u8; want];
-        self.log
-            .read_exact_at(&mut buf, position)
-            .map_err(|source| LogError::SegmentRead { path: self.log_path.clone(), source })?;
-        let mut end = 0usize;
-        while let Ok(header) = BatchHeader::parse(&buf[end..]) {
-            let Some(total) =
-                header.total_len().filter(|t| *t >= BATCH_HEADER_LEN && end + *t <= buf.len())
-            else {
-                break;
-            };
-            if header.last_offset() >= max_offset {
-                break;
-            }
-            end += total;
-        }
-        if end == 0 {
-            let source = BatchError::Truncated { needed: first_len as usize, available: want };
-            return Err(LogError::SegmentCorrupt { path: self.log_path.clone(), position, source });
-        }
-        buf.truncate(end);
-        Ok(Bytes::from(buf))
     }
 
     /// First record with timestamp >= `timestamp` in this segment: `(offset, timestamp)`.
@@ -714,6 +667,147 @@ impl Segment {
             position = batch_position + total as u64;
         }
     }
+}
+
+/// Walks the batch headers of a segment file of `size` bytes from `position` until `visit`
+/// breaks; `Ok(None)` at the end.
+fn walk<T>(
+    file: &File,
+    path: &Path,
+    size: u64,
+    position: u64,
+    mut visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
+) -> Result<Option<T>, LogError> {
+    let mut reader = ChunkReader::new(file, path, size, SEEK_CHUNK_BYTES);
+    let mut position = position;
+    while position < size {
+        let corrupt = |source| LogError::SegmentCorrupt { path: path.to_owned(), position, source };
+        let Some(header) = reader.header(position)? else {
+            let available = (size - position) as usize;
+            return Err(corrupt(BatchError::Truncated { needed: BATCH_HEADER_LEN, available }));
+        };
+        let total = header
+            .total_len()
+            .filter(|total| *total >= BATCH_HEADER_LEN)
+            .ok_or(BatchError::InvalidBatchLength { batch_length: header.batch_length })
+            .map_err(corrupt)?;
+        if let ControlFlow::Break(found) = visit(position, &header) {
+            return Ok(Some(found));
+        }
+        position += total as u64;
+    }
+    Ok(None)
+}
+
+/// A segment as a read saw it under the log's lock: its open file (readable even if the
+/// segment is deleted or replaced meanwhile), where the scan for the read's offset starts, and
+/// its size then (later appends are not read).
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentView {
+    file: Arc<File>,
+    path: PathBuf,
+    scan_from: u64,
+    size: u64,
+}
+
+impl SegmentView {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// The first batch whose last offset is >= `offset`, below `max_offset` or not.
+    pub(crate) fn locate(&self, offset: i64, max_offset: i64) -> Result<Option<Located>, LogError> {
+        let found = walk(&self.file, &self.path, self.size, self.scan_from, |position, header| {
+            if header.last_offset() >= offset {
+                ControlFlow::Break((position, *header))
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(found.map(|(position, first)| Located {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            position,
+            first,
+            size: self.size,
+            max_offset,
+        }))
+    }
+}
+
+/// The batch a read starts with, found outside the log's lock; [`Located::read`] reads from it.
+#[derive(Debug, Clone)]
+pub struct Located {
+    file: Arc<File>,
+    path: PathBuf,
+    position: u64,
+    first: BatchHeader,
+    size: u64,
+    max_offset: i64,
+}
+
+impl Located {
+    /// The length of the first batch, or 0 when it is at or above the read's bound (nothing
+    /// to serve).
+    pub fn first_len(&self) -> usize {
+        if self.first.last_offset() >= self.max_offset {
+            return 0;
+        }
+        (self.first.total_len().unwrap_or(0) as u64).min(self.available()) as usize
+    }
+
+    /// Bytes from the first batch to the end of its segment (as it was when viewed).
+    pub fn available(&self) -> u64 {
+        self.size.saturating_sub(self.position)
+    }
+
+    /// Reads `len` bytes (at least [`Located::first_len`], at most [`Located::available`])
+    /// into fresh memory that is not zeroed first, and keeps the whole batches below the read's
+    /// bound. The buffer is shrunk to what is kept.
+    pub fn read(&self, len: usize) -> Result<Vec<u8>, LogError> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let position = self.position + buf.len() as u64;
+            let spare = rustix::buffer::spare_capacity(&mut buf);
+            let n = rustix::io::pread(&*self.file, spare, position)
+                .map_err(|e| LogError::SegmentRead { path: self.path.clone(), source: e.into() })?;
+            if n == 0 {
+                // The file shrank under us (a follower's truncation): keep what was read.
+                break;
+            }
+        }
+        let end = whole_batches_len(&buf, self.max_offset);
+        if end == 0 {
+            let needed = self.first.total_len().unwrap_or(BATCH_HEADER_LEN);
+            let source = BatchError::Truncated { needed, available: buf.len() };
+            return Err(LogError::SegmentCorrupt {
+                path: self.path.clone(),
+                position: self.position,
+                source,
+            });
+        }
+        buf.truncate(end);
+        buf.shrink_to_fit();
+        Ok(buf)
+    }
+}
+
+/// The length of the whole batches at the start of `buf` whose last offset is below
+/// `max_offset`.
+fn whole_batches_len(buf: &[u8], max_offset: i64) -> usize {
+    let mut end = 0usize;
+    while let Ok(header) = BatchHeader::parse(&buf[end..]) {
+        let Some(total) =
+            header.total_len().filter(|t| *t >= BATCH_HEADER_LEN && end + *t <= buf.len())
+        else {
+            break;
+        };
+        if header.last_offset() >= max_offset {
+            break;
+        }
+        end += total;
+    }
+    end
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), LogError> {

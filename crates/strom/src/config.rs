@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub min_insync_replicas: i32,
     pub auto_create_topics_enable: bool,
     pub message_max_bytes: u32,
+    /// `fetch.max.bytes`: the most record bytes in one Fetch response (KIP-74).
+    pub fetch_max_bytes: usize,
     pub socket_request_max_bytes: usize,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max_ms: u64,
@@ -143,6 +145,7 @@ impl Default for NodeConfig {
             min_insync_replicas: 1,
             auto_create_topics_enable: true,
             message_max_bytes: 1_048_588,
+            fetch_max_bytes: strom_broker::FETCH_MAX_BYTES_DEFAULT,
             socket_request_max_bytes: 104_857_600,
             replica_lag_time_max_ms: 30_000,
             controller: ControllerSection::default(),
@@ -334,6 +337,13 @@ impl NodeConfig {
         if self.message_max_bytes < 64 {
             bail!("message_max_bytes = {}: must be at least 64", self.message_max_bytes);
         }
+        if self.fetch_max_bytes > strom_broker::FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX {
+            bail!(
+                "fetch_max_bytes = {}: must be at most {} (the fetched bytes one connection may hold; Kafka's default is 57671680)",
+                self.fetch_max_bytes,
+                strom_broker::FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX
+            );
+        }
         if self.socket_request_max_bytes < 1024 {
             bail!(
                 "socket_request_max_bytes = {}: must be at least 1024",
@@ -434,6 +444,9 @@ mod tests {
         let c: NodeConfig = toml::from_str("[log]\nsegment_bytes = 10").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("log.segment_bytes"), "{e}");
+        let c: NodeConfig = toml::from_str("fetch_max_bytes = 2147483647").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("fetch_max_bytes"), "{e}");
         let c: NodeConfig = toml::from_str("listeners = \"PLAINTEXT://h\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("no port"));
     }

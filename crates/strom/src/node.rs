@@ -399,6 +399,7 @@ async fn start_broker(
             advertised_port: advertised.port,
             rack: cfg.rack.clone(),
             socket_request_max_bytes: cfg.socket_request_max_bytes,
+            fetch_max_bytes: cfg.fetch_max_bytes,
             num_partitions: cfg.num_partitions,
             default_replication_factor: cfg.default_replication_factor,
             auto_create_topics_enable: cfg.auto_create_topics_enable,

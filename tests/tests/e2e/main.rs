@@ -4,6 +4,7 @@
 mod check_deps;
 mod compaction;
 mod durability;
+mod fetch_limits;
 mod fuzz_node;
 mod groups;
 mod groups_clients;

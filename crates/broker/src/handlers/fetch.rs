@@ -1,5 +1,11 @@
 //! Fetch: serves stored batches up to the high watermark without decoding them, and
 //! long-polls until `min_bytes` have arrived or `max_wait_ms` has passed.
+//!
+//! A response holds at most `fetch.max.bytes` of records, filled as KIP-74 says ([`Budget`]).
+//! The checks run under the partitions' locks without IO; the reads run on blocking threads,
+//! each after reserving its bytes from the connection's and the broker's bounds
+//! (`fetch_memory`). A follower's fetch is checked in full before it counts as the follower's
+//! progress.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +17,16 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError as K;
-use strom_metadata::{MetadataImage, NodeId, TopicId};
+use strom_metadata::{MetadataImage, NodeId, PartitionImage, TopicId};
 use strom_protocol::request::{encode_response_sharing, SHARED_BYTES_MIN};
+
+use strom_log::ReadStart;
 
 use super::Meta;
 use super::{check_leader, leader_hint, s};
 use crate::errors::log_code;
+use crate::fetch_memory::{reserved_bytes, ConnectionMemory, FetchMemory, Reservation};
+use crate::isr::FollowerFetchRefused;
 use crate::BrokerCtx;
 
 /// The longest long-poll a request may ask for.
@@ -30,22 +40,149 @@ fn error_partition(index: i32, code: i16) -> PartitionData {
         .with_records(Some(Bytes::new()))
 }
 
-/// One pass over the requested partitions; returns the response and the record bytes in it.
-fn read_once(
+/// KIP-74's response limit: partitions are filled in request order, each up to its
+/// `partition_max_bytes` and to what is left of the response's limit, whole batches only; only
+/// the first batch of the first partition that returns data may go beyond either limit, so
+/// that a consumer always progresses. A pure function of the sizes it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Budget {
+    remaining: usize,
+    /// No partition has returned data yet.
+    min_one: bool,
+}
+
+impl Budget {
+    /// The limit is the request's `max_bytes` (none or negative: nothing beyond the first
+    /// batch) capped by the broker's `fetch.max.bytes`.
+    pub fn new(request_max_bytes: i32, fetch_max_bytes: usize) -> Budget {
+        Budget {
+            remaining: (request_max_bytes.max(0) as usize).min(fetch_max_bytes),
+            min_one: true,
+        }
+    }
+
+    /// The bytes to read from a partition whose first batch is `first_len` bytes long (0: no
+    /// batch to serve) and which has `available` bytes from it to the end of its segment. The
+    /// log keeps the whole batches of what is read, so the partition takes at most this.
+    pub fn read_len(&self, partition_max_bytes: i32, first_len: usize, available: usize) -> usize {
+        if first_len == 0 {
+            return 0;
+        }
+        let limit = (partition_max_bytes.max(0) as usize).min(self.remaining);
+        if limit >= first_len {
+            limit.min(available)
+        } else if self.min_one {
+            first_len
+        } else {
+            0
+        }
+    }
+
+    /// A partition returned `bytes` of batches.
+    pub fn spend(&mut self, bytes: usize) {
+        self.remaining = self.remaining.saturating_sub(bytes);
+        if bytes > 0 {
+            self.min_one = false;
+        }
+    }
+}
+
+/// A partition whose checks passed and that has batches to serve: its read runs off the async
+/// workers, after the lock.
+struct PendingRead {
+    /// Where its `PartitionData` is in the response (topic, partition).
+    at: (usize, usize),
+    start: ReadStart,
+    partition_max_bytes: i32,
+}
+
+/// The reads of one pass, run in request order on a blocking thread; resumable when the
+/// memory for the next read must be waited for.
+struct ReadJob {
+    reads: Vec<PendingRead>,
+    next: usize,
+    budget: Budget,
+    /// Memory reserved (after a wait) for the read at `next`.
+    granted: Option<Reservation>,
+    /// (position in the response, records or Kafka error code), in request order.
+    done: Vec<((usize, usize), Result<Bytes, i16>)>,
+}
+
+impl ReadJob {
+    /// Reads until done (`None`) or until the next read needs more memory than is free now
+    /// (`Some(bytes)`: reserve that much and run again). File IO: call on a blocking thread.
+    fn run(&mut self, memory: &FetchMemory, connection: &ConnectionMemory) -> Option<usize> {
+        while let Some(read) = self.reads.get(self.next) {
+            let outcome = (|| {
+                let Some(located) = read.start.locate()? else {
+                    return Ok(None);
+                };
+                let available = usize::try_from(located.available()).unwrap_or(usize::MAX);
+                let len =
+                    self.budget.read_len(read.partition_max_bytes, located.first_len(), available);
+                if len == 0 {
+                    return Ok(None);
+                }
+                Ok(Some((located, len)))
+            })();
+            let (located, len) = match outcome {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    self.done.push((read.at, Ok(Bytes::new())));
+                    self.next += 1;
+                    continue;
+                }
+                Err(e) => {
+                    self.done.push((read.at, Err(log_code(&e))));
+                    self.next += 1;
+                    continue;
+                }
+            };
+            let reservation = match self.granted.take() {
+                Some(r) if r.bytes() >= len => r,
+                _ => match memory.try_reserve(connection, len) {
+                    Some(r) => r,
+                    None => return Some(len),
+                },
+            };
+            let records = match located.read(len) {
+                Ok(data) => {
+                    let records = reserved_bytes(data, reservation);
+                    self.budget.spend(records.len());
+                    Ok(records)
+                }
+                Err(e) => Err(log_code(&e)),
+            };
+            self.done.push((read.at, records));
+            self.next += 1;
+        }
+        None
+    }
+}
+
+/// What the partition checks of one pass produced.
+struct Pass {
+    resp: FetchResponse,
+    reads: Vec<PendingRead>,
+    any_error: bool,
+}
+
+/// The checks and bookkeeping of one pass over the requested partitions, under the partitions'
+/// locks and without file IO; the reads are left in `Pass::reads`.
+fn check_partitions(
     ctx: &BrokerCtx,
     image: &MetadataImage,
     version: i16,
     req: &FetchRequest,
-    replica: Option<NodeId>,
-) -> (FetchResponse, usize, bool) {
+    replica: Option<(NodeId, i64)>,
+) -> Pass {
     let node = ctx.image.node;
     let now = super::now_ms();
-    let mut budget = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
-    let mut total = 0usize;
     let mut any_error = false;
+    let mut reads = Vec::new();
     let mut endpoints = std::collections::BTreeMap::new();
     let mut responses = Vec::with_capacity(req.topics.len());
-    for t in &req.topics {
+    for (t_at, t) in req.topics.iter().enumerate() {
         let topic = if version >= 13 {
             image.topic_by_id(TopicId(*t.topic_id.as_bytes()))
         } else {
@@ -65,7 +202,7 @@ fn read_once(
             responses.push(out);
             continue;
         };
-        for fp in &t.partitions {
+        for (p_at, fp) in t.partitions.iter().enumerate() {
             let index = fp.partition;
             let data = (|| {
                 // v9 added current_leader_epoch: older requests carry no claim to check.
@@ -75,38 +212,41 @@ fn read_once(
                     .replicas
                     .get_or_open(image, node, &topic.name, index)
                     .ok_or(K::KafkaStorageError.code())?;
-                if let Some(r) = replica {
-                    // A follower's fetch offset is its durable end: it may move the HW.
-                    if !part.on_follower_fetch(r, fp.fetch_offset, p.leader_epoch.0, now) {
-                        return Err(K::NotLeaderOrFollower.code());
-                    }
+                if let Some((r, broker_epoch)) = replica {
+                    check_follower_fetch(image, p, r, broker_epoch, claimed)?;
+                    // Only now may the fetch offset count as the follower's durable end (and
+                    // move the high watermark); the partition checks the offset and the
+                    // follower again under its locks.
+                    part.on_follower_fetch(r, fp.fetch_offset, p.leader_epoch.0, now).map_err(
+                        |refused| match refused {
+                            FollowerFetchRefused::OffsetOutOfRange => K::OffsetOutOfRange.code(),
+                            FollowerFetchRefused::NotReplica => not_a_replica(claimed),
+                        },
+                    )?;
                 }
                 let progress = part.progress();
                 if progress.offline {
                     return Err(K::KafkaStorageError.code());
                 }
                 let hw = progress.high_watermark;
-                let log = part.log().map_err(|e| log_code(&e))?;
-                let (start, end) = (log.log_start_offset(), log.log_end_offset());
-                if fp.fetch_offset < start || fp.fetch_offset > end {
-                    return Err(K::OffsetOutOfRange.code());
-                }
                 // Consumers read up to the high watermark, followers up to the log end.
-                let bound = if replica.is_some() { end } else { hw };
-                let records = if fp.fetch_offset >= bound || budget == 0 {
-                    Bytes::new()
-                } else {
-                    let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
-                    log.read(fp.fetch_offset, max, bound).map_err(|e| log_code(&e))?
-                };
+                let log = part.log().map_err(|e| log_code(&e))?;
+                let start = log.log_start_offset();
+                let bound = if replica.is_some() { log.log_end_offset() } else { hw };
+                let read = log.read_start(fp.fetch_offset, bound).map_err(|e| log_code(&e))?;
                 drop(log);
-                budget = budget.saturating_sub(records.len());
-                total += records.len();
+                if let Some(read) = read {
+                    reads.push(PendingRead {
+                        at: (t_at, p_at),
+                        start: read,
+                        partition_max_bytes: fp.partition_max_bytes,
+                    });
+                }
                 let mut d = PartitionData::default()
                     .with_partition_index(index)
                     .with_high_watermark(hw)
                     .with_last_stable_offset(hw)
-                    .with_records(Some(records));
+                    .with_records(Some(Bytes::new()));
                 if version >= 5 {
                     d.log_start_offset = start;
                 }
@@ -144,6 +284,104 @@ fn read_once(
             })
             .collect();
     }
+    Pass { resp, reads, any_error }
+}
+
+/// Kafka's answer to a fetch from a node that is not a replica of the partition: the node may
+/// have just been added (KRaft reassignment), so a request that names the leader epoch is told
+/// UNKNOWN_LEADER_EPOCH and retries; older requests get NOT_LEADER_OR_FOLLOWER.
+fn not_a_replica(claimed_leader_epoch: i32) -> i16 {
+    if claimed_leader_epoch >= 0 {
+        K::UnknownLeaderEpoch.code()
+    } else {
+        K::NotLeaderOrFollower.code()
+    }
+}
+
+/// A follower's fetch is from one of the partition's replicas (not this broker) and, when it
+/// carries its broker epoch (v15+, KIP-903), from that broker's current registration: Kafka
+/// refuses an epoch older than the registered one with NOT_LEADER_OR_FOLLOWER (a newer one
+/// means this broker's metadata lags, and passes).
+fn check_follower_fetch(
+    image: &MetadataImage,
+    partition: &PartitionImage,
+    follower: NodeId,
+    broker_epoch: i64,
+    claimed_leader_epoch: i32,
+) -> Result<(), i16> {
+    if partition.leader == Some(follower) || !partition.replicas.contains(&follower) {
+        return Err(not_a_replica(claimed_leader_epoch));
+    }
+    let registered = image.brokers.get(&follower).map(|b| b.epoch.0);
+    if broker_epoch != -1 && registered.is_some_and(|r| r > broker_epoch) {
+        return Err(K::NotLeaderOrFollower.code());
+    }
+    Ok(())
+}
+
+/// One pass: the checks, then the reads off the async workers within the memory bounds.
+/// Returns the response and the record bytes in it. When the memory for a read is not free
+/// (by `deadline` if the response has no records yet, at once otherwise), that partition and
+/// the ones after it answer without records, as KIP-74 allows.
+async fn read_once(
+    ctx: &Arc<BrokerCtx>,
+    connection: &ConnectionMemory,
+    version: i16,
+    req: &FetchRequest,
+    replica: Option<(NodeId, i64)>,
+    deadline: tokio::time::Instant,
+) -> (FetchResponse, usize, bool) {
+    let image = ctx.image.current();
+    let Pass { mut resp, reads, mut any_error } =
+        check_partitions(ctx, &image, version, req, replica);
+    if reads.is_empty() {
+        return (resp, 0, any_error);
+    }
+    let budget = Budget::new(req.max_bytes, ctx.config.fetch_max_bytes);
+    let mut job = ReadJob { reads, next: 0, budget, granted: None, done: Vec::new() };
+    loop {
+        let (c, conn) = (ctx.clone(), connection.clone());
+        let ran = tokio::task::spawn_blocking(move || {
+            let need = job.run(&c.fetch_memory, &conn);
+            (job, need)
+        })
+        .await;
+        let need;
+        (job, need) = match ran {
+            Ok(ran) => ran,
+            Err(e) => {
+                // A bug: the job is gone with the thread; its partitions answer without data.
+                tracing::error!(error = %e, "fetch read task failed");
+                debug_assert!(false, "fetch read task failed: {e}");
+                return (resp, 0, any_error);
+            }
+        };
+        let Some(bytes) = need else { break };
+        if job.done.iter().any(|(_, r)| r.as_ref().is_ok_and(|b| !b.is_empty())) {
+            // Waiting while holding records could wait on this connection's own bytes (a
+            // response is released only once written): answer with what is read.
+            break;
+        }
+        let reserve = ctx.fetch_memory.reserve(connection, bytes);
+        match tokio::time::timeout_at(deadline, reserve).await {
+            Ok(reservation) => job.granted = Some(reservation),
+            Err(_) => break, // the rest answers without records; the client asks again
+        }
+    }
+    let mut total = 0usize;
+    for ((t, p), records) in job.done {
+        let d = &mut resp.responses[t].partitions[p];
+        match records {
+            Ok(records) => {
+                total += records.len();
+                d.records = Some(records);
+            }
+            Err(code) => {
+                any_error = true;
+                *d = error_partition(d.partition_index, code);
+            }
+        }
+    }
     (resp, total, any_error)
 }
 
@@ -171,25 +409,142 @@ pub(crate) async fn handle(
     ctx: &Arc<BrokerCtx>,
     meta: Meta,
     req: FetchRequest,
+    peer: std::net::SocketAddr,
 ) -> Option<Vec<Bytes>> {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
     let mut arrived = ctx.replicas.data_arrived.subscribe();
-    let replica_id =
-        if meta.version >= 15 { req.replica_state.replica_id.0 } else { req.replica_id.0 };
-    let replica = (replica_id >= 0).then_some(NodeId(replica_id));
+    let replica = if meta.version >= 15 {
+        let state = &req.replica_state;
+        (state.replica_id.0 >= 0).then_some((NodeId(state.replica_id.0), state.replica_epoch))
+    } else {
+        (req.replica_id.0 >= 0).then_some((NodeId(req.replica_id.0), -1))
+    };
+    let connection = ctx.fetch_memory.connection(peer);
     loop {
         arrived.borrow_and_update();
-        let image = ctx.image.current();
-        let (resp, bytes, any_error) = read_once(ctx, &image, meta.version, &req, replica);
+        let (resp, bytes, any_error) =
+            read_once(ctx, &connection, meta.version, &req, replica, deadline).await;
         let done = bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline;
         if done {
             return encode(meta, &resp);
         }
+        // Waiting holds no records (nor their memory): the next pass reads afresh.
+        drop(resp);
         tokio::select! {
-            changed = arrived.changed() => if changed.is_err() { return encode(meta, &resp) },
+            changed = arrived.changed() => if changed.is_err() {
+                let (resp, ..) =
+                    read_once(ctx, &connection, meta.version, &req, replica, deadline).await;
+                return encode(meta, &resp);
+            },
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::ResponseError as K;
+    use strom_metadata::{
+        BrokerEpoch, BrokerImage, LeaderEpoch, MetadataImage, NodeId, PartitionEpoch,
+        PartitionImage,
+    };
+
+    use super::{check_follower_fetch, Budget};
+
+    #[test]
+    fn a_follower_fetch_must_come_from_a_current_follower() {
+        let mut image = MetadataImage::default();
+        for id in [1, 2, 3] {
+            image.brokers.insert(
+                NodeId(id),
+                BrokerImage {
+                    id: NodeId(id),
+                    epoch: BrokerEpoch(100 + i64::from(id)),
+                    incarnation_id: Vec::new(),
+                    endpoints: Vec::new(),
+                    rack: None,
+                    fenced: false,
+                    in_controlled_shutdown: false,
+                },
+            );
+        }
+        let partition = PartitionImage {
+            replicas: vec![NodeId(1), NodeId(2)],
+            isr: vec![NodeId(1), NodeId(2)],
+            leader: Some(NodeId(1)),
+            leader_epoch: LeaderEpoch(4),
+            partition_epoch: PartitionEpoch(9),
+        };
+        let check = |follower, broker_epoch, claimed| {
+            check_follower_fetch(&image, &partition, NodeId(follower), broker_epoch, claimed)
+        };
+        assert_eq!(check(2, -1, 4), Ok(()), "no broker epoch (before v15)");
+        assert_eq!(check(2, 102, 4), Ok(()), "the registered epoch");
+        assert_eq!(check(2, 103, 4), Ok(()), "newer than this broker's image: passes, as in Kafka");
+        assert_eq!(check(2, 101, 4), Err(K::NotLeaderOrFollower.code()), "a stale incarnation");
+        assert_eq!(check(3, -1, 4), Err(K::UnknownLeaderEpoch.code()), "not a replica");
+        assert_eq!(check(3, -1, -1), Err(K::NotLeaderOrFollower.code()), "not a replica, no epoch");
+        assert_eq!(check(1, -1, 4), Err(K::UnknownLeaderEpoch.code()), "the leader itself");
+    }
+
+    /// What the log keeps of a read of `len` bytes: the whole batches that fit.
+    fn whole_batches(batches: &[usize], len: usize) -> usize {
+        let mut kept = 0;
+        for b in batches {
+            if kept + b > len {
+                break;
+            }
+            kept += b;
+        }
+        kept
+    }
+
+    /// Record bytes each partition returns, given its batch sizes and partition_max_bytes.
+    fn fetch(max_bytes: i32, fetch_max_bytes: usize, partitions: &[(i32, &[usize])]) -> Vec<usize> {
+        let mut budget = Budget::new(max_bytes, fetch_max_bytes);
+        partitions
+            .iter()
+            .map(|(partition_max, batches)| {
+                let first = batches.first().copied().unwrap_or(0);
+                let len = budget.read_len(*partition_max, first, batches.iter().sum());
+                let kept = whole_batches(batches, len);
+                budget.spend(kept);
+                kept
+            })
+            .collect()
+    }
+
+    const KIB: usize = 1024;
+    const MIB: i32 = 1 << 20;
+
+    #[test]
+    fn partitions_fill_in_order_up_to_the_response_limit_in_whole_batches() {
+        let batches = [300 * KIB; 10];
+        let got = fetch(MIB, usize::MAX, &[(MIB, &batches), (MIB, &batches), (MIB, &batches)]);
+        assert_eq!(got, [900 * KIB, 0, 0], "the 4th batch would pass 1 MiB; later ones get none");
+        let got = fetch(MIB, usize::MAX, &[(400 * KIB as i32, &batches), (MIB, &batches)]);
+        assert_eq!(got, [300 * KIB, 600 * KIB], "each partition also stops at its own limit");
+    }
+
+    #[test]
+    fn only_the_first_batch_of_the_first_partition_with_data_may_exceed_the_limits() {
+        let big = [2 * MIB as usize, 10 * KIB];
+        let got = fetch(MIB, usize::MAX, &[(MIB, &[]), (MIB, &big), (MIB, &big)]);
+        assert_eq!(got, [0, 2 * MIB as usize, 0], "an empty partition does not use the allowance");
+        let got = fetch(MIB, usize::MAX, &[(MIB, &[10 * KIB]), (MIB, &big)]);
+        assert_eq!(got, [10 * KIB, 0], "once a partition returned data, no oversize batch");
+        let got = fetch(0, usize::MAX, &[(0, &big), (MIB, &big)]);
+        assert_eq!(got, [2 * MIB as usize, 0], "max_bytes 0 still progresses by one batch");
+    }
+
+    #[test]
+    fn the_broker_fetch_max_bytes_caps_what_the_request_asks_for() {
+        let batches = [MIB as usize; 100];
+        let got = fetch(i32::MAX, 55 * MIB as usize, &[(i32::MAX, &batches), (i32::MAX, &batches)]);
+        assert_eq!(got, [55 * MIB as usize, 0]);
+        let got = fetch(-1, 55 * MIB as usize, &[(i32::MAX, &batches), (i32::MAX, &batches)]);
+        assert_eq!(got, [MIB as usize, 0], "a negative max_bytes allows only the first batch");
     }
 }

@@ -145,7 +145,7 @@ pub(crate) async fn handle(
         R::Produce(req) => produce::handle(ctx, meta, req),
         R::Fetch(req) => {
             let ctx = ctx.clone();
-            Reply::LaterChain(Box::pin(async move { fetch::handle(&ctx, meta, req).await }))
+            Reply::LaterChain(Box::pin(async move { fetch::handle(&ctx, meta, req, peer).await }))
         }
         R::OffsetForLeaderEpoch(req) => now(meta.encode(&epochs::handle(ctx, req))),
         R::FindCoordinator(req) => {
