@@ -761,10 +761,11 @@ impl Located {
         self.size.saturating_sub(self.position)
     }
 
-    /// Reads `len` bytes (at least [`Located::first_len`], at most [`Located::available`])
-    /// into fresh memory that is not zeroed first, and keeps the whole batches below the read's
-    /// bound. The buffer is shrunk to what is kept.
+    /// Reads `len` bytes (at least [`Located::first_len`]; more than [`Located::available`]
+    /// reads that) into fresh memory that is not zeroed first, and keeps the whole batches
+    /// below the read's bound. The buffer is shrunk to what is kept.
     pub fn read(&self, len: usize) -> Result<Vec<u8>, LogError> {
+        let len = len.min(usize::try_from(self.available()).unwrap_or(usize::MAX));
         let mut buf = Vec::with_capacity(len);
         while buf.len() < len {
             let position = self.position + buf.len() as u64;
