@@ -194,6 +194,8 @@ impl CliOutput {
 /// A running cluster of combined nodes with ids 1..=n.
 pub struct StromCluster {
     nodes: BTreeMap<u32, StromNode>,
+    /// Every node's inter-broker (REPLICATION) listener, where followers fetch.
+    replication: BTreeMap<u32, SocketAddr>,
 }
 
 impl StromCluster {
@@ -202,23 +204,26 @@ impl StromCluster {
     pub fn start(n_nodes: usize, options: ClusterOptions) -> anyhow::Result<StromCluster> {
         ensure!(matches!(n_nodes, 1 | 3 | 5), "a cluster has 1, 3 or 5 nodes, not {n_nodes}");
         let ids: Vec<u32> = (1..=n_nodes as u32).collect();
-        let ports = free_ports(2 * n_nodes)?;
-        let kafka: BTreeMap<u32, SocketAddr> =
-            ids.iter().map(|&id| (id, ports[2 * (id as usize - 1)])).collect();
-        let control: BTreeMap<u32, SocketAddr> =
-            ids.iter().map(|&id| (id, ports[2 * (id as usize - 1) + 1])).collect();
+        let ports = free_ports(3 * n_nodes)?;
+        let port = |id: u32, k: usize| ports[3 * (id as usize - 1) + k];
+        let kafka: BTreeMap<u32, SocketAddr> = ids.iter().map(|&id| (id, port(id, 0))).collect();
+        let control: BTreeMap<u32, SocketAddr> = ids.iter().map(|&id| (id, port(id, 1))).collect();
+        let replication: BTreeMap<u32, SocketAddr> =
+            ids.iter().map(|&id| (id, port(id, 2))).collect();
         let voters =
             ids.iter().map(|id| format!("{id}@{}", control[id])).collect::<Vec<_>>().join(",");
         let replication_factor =
             options.default_replication_factor.unwrap_or(n_nodes.min(3) as i16);
-        let mut cluster = StromCluster { nodes: BTreeMap::new() };
+        let mut cluster = StromCluster { nodes: BTreeMap::new(), replication: replication.clone() };
         for &id in &ids {
+            // Followers fetch on a listener of their own, as config/cluster/ has it.
             let mut toml = format!(
                 "# written by strom-tests: node {id} of a {n_nodes}-node cluster\n\
                  node_id = {id}\n\
-                 listeners = \"PLAINTEXT://{},CONTROLLER://{}\"\n\
+                 listeners = \"PLAINTEXT://{},REPLICATION://{},CONTROLLER://{}\"\n\
+                 inter_broker_listener_name = \"REPLICATION\"\n\
                  default_replication_factor = {replication_factor}\n",
-                kafka[&id], control[&id]
+                kafka[&id], replication[&id], control[&id]
             );
             if let Some(min_isr) = options.min_insync_replicas {
                 toml.push_str(&format!("min_insync_replicas = {min_isr}\n"));
@@ -237,6 +242,7 @@ impl StromCluster {
                 env: options.env.clone(),
                 kafka_addr: Some(kafka[&id]),
                 control_addr: Some(control[&id]),
+                data_dir: None,
             })
             .with_context(|| format!("spawn node {id}"))?;
             cluster.nodes.insert(id, node);
@@ -292,6 +298,11 @@ impl StromCluster {
 
     pub fn control_addr(&self, id: u32) -> SocketAddr {
         self.node(id).control_addr()
+    }
+
+    /// The node's inter-broker listener (`inter_broker_listener_name = "REPLICATION"`).
+    pub fn replication_addr(&self, id: u32) -> SocketAddr {
+        *self.replication.get(&id).unwrap_or_else(|| panic!("the cluster has no node {id}"))
     }
 
     /// SIGKILL of one node; waits until the process is reaped.

@@ -1,6 +1,7 @@
 //! Broker settings, with Kafka's names and defaults.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use strom_metadata::NodeId;
@@ -41,6 +42,12 @@ pub struct BrokerConfig {
     pub cluster_id: String,
     pub data_dir: PathBuf,
     pub kafka_addr: SocketAddr,
+    /// Connection limits and idle timeout of the client listener (`kafka_addr`).
+    pub connections: ConnectionLimits,
+    /// A listener of its own for replication (`inter.broker.listener.name`), so that clients
+    /// that exhaust the client listener's connections do not stop followers from fetching.
+    /// `None`: brokers reach each other on the client listener.
+    pub inter_broker: Option<InterBrokerListener>,
     /// Host and port clients are told to connect to (`advertised.listeners`).
     pub advertised_host: String,
     pub advertised_port: u16,
@@ -62,6 +69,56 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     pub log: LogDefaults,
     pub groups: GroupSettings,
+}
+
+/// Connection limits of one Kafka listener, with Kafka's names.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// `max.connections` (the client listener) or `listener.name.<name>.max.connections`.
+    pub max_connections: usize,
+    /// `max.connections.per.ip`.
+    pub max_connections_per_ip: usize,
+    /// `max.connections.per.ip.overrides`: a limit per client address instead of the above.
+    pub max_connections_per_ip_overrides: HashMap<IpAddr, usize>,
+    /// `connections.max.idle.ms`: a connection with no request in flight that has sent
+    /// nothing for this long is closed.
+    pub connections_max_idle_ms: u64,
+}
+
+impl ConnectionLimits {
+    /// strom's defaults: Kafka's, except a bounded `max.connections` (Kafka's is unlimited).
+    pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+    /// Kafka's `connections.max.idle.ms` default (10 minutes).
+    pub const IDLE_MS_DEFAULT: u64 = 600_000;
+
+    /// The limit for connections from `ip`.
+    pub fn per_ip_max(&self, ip: IpAddr) -> usize {
+        self.max_connections_per_ip_overrides
+            .get(&ip)
+            .copied()
+            .unwrap_or(self.max_connections_per_ip)
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: Self::MAX_CONNECTIONS_DEFAULT,
+            max_connections_per_ip: i32::MAX as usize,
+            max_connections_per_ip_overrides: HashMap::new(),
+            connections_max_idle_ms: Self::IDLE_MS_DEFAULT,
+        }
+    }
+}
+
+/// The inter-broker listener: where followers fetch from their leaders.
+#[derive(Clone, Debug)]
+pub struct InterBrokerListener {
+    /// Its name in `listeners`, which is also the endpoint name brokers register it under.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Its own limits: client connections never count against them.
+    pub limits: ConnectionLimits,
 }
 
 /// The group coordinator's settings, with Kafka's names and defaults.

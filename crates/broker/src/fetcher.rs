@@ -266,9 +266,17 @@ impl<T> FetchPlan<T> {
     }
 }
 
+/// The leader's inter-broker endpoint (`inter.broker.listener.name`); its client listener when
+/// this broker has no inter-broker listener of its own or the leader registered none.
 fn leader_addr(ctx: &BrokerCtx, leader: NodeId) -> Option<String> {
     let image = ctx.image.current();
-    let e = image.brokers.get(&leader)?.endpoint(LISTENER)?;
+    let broker = image.brokers.get(&leader)?;
+    let e = ctx
+        .config
+        .inter_broker
+        .as_ref()
+        .and_then(|l| broker.endpoint(&l.name))
+        .or_else(|| broker.endpoint(LISTENER))?;
     Some(format!("{}:{}", e.host, e.port))
 }
 

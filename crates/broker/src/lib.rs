@@ -20,13 +20,23 @@ mod server;
 
 use std::sync::Arc;
 
-pub use config::{BrokerConfig, GroupSettings, LogDefaults};
+pub use config::{BrokerConfig, ConnectionLimits, GroupSettings, InterBrokerListener, LogDefaults};
 pub use errors::{kafka_code, BrokerError};
 pub use fetch_memory::{FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, FETCH_MAX_BYTES_DEFAULT};
 pub use group::BrokerGroupAdmin;
 pub use image::ImageListener;
 
 use strom_metadata::ControllerClient;
+
+async fn bind(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), BrokerError> {
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let local = tcp.local_addr().map_err(|source| BrokerError::Bind { addr, source })?;
+    Ok((tcp, local))
+}
 
 /// Everything a request handler may reach.
 pub(crate) struct BrokerCtx {
@@ -65,6 +75,7 @@ pub struct Broker {
     ctx: Arc<BrokerCtx>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
+    inter_broker_addr: Option<std::net::SocketAddr>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -94,21 +105,45 @@ impl Broker {
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let tcp = tokio::net::TcpListener::bind(ctx.config.kafka_addr)
-            .await
-            .map_err(|source| BrokerError::Bind { addr: ctx.config.kafka_addr, source })?;
-        let local_addr = tcp
-            .local_addr()
-            .map_err(|source| BrokerError::Bind { addr: ctx.config.kafka_addr, source })?;
-        let tasks = vec![
+        let (tcp, local_addr) = bind(ctx.config.kafka_addr).await?;
+        let inter_broker = match &ctx.config.inter_broker {
+            Some(l) => Some((bind(l.addr).await?, l.name.clone(), l.limits.clone())),
+            None => None,
+        };
+        let mut tasks = vec![
             tokio::spawn(replica::reconcile_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(replica::maintenance_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(replica::isr_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(group::run(ctx.clone(), shutdown_rx.clone())),
-            tokio::spawn(server::accept_loop(tcp, ctx.clone(), shutdown_rx)),
+            tokio::spawn(server::accept_loop(
+                tcp,
+                handlers::metadata::LISTENER.to_owned(),
+                ctx.config.connections.clone(),
+                ctx.clone(),
+                shutdown_rx.clone(),
+            )),
         ];
-        tracing::info!(addr = %local_addr, "kafka listener up");
-        Ok(Broker { ctx, tasks, local_addr, shutdown })
+        tracing::info!(
+            addr = %local_addr,
+            max_connections = ctx.config.connections.max_connections,
+            "kafka listener up"
+        );
+        let mut inter_broker_addr = None;
+        if let Some(((tcp, addr), name, limits)) = inter_broker {
+            tracing::info!(
+                listener = %name, %addr, max_connections = limits.max_connections,
+                "inter-broker listener up"
+            );
+            inter_broker_addr = Some(addr);
+            tasks.push(tokio::spawn(server::accept_loop(
+                tcp,
+                name,
+                limits,
+                ctx.clone(),
+                shutdown_rx,
+            )));
+        }
+        Ok(Broker { ctx, tasks, local_addr, inter_broker_addr, shutdown })
     }
 
     /// Records which node is the active controller (the raft leader).
@@ -121,6 +156,12 @@ impl Broker {
         self.ctx.broker_epoch.store(epoch.0, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The log directory's first storage failure, once there is one (then every partition of
+    /// this broker is offline and the node should stop; see `log_dir`).
+    pub fn log_dir_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.ctx.replicas.health.watch()
+    }
+
     /// Consumer groups as the admin API shows them, asked of the brokers over Kafka.
     pub fn group_admin(&self) -> Arc<BrokerGroupAdmin> {
         Arc::new(BrokerGroupAdmin { ctx: self.ctx.clone() })
@@ -128,6 +169,11 @@ impl Broker {
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// The inter-broker listener's address, when it has one of its own.
+    pub fn inter_broker_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inter_broker_addr
     }
 
     /// Waits until the broker has applied at least this metadata offset (bounded by the caller).

@@ -5,31 +5,136 @@
 //! calls) runs in the reader, in arrival order, so pipelined produce requests append in order.
 //! The waiting part (fsync acknowledgement, fetch long-poll) runs in its own task, so a slow
 //! request does not stop the connection from reading the next one.
+//!
+//! Each listener bounds its connections (`max.connections`, `max.connections.per.ip`): one over
+//! a limit is closed as soon as it is accepted, so a flood costs an accept and a close, and the
+//! accept queue keeps moving. A connection that has nothing in flight and has sent nothing for
+//! `connections.max.idle.ms` is closed. An idle connection holds no buffers.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 use strom_protocol::frame::{frame_len, FrameError};
 use strom_protocol::request::{decode_request, encode_response, RequestError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Sleep;
 
+use crate::config::ConnectionLimits;
 use crate::handlers::{self, Reply};
 use crate::BrokerCtx;
 
 /// Requests one connection may have in flight before the reader waits for the writer.
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 128;
-/// Open client connections, beyond which new ones are refused.
-pub const CONNECTIONS_MAX: usize = 10_000;
+/// Write buffer of a connection, allocated with its first response.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Refused connections are logged at most once per interval, with a count: a flood must not
+/// turn into a flood of log lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (EMFILE and friends) rather than spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Why a connection is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `max.connections` connections are open on this listener.
+    Listener { max: usize },
+    /// `max.connections.per.ip` (or its override) connections are open from this address.
+    Address { ip: IpAddr, max: usize },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Listener { max } => write!(f, "{max} connections open (max.connections)"),
+            Refusal::Address { ip, max } => {
+                write!(f, "{max} connections open from {ip} (max.connections.per.ip)")
+            }
+        }
+    }
+}
+
+/// The open connections of one listener, in all and per client address: the accept loop asks
+/// before serving a connection, and a connection gives its place back when it ends.
+#[derive(Debug)]
+pub(crate) struct ConnectionCounts {
+    limits: ConnectionLimits,
+    open: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl ConnectionCounts {
+    pub fn new(limits: ConnectionLimits) -> ConnectionCounts {
+        ConnectionCounts { limits, open: 0, per_ip: HashMap::new() }
+    }
+
+    /// Takes a place for a connection from `ip`, or says which limit refuses it.
+    pub fn open(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.open >= self.limits.max_connections {
+            return Err(Refusal::Listener { max: self.limits.max_connections });
+        }
+        let max = self.limits.per_ip_max(ip);
+        let from_ip = self.per_ip.entry(ip).or_insert(0);
+        if *from_ip >= max {
+            if *from_ip == 0 {
+                self.per_ip.remove(&ip);
+            }
+            return Err(Refusal::Address { ip, max });
+        }
+        *from_ip += 1;
+        self.open += 1;
+        Ok(())
+    }
+
+    /// Gives back the place of a connection from `ip` that [`Self::open`] granted.
+    pub fn close(&mut self, ip: IpAddr) {
+        let from_ip = self.per_ip.get_mut(&ip);
+        assert!(
+            matches!(from_ip.as_deref(), Some(n) if *n > 0) && self.open > 0,
+            "close of a connection from {ip} that was never opened"
+        );
+        if let Some(n) = from_ip {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        self.open -= 1;
+    }
+}
+
+/// A connection's place in its listener's counts, given back on drop.
+struct Slot {
+    counts: Arc<Mutex<ConnectionCounts>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).close(self.ip);
+    }
+}
+
+/// Serves one listener: `name` is what its log lines call it.
 pub(crate) async fn accept_loop(
     tcp: TcpListener,
+    name: String,
+    limits: ConnectionLimits,
     ctx: Arc<BrokerCtx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let idle = Duration::from_millis(limits.connections_max_idle_ms);
+    let counts = Arc::new(Mutex::new(ConnectionCounts::new(limits)));
+    let mut refused: u64 = 0;
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             a = tcp.accept() => a,
@@ -38,26 +143,137 @@ pub(crate) async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off briefly rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: {CONNECTIONS_MAX} connections open");
+        let admitted = counts.lock().unwrap_or_else(PoisonError::into_inner).open(peer.ip());
+        if let Err(why) = admitted {
+            // Closed here and now: the client sees the connection end at once.
+            drop(stream);
+            refused += 1;
+            let now = Instant::now();
+            if last_refusal_log.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
+                tracing::warn!(
+                    listener = %name, %peer, refused,
+                    "connection refused: {why}; {refused} refused since the last such line"
+                );
+                last_refusal_log = Some(now);
+                refused = 0;
+            }
             continue;
-        };
+        }
+        let slot = Slot { counts: counts.clone(), ip: peer.ip() };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(why) = serve(stream, peer, ctx, shutdown).await {
-                tracing::info!(%peer, "closing connection: {why}");
+            match serve(stream, peer, ctx, idle, shutdown).await {
+                Ok(()) => {}
+                Err(Close::Idle) => {
+                    tracing::debug!(%peer, "closing connection: idle (connections.max.idle.ms)")
+                }
+                Err(Close::Error(why)) => tracing::info!(%peer, "closing connection: {why}"),
             }
-            drop(permit);
+            drop(slot);
         });
     }
+}
+
+/// Why the broker ends a connection.
+enum Close {
+    /// Nothing in flight and nothing received for `connections.max.idle.ms`.
+    Idle,
+    /// A protocol error, told to the log.
+    Error(String),
+}
+
+/// When a connection last did something, and how many of its requests await a response: what
+/// the idle timeout looks at.
+struct Activity {
+    since: Instant,
+    /// Milliseconds after `since` of the last byte read or response written.
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            since: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn request_queued(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn response_written(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// When the connection becomes idle if nothing happens until then; `None` while a request
+    /// is in flight.
+    fn idle_at(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle)
+    }
+}
+
+/// How a read of a whole buffer ended.
+enum ReadEnd {
+    Filled,
+    /// The client closed the connection; `usize` bytes of the buffer had arrived.
+    Eof(usize),
+    Idle,
+    Shutdown,
+    Failed(std::io::Error),
+}
+
+/// Fills `buf`, closing in on the idle deadline. The timer is moved only when it fires (to
+/// the deadline the activity gives then), so the hot path costs no timer updates.
+async fn read_full(
+    rd: &mut OwnedReadHalf,
+    buf: &mut [u8],
+    activity: &Activity,
+    idle: Duration,
+    timer: &mut Pin<&mut Sleep>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> ReadEnd {
+    let mut filled = 0;
+    while filled < buf.len() {
+        tokio::select! {
+            r = rd.read(&mut buf[filled..]) => match r {
+                Ok(0) => return ReadEnd::Eof(filled),
+                Ok(n) => {
+                    filled += n;
+                    activity.touch();
+                }
+                Err(e) => return ReadEnd::Failed(e),
+            },
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                match activity.idle_at(idle) {
+                    Some(at) if at <= now => return ReadEnd::Idle,
+                    Some(at) => timer.as_mut().reset(at.into()),
+                    None => timer.as_mut().reset((now + idle).into()),
+                }
+            }
+            _ = shutdown.changed() => return ReadEnd::Shutdown,
+        }
+    }
+    ReadEnd::Filled
 }
 
 /// A response still being produced, in the order its request arrived.
@@ -117,33 +333,50 @@ impl Buf for ChainBuf {
 
 async fn serve(
     stream: TcpStream,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     ctx: Arc<BrokerCtx>,
+    idle: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), Close> {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(IN_FLIGHT_PER_CONNECTION_MAX);
-    let writer = tokio::spawn(write_responses(wr, rx));
+    let activity = Arc::new(Activity::new());
+    let writer = tokio::spawn(write_responses(wr, rx, activity.clone()));
     let max = ctx.config.socket_request_max_bytes;
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
     let result = loop {
         let mut prefix = [0u8; 4];
-        let read = tokio::select! {
-            r = rd.read_exact(&mut prefix) => r,
-            _ = shutdown.changed() => break Ok(()),
-        };
-        if read.is_err() {
-            break Ok(()); // the client went away between requests: normal
+        match read_full(&mut rd, &mut prefix, &activity, idle, &mut timer, &mut shutdown).await {
+            ReadEnd::Filled => {}
+            // The client went away between requests, or the node stops: normal.
+            ReadEnd::Eof(0) | ReadEnd::Shutdown => break Ok(()),
+            ReadEnd::Idle => break Err(Close::Idle),
+            ReadEnd::Eof(n) => {
+                break Err(Close::Error(format!("closed after {n} bytes of a frame length")))
+            }
+            ReadEnd::Failed(_) => break Ok(()),
         }
         let len = match frame_len(prefix, max) {
             Ok(len) => len,
             Err(e @ FrameError::TooLarge { .. }) => {
-                break Err(format!("{e} (raise socket.request.max.bytes to allow it)"))
+                break Err(Close::Error(format!(
+                    "{e} (raise socket.request.max.bytes to allow it)"
+                )))
             }
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(Close::Error(e.to_string())),
         };
         let mut buf = BytesMut::zeroed(len);
-        if let Err(e) = rd.read_exact(&mut buf).await {
-            break Err(format!("truncated frame: expected {len} bytes: {e}"));
+        match read_full(&mut rd, &mut buf, &activity, idle, &mut timer, &mut shutdown).await {
+            ReadEnd::Filled => {}
+            ReadEnd::Shutdown => break Ok(()),
+            ReadEnd::Idle => break Err(Close::Idle),
+            ReadEnd::Eof(n) => {
+                break Err(Close::Error(format!("truncated frame: {n} of {len} bytes")))
+            }
+            ReadEnd::Failed(e) => {
+                break Err(Close::Error(format!("truncated frame: expected {len} bytes: {e}")))
+            }
         }
         let frame = match decode_request(buf.freeze()) {
             Ok(f) => f,
@@ -157,19 +390,25 @@ async fn serve(
                 let resp = ApiVersionsResponse::default()
                     .with_error_code(kafka_protocol::ResponseError::UnsupportedVersion.code())
                     .with_api_keys(handlers::api_versions::api_keys());
-                let bytes = encode_response(ApiKey::ApiVersions, 0, correlation_id, &resp)
-                    .map_err(|e| format!("cannot encode ApiVersions v0: {e}"))?;
+                let bytes = match encode_response(ApiKey::ApiVersions, 0, correlation_id, &resp) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        break Err(Close::Error(format!("cannot encode ApiVersions v0: {e}")))
+                    }
+                };
                 tracing::debug!(version, "ApiVersions version unsupported; answered with v0");
                 let (otx, orx) = oneshot::channel();
                 let _ = otx.send(Some(Frame::One(bytes)));
+                activity.request_queued();
                 if tx.send(orx).await.is_err() {
                     break Ok(());
                 }
                 continue;
             }
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(Close::Error(e.to_string())),
         };
         let (otx, orx) = oneshot::channel();
+        activity.request_queued();
         if tx.send(orx).await.is_err() {
             break Ok(());
         }
@@ -187,7 +426,7 @@ async fn serve(
                     let _ = otx.send(fut.await.map(Frame::Chain));
                 });
             }
-            Reply::Close(why) => break Err(why),
+            Reply::Close(why) => break Err(Close::Error(why)),
         }
     };
     drop(tx);
@@ -196,14 +435,21 @@ async fn serve(
     result
 }
 
-async fn write_responses(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
+async fn write_responses(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    activity: Arc<Activity>,
+) {
     use tokio::sync::mpsc::error::TryRecvError;
     use tokio::sync::oneshot::error::TryRecvError as OneshotTryRecv;
-    let mut out = BufWriter::with_capacity(64 * 1024, wr);
+    // An idle connection holds no write buffer: it comes with the first response.
+    let Some(first) = rx.recv().await else { return };
+    let mut next = Some(first);
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
     loop {
         // Flush only before waiting: responses that are ready together share one syscall,
         // and none sits in the buffer while a later one (a long poll) is awaited.
-        let mut pending = match rx.try_recv() {
+        let mut pending = match next.take().map_or_else(|| rx.try_recv(), Ok) {
             Ok(p) => p,
             Err(TryRecvError::Empty) => {
                 if out.flush().await.is_err() {
@@ -239,15 +485,51 @@ async fn write_responses(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Rece
         if written.is_err() {
             return;
         }
+        activity.response_written();
     }
     let _ = out.flush().await;
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
     use bytes::{Buf, Bytes};
 
-    use super::ChainBuf;
+    use super::{ChainBuf, ConnectionCounts, Refusal};
+    use crate::config::ConnectionLimits;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    #[test]
+    fn connections_over_a_limit_are_refused_and_places_come_back_on_close() {
+        let limits = ConnectionLimits {
+            max_connections: 4,
+            max_connections_per_ip: 2,
+            max_connections_per_ip_overrides: [(ip(3), 0), (ip(4), 3)].into_iter().collect(),
+            ..ConnectionLimits::default()
+        };
+        let mut counts = ConnectionCounts::new(limits);
+        assert_eq!(counts.open(ip(1)), Ok(()));
+        assert_eq!(counts.open(ip(1)), Ok(()));
+        assert_eq!(counts.open(ip(1)), Err(Refusal::Address { ip: ip(1), max: 2 }));
+        assert_eq!(counts.open(ip(3)), Err(Refusal::Address { ip: ip(3), max: 0 }));
+        assert_eq!(counts.open(ip(4)), Ok(()));
+        assert_eq!(counts.open(ip(4)), Ok(()));
+        assert_eq!(counts.open, 4);
+        // The override allows a third from 127.0.0.4, but the listener is full.
+        assert_eq!(counts.open(ip(4)), Err(Refusal::Listener { max: 4 }));
+        counts.close(ip(1));
+        assert_eq!(counts.open(ip(4)), Ok(()));
+        assert_eq!(counts.open(ip(1)), Err(Refusal::Listener { max: 4 }));
+        for a in [ip(1), ip(4), ip(4), ip(4)] {
+            counts.close(a);
+        }
+        assert_eq!(counts.open, 0);
+        assert!(counts.per_ip.is_empty(), "no address is remembered once its connections end");
+    }
 
     #[test]
     fn a_chain_buffer_yields_its_parts_in_order_across_partial_writes() {

@@ -1,7 +1,8 @@
 //! The node's TOML configuration: Kafka's property names in snake_case, every field defaulted,
 //! and errors that name the key and the fix.
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -34,12 +35,46 @@ pub struct NodeConfig {
     pub socket_request_max_bytes: usize,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max_ms: u64,
+    /// `connections.max.idle.ms`: a Kafka connection with nothing in flight that sends
+    /// nothing for this long is closed.
+    pub connections_max_idle_ms: u64,
+    /// `max.connections`: open connections on the client listener (the inter-broker listener
+    /// has its own limit), bounded by the open-file limit.
+    pub max_connections: usize,
+    /// `max.connections.per.ip` on the client listener.
+    pub max_connections_per_ip: usize,
+    /// `max.connections.per.ip.overrides`: `ip:limit,...`.
+    pub max_connections_per_ip_overrides: String,
+    /// `inter.broker.listener.name`: the listener in `listeners` that followers fetch from,
+    /// with its own accept loop and limits. Unset: the PLAINTEXT (client) listener.
+    pub inter_broker_listener_name: Option<String>,
+    /// Kafka's `listener.name.<listener>.*` keys.
+    pub listener: ListenerSection,
     pub controller: ControllerSection,
     pub broker: BrokerSection,
     pub log: LogSection,
     pub offsets: OffsetsSection,
     pub group: GroupSection,
 }
+
+/// Kafka's `listener.name.<listener>.*` keys: `listener.name.replication.max_connections`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerSection {
+    /// Per listener, by its name in `listeners` (any case).
+    pub name: BTreeMap<String, PerListenerSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerListenerSection {
+    /// `listener.name.<listener>.max.connections`.
+    pub max_connections: Option<usize>,
+}
+
+/// `listener.name.<inter-broker listener>.max.connections` when unset: enough for the
+/// fetchers and admin calls of a large cluster, small enough to leave the fds to clients.
+pub const INTER_BROKER_MAX_CONNECTIONS_DEFAULT: usize = 1_000;
 
 /// Kafka's `offsets.*` keys: the `__consumer_offsets` topic and committed-offset retention.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +183,12 @@ impl Default for NodeConfig {
             fetch_max_bytes: strom_broker::FETCH_MAX_BYTES_DEFAULT,
             socket_request_max_bytes: 104_857_600,
             replica_lag_time_max_ms: 30_000,
+            connections_max_idle_ms: strom_broker::ConnectionLimits::IDLE_MS_DEFAULT,
+            max_connections: strom_broker::ConnectionLimits::MAX_CONNECTIONS_DEFAULT,
+            max_connections_per_ip: i32::MAX as usize,
+            max_connections_per_ip_overrides: String::new(),
+            inter_broker_listener_name: None,
+            listener: ListenerSection::default(),
             controller: ControllerSection::default(),
             broker: BrokerSection::default(),
             log: LogSection::default(),
@@ -226,6 +267,24 @@ pub fn parse_listeners(key: &str, text: &str) -> Result<Vec<Listener>> {
     Ok(out)
 }
 
+/// `max.connections.per.ip.overrides`: `ip:limit,...` (IPv6 in brackets or bare).
+pub fn parse_ip_overrides(key: &str, text: &str) -> Result<HashMap<IpAddr, usize>> {
+    let mut out = HashMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((ip, limit)) = item.rsplit_once(':') else {
+            bail!("{key}: '{item}' is not ip:limit (e.g. 127.0.0.1:100)");
+        };
+        let ip: IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
+            anyhow::anyhow!("{key}: '{item}' does not start with an IP address (host names are not resolved)")
+        })?;
+        let limit: usize = limit
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{key}: '{item}' has an invalid limit '{limit}'"))?;
+        out.insert(ip, limit);
+    }
+    Ok(out)
+}
+
 /// `id@host:port,...` → (id, "host:port").
 pub fn parse_voters(text: &str) -> Result<Vec<(u64, String)>> {
     let mut out = Vec::new();
@@ -272,6 +331,28 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The inter-broker listener, when it is not the client listener.
+    pub fn inter_broker_listener(&self) -> Result<Option<Listener>> {
+        match self.inter_broker_listener_name.as_deref().map(str::to_ascii_uppercase) {
+            None => Ok(None),
+            Some(name) if name == "PLAINTEXT" => Ok(None),
+            Some(name) => Ok(Some(self.listener(&name)?.with_context(|| {
+                format!(
+                    "inter_broker_listener_name = {name:?}: listeners has no {name}://host:port"
+                )
+            })?)),
+        }
+    }
+
+    /// `listener.name.<name>.max_connections`, if set.
+    pub fn listener_max_connections(&self, name: &str) -> Option<usize> {
+        self.listener
+            .name
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, l)| l.max_connections)
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.process_roles.iter().any(|r| r == role)
     }
@@ -296,6 +377,36 @@ impl NodeConfig {
         if self.has_role("controller") && !listeners.iter().any(|l| l.name == "CONTROLLER") {
             bail!("listeners: no CONTROLLER://host:port listener for the control port (a controller needs one)");
         }
+        if let Some(name) = &self.inter_broker_listener_name {
+            if name.eq_ignore_ascii_case("CONTROLLER") {
+                bail!("inter_broker_listener_name = {name:?}: the CONTROLLER listener serves gRPC, not Kafka; name another listener (e.g. REPLICATION)");
+            }
+            self.inter_broker_listener()?;
+        }
+        for (name, l) in &self.listener.name {
+            if !listeners.iter().any(|x| x.name.eq_ignore_ascii_case(name)) {
+                bail!(
+                    "listener.name.{name}: listeners has no {} listener",
+                    name.to_ascii_uppercase()
+                );
+            }
+            if l.max_connections == Some(0) {
+                bail!("listener.name.{name}.max_connections = 0: must be at least 1");
+            }
+        }
+        if self.connections_max_idle_ms < 1 {
+            bail!("connections_max_idle_ms = 0: must be at least 1 (Kafka's default is 600000)");
+        }
+        if self.max_connections < 1 {
+            bail!("max_connections = 0: must be at least 1");
+        }
+        if self.max_connections_per_ip < 1 {
+            bail!("max_connections_per_ip = 0: must be at least 1 (use max_connections_per_ip_overrides to block one address)");
+        }
+        parse_ip_overrides(
+            "max_connections_per_ip_overrides",
+            &self.max_connections_per_ip_overrides,
+        )?;
         if let Some(id) = &self.cluster_id {
             if id.is_empty()
                 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -456,6 +567,50 @@ mod tests {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
         NodeConfig::load(&path).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn connection_settings_are_validated_by_name() {
+        let bad = |toml: &str, key: &str| {
+            let c: NodeConfig = toml::from_str(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        };
+        bad("max_connections = 0", "max_connections");
+        bad("connections_max_idle_ms = 0", "connections_max_idle_ms");
+        bad(
+            "max_connections_per_ip_overrides = \"localhost:3\"",
+            "max_connections_per_ip_overrides",
+        );
+        bad("max_connections_per_ip_overrides = \"127.0.0.1\"", "max_connections_per_ip_overrides");
+        bad("inter_broker_listener_name = \"REPLICATION\"", "inter_broker_listener_name");
+        bad("inter_broker_listener_name = \"CONTROLLER\"", "inter_broker_listener_name");
+        bad("listener.name.replication.max_connections = 5", "listener.name.replication");
+        let c: NodeConfig = toml::from_str(
+            "listeners = \"PLAINTEXT://127.0.0.1:9092,REPLICATION://127.0.0.1:9094,CONTROLLER://127.0.0.1:9093\"\n\
+             inter_broker_listener_name = \"replication\"\n\
+             max_connections_per_ip_overrides = \"127.0.0.1:5,[::1]:0\"\n\
+             listener.name.replication.max_connections = 50",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.inter_broker_listener().unwrap().unwrap().port, 9094);
+        assert_eq!(c.listener_max_connections("REPLICATION"), Some(50));
+        let overrides = parse_ip_overrides("k", &c.max_connections_per_ip_overrides).unwrap();
+        assert_eq!(overrides.get(&"::1".parse().unwrap()), Some(&0));
+        let shipped = |file: &str| {
+            let path =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config").join(file);
+            NodeConfig::load(&path).unwrap()
+        };
+        for node in ["cluster/node-1.toml", "cluster/node-2.toml", "cluster/node-3.toml"] {
+            let c = shipped(node);
+            c.validate().unwrap();
+            assert!(
+                c.inter_broker_listener().unwrap().is_some(),
+                "{node} replicates on its own listener"
+            );
+        }
     }
 
     #[test]

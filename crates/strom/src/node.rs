@@ -1,13 +1,13 @@
 //! Wires a combined node together: data dir and meta.properties, the controller (single-voter
 //! openraft quorum), the broker, broker registration and heartbeats, and signal handling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use strom_broker::{Broker, BrokerConfig, LogDefaults};
+use strom_broker::{Broker, BrokerConfig, ConnectionLimits, InterBrokerListener, LogDefaults};
 use strom_controller::admin::{
     mount_admin, AdminServiceImpl, ClusterInfo, ImagePublisher, QuorumState, RaftClusterInfo,
 };
@@ -21,11 +21,72 @@ use strom_metadata::records::Endpoint;
 use strom_metadata::{ControllerClient, MetadataListener, NodeId};
 use tokio::sync::watch;
 
-use crate::config::{parse_listeners, parse_voters, NodeConfig};
+use crate::config::{
+    parse_ip_overrides, parse_listeners, parse_voters, NodeConfig,
+    INTER_BROKER_MAX_CONNECTIONS_DEFAULT,
+};
 use crate::StartArgs;
 
 /// How long start-up waits for the node's own broker registration to commit.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The control port's gRPC server. A request whose response has not started by then fails
+/// with DEADLINE_EXCEEDED; above every handler's own bound (a relayed submit waits 30 s).
+const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const _: () = assert!(
+    strom_controller::admin::SUBMIT_TIMEOUT_MS_MAX < GRPC_REQUEST_TIMEOUT.as_millis() as u64
+);
+/// Requests served at once per connection (the rest wait); raft and the relay share one
+/// connection per peer.
+const GRPC_CONCURRENCY_PER_CONNECTION_MAX: usize = 256;
+/// HTTP/2 streams a client may open on one connection.
+const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// A peer that answers no HTTP/2 ping within the timeout is dropped, with its streams.
+const GRPC_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const GRPC_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const GRPC_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Streams reset by the client before they are served (the "rapid reset" attack).
+const GRPC_PENDING_RESETS_MAX: usize = 100;
+
+/// File descriptors kept for everything but Kafka connections (log segments and indexes, the
+/// control port, peers), as a share of the limit and at least this many.
+const FD_RESERVE_MIN: u64 = 256;
+const FD_RESERVE_SHARE: u64 = 4;
+
+/// Raises the soft open-file limit to the hard limit (a broker holds a descriptor per
+/// connection and per segment file) and returns the limit in force.
+#[allow(unsafe_code, clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+        return u64::MAX;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
+        }
+    }
+    tracing::info!(limit = lim.rlim_cur, before, "open-file limit");
+    lim.rlim_cur as u64
+}
+
+/// Kafka connections the open-file limit allows: (client listener, inter-broker listener),
+/// each at most what is configured, with a reserve left for files and the control port.
+fn connection_budget(fd_limit: u64, client_max: usize, inter_broker_max: usize) -> (usize, usize) {
+    let reserve = (fd_limit / FD_RESERVE_SHARE).max(FD_RESERVE_MIN).min(fd_limit / 2);
+    let budget = usize::try_from(fd_limit - reserve).unwrap_or(usize::MAX);
+    // The inter-broker listener gets at most a tenth, clients the rest: at least one each.
+    let inter_broker = inter_broker_max.min(budget / 10).max(1);
+    let client = client_max.min(budget.saturating_sub(inter_broker)).max(1);
+    (client, inter_broker)
+}
 
 pub fn config_from(args: StartArgs) -> Result<NodeConfig> {
     let mut cfg = match &args.config {
@@ -140,6 +201,7 @@ impl ClusterInfo for FollowerClusterInfo {
 }
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
+    let fd_limit = raise_fd_limit();
     let node = NodeId(cfg.node_id);
     let is_controller = cfg.has_role("controller");
     let is_broker = cfg.has_role("broker");
@@ -253,22 +315,40 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             }
             let _health =
                 mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
+            let incoming = tonic::transport::server::TcpIncoming::from(control_listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(GRPC_TCP_KEEPALIVE));
             Some(tokio::spawn(
                 tonic::transport::Server::builder()
+                    // Bounds the wait for a response's head; a stream's body (WatchMetadata)
+                    // is not cut. Above every handler's own bound (a relayed submit: 30 s).
+                    .timeout(GRPC_REQUEST_TIMEOUT)
+                    .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
+                    .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION_MAX))
+                    .http2_keepalive_interval(Some(GRPC_HTTP2_KEEPALIVE_INTERVAL))
+                    .http2_keepalive_timeout(Some(GRPC_HTTP2_KEEPALIVE_TIMEOUT))
+                    .http2_max_pending_accept_reset_streams(Some(GRPC_PENDING_RESETS_MAX))
                     .add_routes(routes.routes())
-                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(
-                        control_listener,
-                    )),
+                    .serve_with_incoming(incoming),
             ))
         }
         None => None,
     };
 
     let running = if is_broker {
-        let running =
-            start_broker(&cfg, node, cluster_id, &listener, &client, control.as_ref(), leader_rx)
-                .await?;
+        let running = start_broker(
+            &cfg,
+            node,
+            cluster_id,
+            &listener,
+            &client,
+            control.as_ref(),
+            leader_rx,
+            fd_limit,
+        )
+        .await?;
         let _ = groups.0.set(running.broker.group_admin());
+        tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
         Some(running)
     } else {
         tracing::info!(node_id = cfg.node_id, "strom controller ready");
@@ -372,6 +452,7 @@ impl RunningBroker {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_broker(
     cfg: &NodeConfig,
     node: NodeId,
@@ -380,14 +461,56 @@ async fn start_broker(
     client: &Arc<dyn ControllerClient>,
     control: Option<&crate::config::Listener>,
     mut leader: watch::Receiver<Option<u64>>,
+    fd_limit: u64,
 ) -> Result<RunningBroker> {
     let kafka = cfg.listener("PLAINTEXT")?.context("listeners: no PLAINTEXT listener")?;
-    let advertised = match &cfg.advertised_listeners {
-        Some(a) => parse_listeners("advertised_listeners", a)?
-            .into_iter()
-            .find(|l| l.name == "PLAINTEXT")
-            .unwrap_or_else(|| kafka.clone()),
-        None => kafka.clone(),
+    let advertised_all = match &cfg.advertised_listeners {
+        Some(a) => parse_listeners("advertised_listeners", a)?,
+        None => Vec::new(),
+    };
+    let advertised_as = |l: &crate::config::Listener| {
+        advertised_all.iter().find(|a| a.name == l.name).cloned().unwrap_or_else(|| l.clone())
+    };
+    let advertised = advertised_as(&kafka);
+    let inter_broker = cfg.inter_broker_listener()?;
+    let configured_client_max = cfg
+        .listener_max_connections("PLAINTEXT")
+        .map_or(cfg.max_connections, |m| m.min(cfg.max_connections));
+    let configured_inter_broker_max = inter_broker.as_ref().map_or(0, |l| {
+        cfg.listener_max_connections(&l.name).unwrap_or(INTER_BROKER_MAX_CONNECTIONS_DEFAULT)
+    });
+    let (client_max, inter_broker_max) =
+        connection_budget(fd_limit, configured_client_max, configured_inter_broker_max);
+    if client_max < configured_client_max {
+        tracing::warn!(
+            configured = configured_client_max,
+            allowed = client_max,
+            fd_limit,
+            "max_connections lowered to what the open-file limit allows (raise `ulimit -n`)"
+        );
+    }
+    let limits = |max_connections: usize, per_ip: usize, overrides| ConnectionLimits {
+        max_connections,
+        max_connections_per_ip: per_ip,
+        max_connections_per_ip_overrides: overrides,
+        connections_max_idle_ms: cfg.connections_max_idle_ms,
+    };
+    let connections = limits(
+        client_max,
+        cfg.max_connections_per_ip,
+        parse_ip_overrides(
+            "max_connections_per_ip_overrides",
+            &cfg.max_connections_per_ip_overrides,
+        )?,
+    );
+    let inter_broker_config = match &inter_broker {
+        Some(l) => Some(InterBrokerListener {
+            name: l.name.clone(),
+            addr: l.addr().with_context(|| format!("listeners: {}", l.name))?,
+            // Brokers often share an address (one host, or NAT): no per-address limit here.
+            limits: limits(inter_broker_max, usize::MAX, HashMap::new()),
+        }),
+        None => None,
     };
     let broker = Broker::start(
         BrokerConfig {
@@ -395,6 +518,8 @@ async fn start_broker(
             cluster_id,
             data_dir: cfg.log.dirs.clone(),
             kafka_addr: kafka.addr().context("listeners: PLAINTEXT")?,
+            connections,
+            inter_broker: inter_broker_config,
             advertised_host: advertised.host.clone(),
             advertised_port: advertised.port,
             rack: cfg.rack.clone(),
@@ -438,6 +563,10 @@ async fn start_broker(
         host: advertised.host.clone(),
         port: advertised.port as u32,
     }];
+    if let Some(l) = &inter_broker {
+        let a = advertised_as(l);
+        endpoints.push(Endpoint { name: l.name.clone(), host: a.host, port: a.port as u32 });
+    }
     if let Some(control) = control {
         endpoints.push(Endpoint {
             name: "CONTROLLER".into(),
@@ -470,7 +599,12 @@ async fn start_broker(
             }
         }
     });
-    tracing::info!(node_id = cfg.node_id, kafka = %broker.local_addr(), "strom node ready");
+    tracing::info!(
+        node_id = cfg.node_id,
+        kafka = %broker.local_addr(),
+        inter_broker = ?broker.inter_broker_addr(),
+        "strom node ready"
+    );
     Ok(RunningBroker { broker, epoch, heartbeats, leader_updates })
 }
 
@@ -576,6 +710,27 @@ async fn exit_on_fatal(fatal: impl std::future::Future<Output = String>) {
     std::process::exit(EXIT_METADATA_FATAL);
 }
 
+/// The exit status of a node whose log directory failed (EX_IOERR).
+pub const EXIT_LOG_DIR_FAILED: i32 = 74;
+
+/// Ends the process when the log directory fails, as Kafka halts a broker whose every log
+/// directory is offline: its partitions can no longer be written safely, and staying up would
+/// keep its leaderships until the disk answers again. The controller fences the silent broker
+/// and elects other replicas; the restart recovers from what was synced.
+async fn exit_on_log_dir_failure(mut failure: tokio::sync::watch::Receiver<Option<String>>) {
+    let Ok(cause) = failure.wait_for(Option::is_some).await.map(|c| c.clone()) else { return };
+    let cause = cause.unwrap_or_default();
+    tracing::error!(%cause, exit_status = EXIT_LOG_DIR_FAILED, "log directory failed: exiting");
+    eprintln!(
+        "strom: fatal: the log directory failed ({cause}); exiting with status \
+         {EXIT_LOG_DIR_FAILED} (fix the disk, then start the node again: recovery keeps what was \
+         synced)"
+    );
+    // Let the KAFKA_STORAGE_ERROR answers already on their way reach their clients.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::process::exit(EXIT_LOG_DIR_FAILED);
+}
+
 async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
@@ -590,6 +745,20 @@ async fn wait_for_signal() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_fit_in_the_open_file_limit() {
+        // Plenty of descriptors: what is configured.
+        assert_eq!(connection_budget(1_048_576, 10_000, 1_000), (10_000, 1_000));
+        // 20,000: a quarter is kept for files.
+        assert_eq!(connection_budget(20_000, 100_000, 1_000), (14_000, 1_000));
+        // The usual 1024: both listeners shrink, neither to zero.
+        let (client, inter_broker) = connection_budget(1024, 10_000, 1_000);
+        assert_eq!((client, inter_broker), (692, 76));
+        assert!(client + inter_broker + 256 <= 1024);
+        assert_eq!(connection_budget(4, 10, 10), (1, 1));
+        assert_eq!(connection_budget(u64::MAX, 7, 0), (7, 1));
+    }
 
     #[test]
     fn cluster_ids_look_like_kafkas() {

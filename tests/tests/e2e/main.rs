@@ -3,6 +3,7 @@
 
 mod check_deps;
 mod compaction;
+mod connections;
 mod durability;
 mod fetch_limits;
 mod fuzz_node;

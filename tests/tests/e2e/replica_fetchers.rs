@@ -164,15 +164,15 @@ fn connections_to(pid: u32, remote: SocketAddr) -> anyhow::Result<usize> {
     Ok(count)
 }
 
-/// Waits until no node holds more than one connection to another node's Kafka listener (its
-/// fetcher of the partitions that node leads).
+/// Waits until no node holds more than one connection to another node's inter-broker
+/// listener (its fetcher of the partitions that node leads).
 fn wait_one_connection_per_leader(cluster: &StromCluster) -> anyhow::Result<()> {
     wait_until(CATCH_UP_TIMEOUT, "one replica connection per leader", || {
         let mut seen = BTreeMap::new();
         for from in cluster.running() {
             let pid = cluster.node(from).pid().context("no pid")?;
             for to in cluster.running().into_iter().filter(|&to| to != from) {
-                let n = connections_to(pid, cluster.kafka_addr(to))?;
+                let n = connections_to(pid, cluster.replication_addr(to))?;
                 seen.insert((from, to), n);
             }
         }
