@@ -23,7 +23,7 @@ use bytes::Bytes;
 use strom_protocol::batch::{self, test_support, BatchHeader, Batches, TimestampType};
 use strom_protocol::frame::{frame_len, SOCKET_REQUEST_MAX_BYTES_DEFAULT};
 use strom_protocol::kafka_protocol::messages::ApiKey;
-use strom_protocol::request::RequestError;
+use strom_protocol::request::{peek_correlation_id, RequestError};
 use strom_protocol::versions::SUPPORTED;
 use strom_protocol::{decode_request, Request};
 use strom_testkit::{seed_from_env, TestRng};
@@ -180,6 +180,8 @@ fn exercise_produce_records(request: &Request) {
 }
 
 fn decode_frame(frame: &[u8]) -> Result<(ApiKey, i16), RequestError> {
+    // What the connection loop logs about a frame it cannot decode.
+    let _ = peek_correlation_id(frame);
     let decoded = decode_request(Bytes::copy_from_slice(frame))?;
     exercise_produce_records(&decoded.request);
     Ok((decoded.api_key, decoded.api_version))
