@@ -156,12 +156,6 @@ impl Broker {
         self.ctx.broker_epoch.store(epoch.0, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The log directory's first storage failure, once there is one (then every partition of
-    /// this broker is offline and the node should stop; see `log_dir`).
-    pub fn log_dir_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
-        self.ctx.replicas.health.watch()
-    }
-
     /// Consumer groups as the admin API shows them, asked of the brokers over Kafka.
     pub fn group_admin(&self) -> Arc<BrokerGroupAdmin> {
         Arc::new(BrokerGroupAdmin { ctx: self.ctx.clone() })

@@ -348,7 +348,6 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         )
         .await?;
         let _ = groups.0.set(running.broker.group_admin());
-        tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
         Some(running)
     } else {
         tracing::info!(node_id = cfg.node_id, "strom controller ready");
@@ -708,27 +707,6 @@ async fn exit_on_fatal(fatal: impl std::future::Future<Output = String>) {
     tracing::error!(%cause, exit_status = EXIT_METADATA_FATAL, "fatal: exiting");
     eprintln!("strom: fatal: {cause}; exiting with status {EXIT_METADATA_FATAL}");
     std::process::exit(EXIT_METADATA_FATAL);
-}
-
-/// The exit status of a node whose log directory failed (EX_IOERR).
-pub const EXIT_LOG_DIR_FAILED: i32 = 74;
-
-/// Ends the process when the log directory fails, as Kafka halts a broker whose every log
-/// directory is offline: its partitions can no longer be written safely, and staying up would
-/// keep its leaderships until the disk answers again. The controller fences the silent broker
-/// and elects other replicas; the restart recovers from what was synced.
-async fn exit_on_log_dir_failure(mut failure: tokio::sync::watch::Receiver<Option<String>>) {
-    let Ok(cause) = failure.wait_for(Option::is_some).await.map(|c| c.clone()) else { return };
-    let cause = cause.unwrap_or_default();
-    tracing::error!(%cause, exit_status = EXIT_LOG_DIR_FAILED, "log directory failed: exiting");
-    eprintln!(
-        "strom: fatal: the log directory failed ({cause}); exiting with status \
-         {EXIT_LOG_DIR_FAILED} (fix the disk, then start the node again: recovery keeps what was \
-         synced)"
-    );
-    // Let the KAFKA_STORAGE_ERROR answers already on their way reach their clients.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    std::process::exit(EXIT_LOG_DIR_FAILED);
 }
 
 async fn wait_for_signal() -> Result<()> {
