@@ -11,6 +11,7 @@ mod groups;
 mod groups_clients;
 mod kcat;
 mod lifecycle;
+mod metadata_limits;
 mod quorum;
 mod raw_socket;
 mod power_loss;
