@@ -134,7 +134,11 @@ impl Inner {
         let mut client = GrpcControllerClient::new(channel)
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX);
-        let mut call = tonic::Request::new(wire::request_to_pb(request));
+        let message = wire::request_to_pb(request);
+        if let Err(refused) = wire::check_relayable(&message) {
+            return Attempt::Done(Err(refused));
+        }
+        let mut call = tonic::Request::new(message);
         call.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match client.submit(call).await {
             Ok(answer) => match wire::response_from_pb(answer.into_inner()) {

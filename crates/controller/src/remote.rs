@@ -129,6 +129,7 @@ impl Inner {
     async fn submit(&self, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
         let deadline = Instant::now() + Duration::from_millis(REMOTE_SUBMIT_WAIT_MS);
         let message = wire::request_to_pb(request);
+        wire::check_relayable(&message)?;
         let first = self.first();
         let rounds = self.voters.len();
         let mut backoff = Duration::from_millis(REMOTE_BACKOFF_MS_MIN);

@@ -632,6 +632,23 @@ pub fn leader_from_pb(leader: i64) -> Option<u64> {
     u64::try_from(leader).ok()
 }
 
+/// A request too large to relay to the active controller over gRPC ([`RPC_MESSAGE_BYTES_MAX`]):
+/// refused at once as a policy violation (it is far over the per-operation record cap anyway)
+/// rather than retried until the deadline.
+///
+/// [`RPC_MESSAGE_BYTES_MAX`]: crate::network::RPC_MESSAGE_BYTES_MAX
+pub fn check_relayable(message: &pb::ControlRequest) -> Result<(), ControlError> {
+    let bytes = message.encoded_len();
+    if bytes > crate::network::RPC_MESSAGE_BYTES_MAX {
+        return Err(ControlError::PolicyViolation(format!(
+            "the request is {bytes} bytes; one relayed to the active controller may be at most \
+             {} bytes: split it into smaller requests",
+            crate::network::RPC_MESSAGE_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
 /// One entry's records as `MetadataDelta.batch` bytes: encoded once, sent to every watcher.
 pub fn encode_batch(records: &[MetadataRecord]) -> Vec<u8> {
     MetadataBatch { records: records.to_vec() }.encode_to_vec()
@@ -742,6 +759,26 @@ mod tests {
             update: Some(pb::metadata_update::Update::Snapshot(vec![0xff, 0xff, 0xff])),
         };
         assert!(matches!(update_from_pb(garbage), Err(WireError::Decode { .. })));
+    }
+
+    #[test]
+    fn a_request_too_large_to_relay_is_a_policy_violation() {
+        let topic = |partitions: usize| CreateTopic {
+            name: "t".into(),
+            num_partitions: -1,
+            replication_factor: -1,
+            assignments: (0..partitions as i32).map(|p| (p, vec![NodeId(1), NodeId(2)])).collect(),
+            configs: Vec::new(),
+        };
+        let request = |partitions| {
+            request_to_pb(&ControlRequest::CreateTopics(CreateTopicsRequest {
+                topics: vec![topic(partitions)],
+                ..Default::default()
+            }))
+        };
+        assert!(check_relayable(&request(10_000)).is_ok());
+        let refused = check_relayable(&request(2_000_000));
+        assert!(matches!(refused, Err(ControlError::PolicyViolation(m)) if m.contains("bytes")));
     }
 
     #[test]
