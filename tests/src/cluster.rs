@@ -242,6 +242,7 @@ impl StromCluster {
                 env: options.env.clone(),
                 kafka_addr: Some(kafka[&id]),
                 control_addr: Some(control[&id]),
+                data_dir: None,
             })
             .with_context(|| format!("spawn node {id}"))?;
             cluster.nodes.insert(id, node);

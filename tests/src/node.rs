@@ -37,6 +37,9 @@ pub struct NodeOptions {
     pub kafka_addr: Option<SocketAddr>,
     /// `--control-addr`; a free loopback port when unset.
     pub control_addr: Option<SocketAddr>,
+    /// `--data-dir`; `data/` in the node's temporary directory when unset. A test that sets it
+    /// (a filesystem it mounted) owns the directory and removes it.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A running (or stopped, between restarts) `strom` process.
@@ -65,7 +68,7 @@ impl StromNode {
     pub fn spawn(options: NodeOptions) -> anyhow::Result<StromNode> {
         let binary = binary::strom_binary()?;
         let dir = tempfile::Builder::new().prefix("strom-test-").tempdir()?;
-        let data_dir = dir.path().join("data");
+        let data_dir = options.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
         let stderr_path = dir.path().join("stderr.log");
         let (free_kafka, free_control) = two_free_ports()?;
         let kafka_addr = options.kafka_addr.unwrap_or(free_kafka);

@@ -13,6 +13,7 @@ mod group;
 mod handlers;
 mod image;
 mod isr;
+mod log_dir;
 mod partition;
 mod peer;
 mod replica;
@@ -154,6 +155,12 @@ impl Broker {
     /// Records this broker's registration epoch once the controller has granted it.
     pub fn set_broker_epoch(&self, epoch: strom_metadata::BrokerEpoch) {
         self.ctx.broker_epoch.store(epoch.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The log directory's first storage failure, once there is one (then every partition of
+    /// this broker is offline and the node should stop; see `log_dir`).
+    pub fn log_dir_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.ctx.replicas.health.watch()
     }
 
     /// Consumer groups as the admin API shows them, asked of the brokers over Kafka.

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strom_log::{AppendInfo, Log, LogError};
+
+use crate::log_dir::LogDirHealth;
 use strom_metadata::{NodeId, TopicId};
 use tokio::sync::{watch, Notify};
 
@@ -51,6 +53,8 @@ pub(crate) struct Partition {
     /// `flush.messages == 1`: acknowledge only fsynced data.
     fsync_on_ack: AtomicBool,
     closed: AtomicBool,
+    /// Told of this log's storage failures: the whole log directory is failed then.
+    health: Arc<LogDirHealth>,
     /// Broker-wide "some high watermark moved" signal for long-polling fetches.
     data_arrived: Arc<watch::Sender<u64>>,
     role: Mutex<Role>,
@@ -81,6 +85,7 @@ impl Partition {
         fsync_on_ack: bool,
         data_arrived: Arc<watch::Sender<u64>>,
         checkpointed_hw: i64,
+        health: Arc<LogDirHealth>,
     ) -> Arc<Partition> {
         // The high watermark restarts from its checkpoint: data above it may not be committed.
         // (A sole replica moves it to its log end as soon as it leads.)
@@ -101,6 +106,7 @@ impl Partition {
             flush_requested: Notify::new(),
             fsync_on_ack: AtomicBool::new(fsync_on_ack),
             closed: AtomicBool::new(false),
+            health,
             data_arrived,
             role: Mutex::new(Role::Idle),
             // What survived recovery is on disk.
@@ -116,8 +122,9 @@ impl Partition {
     /// in-memory state may be torn, so the partition goes offline rather than guess.
     pub fn log(&self) -> Result<MutexGuard<'_, Log>, LogError> {
         self.log.lock().map_err(|_| {
-            self.set_offline();
-            LogError::LogOffline { dir: format!("{}-{}", self.topic, self.index).into() }
+            let dir = format!("{}-{}", self.topic, self.index);
+            self.set_offline(&"a panic while the log was locked");
+            LogError::LogOffline { dir: dir.into() }
         })
     }
 
@@ -134,8 +141,23 @@ impl Partition {
         self.fsync_on_ack.store(on, Ordering::Relaxed);
     }
 
-    fn set_offline(&self) {
+    /// After a storage failure: never acknowledge from this log again, and fail the log
+    /// directory (a log already closed for deletion is gone on purpose, not failed).
+    fn set_offline(&self, cause: &dyn std::fmt::Display) {
         self.progress.send_modify(|p| p.offline = true);
+        if !self.closed.load(Ordering::Relaxed) {
+            self.health.fail(&format!("partition {}-{}", self.topic, self.index), cause);
+        }
+    }
+
+    /// Passes `result` through; a storage failure in it takes the log offline first.
+    fn check_storage<T>(&self, result: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e) = &result {
+            if e.is_storage_failure() {
+                self.set_offline(e);
+            }
+        }
+        result
     }
 
     /// Appends a producer's batches. Returns once they are in the page cache; call
@@ -152,7 +174,7 @@ impl Partition {
             });
         }
         let mut log = self.log()?;
-        let info = log.append(batches, leader_epoch, now_ms)?;
+        let info = self.check_storage(log.append(batches, leader_epoch, now_ms))?;
         let leo = log.log_end_offset();
         drop(log);
         self.appended(leo);
@@ -177,7 +199,7 @@ impl Partition {
             return Ok(None);
         }
         let mut log = self.log()?;
-        log.append_as_follower(batches)?;
+        self.check_storage(log.append_as_follower(batches))?;
         let leo = log.log_end_offset();
         drop(log);
         drop(role);
@@ -347,7 +369,7 @@ impl Partition {
         let mut log = self.log()?;
         if offset < log.log_end_offset() {
             tracing::info!(topic = %self.topic, partition = self.index, from = log.log_end_offset(), to = offset, "truncating divergent log suffix");
-            log.truncate_to(offset)?;
+            self.check_storage(log.truncate_to(offset))?;
         }
         let leo = log.log_end_offset();
         self.durable_leo.fetch_min(leo, Ordering::Relaxed);
@@ -420,12 +442,14 @@ impl Partition {
         let handle = self.log()?.sync_handle();
         if let Some(h) = handle {
             let upto = h.upto();
-            h.sync().map_err(|source| LogError::SegmentSync {
+            let synced = h.sync().map_err(|source| LogError::SegmentSync {
                 path: format!("{}-{}", self.topic, self.index).into(),
                 source,
-            })?;
-            self.log()?.mark_synced(&h);
-            self.on_durable(upto);
+            });
+            self.check_storage(synced)?;
+            if self.log()?.mark_synced(&h) {
+                self.on_durable(upto);
+            }
         }
         Ok(())
     }
@@ -459,23 +483,26 @@ async fn flusher(p: Arc<Partition>) {
         let synced = tokio::task::spawn_blocking(move || h.sync()).await;
         match synced {
             Ok(Ok(())) => {
-                if let Ok(mut log) = p.log() {
-                    // mark_synced ignores a handle taken before a truncation.
-                    log.mark_synced(&handle);
+                // A handle taken before a truncation synced files that may hold other bytes
+                // at its offsets now: it proves nothing, the next flush covers them.
+                let current = p.log().is_ok_and(|mut log| log.mark_synced(&handle));
+                if current {
+                    p.on_durable(upto);
+                } else {
+                    p.flush_requested.notify_one();
                 }
-                p.on_durable(upto);
             }
             Ok(Err(e)) => {
                 // After a failed fsync the page cache state is unknown (the kernel may have
                 // dropped the dirty pages): never acknowledge from this log again.
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e,
                     "fdatasync failed; partition log is offline (KAFKA_STORAGE_ERROR)");
-                p.set_offline();
+                p.set_offline(&format!("fdatasync failed: {e}"));
                 return;
             }
             Err(e) => {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "flush task failed");
-                p.set_offline();
+                p.set_offline(&format!("flush task failed: {e}"));
                 return;
             }
         }

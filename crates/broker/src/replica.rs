@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, LogDefaults};
 use crate::errors::BrokerError;
+use crate::log_dir::LogDirHealth;
 use crate::partition::Partition;
 use crate::BrokerCtx;
 
@@ -39,6 +40,8 @@ pub(crate) struct ReplicaManager {
     high_watermarks: HashMap<Key, i64>,
     pub data_arrived: Arc<watch::Sender<u64>>,
     defaults: LogDefaults,
+    /// The log directory's health: every partition log reports its storage failures here.
+    pub health: Arc<LogDirHealth>,
 }
 
 /// The effective log settings of a topic: its overrides over the broker defaults.
@@ -153,6 +156,7 @@ impl ReplicaManager {
             high_watermarks,
             data_arrived: Arc::new(data_arrived),
             defaults: config.log.clone(),
+            health: Arc::default(),
         })
     }
 
@@ -197,12 +201,22 @@ impl ReplicaManager {
         let recovery_point = self.recovery_points.get(&key).copied().unwrap_or(0);
         let err =
             |source| BrokerError::LogOpen { topic: topic.name.clone(), partition: index, source };
-        let log = Log::open(&dir, config, recovery_point).map_err(err)?;
+        let log = Log::open(&dir, config, recovery_point).map_err(|e| {
+            if e.is_storage_failure() {
+                // A log that cannot be opened as it was left (IO errors, damage below the
+                // recovery point, a missing segment) is a failed disk, not a missing topic.
+                self.health.fail(&format!("opening {}-{index}", topic.name), &e);
+            }
+            err(e)
+        })?;
         std::fs::write(
             dir.join(PARTITION_METADATA),
             format!("version: 0\ntopic_id: {}\n", topic.id),
         )
-        .map_err(|source| BrokerError::DataDir { path: dir.clone(), source })?;
+        .map_err(|source| {
+            self.health.fail(&format!("writing {}", dir.display()), &source);
+            BrokerError::DataDir { path: dir.clone(), source }
+        })?;
         let p = Partition::new(
             topic.name.clone(),
             index,
@@ -211,6 +225,7 @@ impl ReplicaManager {
             fsync_on_ack,
             self.data_arrived.clone(),
             self.high_watermarks.get(&key).copied().unwrap_or(0),
+            self.health.clone(),
         );
         if let Ok(mut opened_at) = self.opened_at.lock() {
             opened_at.insert(key.clone(), image.offset.0);
@@ -436,7 +451,7 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
             last_retention = tokio::time::Instant::now();
         }
         if let Err(e) = ctx.replicas.write_checkpoint() {
-            tracing::warn!(error = %e, "cannot write recovery checkpoint");
+            ctx.replicas.health.fail("writing the recovery and high watermark checkpoints", &e);
         }
     }
 }

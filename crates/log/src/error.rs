@@ -63,6 +63,58 @@ pub enum LogError {
     LeaderEpochStale { epoch: i32, latest: i32 },
     #[error("invalid log config {key} = {value}")]
     ConfigInvalid { key: &'static str, value: u64 },
+    #[error(
+        "segment {path} is corrupt at byte {position} (offset {offset}), below the recovery \
+         point {recovery_point}: data that was on disk is damaged, so the log is not opened \
+         (restore the file, or move the partition directory away so that it re-replicates)"
+    )]
+    CorruptBelowRecoveryPoint { path: PathBuf, position: u64, offset: i64, recovery_point: i64 },
+    #[error(
+        "log {dir} has no segment for offsets {from} to {to}: a segment file is missing, so the \
+         log is not opened (restore it, or move the partition directory away so that it \
+         re-replicates)"
+    )]
+    SegmentGap { dir: PathBuf, from: i64, to: i64 },
     #[error("log {dir} is offline after a write failure that could not be rolled back")]
     LogOffline { dir: PathBuf },
+}
+
+impl LogError {
+    /// Whether the error says the disk failed (an IO error, lost or damaged data on disk)
+    /// rather than that a request was invalid: a broker stops using a log directory that
+    /// fails. Exhaustive on purpose: a new variant must decide.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            LogError::CorruptBatch { .. }
+            | LogError::UnsupportedMagic { .. }
+            | LogError::BatchTooLarge { .. }
+            | LogError::FollowerOffsetMismatch { .. }
+            | LogError::AppendEmpty
+            | LogError::AppendOffsetSpanTooLarge { .. }
+            | LogError::OffsetOutOfRange { .. }
+            | LogError::LeaderEpochStale { .. }
+            | LogError::ConfigInvalid { .. } => false,
+            LogError::DirCreate { .. }
+            | LogError::DirRead { .. }
+            | LogError::DirSync { .. }
+            | LogError::DirDelete { .. }
+            | LogError::SegmentOpen { .. }
+            | LogError::SegmentRead { .. }
+            | LogError::SegmentWrite { .. }
+            | LogError::SegmentTruncate { .. }
+            | LogError::SegmentSync { .. }
+            | LogError::SegmentRename { .. }
+            | LogError::SegmentDelete { .. }
+            | LogError::SegmentCorrupt { .. }
+            | LogError::IndexOpen { .. }
+            | LogError::IndexRead { .. }
+            | LogError::IndexWrite { .. }
+            | LogError::CheckpointRead { .. }
+            | LogError::CheckpointWrite { .. }
+            | LogError::CheckpointParse { .. }
+            | LogError::CorruptBelowRecoveryPoint { .. }
+            | LogError::SegmentGap { .. }
+            | LogError::LogOffline { .. } => true,
+        }
+    }
 }

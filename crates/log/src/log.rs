@@ -138,7 +138,7 @@ impl Log {
             let overlaps = segments.last().is_some_and(|prev| base < prev.next_offset);
             if bytes_cut > 0 || overlaps {
                 // Everything after the first invalid batch goes, whole segments included.
-                let (doomed, _) = Segment::open(dir, base, interval, OpenMode::Trusted)?;
+                let (doomed, _) = Segment::open(dir, base, interval, OpenMode::Trusted, 0)?;
                 bytes_cut += doomed.size;
                 doomed.delete_files()?;
                 if bytes_cut == 0 {
@@ -147,9 +147,15 @@ impl Log {
                 }
                 continue;
             }
+            let gap = segments.last().map(|prev| prev.next_offset).filter(|end| *end < base);
+            if let (Some(end), false) = (gap, config.cleanup_policy.compact) {
+                // Segments follow each other without holes unless compaction made them (it
+                // keeps base offsets and drops records): a hole here is a lost segment file.
+                return Err(LogError::SegmentGap { dir: dir.to_owned(), from: end, to: base });
+            }
             let trusted = i < first_verified && Segment::index_files_exist(dir, base);
             let mode = if trusted { OpenMode::Trusted } else { OpenMode::Verify };
-            let (segment, cut) = Segment::open(dir, base, interval, mode)?;
+            let (segment, cut) = Segment::open(dir, base, interval, mode, recovery_point)?;
             bytes_cut += cut;
             segments.push(segment);
         }
@@ -602,10 +608,15 @@ impl Log {
 
     /// [`Log::mark_flushed`] for `handle`, ignored when a truncation happened since it was
     /// taken (its files may not cover what was written after the truncation).
-    pub fn mark_synced(&mut self, handle: &SyncHandle) {
-        if handle.generation == self.generation {
+    /// Records what `handle`'s sync made durable. `false` (nothing recorded) for a handle taken
+    /// before a truncation: the files it synced may hold other bytes at those offsets now.
+    #[must_use = "a stale handle made nothing durable"]
+    pub fn mark_synced(&mut self, handle: &SyncHandle) -> bool {
+        let current = handle.generation == self.generation;
+        if current {
             self.mark_flushed(handle.upto);
         }
+        current
     }
 
     /// Deletes the oldest segments past `retention_ms` (by their largest timestamp) or beyond

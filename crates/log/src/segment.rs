@@ -278,6 +278,7 @@ impl Segment {
         base_offset: i64,
         index_interval_bytes: u32,
         mode: OpenMode,
+        recovery_point: i64,
     ) -> Result<(Segment, u64), LogError> {
         let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, "")?;
         if mode == OpenMode::Trusted && segment.load_trusted()? {
@@ -285,6 +286,17 @@ impl Segment {
         }
         let (valid_end, stop) = segment.rebuild(true)?;
         let cut = segment.size - valid_end;
+        if stop.is_some() && segment.next_offset < recovery_point {
+            // Everything below the recovery point was fsynced before the checkpoint said so:
+            // damage there is not a torn write, and cutting it would quietly drop records that
+            // were acknowledged (and, in the log, every later segment).
+            return Err(LogError::CorruptBelowRecoveryPoint {
+                path: segment.log_path.clone(),
+                position: valid_end,
+                offset: segment.next_offset,
+                recovery_point,
+            });
+        }
         if let Some(stop) = stop {
             tracing::warn!(
                 segment = %segment.log_path.display(),
@@ -907,7 +919,7 @@ mod tests {
         drop(written);
         let mut loaded = Segment::with_files(dir.path(), 100, 150, "").unwrap();
         assert!(!loaded.load_trusted().unwrap());
-        let (segment, cut) = Segment::open(dir.path(), 100, 150, OpenMode::Trusted).unwrap();
+        let (segment, cut) = Segment::open(dir.path(), 100, 150, OpenMode::Trusted, 0).unwrap();
         assert_eq!(segment.next_offset, 118);
         assert!(cut > 0);
     }

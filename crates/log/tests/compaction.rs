@@ -186,7 +186,7 @@ impl Rng {
 fn sync(log: &mut Log) {
     if let Some(handle) = log.sync_handle() {
         handle.sync().unwrap();
-        log.mark_synced(&handle);
+        assert!(log.mark_synced(&handle));
     }
 }
 

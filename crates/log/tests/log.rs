@@ -254,6 +254,51 @@ fn a_corrupt_batch_in_a_later_segment_cuts_everything_after_it() {
 }
 
 #[test]
+fn corruption_below_the_recovery_point_refuses_to_open_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch_len = batch(2, 0).len() as u64;
+    let cfg = small_segments(4 * batch_len);
+    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    fill(&mut log, 16, 2);
+    drop(log);
+    let segments = files_with_extension(dir.path(), "log");
+    assert_eq!(segments.len(), 4);
+    // Offsets 18..19 are damaged, but the checkpoint says offset 22 was durable.
+    let target = &segments[2];
+    let mut bytes = fs::read(target).unwrap();
+    bytes[batch_len as usize + 70] ^= 0x01;
+    fs::write(target, &bytes).unwrap();
+    let before: Vec<u64> = segments.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
+
+    let error = Log::open(dir.path(), cfg.clone(), 22).unwrap_err();
+    assert!(
+        matches!(&error, LogError::CorruptBelowRecoveryPoint { path, offset: 18, recovery_point: 22, .. }
+            if path == target),
+        "{error}"
+    );
+    assert!(error.to_string().contains("00000000000000000016.log"), "names the file: {error}");
+    let after: Vec<u64> = segments.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
+    assert_eq!(before, after, "no segment was cut or deleted");
+}
+
+#[test]
+fn a_segment_missing_from_the_middle_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch_len = batch(2, 0).len() as u64;
+    let cfg = small_segments(4 * batch_len);
+    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    fill(&mut log, 16, 2);
+    drop(log);
+    let segments = files_with_extension(dir.path(), "log");
+    fs::remove_file(&segments[1]).unwrap();
+
+    let error = Log::open(dir.path(), cfg.clone(), 0).unwrap_err();
+    assert!(matches!(error, LogError::SegmentGap { from: 8, to: 16, .. }), "{error}");
+    // Whatever the recovery point, the later segments are still there.
+    assert_eq!(files_with_extension(dir.path(), "log").len(), 3);
+}
+
+#[test]
 fn indexes_are_rebuilt_when_their_files_are_missing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { index_interval_bytes: 100, ..small_segments(3000) };
@@ -451,11 +496,11 @@ fn sync_handle_advances_the_recovery_point() {
     // A handle from before a truncation must not mark data written after it.
     log.truncate_to(4).unwrap();
     fill(&mut log, 4, 2);
-    log.mark_synced(&handle);
+    assert!(!log.mark_synced(&handle), "a stale handle proves nothing durable");
     assert_eq!(log.recovery_point(), 4);
     let handle = log.sync_handle().unwrap();
     handle.sync().unwrap();
-    log.mark_synced(&handle);
+    assert!(log.mark_synced(&handle));
     assert_eq!(log.recovery_point(), 12);
     assert!(log.sync_handle().is_none());
 }

@@ -444,6 +444,7 @@ impl RunningBroker {
         self.heartbeats.abort();
         controlled_shutdown(client, listener, node, self.epoch).await;
         self.leader_updates.abort();
+        tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
         // Wait for the aborted task to drop its handle on the broker.
         let _ = self.leader_updates.await;
         let broker = Arc::into_inner(self.broker).context("broker still in use at shutdown")?;
@@ -746,3 +747,24 @@ mod tests {
         assert_eq!(kafka_uuid_string(uuid::Uuid::nil()), "AAAAAAAAAAAAAAAAAAAAAA");
     }
 }
+/// The exit status of a node whose log directory failed (EX_IOERR).
+pub const EXIT_LOG_DIR_FAILED: i32 = 74;
+
+/// Ends the process when the log directory fails, as Kafka halts a broker whose every log
+/// directory is offline: its partitions can no longer be written safely, and staying up would
+/// keep its leaderships until the disk answers again. The controller fences the silent broker
+/// and elects other replicas; the restart recovers from what was synced.
+async fn exit_on_log_dir_failure(mut failure: tokio::sync::watch::Receiver<Option<String>>) {
+    let Ok(cause) = failure.wait_for(Option::is_some).await.map(|c| c.clone()) else { return };
+    let cause = cause.unwrap_or_default();
+    tracing::error!(%cause, exit_status = EXIT_LOG_DIR_FAILED, "log directory failed: exiting");
+    eprintln!(
+        "strom: fatal: the log directory failed ({cause}); exiting with status \
+         {EXIT_LOG_DIR_FAILED} (fix the disk, then start the node again: recovery keeps what was \
+         synced)"
+    );
+    // Let the KAFKA_STORAGE_ERROR answers already on their way reach their clients.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::process::exit(EXIT_LOG_DIR_FAILED);
+}
+
