@@ -537,8 +537,22 @@ const MUTATIONS_MAX: u64 = 4;
 const JUNK_BYTES_MAX: usize = 64;
 
 /// Applies 1 to `MUTATIONS_MAX` random mutations to `frame`, never touching its first
-/// `protect` bytes unless a mutation truncates the whole frame.
+/// `protect` bytes unless a mutation truncates the whole frame. A third of the time it is one
+/// boundary value written over a field instead: such frames mostly still decode, so hostile
+/// values (negative partitions, huge sizes, overflowing offsets) reach the handlers.
 pub fn mutate(rng: &mut TestRng, frame: &mut Vec<u8>, protect: usize) {
+    let protect = protect.min(frame.len());
+    if rng.chance(1, 3) {
+        if let Some(at) = position(rng, frame, protect, false) {
+            match rng.below(4) {
+                0 => frame[at] = pick(rng, INTERESTING_8),
+                1 => overwrite(frame, at, &pick(rng, INTERESTING_16).to_be_bytes()),
+                2 => overwrite(frame, at, &pick(rng, INTERESTING_32).to_be_bytes()),
+                _ => overwrite(frame, at, &pick(rng, INTERESTING_64).to_be_bytes()),
+            }
+            return;
+        }
+    }
     let count = 1 + rng.below(MUTATIONS_MAX);
     for _ in 0..count {
         mutate_once(rng, frame, protect.min(frame.len()));
