@@ -48,6 +48,98 @@ const GRPC_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Streams reset by the client before they are served (the "rapid reset" attack).
 const GRPC_PENDING_RESETS_MAX: usize = 100;
 
+/// `listener.name.controller.max_connections` when unset: voters, brokers and admin clients.
+const CONTROL_MAX_CONNECTIONS_DEFAULT: usize = 1_000;
+
+/// A control-port connection and its place among the port's connections.
+struct BoundedConn {
+    stream: tokio::net::TcpStream,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for BoundedConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for BoundedConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The control port's connections, at most `max` at once: one over is closed as soon as it is
+/// accepted, as on the Kafka listeners, so that a flood cannot take the descriptors the node
+/// needs (tonic has no such limit).
+fn bounded(
+    incoming: tonic::transport::server::TcpIncoming,
+    max: usize,
+) -> impl futures::Stream<Item = std::io::Result<BoundedConn>> {
+    use futures::StreamExt;
+    let places = Arc::new(tokio::sync::Semaphore::new(max));
+    incoming.filter_map(move |accepted| {
+        let places = places.clone();
+        async move {
+            match accepted {
+                Err(e) => Some(Err(e)),
+                Ok(stream) => match places.try_acquire_owned() {
+                    Ok(place) => Some(Ok(BoundedConn { stream, _place: place })),
+                    Err(_) => {
+                        tracing::debug!(
+                            "control connection refused: {max} open \
+                             (listener.name.controller.max_connections)"
+                        );
+                        None
+                    }
+                },
+            }
+        }
+    })
+}
+
 /// File descriptors kept for everything but Kafka connections (log segments and indexes, the
 /// control port, peers), as a share of the limit and at least this many.
 const FD_RESERVE_MIN: u64 = 256;
@@ -315,9 +407,13 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             }
             let _health =
                 mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
-            let incoming = tonic::transport::server::TcpIncoming::from(control_listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(GRPC_TCP_KEEPALIVE));
+            let incoming = bounded(
+                tonic::transport::server::TcpIncoming::from(control_listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(GRPC_TCP_KEEPALIVE)),
+                cfg.listener_max_connections("CONTROLLER")
+                    .unwrap_or(CONTROL_MAX_CONNECTIONS_DEFAULT),
+            );
             Some(tokio::spawn(
                 tonic::transport::Server::builder()
                     // Bounds the wait for a response's head; a stream's body (WatchMetadata)
@@ -348,6 +444,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         )
         .await?;
         let _ = groups.0.set(running.broker.group_admin());
+        tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
         Some(running)
     } else {
         tracing::info!(node_id = cfg.node_id, "strom controller ready");
@@ -444,7 +541,6 @@ impl RunningBroker {
         self.heartbeats.abort();
         controlled_shutdown(client, listener, node, self.epoch).await;
         self.leader_updates.abort();
-        tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
         // Wait for the aborted task to drop its handle on the broker.
         let _ = self.leader_updates.await;
         let broker = Arc::into_inner(self.broker).context("broker still in use at shutdown")?;
@@ -710,6 +806,27 @@ async fn exit_on_fatal(fatal: impl std::future::Future<Output = String>) {
     std::process::exit(EXIT_METADATA_FATAL);
 }
 
+/// The exit status of a node whose log directory failed (EX_IOERR).
+pub const EXIT_LOG_DIR_FAILED: i32 = 74;
+
+/// Ends the process when the log directory fails, as Kafka halts a broker whose every log
+/// directory is offline: its partitions can no longer be written safely, and staying up would
+/// keep its leaderships until the disk answers again. The controller fences the silent broker
+/// and elects other replicas; the restart recovers from what was synced.
+async fn exit_on_log_dir_failure(mut failure: tokio::sync::watch::Receiver<Option<String>>) {
+    let Ok(cause) = failure.wait_for(Option::is_some).await.map(|c| c.clone()) else { return };
+    let cause = cause.unwrap_or_default();
+    tracing::error!(%cause, exit_status = EXIT_LOG_DIR_FAILED, "log directory failed: exiting");
+    eprintln!(
+        "strom: fatal: the log directory failed ({cause}); exiting with status \
+         {EXIT_LOG_DIR_FAILED} (fix the disk, then start the node again: recovery keeps what was \
+         synced)"
+    );
+    // Let the KAFKA_STORAGE_ERROR answers already on their way reach their clients.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::process::exit(EXIT_LOG_DIR_FAILED);
+}
+
 async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
@@ -747,24 +864,3 @@ mod tests {
         assert_eq!(kafka_uuid_string(uuid::Uuid::nil()), "AAAAAAAAAAAAAAAAAAAAAA");
     }
 }
-/// The exit status of a node whose log directory failed (EX_IOERR).
-pub const EXIT_LOG_DIR_FAILED: i32 = 74;
-
-/// Ends the process when the log directory fails, as Kafka halts a broker whose every log
-/// directory is offline: its partitions can no longer be written safely, and staying up would
-/// keep its leaderships until the disk answers again. The controller fences the silent broker
-/// and elects other replicas; the restart recovers from what was synced.
-async fn exit_on_log_dir_failure(mut failure: tokio::sync::watch::Receiver<Option<String>>) {
-    let Ok(cause) = failure.wait_for(Option::is_some).await.map(|c| c.clone()) else { return };
-    let cause = cause.unwrap_or_default();
-    tracing::error!(%cause, exit_status = EXIT_LOG_DIR_FAILED, "log directory failed: exiting");
-    eprintln!(
-        "strom: fatal: the log directory failed ({cause}); exiting with status \
-         {EXIT_LOG_DIR_FAILED} (fix the disk, then start the node again: recovery keeps what was \
-         synced)"
-    );
-    // Let the KAFKA_STORAGE_ERROR answers already on their way reach their clients.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    std::process::exit(EXIT_LOG_DIR_FAILED);
-}
-

@@ -467,3 +467,32 @@ fn connections_over_the_per_ip_limit_are_closed_at_once() {
         Ok(())
     });
 }
+
+#[test]
+fn control_port_connections_over_the_limit_are_closed_at_once() {
+    const CONTROL_MAX: usize = 3;
+    let options = NodeOptions {
+        config_toml: Some(format!("listener.name.controller.max_connections = {CONTROL_MAX}\n")),
+        ..NodeOptions::default()
+    };
+    with_node(options, |node| {
+        let addr = node.control_addr();
+        let held = (0..CONTROL_MAX).map(|_| connect(addr)).collect::<Result<Vec<_>, _>>()?;
+        let mut over = RawConnection::connect(addr)?;
+        over.expect_closed(Duration::from_secs(5))
+            .with_context(|| format!("control connection {}", CONTROL_MAX + 1))?;
+        for (i, stream) in held.iter().enumerate() {
+            ensure!(!closed_by_broker(stream)?, "held control connection {i} was closed");
+        }
+        drop(held);
+        let control = addr.to_string();
+        let args = ["cluster", "describe", "--bootstrap-control", control.as_str()];
+        wait_until(Duration::from_secs(20), "the control port serves the CLI again", || {
+            Ok(strom_tests::cluster::cli(&args, Duration::from_secs(30))?
+                .status
+                .success()
+                .then_some(()))
+        })?;
+        Ok(())
+    });
+}
