@@ -198,6 +198,19 @@ fn open_blocking(dir: &Path, options: LogStoreOptions) -> io::Result<Opened> {
         while pos < bytes.len() {
             let (payload, n) = match codec::get_frame(&bytes[pos..]) {
                 Ok(frame) => frame,
+                Err(e) if committed.is_some_and(|c| expected.is_none_or(|next| c.index >= next)) => {
+                    // The frame holds an entry this node knew was committed: that is damage,
+                    // not a torn append, and cutting it would forget committed metadata.
+                    return Err(corrupt(format!(
+                        "metadata log segment {} is corrupt at byte {pos} ({e}), which holds \
+                         committed entry {} (committed up to {}): refusing to cut committed \
+                         metadata; restore the segment, or wipe this voter's \
+                         __cluster_metadata-0 so that it catches up from the other voters",
+                        seg.path.display(),
+                        expected.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                        committed.map_or(0, |c| c.index),
+                    )));
+                }
                 Err(e) if is_last => {
                     // A crash mid-append leaves a partial frame; nothing after it was ever
                     // acknowledged (append fsyncs before it answers), so it is cut.

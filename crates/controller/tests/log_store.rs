@@ -155,3 +155,41 @@ async fn damage_inside_an_older_segment_refuses_to_open() -> anyhow::Result<()> 
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_committed_entry_of_the_last_segment_refuses_to_open(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = LogStore::open(dir.path(), options()).await?;
+    store.blocking_append((0..6).map(|i| entry(1, i))).await?;
+    store.save_committed(Some(log_id(1, 5))).await?;
+    drop(store);
+    // Entries 4 and 5 sit in the last segment; damage the last one, which was committed.
+    let last = dir.path().join("00000000000000000004.log");
+    let mut bytes = std::fs::read(&last)?;
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&last, &bytes)?;
+
+    let opened = LogStore::open(dir.path(), options()).await;
+    let err = opened.err().expect("a corrupt committed entry must not be cut as a torn tail");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("committed entry 5"), "{err}");
+    assert!(err.to_string().contains("00000000000000000004.log"), "names the file: {err}");
+    assert_eq!(std::fs::read(&last)?, bytes, "nothing was cut");
+
+    // The same damage past the committed index is a torn append: cut, as before.
+    let store_dir = tempfile::tempdir()?;
+    let mut store = LogStore::open(store_dir.path(), options()).await?;
+    store.blocking_append((0..6).map(|i| entry(1, i))).await?;
+    store.save_committed(Some(log_id(1, 4))).await?;
+    drop(store);
+    let last = store_dir.path().join("00000000000000000004.log");
+    let mut bytes = std::fs::read(&last)?;
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&last, &bytes)?;
+    let mut store = LogStore::open(store_dir.path(), options()).await?;
+    assert_eq!(all(&mut store).await?, (0..5).map(|i| entry(1, i)).collect::<Vec<_>>());
+    Ok(())
+}

@@ -272,3 +272,36 @@ fn a_segment_missing_from_the_middle_of_a_log_stops_the_start_loudly() {
         Ok(())
     });
 }
+
+#[test]
+fn a_flipped_byte_in_a_committed_metadata_entry_stops_the_start_loudly() {
+    with_node(NodeOptions::default(), |node| {
+        kafka::create_topic(&node.bootstrap(), "before-damage", 2, &[])?;
+        let status = node.sigterm()?;
+        ensure!(status.success(), "SIGTERM: {status}");
+        let dir = node.data_dir().join("__cluster_metadata-0");
+        let mut segments: Vec<PathBuf> =
+            std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        segments.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        segments.sort();
+        let last = segments.last().context("no metadata log segment")?;
+        let mut bytes = std::fs::read(last)?;
+        ensure!(bytes.len() > 8, "the last metadata segment is empty");
+        // The last entry of a single voter that shut down cleanly is committed.
+        let at = bytes.len() - 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(last, &bytes)?;
+
+        node.respawn()?;
+        let status = node.wait_exit(EXIT_WAIT)?;
+        ensure!(!status.success(), "the node started on a damaged committed entry");
+        let log = node.stderr();
+        ensure!(
+            log.contains("refusing to cut committed metadata"),
+            "the node's log does not say why it refused\n{}",
+            node.stderr_tail(20)
+        );
+        ensure!(std::fs::read(last)? == bytes, "the damaged segment was changed");
+        Ok(())
+    });
+}
