@@ -228,3 +228,55 @@ async fn a_clean_shutdown_is_not_fatal() -> anyhow::Result<()> {
     assert!(fatal.now_or_never().is_none());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controlled_shutdown_of_a_large_leader_commits_as_several_entries() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let controller =
+        Controller::start(single_voter(dir.path()), Arc::new(Recorder::default())).await?;
+    let client = controller.client();
+    live_broker(&client, 1).await?;
+    live_broker(&client, 2).await?;
+    for t in 0..3 {
+        let request = ControlRequest::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: format!("t{t}"),
+                num_partitions: 10_000,
+                replication_factor: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        create_ok(&client, request).await?;
+    }
+    let led_by_1 = |image: &MetadataImage| {
+        image
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.leader == Some(strom_metadata::NodeId(1)))
+            .count()
+    };
+    let before = controller.image();
+    let leading = led_by_1(&before);
+    assert!(leading > RECORDS_PER_USER_OP_MAX, "broker 1 leads {leading}");
+    // Broker 1 asks to shut down: every leadership it holds moves, one record each. That is
+    // no user request to refuse: it commits, as more than one entry.
+    let epoch = before.brokers[&strom_metadata::NodeId(1)].epoch;
+    let answer = client
+        .submit(ControlRequest::BrokerHeartbeat(strom_metadata::control::BrokerHeartbeatRequest {
+            broker_id: strom_metadata::NodeId(1),
+            broker_epoch: epoch,
+            current_metadata_offset: before.offset,
+            want_fence: false,
+            want_shutdown: true,
+        }))
+        .await?;
+    anyhow::ensure!(matches!(answer, ControlResponse::BrokerHeartbeat(_)), "{answer:?}");
+    let after = controller.image();
+    assert_eq!(led_by_1(&after), 0);
+    assert!(after.offset.0 >= before.offset.0 + 2, "{:?} -> {:?}", before.offset, after.offset);
+    controller.shutdown().await?;
+    Ok(())
+}
