@@ -14,7 +14,8 @@ use crate::{ControlError, MetadataImage, NodeId, TopicId};
 
 /// Kafka's longest legal topic name.
 pub const TOPIC_NAME_LEN_MAX: usize = 249;
-/// Partitions one request may create: bounds the records a single decision emits.
+/// Partitions one topic may have. One request writes at most `RECORDS_PER_USER_OP_MAX` records
+/// (about 10,000 partitions), so a larger topic is created, then grown with CreatePartitions.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 100_000;
 
 #[derive(Clone, Debug, Default)]
