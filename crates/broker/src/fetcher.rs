@@ -266,22 +266,8 @@ impl<T> FetchPlan<T> {
     }
 }
 
-/// The leader's inter-broker endpoint (`inter.broker.listener.name`); its client listener when
-/// this broker has no inter-broker listener of its own or the leader registered none.
-fn leader_addr(ctx: &BrokerCtx, leader: NodeId) -> Option<String> {
-    let image = ctx.image.current();
-    let broker = image.brokers.get(&leader)?;
-    let e = ctx
-        .config
-        .inter_broker
-        .as_ref()
-        .and_then(|l| broker.endpoint(&l.name))
-        .or_else(|| broker.endpoint(LISTENER))?;
-    Some(format!("{}:{}", e.host, e.port))
-}
-
 async fn connect(ctx: &BrokerCtx, leader: NodeId) -> Result<PeerConn, String> {
-    let addr = leader_addr(ctx, leader)
+    let addr = crate::peer::broker_addr(&ctx.config, &ctx.image.current(), leader)
         .ok_or_else(|| format!("leader {} has no {LISTENER} endpoint", leader.0))?;
     PeerConn::connect(&addr).await
 }

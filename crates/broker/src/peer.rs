@@ -1,5 +1,6 @@
-//! A request/response connection to another broker's Kafka listener, with kafka-protocol's
-//! codecs: what followers fetch with and what the admin API asks brokers through.
+//! A request/response connection to another broker's Kafka listener (its inter-broker
+//! listener when there is one), with kafka-protocol's codecs: what followers fetch with and
+//! what the admin API asks brokers through.
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
@@ -12,6 +13,23 @@ use tokio::net::TcpStream;
 const RESPONSE_FRAME_MAX: usize = 64 * 1_048_576;
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `host:port` of `node`'s inter-broker endpoint (`inter.broker.listener.name`), where this
+/// broker asks other brokers; their client listener when this broker has no inter-broker
+/// listener of its own or `node` registered none.
+pub(crate) fn broker_addr(
+    config: &crate::BrokerConfig,
+    image: &strom_metadata::MetadataImage,
+    node: strom_metadata::NodeId,
+) -> Option<String> {
+    let broker = image.brokers.get(&node)?;
+    let e = config
+        .inter_broker
+        .as_ref()
+        .and_then(|l| broker.endpoint(&l.name))
+        .or_else(|| broker.endpoint(crate::handlers::metadata::LISTENER))?;
+    Some(format!("{}:{}", e.host, e.port))
+}
 
 /// One request/response connection to a broker.
 pub(crate) struct PeerConn {

@@ -327,6 +327,13 @@ fn acks_all_producer_keeps_running_through_a_connection_flood() {
             Ok(Some(()))
         })?;
         let caught_up_in = restarted_at.elapsed();
+        // Brokers also ask each other on the inter-broker listeners (the admin API's groups).
+        let listed = cluster.cli(RESTARTED, &["group", "list", "--output", "json"])?.success()?;
+        let unreachable = &listed.json()?["unreachable"];
+        ensure!(
+            unreachable.as_array().is_some_and(Vec::is_empty),
+            "group list under the flood: unreachable brokers {unreachable}"
+        );
         std::thread::sleep(FLOOD_DURATION.saturating_sub(flood_start.elapsed()));
         stop.store(true, Ordering::Relaxed);
         for flooder in flooders {

@@ -21,8 +21,8 @@ use strom_metadata::{
 };
 
 use super::{partition_for, OFFSETS_TOPIC};
-use crate::handlers::{metadata::LISTENER, s};
-use crate::peer::PeerConn;
+use crate::handlers::s;
+use crate::peer::{broker_addr, PeerConn};
 use crate::BrokerCtx;
 
 const CLIENT_ID: &str = "strom-admin";
@@ -30,11 +30,6 @@ const CLIENT_ID: &str = "strom-admin";
 /// The [`GroupAdmin`] of a node that runs a broker.
 pub struct BrokerGroupAdmin {
     pub(crate) ctx: Arc<BrokerCtx>,
-}
-
-fn addr_of(image: &MetadataImage, node: NodeId) -> Option<String> {
-    let e = image.brokers.get(&node)?.endpoint(LISTENER)?;
-    Some(format!("{}:{}", e.host, e.port))
 }
 
 fn kafka_error(code: i16) -> String {
@@ -49,8 +44,10 @@ impl GroupAdmin for BrokerGroupAdmin {
         let ctx = self.ctx.clone();
         Box::pin(async move {
             let image = ctx.image.current();
-            let brokers: Vec<(NodeId, Option<String>)> =
-                image.live_brokers().map(|b| (b.id, addr_of(&image, b.id))).collect();
+            let brokers: Vec<(NodeId, Option<String>)> = image
+                .live_brokers()
+                .map(|b| (b.id, broker_addr(&ctx.config, &image, b.id)))
+                .collect();
             let asks = brokers.into_iter().map(|(id, addr)| async move {
                 let Some(addr) = addr else {
                     return (id, Err("no PLAINTEXT endpoint".to_owned()));
@@ -100,7 +97,7 @@ async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription,
         .partition(OFFSETS_TOPIC, partition)
         .and_then(|p| p.leader)
         .ok_or_else(|| format!("{OFFSETS_TOPIC}-{partition} has no leader: no coordinator"))?;
-    let addr = addr_of(&image, coordinator)
+    let addr = broker_addr(&ctx.config, &image, coordinator)
         .ok_or_else(|| format!("coordinator {} has no PLAINTEXT endpoint", coordinator.0))?;
     let mut conn = PeerConn::connect(&addr).await?;
     let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group_id.clone()))]);
@@ -149,7 +146,7 @@ async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription,
         }
     }
     let keys: BTreeSet<(String, i32)> = committed.keys().chain(owner.keys()).cloned().collect();
-    let ends = log_end_offsets(&image, &keys).await;
+    let ends = log_end_offsets(&ctx.config, &image, &keys).await;
     let partitions = keys
         .into_iter()
         .map(|key| {
@@ -200,6 +197,7 @@ fn decode_assignment(mut raw: bytes::Bytes) -> Vec<(String, Vec<i32>)> {
 /// The log end offsets (high watermarks) of `keys`, asked of each partition's leader; a leader
 /// that cannot be asked leaves its partitions out.
 async fn log_end_offsets(
+    config: &crate::BrokerConfig,
     image: &MetadataImage,
     keys: &BTreeSet<(String, i32)>,
 ) -> BTreeMap<(String, i32), i64> {
@@ -211,7 +209,7 @@ async fn log_end_offsets(
     }
     let mut out = BTreeMap::new();
     for (leader, topics) in by_leader {
-        let Some(addr) = addr_of(image, leader) else { continue };
+        let Some(addr) = broker_addr(config, image, leader) else { continue };
         let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(
             topics
                 .into_iter()
