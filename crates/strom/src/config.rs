@@ -72,6 +72,9 @@ pub struct PerListenerSection {
     pub max_connections: Option<usize>,
 }
 
+/// The longest `connections.max.idle.ms`: a year (the deadline arithmetic must not overflow).
+pub const CONNECTIONS_MAX_IDLE_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
+
 /// `listener.name.<inter-broker listener>.max.connections` when unset: enough for the
 /// fetchers and admin calls of a large cluster, small enough to leave the fds to clients.
 pub const INTER_BROKER_MAX_CONNECTIONS_DEFAULT: usize = 1_000;
@@ -394,8 +397,11 @@ impl NodeConfig {
                 bail!("listener.name.{name}.max_connections = 0: must be at least 1");
             }
         }
-        if self.connections_max_idle_ms < 1 {
-            bail!("connections_max_idle_ms = 0: must be at least 1 (Kafka's default is 600000)");
+        if !(1..=CONNECTIONS_MAX_IDLE_MS_MAX).contains(&self.connections_max_idle_ms) {
+            bail!(
+                "connections_max_idle_ms = {}: must be between 1 and {CONNECTIONS_MAX_IDLE_MS_MAX} (a year; Kafka's default is 600000)",
+                self.connections_max_idle_ms
+            );
         }
         if self.max_connections < 1 {
             bail!("max_connections = 0: must be at least 1");
@@ -578,6 +584,7 @@ mod tests {
         };
         bad("max_connections = 0", "max_connections");
         bad("connections_max_idle_ms = 0", "connections_max_idle_ms");
+        bad("connections_max_idle_ms = 18446744073709551615", "connections_max_idle_ms");
         bad(
             "max_connections_per_ip_overrides = \"localhost:3\"",
             "max_connections_per_ip_overrides",
