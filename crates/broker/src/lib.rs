@@ -5,6 +5,7 @@
 //! [`strom_metadata::MetadataListener`], and its requests go out through
 //! [`strom_metadata::ControllerClient`].
 
+mod clock;
 mod config;
 mod errors;
 mod fetch_memory;
@@ -18,6 +19,7 @@ mod partition;
 mod peer;
 mod replica;
 mod server;
+mod wire;
 
 use std::sync::Arc;
 

@@ -101,7 +101,7 @@ fn sync_role(
     node: strom_metadata::NodeId,
     pi: &strom_metadata::PartitionImage,
 ) {
-    let now = crate::handlers::now_ms();
+    let now = crate::clock::now_ms();
     match pi.leader {
         Some(leader) if leader == node => p.lead(
             node,
@@ -383,7 +383,7 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
             _ = flush_tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let now_ms = crate::handlers::now_ms();
+        let now_ms = crate::clock::now_ms();
         let retention_due = last_retention.elapsed() >= retention_every;
         for p in ctx.replicas.all() {
             p.request_flush();
@@ -507,7 +507,7 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
         if broker_epoch < 0 {
             continue;
         }
-        let now = crate::handlers::now_ms();
+        let now = crate::clock::now_ms();
         for p in ctx.replicas.all() {
             let proposal = p
                 .with_role(|role| match role {

@@ -15,7 +15,7 @@ pub use error::{ApplyError, ControlError};
 pub use ids::{BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId};
 pub use image::{BrokerImage, MetadataImage, PartitionImage, TopicImage};
 pub use listener::{
-    BoxFuture, ControllerClient, GroupAdmin, GroupDescription, GroupListing, GroupListings,
+    BoxFuture, Clock, ControllerClient, GroupAdmin, GroupDescription, GroupListing, GroupListings,
     GroupMember, GroupPartitionLag, MetadataListener,
 };
 

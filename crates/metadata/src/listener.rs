@@ -1,4 +1,5 @@
-//! The two seams between controller and broker, so that neither crate depends on the other.
+//! The seams between controller and broker, so that neither crate depends on the other, and
+//! the clock seam through which both read the time.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +21,14 @@ pub trait MetadataListener: Send + Sync + 'static {
         records: &[MetadataRecord],
         image: Arc<MetadataImage>,
     );
+}
+
+/// Where time-dependent shells (the active controller's broker sessions, the group
+/// coordinator's member sessions) read the time, in milliseconds. Only the trait lives here:
+/// this crate never reads a clock. The broker and controller hold a system clock; tests hold
+/// a manual one and move it forward without sleeping. Readings from one clock never go back.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
 }
 
 /// How a broker asks the active controller for a decision (create topics, alter configs, ...).

@@ -9,17 +9,14 @@
 //! default, `make fuzz` 100,000 in release mode. A failure names its seed: `STROM_SEED=<n>`
 //! replays the run.
 
-// The global allocator below is the one place that needs `unsafe`.
-#![allow(unsafe_code)]
-
 mod fuzz_input;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
+use strom_alloc::{GuardedAlloc, LAZY_ALLOCATIONS, LAZY_BYTES_LARGEST};
 use strom_protocol::batch::{self, test_support, BatchHeader, Batches, TimestampType};
 use strom_protocol::frame::{frame_len, SOCKET_REQUEST_MAX_BYTES_DEFAULT};
 use strom_protocol::kafka_protocol::messages::ApiKey;
@@ -44,7 +41,7 @@ fn cases() -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The allocator: the node's (crates/strom/src/alloc.rs), so that the decoders meet hostile array
+// The allocator: the node's (strom-alloc), so that the decoders meet hostile array
 // counts here as they do in the broker. The codecs size an array from the count the client sends
 // before reading an element; a count of 2^31 asks for hundreds of gigabytes. Allocations of
 // 1 GiB or more get a lazily backed mapping (MAP_NORESERVE): nothing is committed, the decoder
@@ -52,81 +49,8 @@ fn cases() -> u64 {
 // that path; the resident-memory bound shows that nothing fills such a range.
 // ---------------------------------------------------------------------------------------------
 
-const LAZY_BYTES_MIN: usize = 1 << 30;
-const PAGE_BYTES: usize = 4096;
-
-static LAZY_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static LAZY_BYTES_LARGEST: AtomicU64 = AtomicU64::new(0);
-
-struct FuzzAlloc;
-
 #[global_allocator]
-static GLOBAL: FuzzAlloc = FuzzAlloc;
-
-fn lazy(layout: &Layout) -> bool {
-    layout.size() >= LAZY_BYTES_MIN && layout.align() <= PAGE_BYTES
-}
-
-// SAFETY (whole impl): as in the node's allocator: a pointer comes from `System` or from an
-// `mmap` of exactly `layout.size()` bytes, and `lazy(layout)`, a pure function of the layout the
-// caller passes back unchanged, decides which of the two frees it.
-unsafe impl GlobalAlloc for FuzzAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !lazy(&layout) {
-            return unsafe { System.alloc(layout) };
-        }
-        LAZY_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        LAZY_BYTES_LARGEST.fetch_max(layout.size() as u64, Ordering::Relaxed);
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                layout.size(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            std::ptr::null_mut()
-        } else {
-            ptr.cast()
-        }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if lazy(&layout) {
-            unsafe { libc::munmap(ptr.cast(), layout.size()) };
-        } else {
-            unsafe { System.dealloc(ptr, layout) }
-        }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if lazy(&layout) {
-            unsafe { self.alloc(layout) }
-        } else {
-            unsafe { System.alloc_zeroed(layout) }
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-            return std::ptr::null_mut();
-        };
-        if !lazy(&layout) && !lazy(&new_layout) {
-            return unsafe { System.realloc(ptr, layout, new_size) };
-        }
-        let new = unsafe { self.alloc(new_layout) };
-        if !new.is_null() {
-            unsafe {
-                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
-        }
-        new
-    }
-}
+static GLOBAL: GuardedAlloc = GuardedAlloc;
 
 /// The process's peak resident set (`VmHWM`), in bytes.
 fn resident_peak_bytes() -> u64 {

@@ -1,7 +1,6 @@
 //! `strom`: one binary that runs a combined controller + broker node (`strom start`) and
 //! administers a cluster over gRPC (`strom topic …`, `strom cluster …`).
 
-mod alloc;
 mod cli;
 mod config;
 mod node;
@@ -10,9 +9,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Keeps a hostile array count in a request from aborting the process (see `alloc`).
+/// Keeps a hostile array count in a request from aborting the process (see `strom-alloc`).
 #[global_allocator]
-static GLOBAL: alloc::GuardedAlloc = alloc::GuardedAlloc;
+static GLOBAL: strom_alloc::GuardedAlloc = strom_alloc::GuardedAlloc;
 
 #[derive(Parser)]
 #[command(

@@ -21,7 +21,7 @@ use strom_metadata::{
 };
 
 use super::{partition_for, OFFSETS_TOPIC};
-use crate::handlers::s;
+use crate::wire::s;
 use crate::peer::{broker_addr, PeerConn};
 use crate::BrokerCtx;
 

@@ -232,7 +232,7 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
         }
     };
     let settings = ctx.config.groups.clone();
-    let now = crate::handlers::now_ms();
+    let now = crate::clock::now_ms();
     let (tx, rx) = mpsc::channel(SHARD_QUEUE_MAX);
     let mut shard = Shard::new(partition, index, epoch, settings);
     let (groups, offsets) = (loaded.groups.len(), loaded.offsets);
@@ -473,7 +473,7 @@ impl Shard {
             {
                 return;
             }
-            let now = crate::handlers::now_ms();
+            let now = crate::clock::now_ms();
             let next = self
                 .groups
                 .values()
@@ -499,7 +499,7 @@ impl Shard {
     /// [`GROUPS_PER_SHARD_MAX`] groups.
     fn entry(&mut self, group_id: &str) -> Result<&mut GroupEntry, GroupError> {
         let config = self.group_config();
-        let now = crate::handlers::now_ms();
+        let now = crate::clock::now_ms();
         if !self.groups.contains_key(group_id) && self.groups.len() >= GROUPS_PER_SHARD_MAX {
             tracing::warn!(partition = self.index, group = %group_id,
                 "{GROUPS_PER_SHARD_MAX} groups on this offsets partition; refusing a new one");
@@ -520,7 +520,7 @@ impl Shard {
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
-        let now = crate::handlers::now_ms();
+        let now = crate::clock::now_ms();
         match cmd {
             Cmd::Join(group_id, req, reply) => {
                 let to = self.reply_to(Waiter::Join(reply));
@@ -736,7 +736,7 @@ impl Shard {
     }
 
     fn on_tick(&mut self) {
-        let now = crate::handlers::now_ms();
+        let now = crate::clock::now_ms();
         let due: Vec<String> = self
             .groups
             .iter()
@@ -905,7 +905,7 @@ impl Shard {
     }
 
     fn on_done(&mut self, pending: Pending, result: Result<(), GroupError>) {
-        let now = crate::handlers::now_ms();
+        let now = crate::clock::now_ms();
         match pending {
             Pending::Group { group_id, generation_id } => {
                 if let Some(e) = self.groups.get_mut(&group_id) {

@@ -22,7 +22,7 @@ const AUTO_CREATE_WAIT: Duration = Duration::from_secs(5);
 /// Kafka's "authorized operations were not requested" marker.
 const OPS_NOT_REQUESTED: i32 = i32::MIN;
 
-pub(crate) const LISTENER: &str = "PLAINTEXT";
+pub(crate) use crate::wire::LISTENER;
 
 pub(crate) fn brokers(image: &MetadataImage, version: i16) -> Vec<MetadataResponseBroker> {
     image

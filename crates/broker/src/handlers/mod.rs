@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::Encodable;
 use strom_protocol::request::{encode_response, RequestFrame};
 use strom_protocol::Request as R;
 
@@ -59,12 +59,8 @@ impl Meta {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
+pub(crate) use crate::wire::s;
 
 /// Checks that this broker leads the partition at the epoch the client believes current
 /// (negative: the client did not say): UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER,
@@ -113,10 +109,6 @@ pub(crate) fn leader_hint(
         Some((leader.0, e.host.clone(), e.port as i32, b.rack.clone()))
     });
     Some(LeaderHint { leader_id: leader.0, leader_epoch: p.leader_epoch.0, endpoint })
-}
-
-pub(crate) fn s(text: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(text.into())
 }
 
 pub(crate) async fn handle(
