@@ -388,7 +388,7 @@ async fn serve(
                 // KIP-511: answer an unknown ApiVersions version with v0 and our ranges, so
                 // the client can retry with a version we speak.
                 let resp = ApiVersionsResponse::default()
-                    .with_error_code(kafka_protocol::ResponseError::UnsupportedVersion.code())
+                    .with_error_code(crate::errors::KafkaError::UnsupportedVersion.into())
                     .with_api_keys(handlers::api_versions::api_keys());
                 let bytes = match encode_response(ApiKey::ApiVersions, 0, correlation_id, &resp) {
                     Ok(b) => b,
@@ -496,7 +496,7 @@ mod tests {
 
     use bytes::{Buf, Bytes};
 
-    use super::{ChainBuf, ConnectionCounts, Refusal};
+    use super::{Activity, ChainBuf, ConnectionCounts, Refusal};
     use crate::config::ConnectionLimits;
 
     fn ip(last: u8) -> IpAddr {
@@ -529,6 +529,21 @@ mod tests {
         }
         assert_eq!(counts.open, 0);
         assert!(counts.per_ip.is_empty(), "no address is remembered once its connections end");
+    }
+
+    #[test]
+    fn a_connection_with_a_request_in_flight_is_never_idle() {
+        let idle = std::time::Duration::from_millis(600_000);
+        let activity = Activity::new();
+        assert_eq!(activity.idle_at(idle), Some(activity.since + idle), "idle from the accept");
+        activity.request_queued();
+        activity.request_queued();
+        assert_eq!(activity.idle_at(idle), None);
+        activity.response_written();
+        assert_eq!(activity.idle_at(idle), None, "one response is still owed");
+        activity.response_written();
+        let after = activity.idle_at(idle).expect("nothing in flight");
+        assert!(after >= activity.since + idle, "idle counts from the last response");
     }
 
     #[test]
