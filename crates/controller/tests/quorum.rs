@@ -79,6 +79,8 @@ async fn three_voters_elect_a_leader_and_a_follower_forwards_writes() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_is_elected_and_commits_after_the_leader_stops() -> anyhow::Result<()> {
     let mut q = Quorum::new(3, 1_000).await?;
+    // The broker heartbeats once: its session must outlast the failover.
+    q.session_timeout_ms = Some(600_000);
     q.start_all().await?;
     let leader = q.agreed_leader().await?;
     let follower = q.follower(leader);
@@ -117,6 +119,8 @@ async fn a_lone_voter_of_three_cannot_commit() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_voters_survive_two_stopped_voters() -> anyhow::Result<()> {
     let mut q = Quorum::new(5, 1_000).await?;
+    // The broker heartbeats once: its session must outlast the failover.
+    q.session_timeout_ms = Some(600_000);
     q.start_all().await?;
     let leader = q.agreed_leader().await?;
     let follower = q.follower(leader);
