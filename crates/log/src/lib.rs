@@ -14,6 +14,7 @@ mod epoch;
 mod error;
 mod index;
 mod log;
+pub mod producer;
 mod segment;
 
 pub use crate::compact::{

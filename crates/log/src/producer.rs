@@ -1,0 +1,344 @@
+//! Idempotent producers' state of one partition, as Kafka's ProducerStateManager keeps it: per
+//! producer id, its epoch and the sequence and offset ranges of its last few batches. A leader
+//! checks every client batch that carries a producer id against it: a retried batch that was
+//! already written is answered with its original offsets and not written again, a gap in the
+//! sequence is OUT_OF_ORDER_SEQUENCE_NUMBER, an older epoch INVALID_PRODUCER_EPOCH. Batches a
+//! follower copies, or that recovery reads back from the log, update the state unchecked, so
+//! any replica can take over with the same state.
+//!
+//! Sans-IO: it sees only batch headers (never records) and the offsets the log assigned.
+
+use std::collections::{HashMap, VecDeque};
+
+use strom_protocol::batch::BatchHeader;
+
+/// Batches remembered per producer: the most a well-behaved client has in flight
+/// (`max.in.flight.requests.per.connection` ≤ 5 with idempotence), so any retry is found.
+pub const BATCHES_PER_PRODUCER_MAX: usize = 5;
+/// Kafka's `producer.id.expiration.ms` default (one day): a producer silent for longer is
+/// forgotten.
+pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 86_400_000;
+
+/// A header field's "none": batches of producers that are not idempotent.
+const NO_PRODUCER_ID: i64 = -1;
+const NO_SEQUENCE: i32 = -1;
+
+/// One batch as the state remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ProducerEntry {
+    epoch: i16,
+    /// Oldest first, at most `BATCHES_PER_PRODUCER_MAX`.
+    batches: VecDeque<ProducerBatch>,
+    /// The newest batch's max timestamp: expiry counts from it.
+    last_timestamp_ms: i64,
+}
+
+impl ProducerEntry {
+    fn last_sequence(&self) -> Option<i32> {
+        self.batches.back().map(|b| b.last_sequence)
+    }
+
+    fn duplicate_of(&self, epoch: i16, first: i32, last: i32) -> Option<ProducerBatch> {
+        if epoch != self.epoch {
+            return None;
+        }
+        self.batches.iter().copied().find(|b| b.first_sequence == first && b.last_sequence == last)
+    }
+}
+
+/// Why a client batch is refused; each maps to one Kafka error code in the broker.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProducerError {
+    #[error("producer {producer_id} epoch {epoch} is older than its current epoch {current}")]
+    InvalidProducerEpoch { producer_id: i64, epoch: i16, current: i16 },
+    #[error(
+        "producer {producer_id} epoch {epoch}: sequence {first_sequence} does not follow \
+         {last_sequence:?}"
+    )]
+    OutOfOrderSequence {
+        producer_id: i64,
+        epoch: i16,
+        first_sequence: i32,
+        last_sequence: Option<i32>,
+    },
+}
+
+/// What a leader does with a client append whose batches passed the check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendCheck {
+    /// Write it.
+    Append,
+    /// A retry of a batch already in the log: answer with these offsets, write nothing.
+    Duplicate(ProducerBatch),
+}
+
+/// The sequence number `increment` after `sequence`, wrapping past `i32::MAX` to 0 as Kafka's.
+pub fn sequence_after(sequence: i32, increment: i32) -> i32 {
+    if sequence > i32::MAX - increment {
+        increment - (i32::MAX - sequence) - 1
+    } else {
+        sequence + increment
+    }
+}
+
+fn in_sequence(last: i32, next: i32) -> bool {
+    next == sequence_after(last, 1)
+}
+
+/// Whether a batch carries idempotence: a producer id and a sequence.
+fn is_idempotent(header: &BatchHeader) -> bool {
+    header.producer_id != NO_PRODUCER_ID && header.base_sequence != NO_SEQUENCE
+}
+
+fn last_sequence_of(header: &BatchHeader) -> i32 {
+    sequence_after(header.base_sequence, header.last_offset_delta.max(0))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProducerStates {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+impl ProducerStates {
+    /// Producers currently remembered.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// The epoch and last sequence of `producer_id`, as DescribeProducers shows them.
+    pub fn producer(&self, producer_id: i64) -> Option<(i16, Option<i32>)> {
+        self.producers.get(&producer_id).map(|e| (e.epoch, e.last_sequence()))
+    }
+
+    /// Checks a client's append (the batches of one partition of one Produce request, in
+    /// order) against the state, without changing it. A batch that repeats one already written
+    /// makes the whole append a duplicate (a retry resends what it sent); otherwise each
+    /// idempotent batch must carry the producer's current or a newer epoch and continue its
+    /// sequence (a new epoch starts at 0; an unknown producer may start anywhere, as after its
+    /// state expired).
+    pub fn check_client_append(
+        &self,
+        headers: &[BatchHeader],
+    ) -> Result<AppendCheck, ProducerError> {
+        // Entries as the earlier batches of this same append leave them.
+        let mut pending: HashMap<i64, (i16, Option<i32>)> = HashMap::new();
+        for header in headers.iter().filter(|h| is_idempotent(h)) {
+            let id = header.producer_id;
+            let (epoch, first) = (header.producer_epoch, header.base_sequence);
+            let last = last_sequence_of(header);
+            let known = self.producers.get(&id);
+            if let Some(duplicate) = known.and_then(|e| e.duplicate_of(epoch, first, last)) {
+                return Ok(AppendCheck::Duplicate(duplicate));
+            }
+            let current =
+                pending.get(&id).copied().or_else(|| known.map(|e| (e.epoch, e.last_sequence())));
+            let (current_epoch, last_sequence) = match current {
+                None => (None, None),
+                Some((e, l)) => (Some(e), l),
+            };
+            if let Some(current) = current_epoch.filter(|c| epoch < *c) {
+                return Err(ProducerError::InvalidProducerEpoch {
+                    producer_id: id,
+                    epoch,
+                    current,
+                });
+            }
+            // A new epoch starts at 0; the current one continues its sequence; an unknown
+            // producer (or one whose state expired) may start anywhere.
+            let follows = match current_epoch {
+                None => true,
+                Some(c) if epoch > c => first == 0,
+                Some(_) => last_sequence.is_none_or(|l| in_sequence(l, first)),
+            };
+            if !follows {
+                let last_sequence = last_sequence.filter(|_| current_epoch == Some(epoch));
+                return Err(ProducerError::OutOfOrderSequence {
+                    producer_id: id,
+                    epoch,
+                    first_sequence: first,
+                    last_sequence,
+                });
+            }
+            pending.insert(id, (epoch, Some(last)));
+        }
+        Ok(AppendCheck::Append)
+    }
+
+    /// Records a batch the log holds at `header.base_offset` (a leader's append after its
+    /// check, a follower's copy, or recovery reading the log back), unchecked.
+    pub fn record(&mut self, header: &BatchHeader) {
+        if !is_idempotent(header) {
+            return;
+        }
+        let entry = self.producers.entry(header.producer_id).or_default();
+        if header.producer_epoch != entry.epoch {
+            entry.epoch = header.producer_epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == BATCHES_PER_PRODUCER_MAX {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(ProducerBatch {
+            first_sequence: header.base_sequence,
+            last_sequence: last_sequence_of(header),
+            first_offset: header.base_offset,
+            last_offset: header.base_offset + i64::from(header.last_offset_delta.max(0)),
+        });
+        entry.last_timestamp_ms = entry.last_timestamp_ms.max(header.max_timestamp);
+    }
+
+    /// Forgets producers whose newest batch is older than `expiration_ms` at `now_ms`.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers.retain(|_, e| now_ms.saturating_sub(e.last_timestamp_ms) <= expiration_ms);
+        before - self.producers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, records: i32, offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset: offset,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: records - 1,
+            base_timestamp: 1_000,
+            max_timestamp: 1_000,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            records_count: records,
+        }
+    }
+
+    fn append(states: &mut ProducerStates, h: BatchHeader) -> Result<AppendCheck, ProducerError> {
+        let check = states.check_client_append(&[h])?;
+        if check == AppendCheck::Append {
+            states.record(&h);
+        }
+        Ok(check)
+    }
+
+    #[test]
+    fn batches_in_sequence_append_and_a_retry_is_answered_with_its_first_offsets() {
+        let mut s = ProducerStates::default();
+        assert_eq!(append(&mut s, header(7, 0, 0, 3, 0)), Ok(AppendCheck::Append));
+        assert_eq!(append(&mut s, header(7, 0, 3, 2, 3)), Ok(AppendCheck::Append));
+        // The retry of the first batch comes with whatever offset the client put there.
+        let retry = append(&mut s, header(7, 0, 0, 3, 99));
+        assert_eq!(
+            retry,
+            Ok(AppendCheck::Duplicate(ProducerBatch {
+                first_sequence: 0,
+                last_sequence: 2,
+                first_offset: 0,
+                last_offset: 2
+            }))
+        );
+        assert_eq!(s.producer(7), Some((0, Some(4))));
+    }
+
+    #[test]
+    fn a_gap_an_old_epoch_and_a_new_epoch_not_at_zero_are_refused() {
+        let mut s = ProducerStates::default();
+        append(&mut s, header(7, 2, 0, 1, 0)).unwrap();
+        assert!(matches!(
+            append(&mut s, header(7, 2, 5, 1, 1)),
+            Err(ProducerError::OutOfOrderSequence {
+                first_sequence: 5,
+                last_sequence: Some(0),
+                ..
+            })
+        ));
+        assert!(matches!(
+            append(&mut s, header(7, 1, 1, 1, 1)),
+            Err(ProducerError::InvalidProducerEpoch { epoch: 1, current: 2, .. })
+        ));
+        assert!(matches!(
+            append(&mut s, header(7, 3, 4, 1, 1)),
+            Err(ProducerError::OutOfOrderSequence { epoch: 3, .. })
+        ));
+        // A bumped epoch starts again at 0 and forgets the old batches.
+        assert_eq!(append(&mut s, header(7, 3, 0, 1, 1)), Ok(AppendCheck::Append));
+        assert_eq!(s.check_client_append(&[header(7, 2, 0, 1, 9)]).ok(), None);
+    }
+
+    #[test]
+    fn an_unknown_producer_may_start_anywhere_and_plain_batches_are_not_tracked() {
+        let mut s = ProducerStates::default();
+        assert_eq!(append(&mut s, header(9, 0, 41, 2, 0)), Ok(AppendCheck::Append));
+        assert_eq!(s.producer(9), Some((0, Some(42))));
+        assert_eq!(
+            append(&mut s, header(NO_PRODUCER_ID, -1, NO_SEQUENCE, 5, 2)),
+            Ok(AppendCheck::Append)
+        );
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered_and_sequences_wrap() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            append(&mut s, header(1, 0, i, 1, i64::from(i))).unwrap();
+        }
+        // Batches 0 and 1 are no longer known: their retry is a gap, not a duplicate.
+        assert!(s.check_client_append(&[header(1, 0, 1, 1, 0)]).is_err());
+        assert!(matches!(
+            s.check_client_append(&[header(1, 0, 2, 1, 0)]),
+            Ok(AppendCheck::Duplicate(_))
+        ));
+        assert_eq!(sequence_after(i32::MAX, 1), 0);
+        assert_eq!(sequence_after(i32::MAX - 1, 3), 1);
+        let mut w = ProducerStates::default();
+        append(&mut w, header(2, 0, i32::MAX - 1, 2, 0)).unwrap();
+        assert_eq!(append(&mut w, header(2, 0, 0, 1, 2)), Ok(AppendCheck::Append));
+    }
+
+    #[test]
+    fn batches_of_one_append_are_checked_in_order_and_recovery_replays_unchecked() {
+        let s = ProducerStates::default();
+        let both = [header(4, 0, 0, 2, 0), header(4, 0, 2, 2, 2)];
+        assert_eq!(s.check_client_append(&both), Ok(AppendCheck::Append));
+        let gap = [header(4, 0, 0, 2, 0), header(4, 0, 3, 2, 2)];
+        assert!(s.check_client_append(&gap).is_err());
+        // A follower or recovery records what the log holds, in order, and ends where the
+        // leader did.
+        let mut replica = ProducerStates::default();
+        for h in &both {
+            replica.record(h);
+        }
+        assert_eq!(replica.producer(4), Some((0, Some(3))));
+        assert_eq!(
+            replica.expire(
+                1_000 + PRODUCER_ID_EXPIRATION_MS_DEFAULT,
+                PRODUCER_ID_EXPIRATION_MS_DEFAULT
+            ),
+            0
+        );
+        assert_eq!(
+            replica.expire(
+                1_001 + PRODUCER_ID_EXPIRATION_MS_DEFAULT,
+                PRODUCER_ID_EXPIRATION_MS_DEFAULT
+            ),
+            1
+        );
+    }
+}
