@@ -1,13 +1,13 @@
 //! The replica manager: opens, reconfigures and deletes local partition logs so that they
 //! match the metadata image, and writes the recovery-point checkpoint.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use strom_log::{checkpoint, Log, LogConfig, TimestampType};
-use strom_metadata::{MetadataImage, TopicId, TopicImage};
+use strom_metadata::{MetadataDelta, MetadataImage, TopicId, TopicImage};
 use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, LogDefaults};
@@ -28,7 +28,8 @@ type Key = (String, i32);
 
 pub(crate) struct ReplicaManager {
     data_dir: PathBuf,
-    partitions: RwLock<HashMap<Key, Arc<Partition>>>,
+    /// By topic, so that a change to one topic visits only that topic's logs.
+    partitions: RwLock<HashMap<String, BTreeMap<i32, Arc<Partition>>>>,
     /// Held while a log is opened: the reconciler and a handler's lazy open must not both open
     /// one directory (each `Log` would append at its own idea of the log end).
     opening: Mutex<()>,
@@ -162,11 +163,22 @@ impl ReplicaManager {
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         let map = self.partitions.read().ok()?;
-        map.get(&(topic.to_string(), partition)).cloned()
+        map.get(topic)?.get(&partition).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.partitions
+            .read()
+            .map(|m| m.values().flat_map(|t| t.values().cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The local logs of one topic.
+    fn of_topic(&self, topic: &str) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .map(|m| m.get(topic).map(|t| t.values().cloned().collect()).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Opens (recovering if needed) the log of a partition this node replicates.
@@ -177,10 +189,7 @@ impl ReplicaManager {
         index: i32,
     ) -> Result<Arc<Partition>, BrokerError> {
         let key = (topic.name.clone(), index);
-        let opened = || {
-            let p = self.partitions.read().ok().and_then(|m| m.get(&key).cloned());
-            p.filter(|p| p.topic_id == topic.id)
-        };
+        let opened = || self.get(&topic.name, index).filter(|p| p.topic_id == topic.id);
         if let Some(p) = opened() {
             return Ok(p);
         }
@@ -231,7 +240,7 @@ impl ReplicaManager {
             opened_at.insert(key.clone(), image.offset.0);
         }
         if let Ok(mut map) = self.partitions.write() {
-            if let Some(old) = map.insert(key, p.clone()) {
+            if let Some(old) = map.entry(key.0).or_default().insert(index, p.clone()) {
                 old.close();
             }
         }
@@ -240,10 +249,24 @@ impl ReplicaManager {
     }
 
     /// Makes the local logs match `image`: open what this node replicates, apply config
-    /// changes, delete the logs of deleted topics.
-    fn reconcile(&self, ctx: &Arc<BrokerCtx>, image: &MetadataImage, first: bool) {
+    /// changes, delete the logs of deleted topics. Only the topics `delta` names are looked at,
+    /// unless it is whole (a snapshot) or this is the first image: a commit costs the broker
+    /// what it changed.
+    fn reconcile(
+        &self,
+        ctx: &Arc<BrokerCtx>,
+        image: &MetadataImage,
+        delta: &MetadataDelta,
+        first: bool,
+    ) {
         let node = ctx.image.node;
-        for topic in image.topics.values() {
+        let full = first || delta.whole;
+        let changed: Vec<&TopicImage> = if full {
+            image.topics.values().map(|t| &**t).collect()
+        } else {
+            delta.topics.iter().filter_map(|name| image.topic(name)).collect()
+        };
+        for topic in changed {
             let (config, fsync) = log_config(&self.defaults, image, &topic.name);
             let min_insync = min_insync(&self.defaults, image, &topic.name);
             for (&index, part) in &topic.partitions {
@@ -267,8 +290,12 @@ impl ReplicaManager {
                 }
             }
         }
-        let gone: Vec<Arc<Partition>> = self
-            .all()
+        let local = if full {
+            self.all()
+        } else {
+            delta.topics.iter().flat_map(|name| self.of_topic(name)).collect()
+        };
+        let gone: Vec<Arc<Partition>> = local
             .into_iter()
             .filter(|p| {
                 image.topic(&p.topic).is_none_or(|t| {
@@ -291,7 +318,15 @@ impl ReplicaManager {
                 opened_at.remove(&key);
             }
             if let Ok(mut map) = self.partitions.write() {
-                map.remove(&key);
+                if let Some(topic) = map.get_mut(&p.topic) {
+                    // Only this log: a newer one opened under the same name stays.
+                    if topic.get(&p.index).is_some_and(|current| Arc::ptr_eq(current, &p)) {
+                        topic.remove(&p.index);
+                    }
+                    if topic.is_empty() {
+                        map.remove(&p.topic);
+                    }
+                }
             }
             ctx.fetchers.remove(&p);
             p.close();
@@ -359,9 +394,9 @@ pub(crate) async fn reconcile_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Rec
     let mut rx = ctx.image.subscribe();
     let mut first = true;
     loop {
-        let image = rx.borrow_and_update().clone();
+        let (image, delta) = ctx.image.take_changes(&mut rx);
         if image.offset.0 > 0 {
-            ctx.replicas.reconcile(&ctx, &image, first);
+            ctx.replicas.reconcile(&ctx, &image, &delta, first);
             first = false;
         }
         tokio::select! {

@@ -37,8 +37,11 @@ const _: () = assert!(SNAPSHOT_FRAME_BYTES_MAX * 4 <= codec::FRAME_PAYLOAD_BYTES
 
 /// The metadata state machine, as openraft drives it.
 pub struct StateMachine {
-    /// Applied in place: openraft calls `apply` from one task, so no lock is needed.
-    image: MetadataImage,
+    /// Applied copy-on-write (`Arc::make_mut`): readers keep the image they were handed, and
+    /// an entry copies only the topics it changes (plus the top-level maps' pointers), so a
+    /// commit costs what it changed, not the cluster's size. openraft calls `apply` from one
+    /// task, so no lock is needed.
+    image: Arc<MetadataImage>,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     /// The latest image for readers (`Controller::image`, the active controller's decisions).
@@ -204,7 +207,7 @@ impl StateMachine {
         })
         .await?;
         let mut sm = StateMachine {
-            image: MetadataImage::default(),
+            image: Arc::new(MetadataImage::default()),
             last_applied: None,
             last_membership: StoredMembership::default(),
             published: watch::Sender::new(Arc::new(MetadataImage::default())),
@@ -220,12 +223,12 @@ impl StateMachine {
     }
 
     fn install(&mut self, meta: SnapshotMeta, records: MetadataSnapshot, image: MetadataImage) {
-        let image_arc = Arc::new(image.clone());
-        self.image = image;
+        let image = Arc::new(image);
+        self.image = image.clone();
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership;
-        self.published.send_replace(image_arc.clone());
-        self.listener.on_commit(image_arc.offset, &records.records, image_arc);
+        self.published.send_replace(image.clone());
+        self.listener.on_commit(image.offset, &records.records, image);
     }
 }
 
@@ -258,7 +261,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
-        let mut latest = None;
         for entry in entries {
             let offset = MetadataOffset(entry.log_id.index);
             let records = match &entry.payload {
@@ -271,7 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             // Blank and membership entries move the offset too, so the image's offset is
             // always the raft index it reflects.
-            if let Err(e) = self.image.apply_batch(offset, records) {
+            if let Err(e) = Arc::make_mut(&mut self.image).apply_batch(offset, records) {
                 // The log and the image disagree: openraft stops this node on the error.
                 tracing::error!(offset = offset.0, error = %e, "committed metadata does not apply");
                 return Err(StorageError::IO {
@@ -280,17 +282,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             self.last_applied = Some(entry.log_id);
             if let EntryPayload::Normal(batch) = &entry.payload {
-                let image = Arc::new(self.image.clone());
-                self.listener.on_commit(offset, &batch.records, image.clone());
-                latest = Some(image);
-            } else {
-                latest = None;
+                // A pointer, not a copy: the next entry copies what it changes.
+                self.listener.on_commit(offset, &batch.records, self.image.clone());
             }
             replies.push(Applied { offset });
         }
         if !replies.is_empty() {
-            let image = latest.unwrap_or_else(|| Arc::new(self.image.clone()));
-            self.published.send_replace(image);
+            self.published.send_replace(self.image.clone());
         }
         Ok(replies)
     }

@@ -1,6 +1,14 @@
 //! `MetadataImage`: the cluster's metadata after applying a prefix of the metadata log.
+//!
+//! The image is shared copy-on-write: each topic sits behind its own `Arc`, and so do the
+//! topic-id index and the config overrides, so a clone copies pointers and a record that
+//! changes one partition copies only that topic (`Arc::make_mut`). Readers keep the image they
+//! were handed while the state machine applies the next entry to its own copy.
+//! [`MetadataDelta`] names what one entry changed, so that followers of the image look only
+//! at that.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::records::{
     metadata_record::Record, ConfigResourceType, Endpoint, MetadataRecord, PartitionRecord,
@@ -52,11 +60,13 @@ pub struct TopicImage {
 pub struct MetadataImage {
     /// Offset of the last applied entry; zero before any.
     pub offset: MetadataOffset,
-    pub topics: BTreeMap<String, TopicImage>,
-    pub topic_names: HashMap<TopicId, String>,
+    pub topics: BTreeMap<String, Arc<TopicImage>>,
+    /// Changes only when a topic is created or removed.
+    pub topic_names: Arc<HashMap<TopicId, String>>,
     pub brokers: BTreeMap<NodeId, BrokerImage>,
     /// Dynamic config overrides by (resource type, resource name): key → value.
-    pub configs: BTreeMap<(i32, String), BTreeMap<String, String>>,
+    /// Changes only with a config record or a removed topic.
+    pub configs: Arc<BTreeMap<(i32, String), BTreeMap<String, String>>>,
     pub next_producer_id: i64,
     pub features: BTreeMap<String, i32>,
 }
@@ -71,11 +81,11 @@ fn leader_of(raw: i32) -> Option<NodeId> {
 
 impl MetadataImage {
     pub fn topic(&self, name: &str) -> Option<&TopicImage> {
-        self.topics.get(name)
+        self.topics.get(name).map(|t| &**t)
     }
 
     pub fn topic_by_id(&self, id: TopicId) -> Option<&TopicImage> {
-        self.topic_names.get(&id).and_then(|n| self.topics.get(n))
+        self.topic_names.get(&id).and_then(|n| self.topic(n))
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionImage> {
@@ -142,10 +152,10 @@ impl MetadataImage {
             Record::Topic(TopicRecord { name, topic_id }) => {
                 let id =
                     TopicId::from_slice(topic_id).ok_or(ApplyError::MalformedRecord("topic_id"))?;
-                self.topic_names.insert(id, name.clone());
+                Arc::make_mut(&mut self.topic_names).insert(id, name.clone());
                 self.topics.insert(
                     name.clone(),
-                    TopicImage { name: name.clone(), id, partitions: BTreeMap::new() },
+                    Arc::new(TopicImage { name: name.clone(), id, partitions: BTreeMap::new() }),
                 );
             }
             Record::Partition(p) => self.apply_partition(p)?,
@@ -165,13 +175,17 @@ impl MetadataImage {
                 let key = (c.resource_type, c.resource_name.clone());
                 match &c.value {
                     Some(v) => {
-                        self.configs.entry(key).or_default().insert(c.name.clone(), v.clone());
+                        let configs = Arc::make_mut(&mut self.configs);
+                        configs.entry(key).or_default().insert(c.name.clone(), v.clone());
                     }
                     None => {
-                        if let Some(map) = self.configs.get_mut(&key) {
-                            map.remove(&c.name);
-                            if map.is_empty() {
-                                self.configs.remove(&key);
+                        if self.configs.get(&key).is_some_and(|map| map.contains_key(&c.name)) {
+                            let configs = Arc::make_mut(&mut self.configs);
+                            if let Some(map) = configs.get_mut(&key) {
+                                map.remove(&c.name);
+                                if map.is_empty() {
+                                    configs.remove(&key);
+                                }
                             }
                         }
                     }
@@ -180,9 +194,17 @@ impl MetadataImage {
             Record::RemoveTopic(r) => {
                 let id = TopicId::from_slice(&r.topic_id)
                     .ok_or(ApplyError::MalformedRecord("topic_id"))?;
-                let name = self.topic_names.remove(&id).ok_or(ApplyError::UnknownTopicId(id))?;
+                if !self.topic_names.contains_key(&id) {
+                    return Err(ApplyError::UnknownTopicId(id));
+                }
+                let name = Arc::make_mut(&mut self.topic_names)
+                    .remove(&id)
+                    .ok_or(ApplyError::UnknownTopicId(id))?;
                 self.topics.remove(&name);
-                self.configs.remove(&(ConfigResourceType::ConfigResourceTopic as i32, name));
+                let key = (ConfigResourceType::ConfigResourceTopic as i32, name);
+                if self.configs.contains_key(&key) {
+                    Arc::make_mut(&mut self.configs).remove(&key);
+                }
             }
             Record::ProducerIds(r) => {
                 self.next_producer_id = self.next_producer_id.max(r.next_producer_id);
@@ -194,10 +216,11 @@ impl MetadataImage {
         Ok(())
     }
 
+    /// The topic to change: copied first if a reader still holds it (copy-on-write).
     fn topic_mut(&mut self, raw_id: &[u8]) -> Result<&mut TopicImage, ApplyError> {
         let id = TopicId::from_slice(raw_id).ok_or(ApplyError::MalformedRecord("topic_id"))?;
         let name = self.topic_names.get(&id).ok_or(ApplyError::UnknownTopicId(id))?;
-        self.topics.get_mut(name).ok_or(ApplyError::UnknownTopicId(id))
+        self.topics.get_mut(name).map(Arc::make_mut).ok_or(ApplyError::UnknownTopicId(id))
     }
 
     fn apply_register(&mut self, r: &RegisterBrokerRecord) {
@@ -278,7 +301,7 @@ impl MetadataImage {
                 })));
             }
         }
-        for ((resource_type, resource_name), entries) in &self.configs {
+        for ((resource_type, resource_name), entries) in self.configs.iter() {
             for (name, value) in entries {
                 out.push(wrap(Record::Config(crate::records::ConfigRecord {
                     resource_type: *resource_type,
@@ -306,5 +329,166 @@ impl MetadataImage {
         let mut image = MetadataImage::default();
         image.apply_batch(offset, records)?;
         Ok(image)
+    }
+}
+
+/// What one committed entry (or a run of them) changed, so that a follower of the image (the
+/// broker's replica manager) looks at those topics only, not the whole cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataDelta {
+    /// The image was replaced as a whole (a snapshot, the first image): look at everything,
+    /// including what is no longer there.
+    pub whole: bool,
+    /// Topics created, removed, repartitioned, reassigned or reconfigured, by name (a removed
+    /// topic by the name it had).
+    pub topics: BTreeSet<String>,
+    /// Some broker registered, was fenced or unfenced, or began a controlled shutdown.
+    pub brokers: bool,
+}
+
+impl MetadataDelta {
+    /// Everything changed: the first image a follower sees, or a snapshot.
+    pub fn whole() -> MetadataDelta {
+        MetadataDelta { whole: true, ..MetadataDelta::default() }
+    }
+
+    /// What `records` changed when applied to `before` (giving `after`). Costs what the records
+    /// are, not what the image holds, except when they are a whole image's records (a
+    /// snapshot reported like an entry), which is detected and reported as `whole`.
+    pub fn of_records(
+        before: &MetadataImage,
+        after: &MetadataImage,
+        records: &[MetadataRecord],
+    ) -> MetadataDelta {
+        // A snapshot arrives as the records that rebuild the image on their own. An ordinary
+        // entry fails to rebuild it at once (its partitions name topics it does not create)
+        // or builds a small image that differs at the first map, so this check costs about
+        // what applying the entry did.
+        let rebuilds = records.iter().any(|r| matches!(r.record, Some(Record::Topic(_))))
+            || records.iter().all(|r| !matches!(r.record, Some(Record::PartitionChange(_))));
+        if before.offset == MetadataOffset(0)
+            || (rebuilds
+                && !records.is_empty()
+                && MetadataImage::from_records(after.offset, records).is_ok_and(|i| i == *after))
+        {
+            return MetadataDelta::whole();
+        }
+        let mut delta = MetadataDelta::default();
+        let name_of = |raw: &[u8]| {
+            let id = TopicId::from_slice(raw)?;
+            after.topic_names.get(&id).or_else(|| before.topic_names.get(&id)).cloned()
+        };
+        for record in records {
+            let Some(record) = &record.record else { continue };
+            let name = match record {
+                Record::RegisterBroker(_) | Record::BrokerRegistrationChange(_) => {
+                    delta.brokers = true;
+                    None
+                }
+                Record::Topic(t) => Some(t.name.clone()),
+                Record::Partition(p) => name_of(&p.topic_id),
+                Record::PartitionChange(c) => name_of(&c.topic_id),
+                Record::RemoveTopic(r) => name_of(&r.topic_id),
+                Record::Config(c)
+                    if c.resource_type == ConfigResourceType::ConfigResourceTopic as i32 =>
+                {
+                    Some(c.resource_name.clone())
+                }
+                Record::Config(_) | Record::ProducerIds(_) | Record::Feature(_) => None,
+            };
+            delta.topics.extend(name);
+        }
+        delta
+    }
+
+    /// Adds what a later entry changed (a follower that skipped images sees both at once).
+    pub fn merge(&mut self, later: MetadataDelta) {
+        self.whole |= later.whole;
+        self.brokers |= later.brokers;
+        if self.whole {
+            self.topics.clear();
+        } else {
+            self.topics.extend(later.topics);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.whole && !self.brokers && self.topics.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::PartitionChangeRecord;
+
+    fn wrap(r: Record) -> MetadataRecord {
+        MetadataRecord { record: Some(r) }
+    }
+
+    fn topic_records(name: &str, id: u8, partitions: i32) -> Vec<MetadataRecord> {
+        let mut out =
+            vec![wrap(Record::Topic(TopicRecord { name: name.into(), topic_id: vec![id; 16] }))];
+        out.extend((0..partitions).map(|p| {
+            wrap(Record::Partition(PartitionRecord {
+                topic_id: vec![id; 16],
+                partition_id: p,
+                replicas: vec![1, 2],
+                isr: vec![1, 2],
+                leader: 1,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }))
+        }));
+        out
+    }
+
+    fn change(id: u8, partition: i32) -> MetadataRecord {
+        wrap(Record::PartitionChange(PartitionChangeRecord {
+            topic_id: vec![id; 16],
+            partition_id: partition,
+            leader: 2,
+            isr: vec![2],
+            replicas: vec![1, 2],
+            leader_epoch: 1,
+            partition_epoch: 1,
+        }))
+    }
+
+    #[test]
+    fn a_change_copies_only_the_topic_it_touches() {
+        let mut records = topic_records("a", 1, 3);
+        records.extend(topic_records("b", 2, 3));
+        let before = Arc::new(MetadataImage::from_records(MetadataOffset(5), &records).unwrap());
+        let mut after = before.clone();
+        Arc::make_mut(&mut after).apply_batch(MetadataOffset(6), &[change(2, 1)]).unwrap();
+        assert!(Arc::ptr_eq(&before.topics["a"], &after.topics["a"]), "untouched topic shared");
+        assert!(!Arc::ptr_eq(&before.topics["b"], &after.topics["b"]));
+        assert!(Arc::ptr_eq(&before.topic_names, &after.topic_names));
+        assert!(Arc::ptr_eq(&before.configs, &after.configs));
+        assert_eq!(before.partition("b", 1).unwrap().leader, Some(NodeId(1)), "reader unchanged");
+        assert_eq!(after.partition("b", 1).unwrap().leader, Some(NodeId(2)));
+        let delta = MetadataDelta::of_records(&before, &after, &[change(2, 1)]);
+        assert_eq!(delta.topics.iter().map(String::as_str).collect::<Vec<_>>(), ["b"]);
+        assert!(!delta.whole && !delta.brokers);
+    }
+
+    #[test]
+    fn a_snapshot_is_a_whole_delta_and_a_removed_topic_keeps_its_name() {
+        let mut records = topic_records("a", 1, 2);
+        records.extend(topic_records("b", 2, 1));
+        let before = MetadataImage::from_records(MetadataOffset(5), &records).unwrap();
+        let snapshot = MetadataImage::from_records(MetadataOffset(9), &records[..3]).unwrap();
+        let delta = MetadataDelta::of_records(&before, &snapshot, &snapshot.to_records());
+        assert!(delta.whole, "a snapshot can drop topics that no record names");
+        let remove =
+            wrap(Record::RemoveTopic(crate::records::RemoveTopicRecord { topic_id: vec![2; 16] }));
+        let mut after = before.clone();
+        after.apply_batch(MetadataOffset(6), std::slice::from_ref(&remove)).unwrap();
+        let delta = MetadataDelta::of_records(&before, &after, &[remove]);
+        assert_eq!(delta.topics.iter().map(String::as_str).collect::<Vec<_>>(), ["b"]);
+        let mut merged = delta.clone();
+        merged.merge(MetadataDelta::whole());
+        assert!(merged.whole && merged.topics.is_empty());
     }
 }

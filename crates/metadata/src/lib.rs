@@ -13,7 +13,7 @@ mod listener;
 
 pub use error::{ApplyError, ControlError};
 pub use ids::{BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId};
-pub use image::{BrokerImage, MetadataImage, PartitionImage, TopicImage};
+pub use image::{BrokerImage, MetadataDelta, MetadataImage, PartitionImage, TopicImage};
 pub use listener::{
     BoxFuture, Clock, ControllerClient, GroupAdmin, GroupDescription, GroupListing, GroupListings,
     GroupMember, GroupPartitionLag, MetadataListener,
