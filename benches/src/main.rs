@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 mod batch;
+mod metadata;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -745,7 +746,8 @@ fn failover(rounds: usize) -> Result<Value> {
 }
 
 /// The sections a run may be limited to with `--only a,b`; `peer` runs only when named.
-const SECTIONS: [&str; 6] = ["limits", "idle", "throughput", "latency", "failover", "peer"];
+const SECTIONS: [&str; 7] =
+    ["limits", "idle", "metadata", "throughput", "latency", "failover", "peer"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -785,6 +787,10 @@ fn main() -> Result<()> {
             }
             Err(e) => println!("idle: FAILED: {e:#}"),
         }
+    }
+
+    if run("metadata") {
+        results.insert("metadata_commit", Value::Array(metadata::run()));
     }
 
     let mut peak = 1_000_000.0;
