@@ -4,37 +4,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use strom_metadata::config::{BrokerDefaults, ConfigSource};
 use strom_metadata::NodeId;
-
-/// Broker-level defaults for topic configs (Kafka's `log.*` keys); a topic override wins.
-#[derive(Clone, Debug)]
-pub struct LogDefaults {
-    pub segment_bytes: u64,
-    pub retention_ms: i64,
-    pub retention_bytes: i64,
-    /// `log.flush.interval.messages`: 1 (strom's default) acknowledges only fsynced data.
-    pub flush_messages: i64,
-    pub message_timestamp_type: String,
-    pub index_interval_bytes: u32,
-    pub message_max_bytes: u32,
-    /// `min.insync.replicas`.
-    pub min_insync_replicas: i32,
-}
-
-impl Default for LogDefaults {
-    fn default() -> Self {
-        LogDefaults {
-            segment_bytes: 1 << 30,
-            retention_ms: 7 * 24 * 3600 * 1000,
-            retention_bytes: -1,
-            flush_messages: 1,
-            message_timestamp_type: "CreateTime".into(),
-            index_interval_bytes: 4096,
-            message_max_bytes: 1_048_588,
-            min_insync_replicas: 1,
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -57,17 +28,17 @@ pub struct BrokerConfig {
     /// `fetch.max.bytes`: the most record bytes one Fetch response holds (KIP-74; the first
     /// batch excepted). At most `FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX`.
     pub fetch_max_bytes: usize,
-    /// `num.partitions` and `default.replication.factor` (applied by the controller; shown
-    /// by DescribeConfigs).
-    pub num_partitions: i32,
-    pub default_replication_factor: i16,
     /// `auto.create.topics.enable`.
     pub auto_create_topics_enable: bool,
     /// `replica.lag.time.max.ms`: a follower that has not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
-    pub log: LogDefaults,
+    /// The node's settings that topics fall back to (and those the controller applies).
+    pub defaults: BrokerDefaults,
+    /// Every node setting as (Kafka-style key, value, source), for DescribeConfigs of the
+    /// broker resource.
+    pub static_configs: Vec<(String, String, ConfigSource)>,
     pub groups: GroupSettings,
 }
 

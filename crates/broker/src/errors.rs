@@ -1,10 +1,12 @@
-//! The one place where internal errors become Kafka error codes.
+//! The one place where internal errors become Kafka error codes: [`KafkaError`] is every
+//! error the broker answers a client with, and `i16::from` is the only way to its code.
 
 use kafka_protocol::ResponseError as K;
 use strom_log::LogError;
 use strom_metadata::ControlError;
 
-use crate::group::GroupError;
+use crate::group::{GroupError, RouteError};
+use crate::partition::AckError;
 
 /// Operational errors of the broker process itself (not of one request).
 #[derive(Debug, thiserror::Error)]
@@ -21,92 +23,356 @@ pub enum BrokerError {
     ReservedTopic { topic: String, reason: ControlError },
 }
 
-/// Kafka's code for a controller refusal.
-pub fn control_code(e: &ControlError) -> i16 {
-    let k = match e {
-        ControlError::TopicAlreadyExists(_) => K::TopicAlreadyExists,
-        ControlError::UnknownTopicOrPartition(_) => K::UnknownTopicOrPartition,
-        ControlError::UnknownTopicId(_) => K::UnknownTopicId,
-        ControlError::InvalidTopic(_) => K::InvalidTopicException,
-        ControlError::InvalidPartitions(_) => K::InvalidPartitions,
-        ControlError::InvalidReplicationFactor(_) => K::InvalidReplicationFactor,
-        ControlError::InvalidReplicaAssignment(_) => K::InvalidReplicaAssignment,
-        ControlError::InvalidConfig(_) => K::InvalidConfig,
-        ControlError::InvalidRequest(_) => K::InvalidRequest,
-        ControlError::StaleBrokerEpoch(_) => K::StaleBrokerEpoch,
-        ControlError::DuplicateBrokerRegistration(_) => K::DuplicateBrokerRegistration,
-        ControlError::FencedLeaderEpoch(_) => K::FencedLeaderEpoch,
-        ControlError::InvalidUpdateVersion(_) => K::InvalidUpdateVersion,
-        ControlError::IneligibleReplica(_) => K::IneligibleReplica,
-        ControlError::PolicyViolation(_) => K::PolicyViolation,
-        ControlError::NotController => K::NotController,
-        ControlError::ControllerUnavailable(_) => K::RequestTimedOut,
-    };
-    k.code()
+/// A Kafka error the broker answers with, named as in Kafka's table. Handlers build these (or
+/// convert an internal error with `From`) and turn them into a response's code with
+/// `i16::from` only when they fill in the response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KafkaError {
+    OffsetOutOfRange,
+    CorruptMessage,
+    UnknownTopicOrPartition,
+    LeaderNotAvailable,
+    NotLeaderOrFollower,
+    RequestTimedOut,
+    MessageTooLarge,
+    OffsetMetadataTooLarge,
+    CoordinatorLoadInProgress,
+    CoordinatorNotAvailable,
+    NotCoordinator,
+    InvalidTopicException,
+    NotEnoughReplicas,
+    NotEnoughReplicasAfterAppend,
+    InvalidRequiredAcks,
+    IllegalGeneration,
+    InconsistentGroupProtocol,
+    InvalidGroupId,
+    UnknownMemberId,
+    InvalidSessionTimeout,
+    RebalanceInProgress,
+    UnsupportedVersion,
+    TopicAlreadyExists,
+    InvalidPartitions,
+    InvalidReplicationFactor,
+    InvalidReplicaAssignment,
+    InvalidConfig,
+    NotController,
+    InvalidRequest,
+    UnsupportedForMessageFormat,
+    PolicyViolation,
+    KafkaStorageError,
+    NonEmptyGroup,
+    GroupIdNotFound,
+    FencedLeaderEpoch,
+    UnknownLeaderEpoch,
+    StaleBrokerEpoch,
+    MemberIdRequired,
+    GroupMaxSizeReached,
+    FencedInstanceId,
+    GroupSubscribedToTopic,
+    InvalidRecord,
+    InvalidUpdateVersion,
+    UnknownTopicId,
+    DuplicateBrokerRegistration,
+    IneligibleReplica,
 }
 
-/// Kafka's code for a failed append or read.
-pub fn log_code(e: &LogError) -> i16 {
-    let k = match e {
-        LogError::CorruptBatch { .. } | LogError::AppendEmpty => K::CorruptMessage,
-        LogError::UnsupportedMagic { .. } => K::UnsupportedForMessageFormat,
-        LogError::BatchTooLarge { .. } => K::MessageTooLarge,
-        LogError::AppendOffsetSpanTooLarge { .. } => K::InvalidRecord,
-        LogError::OffsetOutOfRange { .. } => K::OffsetOutOfRange,
-        LogError::LeaderEpochStale { .. } => K::FencedLeaderEpoch,
-        _ => K::KafkaStorageError,
-    };
-    k.code()
+impl KafkaError {
+    /// Kafka's code: the only mapping from an error to a number in the broker.
+    fn code(self) -> i16 {
+        let k = match self {
+            KafkaError::OffsetOutOfRange => K::OffsetOutOfRange,
+            KafkaError::CorruptMessage => K::CorruptMessage,
+            KafkaError::UnknownTopicOrPartition => K::UnknownTopicOrPartition,
+            KafkaError::LeaderNotAvailable => K::LeaderNotAvailable,
+            KafkaError::NotLeaderOrFollower => K::NotLeaderOrFollower,
+            KafkaError::RequestTimedOut => K::RequestTimedOut,
+            KafkaError::MessageTooLarge => K::MessageTooLarge,
+            KafkaError::OffsetMetadataTooLarge => K::OffsetMetadataTooLarge,
+            KafkaError::CoordinatorLoadInProgress => K::CoordinatorLoadInProgress,
+            KafkaError::CoordinatorNotAvailable => K::CoordinatorNotAvailable,
+            KafkaError::NotCoordinator => K::NotCoordinator,
+            KafkaError::InvalidTopicException => K::InvalidTopicException,
+            KafkaError::NotEnoughReplicas => K::NotEnoughReplicas,
+            KafkaError::NotEnoughReplicasAfterAppend => K::NotEnoughReplicasAfterAppend,
+            KafkaError::InvalidRequiredAcks => K::InvalidRequiredAcks,
+            KafkaError::IllegalGeneration => K::IllegalGeneration,
+            KafkaError::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
+            KafkaError::InvalidGroupId => K::InvalidGroupId,
+            KafkaError::UnknownMemberId => K::UnknownMemberId,
+            KafkaError::InvalidSessionTimeout => K::InvalidSessionTimeout,
+            KafkaError::RebalanceInProgress => K::RebalanceInProgress,
+            KafkaError::UnsupportedVersion => K::UnsupportedVersion,
+            KafkaError::TopicAlreadyExists => K::TopicAlreadyExists,
+            KafkaError::InvalidPartitions => K::InvalidPartitions,
+            KafkaError::InvalidReplicationFactor => K::InvalidReplicationFactor,
+            KafkaError::InvalidReplicaAssignment => K::InvalidReplicaAssignment,
+            KafkaError::InvalidConfig => K::InvalidConfig,
+            KafkaError::NotController => K::NotController,
+            KafkaError::InvalidRequest => K::InvalidRequest,
+            KafkaError::UnsupportedForMessageFormat => K::UnsupportedForMessageFormat,
+            KafkaError::PolicyViolation => K::PolicyViolation,
+            KafkaError::KafkaStorageError => K::KafkaStorageError,
+            KafkaError::NonEmptyGroup => K::NonEmptyGroup,
+            KafkaError::GroupIdNotFound => K::GroupIdNotFound,
+            KafkaError::FencedLeaderEpoch => K::FencedLeaderEpoch,
+            KafkaError::UnknownLeaderEpoch => K::UnknownLeaderEpoch,
+            KafkaError::StaleBrokerEpoch => K::StaleBrokerEpoch,
+            KafkaError::MemberIdRequired => K::MemberIdRequired,
+            KafkaError::GroupMaxSizeReached => K::GroupMaxSizeReached,
+            KafkaError::FencedInstanceId => K::FencedInstanceId,
+            KafkaError::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
+            KafkaError::InvalidRecord => K::InvalidRecord,
+            KafkaError::InvalidUpdateVersion => K::InvalidUpdateVersion,
+            KafkaError::UnknownTopicId => K::UnknownTopicId,
+            KafkaError::DuplicateBrokerRegistration => K::DuplicateBrokerRegistration,
+            KafkaError::IneligibleReplica => K::IneligibleReplica,
+        };
+        k.code()
+    }
 }
 
-/// Kafka's code for a group coordinator refusal.
-pub(crate) fn group_code(e: GroupError) -> i16 {
-    let k = match e {
-        GroupError::CoordinatorNotAvailable => K::CoordinatorNotAvailable,
-        GroupError::IllegalGeneration => K::IllegalGeneration,
-        GroupError::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
-        GroupError::UnknownMemberId => K::UnknownMemberId,
-        GroupError::InvalidSessionTimeout => K::InvalidSessionTimeout,
-        GroupError::RebalanceInProgress => K::RebalanceInProgress,
-        GroupError::InvalidRequest => K::InvalidRequest,
-        GroupError::NonEmptyGroup => K::NonEmptyGroup,
-        GroupError::MemberIdRequired => K::MemberIdRequired,
-        GroupError::GroupMaxSizeReached => K::GroupMaxSizeReached,
-        GroupError::FencedInstanceId => K::FencedInstanceId,
-        GroupError::NotCoordinator => K::NotCoordinator,
-        GroupError::GroupIdNotFound => K::GroupIdNotFound,
-        GroupError::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
-    };
-    k.code()
+impl From<KafkaError> for i16 {
+    fn from(e: KafkaError) -> i16 {
+        e.code()
+    }
 }
 
-/// The public form for callers outside this module (tests, the binary's admin mapping).
-pub fn kafka_code(e: &ControlError) -> i16 {
-    control_code(e)
+/// The code of an outcome that may have failed: 0 (NONE) when it did not.
+pub(crate) fn code_of<E: Into<KafkaError>>(e: Option<E>) -> i16 {
+    e.map_or(0, |e| e.into().code())
+}
+
+/// A controller refusal. `ControllerUnavailable` is REQUEST_TIMED_OUT, as Kafka answers when
+/// the controller does not answer a forwarded request in time.
+impl From<&ControlError> for KafkaError {
+    fn from(e: &ControlError) -> KafkaError {
+        match e {
+            ControlError::TopicAlreadyExists(_) => KafkaError::TopicAlreadyExists,
+            ControlError::UnknownTopicOrPartition(_) => KafkaError::UnknownTopicOrPartition,
+            ControlError::UnknownTopicId(_) => KafkaError::UnknownTopicId,
+            ControlError::InvalidTopic(_) => KafkaError::InvalidTopicException,
+            ControlError::InvalidPartitions(_) => KafkaError::InvalidPartitions,
+            ControlError::InvalidReplicationFactor(_) => KafkaError::InvalidReplicationFactor,
+            ControlError::InvalidReplicaAssignment(_) => KafkaError::InvalidReplicaAssignment,
+            ControlError::InvalidConfig(_) => KafkaError::InvalidConfig,
+            ControlError::InvalidRequest(_) => KafkaError::InvalidRequest,
+            ControlError::StaleBrokerEpoch(_) => KafkaError::StaleBrokerEpoch,
+            ControlError::DuplicateBrokerRegistration(_) => KafkaError::DuplicateBrokerRegistration,
+            ControlError::FencedLeaderEpoch(_) => KafkaError::FencedLeaderEpoch,
+            ControlError::InvalidUpdateVersion(_) => KafkaError::InvalidUpdateVersion,
+            ControlError::IneligibleReplica(_) => KafkaError::IneligibleReplica,
+            ControlError::PolicyViolation(_) => KafkaError::PolicyViolation,
+            ControlError::NotController => KafkaError::NotController,
+            ControlError::ControllerUnavailable(_) => KafkaError::RequestTimedOut,
+        }
+    }
+}
+
+/// A failed append or read: what the client sent is refused, anything else is the storage's
+/// fault (KAFKA_STORAGE_ERROR: the log dir is going offline).
+impl From<&LogError> for KafkaError {
+    fn from(e: &LogError) -> KafkaError {
+        match e {
+            LogError::CorruptBatch { .. } | LogError::AppendEmpty => KafkaError::CorruptMessage,
+            LogError::UnsupportedMagic { .. } => KafkaError::UnsupportedForMessageFormat,
+            LogError::BatchTooLarge { .. } => KafkaError::MessageTooLarge,
+            LogError::AppendOffsetSpanTooLarge { .. } => KafkaError::InvalidRecord,
+            LogError::OffsetOutOfRange { .. } => KafkaError::OffsetOutOfRange,
+            LogError::LeaderEpochStale { .. } => KafkaError::FencedLeaderEpoch,
+            _ => KafkaError::KafkaStorageError,
+        }
+    }
+}
+
+impl From<LogError> for KafkaError {
+    fn from(e: LogError) -> KafkaError {
+        KafkaError::from(&e)
+    }
+}
+
+/// A group coordinator refusal (its variants are named after Kafka's errors).
+impl From<GroupError> for KafkaError {
+    fn from(e: GroupError) -> KafkaError {
+        match e {
+            GroupError::CoordinatorNotAvailable => KafkaError::CoordinatorNotAvailable,
+            GroupError::IllegalGeneration => KafkaError::IllegalGeneration,
+            GroupError::InconsistentGroupProtocol => KafkaError::InconsistentGroupProtocol,
+            GroupError::UnknownMemberId => KafkaError::UnknownMemberId,
+            GroupError::InvalidSessionTimeout => KafkaError::InvalidSessionTimeout,
+            GroupError::RebalanceInProgress => KafkaError::RebalanceInProgress,
+            GroupError::InvalidRequest => KafkaError::InvalidRequest,
+            GroupError::NonEmptyGroup => KafkaError::NonEmptyGroup,
+            GroupError::MemberIdRequired => KafkaError::MemberIdRequired,
+            GroupError::GroupMaxSizeReached => KafkaError::GroupMaxSizeReached,
+            GroupError::FencedInstanceId => KafkaError::FencedInstanceId,
+            GroupError::NotCoordinator => KafkaError::NotCoordinator,
+            GroupError::GroupIdNotFound => KafkaError::GroupIdNotFound,
+            GroupError::GroupSubscribedToTopic => KafkaError::GroupSubscribedToTopic,
+        }
+    }
+}
+
+/// Why a group's request could not reach its shard.
+impl From<RouteError> for KafkaError {
+    fn from(e: RouteError) -> KafkaError {
+        match e {
+            RouteError::NotCoordinator => KafkaError::NotCoordinator,
+            RouteError::Loading => KafkaError::CoordinatorLoadInProgress,
+            RouteError::NotAvailable => KafkaError::CoordinatorNotAvailable,
+        }
+    }
+}
+
+/// Why an appended batch was not acknowledged. When leadership moves while a produce waits,
+/// Kafka answers NOT_LEADER_OR_FOLLOWER: the new leader may cut the batch from this log.
+impl From<AckError> for KafkaError {
+    fn from(e: AckError) -> KafkaError {
+        match e {
+            AckError::TimedOut => KafkaError::RequestTimedOut,
+            AckError::Offline => KafkaError::KafkaStorageError,
+            AckError::NotLeader => KafkaError::NotLeaderOrFollower,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The mapping is checked against Kafka's code table as numbers, not only as names.
+    /// Kafka's error table (`org.apache.kafka.common.protocol.Errors`), written out as numbers
+    /// so that the mapping is checked against the table, not only against the names.
+    fn kafka_table(e: KafkaError) -> i16 {
+        match e {
+            KafkaError::OffsetOutOfRange => 1,
+            KafkaError::CorruptMessage => 2,
+            KafkaError::UnknownTopicOrPartition => 3,
+            KafkaError::LeaderNotAvailable => 5,
+            KafkaError::NotLeaderOrFollower => 6,
+            KafkaError::RequestTimedOut => 7,
+            KafkaError::MessageTooLarge => 10,
+            KafkaError::OffsetMetadataTooLarge => 12,
+            KafkaError::CoordinatorLoadInProgress => 14,
+            KafkaError::CoordinatorNotAvailable => 15,
+            KafkaError::NotCoordinator => 16,
+            KafkaError::InvalidTopicException => 17,
+            KafkaError::NotEnoughReplicas => 19,
+            KafkaError::NotEnoughReplicasAfterAppend => 20,
+            KafkaError::InvalidRequiredAcks => 21,
+            KafkaError::IllegalGeneration => 22,
+            KafkaError::InconsistentGroupProtocol => 23,
+            KafkaError::InvalidGroupId => 24,
+            KafkaError::UnknownMemberId => 25,
+            KafkaError::InvalidSessionTimeout => 26,
+            KafkaError::RebalanceInProgress => 27,
+            KafkaError::UnsupportedVersion => 35,
+            KafkaError::TopicAlreadyExists => 36,
+            KafkaError::InvalidPartitions => 37,
+            KafkaError::InvalidReplicationFactor => 38,
+            KafkaError::InvalidReplicaAssignment => 39,
+            KafkaError::InvalidConfig => 40,
+            KafkaError::NotController => 41,
+            KafkaError::InvalidRequest => 42,
+            KafkaError::UnsupportedForMessageFormat => 43,
+            KafkaError::PolicyViolation => 44,
+            KafkaError::KafkaStorageError => 56,
+            KafkaError::NonEmptyGroup => 68,
+            KafkaError::GroupIdNotFound => 69,
+            KafkaError::FencedLeaderEpoch => 74,
+            KafkaError::UnknownLeaderEpoch => 75,
+            KafkaError::StaleBrokerEpoch => 77,
+            KafkaError::MemberIdRequired => 79,
+            KafkaError::GroupMaxSizeReached => 81,
+            KafkaError::FencedInstanceId => 82,
+            KafkaError::GroupSubscribedToTopic => 86,
+            KafkaError::InvalidRecord => 87,
+            KafkaError::InvalidUpdateVersion => 95,
+            KafkaError::UnknownTopicId => 100,
+            KafkaError::DuplicateBrokerRegistration => 101,
+            KafkaError::IneligibleReplica => 107,
+        }
+    }
+
+    /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
+    const ALL: [KafkaError; 46] = [
+        KafkaError::OffsetOutOfRange,
+        KafkaError::CorruptMessage,
+        KafkaError::UnknownTopicOrPartition,
+        KafkaError::LeaderNotAvailable,
+        KafkaError::NotLeaderOrFollower,
+        KafkaError::RequestTimedOut,
+        KafkaError::MessageTooLarge,
+        KafkaError::OffsetMetadataTooLarge,
+        KafkaError::CoordinatorLoadInProgress,
+        KafkaError::CoordinatorNotAvailable,
+        KafkaError::NotCoordinator,
+        KafkaError::InvalidTopicException,
+        KafkaError::NotEnoughReplicas,
+        KafkaError::NotEnoughReplicasAfterAppend,
+        KafkaError::InvalidRequiredAcks,
+        KafkaError::IllegalGeneration,
+        KafkaError::InconsistentGroupProtocol,
+        KafkaError::InvalidGroupId,
+        KafkaError::UnknownMemberId,
+        KafkaError::InvalidSessionTimeout,
+        KafkaError::RebalanceInProgress,
+        KafkaError::UnsupportedVersion,
+        KafkaError::TopicAlreadyExists,
+        KafkaError::InvalidPartitions,
+        KafkaError::InvalidReplicationFactor,
+        KafkaError::InvalidReplicaAssignment,
+        KafkaError::InvalidConfig,
+        KafkaError::NotController,
+        KafkaError::InvalidRequest,
+        KafkaError::UnsupportedForMessageFormat,
+        KafkaError::PolicyViolation,
+        KafkaError::KafkaStorageError,
+        KafkaError::NonEmptyGroup,
+        KafkaError::GroupIdNotFound,
+        KafkaError::FencedLeaderEpoch,
+        KafkaError::UnknownLeaderEpoch,
+        KafkaError::StaleBrokerEpoch,
+        KafkaError::MemberIdRequired,
+        KafkaError::GroupMaxSizeReached,
+        KafkaError::FencedInstanceId,
+        KafkaError::GroupSubscribedToTopic,
+        KafkaError::InvalidRecord,
+        KafkaError::InvalidUpdateVersion,
+        KafkaError::UnknownTopicId,
+        KafkaError::DuplicateBrokerRegistration,
+        KafkaError::IneligibleReplica,
+    ];
+
     #[test]
-    fn codes_match_kafkas_table() {
-        assert_eq!(control_code(&ControlError::TopicAlreadyExists("t".into())), 36);
-        assert_eq!(control_code(&ControlError::UnknownTopicOrPartition("t".into())), 3);
-        assert_eq!(control_code(&ControlError::InvalidTopic("t".into())), 17);
-        assert_eq!(control_code(&ControlError::InvalidPartitions("t".into())), 37);
-        assert_eq!(control_code(&ControlError::InvalidReplicationFactor("t".into())), 38);
-        assert_eq!(control_code(&ControlError::InvalidReplicaAssignment("t".into())), 39);
-        assert_eq!(control_code(&ControlError::NotController), 41);
-        assert_eq!(control_code(&ControlError::InvalidRequest("t".into())), 42);
-        assert_eq!(control_code(&ControlError::InvalidConfig("t".into())), 40);
-        assert_eq!(control_code(&ControlError::PolicyViolation("t".into())), 44);
-        let corrupt = LogError::AppendEmpty;
-        assert_eq!(log_code(&corrupt), 2);
-        assert_eq!(log_code(&LogError::BatchTooLarge { batch_index: 0, size: 2, max: 1 }), 10);
-        assert_eq!(log_code(&LogError::OffsetOutOfRange { offset: 9, start: 0, end: 1 }), 1);
-        assert_eq!(log_code(&LogError::LogOffline { dir: "x".into() }), 56);
+    fn every_kafka_error_has_the_number_of_kafkas_table() {
+        for e in ALL {
+            assert_eq!(i16::from(e), kafka_table(e), "{e:?}");
+        }
+        let mut codes: Vec<i16> = ALL.iter().map(|e| i16::from(*e)).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ALL.len(), "two variants share a code: one is a duplicate");
+        assert_eq!(code_of(None::<KafkaError>), 0, "NONE");
+    }
+
+    /// The internal errors map to the Kafka errors Kafka answers in the same situation.
+    #[test]
+    fn internal_errors_map_to_kafkas_codes() {
+        let control = |e: ControlError| i16::from(KafkaError::from(&e));
+        assert_eq!(control(ControlError::TopicAlreadyExists("t".into())), 36);
+        assert_eq!(control(ControlError::UnknownTopicOrPartition("t".into())), 3);
+        assert_eq!(control(ControlError::InvalidTopic("t".into())), 17);
+        assert_eq!(control(ControlError::InvalidPartitions("t".into())), 37);
+        assert_eq!(control(ControlError::InvalidReplicationFactor("t".into())), 38);
+        assert_eq!(control(ControlError::InvalidReplicaAssignment("t".into())), 39);
+        assert_eq!(control(ControlError::NotController), 41);
+        assert_eq!(control(ControlError::InvalidRequest("t".into())), 42);
+        assert_eq!(control(ControlError::InvalidConfig("t".into())), 40);
+        assert_eq!(control(ControlError::PolicyViolation("t".into())), 44);
+        let log = |e: LogError| i16::from(KafkaError::from(e));
+        assert_eq!(log(LogError::AppendEmpty), 2);
+        assert_eq!(log(LogError::BatchTooLarge { batch_index: 0, size: 2, max: 1 }), 10);
+        assert_eq!(log(LogError::OffsetOutOfRange { offset: 9, start: 0, end: 1 }), 1);
+        assert_eq!(log(LogError::LogOffline { dir: "x".into() }), 56);
         let groups = [
             (GroupError::CoordinatorNotAvailable, 15),
             (GroupError::NotCoordinator, 16),
@@ -124,7 +390,20 @@ mod tests {
             (GroupError::GroupSubscribedToTopic, 86),
         ];
         for (e, code) in groups {
-            assert_eq!(group_code(e), code, "{e:?}");
+            assert_eq!(code_of(Some(e)), code, "{e:?}");
+        }
+        let routes = [
+            (RouteError::NotCoordinator, 16),
+            (RouteError::Loading, 14),
+            (RouteError::NotAvailable, 15),
+        ];
+        for (e, code) in routes {
+            assert_eq!(code_of(Some(e)), code, "{e:?}");
+        }
+        let acks = [(AckError::TimedOut, 7), (AckError::Offline, 56), (AckError::NotLeader, 6)];
+        for (e, code) in acks {
+            let name = format!("{e:?}");
+            assert_eq!(code_of(Some(e)), code, "{name}");
         }
     }
 }

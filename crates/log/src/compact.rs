@@ -595,9 +595,18 @@ impl Log {
             if segment.next_offset > self.cleaned_upto {
                 dirty_bytes += segment.size;
             }
+        // `max.compaction.lag.ms`: the oldest uncompacted closed segment has waited too long
+        // (by its newest timestamp: the first is not kept, so this is never early).
+        let overdue = closed[..cleanable]
+            .iter()
+            .find(|segment| segment.next_offset > self.cleaned_upto)
+            .and_then(|segment| segment.max_timestamp)
+            .is_some_and(|(ts, _)| now_ms.saturating_sub(ts) > self.config.max_compaction_lag_ms);
         }
         if dirty_bytes == 0
-            || (dirty_bytes as f64) < self.config.min_cleanable_dirty_ratio * total_bytes as f64
+            || (!overdue
+                && (dirty_bytes as f64)
+                    < self.config.min_cleanable_dirty_ratio * total_bytes as f64)
         {
             return None;
         }

@@ -74,6 +74,13 @@ impl Default for CleanupPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub segment_bytes: u64,
+    /// `segment.ms`: an append rolls the active segment when its batches' timestamp is more
+    /// than this newer than the segment's first batch (Kafka's rule, which needs no clock on
+    /// followers).
+    pub segment_ms: i64,
+    /// `segment.index.bytes`: the segment rolls when its offset index (8 bytes an entry) or
+    /// time index (12 bytes an entry) would outgrow this.
+    pub segment_index_bytes: u32,
     pub index_interval_bytes: u32,
     /// `None` keeps data forever. Applies only when the policy has `delete`.
     pub retention_ms: Option<i64>,
@@ -86,6 +93,10 @@ pub struct LogConfig {
     pub delete_retention_ms: i64,
     /// A closed segment is compacted only once its newest timestamp is at least this old.
     pub min_compaction_lag_ms: i64,
+    /// A compacted log is compacted whatever its dirty ratio once its oldest uncompacted
+    /// closed segment is this old, and its active segment rolls at this age too (Kafka's
+    /// `max.compaction.lag.ms`).
+    pub max_compaction_lag_ms: i64,
     /// Compaction starts once the uncompacted share of the closed segments' bytes reaches this.
     pub min_cleanable_dirty_ratio: f64,
 }
@@ -94,6 +105,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
+            segment_index_bytes: 10 * 1024 * 1024,
             index_interval_bytes: 4096,
             retention_ms: Some(7 * 24 * 60 * 60 * 1000),
             retention_bytes: None,
@@ -102,6 +115,7 @@ impl Default for LogConfig {
             cleanup_policy: CleanupPolicy::DELETE,
             delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
             min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
             min_cleanable_dirty_ratio: MIN_CLEANABLE_DIRTY_RATIO_DEFAULT,
         }
     }

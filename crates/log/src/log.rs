@@ -13,6 +13,7 @@ use strom_protocol::batch::{
 
 use crate::checkpoint::sync_dir;
 use crate::epoch::LeaderEpochCache;
+use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use crate::segment::{Located, OpenMode, PreparedBatch, Segment, SegmentView, RELATIVE_OFFSET_MAX};
 use crate::{AppendInfo, LogConfig, LogError, SEGMENT_BYTES_MAX};
 
@@ -40,6 +41,10 @@ pub struct Log {
     /// Compaction: every offset below this was compacted by a pass whose key map covered it, so
     /// no key repeats there. In memory only: after a restart the whole log counts as dirty.
     pub(crate) cleaned_upto: i64,
+    /// The max timestamp of the active segment's first batch, which `segment.ms` counts from.
+    /// After an open or a truncation, the segment's max timestamp then (which is no earlier,
+    /// so the roll comes no earlier than Kafka's).
+    active_first_timestamp: Option<i64>,
 }
 
 /// The files a group commit must fdatasync, taken under the broker's lock and synced outside.
@@ -179,11 +184,13 @@ impl Log {
         let mut log = Log {
             dir: dir.to_owned(),
             dir_file: Arc::new(dir_file),
+            active_first_timestamp: None,
             config,
             segments,
             epochs: LeaderEpochCache::load(dir)?,
             recovery_point,
             dir_unsynced_since: None,
+        log.active_first_timestamp = log.active().max_timestamp.map(|(ts, _)| ts);
             generation: 0,
             offline: false,
             cleaned_upto: 0,
@@ -285,15 +292,17 @@ impl Log {
         }
         let last_offset = base_offset + span - 1;
 
-        self.roll_if_full(base_offset, last_offset, total_bytes)?;
+        let log_append_time =
+            (self.config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
+        let incoming_timestamp = log_append_time
+            .unwrap_or_else(|| validated.iter().map(|(h, _)| h.max_timestamp).max().unwrap_or(0));
+        self.roll_if_full(base_offset, last_offset, total_bytes, incoming_timestamp)?;
         // Persisting the epoch before the data is harmless if the write then fails: the epoch
         // would start at the unchanged log end offset either way.
         if leader_epoch >= 0 {
             self.epochs.assign(leader_epoch, base_offset)?;
         }
 
-        let log_append_time =
-            (self.config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
         let mut prepared = Vec::with_capacity(validated.len());
         let mut next_offset = base_offset;
         let mut max_timestamp = i64::MIN;
@@ -399,7 +408,8 @@ impl Log {
         let base_offset = validated[0].0.base_offset;
         let last_offset = expected - 1;
         let total_bytes: u64 = validated.iter().map(|(_, slice)| slice.len() as u64).sum();
-        self.roll_if_full(base_offset, last_offset, total_bytes)?;
+        let incoming_timestamp = validated.iter().map(|(h, _)| h.max_timestamp).max().unwrap_or(0);
+        self.roll_if_full(base_offset, last_offset, total_bytes, incoming_timestamp)?;
         let mut prepared = Vec::with_capacity(validated.len());
         let mut max_timestamp = i64::MIN;
         for (header, slice) in validated {
@@ -417,7 +427,11 @@ impl Log {
     }
 
     /// Rolls to a new segment at `base_offset` when `total_bytes` more, up to `last_offset`,
-    /// would not fit the active one (by size, or by the 32-bit relative offsets of its index).
+    /// would not fit the active one (by size, by the 32-bit relative offsets of its index, or
+        incoming_timestamp: i64,
+    /// by `segment.index.bytes`), or when batches with max timestamp `incoming_timestamp` are
+    /// more than `segment.ms` (on a compacted log, at most `max.compaction.lag.ms`) newer
+    /// than its first batch.
     fn roll_if_full(
         &mut self,
         base_offset: i64,
@@ -427,10 +441,23 @@ impl Log {
         let active = self.active();
         let would_overflow = active.size + total_bytes > self.config.segment_bytes
             || last_offset - active.base_offset > RELATIVE_OFFSET_MAX;
-        if active.size > 0 && would_overflow {
+        let (offset_entries, time_entries) = active.index_entries();
+        let index_bytes = self.config.segment_index_bytes as usize;
+        let index_full = offset_entries >= index_bytes / OFFSET_ENTRY_LEN
+            || time_entries >= index_bytes / TIME_ENTRY_LEN;
+        let roll_ms = if self.config.cleanup_policy.compact {
+            self.config.segment_ms.min(self.config.max_compaction_lag_ms)
+        } else {
+            self.config.segment_ms
+        };
+        let aged = self
+            .active_first_timestamp
+            .is_some_and(|first| incoming_timestamp.saturating_sub(first) > roll_ms);
+        if would_overflow || index_full || aged {
             self.roll(base_offset)?;
         }
         Ok(())
+        let was_empty = self.active().size == 0;
     }
 
     /// Writes prepared batches to the active segment. A failed write that could not be rolled
@@ -438,11 +465,15 @@ impl Log {
     fn write_prepared(&mut self, prepared: &[PreparedBatch]) -> Result<(), LogError> {
         if let Err(failure) = self.active_mut().append(prepared) {
             if !failure.rolled_back {
+        if was_empty {
+            self.active_first_timestamp = prepared.first().map(|batch| batch.header.max_timestamp);
+        }
                 tracing::error!(dir = %self.dir.display(), error = %failure.error, "log offline");
                 self.offline = true;
             }
             return Err(failure.error);
         }
+        self.active_first_timestamp = None;
         Ok(())
     }
 
@@ -545,6 +576,7 @@ impl Log {
             self.delete_segments_from(keep)?;
             self.active_mut().truncate_to(offset)?;
         }
+        self.active_first_timestamp = self.active().max_timestamp.map(|(ts, _)| ts);
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();
         self.cleaned_upto = self.cleaned_upto.min(end);

@@ -462,6 +462,11 @@ impl Segment {
         };
         if self.time_index.last().is_none_or(|last| last.timestamp < timestamp) {
             let entry = TimeEntry { timestamp, relative_offset };
+    /// Entries in the offset index and the time index.
+    pub fn index_entries(&self) -> (usize, usize) {
+        (self.offset_index.len(), self.time_index.len())
+    }
+
             self.time_index.push(entry);
             entry.encode(out);
         }

@@ -677,3 +677,41 @@ fn records_not_yet_durable_or_committed_supersede_nothing() {
     let all: Vec<Rec> = old.iter().chain(&new).cloned().collect();
     assert_eq!(read_all(&log).1, expected(&all, active, 1000));
 }
+
+#[test]
+fn max_compaction_lag_compacts_below_the_dirty_ratio_and_rolls_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = compacted(600);
+    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    fill(&mut log, &mut Rng(47), 200, 5);
+    log.compact(1_000_000).unwrap();
+    // New dirty segments behind a clean part: the dirty ratio stays below 1.0.
+    fill(&mut log, &mut Rng(53), 100, 5);
+    let ratio_only = LogConfig { min_cleanable_dirty_ratio: 1.0, ..cfg.clone() };
+    log.set_config(ratio_only.clone()).unwrap();
+    assert!(log.prepare_compaction(1_000_000, i64::MAX).is_none());
+    log.set_config(LogConfig { max_compaction_lag_ms: 50, ..ratio_only }).unwrap();
+    // Timestamps are 1000 + offset: at 1000 nothing has waited 50 ms.
+    assert!(log.prepare_compaction(1000, i64::MAX).is_none());
+    assert!(log.prepare_compaction(1_000_000, i64::MAX).is_some());
+    let before = read_all(&log).1.len();
+    log.compact(1_000_000).unwrap();
+    assert!(read_all(&log).1.len() < before, "compacted although below the dirty ratio");
+
+    // The active segment of a compacted log rolls at the lag, before segment.ms.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { max_compaction_lag_ms: 100, ..compacted(1 << 20) };
+    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    for ts in [0, 100, 101] {
+        log.append(&keyed_batch(&[(Some("k"), Some("v"), ts)], 0), 0, 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 2);
+    // Not on a log that is not compacted.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { cleanup_policy: CleanupPolicy::DELETE, ..cfg };
+    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    for ts in [0, 100, 101] {
+        log.append(&keyed_batch(&[(Some("k"), Some("v"), ts)], 0), 0, 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+}

@@ -560,3 +560,78 @@ fn a_follower_copies_the_leaders_batches_byte_for_byte() {
     assert_eq!(follower.log_end_offset(), 12);
     assert_eq!(follower.end_offset_for_epoch(1), Some((1, 8)));
 }
+
+#[test]
+fn segment_ms_rolls_when_batches_are_that_much_newer_than_the_segments_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { segment_ms: 1000, ..config() };
+    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    log.append(&batch(2, 10_000), 0, 0).unwrap();
+    // Up to segment.ms newer than the first batch: the same segment.
+    log.append(&batch(2, 10_999), 0, 0).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    // First batch's max timestamp 10_001; this one's 11_002: a new segment starts with it.
+    assert_eq!(log.append(&batch(2, 11_001), 0, 0).unwrap().base_offset, 4);
+    assert_eq!(log.segment_count(), 2);
+    // Counted from the new segment's first batch; after a reopen, from its newest then.
+    log.append(&batch(1, 11_500), 0, 0).unwrap();
+    assert_eq!(log.segment_count(), 2);
+    drop(log);
+    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    log.append(&batch(1, 12_500), 0, 0).unwrap();
+    assert_eq!(log.segment_count(), 2);
+    log.append(&batch(1, 12_501), 0, 0).unwrap();
+    assert_eq!(log.segment_count(), 3);
+    // With LogAppendTime the broker's clock decides.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { message_timestamp_type: TimestampType::LogAppendTime, ..cfg };
+    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    log.append(&batch(1, 0), 0, 5_000).unwrap();
+    log.append(&batch(1, 0), 0, 6_000).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    log.append(&batch(1, 0), 0, 6_001).unwrap();
+    assert_eq!(log.segment_count(), 2);
+    // The default (7 days) does not roll batches a day apart.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    log.append(&batch(1, 0), 0, 0).unwrap();
+    log.append(&batch(1, 24 * 3600 * 1000), 0, 0).unwrap();
+    assert_eq!(log.segment_count(), 1);
+}
+
+#[test]
+fn a_follower_rolls_by_segment_ms_as_its_leader_does() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { segment_ms: 1000, ..config() };
+    let mut leader = Log::open(leader_dir.path(), cfg.clone(), 0).unwrap();
+    for ts in [0, 500, 1500, 1600] {
+        leader.append(&batch(1, ts), 0, 0).unwrap();
+    }
+    assert_eq!(leader.segment_count(), 2);
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = Log::open(follower_dir.path(), cfg, 0).unwrap();
+    for offset in 0..4 {
+        follower.append_as_follower(&leader.read(offset, 1, i64::MAX).unwrap()).unwrap();
+    }
+    assert_eq!(follower.segment_count(), 2);
+}
+
+#[test]
+fn segment_index_bytes_rolls_when_an_index_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    // An index entry for every batch; 24 bytes hold 3 offset entries and 2 time entries.
+    let cfg = LogConfig { index_interval_bytes: 0, segment_index_bytes: 24, ..config() };
+    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    for i in 0..6 {
+        log.append(&batch(1, i * 10), 0, 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 3);
+    assert_eq!(read_all(&log).len(), 6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut log =
+        Log::open(dir.path(), LogConfig { index_interval_bytes: 0, ..config() }, 0).unwrap();
+    for i in 0..6 {
+        log.append(&batch(1, i * 10), 0, 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1, "the default 10 MiB holds them all");
+}

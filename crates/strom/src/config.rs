@@ -6,9 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use strom_metadata::config::{BrokerDefaults, ConfigSource, MessageTimestampType, BROKER_DEFAULTS};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// `node.id`.
@@ -58,14 +59,14 @@ pub struct NodeConfig {
 }
 
 /// Kafka's `listener.name.<listener>.*` keys: `listener.name.replication.max_connections`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerSection {
     /// Per listener, by its name in `listeners` (any case).
     pub name: BTreeMap<String, PerListenerSection>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PerListenerSection {
     /// `listener.name.<listener>.max.connections`.
@@ -80,7 +81,7 @@ pub const CONNECTIONS_MAX_IDLE_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
 pub const INTER_BROKER_MAX_CONNECTIONS_DEFAULT: usize = 1_000;
 
 /// Kafka's `offsets.*` keys: the `__consumer_offsets` topic and committed-offset retention.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OffsetsSection {
     /// `offsets.topic.num.partitions`.
@@ -98,7 +99,7 @@ pub struct OffsetsSection {
 }
 
 /// Kafka's `group.*` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupSection {
     /// `group.initial.rebalance.delay.ms`.
@@ -134,7 +135,7 @@ impl Default for GroupSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerSection {
     /// `controller.quorum.voters`: `id@host:port,...`; empty means this node alone.
@@ -145,7 +146,7 @@ pub struct ControllerSection {
     pub snapshot_after_entries: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSection {
     /// `broker.heartbeat.interval.ms`.
@@ -154,7 +155,7 @@ pub struct BrokerSection {
     pub session_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// `log.dirs` (one directory).
@@ -178,11 +179,11 @@ impl Default for NodeConfig {
             listeners: "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093".into(),
             advertised_listeners: None,
             rack: None,
-            num_partitions: 1,
-            default_replication_factor: 1,
-            min_insync_replicas: 1,
+            num_partitions: BROKER_DEFAULTS.num_partitions,
+            default_replication_factor: BROKER_DEFAULTS.default_replication_factor,
+            min_insync_replicas: BROKER_DEFAULTS.min_insync_replicas,
             auto_create_topics_enable: true,
-            message_max_bytes: 1_048_588,
+            message_max_bytes: BROKER_DEFAULTS.message_max_bytes,
             fetch_max_bytes: strom_broker::FETCH_MAX_BYTES_DEFAULT,
             socket_request_max_bytes: 104_857_600,
             replica_lag_time_max_ms: 30_000,
@@ -205,16 +206,19 @@ impl Default for ControllerSection {
     fn default() -> Self {
         ControllerSection {
             quorum_voters: String::new(),
-            election_timeout_ms: 300,
-            raft_heartbeat_interval_ms: 50,
-            snapshot_after_entries: 10_000,
+            election_timeout_ms: BROKER_DEFAULTS.controller_election_timeout_ms,
+            raft_heartbeat_interval_ms: BROKER_DEFAULTS.controller_raft_heartbeat_interval_ms,
+            snapshot_after_entries: BROKER_DEFAULTS.controller_snapshot_after_entries,
         }
     }
 }
 
 impl Default for BrokerSection {
     fn default() -> Self {
-        BrokerSection { heartbeat_interval_ms: 250, session_timeout_ms: 1000 }
+        BrokerSection {
+            heartbeat_interval_ms: BROKER_DEFAULTS.broker_heartbeat_interval_ms,
+            session_timeout_ms: BROKER_DEFAULTS.broker_session_timeout_ms,
+        }
     }
 }
 
@@ -222,15 +226,51 @@ impl Default for LogSection {
     fn default() -> Self {
         LogSection {
             dirs: PathBuf::from("./strom-data"),
-            segment_bytes: 1 << 30,
-            retention_ms: 7 * 24 * 3600 * 1000,
-            retention_bytes: -1,
-            retention_check_interval_ms: 300_000,
-            flush_interval_messages: 1,
-            message_timestamp_type: "CreateTime".into(),
-            index_interval_bytes: 4096,
+            segment_bytes: BROKER_DEFAULTS.log_segment_bytes,
+            retention_ms: BROKER_DEFAULTS.log_retention_ms,
+            retention_bytes: BROKER_DEFAULTS.log_retention_bytes,
+            retention_check_interval_ms: BROKER_DEFAULTS.log_retention_check_interval_ms,
+            flush_interval_messages: BROKER_DEFAULTS.log_flush_interval_messages,
+            message_timestamp_type: BROKER_DEFAULTS.log_message_timestamp_type.name().into(),
+            index_interval_bytes: BROKER_DEFAULTS.log_index_interval_bytes,
         }
     }
+}
+
+/// `cfg` as dotted Kafka-style keys and their values (lists comma-separated).
+fn flat_entries(cfg: &NodeConfig) -> BTreeMap<String, String> {
+    // Every field is a number, string, bool, path, list or table: it serialises.
+    toml::Value::try_from(cfg).map(|value| flatten(&value)).unwrap_or_default()
+}
+
+/// A TOML document as dotted keys (`_` as `.`) and their values, lists comma-separated.
+fn flatten(value: &toml::Value) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        let text = match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let key = key.replace('_', ".");
+                    let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+                    walk(&name, value, out);
+                }
+                return;
+            }
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        out.insert(prefix.to_string(), text);
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
 }
 
 /// A parsed `NAME://host:port` listener.
@@ -354,6 +394,51 @@ impl NodeConfig {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .and_then(|(_, l)| l.max_connections)
+    }
+
+    /// The settings the controller and the broker share, as configured.
+    pub fn broker_defaults(&self) -> BrokerDefaults {
+        BrokerDefaults {
+            num_partitions: self.num_partitions,
+            default_replication_factor: self.default_replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
+            message_max_bytes: self.message_max_bytes,
+            broker_heartbeat_interval_ms: self.broker.heartbeat_interval_ms,
+            broker_session_timeout_ms: self.broker.session_timeout_ms,
+            controller_election_timeout_ms: self.controller.election_timeout_ms,
+            controller_raft_heartbeat_interval_ms: self.controller.raft_heartbeat_interval_ms,
+            controller_snapshot_after_entries: self.controller.snapshot_after_entries,
+            log_segment_bytes: self.log.segment_bytes,
+            log_retention_ms: self.log.retention_ms,
+            log_retention_bytes: self.log.retention_bytes,
+            log_retention_check_interval_ms: self.log.retention_check_interval_ms,
+            log_flush_interval_messages: self.log.flush_interval_messages,
+            // `validate` refuses any other spelling.
+            log_message_timestamp_type: MessageTimestampType::parse(
+                &self.log.message_timestamp_type,
+            )
+            .unwrap_or(BROKER_DEFAULTS.log_message_timestamp_type),
+            log_index_interval_bytes: self.log.index_interval_bytes,
+        }
+    }
+
+    /// Every setting with its value, named as Kafka names it (the TOML key with its section,
+    /// `_` as `.`: `log.segment.bytes`), sorted: what DescribeConfigs of the broker shows.
+    /// A value other than the default is `StaticBroker`; unset keys (`advertised_listeners`
+    /// when unset) are left out.
+    pub fn kafka_entries(&self) -> Vec<(String, String, ConfigSource)> {
+        let defaults: BTreeMap<String, String> = flat_entries(&NodeConfig::default());
+        flat_entries(self)
+            .into_iter()
+            .map(|(key, value)| {
+                let source = if defaults.get(&key) == Some(&value) {
+                    ConfigSource::Default
+                } else {
+                    ConfigSource::StaticBroker
+                };
+                (key, value, source)
+            })
+            .collect()
     }
 
     pub fn has_role(&self, role: &str) -> bool {
@@ -573,6 +658,35 @@ mod tests {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
         NodeConfig::load(&path).unwrap().validate().unwrap();
+    }
+
+    /// `config/single.toml` is what `strom start` runs with no config file: it writes out
+    /// every setting (bar the optional ones), each with its default.
+    #[test]
+    fn single_toml_spells_out_every_default() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let written = flatten(&toml::from_str::<toml::Value>(&text).unwrap());
+        let defaults = flat_entries(&NodeConfig::default());
+        assert!(defaults.len() > 30, "{defaults:?}");
+        for (key, value) in &defaults {
+            assert_eq!(written.get(key), Some(value), "{key} in config/single.toml");
+        }
+        for key in written.keys() {
+            assert!(defaults.contains_key(key), "config/single.toml sets {key}, not a default");
+        }
+        let loaded = NodeConfig::load(&path).unwrap();
+        assert_eq!(loaded.broker_defaults(), BROKER_DEFAULTS);
+        assert_eq!(NodeConfig::default().broker_defaults(), BROKER_DEFAULTS);
+        assert!(loaded
+            .kafka_entries()
+            .iter()
+            .all(|(_, _, source)| *source == ConfigSource::Default));
+        let changed: NodeConfig = toml::from_str("[log]\nsegment_bytes = 2097152").unwrap();
+        let entries = changed.kafka_entries();
+        let segment = entries.iter().find(|(k, _, _)| k == "log.segment.bytes").unwrap();
+        assert_eq!((segment.1.as_str(), segment.2), ("2097152", ConfigSource::StaticBroker));
     }
 
     #[test]

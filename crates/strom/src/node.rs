@@ -162,7 +162,8 @@ fn raise_fd_limit() -> u64 {
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             lim.rlim_cur = lim.rlim_max;
         } else {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, "cannot raise the open-file limit");
         }
     }
     tracing::info!(limit = lim.rlim_cur, before, "open-file limit");

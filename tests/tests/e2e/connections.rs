@@ -283,11 +283,11 @@ fn acks_all_producer_keeps_running_through_a_connection_flood() {
                 })
             })
             .collect();
-        // Under the flood: every idle connection is still held. Then one node stops, the
-        // flood pauses and the filler takes every place left on the others' client listeners for good (their
-        // connections stay open, so no place is ever given back), and the node starts again:
-        // its followers need new connections to the leaders, whose client listeners now
-        // refuse every comer.
+        // Under the flood: every idle connection is still held. Then one node stops, the flood
+        // pauses and the filler takes every place left on the others' client listeners for
+        // good (its connections stay open, so no place is ever given back), and the node
+        // starts again: its followers need new connections to the leaders, whose client
+        // listeners now refuse every comer.
         std::thread::sleep(FLOOD_SETTLE);
         let mut still_open = 0;
         for holder in &mut holders {
@@ -306,7 +306,12 @@ fn acks_all_producer_keeps_running_through_a_connection_flood() {
         let filler_count = FILLER_PER_NODE * leaders.len();
         let mut filler = Holder::spawn(filler_count, &leaders)?;
         ensure!(filler.read("opened")? == filler_count, "the filler opened too few");
-        let filler_open = filler.still_open()?;
+        // The brokers close the surplus as they accept it (bounded: the accept queues drain).
+        let filler_open =
+            wait_until(Duration::from_secs(10), "the filler's surplus refused", || {
+                let open = filler.still_open()?;
+                Ok((open < filler_count).then_some(open))
+            })?;
         paused.store(false, Ordering::Relaxed);
         let restarted_at = Instant::now();
         cluster.restart(RESTARTED)?;
@@ -345,9 +350,10 @@ fn acks_all_producer_keeps_running_through_a_connection_flood() {
         let window = flood_end.duration_since(flood_start);
         eprintln!(
             "{idle} idle connections opened in {opened_in:?}, {still_open} still open under the \
-             flood; {filler_open} of {filler_count} filler connections held; flood: {} connects, {} of those seen refused; node {RESTARTED} restarted \
-             and caught up after {caught_up_in:?}; producer: {acks} acks in \
-             {window:?} ({:.0}/s), longest gap {gap:?}",
+             flood; {filler_open} of {filler_count} filler connections held; flood: {} \
+             connects, {} of those seen refused; node {RESTARTED} restarted and caught up after \
+             {caught_up_in:?}; producer: {acks} acks in {window:?} ({:.0}/s), longest gap \
+             {gap:?}",
             connects.load(Ordering::Relaxed),
             refused.load(Ordering::Relaxed),
             acks as f64 / window.as_secs_f64()
@@ -358,10 +364,8 @@ fn acks_all_producer_keeps_running_through_a_connection_flood() {
             idle - still_open,
         );
         ensure!(
-            filler_open < filler_count && refused.load(Ordering::Relaxed) > 0,
-            "the client listeners were never full: {filler_open} of {filler_count} filler \
-             connections held, {} flood connections refused",
-            refused.load(Ordering::Relaxed)
+            refused.load(Ordering::Relaxed) > 0,
+            "no flood connection was refused: the client listeners were never full"
         );
         ensure!(acks > 0, "no record was acknowledged during the flood");
         ensure!(gap <= ACK_GAP_MAX, "acknowledgements stopped for {gap:?} during the flood");

@@ -126,7 +126,7 @@ impl Harness {
 }
 
 fn error(e: Option<GroupError>) -> String {
-    e.map_or("ok".to_owned(), |e| format!("{e:?}({})", crate::errors::group_code(e)))
+    e.map_or("ok".to_owned(), |e| format!("{e:?}({})", crate::errors::code_of(Some(e))))
 }
 
 fn text(b: &Bytes) -> String {

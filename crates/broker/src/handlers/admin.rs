@@ -11,7 +11,6 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::*;
-use kafka_protocol::ResponseError as K;
 use strom_metadata::config::TOPIC_CONFIGS;
 use strom_metadata::control::{
     AlterConfigOp, AlterConfigsRequest as AlterReq, ConfigAlteration, ControlRequest,
@@ -25,7 +24,7 @@ use uuid::Uuid;
 
 use super::metadata::LISTENER;
 use super::s;
-use crate::errors::control_code;
+use crate::errors::KafkaError;
 use crate::BrokerCtx;
 
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
@@ -37,7 +36,7 @@ const RESOURCE_BROKER: i8 = 4;
 fn error_of<T>(r: &Result<T, ControlError>) -> (i16, Option<String>) {
     match r {
         Ok(_) => (0, None),
-        Err(e) => (control_code(e), Some(e.to_string())),
+        Err(e) => (KafkaError::from(e).into(), Some(e.to_string())),
     }
 }
 
@@ -493,23 +492,23 @@ pub(crate) fn describe_configs(
                     Ok(topic_configs(ctx, &name, &[]))
                 }
                 RESOURCE_TOPIC => Err((
-                    K::UnknownTopicOrPartition.code(),
+                    KafkaError::UnknownTopicOrPartition,
                     format!("topic '{name}' does not exist"),
                 )),
                 RESOURCE_BROKER if name.is_empty() || name == ctx.config.node_id.0.to_string() => {
                     Ok(broker_configs(ctx))
                 }
                 RESOURCE_BROKER => Err((
-                    K::InvalidRequest.code(),
+                    KafkaError::InvalidRequest,
                     format!("broker '{name}' is not this node; ask that node"),
                 )),
                 other => {
-                    Err((K::InvalidRequest.code(), format!("unsupported resource type {other}")))
+                    Err((KafkaError::InvalidRequest, format!("unsupported resource type {other}")))
                 }
             };
             match entries {
-                Err((code, message)) => {
-                    out.error_code = code;
+                Err((error, message)) => {
+                    out.error_code = error.into();
                     out.error_message = Some(s(message));
                 }
                 Ok(entries) => {

@@ -7,10 +7,10 @@
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::ResponseError as K;
 use strom_metadata::PartitionImage;
 
 use super::{groups, s};
+use crate::errors::KafkaError;
 use crate::group::{ensure_offsets_topic, OFFSETS_TOPIC};
 use crate::BrokerCtx;
 
@@ -18,18 +18,20 @@ const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 const NO_TRANSACTIONS: &str = "transactions are not served by this broker";
 
-/// (node id, host, port) of a key's coordinator, or (code, message).
-type Found = Result<(i32, String, i32), (i16, Option<String>)>;
+/// (node id, host, port) of a key's coordinator, or (error, message).
+type Found = Result<(i32, String, i32), (KafkaError, Option<String>)>;
 
 fn find(ctx: &BrokerCtx, key_type: i8, key: &str) -> Found {
     match key_type {
         KEY_TYPE_GROUP => {}
         KEY_TYPE_TRANSACTION => {
-            return Err((K::CoordinatorNotAvailable.code(), Some(NO_TRANSACTIONS.to_owned())))
+            return Err((KafkaError::CoordinatorNotAvailable, Some(NO_TRANSACTIONS.to_owned())))
         }
-        other => return Err((K::InvalidRequest.code(), Some(format!("unknown key type {other}")))),
+        other => {
+            return Err((KafkaError::InvalidRequest, Some(format!("unknown key type {other}"))))
+        }
     }
-    let not_available = || (K::CoordinatorNotAvailable.code(), None);
+    let not_available = || (KafkaError::CoordinatorNotAvailable, None);
     let partition = groups::coordinator_partition(ctx, key).ok_or_else(not_available)?;
     let image = ctx.image.current();
     let leader = image
@@ -64,11 +66,11 @@ pub(crate) async fn handle(
                     Ok((node, host, port)) => {
                         c.with_node_id(BrokerId(node)).with_host(s(host)).with_port(port)
                     }
-                    Err((code, message)) => c
+                    Err((error, message)) => c
                         .with_node_id(BrokerId(-1))
                         .with_host(StrBytes::default())
                         .with_port(-1)
-                        .with_error_code(code)
+                        .with_error_code(error.into())
                         .with_error_message(message.map(s)),
                 }
             })
@@ -80,8 +82,8 @@ pub(crate) async fn handle(
                 resp.host = s(host);
                 resp.port = port;
             }
-            Err((code, message)) => {
-                resp.error_code = code;
+            Err((error, message)) => {
+                resp.error_code = error.into();
                 resp.node_id = BrokerId(-1);
                 resp.port = -1;
                 if version >= 1 {

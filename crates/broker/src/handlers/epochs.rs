@@ -7,10 +7,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
-use kafka_protocol::ResponseError as K;
 
 use super::check_leader;
-use crate::errors::log_code;
+use crate::errors::KafkaError;
 use crate::BrokerCtx;
 
 pub(crate) fn handle(
@@ -29,7 +28,7 @@ pub(crate) fn handle(
                 .into_iter()
                 .map(|p| {
                     let out = EpochEndOffset::default().with_partition(p.partition);
-                    let answer = (|| -> Result<(i32, i64), i16> {
+                    let answer = (|| -> Result<(i32, i64), KafkaError> {
                         let pi = check_leader(
                             image.partition(&name, p.partition),
                             node,
@@ -38,8 +37,8 @@ pub(crate) fn handle(
                         let part = ctx
                             .replicas
                             .get_or_open(&image, node, &name, p.partition)
-                            .ok_or(K::KafkaStorageError.code())?;
-                        let log = part.log().map_err(|e| log_code(&e))?;
+                            .ok_or(KafkaError::KafkaStorageError)?;
+                        let log = part.log()?;
                         if p.leader_epoch == pi.leader_epoch.0 {
                             return Ok((p.leader_epoch, log.log_end_offset()));
                         }
@@ -47,8 +46,8 @@ pub(crate) fn handle(
                     })();
                     match answer {
                         Ok((epoch, end)) => out.with_leader_epoch(epoch).with_end_offset(end),
-                        Err(code) => {
-                            out.with_error_code(code).with_leader_epoch(-1).with_end_offset(-1)
+                        Err(e) => {
+                            out.with_error_code(e.into()).with_leader_epoch(-1).with_end_offset(-1)
                         }
                     }
                 })

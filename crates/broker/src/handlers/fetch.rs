@@ -16,7 +16,6 @@ use kafka_protocol::messages::fetch_response::{
 };
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
-use kafka_protocol::ResponseError as K;
 use strom_metadata::{MetadataImage, NodeId, PartitionImage, TopicId};
 use strom_protocol::request::{encode_response_sharing, SHARED_BYTES_MIN};
 
@@ -24,7 +23,7 @@ use strom_log::ReadStart;
 
 use super::Meta;
 use super::{check_leader, leader_hint, s};
-use crate::errors::log_code;
+use crate::errors::KafkaError;
 use crate::fetch_memory::{reserved_bytes, ConnectionMemory, FetchMemory, Reservation};
 use crate::isr::FollowerFetchRefused;
 use crate::BrokerCtx;
@@ -32,10 +31,10 @@ use crate::BrokerCtx;
 /// The longest long-poll a request may ask for.
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 
-fn error_partition(index: i32, code: i16) -> PartitionData {
+fn error_partition(index: i32, error: KafkaError) -> PartitionData {
     PartitionData::default()
         .with_partition_index(index)
-        .with_error_code(code)
+        .with_error_code(error.into())
         .with_high_watermark(-1)
         .with_records(Some(Bytes::new()))
 }
@@ -104,8 +103,8 @@ struct ReadJob {
     budget: Budget,
     /// Memory reserved (after a wait) for the read at `next`.
     granted: Option<Reservation>,
-    /// (position in the response, records or Kafka error code), in request order.
-    done: Vec<((usize, usize), Result<Bytes, i16>)>,
+    /// (position in the response, records or the Kafka error), in request order.
+    done: Vec<((usize, usize), Result<Bytes, KafkaError>)>,
 }
 
 impl ReadJob {
@@ -113,7 +112,7 @@ impl ReadJob {
     /// (`Some(bytes)`: reserve that much and run again). File IO: call on a blocking thread.
     fn run(&mut self, memory: &FetchMemory, connection: &ConnectionMemory) -> Option<usize> {
         while let Some(read) = self.reads.get(self.next) {
-            let outcome = (|| {
+            let outcome = (|| -> Result<_, KafkaError> {
                 let Some(located) = read.start.locate()? else {
                     return Ok(None);
                 };
@@ -133,7 +132,7 @@ impl ReadJob {
                     continue;
                 }
                 Err(e) => {
-                    self.done.push((read.at, Err(log_code(&e))));
+                    self.done.push((read.at, Err(e)));
                     self.next += 1;
                     continue;
                 }
@@ -151,7 +150,7 @@ impl ReadJob {
                     self.budget.spend(records.len());
                     Ok(records)
                 }
-                Err(e) => Err(log_code(&e)),
+                Err(e) => Err(e.into()),
             };
             self.done.push((read.at, records));
             self.next += 1;
@@ -195,9 +194,13 @@ fn check_partitions(
             out.topic = t.topic.clone();
         }
         let Some(topic) = topic else {
-            let code = if version >= 13 { K::UnknownTopicId } else { K::UnknownTopicOrPartition };
+            let error = if version >= 13 {
+                KafkaError::UnknownTopicId
+            } else {
+                KafkaError::UnknownTopicOrPartition
+            };
             out.partitions =
-                t.partitions.iter().map(|p| error_partition(p.partition, code.code())).collect();
+                t.partitions.iter().map(|p| error_partition(p.partition, error)).collect();
             any_error = true;
             responses.push(out);
             continue;
@@ -211,7 +214,7 @@ fn check_partitions(
                 let part = ctx
                     .replicas
                     .get_or_open(image, node, &topic.name, index)
-                    .ok_or(K::KafkaStorageError.code())?;
+                    .ok_or(KafkaError::KafkaStorageError)?;
                 if let Some((r, broker_epoch)) = replica {
                     check_follower_fetch(image, p, r, broker_epoch, claimed)?;
                     // Only now may the fetch offset count as the follower's durable end (and
@@ -219,21 +222,21 @@ fn check_partitions(
                     // follower again under its locks.
                     part.on_follower_fetch(r, fp.fetch_offset, p.leader_epoch.0, now).map_err(
                         |refused| match refused {
-                            FollowerFetchRefused::OffsetOutOfRange => K::OffsetOutOfRange.code(),
+                            FollowerFetchRefused::OffsetOutOfRange => KafkaError::OffsetOutOfRange,
                             FollowerFetchRefused::NotReplica => not_a_replica(claimed),
                         },
                     )?;
                 }
                 let progress = part.progress();
                 if progress.offline {
-                    return Err(K::KafkaStorageError.code());
+                    return Err(KafkaError::KafkaStorageError);
                 }
                 let hw = progress.high_watermark;
                 // Consumers read up to the high watermark, followers up to the log end.
-                let log = part.log().map_err(|e| log_code(&e))?;
+                let log = part.log()?;
                 let start = log.log_start_offset();
                 let bound = if replica.is_some() { log.log_end_offset() } else { hw };
-                let read = log.read_start(fp.fetch_offset, bound).map_err(|e| log_code(&e))?;
+                let read = log.read_start(fp.fetch_offset, bound)?;
                 drop(log);
                 if let Some(read) = read {
                     reads.push(PendingRead {
@@ -252,12 +255,12 @@ fn check_partitions(
                 }
                 Ok(d)
             })();
-            out.partitions.push(data.unwrap_or_else(|code| {
+            out.partitions.push(data.unwrap_or_else(|error| {
                 any_error = true;
-                let mut d = error_partition(index, code);
+                let mut d = error_partition(index, error);
                 if version >= 12 {
                     // KIP-951: name the current leader so the client can go straight there.
-                    if let Some(hint) = leader_hint(image, &topic.name, index, code) {
+                    if let Some(hint) = leader_hint(image, &topic.name, index, error) {
                         d.current_leader = LeaderIdAndEpoch::default()
                             .with_leader_id(BrokerId(hint.leader_id))
                             .with_leader_epoch(hint.leader_epoch);
@@ -290,11 +293,11 @@ fn check_partitions(
 /// Kafka's answer to a fetch from a node that is not a replica of the partition: the node may
 /// have just been added (KRaft reassignment), so a request that names the leader epoch is told
 /// UNKNOWN_LEADER_EPOCH and retries; older requests get NOT_LEADER_OR_FOLLOWER.
-fn not_a_replica(claimed_leader_epoch: i32) -> i16 {
+fn not_a_replica(claimed_leader_epoch: i32) -> KafkaError {
     if claimed_leader_epoch >= 0 {
-        K::UnknownLeaderEpoch.code()
+        KafkaError::UnknownLeaderEpoch
     } else {
-        K::NotLeaderOrFollower.code()
+        KafkaError::NotLeaderOrFollower
     }
 }
 
@@ -308,13 +311,13 @@ fn check_follower_fetch(
     follower: NodeId,
     broker_epoch: i64,
     claimed_leader_epoch: i32,
-) -> Result<(), i16> {
+) -> Result<(), KafkaError> {
     if partition.leader == Some(follower) || !partition.replicas.contains(&follower) {
         return Err(not_a_replica(claimed_leader_epoch));
     }
     let registered = image.brokers.get(&follower).map(|b| b.epoch.0);
     if broker_epoch != -1 && registered.is_some_and(|r| r > broker_epoch) {
-        return Err(K::NotLeaderOrFollower.code());
+        return Err(KafkaError::NotLeaderOrFollower);
     }
     Ok(())
 }
@@ -376,9 +379,9 @@ async fn read_once(
                 total += records.len();
                 d.records = Some(records);
             }
-            Err(code) => {
+            Err(error) => {
                 any_error = true;
-                *d = error_partition(d.partition_index, code);
+                *d = error_partition(d.partition_index, error);
             }
         }
     }
@@ -445,13 +448,13 @@ pub(crate) async fn handle(
 
 #[cfg(test)]
 mod tests {
-    use kafka_protocol::ResponseError as K;
     use strom_metadata::{
         BrokerEpoch, BrokerImage, LeaderEpoch, MetadataImage, NodeId, PartitionEpoch,
         PartitionImage,
     };
 
     use super::{check_follower_fetch, Budget};
+    use crate::errors::KafkaError;
 
     #[test]
     fn a_follower_fetch_must_come_from_a_current_follower() {
@@ -483,10 +486,14 @@ mod tests {
         assert_eq!(check(2, -1, 4), Ok(()), "no broker epoch (before v15)");
         assert_eq!(check(2, 102, 4), Ok(()), "the registered epoch");
         assert_eq!(check(2, 103, 4), Ok(()), "newer than this broker's image: passes, as in Kafka");
-        assert_eq!(check(2, 101, 4), Err(K::NotLeaderOrFollower.code()), "a stale incarnation");
-        assert_eq!(check(3, -1, 4), Err(K::UnknownLeaderEpoch.code()), "not a replica");
-        assert_eq!(check(3, -1, -1), Err(K::NotLeaderOrFollower.code()), "not a replica, no epoch");
-        assert_eq!(check(1, -1, 4), Err(K::UnknownLeaderEpoch.code()), "the leader itself");
+        assert_eq!(check(2, 101, 4), Err(KafkaError::NotLeaderOrFollower), "a stale incarnation");
+        assert_eq!(check(3, -1, 4), Err(KafkaError::UnknownLeaderEpoch), "not a replica");
+        assert_eq!(
+            check(3, -1, -1),
+            Err(KafkaError::NotLeaderOrFollower),
+            "not a replica, no epoch"
+        );
+        assert_eq!(check(1, -1, 4), Err(KafkaError::UnknownLeaderEpoch), "the leader itself");
     }
 
     /// What the log keeps of a read of `len` bytes: the whole batches that fit.

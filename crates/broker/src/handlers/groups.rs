@@ -16,38 +16,25 @@ use kafka_protocol::messages::{
     OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse, TopicName,
 };
-use kafka_protocol::ResponseError as K;
 use tokio::sync::oneshot;
 
 use super::{s, Meta, Reply};
-use crate::errors::group_code;
+use crate::errors::{code_of, KafkaError};
 use crate::group::{
-    self, state_name, Cmd, CommitRequest, GroupError, GroupSummary, JoinRequest, OffsetValue,
-    Protocol, RouteError, SyncRequest,
+    self, state_name, Cmd, CommitRequest, GroupSummary, JoinRequest, OffsetValue, Protocol,
+    SyncRequest,
 };
 use crate::BrokerCtx;
 
-fn route_code(e: RouteError) -> i16 {
-    match e {
-        RouteError::NotCoordinator => K::NotCoordinator.code(),
-        RouteError::Loading => K::CoordinatorLoadInProgress.code(),
-        RouteError::NotAvailable => K::CoordinatorNotAvailable.code(),
-    }
-}
-
-fn code(e: Option<GroupError>) -> i16 {
-    e.map_or(0, group_code)
-}
-
 /// Queues `cmd` on the shard coordinating `group_id`.
-async fn send(ctx: &BrokerCtx, group_id: &str, cmd: Cmd) -> Result<(), i16> {
-    let tx = ctx.groups.route(ctx, group_id).map_err(route_code)?;
-    tx.send(cmd).await.map_err(|_| K::NotCoordinator.code())
+async fn send(ctx: &BrokerCtx, group_id: &str, cmd: Cmd) -> Result<(), KafkaError> {
+    let tx = ctx.groups.route(ctx, group_id)?;
+    tx.send(cmd).await.map_err(|_| KafkaError::NotCoordinator)
 }
 
 /// A shard that stopped before answering has lost its partition: ask FindCoordinator again.
-fn gone() -> i16 {
-    K::NotCoordinator.code()
+fn gone() -> KafkaError {
+    KafkaError::NotCoordinator
 }
 
 fn later(fut: impl std::future::Future<Output = Option<bytes::Bytes>> + Send + 'static) -> Reply {
@@ -85,7 +72,7 @@ pub(crate) async fn join(
     let group_id = req.group_id.0.to_string();
     let member_id = req.member_id.to_string();
     if group_id.is_empty() {
-        return now(meta.encode(&join_error(v, member_id, K::InvalidGroupId.code())));
+        return now(meta.encode(&join_error(v, member_id, KafkaError::InvalidGroupId.into())));
     }
     let request = JoinRequest {
         member_id: member_id.clone(),
@@ -108,14 +95,14 @@ pub(crate) async fn join(
     };
     let (tx, rx) = oneshot::channel();
     if let Err(c) = send(ctx, &group_id, Cmd::Join(group_id.clone(), request, tx)).await {
-        return now(meta.encode(&join_error(v, member_id, c)));
+        return now(meta.encode(&join_error(v, member_id, c.into())));
     }
     later(async move {
         let resp = match rx.await {
-            Err(_) => join_error(v, member_id, gone()),
+            Err(_) => join_error(v, member_id, gone().into()),
             Ok(r) => {
                 let mut out = JoinGroupResponse::default()
-                    .with_error_code(code(r.error))
+                    .with_error_code(code_of(r.error))
                     .with_generation_id(r.generation_id)
                     .with_leader(s(r.leader))
                     .with_member_id(s(r.member_id))
@@ -154,7 +141,7 @@ pub(crate) async fn sync(ctx: &Arc<BrokerCtx>, meta: Meta, req: SyncGroupRequest
     let group_id = req.group_id.0.to_string();
     let error = |c: i16| SyncGroupResponse::default().with_error_code(c);
     if group_id.is_empty() {
-        return now(meta.encode(&error(K::InvalidGroupId.code())));
+        return now(meta.encode(&error(KafkaError::InvalidGroupId.into())));
     }
     let request = SyncRequest {
         member_id: req.member_id.to_string(),
@@ -170,14 +157,14 @@ pub(crate) async fn sync(ctx: &Arc<BrokerCtx>, meta: Meta, req: SyncGroupRequest
     };
     let (tx, rx) = oneshot::channel();
     if let Err(c) = send(ctx, &group_id, Cmd::Sync(group_id.clone(), request, tx)).await {
-        return now(meta.encode(&error(c)));
+        return now(meta.encode(&error(c.into())));
     }
     later(async move {
         let resp = match rx.await {
-            Err(_) => error(gone()),
+            Err(_) => error(gone().into()),
             Ok(r) => {
                 let mut out = SyncGroupResponse::default()
-                    .with_error_code(code(r.error))
+                    .with_error_code(code_of(r.error))
                     .with_assignment(r.assignment);
                 if v >= 5 {
                     out.protocol_type = r.protocol_type.map(s);
@@ -194,7 +181,7 @@ pub(crate) async fn heartbeat(ctx: &Arc<BrokerCtx>, meta: Meta, req: HeartbeatRe
     let group_id = req.group_id.0.to_string();
     let error = |c: i16| HeartbeatResponse::default().with_error_code(c);
     if group_id.is_empty() {
-        return now(meta.encode(&error(K::InvalidGroupId.code())));
+        return now(meta.encode(&error(KafkaError::InvalidGroupId.into())));
     }
     let (tx, rx) = oneshot::channel();
     let cmd = Cmd::Heartbeat {
@@ -205,12 +192,12 @@ pub(crate) async fn heartbeat(ctx: &Arc<BrokerCtx>, meta: Meta, req: HeartbeatRe
         reply: tx,
     };
     if let Err(c) = send(ctx, &group_id, cmd).await {
-        return now(meta.encode(&error(c)));
+        return now(meta.encode(&error(c.into())));
     }
     later(async move {
         let c = match rx.await {
-            Ok(e) => code(e),
-            Err(_) => gone(),
+            Ok(e) => code_of(e),
+            Err(_) => gone().into(),
         };
         meta.encode(&error(c))
     })
@@ -221,7 +208,7 @@ pub(crate) async fn leave(ctx: &Arc<BrokerCtx>, meta: Meta, req: LeaveGroupReque
     let group_id = req.group_id.0.to_string();
     let error = |c: i16| LeaveGroupResponse::default().with_error_code(c);
     if group_id.is_empty() {
-        return now(meta.encode(&error(K::InvalidGroupId.code())));
+        return now(meta.encode(&error(KafkaError::InvalidGroupId.into())));
     }
     let members: Vec<(String, Option<String>)> = if v >= 3 {
         req.members
@@ -233,24 +220,24 @@ pub(crate) async fn leave(ctx: &Arc<BrokerCtx>, meta: Meta, req: LeaveGroupReque
     };
     let (tx, rx) = oneshot::channel();
     if let Err(c) = send(ctx, &group_id, Cmd::Leave(group_id.clone(), members, tx)).await {
-        return now(meta.encode(&error(c)));
+        return now(meta.encode(&error(c.into())));
     }
     later(async move {
         let resp = match rx.await {
-            Err(_) => error(gone()),
-            Ok((top, members)) if v >= 3 => error(code(top)).with_members(
+            Err(_) => error(gone().into()),
+            Ok((top, members)) if v >= 3 => error(code_of(top)).with_members(
                 members
                     .into_iter()
                     .map(|m| {
                         MemberResponse::default()
                             .with_member_id(s(m.member_id))
                             .with_group_instance_id(m.group_instance_id.map(s))
-                            .with_error_code(code(m.error))
+                            .with_error_code(code_of(m.error))
                     })
                     .collect(),
             ),
             // Before v3 one member leaves, and its outcome is the response's.
-            Ok((top, members)) => error(code(top.or(members.first().and_then(|m| m.error)))),
+            Ok((top, members)) => error(code_of(top.or(members.first().and_then(|m| m.error)))),
         };
         meta.encode(&resp)
     })
@@ -278,9 +265,9 @@ pub(crate) async fn offset_commit(
         for p in &t.partitions {
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
             let refused = if image.partition(&topic, p.partition_index).is_none() {
-                Some(K::UnknownTopicOrPartition.code())
+                Some(KafkaError::UnknownTopicOrPartition.into())
             } else if metadata.len() > max_metadata {
-                Some(K::OffsetMetadataTooLarge.code())
+                Some(KafkaError::OffsetMetadataTooLarge.into())
             } else {
                 offsets.push((
                     (topic.clone(), p.partition_index),
@@ -319,7 +306,7 @@ pub(crate) async fn offset_commit(
         )
     };
     if group_id.is_empty() {
-        return now(meta.encode(&build(K::InvalidGroupId.code())));
+        return now(meta.encode(&build(KafkaError::InvalidGroupId.into())));
     }
     let request = CommitRequest {
         member_id: req.member_id.to_string(),
@@ -329,13 +316,13 @@ pub(crate) async fn offset_commit(
     };
     let (tx, rx) = oneshot::channel();
     if let Err(c) = send(ctx, &group_id, Cmd::Commit(group_id.clone(), request, tx)).await {
-        return now(meta.encode(&build(c)));
+        return now(meta.encode(&build(c.into())));
     }
     later(async move {
         let c = match rx.await {
             Ok(Ok(())) => 0,
-            Ok(Err(e)) => group_code(e),
-            Err(_) => gone(),
+            Ok(Err(e)) => code_of(Some(e)),
+            Err(_) => gone().into(),
         };
         meta.encode(&build(c))
     })
@@ -358,10 +345,10 @@ async fn fetch_group(ctx: &BrokerCtx, group_id: &str, wanted: Wanted) -> Fetched
     let (tx, rx) = oneshot::channel();
     let requested = wanted.clone();
     match send(ctx, group_id, Cmd::FetchOffsets(group_id.to_owned(), wanted, tx)).await {
-        Err(c) => FetchedGroup { error: c, offsets: Vec::new(), requested },
+        Err(c) => FetchedGroup { error: c.into(), offsets: Vec::new(), requested },
         Ok(()) => match rx.await {
             Ok(offsets) => FetchedGroup { error: 0, offsets, requested },
-            Err(_) => FetchedGroup { error: gone(), offsets: Vec::new(), requested },
+            Err(_) => FetchedGroup { error: gone().into(), offsets: Vec::new(), requested },
         },
     }
 }
@@ -503,18 +490,18 @@ pub(crate) async fn offset_delete(
     let (tx, rx) = oneshot::channel();
     if let Err(c) = send(ctx, &group_id, Cmd::DeleteOffsets(group_id.clone(), partitions, tx)).await
     {
-        return now(meta.encode(&error(c)));
+        return now(meta.encode(&error(c.into())));
     }
     later(async move {
         let resp = match rx.await {
-            Err(_) => error(gone()),
-            Ok(Err(e)) => error(group_code(e)),
+            Err(_) => error(gone().into()),
+            Ok(Err(e)) => error(code_of(Some(e))),
             Ok(Ok(results)) => {
                 let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
                 for ((topic, p), e) in results {
                     let part = OffsetDeleteResponsePartition::default()
                         .with_partition_index(p)
-                        .with_error_code(code(e));
+                        .with_error_code(code_of(e));
                     match topics.last_mut() {
                         Some(t) if t.name.0.as_str() == topic => t.partitions.push(part),
                         _ => topics.push(
@@ -572,13 +559,17 @@ pub(crate) async fn list_groups(ctx: &Arc<BrokerCtx>, meta: Meta, req: ListGroup
                 l
             })
             .collect();
-        let code = if ctx.groups.any_loading() { K::CoordinatorLoadInProgress.code() } else { 0 };
+        let code =
+            code_of(ctx.groups.any_loading().then_some(KafkaError::CoordinatorLoadInProgress));
         meta.encode(&ListGroupsResponse::default().with_error_code(code).with_groups(groups))
     })
 }
 
 /// One group's summary, or the routing error.
-pub(crate) async fn describe_one(ctx: &BrokerCtx, group_id: &str) -> Result<GroupSummary, i16> {
+pub(crate) async fn describe_one(
+    ctx: &BrokerCtx,
+    group_id: &str,
+) -> Result<GroupSummary, KafkaError> {
     let (tx, rx) = oneshot::channel();
     send(ctx, group_id, Cmd::Describe(group_id.to_owned(), tx)).await?;
     rx.await.map_err(|_| gone())
@@ -602,7 +593,7 @@ pub(crate) async fn describe_groups(
             }
             match describe_one(&ctx, &group_id).await {
                 Err(c) => {
-                    d.error_code = c;
+                    d.error_code = c.into();
                     d.group_state = s("Dead");
                 }
                 Ok(summary) => {
@@ -645,10 +636,10 @@ pub(crate) async fn delete_groups(
             let group_id = g.0.to_string();
             let (tx, rx) = oneshot::channel();
             let c = match send(&ctx, &group_id, Cmd::Delete(group_id.clone(), tx)).await {
-                Err(c) => c,
+                Err(c) => c.into(),
                 Ok(()) => match rx.await {
-                    Ok(r) => code(r.err()),
-                    Err(_) => gone(),
+                    Ok(r) => code_of(r.err()),
+                    Err(_) => gone().into(),
                 },
             };
             results.push(

@@ -6,10 +6,9 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use kafka_protocol::ResponseError as K;
 
 use super::check_leader;
-use crate::errors::log_code;
+use crate::errors::KafkaError;
 use crate::BrokerCtx;
 
 const LATEST: i64 = -1;
@@ -34,16 +33,16 @@ pub(crate) fn handle(
                 .into_iter()
                 .map(|lp| {
                     let index = lp.partition_index;
-                    let answer = (|| -> Result<(i64, i64, i32), i16> {
+                    let answer = (|| -> Result<(i64, i64, i32), KafkaError> {
                         // v4 added current_leader_epoch: older requests carry no claim to check.
                         let claimed = if version >= 4 { lp.current_leader_epoch } else { -1 };
                         let p = check_leader(image.partition(&name, index), node, claimed)?;
                         let part = ctx
                             .replicas
                             .get_or_open(&image, node, &name, index)
-                            .ok_or(K::KafkaStorageError.code())?;
+                            .ok_or(KafkaError::KafkaStorageError)?;
                         let hw = part.progress().high_watermark;
-                        let log = part.log().map_err(|e| log_code(&e))?;
+                        let log = part.log()?;
                         let epoch = p.leader_epoch.0;
                         Ok(match lp.timestamp {
                             LATEST => (-1, hw, epoch),
@@ -52,13 +51,11 @@ pub(crate) fn handle(
                                 Some((offset, ts)) if offset < hw => (ts, offset, epoch),
                                 _ => (-1, -1, -1),
                             },
-                            ts if ts >= 0 => {
-                                match log.offset_for_timestamp(ts).map_err(|e| log_code(&e))? {
-                                    Some((offset, found)) if offset < hw => (found, offset, epoch),
-                                    _ => (-1, -1, -1),
-                                }
-                            }
-                            _ => return Err(K::InvalidRequest.code()),
+                            ts if ts >= 0 => match log.offset_for_timestamp(ts)? {
+                                Some((offset, found)) if offset < hw => (found, offset, epoch),
+                                _ => (-1, -1, -1),
+                            },
+                            _ => return Err(KafkaError::InvalidRequest),
                         })
                     })();
                     let mut r = ListOffsetsPartitionResponse::default().with_partition_index(index);
@@ -70,8 +67,8 @@ pub(crate) fn handle(
                                 r.leader_epoch = epoch;
                             }
                         }
-                        Err(code) => {
-                            r.error_code = code;
+                        Err(e) => {
+                            r.error_code = e.into();
                             r.offset = -1;
                         }
                     }

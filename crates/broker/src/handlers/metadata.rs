@@ -8,13 +8,13 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
-use kafka_protocol::ResponseError as K;
 use strom_metadata::config::is_internal_topic;
 use strom_metadata::control::{ControlRequest, CreateTopic, CreateTopicsRequest};
 use strom_metadata::{MetadataImage, TopicImage};
 use uuid::Uuid;
 
 use super::s;
+use crate::errors::{code_of, KafkaError};
 use crate::BrokerCtx;
 
 /// How long a Metadata request waits for an auto-created topic to commit.
@@ -51,7 +51,9 @@ fn topic_response(image: &MetadataImage, t: &TopicImage, version: i16) -> Metada
             let ids = |v: &[strom_metadata::NodeId]| v.iter().map(|n| BrokerId(n.0)).collect();
             let mut out = MetadataResponsePartition::default()
                 .with_partition_index(index)
-                .with_error_code(if p.leader.is_some() { 0 } else { K::LeaderNotAvailable.code() })
+                .with_error_code(code_of(
+                    p.leader.is_none().then_some(KafkaError::LeaderNotAvailable),
+                ))
                 .with_leader_id(BrokerId(p.leader.map_or(-1, |n| n.0)))
                 .with_replica_nodes(ids(&p.replicas))
                 .with_isr_nodes(ids(&p.isr));
@@ -81,8 +83,8 @@ fn topic_response(image: &MetadataImage, t: &TopicImage, version: i16) -> Metada
     out
 }
 
-fn unknown(name: Option<TopicName>, id: Uuid, code: i16) -> MetadataResponseTopic {
-    MetadataResponseTopic::default().with_name(name).with_topic_id(id).with_error_code(code)
+fn unknown(name: Option<TopicName>, id: Uuid, error: KafkaError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default().with_name(name).with_topic_id(id).with_error_code(error.into())
 }
 
 pub(crate) async fn handle(
@@ -140,17 +142,17 @@ pub(crate) async fn handle(
                 match found {
                     Some(found) => topic_response(&image, found, version),
                     None => {
-                        let code = match &by_name {
+                        let error = match &by_name {
                             Some(n) if strom_metadata::control::validate_topic_name(n).is_err() => {
-                                K::InvalidTopicException.code()
+                                KafkaError::InvalidTopicException
                             }
                             Some(n) if auto_create && !is_internal_topic(n) => {
-                                K::LeaderNotAvailable.code()
+                                KafkaError::LeaderNotAvailable
                             }
-                            Some(_) => K::UnknownTopicOrPartition.code(),
-                            None => K::UnknownTopicId.code(),
+                            Some(_) => KafkaError::UnknownTopicOrPartition,
+                            None => KafkaError::UnknownTopicId,
                         };
-                        let mut out = unknown(t.name, Uuid::nil(), code);
+                        let mut out = unknown(t.name, Uuid::nil(), error);
                         if version >= 10 {
                             out.topic_id = t.topic_id;
                         }

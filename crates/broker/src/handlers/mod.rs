@@ -19,6 +19,7 @@ use kafka_protocol::protocol::Encodable;
 use strom_protocol::request::{encode_response, RequestFrame};
 use strom_protocol::Request as R;
 
+use crate::errors::KafkaError;
 use crate::BrokerCtx;
 
 pub(crate) type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -69,17 +70,16 @@ pub(crate) fn check_leader(
     partition: Option<&strom_metadata::PartitionImage>,
     node: strom_metadata::NodeId,
     current_leader_epoch: i32,
-) -> Result<&strom_metadata::PartitionImage, i16> {
-    use kafka_protocol::ResponseError as K;
-    let p = partition.ok_or(K::UnknownTopicOrPartition.code())?;
+) -> Result<&strom_metadata::PartitionImage, KafkaError> {
+    let p = partition.ok_or(KafkaError::UnknownTopicOrPartition)?;
     if p.leader != Some(node) {
-        return Err(K::NotLeaderOrFollower.code());
+        return Err(KafkaError::NotLeaderOrFollower);
     }
     if current_leader_epoch >= 0 && current_leader_epoch < p.leader_epoch.0 {
-        return Err(K::FencedLeaderEpoch.code());
+        return Err(KafkaError::FencedLeaderEpoch);
     }
     if current_leader_epoch > p.leader_epoch.0 {
-        return Err(K::UnknownLeaderEpoch.code());
+        return Err(KafkaError::UnknownLeaderEpoch);
     }
     Ok(p)
 }
@@ -96,10 +96,9 @@ pub(crate) fn leader_hint(
     image: &strom_metadata::MetadataImage,
     topic: &str,
     partition: i32,
-    code: i16,
+    error: KafkaError,
 ) -> Option<LeaderHint> {
-    use kafka_protocol::ResponseError as K;
-    if code != K::NotLeaderOrFollower.code() && code != K::FencedLeaderEpoch.code() {
+    if !matches!(error, KafkaError::NotLeaderOrFollower | KafkaError::FencedLeaderEpoch) {
         return None;
     }
     let p = image.partition(topic, partition)?;
@@ -196,9 +195,11 @@ mod tests {
         };
         assert!(check_leader(Some(&p), NodeId(1), -1).is_ok(), "no claim: no check");
         assert!(check_leader(Some(&p), NodeId(1), 5).is_ok());
-        assert_eq!(check_leader(Some(&p), NodeId(1), 4).unwrap_err(), 74, "FENCED_LEADER_EPOCH");
-        assert_eq!(check_leader(Some(&p), NodeId(1), 6).unwrap_err(), 75, "UNKNOWN_LEADER_EPOCH");
-        assert_eq!(check_leader(Some(&p), NodeId(2), 5).unwrap_err(), 6, "NOT_LEADER_OR_FOLLOWER");
-        assert_eq!(check_leader(None, NodeId(1), 5).unwrap_err(), 3, "UNKNOWN_TOPIC_OR_PARTITION");
+        let code =
+            |p, node, epoch| check_leader(p, NodeId(node), epoch).map(|_| ()).map_err(i16::from);
+        assert_eq!(code(Some(&p), 1, 4).unwrap_err(), 74, "FENCED_LEADER_EPOCH");
+        assert_eq!(code(Some(&p), 1, 6).unwrap_err(), 75, "UNKNOWN_LEADER_EPOCH");
+        assert_eq!(code(Some(&p), 2, 5).unwrap_err(), 6, "NOT_LEADER_OR_FOLLOWER");
+        assert_eq!(code(None, 1, 5).unwrap_err(), 3, "UNKNOWN_TOPIC_OR_PARTITION");
     }
 }

@@ -1,198 +1,227 @@
 //! Produce: validate and append in arrival order, then acknowledge once the data is durable
-//! (fsynced by group commit, or appended when the topic's `flush.messages` > 1).
+//! (fsynced by group commit, or appended when the topic's `flush.messages` > 1). A request's
+//! partitions wait for their acknowledgements together, until one deadline: `timeout_ms`
+//! bounds the whole request, not each partition.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use kafka_protocol::ResponseError as K;
+use strom_log::LogError;
 use strom_metadata::config::is_internal_topic;
 use strom_metadata::control::validate_topic_name;
+use strom_metadata::MetadataImage;
+use tokio::time::Instant;
 
 use super::{leader_hint, now_ms, s, Meta, Reply};
-use crate::errors::log_code;
-use crate::partition::{AckError, Partition};
+use crate::errors::KafkaError;
+use crate::partition::Partition;
 use crate::BrokerCtx;
 
 /// The longest acknowledgement wait a request may ask for.
 const ACK_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 
+/// Why a partition's records were not appended: the error, and a message for v8+ clients.
+struct Refusal {
+    error: KafkaError,
+    message: Option<String>,
+}
+
+impl Refusal {
+    fn new(error: KafkaError, message: impl Into<String>) -> Refusal {
+        Refusal { error, message: Some(message.into()) }
+    }
+}
+
+impl From<KafkaError> for Refusal {
+    fn from(error: KafkaError) -> Refusal {
+        Refusal { error, message: None }
+    }
+}
+
+impl From<LogError> for Refusal {
+    fn from(e: LogError) -> Refusal {
+        Refusal::new(KafkaError::from(&e), e.to_string())
+    }
+}
+
+/// A batch in the page cache, waiting to be acknowledged.
+struct Appended {
+    partition: Arc<Partition>,
+    /// Exclusive end offset of the batch.
+    end: i64,
+    /// The leader epoch the batch was appended at: a change means it may be cut.
+    leader_epoch: i32,
+}
+
+impl Appended {
+    /// Waits until `deadline` for the batch to be acknowledged: on every ISR replica
+    /// (acks=all) or durable here (acks=1).
+    async fn acknowledged(self, all_replicas: bool, deadline: Instant) -> Result<(), KafkaError> {
+        let part = &self.partition;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        part.wait_acked(self.end, self.leader_epoch, all_replicas, timeout).await?;
+        // As Kafka: acks=all is refused when the ISR shrank below min.insync.replicas while
+        // the batch waited, although the replicas that are left have it.
+        if all_replicas && part.leader_view().is_none_or(|(isr, _)| isr < part.min_insync()) {
+            return Err(KafkaError::NotEnoughReplicasAfterAppend);
+        }
+        Ok(())
+    }
+}
+
+/// One partition of the request, in request order.
 struct Slot {
     topic: usize,
     response: PartitionProduceResponse,
-    /// The partition and exclusive end offset to wait for, if the append succeeded.
-    /// With the leader epoch the batch was appended at.
-    wait: Option<(Arc<Partition>, i64, i32)>,
+    error: Option<KafkaError>,
+    wait: Option<Appended>,
 }
 
-fn refused(
-    index: i32,
-    code: i16,
-    message: Option<String>,
+impl Slot {
+    async fn acknowledge(&mut self, all_replicas: bool, deadline: Instant) {
+        let Some(appended) = self.wait.take() else { return };
+        if let Err(e) = appended.acknowledged(all_replicas, deadline).await {
+            self.error = Some(e);
+            self.response.error_code = e.into();
+            self.response.base_offset = -1;
+        }
+    }
+}
+
+/// Validates one partition's records and appends them to its log.
+fn append(
+    ctx: &BrokerCtx,
+    image: &MetadataImage,
+    acks: i16,
+    topic: &str,
+    pd: &PartitionProduceData,
+    now: i64,
     version: i16,
-) -> PartitionProduceResponse {
-    let mut r = PartitionProduceResponse::default().with_index(index).with_error_code(code);
+) -> Result<(PartitionProduceResponse, Appended), Refusal> {
+    let node = ctx.image.node;
+    let index = pd.index;
+    if !(-1..=1).contains(&acks) {
+        return Err(KafkaError::InvalidRequiredAcks.into());
+    }
+    validate_topic_name(topic)
+        .map_err(|e| Refusal::new(KafkaError::InvalidTopicException, e.to_string()))?;
+    if is_internal_topic(topic) {
+        // Only the coordinators write their own topics (as in Kafka).
+        let why = format!("cannot append to internal topic {topic}");
+        return Err(Refusal::new(KafkaError::InvalidTopicException, why));
+    }
+    let p = image.partition(topic, index).ok_or(KafkaError::UnknownTopicOrPartition)?;
+    if p.leader != Some(node) {
+        return Err(KafkaError::NotLeaderOrFollower.into());
+    }
+    let part =
+        ctx.replicas.get_or_open(image, node, topic, index).ok_or(KafkaError::KafkaStorageError)?;
+    let (isr, leader_epoch) = part.leader_view().ok_or(KafkaError::NotLeaderOrFollower)?;
+    let records = (pd.records.as_ref())
+        .ok_or_else(|| Refusal::new(KafkaError::CorruptMessage, "no records"))?;
+    if acks == -1 && isr < part.min_insync() {
+        let why = format!("ISR has {isr} replicas, min.insync.replicas is {}", part.min_insync());
+        return Err(Refusal::new(KafkaError::NotEnoughReplicas, why));
+    }
+    let info = part.append(records, leader_epoch, now).inspect_err(|e| {
+        tracing::debug!(topic, partition = index, error = %e, "produce refused");
+    })?;
+    let mut response = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_base_offset(info.base_offset)
+        .with_log_append_time_ms(info.log_append_time.unwrap_or(-1));
+    if version >= 5 {
+        response.log_start_offset = part.log().map(|l| l.log_start_offset()).unwrap_or(-1);
+    }
+    Ok((response, Appended { partition: part, end: info.last_offset + 1, leader_epoch }))
+}
+
+fn refused(index: i32, refusal: Refusal, version: i16) -> PartitionProduceResponse {
+    let mut r =
+        PartitionProduceResponse::default().with_index(index).with_error_code(refusal.error.into());
     if version >= 8 {
-        r.error_message = message.map(s);
+        r.error_message = refusal.message.map(s);
     }
     r
 }
 
-/// KIP-951 (v10+): partitions refused for leadership name the current leader, and the response
-/// carries that leader's endpoint, so the client retries there without a Metadata round trip.
-fn add_leader_hints(image: &strom_metadata::MetadataImage, resp: &mut ProduceResponse) {
-    let mut endpoints = std::collections::BTreeMap::new();
-    for t in &mut resp.responses {
-        for p in &mut t.partition_responses {
-            if let Some(hint) = leader_hint(image, t.name.as_str(), p.index, p.error_code) {
-                p.current_leader = LeaderIdAndEpoch::default()
-                    .with_leader_id(BrokerId(hint.leader_id))
-                    .with_leader_epoch(hint.leader_epoch);
-                if let Some((id, host, port, rack)) = hint.endpoint {
-                    endpoints.insert(id, (host, port, rack));
-                }
-            }
-        }
+/// A leader's Kafka endpoint: (host, port, rack) by node id.
+type Endpoints = BTreeMap<i32, (String, i32, Option<String>)>;
+
+/// KIP-951 (v10+): a partition refused for leadership names the current leader, and the
+/// response carries that leader's endpoint, so the client retries there without a Metadata
+/// round trip.
+fn add_leader_hint(image: &MetadataImage, topic: &str, slot: &mut Slot, endpoints: &mut Endpoints) {
+    let Some(error) = slot.error else { return };
+    let Some(hint) = leader_hint(image, topic, slot.response.index, error) else { return };
+    slot.response.current_leader = LeaderIdAndEpoch::default()
+        .with_leader_id(BrokerId(hint.leader_id))
+        .with_leader_epoch(hint.leader_epoch);
+    if let Some((id, host, port, rack)) = hint.endpoint {
+        endpoints.insert(id, (host, port, rack));
     }
-    resp.node_endpoints = endpoints
-        .into_iter()
-        .map(|(id, (host, port, rack))| {
-            NodeEndpoint::default()
-                .with_node_id(BrokerId(id))
-                .with_host(s(host))
-                .with_port(port)
-                .with_rack(rack.map(s))
-        })
-        .collect();
 }
 
 pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> Reply {
     let version = meta.version;
     let image = ctx.image.current();
-    let node = ctx.image.node;
     let now = now_ms();
     let acks = req.acks;
     let mut topics = Vec::with_capacity(req.topic_data.len());
     let mut slots = Vec::new();
-    for (ti, td) in req.topic_data.into_iter().enumerate() {
+    for (topic, td) in req.topic_data.into_iter().enumerate() {
         let name = td.name.0.to_string();
-        topics.push(TopicProduceResponse::default().with_name(td.name.clone()));
-        for pd in td.partition_data {
-            let index = pd.index;
-            let mut wait = None;
-            let response = if !(-1..=1).contains(&acks) {
-                refused(index, K::InvalidRequiredAcks.code(), None, version)
-            } else if let Err(e) = validate_topic_name(&name) {
-                refused(index, K::InvalidTopicException.code(), Some(e.to_string()), version)
-            } else if is_internal_topic(&name) {
-                // Only the coordinators write their own topics (as in Kafka).
-                let why = format!("cannot append to internal topic {name}");
-                refused(index, K::InvalidTopicException.code(), Some(why), version)
-            } else {
-                match image.partition(&name, index) {
-                    None => refused(index, K::UnknownTopicOrPartition.code(), None, version),
-                    Some(p) if p.leader != Some(node) => {
-                        refused(index, K::NotLeaderOrFollower.code(), None, version)
-                    }
-                    Some(_) => match ctx.replicas.get_or_open(&image, node, &name, index) {
-                        None => refused(index, K::KafkaStorageError.code(), None, version),
-                        Some(part) => match (part.leader_view(), &pd.records) {
-                            (None, _) => {
-                                refused(index, K::NotLeaderOrFollower.code(), None, version)
-                            }
-                            (_, None) => refused(
-                                index,
-                                K::CorruptMessage.code(),
-                                Some("no records".into()),
-                                version,
-                            ),
-                            (Some((isr, _)), Some(_)) if acks == -1 && isr < part.min_insync() => {
-                                refused(
-                                    index,
-                                    K::NotEnoughReplicas.code(),
-                                    Some(format!(
-                                        "ISR has {isr} replicas, min.insync.replicas is {}",
-                                        part.min_insync()
-                                    )),
-                                    version,
-                                )
-                            }
-                            (Some((_, epoch)), Some(records)) => {
-                                match part.append(records, epoch, now) {
-                                    Ok(info) => {
-                                        let mut r = PartitionProduceResponse::default()
-                                            .with_index(index)
-                                            .with_base_offset(info.base_offset)
-                                            .with_log_append_time_ms(
-                                                info.log_append_time.unwrap_or(-1),
-                                            );
-                                        if version >= 5 {
-                                            r.log_start_offset = part
-                                                .log()
-                                                .map(|l| l.log_start_offset())
-                                                .unwrap_or(-1);
-                                        }
-                                        wait = Some((part.clone(), info.last_offset + 1, epoch));
-                                        r
-                                    }
-                                    Err(e) => {
-                                        tracing::debug!(topic = %name, partition = index, error = %e, "produce refused");
-                                        refused(index, log_code(&e), Some(e.to_string()), version)
-                                    }
-                                }
-                            }
-                        },
-                    },
+        for pd in &td.partition_data {
+            slots.push(match append(ctx, &image, acks, &name, pd, now, version) {
+                Ok((response, appended)) => {
+                    Slot { topic, response, error: None, wait: Some(appended) }
                 }
-            };
-            slots.push(Slot { topic: ti, response, wait });
+                Err(refusal) => Slot {
+                    topic,
+                    error: Some(refusal.error),
+                    response: refused(pd.index, refusal, version),
+                    wait: None,
+                },
+            });
         }
+        topics.push(TopicProduceResponse::default().with_name(td.name));
     }
     if acks == 0 {
         return Reply::Now(None);
     }
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64).min(ACK_TIMEOUT_MAX);
+    let deadline = Instant::now() + timeout;
     let ctx = ctx.clone();
     Reply::Later(Box::pin(async move {
-        for slot in &mut slots {
-            if let Some((part, end, epoch)) = slot.wait.take() {
-                match part.wait_acked(end, epoch, acks == -1, timeout).await {
-                    Ok(())
-                        if acks == -1
-                            && part
-                                .leader_view()
-                                .is_none_or(|(isr, _)| isr < part.min_insync()) =>
-                    {
-                        slot.response.error_code = K::NotEnoughReplicasAfterAppend.code()
-                    }
-                    Ok(()) => {}
-                    Err(AckError::TimedOut) => slot.response.error_code = K::RequestTimedOut.code(),
-                    Err(AckError::Offline) => {
-                        slot.response.error_code = K::KafkaStorageError.code()
-                    }
-                    // Kafka's answer when leadership moves while a produce waits: the batch
-                    // may be cut from this log by the new leader, so it is not acknowledged.
-                    Err(AckError::NotLeader) => {
-                        slot.response.error_code = K::NotLeaderOrFollower.code()
-                    }
-                }
-                if slot.response.error_code != 0 {
-                    slot.response.base_offset = -1;
-                }
+        let waits = slots.iter_mut().map(|slot| slot.acknowledge(acks == -1, deadline));
+        futures::future::join_all(waits).await;
+        // The image now, not at append: leadership may have moved while we waited.
+        let image = (version >= 10).then(|| ctx.image.current());
+        let mut endpoints = Endpoints::new();
+        for mut slot in slots {
+            if let Some(image) = &image {
+                add_leader_hint(image, topics[slot.topic].name.as_str(), &mut slot, &mut endpoints);
             }
-        }
-        for slot in slots {
             topics[slot.topic].partition_responses.push(slot.response);
         }
         let mut resp = ProduceResponse::default().with_responses(topics);
-        if version >= 10 {
-            // The image now, not at append: leadership may have moved while we waited.
-            add_leader_hints(&ctx.image.current(), &mut resp);
-        }
+        resp.node_endpoints = endpoints
+            .into_iter()
+            .map(|(id, (host, port, rack))| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(s(host))
+                    .with_port(port)
+                    .with_rack(rack.map(s))
+            })
+            .collect();
         meta.encode(&resp)
     }))
 }

@@ -53,19 +53,9 @@ pub const PARTITION_RECORD_BYTES_RF3: usize = 64;
 // A user request at the record cap, made of partition records, is well inside one entry.
 const _: () = assert!(RECORDS_PER_USER_OP_MAX * PARTITION_RECORD_BYTES_RF3 * 2 <= ENTRY_BYTES_MAX);
 
-/// How often a broker heartbeats by default (`broker.heartbeat.interval.ms`).
-pub const BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 500;
-/// How long a broker may stay silent before it is fenced (`broker.session.timeout.ms`):
-/// three heartbeats, so one lost heartbeat is not a failure, and a dead leader is replaced
-/// within 2 s (timeout plus the controller's check interval plus a commit).
-pub const BROKER_SESSION_TIMEOUT_MS_DEFAULT: u64 = 1_500;
-
-const _: () = assert!(BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT < BROKER_SESSION_TIMEOUT_MS_DEFAULT);
-const _: () =
-    assert!(BROKER_SESSION_TIMEOUT_MS_DEFAULT + BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT <= 2_000);
-
 /// Cluster-wide defaults the controller applies where a request leaves a value out (-1), and
-/// the broker session settings the active controller enforces.
+/// the broker session settings the active controller enforces. The defaults are
+/// [`crate::config::BROKER_DEFAULTS`].
 #[derive(Clone, Debug)]
 pub struct ControlDefaults {
     pub num_partitions: i32,
@@ -76,14 +66,20 @@ pub struct ControlDefaults {
     pub broker_heartbeat_interval_ms: u64,
 }
 
+impl From<&crate::config::BrokerDefaults> for ControlDefaults {
+    fn from(d: &crate::config::BrokerDefaults) -> Self {
+        ControlDefaults {
+            num_partitions: d.num_partitions,
+            default_replication_factor: d.default_replication_factor,
+            session_timeout_ms: d.broker_session_timeout_ms,
+            broker_heartbeat_interval_ms: d.broker_heartbeat_interval_ms,
+        }
+    }
+}
+
 impl Default for ControlDefaults {
     fn default() -> Self {
-        ControlDefaults {
-            num_partitions: 1,
-            default_replication_factor: 1,
-            session_timeout_ms: BROKER_SESSION_TIMEOUT_MS_DEFAULT,
-            broker_heartbeat_interval_ms: BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT,
-        }
+        ControlDefaults::from(&crate::config::BROKER_DEFAULTS)
     }
 }
 
