@@ -51,7 +51,6 @@ use strom_protocol::batch::{
 };
 
 use crate::checkpoint::sync_dir;
-use crate::log::base_offset_of;
 use crate::segment::{
     self, ChunkReader, PreparedBatch, Segment, CLEANED_SUFFIX, RELATIVE_OFFSET_MAX,
     SCAN_CHUNK_BYTES, SWAP_SUFFIX,
@@ -595,6 +594,7 @@ impl Log {
             if segment.next_offset > self.cleaned_upto {
                 dirty_bytes += segment.size;
             }
+        }
         // `max.compaction.lag.ms`: the oldest uncompacted closed segment has waited too long
         // (by its newest timestamp: the first is not kept, so this is never early).
         let overdue = closed[..cleanable]
@@ -602,7 +602,6 @@ impl Log {
             .find(|segment| segment.next_offset > self.cleaned_upto)
             .and_then(|segment| segment.max_timestamp)
             .is_some_and(|(ts, _)| now_ms.saturating_sub(ts) > self.config.max_compaction_lag_ms);
-        }
         if dirty_bytes == 0
             || (!overdue
                 && (dirty_bytes as f64)
@@ -768,11 +767,11 @@ pub(crate) fn recover_leftovers(dir: &Path) -> Result<(), LogError> {
         remove_if_present(&dir.join(name))?;
         changed = true;
     }
-    let bases: Vec<i64> = names.iter().filter_map(|name| base_offset_of(name)).collect();
+    let bases: Vec<i64> = names.iter().filter_map(|name| segment::base_offset_of(name)).collect();
     let mut swaps: Vec<i64> = names
         .iter()
         .filter_map(|name| name.strip_suffix(SWAP_SUFFIX))
-        .filter_map(base_offset_of)
+        .filter_map(segment::base_offset_of)
         .collect();
     swaps.sort_unstable();
     for base in swaps {

@@ -90,14 +90,6 @@ impl ReadStart {
     }
 }
 
-pub(crate) fn base_offset_of(file_name: &str) -> Option<i64> {
-    let stem = file_name.strip_suffix(".log")?;
-    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stem.parse().ok()
-}
-
 fn map_batch_error(batch_index: usize, source: BatchError) -> LogError {
     match source {
         BatchError::UnsupportedMagic { magic } => LogError::UnsupportedMagic { batch_index, magic },
@@ -126,7 +118,7 @@ impl Log {
             let Some(name) = name.to_str() else {
                 continue;
             };
-            match base_offset_of(name) {
+            match crate::segment::base_offset_of(name) {
                 Some(base) => bases.push(base),
                 None => others.push(name.to_owned()),
             }
@@ -174,7 +166,7 @@ impl Log {
         for name in others {
             let stem = name.strip_suffix(".index").or_else(|| name.strip_suffix(".timeindex"));
             let orphan = stem
-                .and_then(|s| base_offset_of(&format!("{s}.log")))
+                .and_then(|s| crate::segment::base_offset_of(&format!("{s}.log")))
                 .is_some_and(|base| !segments.iter().any(|segment| segment.base_offset == base));
             if orphan || name.ends_with(".tmp") {
                 let _ = fs::remove_file(dir.join(&name));
@@ -184,21 +176,21 @@ impl Log {
         let mut log = Log {
             dir: dir.to_owned(),
             dir_file: Arc::new(dir_file),
-            active_first_timestamp: None,
             config,
             segments,
             epochs: LeaderEpochCache::load(dir)?,
             recovery_point,
             dir_unsynced_since: None,
-        log.active_first_timestamp = log.active().max_timestamp.map(|(ts, _)| ts);
             generation: 0,
             offline: false,
             cleaned_upto: 0,
+            active_first_timestamp: None,
         };
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.recovery_point = recovery_point.min(end).max(start);
         log.epochs.truncate_from_end(end)?;
         log.epochs.truncate_from_start(start)?;
+        log.active_first_timestamp = log.active().max_timestamp.map(|(ts, _)| ts);
         if bytes_cut > 0 {
             sync_dir(dir)?;
         }
@@ -428,7 +420,6 @@ impl Log {
 
     /// Rolls to a new segment at `base_offset` when `total_bytes` more, up to `last_offset`,
     /// would not fit the active one (by size, by the 32-bit relative offsets of its index, or
-        incoming_timestamp: i64,
     /// by `segment.index.bytes`), or when batches with max timestamp `incoming_timestamp` are
     /// more than `segment.ms` (on a compacted log, at most `max.compaction.lag.ms`) newer
     /// than its first batch.
@@ -437,8 +428,12 @@ impl Log {
         base_offset: i64,
         last_offset: i64,
         total_bytes: u64,
+        incoming_timestamp: i64,
     ) -> Result<(), LogError> {
         let active = self.active();
+        if active.size == 0 {
+            return Ok(());
+        }
         let would_overflow = active.size + total_bytes > self.config.segment_bytes
             || last_offset - active.base_offset > RELATIVE_OFFSET_MAX;
         let (offset_entries, time_entries) = active.index_entries();
@@ -457,28 +452,28 @@ impl Log {
             self.roll(base_offset)?;
         }
         Ok(())
-        let was_empty = self.active().size == 0;
     }
 
     /// Writes prepared batches to the active segment. A failed write that could not be rolled
     /// back leaves the segment in an unknown state: the log goes offline.
     fn write_prepared(&mut self, prepared: &[PreparedBatch]) -> Result<(), LogError> {
+        let was_empty = self.active().size == 0;
         if let Err(failure) = self.active_mut().append(prepared) {
             if !failure.rolled_back {
-        if was_empty {
-            self.active_first_timestamp = prepared.first().map(|batch| batch.header.max_timestamp);
-        }
                 tracing::error!(dir = %self.dir.display(), error = %failure.error, "log offline");
                 self.offline = true;
             }
             return Err(failure.error);
         }
-        self.active_first_timestamp = None;
+        if was_empty {
+            self.active_first_timestamp = prepared.first().map(|batch| batch.header.max_timestamp);
+        }
         Ok(())
     }
 
     fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {
         self.active_mut().finalize()?;
+        self.active_first_timestamp = None;
         let segment = Segment::create(&self.dir, base_offset, self.config.index_interval_bytes)?;
         self.segments.push(segment);
         self.dir_unsynced_since.get_or_insert(base_offset);
@@ -576,12 +571,12 @@ impl Log {
             self.delete_segments_from(keep)?;
             self.active_mut().truncate_to(offset)?;
         }
-        self.active_first_timestamp = self.active().max_timestamp.map(|(ts, _)| ts);
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();
         self.cleaned_upto = self.cleaned_upto.min(end);
         self.recovery_point = self.recovery_point.min(end).max(self.log_start_offset());
         self.dir_unsynced_since = None;
+        self.active_first_timestamp = self.active().max_timestamp.map(|(ts, _)| ts);
         self.epochs.truncate_from_end(end)?;
         Ok(())
     }
@@ -699,8 +694,7 @@ impl Log {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::segment;
+    use crate::segment::{self, base_offset_of};
 
     #[test]
     fn segment_file_names_parse_back() {

@@ -29,6 +29,16 @@ pub fn file_name(base_offset: i64, extension: &str) -> String {
     format!("{base_offset:020}.{extension}")
 }
 
+/// The base offset a segment's `.log` file is named after (the inverse of [`file_name`]);
+/// `None` for any other file.
+pub(crate) fn base_offset_of(file_name: &str) -> Option<i64> {
+    let stem = file_name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
 /// Suffix of the files a compaction writes before they replace a segment.
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 /// Suffix of a cleaned `.log` that is complete and fsynced: from the moment it exists it
@@ -452,6 +462,11 @@ impl Segment {
         self.next_offset = header.last_offset() + 1;
     }
 
+    /// Entries in the offset index and the time index.
+    pub fn index_entries(&self) -> (usize, usize) {
+        (self.offset_index.len(), self.time_index.len())
+    }
+
     /// Records the current max timestamp in the time index if it grew since the last entry.
     fn push_time_entry(&mut self, out: &mut Vec<u8>) {
         let Some((timestamp, offset)) = self.max_timestamp else {
@@ -462,11 +477,6 @@ impl Segment {
         };
         if self.time_index.last().is_none_or(|last| last.timestamp < timestamp) {
             let entry = TimeEntry { timestamp, relative_offset };
-    /// Entries in the offset index and the time index.
-    pub fn index_entries(&self) -> (usize, usize) {
-        (self.offset_index.len(), self.time_index.len())
-    }
-
             self.time_index.push(entry);
             entry.encode(out);
         }
