@@ -23,7 +23,7 @@ mod wire;
 
 use std::sync::Arc;
 
-pub use config::{BrokerConfig, ConnectionLimits, GroupSettings, InterBrokerListener, LogDefaults};
+pub use config::{BrokerConfig, ConnectionLimits, GroupSettings, InterBrokerListener};
 pub use errors::BrokerError;
 pub use fetch_memory::{FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, FETCH_MAX_BYTES_DEFAULT};
 pub use group::BrokerGroupAdmin;

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use strom_log::{checkpoint, Log, LogConfig, TimestampType};
+use strom_metadata::config::{BrokerDefaults, MessageTimestampType, TopicConfig};
 use strom_metadata::{MetadataDelta, MetadataImage, TopicId, TopicImage};
 use tokio::sync::watch;
 
-use crate::config::{BrokerConfig, LogDefaults};
+use crate::config::BrokerConfig;
 use crate::errors::BrokerError;
 use crate::log_dir::LogDirHealth;
 use crate::partition::Partition;
@@ -40,57 +41,46 @@ pub(crate) struct ReplicaManager {
     recovery_points: HashMap<Key, i64>,
     high_watermarks: HashMap<Key, i64>,
     pub data_arrived: Arc<watch::Sender<u64>>,
-    defaults: LogDefaults,
+    defaults: BrokerDefaults,
     /// The log directory's health: every partition log reports its storage failures here.
     pub health: Arc<LogDirHealth>,
 }
 
-/// The effective log settings of a topic: its overrides over the broker defaults.
+/// The effective log settings of a topic (`metadata::config::TopicConfig`: its overrides over
+/// the broker defaults), and whether it fsyncs before acknowledging.
 pub(crate) fn log_config(
-    defaults: &LogDefaults,
+    defaults: &BrokerDefaults,
     image: &MetadataImage,
     topic: &str,
 ) -> (LogConfig, bool) {
-    let overrides = image.topic_configs(topic);
-    let get = |k: &str| overrides.and_then(|o| o.get(k)).map(String::as_str);
-    let num = |k: &str, d: i64| get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(d);
-    let retention_ms = num("retention.ms", defaults.retention_ms);
-    let retention_bytes = num("retention.bytes", defaults.retention_bytes);
-    let ts_type = get("message.timestamp.type").unwrap_or(&defaults.message_timestamp_type);
-    let dirty_ratio = get("min.cleanable.dirty.ratio")
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|ratio| (0.0..=1.0).contains(ratio))
-        .unwrap_or(strom_log::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT);
+    let c = TopicConfig::effective(image.topic_configs(topic), defaults);
     let config = LogConfig {
-        segment_bytes: num("segment.bytes", defaults.segment_bytes as i64).max(14) as u64,
-        index_interval_bytes: num("index.interval.bytes", defaults.index_interval_bytes as i64)
-            .clamp(0, u32::MAX as i64) as u32,
-        retention_ms: (retention_ms >= 0).then_some(retention_ms),
-        retention_bytes: (retention_bytes >= 0).then_some(retention_bytes as u64),
-        message_timestamp_type: if ts_type == "LogAppendTime" {
-            TimestampType::LogAppendTime
-        } else {
-            TimestampType::CreateTime
+        segment_bytes: c.segment_bytes,
+        segment_ms: c.segment_ms,
+        segment_index_bytes: c.segment_index_bytes,
+        index_interval_bytes: c.index_interval_bytes,
+        retention_ms: (c.retention_ms >= 0).then_some(c.retention_ms),
+        retention_bytes: (c.retention_bytes >= 0).then_some(c.retention_bytes as u64),
+        message_timestamp_type: match c.message_timestamp_type {
+            MessageTimestampType::CreateTime => TimestampType::CreateTime,
+            MessageTimestampType::LogAppendTime => TimestampType::LogAppendTime,
         },
-        max_message_bytes: num("max.message.bytes", defaults.message_max_bytes as i64)
-            .clamp(0, u32::MAX as i64) as u32,
-        cleanup_policy: strom_log::CleanupPolicy::parse(get("cleanup.policy").unwrap_or("delete")),
-        delete_retention_ms: num("delete.retention.ms", strom_log::DELETE_RETENTION_MS_DEFAULT)
-            .max(0),
-        min_compaction_lag_ms: num("min.compaction.lag.ms", 0).max(0),
-        min_cleanable_dirty_ratio: dirty_ratio,
+        max_message_bytes: c.max_message_bytes,
+        cleanup_policy: strom_log::CleanupPolicy {
+            delete: c.cleanup_delete,
+            compact: c.cleanup_compact,
+        },
+        delete_retention_ms: c.delete_retention_ms,
+        min_compaction_lag_ms: c.min_compaction_lag_ms,
+        max_compaction_lag_ms: c.max_compaction_lag_ms,
+        min_cleanable_dirty_ratio: c.min_cleanable_dirty_ratio,
     };
-    let fsync_on_ack = num("flush.messages", defaults.flush_messages) <= 1;
-    (config, fsync_on_ack)
+    (config, c.flush_messages <= 1)
 }
 
 /// `min.insync.replicas` of a topic: its override, else the broker default.
-fn min_insync(defaults: &LogDefaults, image: &MetadataImage, topic: &str) -> i32 {
-    image
-        .topic_configs(topic)
-        .and_then(|o| o.get("min.insync.replicas"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(defaults.min_insync_replicas)
+fn min_insync(defaults: &BrokerDefaults, image: &MetadataImage, topic: &str) -> i32 {
+    TopicConfig::effective(image.topic_configs(topic), defaults).min_insync_replicas
 }
 
 /// Puts a local partition in the role the image gives it. A follower joins its leader's fetcher,
@@ -156,7 +146,7 @@ impl ReplicaManager {
             recovery_points,
             high_watermarks,
             data_arrived: Arc::new(data_arrived),
-            defaults: config.log.clone(),
+            defaults: config.defaults,
             health: Arc::default(),
         })
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
+use strom_metadata::config::BROKER_DEFAULTS;
 use strom_metadata::control::{
     decide, fence_broker, split_into_entries, BrokerLiveness, ControlDefaults, ControlRequest,
     ControlResponse, DecideCtx, ENTRY_BYTES_MAX,
@@ -52,13 +53,12 @@ pub const CATCH_UP_WAIT_MS_MAX: u64 = 5_000;
 /// twice, so a silent broker is fenced at most half an interval after its session ends.
 pub const LIVENESS_CHECKS_PER_HEARTBEAT: u64 = 2;
 
-pub const SNAPSHOT_AFTER_ENTRIES_DEFAULT: u64 = 10_000;
-pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
-pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 1_000;
-pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 2_000;
-
-const _: () = assert!(HEARTBEAT_INTERVAL_MS_DEFAULT < ELECTION_TIMEOUT_MIN_MS_DEFAULT);
-const _: () = assert!(ELECTION_TIMEOUT_MIN_MS_DEFAULT < ELECTION_TIMEOUT_MAX_MS_DEFAULT);
+// The node's defaults (`metadata::config::BROKER_DEFAULTS`, which asserts how they relate).
+pub const SNAPSHOT_AFTER_ENTRIES_DEFAULT: u64 = BROKER_DEFAULTS.controller_snapshot_after_entries;
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 =
+    BROKER_DEFAULTS.controller_raft_heartbeat_interval_ms;
+pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = BROKER_DEFAULTS.controller_election_timeout_ms;
+pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = BROKER_DEFAULTS.election_timeout_max_ms();
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {

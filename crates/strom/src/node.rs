@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use strom_broker::{Broker, BrokerConfig, ConnectionLimits, InterBrokerListener, LogDefaults};
+use strom_broker::{Broker, BrokerConfig, ConnectionLimits, InterBrokerListener};
 use strom_controller::admin::{
     mount_admin, AdminServiceImpl, ClusterInfo, ImagePublisher, QuorumState, RaftClusterInfo,
 };
@@ -307,6 +307,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         voters.insert(cfg.node_id as u64, format!("{}:{}", control.host, control.port));
     }
     let cluster_id = format_or_load(&data_dir, cfg.node_id, &cluster_id_for(&cfg, &voters))?;
+    let defaults = cfg.broker_defaults();
 
     let listener = Broker::listener(node);
     // Bind the control port before the quorum starts: peers may call as soon as we vote.
@@ -332,18 +333,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 node_id: cfg.node_id as u64,
                 data_dir: data_dir.clone(),
                 voters: voters.clone(),
-                defaults: ControlDefaults {
-                    num_partitions: cfg.num_partitions,
-                    default_replication_factor: cfg.default_replication_factor,
-                    session_timeout_ms: cfg.broker.session_timeout_ms,
-                    broker_heartbeat_interval_ms: cfg.broker.heartbeat_interval_ms,
-                },
-                snapshot_after_entries: cfg.controller.snapshot_after_entries,
-                heartbeat_interval_ms: cfg.controller.raft_heartbeat_interval_ms,
-                election_timeout_min_ms: cfg.controller.election_timeout_ms,
-                // A narrow range: openraft's leader lease is the maximum, and it delays
-                // the vote that replaces a dead leader.
-                election_timeout_max_ms: cfg.controller.election_timeout_ms * 3 / 2,
+                defaults: ControlDefaults::from(&defaults),
+                snapshot_after_entries: defaults.controller_snapshot_after_entries,
+                heartbeat_interval_ms: defaults.controller_raft_heartbeat_interval_ms,
+                election_timeout_min_ms: defaults.controller_election_timeout_ms,
+                election_timeout_max_ms: defaults.election_timeout_max_ms(),
             },
             publisher,
         )
@@ -389,15 +383,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let control_server = match control_listener {
         Some(control_listener) => {
             let mut admin = AdminServiceImpl::new(client.clone(), image_rx, cluster_info)
-                .with_broker_defaults(BTreeMap::from([
-                    ("retention.ms".to_string(), cfg.log.retention_ms.to_string()),
-                    ("retention.bytes".to_string(), cfg.log.retention_bytes.to_string()),
-                    ("segment.bytes".to_string(), cfg.log.segment_bytes.to_string()),
-                    ("flush.messages".to_string(), cfg.log.flush_interval_messages.to_string()),
-                    ("message.timestamp.type".to_string(), cfg.log.message_timestamp_type.clone()),
-                    ("max.message.bytes".to_string(), cfg.message_max_bytes.to_string()),
-                    ("min.insync.replicas".to_string(), cfg.min_insync_replicas.to_string()),
-                ]));
+                .with_broker_defaults(defaults);
             if is_broker {
                 admin = admin.with_groups(groups.clone());
             }
@@ -622,21 +608,11 @@ async fn start_broker(
             rack: cfg.rack.clone(),
             socket_request_max_bytes: cfg.socket_request_max_bytes,
             fetch_max_bytes: cfg.fetch_max_bytes,
-            num_partitions: cfg.num_partitions,
-            default_replication_factor: cfg.default_replication_factor,
             auto_create_topics_enable: cfg.auto_create_topics_enable,
             retention_check_interval_ms: cfg.log.retention_check_interval_ms,
             replica_lag_time_max_ms: cfg.replica_lag_time_max_ms,
-            log: LogDefaults {
-                segment_bytes: cfg.log.segment_bytes,
-                retention_ms: cfg.log.retention_ms,
-                retention_bytes: cfg.log.retention_bytes,
-                flush_messages: cfg.log.flush_interval_messages,
-                message_timestamp_type: cfg.log.message_timestamp_type.clone(),
-                index_interval_bytes: cfg.log.index_interval_bytes,
-                message_max_bytes: cfg.message_max_bytes,
-                min_insync_replicas: cfg.min_insync_replicas,
-            },
+            defaults: cfg.broker_defaults(),
+            static_configs: cfg.kafka_entries(),
             groups: strom_broker::GroupSettings {
                 offsets_topic_num_partitions: cfg.offsets.topic_num_partitions,
                 offsets_topic_replication_factor: cfg.offsets.topic_replication_factor,

@@ -1,5 +1,6 @@
 //! The Kafka admin APIs, mapped onto the same controller operations as the gRPC admin API.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::messages::create_topics_response::{
@@ -11,7 +12,7 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::*;
-use strom_metadata::config::TOPIC_CONFIGS;
+use strom_metadata::config::{effective_topic_config, ConfigSource, ConfigType, TOPIC_CONFIGS};
 use strom_metadata::control::{
     AlterConfigOp, AlterConfigsRequest as AlterReq, ConfigAlteration, ControlRequest,
     ControlResponse, CreatePartitionsRequest as PartsReq, CreateTopic,
@@ -27,9 +28,6 @@ use super::s;
 use crate::errors::KafkaError;
 use crate::BrokerCtx;
 
-const SOURCE_DYNAMIC_TOPIC: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
@@ -373,102 +371,54 @@ struct Entry {
     read_only: bool,
 }
 
-/// The broker's static value for a broker-level key, if it has one.
-fn broker_static(ctx: &BrokerCtx, key: &str) -> Option<String> {
-    let c = &ctx.config;
-    Some(match key {
-        "log.segment.bytes" => c.log.segment_bytes.to_string(),
-        "log.retention.ms" => c.log.retention_ms.to_string(),
-        "log.retention.bytes" => c.log.retention_bytes.to_string(),
-        "log.flush.interval.messages" => c.log.flush_messages.to_string(),
-        "log.message.timestamp.type" => c.log.message_timestamp_type.clone(),
-        "log.index.interval.bytes" => c.log.index_interval_bytes.to_string(),
-        "message.max.bytes" => c.log.message_max_bytes.to_string(),
-        _ => return None,
-    })
-}
-
-/// Every topic config with its effective value and where the value comes from.
+/// Every topic config with its effective value and where the value comes from
+/// (`metadata::config::effective_topic_config`); `overrides_now` are a just-created topic's,
+/// which the image may not hold yet.
 fn topic_configs(ctx: &BrokerCtx, topic: &str, overrides_now: &[(String, String)]) -> Vec<Entry> {
     let image = ctx.image.current();
-    let stored = image.topic_configs(topic);
-    TOPIC_CONFIGS
-        .iter()
-        .map(|d| {
-            let over = overrides_now
-                .iter()
-                .find(|(k, _)| k == d.name)
-                .map(|(_, v)| v.clone())
-                .or_else(|| stored.and_then(|m| m.get(d.name).cloned()));
-            let stat = d.broker_synonym.and_then(|k| broker_static(ctx, k).map(|v| (k, v)));
-            let mut synonyms = Vec::new();
-            if let Some(v) = &over {
-                synonyms.push((d.name.to_string(), v.clone(), SOURCE_DYNAMIC_TOPIC));
-            }
-            let stat_differs = stat.as_ref().filter(|(_, v)| v != d.default);
-            if let Some((k, v)) = stat_differs {
-                synonyms.push((k.to_string(), v.clone(), SOURCE_STATIC_BROKER));
-            }
-            synonyms.push((
-                d.broker_synonym.unwrap_or(d.name).to_string(),
-                d.default.to_string(),
-                SOURCE_DEFAULT,
-            ));
-            let (value, source) = match (&over, stat_differs) {
-                (Some(v), _) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
-                (None, Some((_, v))) => (v.clone(), SOURCE_STATIC_BROKER),
-                (None, None) => (d.default.to_string(), SOURCE_DEFAULT),
-            };
-            Entry {
-                name: s(d.name),
-                value: Some(s(value)),
-                config_source: source,
-                synonyms,
-                config_type: d.kind.code(),
-                doc: d.doc,
-                read_only: false,
-            }
+    let overrides: Option<BTreeMap<String, String>> = if overrides_now.is_empty() {
+        image.topic_configs(topic).cloned()
+    } else {
+        Some(overrides_now.iter().cloned().collect())
+    };
+    effective_topic_config(overrides.as_ref(), &ctx.config.defaults)
+        .into_iter()
+        .map(|e| Entry {
+            name: s(e.def.name),
+            value: Some(s(e.value.clone())),
+            config_source: e.source.kafka_code(),
+            synonyms: e
+                .synonyms()
+                .into_iter()
+                .map(|(name, value, source)| (name.to_string(), value, source.kafka_code()))
+                .collect(),
+            config_type: e.def.kind.code(),
+            doc: e.def.doc,
+            read_only: false,
         })
         .collect()
 }
 
+/// The node's settings as it runs with them (the binary's `NodeConfig::kafka_entries`).
 fn broker_configs(ctx: &BrokerCtx) -> Vec<Entry> {
     let c = &ctx.config;
-    let mut list: Vec<(&str, String, i8)> = vec![
-        ("node.id", c.node_id.0.to_string(), 3),
-        ("broker.id", c.node_id.0.to_string(), 3),
-        ("log.dirs", c.data_dir.display().to_string(), 2),
-        ("num.partitions", c.num_partitions.to_string(), 3),
-        ("default.replication.factor", c.default_replication_factor.to_string(), 4),
-        ("auto.create.topics.enable", c.auto_create_topics_enable.to_string(), 1),
-        ("socket.request.max.bytes", c.socket_request_max_bytes.to_string(), 3),
-    ];
-    for key in [
-        "log.segment.bytes",
-        "log.retention.ms",
-        "log.retention.bytes",
-        "log.flush.interval.messages",
-        "log.message.timestamp.type",
-        "log.index.interval.bytes",
-        "message.max.bytes",
-    ] {
-        if let Some(v) = broker_static(ctx, key) {
+    let broker_id = ("broker.id".to_string(), c.node_id.0.to_string(), ConfigSource::StaticBroker);
+    std::iter::once(broker_id)
+        .chain(c.static_configs.iter().cloned())
+        .map(|(k, v, source)| {
             let kind = TOPIC_CONFIGS
                 .iter()
-                .find(|d| d.broker_synonym == Some(key))
-                .map_or(2, |d| d.kind.code());
-            list.push((key, v, kind));
-        }
-    }
-    list.into_iter()
-        .map(|(k, v, t)| Entry {
-            name: s(k),
-            value: Some(s(v.clone())),
-            config_source: SOURCE_STATIC_BROKER,
-            synonyms: vec![(k.to_string(), v, SOURCE_STATIC_BROKER)],
-            config_type: t,
-            doc: "",
-            read_only: true,
+                .find(|d| d.broker_synonym == Some(k.as_str()))
+                .map_or(ConfigType::String.code(), |d| d.kind.code());
+            Entry {
+                synonyms: vec![(k.clone(), v.clone(), source.kafka_code())],
+                name: s(k),
+                value: Some(s(v)),
+                config_source: source.kafka_code(),
+                config_type: kind,
+                doc: "",
+                read_only: true,
+            }
         })
         .collect()
 }
