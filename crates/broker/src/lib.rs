@@ -29,7 +29,7 @@ pub use fetch_memory::{FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, FETCH_MAX_BYTES
 pub use group::BrokerGroupAdmin;
 pub use image::ImageListener;
 
-use strom_metadata::ControllerClient;
+use strom_metadata::{Clock, ControllerClient};
 
 async fn bind(
     addr: std::net::SocketAddr,
@@ -57,6 +57,8 @@ pub(crate) struct BrokerCtx {
     pub fetchers: fetcher::FetcherManager,
     /// The bounds on record bytes held by Fetch responses.
     pub fetch_memory: fetch_memory::FetchMemory,
+    /// Where group sessions, ISR lag and retention read the time (`clock::SystemClock`).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl BrokerCtx {
@@ -95,7 +97,8 @@ impl Broker {
         listener: Arc<ImageListener>,
         controller: Arc<dyn ControllerClient>,
     ) -> Result<Broker, BrokerError> {
-        let replicas = replica::ReplicaManager::open(&config)?;
+        let clock: Arc<dyn Clock> = Arc::new(clock::SystemClock);
+        let replicas = replica::ReplicaManager::open(&config, clock.clone())?;
         let ctx = Arc::new(BrokerCtx {
             image: listener.cell(),
             replicas,
@@ -105,6 +108,7 @@ impl Broker {
             groups: group::Coordinator::default(),
             fetchers: fetcher::FetcherManager::default(),
             fetch_memory: fetch_memory::FetchMemory::new(),
+            clock,
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);

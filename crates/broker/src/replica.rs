@@ -12,6 +12,7 @@ use strom_metadata::{MetadataDelta, MetadataImage, TopicId, TopicImage};
 use tokio::sync::watch;
 
 use crate::config::BrokerConfig;
+use crate::clock::Clock;
 use crate::errors::BrokerError;
 use crate::log_dir::LogDirHealth;
 use crate::partition::Partition;
@@ -44,6 +45,8 @@ pub(crate) struct ReplicaManager {
     defaults: BrokerDefaults,
     /// The log directory's health: every partition log reports its storage failures here.
     pub health: Arc<LogDirHealth>,
+    /// Where leadership changes read the time (the ISR's follower clocks start there).
+    clock: Arc<dyn Clock>,
 }
 
 /// The effective log settings of a topic (`metadata::config::TopicConfig`: its overrides over
@@ -91,8 +94,8 @@ fn sync_role(
     p: &Arc<Partition>,
     node: strom_metadata::NodeId,
     pi: &strom_metadata::PartitionImage,
+    now: i64,
 ) {
-    let now = crate::clock::now_ms();
     match pi.leader {
         Some(leader) if leader == node => p.lead(
             node,
@@ -124,7 +127,10 @@ fn read_topic_id(dir: &Path) -> Option<TopicId> {
 }
 
 impl ReplicaManager {
-    pub fn open(config: &BrokerConfig) -> Result<ReplicaManager, BrokerError> {
+    pub fn open(
+        config: &BrokerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<ReplicaManager, BrokerError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
         let recovery_points = checkpoint::read(&config.data_dir.join(RECOVERY_CHECKPOINT))
@@ -148,6 +154,7 @@ impl ReplicaManager {
             data_arrived: Arc::new(data_arrived),
             defaults: config.defaults,
             health: Arc::default(),
+            clock,
         })
     }
 
@@ -267,7 +274,7 @@ impl ReplicaManager {
                     Ok(p) => {
                         p.set_fsync_on_ack(fsync);
                         p.set_min_insync(min_insync);
-                        sync_role(Some(ctx), &p, node, part);
+                        sync_role(Some(ctx), &p, node, part, self.clock.now_ms());
                         if let Ok(mut log) = p.log() {
                             if log.config() != &config {
                                 if let Err(e) = log.set_config(config.clone()) {
@@ -408,7 +415,7 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
             _ = flush_tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let now_ms = crate::clock::now_ms();
+        let now_ms = ctx.clock.now_ms();
         let retention_due = last_retention.elapsed() >= retention_every;
         for p in ctx.replicas.all() {
             p.request_flush();
@@ -503,7 +510,7 @@ impl ReplicaManager {
                 if let Some(pi) = t.partitions.get(&index) {
                     p.set_min_insync(min_insync(&self.defaults, image, topic));
                     // Leading needs no task; following waits for the reconciler.
-                    sync_role(None, &p, node, pi);
+                    sync_role(None, &p, node, pi, self.clock.now_ms());
                 }
                 Some(p)
             }
@@ -532,7 +539,7 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
         if broker_epoch < 0 {
             continue;
         }
-        let now = crate::clock::now_ms();
+        let now = ctx.clock.now_ms();
         for p in ctx.replicas.all() {
             let proposal = p
                 .with_role(|role| match role {

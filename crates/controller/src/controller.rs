@@ -16,7 +16,7 @@ use strom_metadata::control::{
 };
 use strom_metadata::records::{MetadataBatch, MetadataRecord};
 use strom_metadata::{
-    ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset,
+    Clock, ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset,
 };
 use strom_proto::controller::controller_server::ControllerServer;
 use strom_proto::raft::raft_server::RaftServer;
@@ -151,6 +151,16 @@ impl Controller {
         cfg: ControllerConfig,
         listener: Arc<dyn MetadataListener>,
     ) -> Result<Controller, ControllerError> {
+        Controller::start_with_clock(cfg, listener, Arc::new(MonotonicClock::new())).await
+    }
+
+    /// [`Controller::start`] with the clock broker sessions are measured on: a test passes a
+    /// manual clock and expires sessions by moving it, without waiting.
+    pub async fn start_with_clock(
+        cfg: ControllerConfig,
+        listener: Arc<dyn MetadataListener>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Controller, ControllerError> {
         if !cfg.voters.contains_key(&cfg.node_id) {
             return Err(ControllerError::ConfigNotAVoter {
                 node_id: cfg.node_id,
@@ -219,7 +229,7 @@ impl Controller {
             defaults: cfg.defaults.clone(),
             random: SplitMix64(uuid::Uuid::new_v4().as_u64_pair().0),
             commit_wait: cfg.submit_wait(),
-            clock: tokio::time::Instant::now(),
+            clock,
             liveness: None,
         };
         let event_loop = tokio::spawn(active.run(rx, stop_rx));
@@ -421,6 +431,22 @@ impl EventClient {
     }
 }
 
+/// Milliseconds since the controller started, on the monotonic clock: broker sessions do not
+/// jump when the wall clock is set.
+struct MonotonicClock(std::time::Instant);
+
+impl MonotonicClock {
+    fn new() -> MonotonicClock {
+        MonotonicClock(std::time::Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.0.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
 /// Fresh topic ids and placement offsets; seeded once per start from a v4 uuid.
 struct SplitMix64(u64);
 
@@ -448,8 +474,8 @@ struct ActiveController {
     random: SplitMix64,
     /// How long a proposal may wait to commit before the caller hears "outcome unknown".
     commit_wait: Duration,
-    /// Liveness runs on this monotonic clock, in ms since the task started.
-    clock: tokio::time::Instant,
+    /// Broker sessions are measured on this clock (monotonic in a node).
+    clock: Arc<dyn Clock>,
     liveness: Option<TermLiveness>,
 }
 
@@ -476,7 +502,7 @@ impl ActiveController {
     }
 
     fn now_ms(&self) -> i64 {
-        i64::try_from(self.clock.elapsed().as_millis()).unwrap_or(i64::MAX)
+        self.clock.now_ms()
     }
 
     /// The liveness of the current term, if this node leads: a new term (this node just

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::records::{self, Entry, OffsetValue};
 use super::state::*;
+use crate::clock::Clock;
 use crate::config::GroupSettings;
 use crate::partition::{AckError, Partition};
 use crate::BrokerCtx;
@@ -232,9 +233,9 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
         }
     };
     let settings = ctx.config.groups.clone();
-    let now = crate::clock::now_ms();
+    let now = ctx.clock.now_ms();
     let (tx, rx) = mpsc::channel(SHARD_QUEUE_MAX);
-    let mut shard = Shard::new(partition, index, epoch, settings);
+    let mut shard = Shard::new(partition, index, epoch, settings, ctx.clock.clone());
     let (groups, offsets) = (loaded.groups.len(), loaded.offsets);
     shard.install(loaded, now);
     {
@@ -399,6 +400,8 @@ struct Shard {
     index: i32,
     leader_epoch: i32,
     settings: GroupSettings,
+    /// Member sessions, rebalance timeouts and offset retention are measured on this clock.
+    clock: Arc<dyn Clock>,
     groups: HashMap<String, GroupEntry>,
     waiters: HashMap<u64, Waiter>,
     next_reply: u64,
@@ -413,6 +416,7 @@ impl Shard {
         index: i32,
         leader_epoch: i32,
         settings: GroupSettings,
+        clock: Arc<dyn Clock>,
     ) -> Shard {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Shard {
@@ -420,6 +424,7 @@ impl Shard {
             index,
             leader_epoch,
             settings,
+            clock,
             groups: HashMap::new(),
             waiters: HashMap::new(),
             next_reply: 0,
@@ -473,7 +478,7 @@ impl Shard {
             {
                 return;
             }
-            let now = crate::clock::now_ms();
+            let now = self.clock.now_ms();
             let next = self
                 .groups
                 .values()
@@ -499,7 +504,7 @@ impl Shard {
     /// [`GROUPS_PER_SHARD_MAX`] groups.
     fn entry(&mut self, group_id: &str) -> Result<&mut GroupEntry, GroupError> {
         let config = self.group_config();
-        let now = crate::clock::now_ms();
+        let now = self.clock.now_ms();
         if !self.groups.contains_key(group_id) && self.groups.len() >= GROUPS_PER_SHARD_MAX {
             tracing::warn!(partition = self.index, group = %group_id,
                 "{GROUPS_PER_SHARD_MAX} groups on this offsets partition; refusing a new one");
@@ -520,7 +525,7 @@ impl Shard {
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
-        let now = crate::clock::now_ms();
+        let now = self.clock.now_ms();
         match cmd {
             Cmd::Join(group_id, req, reply) => {
                 let to = self.reply_to(Waiter::Join(reply));
@@ -736,7 +741,7 @@ impl Shard {
     }
 
     fn on_tick(&mut self) {
-        let now = crate::clock::now_ms();
+        let now = self.clock.now_ms();
         let due: Vec<String> = self
             .groups
             .iter()
@@ -905,7 +910,7 @@ impl Shard {
     }
 
     fn on_done(&mut self, pending: Pending, result: Result<(), GroupError>) {
-        let now = crate::clock::now_ms();
+        let now = self.clock.now_ms();
         match pending {
             Pending::Group { group_id, generation_id } => {
                 if let Some(e) = self.groups.get_mut(&group_id) {
@@ -1126,6 +1131,65 @@ pub(crate) async fn ensure_offsets_topic(ctx: &BrokerCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shard over a real (temporary) offsets log, on a manual clock.
+    fn shard_on(dir: &std::path::Path, clock: &strom_testkit::ManualClock) -> Shard {
+        let log = strom_log::Log::open(dir, strom_log::LogConfig::default(), 0).expect("log opens");
+        let (arrived, _) = watch::channel(0u64);
+        let partition = Partition::new(
+            OFFSETS_TOPIC.to_owned(),
+            0,
+            strom_metadata::TopicId([7; 16]),
+            log,
+            false,
+            Arc::new(arrived),
+            0,
+            Arc::default(),
+        );
+        Shard::new(partition, 0, 0, GroupSettings::default(), Arc::new(clock.clone()))
+    }
+
+    #[tokio::test]
+    async fn a_member_session_expires_when_the_shard_clock_passes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = strom_testkit::ManualClock::at(1_000_000);
+        let mut shard = shard_on(dir.path(), &clock);
+        let member = MemberRecord {
+            member_id: "m-1".to_owned(),
+            group_instance_id: None,
+            client_id: "c".to_owned(),
+            client_host: "/127.0.0.1".to_owned(),
+            rebalance_timeout_ms: 30_000,
+            session_timeout_ms: 10_000,
+            subscription: Bytes::new(),
+            assignment: Bytes::new(),
+        };
+        let record = GroupRecord {
+            group_id: "g".to_owned(),
+            generation_id: 3,
+            protocol_type: Some("consumer".to_owned()),
+            protocol_name: Some("range".to_owned()),
+            leader: Some("m-1".to_owned()),
+            current_state_timestamp_ms: 0,
+            members: vec![member],
+        };
+        let mut loaded = Loaded::default();
+        loaded.groups.insert("g".to_owned(), Some(record));
+        shard.install(loaded, clock.now_ms());
+        assert_eq!(shard.summary("g").state, Some(GroupState::Stable));
+
+        // The timer path reads the shard's clock: half a session on, the member stays.
+        clock.advance(5_000);
+        shard.on_tick();
+        assert_eq!(shard.summary("g").members.len(), 1, "expired inside its session");
+
+        // Past the session (counted from the load, its last contact), it is gone.
+        clock.advance(5_001);
+        shard.on_tick();
+        let after = shard.summary("g");
+        assert!(after.members.is_empty(), "member outlived its session: {after:?}");
+        assert_ne!(after.state, Some(GroupState::Stable));
+    }
 
     #[test]
     fn offsets_topic_waits_briefly_for_the_replicas_it_wants() {
