@@ -2,7 +2,8 @@
 # Enforces the crate dependency rules of DESIGN.md / STYLE.md §1:
 #   - strom-protocol and strom-metadata are pure: no tokio, tonic, openraft, mio, socket2
 #     anywhere in their normal (non-dev, non-build) dependency tree;
-#   - strom-broker and strom-controller never depend on each other.
+#   - strom-broker and strom-controller never depend on each other;
+#   - strom-admin (the admin plane) depends on neither: the binary plugs them into it.
 #
 # Usage:
 #   scripts/check-deps.sh                       # runs `cargo tree` for every rule
@@ -22,6 +23,7 @@ forbidden_for() {
         strom-protocol | strom-metadata) echo "$PURE_FORBIDDEN" ;;
         strom-broker) echo "strom-controller" ;;
         strom-controller) echo "strom-broker" ;;
+        strom-admin) echo "strom-controller strom-broker" ;;
         *) return 1 ;;
     esac
 }
@@ -66,7 +68,7 @@ if (($# == 0)); then
     tmp="$(mktemp)"
     trap 'rm -f "$tmp"' EXIT
     cd "$(dirname "$0")/.."
-    for package in strom-protocol strom-metadata strom-broker strom-controller; do
+    for package in strom-protocol strom-metadata strom-broker strom-controller strom-admin; do
         if ! cargo tree --quiet -e normal --prefix depth -p "$package" >"$tmp"; then
             echo "check-deps: cargo tree -p $package failed" >&2
             exit 2
@@ -79,7 +81,7 @@ else
         file="${arg#*=}"
         if [[ "$arg" != *=* ]] || ! forbidden_for "$package" >/dev/null || [[ ! -r "$file" ]]; then
             echo "usage: $0 [PACKAGE=TREE_FILE ...]; PACKAGE is one of strom-protocol," \
-                "strom-metadata, strom-broker, strom-controller (got '$arg')" >&2
+                "strom-metadata, strom-broker, strom-controller, strom-admin (got '$arg')" >&2
             exit 2
         fi
         check_tree "$package" "$file" || status=1

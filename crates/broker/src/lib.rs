@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use config::{BrokerConfig, ConnectionLimits, GroupSettings, InterBrokerListener};
 pub use errors::BrokerError;
 pub use fetch_memory::{FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, FETCH_MAX_BYTES_DEFAULT};
-pub use group::BrokerGroupAdmin;
+pub use group::{BrokerGroupAdmin, GroupAdminError};
 pub use image::ImageListener;
 
 use strom_metadata::{Clock, ControllerClient};

@@ -24,9 +24,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::ControllerError;
-use crate::forward::ForwardingClient;
+use crate::events::{Event, EventClient};
 use crate::log_store::{LogStore, LogStoreOptions, SEGMENT_BYTES_MAX_DEFAULT};
 use crate::network::{Channels, GrpcNetwork, RPC_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use crate::relay::RelayClient;
 use crate::service::{metadata_feed, ControllerService, MetadataFeed, RaftService};
 use crate::state_machine::StateMachine;
 use crate::types::{ControllerNode, Raft};
@@ -133,7 +134,7 @@ pub struct Controller {
     image: watch::Receiver<Arc<MetadataImage>>,
     leader: watch::Receiver<Option<u64>>,
     local: Arc<EventClient>,
-    client: Arc<ForwardingClient>,
+    client: Arc<RelayClient>,
     feed: MetadataFeed,
     stop: oneshot::Sender<()>,
     event_loop: JoinHandle<()>,
@@ -182,7 +183,7 @@ impl Controller {
             cfg.election_timeout_min_ms,
             cfg.election_timeout_max_ms,
         );
-        let network = GrpcNetwork::new(channels.clone());
+        let network = GrpcNetwork::new(channels);
         let raft = Raft::new(cfg.node_id, raft_config, network, log, sm)
             .await
             .map_err(|e| ControllerError::RaftStart(Box::new(e)))?;
@@ -233,12 +234,12 @@ impl Controller {
             liveness: None,
         };
         let event_loop = tokio::spawn(active.run(rx, stop_rx));
-        let local = Arc::new(EventClient { tx });
-        let client = Arc::new(ForwardingClient::new(
+        let local = Arc::new(EventClient::new(tx));
+        let client = Arc::new(RelayClient::for_voter(
             cfg.node_id,
-            raft.clone(),
             local.clone(),
-            channels,
+            cfg.voters.clone(),
+            leader.clone(),
             cfg.submit_wait(),
         ));
         Ok(Controller {
@@ -390,44 +391,6 @@ fn leader_caught_up(m: &RaftMetrics<u64, ControllerNode>) -> bool {
             applied.leader_id.term == m.current_term && m.last_log_index == Some(applied.index)
         }
         None => false,
-    }
-}
-
-/// The events the active controller handles; one task takes them in order.
-enum Event {
-    Submit {
-        request: ControlRequest,
-        reply: oneshot::Sender<Result<ControlResponse, ControlError>>,
-    },
-}
-
-/// Submits to this node's active controller task only (NOT_CONTROLLER when it does not lead).
-pub(crate) struct EventClient {
-    tx: mpsc::Sender<Event>,
-}
-
-impl EventClient {
-    /// A request the task never took (it is stopping, or stopped) is refused as
-    /// NOT_CONTROLLER: it was certainly not decided, so a relaying voter tries the next leader.
-    pub(crate) async fn submit_local(
-        &self,
-        request: ControlRequest,
-    ) -> Result<ControlResponse, ControlError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.try_send(Event::Submit { request, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ControlError::ControllerUnavailable(format!(
-                "the controller has {EVENT_QUEUE_MAX} requests queued"
-            )),
-            mpsc::error::TrySendError::Closed(_) => ControlError::NotController,
-        })?;
-        // The task answers every request it takes before it stops; a dropped reply means the
-        // request was still queued when it stopped.
-        answer.await.map_err(|_| ControlError::NotController)?
-    }
-
-    /// The active controller task has stopped: this node is shutting down.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
     }
 }
 

@@ -8,16 +8,17 @@
 //! - [`network`]: how voters reach each other (tonic clients of the `Raft` service).
 //! - [`service`]: the gRPC services a controller serves on its control port.
 //! - [`wire`]: controller requests and responses as protobuf, for relaying.
+//! - [`relay`]: the `ControllerClient` of every node, voter or broker-only.
 
-pub mod admin;
 mod codec;
 mod controller;
 mod error;
+mod events;
 pub mod follower;
-mod forward;
 pub mod log_store;
 pub mod network;
-pub mod remote;
+pub mod quorum;
+pub mod relay;
 pub mod service;
 pub mod state_machine;
 pub mod types;
@@ -30,5 +31,6 @@ pub use controller::{
     SNAPSHOT_AFTER_ENTRIES_DEFAULT, SUBMIT_WAIT_ELECTION_TIMEOUTS,
 };
 pub use error::ControllerError;
-pub use forward::{SUBMIT_ATTEMPTS_MAX, SUBMIT_BACKOFF_MS_MAX, SUBMIT_BACKOFF_MS_MIN};
+pub use quorum::RaftClusterInfo;
+pub use relay::RelayClient;
 pub use service::{ControllerService, RaftService};

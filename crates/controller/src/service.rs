@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::codec;
-use crate::controller::EventClient;
+use crate::events::EventClient;
 use crate::types::Raft;
 use crate::wire;
 

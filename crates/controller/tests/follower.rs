@@ -1,5 +1,5 @@
 //! Broker-only nodes over real gRPC on loopback: a metadata follower streams the log from the
-//! controller voters (`WatchMetadata`) and a `RemoteControllerClient` submits to them, through
+//! controller voters (`WatchMetadata`) and a `RelayClient` submits to them, through
 //! a fresh start, a late start from a snapshot, and the loss of the voter being followed.
 
 mod common;
@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use common::{create_topic, live_broker, Quorum, SETTLE};
 use strom_controller::follower::follow_metadata_as;
-use strom_controller::remote::RemoteControllerClient;
 use strom_controller::ControllerError;
+use strom_controller::RelayClient;
 use strom_metadata::control::{
     ControlRequest, ControlResponse, CreateTopic, CreateTopicsRequest, DeleteTopicsRequest,
 };
@@ -29,8 +29,7 @@ async fn cluster(n: u64, snapshot_after_entries: u64) -> anyhow::Result<Quorum> 
 
 impl Quorum {
     fn remote(&self, follower: &Follower) -> anyhow::Result<Arc<dyn ControllerClient>> {
-        let client =
-            RemoteControllerClient::new(self.voters.clone())?.with_leader(follower.leader.clone());
+        let client = RelayClient::new(self.voters.clone())?.with_leader(follower.leader.clone());
         Ok(Arc::new(client))
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod control;
+pub mod quorum;
 mod error;
 mod ids;
 mod image;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use strom_broker::{Broker, BrokerConfig, ConnectionLimits, InterBrokerListener};
-use strom_controller::admin::{
-    mount_admin, AdminServiceImpl, ClusterInfo, ImagePublisher, QuorumState, RaftClusterInfo,
+use strom_admin::{
+    mount_admin, AdminServiceImpl, ClusterInfo, GroupError, GroupSource, ImagePublisher,
+    QuorumState,
 };
+use strom_broker::{Broker, BrokerConfig, ConnectionLimits, InterBrokerListener};
 use strom_controller::follower::follow_metadata_as;
-use strom_controller::remote::RemoteControllerClient;
-use strom_controller::{Controller, ControllerConfig};
+use strom_controller::{Controller, ControllerConfig, RaftClusterInfo, RelayClient};
 use strom_metadata::control::{
     BrokerHeartbeatRequest, ControlDefaults, ControlRequest, ControlResponse, RegisterBrokerRequest,
 };
@@ -33,9 +33,7 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The control port's gRPC server. A request whose response has not started by then fails
 /// with DEADLINE_EXCEEDED; above every handler's own bound (a relayed submit waits 30 s).
 const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const _: () = assert!(
-    strom_controller::admin::SUBMIT_TIMEOUT_MS_MAX < GRPC_REQUEST_TIMEOUT.as_millis() as u64
-);
+const _: () = assert!(strom_admin::SUBMIT_TIMEOUT_MS_MAX < GRPC_REQUEST_TIMEOUT.as_millis() as u64);
 /// Requests served at once per connection (the rest wait); raft and the relay share one
 /// connection per peer.
 const GRPC_CONCURRENCY_PER_CONNECTION_MAX: usize = 256;
@@ -293,6 +291,19 @@ impl ClusterInfo for FollowerClusterInfo {
     }
 }
 
+/// [`ClusterInfo`] of a voter: the quorum from its raft node.
+struct VoterClusterInfo(RaftClusterInfo);
+
+impl ClusterInfo for VoterClusterInfo {
+    fn cluster_id(&self) -> String {
+        self.0.cluster_id()
+    }
+
+    fn quorum(&self) -> QuorumState {
+        self.0.quorum()
+    }
+}
+
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     let fd_limit = raise_fd_limit();
     let node = NodeId(cfg.node_id);
@@ -345,7 +356,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .context("cannot start the controller")?;
         let client = controller.client();
         let leader = controller.leader_watch();
-        let info = Arc::new(RaftClusterInfo::new(cluster_id.clone(), controller.raft()));
+        let info =
+            Arc::new(VoterClusterInfo(RaftClusterInfo::new(cluster_id.clone(), controller.raft())));
         (MetadataSide::Voter(controller), client, leader, info)
     } else {
         // A broker-only node follows the voters' metadata stream and sends its requests
@@ -360,7 +372,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             }
         });
         let client: Arc<dyn ControllerClient> = Arc::new(
-            RemoteControllerClient::new(voters.clone())
+            RelayClient::new(voters.clone())
                 .context("controller.quorum_voters")?
                 .with_leader(leader_rx.clone()),
         );
@@ -485,28 +497,32 @@ fn cluster_id_for(cfg: &NodeConfig, voters: &BTreeMap<u64, String>) -> Option<St
     None
 }
 
-/// The admin API's view of consumer groups, bound once this node's broker has started.
+/// The admin API's view of consumer groups: this node's broker, bound once it has started.
 #[derive(Default)]
 struct LateGroupAdmin(std::sync::OnceLock<Arc<strom_broker::BrokerGroupAdmin>>);
 
-impl strom_metadata::GroupAdmin for LateGroupAdmin {
+impl LateGroupAdmin {
+    fn broker(&self) -> Result<Arc<strom_broker::BrokerGroupAdmin>, GroupError> {
+        self.0.get().cloned().ok_or(GroupError::BrokerStarting)
+    }
+}
+
+impl GroupSource for LateGroupAdmin {
     fn list_groups(
         &self,
-    ) -> strom_metadata::BoxFuture<Result<strom_metadata::GroupListings, String>> {
-        match self.0.get() {
-            Some(admin) => admin.list_groups(),
-            None => Box::pin(async { Err("this node's broker is still starting".to_owned()) }),
-        }
+    ) -> strom_metadata::BoxFuture<Result<strom_proto::admin::ListGroupsResponse, GroupError>> {
+        let broker = self.broker();
+        Box::pin(async move { Ok(broker?.list_groups().await) })
     }
 
     fn describe_group(
         &self,
         group_id: String,
-    ) -> strom_metadata::BoxFuture<Result<strom_metadata::GroupDescription, String>> {
-        match self.0.get() {
-            Some(admin) => admin.describe_group(group_id),
-            None => Box::pin(async { Err("this node's broker is still starting".to_owned()) }),
-        }
+    ) -> strom_metadata::BoxFuture<Result<strom_proto::admin::GroupDescription, GroupError>> {
+        let broker = self.broker();
+        Box::pin(async move {
+            broker?.describe_group(group_id).await.map_err(|e| GroupError::Broker(Box::new(e)))
+        })
     }
 }
 

@@ -56,11 +56,20 @@ fn check_deps_fails_when_broker_depends_on_controller() {
 }
 
 #[test]
+fn check_deps_fails_when_admin_depends_on_controller() {
+    let output = check_deps(&[("strom-admin", "admin-with-controller.txt")]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "stderr:\n{text}");
+    assert!(text.contains("strom-admin -> strom-controller"), "{text}");
+}
+
+#[test]
 fn check_deps_passes_clean_trees() {
     let output = check_deps(&[
         ("strom-protocol", "protocol-clean.txt"),
         ("strom-metadata", "metadata-clean-indented.txt"),
         ("strom-broker", "broker-clean.txt"),
+        ("strom-admin", "admin-clean.txt"),
     ]);
     assert!(output.status.success(), "stderr:\n{}", stderr(&output));
 }

@@ -13,6 +13,7 @@ mod kcat;
 mod lifecycle;
 mod metadata_limits;
 mod power_loss;
+mod module_cycles;
 mod produce_acks;
 mod quorum;
 mod raw_socket;

@@ -15,21 +15,44 @@ use kafka_protocol::messages::{
     OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::Decodable;
-use strom_metadata::{
-    BoxFuture, GroupAdmin, GroupDescription, GroupListing, GroupListings, GroupMember,
-    GroupPartitionLag, MetadataImage, NodeId,
-};
+use strom_metadata::{MetadataImage, NodeId};
+use strom_proto::admin as pb;
 
 use super::{partition_for, OFFSETS_TOPIC};
-use crate::wire::s;
 use crate::peer::{broker_addr, PeerConn};
+use crate::wire::s;
 use crate::BrokerCtx;
 
 const CLIENT_ID: &str = "strom-admin";
 
-/// The [`GroupAdmin`] of a node that runs a broker.
+/// Consumer groups as the admin API shows them (its `pb` messages), asked of the brokers.
+/// The binary plugs it into the admin service.
 pub struct BrokerGroupAdmin {
     pub(crate) ctx: Arc<BrokerCtx>,
+}
+
+/// Why a group could not be described: its coordinator is unknown or could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupAdminError {
+    #[error("{OFFSETS_TOPIC} does not exist yet: no group has looked up its coordinator")]
+    OffsetsTopicMissing,
+    #[error("{OFFSETS_TOPIC}-{0} has no leader: no coordinator")]
+    CoordinatorUnknown(i32),
+    #[error("coordinator {0} has no PLAINTEXT endpoint")]
+    CoordinatorEndpointMissing(i32),
+    /// The connection or the exchange failed (the peer module's reason).
+    #[error("{0}")]
+    Peer(String),
+    #[error("empty {0} response")]
+    EmptyResponse(&'static str),
+    #[error("{api}: {}", kafka_error(*.code))]
+    Refused { api: &'static str, code: i16 },
+}
+
+impl From<String> for GroupAdminError {
+    fn from(reason: String) -> Self {
+        GroupAdminError::Peer(reason)
+    }
 }
 
 fn kafka_error(code: i16) -> String {
@@ -39,86 +62,93 @@ fn kafka_error(code: i16) -> String {
     }
 }
 
-impl GroupAdmin for BrokerGroupAdmin {
-    fn list_groups(&self) -> BoxFuture<Result<GroupListings, String>> {
-        let ctx = self.ctx.clone();
-        Box::pin(async move {
-            let image = ctx.image.current();
-            let brokers: Vec<(NodeId, Option<String>)> = image
-                .live_brokers()
-                .map(|b| (b.id, broker_addr(&ctx.config, &image, b.id)))
-                .collect();
-            let asks = brokers.into_iter().map(|(id, addr)| async move {
-                let Some(addr) = addr else {
-                    return (id, Err("no PLAINTEXT endpoint".to_owned()));
-                };
-                let answer = async {
-                    let mut conn = PeerConn::connect(&addr).await?;
-                    let resp: ListGroupsResponse = conn
-                        .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default(), CLIENT_ID)
-                        .await?;
-                    if resp.error_code != 0 {
-                        return Err(kafka_error(resp.error_code));
-                    }
-                    Ok(resp.groups)
-                };
-                (id, answer.await.map_err(|e| format!("{addr}: {e}")))
-            });
-            let mut out = GroupListings::default();
-            for (id, answer) in futures::future::join_all(asks).await {
-                match answer {
-                    Ok(groups) => out.groups.extend(groups.into_iter().map(|g| GroupListing {
-                        group_id: g.group_id.0.to_string(),
-                        protocol_type: g.protocol_type.to_string(),
-                        state: g.group_state.to_string(),
-                        coordinator_id: id.0,
-                    })),
-                    Err(e) => out.unreachable.push(format!("broker {}: {e}", id.0)),
+impl BrokerGroupAdmin {
+    /// Every group of the cluster: each live broker lists the groups it coordinates; the
+    /// brokers that could not be asked are named in `unreachable`.
+    pub async fn list_groups(&self) -> pb::ListGroupsResponse {
+        let ctx = &self.ctx;
+        let image = ctx.image.current();
+        let brokers: Vec<(NodeId, Option<String>)> =
+            image.live_brokers().map(|b| (b.id, broker_addr(&ctx.config, &image, b.id))).collect();
+        let asks = brokers.into_iter().map(|(id, addr)| async move {
+            let Some(addr) = addr else {
+                return (id, Err("no PLAINTEXT endpoint".to_owned()));
+            };
+            let answer = async {
+                let mut conn = PeerConn::connect(&addr).await?;
+                let resp: ListGroupsResponse = conn
+                    .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default(), CLIENT_ID)
+                    .await?;
+                if resp.error_code != 0 {
+                    return Err(kafka_error(resp.error_code));
                 }
+                Ok(resp.groups)
+            };
+            (id, answer.await.map_err(|e| format!("{addr}: {e}")))
+        });
+        let mut out = pb::ListGroupsResponse::default();
+        for (id, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(groups) => out.groups.extend(groups.into_iter().map(|g| pb::GroupListing {
+                    group_id: g.group_id.0.to_string(),
+                    protocol_type: g.protocol_type.to_string(),
+                    state: g.group_state.to_string(),
+                    coordinator_id: id.0,
+                })),
+                Err(e) => out.unreachable.push(format!("broker {}: {e}", id.0)),
             }
-            out.groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-            Ok(out)
-        })
+        }
+        out.groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        out
     }
 
-    fn describe_group(&self, group_id: String) -> BoxFuture<Result<GroupDescription, String>> {
-        let ctx = self.ctx.clone();
-        Box::pin(async move { describe(&ctx, group_id).await })
+    /// Members, assignments, committed offsets and lag of one group, from its coordinator.
+    pub async fn describe_group(
+        &self,
+        group_id: String,
+    ) -> Result<pb::GroupDescription, GroupAdminError> {
+        describe(&self.ctx, group_id).await
     }
 }
 
-async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription, String> {
+async fn describe(
+    ctx: &BrokerCtx,
+    group_id: String,
+) -> Result<pb::GroupDescription, GroupAdminError> {
     let image = ctx.image.current();
-    let topic = image.topic(OFFSETS_TOPIC).ok_or_else(|| {
-        format!("{OFFSETS_TOPIC} does not exist yet: no group has looked up its coordinator")
-    })?;
+    let topic = image.topic(OFFSETS_TOPIC).ok_or(GroupAdminError::OffsetsTopicMissing)?;
     let partition = partition_for(&group_id, topic.partitions.len() as i32);
     let coordinator = image
         .partition(OFFSETS_TOPIC, partition)
         .and_then(|p| p.leader)
-        .ok_or_else(|| format!("{OFFSETS_TOPIC}-{partition} has no leader: no coordinator"))?;
+        .ok_or(GroupAdminError::CoordinatorUnknown(partition))?;
     let addr = broker_addr(&ctx.config, &image, coordinator)
-        .ok_or_else(|| format!("coordinator {} has no PLAINTEXT endpoint", coordinator.0))?;
+        .ok_or(GroupAdminError::CoordinatorEndpointMissing(coordinator.0))?;
     let mut conn = PeerConn::connect(&addr).await?;
     let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group_id.clone()))]);
     let described: DescribeGroupsResponse =
         conn.call(ApiKey::DescribeGroups, 5, &req, CLIENT_ID).await?;
-    let group = described.groups.into_iter().next().ok_or("empty DescribeGroups response")?;
+    let group = described
+        .groups
+        .into_iter()
+        .next()
+        .ok_or(GroupAdminError::EmptyResponse("DescribeGroups"))?;
     if group.error_code != 0 {
-        return Err(format!("DescribeGroups: {}", kafka_error(group.error_code)));
+        return Err(GroupAdminError::Refused { api: "DescribeGroups", code: group.error_code });
     }
     let req = OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
         .with_group_id(GroupId(s(group_id.clone())))
         .with_topics(None)]);
     let fetched: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 8, &req, CLIENT_ID).await?;
-    let fetched = fetched.groups.into_iter().next().ok_or("empty OffsetFetch response")?;
+    let fetched =
+        fetched.groups.into_iter().next().ok_or(GroupAdminError::EmptyResponse("OffsetFetch"))?;
     if fetched.error_code != 0 {
-        return Err(format!("OffsetFetch: {}", kafka_error(fetched.error_code)));
+        return Err(GroupAdminError::Refused { api: "OffsetFetch", code: fetched.error_code });
     }
 
     let consumer = group.protocol_type.as_str() == "consumer";
     let mut owner: BTreeMap<(String, i32), String> = BTreeMap::new();
-    let members: Vec<GroupMember> = group
+    let members: Vec<pb::GroupMember> = group
         .members
         .into_iter()
         .map(|m| {
@@ -128,12 +158,15 @@ async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription,
                     owner.insert((t.clone(), *p), m.member_id.to_string());
                 }
             }
-            GroupMember {
+            pb::GroupMember {
                 member_id: m.member_id.to_string(),
                 group_instance_id: m.group_instance_id.map(|i| i.to_string()),
                 client_id: m.client_id.to_string(),
                 client_host: m.client_host.to_string(),
-                assignment,
+                assignment: assignment
+                    .into_iter()
+                    .map(|(topic, partitions)| pb::TopicPartitions { topic, partitions })
+                    .collect(),
             }
         })
         .collect();
@@ -157,7 +190,7 @@ async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription,
             } else {
                 -1
             };
-            GroupPartitionLag {
+            pb::GroupPartition {
                 member_id: owner.get(&key).cloned(),
                 topic: key.0,
                 partition: key.1,
@@ -167,7 +200,7 @@ async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription,
             }
         })
         .collect();
-    Ok(GroupDescription {
+    Ok(pb::GroupDescription {
         group_id,
         state: group.group_state.to_string(),
         protocol_type: group.protocol_type.to_string(),
@@ -175,6 +208,7 @@ async fn describe(ctx: &BrokerCtx, group_id: String) -> Result<GroupDescription,
         coordinator_id: coordinator.0,
         members,
         partitions,
+        error: None,
     })
 }
 

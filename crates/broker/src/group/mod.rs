@@ -11,7 +11,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use admin::BrokerGroupAdmin;
+pub use admin::{BrokerGroupAdmin, GroupAdminError};
 pub(crate) use coordinator::*;
 pub(crate) use records::OffsetValue;
 pub(crate) use state::*;

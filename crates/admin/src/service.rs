@@ -1,37 +1,32 @@
-//! The admin plane's gRPC `AdminService` (`proto/admin.proto`): topics, configs, partitions,
-//! the cluster's shape and leader election, plus gRPC health and reflection beside it.
-//!
-//! Reads are answered from this node's metadata image; writes are decided by the active
-//! controller through [`ControllerClient::submit`], which answers after the records commit.
-//! Refusals become gRPC statuses in one place, [`status_of`].
+//! `AdminService` itself: topics, configs, partitions, the cluster's shape, leader election
+//! and consumer groups. Reads are answered from this node's metadata image; writes are decided
+//! by the active controller through [`ControllerClient::submit`], which answers after the
+//! records commit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::RaftMetrics;
-use strom_metadata::config::{ConfigType, TOPIC_CONFIGS};
+use strom_metadata::config::{effective_topic_config, BrokerDefaults, ConfigSource, TOPIC_CONFIGS};
 use strom_metadata::control::{
-    AlterConfigOp, AlterConfigsRequest, ConfigAlteration, ControlRequest, ControlResponse,
-    CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, DeleteTopicsRequest, ElectionError,
-    ItemResult, NewPartitions,
+    AlterConfigsRequest, ConfigAlteration, ControlRequest, ControlResponse,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, NewPartitions,
 };
-use strom_metadata::records::{ConfigResourceType, MetadataRecord};
-use strom_metadata::{
-    ControlError, ControllerClient, GroupAdmin, GroupDescription, MetadataImage, MetadataListener,
-    MetadataOffset, TopicImage,
-};
+use strom_metadata::records::ConfigResourceType;
+use strom_metadata::{ControlError, ControllerClient, MetadataImage};
 use strom_proto::admin as pb;
+use strom_proto::admin::admin_service_server::{AdminService, AdminServiceServer};
 use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::types::{ControllerNode, Raft};
-
-pub use pb::admin_service_client::AdminServiceClient;
-pub use pb::admin_service_server::{AdminService, AdminServiceServer};
+use crate::convert::{
+    check_count, config_op, describe_topic, election_error, fail_if_all_failed, item_error,
+    item_errors, new_topic, replication_factor, status_of, type_name, unexpected,
+};
+use crate::source::{ClusterInfo, GroupError, GroupSource};
 
 /// Items (topics, names, config ops) one admin request may carry: bounds the records a single
 /// call makes the controller decide and the size of its answer.
@@ -41,105 +36,15 @@ pub const ITEMS_PER_REQUEST_MAX: usize = 1_000;
 /// UNAVAILABLE; the write may still commit, which a retry then reports (e.g. ALREADY_EXISTS).
 pub const SUBMIT_TIMEOUT_MS_MAX: u64 = 30_000;
 
-/// The quorum as one node sees it, for DescribeCluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct QuorumState {
-    /// The node answering.
-    pub node_id: u64,
-    /// Voter id → its control (gRPC) address, in id order.
-    pub voters: Vec<(u64, String)>,
-    /// The raft leader this node knows of (the active controller).
-    pub active_controller: Option<u64>,
-    pub term: u64,
-    /// The highest metadata log index this node has applied (so known committed).
-    pub commit_index: u64,
-}
-
-/// What DescribeCluster needs besides the image: the cluster id and the raft quorum's state.
-/// [`RaftClusterInfo`] reads it from a local raft node; a broker-only node supplies its own.
-pub trait ClusterInfo: Send + Sync + 'static {
-    fn cluster_id(&self) -> String;
-    fn quorum(&self) -> QuorumState;
-}
-
-/// [`ClusterInfo`] of a node that runs a controller: the quorum from its raft metrics.
-pub struct RaftClusterInfo {
-    cluster_id: String,
-    metrics: watch::Receiver<RaftMetrics<u64, ControllerNode>>,
-}
-
-impl RaftClusterInfo {
-    pub fn new(cluster_id: impl Into<String>, raft: &Raft) -> Self {
-        RaftClusterInfo { cluster_id: cluster_id.into(), metrics: raft.metrics() }
-    }
-}
-
-impl ClusterInfo for RaftClusterInfo {
-    fn cluster_id(&self) -> String {
-        self.cluster_id.clone()
-    }
-
-    fn quorum(&self) -> QuorumState {
-        let m = self.metrics.borrow();
-        let membership = m.membership_config.membership();
-        let mut voters: Vec<(u64, String)> = membership
-            .voter_ids()
-            .map(|id| {
-                let addr = membership.get_node(&id).map(|n| n.control_addr.clone());
-                (id, addr.unwrap_or_default())
-            })
-            .collect();
-        voters.sort();
-        QuorumState {
-            node_id: m.id,
-            voters,
-            active_controller: m.current_leader,
-            term: m.current_term,
-            commit_index: m.last_applied.map_or(0, |l| l.index),
-        }
-    }
-}
-
-/// A [`MetadataListener`] that publishes every committed image on a watch channel, the
-/// receiver [`AdminServiceImpl`] reads, then hands the commit on to the next listener (in a
-/// combined node, the broker's). Give it to `Controller::start` in place of that listener.
-pub struct ImagePublisher {
-    tx: watch::Sender<Arc<MetadataImage>>,
-    next: Option<Arc<dyn MetadataListener>>,
-}
-
-impl ImagePublisher {
-    pub fn new(
-        next: Option<Arc<dyn MetadataListener>>,
-    ) -> (Arc<ImagePublisher>, watch::Receiver<Arc<MetadataImage>>) {
-        let (tx, rx) = watch::channel(Arc::new(MetadataImage::default()));
-        (Arc::new(ImagePublisher { tx, next }), rx)
-    }
-}
-
-impl MetadataListener for ImagePublisher {
-    fn on_commit(
-        &self,
-        offset: MetadataOffset,
-        records: &[MetadataRecord],
-        image: Arc<MetadataImage>,
-    ) {
-        self.tx.send_replace(image.clone());
-        if let Some(next) = &self.next {
-            next.on_commit(offset, records, image);
-        }
-    }
-}
-
 /// The AdminService implementation; mount it with [`admin_service`] or [`mount_admin`].
 pub struct AdminServiceImpl {
     client: Arc<dyn ControllerClient>,
     image: watch::Receiver<Arc<MetadataImage>>,
     cluster: Arc<dyn ClusterInfo>,
     /// Static broker defaults by topic config key (`retention.ms` = the node's `retention_ms`).
-    broker_defaults: BTreeMap<String, String>,
+    broker_defaults: BrokerDefaults,
     /// Consumer groups, on a node that runs a broker.
-    groups: Option<Arc<dyn GroupAdmin>>,
+    groups: Option<Arc<dyn GroupSource>>,
 }
 
 impl AdminServiceImpl {
@@ -148,28 +53,28 @@ impl AdminServiceImpl {
         image: watch::Receiver<Arc<MetadataImage>>,
         cluster: Arc<dyn ClusterInfo>,
     ) -> Self {
-        AdminServiceImpl { client, image, cluster, broker_defaults: BTreeMap::new(), groups: None }
+        AdminServiceImpl {
+            client,
+            image,
+            cluster,
+            broker_defaults: BrokerDefaults::default(),
+            groups: None,
+        }
     }
 
     /// Serves ListGroups and DescribeGroups through this node's broker.
-    pub fn with_groups(mut self, groups: Arc<dyn GroupAdmin>) -> Self {
+    pub fn with_groups(mut self, groups: Arc<dyn GroupSource>) -> Self {
         self.groups = Some(groups);
         self
     }
 
-    fn groups(&self) -> Result<&Arc<dyn GroupAdmin>, Status> {
-        self.groups.as_ref().ok_or_else(|| {
-            Status::unavailable(
-                "this node runs no broker, and consumer groups live in the brokers: ask a \
-                 broker's control port (--bootstrap-control)",
-            )
-        })
+    fn groups(&self) -> Result<&Arc<dyn GroupSource>, Status> {
+        self.groups.as_ref().ok_or_else(|| group_status(&GroupError::NoBroker))
     }
 
-    /// The node's static defaults for topic config keys (Kafka's STATIC_BROKER_CONFIG source),
-    /// keyed by the topic-level name, e.g. `retention.ms`. DescribeConfigs reports them as the
-    /// value of keys a topic does not override.
-    pub fn with_broker_defaults(mut self, defaults: BTreeMap<String, String>) -> Self {
+    /// The node's static settings, which topic config keys a topic does not override fall
+    /// back to (Kafka's STATIC_BROKER_CONFIG source, where they differ from the default).
+    pub fn with_broker_defaults(mut self, defaults: BrokerDefaults) -> Self {
         self.broker_defaults = defaults;
         self
     }
@@ -229,185 +134,6 @@ pub async fn mount_admin(
 ) -> Result<HealthReporter, tonic_reflection::server::Error> {
     routes.add_service(AdminServiceServer::new(admin));
     health_and_reflection(routes).await
-}
-
-/// The gRPC status of a refused request. The message is what the CLI shows after
-/// `strom: error:`, so it names the topic or the key.
-pub fn status_of(e: &ControlError) -> Status {
-    match e {
-        ControlError::TopicAlreadyExists(_) => Status::already_exists(e.to_string()),
-        ControlError::UnknownTopicOrPartition(name) => {
-            Status::not_found(format!("topic '{name}' does not exist"))
-        }
-        ControlError::UnknownTopicId(id) => {
-            Status::not_found(format!("topic with id {id} does not exist"))
-        }
-        ControlError::InvalidTopic(_)
-        | ControlError::InvalidPartitions(_)
-        | ControlError::InvalidReplicationFactor(_)
-        | ControlError::InvalidReplicaAssignment(_)
-        | ControlError::InvalidConfig(_)
-        | ControlError::InvalidRequest(_)
-        | ControlError::PolicyViolation(_) => Status::invalid_argument(e.to_string()),
-        ControlError::NotController => Status::unavailable(
-            "no active controller: this node is not the active controller and cannot reach it; \
-             retry shortly",
-        ),
-        ControlError::ControllerUnavailable(_) => Status::unavailable(e.to_string()),
-        // Broker-lifecycle refusals and any later variant: the request met a state it cannot
-        // apply to.
-        _ => Status::failed_precondition(e.to_string()),
-    }
-}
-
-fn item_error(e: &ControlError) -> pb::ItemError {
-    let status = status_of(e);
-    pb::ItemError { code: status.code() as i32, message: status.message().to_string() }
-}
-
-/// Nothing was committed when every item failed, so the call fails with the first failure.
-fn fail_if_all_failed<'a>(
-    errors: impl IntoIterator<Item = Option<&'a ControlError>>,
-) -> Result<(), Status> {
-    let mut errors = errors.into_iter();
-    match errors.next() {
-        Some(Some(first)) if errors.all(|e| e.is_some()) => Err(status_of(first)),
-        _ => Ok(()),
-    }
-}
-
-fn item_errors<T>(results: &[ItemResult<T>]) -> impl Iterator<Item = Option<&ControlError>> {
-    results.iter().map(|r| r.result.as_ref().err())
-}
-
-fn check_count(what: &str, count: usize) -> Result<(), Status> {
-    if count == 0 {
-        return Err(Status::invalid_argument(format!("no {what} given")));
-    }
-    if count > ITEMS_PER_REQUEST_MAX {
-        return Err(Status::invalid_argument(format!(
-            "{count} {what} given; at most {ITEMS_PER_REQUEST_MAX} per request"
-        )));
-    }
-    Ok(())
-}
-
-fn unexpected(response: &ControlResponse) -> Status {
-    Status::internal(format!("the controller answered with an unexpected response: {response:?}"))
-}
-
-fn replication_factor(topic: &TopicImage) -> i32 {
-    topic.partitions.values().next().map_or(0, |p| p.replicas.len() as i32)
-}
-
-fn type_name(kind: ConfigType) -> &'static str {
-    match kind {
-        ConfigType::Boolean => "boolean",
-        ConfigType::String => "string",
-        ConfigType::Int => "int",
-        ConfigType::Short => "short",
-        ConfigType::Long => "long",
-        ConfigType::Double => "double",
-        ConfigType::List => "list",
-    }
-}
-
-fn new_topic(t: pb::NewTopic) -> Result<CreateTopic, Status> {
-    let num_partitions = match t.partitions {
-        None => -1,
-        Some(n) if n >= 1 => n,
-        Some(n) => {
-            return Err(Status::invalid_argument(format!(
-                "topic '{}': partitions must be at least 1, got {n}",
-                t.name
-            )))
-        }
-    };
-    let replication_factor = match t.replication_factor {
-        None => -1,
-        Some(n) => match i16::try_from(n) {
-            Ok(rf) if rf >= 1 => rf,
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "topic '{}': replication_factor must be between 1 and {}, got {n}",
-                    t.name,
-                    i16::MAX
-                )))
-            }
-        },
-    };
-    if t.configs.len() > ITEMS_PER_REQUEST_MAX {
-        return Err(Status::invalid_argument(format!(
-            "topic '{}': more than {ITEMS_PER_REQUEST_MAX} configs",
-            t.name
-        )));
-    }
-    let mut configs: Vec<(String, Option<String>)> =
-        t.configs.into_iter().map(|(k, v)| (k, Some(v))).collect();
-    // A map arrives in no particular order; decide on a stable one.
-    configs.sort();
-    Ok(CreateTopic {
-        name: t.name,
-        num_partitions,
-        replication_factor,
-        assignments: Vec::new(),
-        configs,
-    })
-}
-
-fn config_op(
-    topic: &str,
-    op: pb::ConfigOp,
-) -> Result<(String, AlterConfigOp, Option<String>), Status> {
-    if op.key.is_empty() {
-        return Err(Status::invalid_argument(format!("topic '{topic}': a config op has no key")));
-    }
-    match pb::ConfigOpType::try_from(op.op) {
-        Ok(pb::ConfigOpType::Set) => match op.value {
-            Some(value) => Ok((op.key, AlterConfigOp::Set, Some(value))),
-            None => {
-                Err(Status::invalid_argument(format!("config '{}': SET needs a value", op.key)))
-            }
-        },
-        Ok(pb::ConfigOpType::Delete) => Ok((op.key, AlterConfigOp::Delete, None)),
-        Ok(pb::ConfigOpType::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
-            "config '{}': op must be SET or DELETE, got {}",
-            op.key, op.op
-        ))),
-    }
-}
-
-fn election_error(why: ElectionError) -> pb::ItemError {
-    let code = match why {
-        ElectionError::UnknownTopicOrPartition => Code::NotFound,
-        ElectionError::ElectionNotNeeded => Code::AlreadyExists,
-        ElectionError::PreferredLeaderNotAvailable | ElectionError::EligibleLeadersNotAvailable => {
-            Code::FailedPrecondition
-        }
-    };
-    pb::ItemError { code: code as i32, message: why.to_string() }
-}
-
-fn describe_topic(image: &MetadataImage, topic: &TopicImage) -> pb::TopicDescription {
-    let offline = |id: &strom_metadata::NodeId| image.brokers.get(id).is_none_or(|b| b.fenced);
-    pb::TopicDescription {
-        name: topic.name.clone(),
-        topic_id: topic.id.to_string(),
-        internal: strom_metadata::config::is_internal_topic(&topic.name),
-        partitions: topic
-            .partitions
-            .iter()
-            .map(|(&partition, p)| pb::PartitionDescription {
-                partition,
-                leader: p.leader.map(|l| l.0),
-                leader_epoch: p.leader_epoch.0,
-                partition_epoch: p.partition_epoch.0,
-                replicas: p.replicas.iter().map(|r| r.0).collect(),
-                isr: p.isr.iter().map(|r| r.0).collect(),
-                offline_replicas: p.replicas.iter().filter(|r| offline(r)).map(|r| r.0).collect(),
-            })
-            .collect(),
-    }
 }
 
 #[tonic::async_trait]
@@ -542,27 +268,24 @@ impl AdminService for AdminServiceImpl {
             return Err(Status::invalid_argument(format!("unknown topic config '{unknown}'")));
         }
         let overrides = image.topic_configs(&request.topic);
-        let entries = TOPIC_CONFIGS
-            .iter()
-            .filter(|d| request.keys.is_empty() || request.keys.iter().any(|k| k == d.name))
-            .map(|d| {
-                let (default_value, default_source) = match self.broker_defaults.get(d.name) {
-                    Some(v) => (v.clone(), pb::ConfigSource::StaticBrokerDefault),
-                    None => (d.default.to_string(), pb::ConfigSource::Default),
-                };
-                let (value, source) = match overrides.and_then(|o| o.get(d.name)) {
-                    Some(v) => (v.clone(), pb::ConfigSource::TopicOverride),
-                    None => (default_value.clone(), default_source),
+        let entries = effective_topic_config(overrides, &self.broker_defaults)
+            .into_iter()
+            .filter(|e| request.keys.is_empty() || request.keys.iter().any(|k| k == e.def.name))
+            .map(|e| {
+                let source = |s: ConfigSource| match s {
+                    ConfigSource::TopicOverride => pb::ConfigSource::TopicOverride,
+                    ConfigSource::StaticBroker => pb::ConfigSource::StaticBrokerDefault,
+                    ConfigSource::Default => pb::ConfigSource::Default,
                 };
                 (
-                    d.name,
+                    e.def.name,
                     pb::ConfigEntry {
-                        name: d.name.to_string(),
-                        value,
-                        source: source as i32,
-                        default_value,
-                        r#type: type_name(d.kind).to_string(),
-                        doc: d.doc.to_string(),
+                        name: e.def.name.to_string(),
+                        source: source(e.source) as i32,
+                        value: e.value,
+                        default_value: e.default_value,
+                        r#type: type_name(e.def.kind).to_string(),
+                        doc: e.def.doc.to_string(),
                     },
                 )
             })
@@ -792,19 +515,9 @@ impl AdminService for AdminServiceImpl {
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let listed = tokio::time::timeout(GROUPS_TIMEOUT, self.groups()?.list_groups())
             .await
-            .map_err(|_| Status::unavailable("brokers did not answer ListGroups in time"))?
-            .map_err(Status::unavailable)?;
-        let groups = listed
-            .groups
-            .into_iter()
-            .map(|g| pb::GroupListing {
-                group_id: g.group_id,
-                protocol_type: g.protocol_type,
-                state: g.state,
-                coordinator_id: g.coordinator_id,
-            })
-            .collect();
-        Ok(Response::new(pb::ListGroupsResponse { groups, unreachable: listed.unreachable }))
+            .unwrap_or(Err(GroupError::Timeout { what: "the brokers" }))
+            .map_err(|e| group_status(&e))?;
+        Ok(Response::new(listed))
     }
 
     async fn describe_groups(
@@ -813,18 +526,21 @@ impl AdminService for AdminServiceImpl {
     ) -> Result<Response<pb::DescribeGroupsResponse>, Status> {
         let ids = request.into_inner().group_ids;
         check_count("group_ids", ids.len())?;
-        let admin = self.groups()?;
+        let source = self.groups()?;
         let mut groups = Vec::with_capacity(ids.len());
         for group_id in ids {
             let described =
-                tokio::time::timeout(GROUPS_TIMEOUT, admin.describe_group(group_id.clone()))
+                tokio::time::timeout(GROUPS_TIMEOUT, source.describe_group(group_id.clone()))
                     .await
-                    .unwrap_or_else(|_| Err("the coordinator did not answer in time".to_owned()));
+                    .unwrap_or(Err(GroupError::Timeout { what: "the coordinator" }));
             groups.push(match described {
-                Ok(d) => group_description(d),
-                Err(message) => pb::GroupDescription {
+                Ok(d) => d,
+                Err(e) => pb::GroupDescription {
                     group_id,
-                    error: Some(pb::ItemError { code: Code::Unavailable as i32, message }),
+                    error: Some(pb::ItemError {
+                        code: Code::Unavailable as i32,
+                        message: e.to_string(),
+                    }),
                     ..Default::default()
                 },
             });
@@ -836,71 +552,7 @@ impl AdminService for AdminServiceImpl {
 /// How long the admin API waits for brokers to answer about groups.
 const GROUPS_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn group_description(d: GroupDescription) -> pb::GroupDescription {
-    pb::GroupDescription {
-        group_id: d.group_id,
-        state: d.state,
-        protocol_type: d.protocol_type,
-        protocol: d.protocol,
-        coordinator_id: d.coordinator_id,
-        members: d
-            .members
-            .into_iter()
-            .map(|m| pb::GroupMember {
-                member_id: m.member_id,
-                group_instance_id: m.group_instance_id,
-                client_id: m.client_id,
-                client_host: m.client_host,
-                assignment: m
-                    .assignment
-                    .into_iter()
-                    .map(|(topic, partitions)| pb::TopicPartitions { topic, partitions })
-                    .collect(),
-            })
-            .collect(),
-        partitions: d
-            .partitions
-            .into_iter()
-            .map(|p| pb::GroupPartition {
-                topic: p.topic,
-                partition: p.partition,
-                committed_offset: p.committed_offset,
-                log_end_offset: p.log_end_offset,
-                lag: p.lag,
-                member_id: p.member_id,
-            })
-            .collect(),
-        error: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_map_to_statuses_that_name_the_subject() {
-        let s = status_of(&ControlError::UnknownTopicOrPartition("orders".into()));
-        assert_eq!((s.code(), s.message()), (Code::NotFound, "topic 'orders' does not exist"));
-        let s = status_of(&ControlError::TopicAlreadyExists("orders".into()));
-        assert_eq!((s.code(), s.message()), (Code::AlreadyExists, "topic 'orders' already exists"));
-        let s =
-            status_of(&ControlError::InvalidConfig("retention.ms=\"x\": not an integer".into()));
-        assert_eq!(s.code(), Code::InvalidArgument);
-        assert!(s.message().contains("retention.ms"), "{s:?}");
-        assert_eq!(status_of(&ControlError::NotController).code(), Code::Unavailable);
-        let s = status_of(&ControlError::ControllerUnavailable("shut down".into()));
-        assert_eq!(s.code(), Code::Unavailable);
-        assert_eq!(status_of(&ControlError::StaleBrokerEpoch(3)).code(), Code::FailedPrecondition);
-    }
-
-    #[test]
-    fn a_call_fails_as_a_whole_only_when_every_item_failed() {
-        let missing = ControlError::UnknownTopicOrPartition("a".into());
-        let exists = ControlError::TopicAlreadyExists("b".into());
-        let all_failed = fail_if_all_failed([Some(&missing), Some(&exists)]);
-        assert_eq!(all_failed.map_err(|s| s.code()), Err(Code::NotFound), "the first failure");
-        assert!(fail_if_all_failed([None, Some(&exists)]).is_ok());
-        assert!(fail_if_all_failed(std::iter::empty()).is_ok());
-    }
+/// Consumer groups that could not be read: UNAVAILABLE, with the reason.
+fn group_status(e: &GroupError) -> Status {
+    Status::unavailable(e.to_string())
 }

@@ -1,21 +1,36 @@
 //! AdminService over real gRPC: a lone controller on a tempdir, the service on 127.0.0.1:0,
 //! and every RPC driven through the generated client, refusals included.
 
+#[path = "../../controller/tests/common/mod.rs"]
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::{live_broker, single_voter};
-use strom_controller::admin::{
-    mount_admin, AdminServiceClient, AdminServiceImpl, ImagePublisher, RaftClusterInfo,
+use strom_admin::{
+    mount_admin, AdminServiceClient, AdminServiceImpl, ClusterInfo, ImagePublisher, QuorumState,
 };
-use strom_controller::Controller;
+use strom_controller::{Controller, RaftClusterInfo};
+use strom_metadata::config::{BrokerDefaults, BROKER_DEFAULTS};
 use strom_proto::admin as pb;
 use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tonic::Code;
+
+/// The admin service's view of the lone voter's quorum, as the binary plugs it in.
+struct Voter(RaftClusterInfo);
+
+impl ClusterInfo for Voter {
+    fn cluster_id(&self) -> String {
+        self.0.cluster_id()
+    }
+
+    fn quorum(&self) -> QuorumState {
+        self.0.quorum()
+    }
+}
 
 struct Fixture {
     controller: Option<Controller>,
@@ -36,9 +51,9 @@ impl Fixture {
         cfg.defaults.session_timeout_ms = 3_600_000;
         let controller = Controller::start(cfg, publisher).await?;
         live_broker(&controller.client(), 1).await?;
-        let cluster = Arc::new(RaftClusterInfo::new("test-cluster-id", controller.raft()));
+        let cluster = Arc::new(Voter(RaftClusterInfo::new("test-cluster-id", controller.raft())));
         let admin = AdminServiceImpl::new(controller.client(), rx, cluster).with_broker_defaults(
-            BTreeMap::from([("segment.bytes".to_string(), "8388608".to_string())]),
+            BrokerDefaults { log_segment_bytes: 8_388_608, ..BROKER_DEFAULTS },
         );
         let mut routes = RoutesBuilder::default();
         mount_admin(&mut routes, admin).await?;

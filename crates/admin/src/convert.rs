@@ -1,0 +1,225 @@
+//! Between the admin API's `pb` messages and the controller's requests and refusals: request
+//! items checked and turned into `strom_metadata::control` requests, image entries and
+//! results turned into `pb` answers, and every refusal into a gRPC status, in [`status_of`].
+
+use strom_metadata::config::ConfigType;
+use strom_metadata::control::{
+    AlterConfigOp, ControlResponse, CreateTopic, ElectionError, ItemResult,
+};
+use strom_metadata::{ControlError, MetadataImage, TopicImage};
+use strom_proto::admin as pb;
+use tonic::{Code, Status};
+
+use crate::ITEMS_PER_REQUEST_MAX;
+
+/// The gRPC status of a refused request. The message is what the CLI shows after
+/// `strom: error:`, so it names the topic or the key.
+pub fn status_of(e: &ControlError) -> Status {
+    match e {
+        ControlError::TopicAlreadyExists(_) => Status::already_exists(e.to_string()),
+        ControlError::UnknownTopicOrPartition(name) => {
+            Status::not_found(format!("topic '{name}' does not exist"))
+        }
+        ControlError::UnknownTopicId(id) => {
+            Status::not_found(format!("topic with id {id} does not exist"))
+        }
+        ControlError::InvalidTopic(_)
+        | ControlError::InvalidPartitions(_)
+        | ControlError::InvalidReplicationFactor(_)
+        | ControlError::InvalidReplicaAssignment(_)
+        | ControlError::InvalidConfig(_)
+        | ControlError::InvalidRequest(_)
+        | ControlError::PolicyViolation(_) => Status::invalid_argument(e.to_string()),
+        ControlError::NotController => Status::unavailable(
+            "no active controller: this node is not the active controller and cannot reach it; \
+             retry shortly",
+        ),
+        ControlError::ControllerUnavailable(_) => Status::unavailable(e.to_string()),
+        // Broker-lifecycle refusals and any later variant: the request met a state it cannot
+        // apply to.
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
+
+pub(crate) fn item_error(e: &ControlError) -> pb::ItemError {
+    let status = status_of(e);
+    pb::ItemError { code: status.code() as i32, message: status.message().to_string() }
+}
+
+/// Nothing was committed when every item failed, so the call fails with the first failure.
+pub(crate) fn fail_if_all_failed<'a>(
+    errors: impl IntoIterator<Item = Option<&'a ControlError>>,
+) -> Result<(), Status> {
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        Some(Some(first)) if errors.all(|e| e.is_some()) => Err(status_of(first)),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn item_errors<T>(
+    results: &[ItemResult<T>],
+) -> impl Iterator<Item = Option<&ControlError>> {
+    results.iter().map(|r| r.result.as_ref().err())
+}
+
+pub(crate) fn check_count(what: &str, count: usize) -> Result<(), Status> {
+    if count == 0 {
+        return Err(Status::invalid_argument(format!("no {what} given")));
+    }
+    if count > ITEMS_PER_REQUEST_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{count} {what} given; at most {ITEMS_PER_REQUEST_MAX} per request"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn unexpected(response: &ControlResponse) -> Status {
+    Status::internal(format!("the controller answered with an unexpected response: {response:?}"))
+}
+
+pub(crate) fn replication_factor(topic: &TopicImage) -> i32 {
+    topic.partitions.values().next().map_or(0, |p| p.replicas.len() as i32)
+}
+
+pub(crate) fn type_name(kind: ConfigType) -> &'static str {
+    match kind {
+        ConfigType::Boolean => "boolean",
+        ConfigType::String => "string",
+        ConfigType::Int => "int",
+        ConfigType::Short => "short",
+        ConfigType::Long => "long",
+        ConfigType::Double => "double",
+        ConfigType::List => "list",
+    }
+}
+
+pub(crate) fn new_topic(t: pb::NewTopic) -> Result<CreateTopic, Status> {
+    let num_partitions = match t.partitions {
+        None => -1,
+        Some(n) if n >= 1 => n,
+        Some(n) => {
+            return Err(Status::invalid_argument(format!(
+                "topic '{}': partitions must be at least 1, got {n}",
+                t.name
+            )))
+        }
+    };
+    let replication_factor = match t.replication_factor {
+        None => -1,
+        Some(n) => match i16::try_from(n) {
+            Ok(rf) if rf >= 1 => rf,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "topic '{}': replication_factor must be between 1 and {}, got {n}",
+                    t.name,
+                    i16::MAX
+                )))
+            }
+        },
+    };
+    if t.configs.len() > ITEMS_PER_REQUEST_MAX {
+        return Err(Status::invalid_argument(format!(
+            "topic '{}': more than {ITEMS_PER_REQUEST_MAX} configs",
+            t.name
+        )));
+    }
+    let mut configs: Vec<(String, Option<String>)> =
+        t.configs.into_iter().map(|(k, v)| (k, Some(v))).collect();
+    // A map arrives in no particular order; decide on a stable one.
+    configs.sort();
+    Ok(CreateTopic {
+        name: t.name,
+        num_partitions,
+        replication_factor,
+        assignments: Vec::new(),
+        configs,
+    })
+}
+
+pub(crate) fn config_op(
+    topic: &str,
+    op: pb::ConfigOp,
+) -> Result<(String, AlterConfigOp, Option<String>), Status> {
+    if op.key.is_empty() {
+        return Err(Status::invalid_argument(format!("topic '{topic}': a config op has no key")));
+    }
+    match pb::ConfigOpType::try_from(op.op) {
+        Ok(pb::ConfigOpType::Set) => match op.value {
+            Some(value) => Ok((op.key, AlterConfigOp::Set, Some(value))),
+            None => {
+                Err(Status::invalid_argument(format!("config '{}': SET needs a value", op.key)))
+            }
+        },
+        Ok(pb::ConfigOpType::Delete) => Ok((op.key, AlterConfigOp::Delete, None)),
+        Ok(pb::ConfigOpType::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+            "config '{}': op must be SET or DELETE, got {}",
+            op.key, op.op
+        ))),
+    }
+}
+
+pub(crate) fn election_error(why: ElectionError) -> pb::ItemError {
+    let code = match why {
+        ElectionError::UnknownTopicOrPartition => Code::NotFound,
+        ElectionError::ElectionNotNeeded => Code::AlreadyExists,
+        ElectionError::PreferredLeaderNotAvailable | ElectionError::EligibleLeadersNotAvailable => {
+            Code::FailedPrecondition
+        }
+    };
+    pb::ItemError { code: code as i32, message: why.to_string() }
+}
+
+pub(crate) fn describe_topic(image: &MetadataImage, topic: &TopicImage) -> pb::TopicDescription {
+    let offline = |id: &strom_metadata::NodeId| image.brokers.get(id).is_none_or(|b| b.fenced);
+    pb::TopicDescription {
+        name: topic.name.clone(),
+        topic_id: topic.id.to_string(),
+        internal: strom_metadata::config::is_internal_topic(&topic.name),
+        partitions: topic
+            .partitions
+            .iter()
+            .map(|(&partition, p)| pb::PartitionDescription {
+                partition,
+                leader: p.leader.map(|l| l.0),
+                leader_epoch: p.leader_epoch.0,
+                partition_epoch: p.partition_epoch.0,
+                replicas: p.replicas.iter().map(|r| r.0).collect(),
+                isr: p.isr.iter().map(|r| r.0).collect(),
+                offline_replicas: p.replicas.iter().filter(|r| offline(r)).map(|r| r.0).collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_statuses_that_name_the_subject() {
+        let s = status_of(&ControlError::UnknownTopicOrPartition("orders".into()));
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "topic 'orders' does not exist"));
+        let s = status_of(&ControlError::TopicAlreadyExists("orders".into()));
+        assert_eq!((s.code(), s.message()), (Code::AlreadyExists, "topic 'orders' already exists"));
+        let s =
+            status_of(&ControlError::InvalidConfig("retention.ms=\"x\": not an integer".into()));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("retention.ms"), "{s:?}");
+        assert_eq!(status_of(&ControlError::NotController).code(), Code::Unavailable);
+        let s = status_of(&ControlError::ControllerUnavailable("shut down".into()));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(status_of(&ControlError::StaleBrokerEpoch(3)).code(), Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn a_call_fails_as_a_whole_only_when_every_item_failed() {
+        let missing = ControlError::UnknownTopicOrPartition("a".into());
+        let exists = ControlError::TopicAlreadyExists("b".into());
+        let all_failed = fail_if_all_failed([Some(&missing), Some(&exists)]);
+        assert_eq!(all_failed.map_err(|s| s.code()), Err(Code::NotFound), "the first failure");
+        assert!(fail_if_all_failed([None, Some(&exists)]).is_ok());
+        assert!(fail_if_all_failed(std::iter::empty()).is_ok());
+    }
+}
