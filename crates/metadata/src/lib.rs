@@ -6,19 +6,16 @@
 
 pub mod config;
 pub mod control;
-pub mod quorum;
 mod error;
 mod ids;
 mod image;
 mod listener;
+pub mod quorum;
 
 pub use error::{ApplyError, ControlError};
 pub use ids::{BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId};
 pub use image::{BrokerImage, MetadataDelta, MetadataImage, PartitionImage, TopicImage};
-pub use listener::{
-    BoxFuture, Clock, ControllerClient, GroupAdmin, GroupDescription, GroupListing, GroupListings,
-    GroupMember, GroupPartitionLag, MetadataListener,
-};
+pub use listener::{BoxFuture, Clock, ControllerClient, MetadataListener};
 
 /// The generated record types of the metadata log (`proto/metadata.proto`).
 pub use strom_proto::metadata as records;
