@@ -575,3 +575,135 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
         }
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use strom_log::{CleanupPolicy, LogConfig, TimestampType};
+    use strom_metadata::config::{BrokerDefaults, BROKER_DEFAULTS, TOPIC_CONFIGS};
+    use strom_metadata::records::ConfigResourceType;
+    use strom_metadata::{MetadataImage, NodeId, TopicId};
+
+    use super::{log_config, min_insync};
+    use crate::partition::Partition;
+
+    fn image_with(overrides: &[(&str, &str)]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        let configs: BTreeMap<String, String> =
+            overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Arc::make_mut(&mut image.configs)
+            .insert((ConfigResourceType::ConfigResourceTopic as i32, "t".into()), configs);
+        image
+    }
+
+    /// Every accepted topic config reaches the log (or the partition): the log's own tests
+    /// show what each setting does.
+    #[test]
+    fn every_topic_config_reaches_the_log_or_the_partition() {
+        let overrides = [
+            ("cleanup.policy", "compact,delete"),
+            ("compression.type", "producer"),
+            ("delete.retention.ms", "11"),
+            ("flush.messages", "5"),
+            ("index.interval.bytes", "12"),
+            ("max.compaction.lag.ms", "13"),
+            ("max.message.bytes", "14"),
+            ("message.timestamp.type", "LogAppendTime"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+            ("min.compaction.lag.ms", "15"),
+            ("min.insync.replicas", "2"),
+            ("preallocate", "false"),
+            ("retention.bytes", "16"),
+            ("retention.ms", "17"),
+            ("segment.bytes", "18"),
+            ("segment.index.bytes", "19"),
+            ("segment.ms", "20"),
+            ("unclean.leader.election.enable", "true"),
+        ];
+        let mut keys: Vec<&str> = overrides.iter().map(|(k, _)| *k).collect();
+        keys.sort();
+        let mut table: Vec<&str> = TOPIC_CONFIGS.iter().map(|d| d.name).collect();
+        table.sort();
+        assert_eq!(keys, table, "a topic config without a test here");
+        let image = image_with(&overrides);
+        let (config, fsync_on_ack) = log_config(&BROKER_DEFAULTS, &image, "t");
+        assert_eq!(
+            config,
+            LogConfig {
+                segment_bytes: 18,
+                segment_ms: 20,
+                segment_index_bytes: 19,
+                index_interval_bytes: 12,
+                retention_ms: Some(17),
+                retention_bytes: Some(16),
+                message_timestamp_type: TimestampType::LogAppendTime,
+                max_message_bytes: 14,
+                cleanup_policy: CleanupPolicy { delete: true, compact: true },
+                delete_retention_ms: 11,
+                min_compaction_lag_ms: 15,
+                max_compaction_lag_ms: 13,
+                min_cleanable_dirty_ratio: 0.25,
+            }
+        );
+        assert!(!fsync_on_ack, "flush.messages > 1 acknowledges before the fsync");
+        assert_eq!(min_insync(&BROKER_DEFAULTS, &image, "t"), 2);
+        // unclean.leader.election.enable is the controller's: metadata::control's elections.
+        // compression.type and preallocate accept only what strom does (validation refuses
+        // the rest, by name).
+    }
+
+    /// `flush.messages`: 1 acknowledges (moves the high watermark) only after an fsync; more
+    /// acknowledges what is written, and the periodic flush makes it durable.
+    /// On a current-thread runtime the partition's flusher task cannot run between the append
+    /// and the check.
+    #[tokio::test]
+    async fn flush_messages_decides_whether_an_append_waits_for_the_fsync() {
+        let batch =
+            bytes::Bytes::from(strom_protocol::batch::test_support::build_batch(0, &[1], 0));
+        for (flush_messages, acked_before_the_fsync) in [("1", false), ("5", true)] {
+            let image = image_with(&[("flush.messages", flush_messages)]);
+            let (config, fsync_on_ack) = log_config(&BROKER_DEFAULTS, &image, "t");
+            let dir = tempfile::tempdir().unwrap();
+            let log = strom_log::Log::open(dir.path(), config, 0).unwrap();
+            let p = Partition::new(
+                "t".into(),
+                0,
+                TopicId([1; 16]),
+                log,
+                fsync_on_ack,
+                0,
+                Arc::default(),
+            );
+            let me = NodeId(1);
+            p.lead(me, vec![me], vec![me], 0, 0, 0);
+            p.append(&batch, 0, 0).unwrap();
+            let acked = p.progress().high_watermark == 1;
+            assert_eq!(acked, acked_before_the_fsync, "flush.messages={flush_messages}");
+            p.flush_now().unwrap();
+            assert_eq!(p.progress().high_watermark, 1);
+        }
+    }
+
+    #[test]
+    fn a_topic_without_overrides_gets_the_brokers_settings() {
+        let broker = BrokerDefaults {
+            log_segment_bytes: 2 << 20,
+            log_retention_ms: -1,
+            log_flush_interval_messages: 1,
+            min_insync_replicas: 2,
+            message_max_bytes: 4096,
+            ..BROKER_DEFAULTS
+        };
+        let image = image_with(&[]);
+        let (config, fsync_on_ack) = log_config(&broker, &image, "t");
+        assert_eq!(
+            (config.segment_bytes, config.retention_ms, config.max_message_bytes),
+            (2 << 20, None, 4096)
+        );
+        assert!(fsync_on_ack);
+        assert_eq!(config.segment_ms, 7 * 24 * 60 * 60 * 1000);
+        assert_eq!(min_insync(&broker, &image, "t"), 2);
+    }
+}

@@ -3,6 +3,7 @@
 
 mod check_deps;
 mod compaction;
+mod config_defaults;
 mod connections;
 mod durability;
 mod fetch_limits;
