@@ -55,8 +55,10 @@ pub(crate) struct Partition {
     closed: AtomicBool,
     /// Told of this log's storage failures: the whole log directory is failed then.
     health: Arc<LogDirHealth>,
-    /// Broker-wide "some high watermark moved" signal for long-polling fetches.
-    data_arrived: Arc<watch::Sender<u64>>,
+    /// This partition's "new data" signal for long-polling fetches (a Fetch waits on the
+    /// partitions it asked for only): bumped when the high watermark moves, and on every
+    /// append while followers may be waiting.
+    data_arrived: watch::Sender<u64>,
     role: Mutex<Role>,
     /// Everything below this offset is durable locally (fsynced, or written when fsync-on-ack
     /// is off): what the leader counts as its own end offset for the high watermark.
@@ -83,7 +85,6 @@ impl Partition {
         topic_id: TopicId,
         log: Log,
         fsync_on_ack: bool,
-        data_arrived: Arc<watch::Sender<u64>>,
         checkpointed_hw: i64,
         health: Arc<LogDirHealth>,
     ) -> Arc<Partition> {
@@ -107,7 +108,7 @@ impl Partition {
             fsync_on_ack: AtomicBool::new(fsync_on_ack),
             closed: AtomicBool::new(false),
             health,
-            data_arrived,
+            data_arrived: watch::channel(0u64).0,
             role: Mutex::new(Role::Idle),
             // What survived recovery is on disk.
             durable_leo: AtomicI64::new(leo),
@@ -205,6 +206,11 @@ impl Partition {
         drop(role);
         self.appended(leo);
         Ok(Some(leo))
+    }
+
+    /// Changes when this partition has new data for a waiting fetch (see `data_arrived`).
+    pub fn data_arrived(&self) -> watch::Receiver<u64> {
+        self.data_arrived.subscribe()
     }
 
     fn appended(&self, leo: i64) {
@@ -506,5 +512,61 @@ async fn flusher(p: Arc<Partition>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    use super::*;
+
+    fn batch() -> Bytes {
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: IndexMap::new(),
+        };
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+        RecordBatchEncoder::encode(&mut buf, &[record], &options).expect("encodes");
+        buf.freeze()
+    }
+
+    /// A partition led by node 1 alone, acknowledging without fsync.
+    fn led(dir: &std::path::Path, index: i32) -> Arc<Partition> {
+        let log = Log::open(dir, strom_log::LogConfig::default(), 0).expect("log opens");
+        let p = Partition::new("t".into(), index, TopicId([1; 16]), log, false, 0, Arc::default());
+        p.lead(NodeId(1), vec![NodeId(1)], vec![NodeId(1)], 0, 0, 0);
+        p
+    }
+
+    // A runtime only because a partition starts its flusher task; nothing here waits.
+    #[tokio::test]
+    async fn a_waiting_fetch_wakes_for_its_own_partitions_only() {
+        let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+        let (a, b) = (led(dirs[0].path(), 0), led(dirs[1].path(), 1));
+        let mut on_a = a.data_arrived();
+        b.append(&batch(), 0, 0).expect("appends");
+        assert_eq!(b.progress().high_watermark, 1);
+        assert!(!on_a.has_changed().expect("open"), "another partition's append woke it");
+        a.append(&batch(), 0, 0).expect("appends");
+        assert!(on_a.has_changed().expect("open"), "its own high watermark moved unseen");
+        on_a.borrow_and_update();
+        assert!(!on_a.has_changed().expect("open"));
     }
 }

@@ -41,7 +41,6 @@ pub(crate) struct ReplicaManager {
     opened_at: Mutex<HashMap<Key, u64>>,
     recovery_points: HashMap<Key, i64>,
     high_watermarks: HashMap<Key, i64>,
-    pub data_arrived: Arc<watch::Sender<u64>>,
     defaults: BrokerDefaults,
     /// The log directory's health: every partition log reports its storage failures here.
     pub health: Arc<LogDirHealth>,
@@ -143,7 +142,6 @@ impl ReplicaManager {
             .into_iter()
             .map(|(t, p, o)| ((t, p), o))
             .collect();
-        let (data_arrived, _) = watch::channel(0u64);
         Ok(ReplicaManager {
             data_dir: config.data_dir.clone(),
             partitions: RwLock::new(HashMap::new()),
@@ -151,7 +149,6 @@ impl ReplicaManager {
             opened_at: Mutex::new(HashMap::new()),
             recovery_points,
             high_watermarks,
-            data_arrived: Arc::new(data_arrived),
             defaults: config.defaults,
             health: Arc::default(),
             clock,
@@ -229,7 +226,6 @@ impl ReplicaManager {
             topic.id,
             log,
             fsync_on_ack,
-            self.data_arrived.clone(),
             self.high_watermarks.get(&key).copied().unwrap_or(0),
             self.health.clone(),
         );

@@ -1135,14 +1135,12 @@ mod tests {
     /// A shard over a real (temporary) offsets log, on a manual clock.
     fn shard_on(dir: &std::path::Path, clock: &strom_testkit::ManualClock) -> Shard {
         let log = strom_log::Log::open(dir, strom_log::LogConfig::default(), 0).expect("log opens");
-        let (arrived, _) = watch::channel(0u64);
         let partition = Partition::new(
             OFFSETS_TOPIC.to_owned(),
             0,
             strom_metadata::TopicId([7; 16]),
             log,
             false,
-            Arc::new(arrived),
             0,
             Arc::default(),
         );

@@ -18,6 +18,7 @@ use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use strom_metadata::{MetadataImage, NodeId, PartitionImage, TopicId};
 use strom_protocol::request::{encode_response_sharing, SHARED_BYTES_MIN};
+use tokio::sync::watch;
 
 use strom_log::ReadStart;
 
@@ -164,6 +165,10 @@ struct Pass {
     resp: FetchResponse,
     reads: Vec<PendingRead>,
     any_error: bool,
+    /// The "new data" signals of the partitions asked for, taken before they were read: a
+    /// fetch that must wait wakes for these only, not for every append of the node. At most
+    /// one per partition of the request.
+    arrivals: Vec<watch::Receiver<u64>>,
 }
 
 /// The checks and bookkeeping of one pass over the requested partitions, under the partitions'
@@ -179,6 +184,7 @@ fn check_partitions(
     let now = super::now_ms();
     let mut any_error = false;
     let mut reads = Vec::new();
+    let mut arrivals = Vec::new();
     let mut endpoints = std::collections::BTreeMap::new();
     let mut responses = Vec::with_capacity(req.topics.len());
     for (t_at, t) in req.topics.iter().enumerate() {
@@ -215,6 +221,7 @@ fn check_partitions(
                     .replicas
                     .get_or_open(image, node, &topic.name, index)
                     .ok_or(KafkaError::KafkaStorageError)?;
+                arrivals.push(part.data_arrived());
                 if let Some((r, broker_epoch)) = replica {
                     check_follower_fetch(image, p, r, broker_epoch, claimed)?;
                     // Only now may the fetch offset count as the follower's durable end (and
@@ -287,7 +294,7 @@ fn check_partitions(
             })
             .collect();
     }
-    Pass { resp, reads, any_error }
+    Pass { resp, reads, any_error, arrivals }
 }
 
 /// Kafka's answer to a fetch from a node that is not a replica of the partition: the node may
@@ -333,12 +340,12 @@ async fn read_once(
     req: &FetchRequest,
     replica: Option<(NodeId, i64)>,
     deadline: tokio::time::Instant,
-) -> (FetchResponse, usize, bool) {
+) -> (FetchResponse, usize, bool, Vec<watch::Receiver<u64>>) {
     let image = ctx.image.current();
-    let Pass { mut resp, reads, mut any_error } =
+    let Pass { mut resp, reads, mut any_error, arrivals } =
         check_partitions(ctx, &image, version, req, replica);
     if reads.is_empty() {
-        return (resp, 0, any_error);
+        return (resp, 0, any_error, arrivals);
     }
     let budget = Budget::new(req.max_bytes, ctx.config.fetch_max_bytes);
     let mut job = ReadJob { reads, next: 0, budget, granted: None, done: Vec::new() };
@@ -356,7 +363,7 @@ async fn read_once(
                 // A bug: the job is gone with the thread; its partitions answer without data.
                 tracing::error!(error = %e, "fetch read task failed");
                 debug_assert!(false, "fetch read task failed: {e}");
-                return (resp, 0, any_error);
+                return (resp, 0, any_error, arrivals);
             }
         };
         let Some(bytes) = need else { break };
@@ -385,7 +392,7 @@ async fn read_once(
             }
         }
     }
-    (resp, total, any_error)
+    (resp, total, any_error, arrivals)
 }
 
 /// The response frame as a chain of buffers in which the stored batches are shared, not copied.
@@ -417,7 +424,6 @@ pub(crate) async fn handle(
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
-    let mut arrived = ctx.replicas.data_arrived.subscribe();
     let replica = if meta.version >= 15 {
         let state = &req.replica_state;
         (state.replica_id.0 >= 0).then_some((NodeId(state.replica_id.0), state.replica_epoch))
@@ -426,8 +432,7 @@ pub(crate) async fn handle(
     };
     let connection = ctx.fetch_memory.connection(peer);
     loop {
-        arrived.borrow_and_update();
-        let (resp, bytes, any_error) =
+        let (resp, bytes, any_error, mut arrivals) =
             read_once(ctx, &connection, meta.version, &req, replica, deadline).await;
         let done = bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline;
         if done {
@@ -436,7 +441,8 @@ pub(crate) async fn handle(
         // Waiting holds no records (nor their memory): the next pass reads afresh.
         drop(resp);
         tokio::select! {
-            changed = arrived.changed() => if changed.is_err() {
+            changed = any_changed(&mut arrivals) => if changed.is_err() {
+                // A partition closed (deleted or reopened): answer with what is there now.
                 let (resp, ..) =
                     read_once(ctx, &connection, meta.version, &req, replica, deadline).await;
                 return encode(meta, &resp);
@@ -444,6 +450,16 @@ pub(crate) async fn handle(
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// Resolves when any of the partitions' signals changes (never, for none): the Fetch's own
+/// partitions wake it, another partition's appends do not.
+async fn any_changed(arrivals: &mut [watch::Receiver<u64>]) -> Result<(), watch::error::RecvError> {
+    if arrivals.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = arrivals.iter_mut().map(|rx| Box::pin(rx.changed()));
+    futures::future::select_all(waits).await.0
 }
 
 #[cfg(test)]
