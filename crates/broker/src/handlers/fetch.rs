@@ -181,7 +181,7 @@ fn check_partitions(
     replica: Option<(NodeId, i64)>,
 ) -> Pass {
     let node = ctx.image.node;
-    let now = super::now_ms();
+    let now = ctx.clock.now_ms();
     let mut any_error = false;
     let mut reads = Vec::new();
     let mut arrivals = Vec::new();
