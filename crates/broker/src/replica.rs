@@ -701,5 +701,7 @@ mod config_tests {
         assert!(fsync_on_ack);
         assert_eq!(config.segment_ms, 7 * 24 * 60 * 60 * 1000);
         assert_eq!(min_insync(&broker, &image, "t"), 2);
+        // strom-log's own defaults (its tests' starting point) are the same facts.
+        assert_eq!(log_config(&BROKER_DEFAULTS, &image, "t"), (LogConfig::default(), true));
     }
 }
