@@ -231,8 +231,14 @@ fn a_200k_partition_image_reaches_a_late_voter_and_a_late_broker_only_node() {
             v.sort();
             v
         };
+        // Errors keep `wait_until` polling and show in its message: what the node had last.
         let complete = |addr: SocketAddr| -> anyhow::Result<Option<()>> {
-            Ok(listed_partitions(addr).ok().filter(|l| *l == want).map(|_| ()))
+            let listed = listed_partitions(addr)?;
+            if listed == want {
+                return Ok(Some(()));
+            }
+            let partitions: i64 = listed.iter().map(|(_, p)| i64::from(*p)).sum();
+            bail!("{} topics, {partitions} partitions: {:?}", listed.len(), listed.first())
         };
         wait_until(CATCH_UP, "voter 1 has the whole image", || complete(ports[0]))?;
 
