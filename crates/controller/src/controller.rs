@@ -2,7 +2,7 @@
 //! node over it (gRPC between voters), and runs the active controller, the one task that
 //! decides requests, tracks broker liveness and proposes records while this node leads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -232,8 +232,11 @@ impl Controller {
             commit_wait: cfg.submit_wait(),
             clock,
             liveness: None,
+            events: rx,
+            events_closed: false,
+            backlog: VecDeque::new(),
         };
-        let event_loop = tokio::spawn(active.run(rx, stop_rx));
+        let event_loop = tokio::spawn(active.run(stop_rx));
         let local = Arc::new(EventClient::new(tx));
         let client = Arc::new(RelayClient::for_voter(
             cfg.node_id,
@@ -440,28 +443,62 @@ struct ActiveController {
     /// Broker sessions are measured on this clock (monotonic in a node).
     clock: Arc<dyn Clock>,
     liveness: Option<TermLiveness>,
+    events: mpsc::Receiver<Event>,
+    /// The queue's senders are gone (the node is stopping): nothing more to take early.
+    events_closed: bool,
+    /// Events taken off the queue while a commit was in flight, in arrival order; decided
+    /// after it, before anything newer. Heartbeats among them were counted when taken, so a
+    /// slow commit neither delays a broker's contact nor lets fencing act on an old one. At
+    /// most [`EVENT_QUEUE_MAX`]; past that the queue fills and submits are refused at once.
+    backlog: VecDeque<Event>,
 }
 
 impl ActiveController {
-    async fn run(mut self, mut events: mpsc::Receiver<Event>, mut stop: oneshot::Receiver<()>) {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let check_ms =
             (self.defaults.broker_heartbeat_interval_ms / LIVENESS_CHECKS_PER_HEARTBEAT).max(1);
         let mut check = tokio::time::interval(Duration::from_millis(check_ms));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(event) = self.backlog.pop_front() {
+                // A stop still wins between two events; what is left is answered NOT_CONTROLLER
+                // (its reply is dropped), as it was never decided.
+                if !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                    break;
+                }
+                self.handle(event).await;
+                continue;
+            }
             tokio::select! {
                 _ = &mut stop => break,
-                event = events.recv() => match event {
-                    Some(Event::Submit { request, reply }) => {
-                        let answer = self.submit(&request).await;
-                        // The caller may have given up waiting; nothing to do then.
-                        let _ = reply.send(answer);
-                    }
+                event = self.events.recv() => match event {
+                    Some(event) => self.handle(event).await,
                     None => break,
                 },
                 _ = check.tick() => self.fence_expired().await,
             }
         }
+    }
+
+    async fn handle(&mut self, event: Event) {
+        let Event::Submit { request, reply } = event;
+        let answer = self.submit(&request).await;
+        // The caller may have given up waiting; nothing to do then.
+        let _ = reply.send(answer);
+    }
+
+    /// An event that arrived while a commit was in flight: a heartbeat counts at once (the
+    /// broker is alive now, whatever is being committed); every event waits in the backlog to
+    /// be decided in its turn, against the image after that commit.
+    fn take_early(&mut self, event: Event) {
+        let Event::Submit { request, .. } = &event;
+        if let ControlRequest::BrokerHeartbeat(r) = request {
+            let now = self.now_ms();
+            if let Some(liveness) = self.liveness() {
+                liveness.on_heartbeat(r.broker_id, r.broker_epoch, now);
+            }
+        }
+        self.backlog.push_back(event);
     }
 
     fn now_ms(&self) -> i64 {
@@ -648,9 +685,30 @@ impl ActiveController {
         batch: MetadataBatch,
         expected: MetadataOffset,
     ) -> Result<(), ControlError> {
-        let write = self.raft.client_write(batch);
-        let written = match tokio::time::timeout(self.commit_wait, write).await {
-            Err(_) => {
+        let raft = self.raft.clone();
+        let write = raft.client_write(batch);
+        tokio::pin!(write);
+        let deadline = tokio::time::sleep(self.commit_wait);
+        tokio::pin!(deadline);
+        // While the entry commits, later events are taken off the queue (heartbeats counted)
+        // but not decided: decisions stay one at a time, each against the committed image.
+        let committed = loop {
+            tokio::select! {
+                biased;
+                written = &mut write => break Ok(written),
+                _ = &mut deadline => break Err(()),
+                event = self.events.recv(),
+                    if !self.events_closed && self.backlog.len() < EVENT_QUEUE_MAX =>
+                {
+                    match event {
+                        Some(event) => self.take_early(event),
+                        None => self.events_closed = true,
+                    }
+                }
+            }
+        };
+        let written = match committed {
+            Err(()) => {
                 return Err(ControlError::ControllerUnavailable(format!(
                     "the metadata quorum did not commit within {} ms; the outcome is unknown",
                     self.commit_wait.as_millis()
