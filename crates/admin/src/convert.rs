@@ -35,6 +35,8 @@ pub fn status_of(e: &ControlError) -> Status {
              retry shortly",
         ),
         ControlError::ControllerUnavailable(_) => Status::unavailable(e.to_string()),
+        // gRPC's word for "may have completed": asking again is not known to be safe.
+        ControlError::OutcomeUnknown(_) => Status::deadline_exceeded(e.to_string()),
         // Broker-lifecycle refusals and any later variant: the request met a state it cannot
         // apply to.
         _ => Status::failed_precondition(e.to_string()),
@@ -211,6 +213,8 @@ mod tests {
         let s = status_of(&ControlError::ControllerUnavailable("shut down".into()));
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(status_of(&ControlError::StaleBrokerEpoch(3)).code(), Code::FailedPrecondition);
+        let s = status_of(&ControlError::OutcomeUnknown("connection reset".into()));
+        assert_eq!(s.code(), Code::DeadlineExceeded);
     }
 
     #[test]

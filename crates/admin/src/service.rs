@@ -32,8 +32,9 @@ use crate::source::{ClusterInfo, GroupError, GroupSource};
 /// call makes the controller decide and the size of its answer.
 pub const ITEMS_PER_REQUEST_MAX: usize = 1_000;
 
-/// How long a write waits for the controller's answer before the call is failed as
-/// UNAVAILABLE; the write may still commit, which a retry then reports (e.g. ALREADY_EXISTS).
+/// How long a write waits for the controller's answer before the call is failed with an
+/// unknown outcome (DEADLINE_EXCEEDED): the write may still commit, which a retry then reports
+/// (e.g. ALREADY_EXISTS).
 pub const SUBMIT_TIMEOUT_MS_MAX: u64 = 30_000;
 
 /// The AdminService implementation; mount it with [`admin_service`] or [`mount_admin`].
@@ -84,16 +85,13 @@ impl AdminServiceImpl {
     }
 
     async fn submit(&self, request: ControlRequest) -> Result<ControlResponse, Status> {
-        let answer = tokio::time::timeout(
-            Duration::from_millis(SUBMIT_TIMEOUT_MS_MAX),
-            self.client.submit(request),
-        )
-        .await
-        .map_err(|_| {
-            Status::unavailable(format!(
-                "the active controller did not answer within {SUBMIT_TIMEOUT_MS_MAX} ms"
-            ))
-        })?;
+        let wait = Duration::from_millis(SUBMIT_TIMEOUT_MS_MAX);
+        let answer =
+            tokio::time::timeout(wait, self.client.submit(request)).await.unwrap_or_else(|_| {
+                Err(ControlError::OutcomeUnknown(format!(
+                    "the active controller did not answer within {SUBMIT_TIMEOUT_MS_MAX} ms"
+                )))
+            });
         answer.map_err(|e| status_of(&e))
     }
 }

@@ -163,7 +163,9 @@ impl From<&ControlError> for KafkaError {
             ControlError::IneligibleReplica(_) => KafkaError::IneligibleReplica,
             ControlError::PolicyViolation(_) => KafkaError::PolicyViolation,
             ControlError::NotController => KafkaError::NotController,
-            ControlError::ControllerUnavailable(_) => KafkaError::RequestTimedOut,
+            ControlError::ControllerUnavailable(_) | ControlError::OutcomeUnknown(_) => {
+                KafkaError::RequestTimedOut
+            }
         }
     }
 }
@@ -365,6 +367,7 @@ mod tests {
         assert_eq!(control(ControlError::InvalidReplicationFactor("t".into())), 38);
         assert_eq!(control(ControlError::InvalidReplicaAssignment("t".into())), 39);
         assert_eq!(control(ControlError::NotController), 41);
+        assert_eq!(control(ControlError::OutcomeUnknown("t".into())), 7);
         assert_eq!(control(ControlError::InvalidRequest("t".into())), 42);
         assert_eq!(control(ControlError::InvalidConfig("t".into())), 40);
         assert_eq!(control(ControlError::PolicyViolation("t".into())), 44);

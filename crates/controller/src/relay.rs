@@ -9,7 +9,7 @@
 //! (no connection could be made). Once it was sent and no answer came back (the connection
 //! dropped under the call, the attempt timed out) the leader may have proposed it, and asking
 //! again could apply it twice or report a misleading refusal: the caller gets
-//! CONTROLLER_UNAVAILABLE saying the outcome is unknown.
+//! `ControlError::OutcomeUnknown` (Kafka's REQUEST_TIMED_OUT, gRPC's DEADLINE_EXCEEDED).
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
@@ -211,12 +211,7 @@ impl Inner {
                     self.preferred.store(index, Ordering::Relaxed);
                     return answer;
                 }
-                Attempt::OutcomeUnknown(why) => {
-                    return Err(ControlError::ControllerUnavailable(format!(
-                        "outcome unknown: {why}; the request may have been applied, look before \
-                         asking again"
-                    )))
-                }
+                Attempt::OutcomeUnknown(why) => return Err(ControlError::OutcomeUnknown(why)),
                 Attempt::NotDecided(why) => last = why,
             }
             let now = Instant::now();
@@ -298,13 +293,25 @@ impl Inner {
     }
 }
 
-/// The call failed before a connection existed to send it on (tonic wraps connect failures
-/// in `ConnectError`).
+/// The call certainly never reached the service: no connection could be made (tonic's
+/// `ConnectError`), the connection closed before the request was handed to it (hyper's
+/// "canceled"), or the peer refused the stream unprocessed (HTTP/2 REFUSED_STREAM, or a GOAWAY
+/// whose last processed stream is below it, which h2 reports as a remote GOAWAY error on
+/// exactly those streams).
 fn never_sent(status: &tonic::Status) -> bool {
     let mut source = status.source();
     while let Some(e) = source {
         if e.is::<tonic::ConnectError>() {
             return true;
+        }
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let refused = h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            if h2.is_remote() && (h2.is_go_away() || refused) {
+                return true;
+            }
         }
         source = e.source();
     }

@@ -84,6 +84,7 @@ pub fn error_to_pb(e: &ControlError) -> pb::ControlError {
         ControlError::ControllerUnavailable(m) => {
             (C::ControllerUnavailable, m.clone(), 0, Vec::new())
         }
+        ControlError::OutcomeUnknown(m) => (C::OutcomeUnknown, m.clone(), 0, Vec::new()),
     };
     pb::ControlError { code: code as i32, message, broker_id, topic_id }
 }
@@ -116,6 +117,7 @@ pub fn error_from_pb(e: &pb::ControlError) -> Result<ControlError, WireError> {
         C::PolicyViolation => ControlError::PolicyViolation(m),
         C::NotController => ControlError::NotController,
         C::ControllerUnavailable => ControlError::ControllerUnavailable(m),
+        C::OutcomeUnknown => ControlError::OutcomeUnknown(m),
     })
 }
 
@@ -928,6 +930,7 @@ mod tests {
             ControlError::DuplicateBrokerRegistration("x".into()),
             ControlError::NotController,
             ControlError::ControllerUnavailable("x".into()),
+            ControlError::OutcomeUnknown("x".into()),
         ] {
             round_trip_response(Err(e));
         }

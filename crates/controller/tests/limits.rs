@@ -51,7 +51,7 @@ async fn create_ok(
     let mut last = None;
     for _ in 0..3 {
         let answer = match client.submit(request.clone()).await {
-            Err(ControlError::ControllerUnavailable(why)) => {
+            Err(ControlError::ControllerUnavailable(why) | ControlError::OutcomeUnknown(why)) => {
                 tracing::warn!(%why, "create outcome unknown; asking again");
                 last = Some(why);
                 continue;

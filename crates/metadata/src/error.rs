@@ -42,6 +42,11 @@ pub enum ControlError {
     NotController,
     #[error("the controller is not available: {0}")]
     ControllerUnavailable(String),
+    /// The request was sent to the active controller and no answer came back (the connection
+    /// dropped, the time ran out): it may have been proposed, and may yet commit. Asking again
+    /// blindly could apply it twice; look at the metadata first.
+    #[error("the outcome is unknown, the request may have been applied: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// A committed record that does not apply to the image: the log and the image disagree, which
