@@ -1,8 +1,9 @@
 //! `MetadataImage`: the cluster's metadata after applying a prefix of the metadata log.
 //!
-//! The image is shared copy-on-write: each topic sits behind its own `Arc`, and so do the
-//! topic-id index and the config overrides, so a clone copies pointers and a record that
-//! changes one partition copies only that topic (`Arc::make_mut`). Readers keep the image they
+//! The image is shared copy-on-write: each topic sits behind its own `Arc` in a chunked map
+//! ([`TopicMap`]), and the topic-id index and the config overrides behind theirs, so a clone
+//! copies a few pointers and a record that changes one partition copies only that topic and
+//! its chunk (`Arc::make_mut`). Readers keep the image they
 //! were handed while the state machine applies the next entry to its own copy.
 //! [`MetadataDelta`] names what one entry changed, so that followers of the image look only
 //! at that.
@@ -14,6 +15,7 @@ use crate::records::{
     metadata_record::Record, ConfigResourceType, Endpoint, MetadataRecord, PartitionRecord,
     RegisterBrokerRecord, TopicRecord,
 };
+use crate::topic_map::TopicMap;
 use crate::{
     ApplyError, BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId,
 };
@@ -60,7 +62,7 @@ pub struct TopicImage {
 pub struct MetadataImage {
     /// Offset of the last applied entry; zero before any.
     pub offset: MetadataOffset,
-    pub topics: BTreeMap<String, Arc<TopicImage>>,
+    pub topics: TopicMap,
     /// Changes only when a topic is created or removed.
     pub topic_names: Arc<HashMap<TopicId, String>>,
     pub brokers: BTreeMap<NodeId, BrokerImage>,
