@@ -2,6 +2,10 @@
 /// Must match the name `src/lib.rs` includes.
 const DESCRIPTOR_FILE: &str = "strom_descriptor.bin";
 
+/// Admin messages the CLI prints as JSON unchanged (with the `serde` feature).
+const SERIALIZED: [&str; 4] =
+    ["ListTopicsResponse", "TopicListing", "ListGroupsResponse", "GroupListing"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     // The directory too, so that a new .proto file is picked up.
@@ -21,6 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(descriptor, protox::prost::Message::encode_to_vec(&fds))?;
     // Services only with the `grpc` feature, so that message-only users stay free of tonic.
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
-    tonic_prost_build::configure().build_client(grpc).build_server(grpc).compile_fds(fds)?;
+    let mut config = tonic_prost_build::configure().build_client(grpc).build_server(grpc);
+    for message in SERIALIZED {
+        config = config.type_attribute(
+            format!(".strom.admin.v1.{message}"),
+            "#[cfg_attr(feature = \"serde\", derive(serde::Serialize))]",
+        );
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

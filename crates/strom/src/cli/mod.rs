@@ -207,7 +207,7 @@ async fn topic(
         }
         TopicCommand::List => {
             let answer = client.list_topics(pb::ListTopicsRequest {}).await?.into_inner();
-            Ok(render::render(&render::TopicList::from(&answer), output))
+            Ok(render::render(&answer, output))
         }
         TopicCommand::Describe { name } => {
             let topics = client
@@ -323,7 +323,7 @@ async fn group(
     match command {
         GroupCommand::List => {
             let answer = client.list_groups(pb::ListGroupsRequest {}).await?.into_inner();
-            let text = render::render(&render::GroupList::from(&answer), output);
+            let text = render::render(&answer, output);
             if answer.unreachable.is_empty() {
                 Ok(text)
             } else {

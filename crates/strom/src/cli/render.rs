@@ -101,39 +101,8 @@ impl View for CreatedTopic {
     }
 }
 
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct TopicList {
-    pub topics: Vec<TopicListing>,
-}
-
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct TopicListing {
-    pub name: String,
-    pub topic_id: String,
-    pub partitions: i32,
-    pub replication_factor: i32,
-    pub internal: bool,
-}
-
-impl From<&pb::ListTopicsResponse> for TopicList {
-    fn from(r: &pb::ListTopicsResponse) -> Self {
-        TopicList {
-            topics: r
-                .topics
-                .iter()
-                .map(|t| TopicListing {
-                    name: t.name.clone(),
-                    topic_id: t.topic_id.clone(),
-                    partitions: t.partitions,
-                    replication_factor: t.replication_factor,
-                    internal: t.internal,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl View for TopicList {
+/// `strom topic list`: the answer as it comes (it is `Serialize` with strom-proto's `serde`).
+impl View for pb::ListTopicsResponse {
     fn table(&self) -> String {
         if self.topics.is_empty() {
             return "No topics.".into();
@@ -501,40 +470,8 @@ impl View for Elections {
 
 // ---- consumer groups ----
 
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct GroupList {
-    pub groups: Vec<GroupListing>,
-    /// Brokers that could not be asked.
-    pub unreachable: Vec<String>,
-}
-
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct GroupListing {
-    pub group_id: String,
-    pub protocol_type: String,
-    pub state: String,
-    pub coordinator_id: i32,
-}
-
-impl From<&pb::ListGroupsResponse> for GroupList {
-    fn from(r: &pb::ListGroupsResponse) -> Self {
-        GroupList {
-            groups: r
-                .groups
-                .iter()
-                .map(|g| GroupListing {
-                    group_id: g.group_id.clone(),
-                    protocol_type: g.protocol_type.clone(),
-                    state: g.state.clone(),
-                    coordinator_id: g.coordinator_id,
-                })
-                .collect(),
-            unreachable: r.unreachable.clone(),
-        }
-    }
-}
-
-impl View for GroupList {
+/// `strom group list`: the answer as it comes.
+impl View for pb::ListGroupsResponse {
     fn table(&self) -> String {
         if self.groups.is_empty() {
             return "No consumer groups.".into();
@@ -758,19 +695,22 @@ mod tests {
 
     #[test]
     fn topic_list_as_table() {
-        let text = render(&TopicList::from(&listing()), Output::Table);
+        let text = render(&listing(), Output::Table);
         assert_eq!(
             text,
             "TOPIC                          PARTITIONS  REPLICATION-FACTOR  TOPIC-ID\n\
              __consumer_offsets (internal)  50          3                   00ff\n\
              orders                         3           1                   0a0b\n"
         );
-        assert_eq!(render(&TopicList { topics: vec![] }, Output::Table), "No topics.\n");
+        assert_eq!(
+            render(&pb::ListTopicsResponse { topics: vec![] }, Output::Table),
+            "No topics.\n"
+        );
     }
 
     #[test]
     fn topic_list_as_json() {
-        let text = render(&TopicList::from(&listing()), Output::Json);
+        let text = render(&listing(), Output::Json);
         let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(value["topics"][1]["name"], "orders");
         assert_eq!(value["topics"][1]["partitions"], 3);
