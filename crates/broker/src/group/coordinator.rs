@@ -116,9 +116,9 @@ enum Slot {
 #[derive(Default)]
 pub(crate) struct Coordinator {
     slots: Mutex<HashMap<i32, Slot>>,
-    /// When a client first looked up a group coordinator (offsets topic creation waits a
-    /// little for brokers from then).
-    first_lookup: std::sync::OnceLock<std::time::Instant>,
+    /// When a client first looked up a group coordinator, on the broker's clock (offsets
+    /// topic creation waits a little for brokers from then).
+    first_lookup: std::sync::OnceLock<i64>,
 }
 
 impl Coordinator {
@@ -1088,12 +1088,13 @@ pub(crate) async fn ensure_offsets_topic(ctx: &BrokerCtx) {
     if image.topic(OFFSETS_TOPIC).is_some() {
         return;
     }
-    let first = *ctx.groups.first_lookup.get_or_init(std::time::Instant::now);
+    let now = ctx.clock.now_ms();
+    let first = *ctx.groups.first_lookup.get_or_init(|| now);
     let Some(replication_factor) = offsets_replication_factor(
         ctx.config.groups.offsets_topic_replication_factor,
         image.brokers.len(),
         image.live_brokers().count(),
-        first.elapsed(),
+        Duration::from_millis(u64::try_from(now - first).unwrap_or(0)),
     ) else {
         tracing::debug!("waiting for more live brokers before creating {OFFSETS_TOPIC}");
         return;
