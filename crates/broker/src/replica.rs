@@ -11,8 +11,8 @@ use strom_metadata::config::{BrokerDefaults, MessageTimestampType, TopicConfig};
 use strom_metadata::{MetadataDelta, MetadataImage, TopicId, TopicImage};
 use tokio::sync::watch;
 
-use crate::config::BrokerConfig;
 use crate::clock::Clock;
+use crate::config::BrokerConfig;
 use crate::errors::BrokerError;
 use crate::log_dir::LogDirHealth;
 use crate::partition::Partition;
