@@ -10,14 +10,14 @@ mod error;
 mod ids;
 mod image;
 mod listener;
-mod topic_map;
 pub mod quorum;
+mod topic_map;
 
 pub use error::{ApplyError, ControlError};
 pub use ids::{BrokerEpoch, LeaderEpoch, MetadataOffset, NodeId, PartitionEpoch, TopicId};
 pub use image::{BrokerImage, MetadataDelta, MetadataImage, PartitionImage, TopicImage};
-pub use topic_map::{TopicMap, TOPIC_CHUNK_MAX};
 pub use listener::{BoxFuture, Clock, ControllerClient, MetadataListener};
+pub use topic_map::{TopicMap, TOPIC_CHUNK_MAX};
 
 /// The generated record types of the metadata log (`proto/metadata.proto`).
 pub use strom_proto::metadata as records;
