@@ -55,7 +55,11 @@ bench-peer:
 # Long runs kept out of `make test`: the replication kill test for the issue's full 10 rounds.
 soak:
 	$(CARGO) build -p strom
-	STROM_KILL_ROUNDS=10 $(CARGO) nextest run -p strom-tests replication::acks_all_survives --no-capture
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		STROM_KILL_ROUNDS=10 $(CARGO) nextest run -p strom-tests replication::acks_all_survives --no-capture; \
+	else \
+		STROM_KILL_ROUNDS=10 $(CARGO) test -p strom-tests --test e2e replication::acks_all_survives -- --nocapture; \
+	fi
 
 # Long fuzz runs; `make test` runs the same two tests with few cases. Mutated valid frames of
 # every request type and version: FUZZ_CASES per type (and record batches) through the decoders

@@ -40,8 +40,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to start a cluster. `ClusterOptions::default()` gives every node strom's defaults
-/// (election timeout 400 ms, broker session timeout 1500 ms, min.insync.replicas 1) and a
-/// default replication factor of min(3, nodes).
+/// (`strom_metadata::config::BROKER_DEFAULTS`, the one home of them: raft election timeout
+/// 300-450 ms, broker heartbeat 250 ms and session timeout 1000 ms, min.insync.replicas 1) and
+/// a default replication factor of min(3, nodes).
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// `default_replication_factor` of every node; min(3, nodes) when unset.

@@ -14,6 +14,8 @@ mod kcat;
 mod lifecycle;
 mod metadata_limits;
 mod power_loss;
+mod module_docs;
+mod power_loss;
 mod module_cycles;
 mod produce_acks;
 mod quorum;
