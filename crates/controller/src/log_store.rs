@@ -198,7 +198,9 @@ fn open_blocking(dir: &Path, options: LogStoreOptions) -> io::Result<Opened> {
         while pos < bytes.len() {
             let (payload, n) = match codec::get_frame(&bytes[pos..]) {
                 Ok(frame) => frame,
-                Err(e) if committed.is_some_and(|c| expected.is_none_or(|next| c.index >= next)) => {
+                Err(e)
+                    if committed.is_some_and(|c| expected.is_none_or(|next| c.index >= next)) =>
+                {
                     // The frame holds an entry this node knew was committed: that is damage,
                     // not a torn append, and cutting it would forget committed metadata.
                     return Err(corrupt(format!(
