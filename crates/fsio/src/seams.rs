@@ -29,9 +29,13 @@ fn seams() -> &'static Seams {
         Seams {
             journal,
             fault_file: std::env::var_os("STROM_FAULT_FILE").map(PathBuf::from),
-            fsync_disabled: std::env::var("STROM_FSYNC_DISABLED")
-                .ok()
-                .map(|v| if v == "1" { String::new() } else { v }),
+            fsync_disabled: std::env::var("STROM_FSYNC_DISABLED").ok().map(|v| {
+                if v == "1" {
+                    String::new()
+                } else {
+                    v
+                }
+            }),
         }
     })
 }
