@@ -273,6 +273,16 @@ impl GrpcTransport {
     fn decode_error(&self, e: CodecError) -> TransportError {
         TransportError::Rpc { target: self.target, reason: format!("bad answer: {e}") }
     }
+
+    /// A raft call's answer, decoded, or the transport error it amounts to.
+    fn answer<T, R>(
+        &self,
+        answer: Result<tonic::Response<T>, tonic::Status>,
+        decode: impl FnOnce(T) -> Result<R, CodecError>,
+    ) -> Result<R, TransportError> {
+        let answer = answer.map_err(|s| self.status_error(s))?;
+        decode(answer.into_inner()).map_err(|e| self.decode_error(e))
+    }
 }
 
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
@@ -288,12 +298,8 @@ impl PeerTransport for GrpcTransport {
         timeout: Duration,
     ) -> Result<AppendEntriesResponse<u64>, TransportError> {
         let message = codec::append_request_to_pb(&rpc);
-        let answer = self
-            .client()?
-            .append_entries(request(message, timeout))
-            .await
-            .map_err(|s| self.status_error(s))?;
-        codec::append_response_from_pb(answer.into_inner()).map_err(|e| self.decode_error(e))
+        let answer = self.client()?.append_entries(request(message, timeout)).await;
+        self.answer(answer, codec::append_response_from_pb)
     }
 
     async fn install_snapshot(
@@ -302,12 +308,8 @@ impl PeerTransport for GrpcTransport {
         timeout: Duration,
     ) -> Result<Result<InstallSnapshotResponse<u64>, SnapshotMismatch>, TransportError> {
         let message = codec::install_request_to_pb(rpc);
-        let answer = self
-            .client()?
-            .install_snapshot(request(message, timeout))
-            .await
-            .map_err(|s| self.status_error(s))?;
-        codec::install_reply_from_pb(answer.into_inner()).map_err(|e| self.decode_error(e))
+        let answer = self.client()?.install_snapshot(request(message, timeout)).await;
+        self.answer(answer, codec::install_reply_from_pb)
     }
 
     async fn vote(
@@ -316,12 +318,8 @@ impl PeerTransport for GrpcTransport {
         timeout: Duration,
     ) -> Result<VoteResponse<u64>, TransportError> {
         let message = codec::vote_request_to_pb(&rpc);
-        let answer = self
-            .client()?
-            .vote(request(message, timeout))
-            .await
-            .map_err(|s| self.status_error(s))?;
-        codec::vote_response_from_pb(answer.into_inner()).map_err(|e| self.decode_error(e))
+        let answer = self.client()?.vote(request(message, timeout)).await;
+        self.answer(answer, codec::vote_response_from_pb)
     }
 }
 

@@ -39,6 +39,67 @@ impl TimeEntry {
     }
 }
 
+/// What the two index files share: fixed-size big-endian entries, each strictly after the one
+/// before it.
+trait IndexEntry: Copy {
+    const LEN: usize;
+    fn decode(chunk: &[u8]) -> Self;
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Whether `self` may follow `prev` in a file that can be trusted.
+    fn follows(&self, prev: &Self) -> bool;
+}
+
+impl IndexEntry for OffsetEntry {
+    const LEN: usize = OFFSET_ENTRY_LEN;
+    fn decode(chunk: &[u8]) -> Self {
+        OffsetEntry { relative_offset: be_u32(&chunk[..4]), position: be_u32(&chunk[4..]) }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        OffsetEntry::encode(self, out)
+    }
+    fn follows(&self, prev: &Self) -> bool {
+        self.relative_offset > prev.relative_offset && self.position > prev.position
+    }
+}
+
+impl IndexEntry for TimeEntry {
+    const LEN: usize = TIME_ENTRY_LEN;
+    fn decode(chunk: &[u8]) -> Self {
+        TimeEntry { timestamp: be_i64(&chunk[..8]), relative_offset: be_u32(&chunk[8..]) }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        TimeEntry::encode(self, out)
+    }
+    fn follows(&self, prev: &Self) -> bool {
+        self.timestamp > prev.timestamp && self.relative_offset >= prev.relative_offset
+    }
+}
+
+/// The entries of an index file; `None` when it cannot be trusted (a torn entry, an entry
+/// out of order, or one that `valid` refuses).
+fn decode_entries<E: IndexEntry>(bytes: &[u8], valid: impl Fn(&E) -> bool) -> Option<Vec<E>> {
+    if bytes.len() % E::LEN != 0 {
+        return None;
+    }
+    let mut entries: Vec<E> = Vec::with_capacity(bytes.len() / E::LEN);
+    for chunk in bytes.chunks_exact(E::LEN) {
+        let entry = E::decode(chunk);
+        if !valid(&entry) || entries.last().is_some_and(|last| !entry.follows(last)) {
+            return None;
+        }
+        entries.push(entry);
+    }
+    Some(entries)
+}
+
+fn encode_entries<E: IndexEntry>(entries: &[E]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * E::LEN);
+    for entry in entries {
+        entry.encode(&mut out);
+    }
+    out
+}
+
 fn be_u32(bytes: &[u8]) -> u32 {
     let mut array = [0u8; 4];
     array.copy_from_slice(bytes);
@@ -60,34 +121,12 @@ impl OffsetIndex {
     /// Decodes a `.index` file; `None` when it cannot be trusted (torn entry, entries out of
     /// order, a position past the end of the log) and must be rebuilt.
     pub fn decode(bytes: &[u8], log_size: u64) -> Option<OffsetIndex> {
-        if bytes.len() % OFFSET_ENTRY_LEN != 0 {
-            return None;
-        }
-        let mut entries = Vec::with_capacity(bytes.len() / OFFSET_ENTRY_LEN);
-        for chunk in bytes.chunks_exact(OFFSET_ENTRY_LEN) {
-            let entry =
-                OffsetEntry { relative_offset: be_u32(&chunk[..4]), position: be_u32(&chunk[4..]) };
-            if u64::from(entry.position) >= log_size {
-                return None;
-            }
-            if let Some(last) = entries.last() {
-                let last: &OffsetEntry = last;
-                if entry.relative_offset <= last.relative_offset || entry.position <= last.position
-                {
-                    return None;
-                }
-            }
-            entries.push(entry);
-        }
+        let entries = decode_entries(bytes, |e: &OffsetEntry| u64::from(e.position) < log_size)?;
         Some(OffsetIndex { entries })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * OFFSET_ENTRY_LEN);
-        for entry in &self.entries {
-            entry.encode(&mut out);
-        }
-        out
+        encode_entries(&self.entries)
     }
 
     pub fn push(&mut self, entry: OffsetEntry) {
@@ -127,30 +166,11 @@ pub struct TimeIndex {
 impl TimeIndex {
     /// Decodes a `.timeindex` file; `None` when it cannot be trusted.
     pub fn decode(bytes: &[u8]) -> Option<TimeIndex> {
-        if bytes.len() % TIME_ENTRY_LEN != 0 {
-            return None;
-        }
-        let mut entries: Vec<TimeEntry> = Vec::with_capacity(bytes.len() / TIME_ENTRY_LEN);
-        for chunk in bytes.chunks_exact(TIME_ENTRY_LEN) {
-            let entry =
-                TimeEntry { timestamp: be_i64(&chunk[..8]), relative_offset: be_u32(&chunk[8..]) };
-            if let Some(last) = entries.last() {
-                if entry.timestamp <= last.timestamp || entry.relative_offset < last.relative_offset
-                {
-                    return None;
-                }
-            }
-            entries.push(entry);
-        }
-        Some(TimeIndex { entries })
+        Some(TimeIndex { entries: decode_entries(bytes, |_: &TimeEntry| true)? })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * TIME_ENTRY_LEN);
-        for entry in &self.entries {
-            entry.encode(&mut out);
-        }
-        out
+        encode_entries(&self.entries)
     }
 
     pub fn push(&mut self, entry: TimeEntry) {

@@ -253,9 +253,36 @@ async fn alter(ctx: &BrokerCtx, request: AlterReq) -> Vec<ResourceResult> {
     }
 }
 
-fn alter_result_fields(r: &ResourceResult) -> (i16, Option<String>, i8, String) {
-    let (code, message) = error_of(&r.result);
-    (code, message, r.resource_type as i8, r.resource_name.clone())
+/// One resource of an AlterConfigs or IncrementalAlterConfigs request, whose generated types
+/// differ only in the operation field.
+fn alteration(
+    resource_type_code: i8,
+    name: &str,
+    ops: impl Iterator<Item = (String, AlterConfigOp, Option<String>)>,
+) -> ConfigAlteration {
+    ConfigAlteration {
+        resource_type: resource_type(resource_type_code),
+        resource_name: name.to_owned(),
+        ops: ops.collect(),
+    }
+}
+
+/// The per-resource answers of AlterConfigs and IncrementalAlterConfigs, whose generated
+/// response types are alike but distinct.
+macro_rules! alter_responses {
+    ($response:ty, $results:expr) => {
+        $results
+            .iter()
+            .map(|r: &ResourceResult| {
+                let (code, message) = error_of(&r.result);
+                <$response>::default()
+                    .with_error_code(code)
+                    .with_error_message(message.map(s))
+                    .with_resource_type(r.resource_type as i8)
+                    .with_resource_name(s(r.resource_name.clone()))
+            })
+            .collect()
+    };
 }
 
 pub(crate) async fn alter_configs(
@@ -268,31 +295,16 @@ pub(crate) async fn alter_configs(
         resources: req
             .resources
             .into_iter()
-            .map(|r| ConfigAlteration {
-                resource_type: resource_type(r.resource_type),
-                resource_name: r.resource_name.to_string(),
-                ops: r
-                    .configs
-                    .into_iter()
-                    .map(|c| {
-                        (c.name.to_string(), AlterConfigOp::Set, c.value.map(|v| v.to_string()))
-                    })
-                    .collect(),
+            .map(|r| {
+                let ops = r.configs.into_iter().map(|c| {
+                    (c.name.to_string(), AlterConfigOp::Set, c.value.map(|v| v.to_string()))
+                });
+                alteration(r.resource_type, r.resource_name.as_str(), ops)
             })
             .collect(),
     };
-    let responses = alter(ctx, request)
-        .await
-        .iter()
-        .map(|r| {
-            let (code, message, rt, name) = alter_result_fields(r);
-            alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_error_code(code)
-                .with_error_message(message.map(s))
-                .with_resource_type(rt)
-                .with_resource_name(s(name))
-        })
-        .collect();
+    let results = alter(ctx, request).await;
+    let responses = alter_responses!(alter_configs_response::AlterConfigsResourceResponse, results);
     AlterConfigsResponse::default().with_responses(responses)
 }
 
@@ -307,26 +319,21 @@ pub(crate) async fn incremental_alter_configs(
         resources: req
             .resources
             .into_iter()
-            .map(|r| ConfigAlteration {
-                resource_type: resource_type(r.resource_type),
-                resource_name: r.resource_name.to_string(),
-                ops: r
-                    .configs
-                    .into_iter()
-                    .map(|c| {
-                        let op = match c.config_operation {
-                            0 => AlterConfigOp::Set,
-                            1 => AlterConfigOp::Delete,
-                            2 => AlterConfigOp::Append,
-                            3 => AlterConfigOp::Subtract,
-                            other => {
-                                bad_op.push(other);
-                                AlterConfigOp::Set
-                            }
-                        };
-                        (c.name.to_string(), op, c.value.map(|v| v.to_string()))
-                    })
-                    .collect(),
+            .map(|r| {
+                let ops = r.configs.into_iter().map(|c| {
+                    let op = match c.config_operation {
+                        0 => AlterConfigOp::Set,
+                        1 => AlterConfigOp::Delete,
+                        2 => AlterConfigOp::Append,
+                        3 => AlterConfigOp::Subtract,
+                        other => {
+                            bad_op.push(other);
+                            AlterConfigOp::Set
+                        }
+                    };
+                    (c.name.to_string(), op, c.value.map(|v| v.to_string()))
+                });
+                alteration(r.resource_type, r.resource_name.as_str(), ops)
             })
             .collect(),
     };
@@ -346,17 +353,8 @@ pub(crate) async fn incremental_alter_configs(
             })
             .collect()
     };
-    let responses = results
-        .iter()
-        .map(|r| {
-            let (code, message, rt, name) = alter_result_fields(r);
-            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_error_code(code)
-                .with_error_message(message.map(s))
-                .with_resource_type(rt)
-                .with_resource_name(s(name))
-        })
-        .collect();
+    let responses =
+        alter_responses!(incremental_alter_configs_response::AlterConfigsResourceResponse, results);
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
