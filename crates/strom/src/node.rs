@@ -743,11 +743,24 @@ async fn heartbeat_loop(
             want_fence: false,
             want_shutdown: false,
         });
-        if let Err(e) = client.submit(req).await {
-            tracing::warn!(error = %e, "broker heartbeat failed");
+        // A heartbeat answered after a session has passed is worth nothing, and one stuck on
+        // a controller that was cut off (a relay waits up to its own, much longer, bound)
+        // would keep this broker silent until it is fenced: give up and send a fresh one,
+        // which goes to whoever leads by then. Heartbeats are idempotent.
+        match tokio::time::timeout(every * HEARTBEAT_WAIT_INTERVALS, client.submit(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "broker heartbeat failed"),
+            Err(_) => tracing::warn!(
+                waited_ms = (every * HEARTBEAT_WAIT_INTERVALS).as_millis() as u64,
+                "broker heartbeat got no answer in time; sending the next one"
+            ),
         }
     }
 }
+
+/// How many heartbeat intervals one heartbeat may wait for its answer: the default session
+/// (`BROKER_DEFAULTS`) is four intervals.
+const HEARTBEAT_WAIT_INTERVALS: u32 = 4;
 
 /// How long a controlled shutdown waits for the controller to move this broker's leaderships.
 const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
