@@ -1,11 +1,15 @@
 //! The group coordinator for Kafka's classic group protocol (JoinGroup, SyncGroup, Heartbeat,
 //! LeaveGroup, OffsetCommit/OffsetFetch and the admin APIs): a sans-IO state machine per group
-//! ([`state`]), the `__consumer_offsets` record layout ([`records`]), and the tokio shell that
-//! runs one shard per offsets partition this broker leads ([`coordinator`]).
+//! ([`state`]) and sans-IO offset rules ([`offsets`]), the `__consumer_offsets` record layout
+//! ([`records`]) and the topic's creation ([`offsets_topic`]), and the tokio shell: one shard task
+//! per offsets partition this broker leads ([`shard`]), started and stopped by [`coordinator`].
 
 mod admin;
 mod coordinator;
+mod offsets;
+mod offsets_topic;
 mod records;
+mod shard;
 mod state;
 
 #[cfg(test)]
@@ -13,5 +17,6 @@ mod tests;
 
 pub use admin::{BrokerGroupAdmin, GroupAdminError};
 pub(crate) use coordinator::*;
+pub(crate) use offsets_topic::{ensure_offsets_topic, partition_for, OFFSETS_TOPIC};
 pub(crate) use records::OffsetValue;
 pub(crate) use state::*;

@@ -8,6 +8,10 @@
 //! (-1 for null), `int32`-length bytes, `int32`-count arrays.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 use super::state::{GroupRecord, MemberRecord};
 
@@ -102,6 +106,37 @@ pub(crate) fn group_value(g: &GroupRecord) -> Bytes {
         put_bytes(&mut b, &m.assignment);
     }
     b.freeze()
+}
+
+/// One uncompressed v2 batch of `__consumer_offsets` records (offsets assigned on append).
+pub(crate) fn encode_batch(entries: &[(Bytes, Option<Bytes>)], now_ms: i64) -> Bytes {
+    let records: Vec<Record> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: now_ms,
+            key: Some(key.clone()),
+            value: value.clone(),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    // Encoding an uncompressed batch of in-memory records cannot fail.
+    if let Err(e) = RecordBatchEncoder::encode(&mut buf, &records, &options) {
+        debug_assert!(false, "cannot encode offsets batch: {e}");
+        tracing::error!(error = %e, "cannot encode offsets batch");
+    }
+    buf.freeze()
 }
 
 pub(crate) fn decode_key(mut k: Bytes) -> Result<Key, RecordError> {
@@ -344,5 +379,28 @@ mod tests {
         let mut v = BytesMut::from(&full[..full.len() - 4]);
         v.put_i32(i32::MAX);
         assert_eq!(decode(group_key("g"), Some(v.freeze())), Err(RecordError::Truncated));
+    }
+
+    #[test]
+    fn offsets_batches_decode_back_to_their_records() {
+        let entries = vec![
+            (
+                offset_key("g", "t", 0),
+                Some(offset_value(&OffsetValue {
+                    offset: 5,
+                    leader_epoch: 1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: 7,
+                })),
+            ),
+            (group_key("g"), None),
+        ];
+        let mut batch = encode_batch(&entries, 7);
+        let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut batch).unwrap();
+        let got: Vec<(Option<Bytes>, Option<Bytes>)> =
+            sets.into_iter().flat_map(|s| s.records).map(|r| (r.key, r.value)).collect();
+        let want: Vec<(Option<Bytes>, Option<Bytes>)> =
+            entries.into_iter().map(|(k, v)| (Some(k), v)).collect();
+        assert_eq!(got, want);
     }
 }
