@@ -1,9 +1,14 @@
 //! The replica manager: opens, reconfigures and deletes local partition logs so that they
-//! match the metadata image, and writes the recovery-point checkpoint.
+//! match the metadata image, and writes the recovery-point checkpoint. What to do is decided
+//! by `plan` (pure); this module carries it out, with the file IO (log open and recovery,
+//! directory deletes, retention, checkpoints) on blocking threads and never under the
+//! partitions map's lock. A handler that finds a log not open yet opens it in `block_in_place`.
+
+mod plan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use strom_log::{checkpoint, Log, LogConfig, TimestampType};
@@ -17,6 +22,7 @@ use crate::errors::BrokerError;
 use crate::log_dir::LogDirHealth;
 use crate::partition::Partition;
 use crate::BrokerCtx;
+use plan::{Action, LocalLog};
 
 pub(crate) const RECOVERY_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 /// High watermarks, so a restarted replica does not serve data it cannot know is committed.
@@ -33,12 +39,16 @@ pub(crate) struct ReplicaManager {
     /// By topic, so that a change to one topic visits only that topic's logs.
     partitions: RwLock<HashMap<String, BTreeMap<i32, Arc<Partition>>>>,
     /// Held while a log is opened: the reconciler and a handler's lazy open must not both open
-    /// one directory (each `Log` would append at its own idea of the log end).
+    /// one directory (each `Log` would append at its own idea of the log end). Held across the
+    /// open's IO, on a blocking thread (or a handler's `block_in_place`).
     opening: Mutex<()>,
     /// The metadata offset of the image each local log was opened from. A reconcile of an
     /// older image (the reconciler runs behind handlers that open logs lazily) must not delete
     /// a log that a newer image created.
     opened_at: Mutex<HashMap<Key, u64>>,
+    /// Held while the checkpoints are written: the maintenance loop's write, still running on
+    /// its blocking thread when shutdown aborts the loop, and the final one share a file.
+    checkpointing: Mutex<()>,
     recovery_points: HashMap<Key, i64>,
     high_watermarks: HashMap<Key, i64>,
     defaults: BrokerDefaults,
@@ -115,6 +125,18 @@ fn sync_role(
     }
 }
 
+/// Runs blocking IO from synchronous code on an async worker: on a multi-thread runtime the
+/// worker hands its other tasks to another thread meanwhile (a current-thread runtime, as in
+/// unit tests, cannot).
+fn in_place<T>(io: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(io)
+        }
+        _ => io(),
+    }
+}
+
 fn read_topic_id(dir: &Path) -> Option<TopicId> {
     let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
     let hex = text.lines().find_map(|l| l.strip_prefix("topic_id: "))?;
@@ -147,6 +169,7 @@ impl ReplicaManager {
             partitions: RwLock::new(HashMap::new()),
             opening: Mutex::new(()),
             opened_at: Mutex::new(HashMap::new()),
+            checkpointing: Mutex::new(()),
             recovery_points,
             high_watermarks,
             defaults: config.defaults,
@@ -175,7 +198,67 @@ impl ReplicaManager {
             .unwrap_or_default()
     }
 
-    /// Opens (recovering if needed) the log of a partition this node replicates.
+    /// What this node has open, as the plan sees it: every log, or those of `topics`.
+    fn local_logs<'a>(&self, topics: Option<impl Iterator<Item = &'a String>>) -> Vec<LocalLog> {
+        let partitions = match topics {
+            None => self.all(),
+            Some(names) => names.flat_map(|name| self.of_topic(name)).collect(),
+        };
+        let opened_at = self.opened_at.lock().unwrap_or_else(PoisonError::into_inner);
+        partitions
+            .iter()
+            .map(|p| LocalLog {
+                topic: p.topic.clone(),
+                index: p.index,
+                topic_id: p.topic_id,
+                opened_at: opened_at.get(&(p.topic.clone(), p.index)).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Makes the local logs match `image` (see `plan::plan`), one action after another, the
+    /// IO of each on a blocking thread.
+    async fn reconcile(
+        &self,
+        ctx: &Arc<BrokerCtx>,
+        image: &Arc<MetadataImage>,
+        delta: &MetadataDelta,
+        first: bool,
+    ) {
+        let node = ctx.image.node;
+        let local = self.local_logs((!first && !delta.whole).then(|| delta.topics.iter()));
+        for action in plan::plan(image, delta, first, node, &local) {
+            match action {
+                Action::Delete(log) => self.delete(ctx, &log, image.offset.0).await,
+                Action::Open { topic, index, .. } => {
+                    let (ctx, image) = (ctx.clone(), image.clone());
+                    let opened = tokio::task::spawn_blocking(move || {
+                        let topic = image.topic(&topic)?;
+                        Some(ctx.replicas.ensure(&image, topic, index))
+                    });
+                    match opened.await {
+                        Ok(Some(Err(e))) => tracing::error!(error = %e, "cannot open partition"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot open partition"),
+                    }
+                }
+                Action::Sync { topic, index } => self.sync(ctx, image, &topic, index),
+                Action::DeleteStrays => {
+                    let (data_dir, image) = (self.data_dir.clone(), image.clone());
+                    let deleted = tokio::task::spawn_blocking(move || {
+                        delete_strays(&data_dir, &image, node);
+                    });
+                    if let Err(e) = deleted.await {
+                        tracing::error!(error = %e, "deleting stray logs failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens (recovering if needed) the log of a partition this node replicates and adds it to
+    /// the map. Blocking IO: the reconciler calls it on a blocking thread, a handler's lazy
+    /// open inside `block_in_place`.
     fn ensure(
         &self,
         image: &MetadataImage,
@@ -187,39 +270,21 @@ impl ReplicaManager {
         if let Some(p) = opened() {
             return Ok(p);
         }
-        let _opening = self.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = opened() {
             return Ok(p); // opened by another caller meanwhile
         }
-        // An image written before a name was reserved could hold it: its directory may be the
-        // node's own state (the metadata log), so never open it as a partition.
-        strom_metadata::control::validate_topic_name(&topic.name)
-            .map_err(|reason| BrokerError::ReservedTopic { topic: topic.name.clone(), reason })?;
-        let dir = self.data_dir.join(strom_log::partition_dir_name(&topic.name, index));
-        if dir.exists() && read_topic_id(&dir).is_some_and(|id| id != topic.id) {
-            tracing::warn!(dir = %dir.display(), "log belongs to a deleted topic of the same name; removing it");
-            let _ = std::fs::remove_dir_all(&dir);
-        }
         let (config, fsync_on_ack) = log_config(&self.defaults, image, &topic.name);
-        let recovery_point = self.recovery_points.get(&key).copied().unwrap_or(0);
-        let err =
-            |source| BrokerError::LogOpen { topic: topic.name.clone(), partition: index, source };
-        let log = Log::open(&dir, config, recovery_point).map_err(|e| {
-            if e.is_storage_failure() {
-                // A log that cannot be opened as it was left (IO errors, damage below the
-                // recovery point, a missing segment) is a failed disk, not a missing topic.
-                self.health.fail(&format!("opening {}-{index}", topic.name), &e);
-            }
-            err(e)
-        })?;
-        std::fs::write(
-            dir.join(PARTITION_METADATA),
-            format!("version: 0\ntopic_id: {}\n", topic.id),
-        )
-        .map_err(|source| {
-            self.health.fail(&format!("writing {}", dir.display()), &source);
-            BrokerError::DataDir { path: dir.clone(), source }
-        })?;
+        let log = OpenJob {
+            topic: &topic.name,
+            index,
+            topic_id: topic.id,
+            dir: self.data_dir.join(strom_log::partition_dir_name(&topic.name, index)),
+            config,
+            recovery_point: self.recovery_points.get(&key).copied().unwrap_or(0),
+            health: &self.health,
+        }
+        .run()?;
         let p = Partition::new(
             topic.name.clone(),
             index,
@@ -229,132 +294,114 @@ impl ReplicaManager {
             self.high_watermarks.get(&key).copied().unwrap_or(0),
             self.health.clone(),
         );
-        if let Ok(mut opened_at) = self.opened_at.lock() {
-            opened_at.insert(key.clone(), image.offset.0);
-        }
-        if let Ok(mut map) = self.partitions.write() {
-            if let Some(old) = map.entry(key.0).or_default().insert(index, p.clone()) {
-                old.close();
-            }
+        self.opened_at.lock().unwrap_or_else(PoisonError::into_inner).insert(key, image.offset.0);
+        let old = self
+            .partitions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(topic.name.clone())
+            .or_default()
+            .insert(index, p.clone());
+        if let Some(old) = old {
+            old.close();
         }
         tracing::info!(topic = %topic.name, partition = index, "partition log open");
         Ok(p)
     }
 
-    /// Makes the local logs match `image`: open what this node replicates, apply config
-    /// changes, delete the logs of deleted topics. Only the topics `delta` names are looked at,
-    /// unless it is whole (a snapshot) or this is the first image: a commit costs the broker
-    /// what it changed.
-    fn reconcile(
+    /// Brings an open log's settings and role to the image.
+    fn sync(&self, ctx: &Arc<BrokerCtx>, image: &MetadataImage, topic: &str, index: i32) {
+        let Some(t) = image.topic(topic) else { return };
+        let Some(part) = t.partitions.get(&index) else { return };
+        // Not open: its open failed (and said so).
+        let Some(p) = self.get(topic, index).filter(|p| p.topic_id == t.id) else { return };
+        let (config, fsync) = log_config(&self.defaults, image, topic);
+        p.set_fsync_on_ack(fsync);
+        p.set_min_insync(min_insync(&self.defaults, image, topic));
+        sync_role(Some(ctx), &p, ctx.image.node, part, self.clock.now_ms());
+        if let Ok(mut log) = p.log() {
+            if log.config() != &config {
+                if let Err(e) = log.set_config(config) {
+                    tracing::warn!(topic, error = %e, "config not applied");
+                }
+            }
+        };
+    }
+
+    /// Closes a local log and deletes its directory (on a blocking thread), unless a handler
+    /// has opened it (again) from an image newer than the reconciled one, `image_offset`.
+    async fn delete(&self, ctx: &Arc<BrokerCtx>, log: &LocalLog, image_offset: u64) {
+        let key = (log.topic.clone(), log.index);
+        let Some(p) = self.get(&log.topic, log.index).filter(|p| p.topic_id == log.topic_id) else {
+            return;
+        };
+        {
+            let mut opened_at = self.opened_at.lock().unwrap_or_else(PoisonError::into_inner);
+            if opened_at.get(&key).is_some_and(|&at| at > image_offset) {
+                return;
+            }
+            opened_at.remove(&key);
+        }
+        {
+            let mut map = self.partitions.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(topic) = map.get_mut(&p.topic) {
+                // Only this log: a newer one opened under the same name stays.
+                if topic.get(&p.index).is_some_and(|current| Arc::ptr_eq(current, &p)) {
+                    topic.remove(&p.index);
+                }
+                if topic.is_empty() {
+                    map.remove(&p.topic);
+                }
+            }
+        }
+        ctx.fetchers.remove(&p);
+        p.close();
+        let dir = self.data_dir.join(strom_log::partition_dir_name(&p.topic, p.index));
+        tracing::info!(topic = %p.topic, partition = p.index, "deleting partition log");
+        let shown = dir.display().to_string();
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(dir = %shown, error = %e, "cannot delete partition dir"),
+            Err(e) => tracing::warn!(dir = %shown, error = %e, "cannot delete partition dir"),
+        }
+    }
+
+    /// The local partition, opening its log if the image says this node replicates it but the
+    /// reconciler has not got to it yet (a produce right after CreateTopics, a ListOffsets
+    /// right after a restart). The open's IO runs in `block_in_place`, so the worker's other
+    /// tasks move to another thread; the reconciler opens everything else off the workers.
+    pub fn get_or_open(
         &self,
-        ctx: &Arc<BrokerCtx>,
         image: &MetadataImage,
-        delta: &MetadataDelta,
-        first: bool,
-    ) {
-        let node = ctx.image.node;
-        let full = first || delta.whole;
-        let changed: Vec<&TopicImage> = if full {
-            image.topics.values().map(|t| &**t).collect()
-        } else {
-            delta.topics.iter().filter_map(|name| image.topic(name)).collect()
-        };
-        for topic in changed {
-            let (config, fsync) = log_config(&self.defaults, image, &topic.name);
-            let min_insync = min_insync(&self.defaults, image, &topic.name);
-            for (&index, part) in &topic.partitions {
-                if !part.replicas.contains(&node) {
-                    continue;
-                }
-                match self.ensure(image, topic, index) {
-                    Ok(p) => {
-                        p.set_fsync_on_ack(fsync);
-                        p.set_min_insync(min_insync);
-                        sync_role(Some(ctx), &p, node, part, self.clock.now_ms());
-                        if let Ok(mut log) = p.log() {
-                            if log.config() != &config {
-                                if let Err(e) = log.set_config(config.clone()) {
-                                    tracing::warn!(topic = %topic.name, error = %e, "config not applied");
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot open partition"),
-                }
-            }
+        node: strom_metadata::NodeId,
+        topic: &str,
+        index: i32,
+    ) -> Option<Arc<Partition>> {
+        if let Some(p) = self.get(topic, index) {
+            return Some(p);
         }
-        let local = if full {
-            self.all()
-        } else {
-            delta.topics.iter().flat_map(|name| self.of_topic(name)).collect()
-        };
-        let gone: Vec<Arc<Partition>> = local
-            .into_iter()
-            .filter(|p| {
-                image.topic(&p.topic).is_none_or(|t| {
-                    t.id != p.topic_id
-                        || t.partitions.get(&p.index).is_none_or(|pi| !pi.replicas.contains(&node))
-                })
-            })
-            .filter(|p| {
-                let opened_at = self
-                    .opened_at
-                    .lock()
-                    .ok()
-                    .and_then(|o| o.get(&(p.topic.clone(), p.index)).copied());
-                opened_at.is_none_or(|at| at <= image.offset.0)
-            })
-            .collect();
-        for p in gone {
-            let key = (p.topic.clone(), p.index);
-            if let Ok(mut opened_at) = self.opened_at.lock() {
-                opened_at.remove(&key);
-            }
-            if let Ok(mut map) = self.partitions.write() {
-                if let Some(topic) = map.get_mut(&p.topic) {
-                    // Only this log: a newer one opened under the same name stays.
-                    if topic.get(&p.index).is_some_and(|current| Arc::ptr_eq(current, &p)) {
-                        topic.remove(&p.index);
-                    }
-                    if topic.is_empty() {
-                        map.remove(&p.topic);
-                    }
-                }
-            }
-            ctx.fetchers.remove(&p);
-            p.close();
-            let dir = self.data_dir.join(strom_log::partition_dir_name(&p.topic, p.index));
-            tracing::info!(topic = %p.topic, partition = p.index, "deleting partition log");
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot delete partition dir");
-            }
+        let t = image.topic(topic)?;
+        let pi = t.partitions.get(&index)?;
+        if !pi.replicas.contains(&node) {
+            return None;
         }
-        if first {
-            self.delete_strays(image, node);
-        }
-    }
-
-    /// Logs left on disk for topics deleted while this node was down.
-    fn delete_strays(&self, image: &MetadataImage, node: strom_metadata::NodeId) {
-        let Ok(entries) = std::fs::read_dir(&self.data_dir) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let Some((topic, index)) = strom_log::parse_partition_dir_name(&name) else { continue };
-            if !entry.path().join(PARTITION_METADATA).exists() {
-                continue; // not a partition dir of ours (e.g. __cluster_metadata-0)
+        match in_place(|| self.ensure(image, t, index)) {
+            Ok(p) => {
+                p.set_min_insync(min_insync(&self.defaults, image, topic));
+                // Leading needs no task; following waits for the reconciler.
+                sync_role(None, &p, node, pi, self.clock.now_ms());
+                Some(p)
             }
-            let keep = image
-                .topic(&topic)
-                .and_then(|t| t.partitions.get(&index))
-                .is_some_and(|p| p.replicas.contains(&node));
-            if !keep {
-                tracing::info!(dir = %name, "deleting log of a topic that no longer exists");
-                let _ = std::fs::remove_dir_all(entry.path());
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open partition");
+                None
             }
         }
     }
 
+    /// Writes the recovery-point and high-watermark checkpoints. Blocking IO.
     pub fn write_checkpoint(&self) -> Result<(), BrokerError> {
+        let _writing = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
         let entries: Vec<(String, i32, i64)> = self
             .all()
             .iter()
@@ -371,14 +418,78 @@ impl ReplicaManager {
     }
 
     /// Flushes every log and writes the recovery points: a clean shutdown recovers nothing.
+    /// Blocking IO, in `block_in_place`.
     pub async fn close_all(&self) -> Result<(), BrokerError> {
-        for p in self.all() {
-            p.close();
-            if let Err(e) = p.flush_now() {
-                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "final flush failed");
+        in_place(|| {
+            for p in self.all() {
+                p.close();
+                if let Err(e) = p.flush_now() {
+                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "final flush failed");
+                }
             }
+            self.write_checkpoint()
+        })
+    }
+}
+
+/// What opening one partition log needs.
+struct OpenJob<'a> {
+    topic: &'a str,
+    index: i32,
+    topic_id: TopicId,
+    dir: PathBuf,
+    config: LogConfig,
+    recovery_point: i64,
+    health: &'a LogDirHealth,
+}
+
+impl OpenJob<'_> {
+    /// Opens (recovering if needed) the log and marks its directory with the topic id.
+    /// Blocking IO.
+    fn run(self) -> Result<Log, BrokerError> {
+        let OpenJob { topic, index, topic_id, dir, config, recovery_point, health } = self;
+        // An image written before a name was reserved could hold it: its directory may be the
+        // node's own state (the metadata log), so never open it as a partition.
+        strom_metadata::control::validate_topic_name(topic)
+            .map_err(|reason| BrokerError::ReservedTopic { topic: topic.to_owned(), reason })?;
+        if dir.exists() && read_topic_id(&dir).is_some_and(|id| id != topic_id) {
+            tracing::warn!(dir = %dir.display(), "log belongs to a deleted topic of the same name; removing it");
+            let _ = std::fs::remove_dir_all(&dir);
         }
-        self.write_checkpoint()
+        let log = Log::open(&dir, config, recovery_point).map_err(|e| {
+            if e.is_storage_failure() {
+                // A log that cannot be opened as it was left (IO errors, damage below the
+                // recovery point, a missing segment) is a failed disk, not a missing topic.
+                health.fail(&format!("opening {topic}-{index}"), &e);
+            }
+            BrokerError::LogOpen { topic: topic.to_owned(), partition: index, source: e }
+        })?;
+        std::fs::write(dir.join(PARTITION_METADATA), format!("version: 0\ntopic_id: {topic_id}\n"))
+            .map_err(|source| {
+                health.fail(&format!("writing {}", dir.display()), &source);
+                BrokerError::DataDir { path: dir.clone(), source }
+            })?;
+        Ok(log)
+    }
+}
+
+/// Deletes the logs left on disk for topics deleted while this node was down. Blocking IO.
+fn delete_strays(data_dir: &Path, image: &MetadataImage, node: strom_metadata::NodeId) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some((topic, index)) = strom_log::parse_partition_dir_name(&name) else { continue };
+        if !entry.path().join(PARTITION_METADATA).exists() {
+            continue; // not a partition dir of ours (e.g. __cluster_metadata-0)
+        }
+        let keep = image
+            .topic(&topic)
+            .and_then(|t| t.partitions.get(&index))
+            .is_some_and(|p| p.replicas.contains(&node));
+        if !keep {
+            tracing::info!(dir = %name, "deleting log of a topic that no longer exists");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -389,7 +500,7 @@ pub(crate) async fn reconcile_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Rec
     loop {
         let (image, delta) = ctx.image.take_changes(&mut rx);
         if image.offset.0 > 0 {
-            ctx.replicas.reconcile(&ctx, &image, &delta, first);
+            ctx.replicas.reconcile(&ctx, &image, &delta, first).await;
             first = false;
         }
         tokio::select! {
@@ -413,21 +524,13 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
         }
         let now_ms = ctx.clock.now_ms();
         let retention_due = last_retention.elapsed() >= retention_every;
-        for p in ctx.replicas.all() {
-            p.request_flush();
-            if retention_due {
-                if let Ok(mut log) = p.log() {
-                    match log.apply_retention(now_ms) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments")
-                        }
-                        Err(e) => {
-                            tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
-                        }
-                    }
-                }
-            }
+        // Retention deletes segment files: off the async threads.
+        let retained = {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || apply_retention(&ctx, retention_due, now_ms))
+        };
+        if let Err(e) = retained.await {
+            tracing::warn!(error = %e, "retention failed");
         }
         // Compaction rewrites whole segments: off the async threads, and holding a partition's
         // lock only to snapshot it and to swap each cleaned group in, so appends go on.
@@ -478,41 +581,35 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
         if retention_due {
             last_retention = tokio::time::Instant::now();
         }
-        if let Err(e) = ctx.replicas.write_checkpoint() {
-            ctx.replicas.health.fail("writing the recovery and high watermark checkpoints", &e);
+        let written = {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || ctx.replicas.write_checkpoint())
+        };
+        match written.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                ctx.replicas.health.fail("writing the recovery and high watermark checkpoints", &e)
+            }
+            Err(e) => tracing::error!(error = %e, "writing the checkpoints failed"),
         }
     }
 }
 
-impl ReplicaManager {
-    /// The local partition, opening its log if the image says this node replicates it but the
-    /// reconciler has not got to it yet (a produce right after CreateTopics).
-    pub fn get_or_open(
-        &self,
-        image: &MetadataImage,
-        node: strom_metadata::NodeId,
-        topic: &str,
-        index: i32,
-    ) -> Option<Arc<Partition>> {
-        if let Some(p) = self.get(topic, index) {
-            return Some(p);
-        }
-        let t = image.topic(topic)?;
-        if !t.partitions.get(&index)?.replicas.contains(&node) {
-            return None;
-        }
-        match self.ensure(image, t, index) {
-            Ok(p) => {
-                if let Some(pi) = t.partitions.get(&index) {
-                    p.set_min_insync(min_insync(&self.defaults, image, topic));
-                    // Leading needs no task; following waits for the reconciler.
-                    sync_role(None, &p, node, pi, self.clock.now_ms());
+/// Asks every log for its periodic flush and, when due, applies retention. Blocking IO.
+fn apply_retention(ctx: &BrokerCtx, retention_due: bool, now_ms: i64) {
+    for p in ctx.replicas.all() {
+        p.request_flush();
+        if retention_due {
+            if let Ok(mut log) = p.log() {
+                match log.apply_retention(now_ms) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments")
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
+                    }
                 }
-                Some(p)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open partition");
-                None
             }
         }
     }
