@@ -84,6 +84,22 @@ pub(crate) fn check_leader(
     Ok(p)
 }
 
+/// The local log of a partition this broker leads at the epoch the request claims (-1: no
+/// claim), with the leader epoch: what ListOffsets and OffsetsForLeaderEpoch read.
+pub(crate) fn led_partition(
+    ctx: &BrokerCtx,
+    image: &strom_metadata::MetadataImage,
+    topic: &str,
+    index: i32,
+    claimed_leader_epoch: i32,
+) -> Result<(i32, std::sync::Arc<crate::partition::Partition>), KafkaError> {
+    let node = ctx.image.node;
+    let p = check_leader(image.partition(topic, index), node, claimed_leader_epoch)?;
+    let part =
+        ctx.replicas.get_or_open(image, node, topic, index).ok_or(KafkaError::KafkaStorageError)?;
+    Ok((p.leader_epoch.0, part))
+}
+
 /// KIP-951: the leader a client should turn to after NOT_LEADER_OR_FOLLOWER or
 /// FENCED_LEADER_EPOCH on this partition, as (leader id, leader epoch, its Kafka endpoint).
 pub(crate) struct LeaderHint {
