@@ -41,7 +41,7 @@ impl TimeEntry {
 
 /// What the two index files share: fixed-size big-endian entries, each strictly after the one
 /// before it.
-trait IndexEntry: Copy {
+pub(crate) trait IndexEntry: Copy {
     const LEN: usize;
     fn decode(chunk: &[u8]) -> Self;
     fn encode(&self, out: &mut Vec<u8>);
@@ -112,9 +112,44 @@ fn be_i64(bytes: &[u8]) -> i64 {
     i64::from_be_bytes(array)
 }
 
-#[derive(Debug, Default, Clone)]
-pub struct OffsetIndex {
-    entries: Vec<OffsetEntry>,
+/// The in-memory mirror of one index file: entries in file order, each after the one before.
+#[derive(Debug, Clone)]
+pub struct Index<E> {
+    entries: Vec<E>,
+}
+
+/// Maps batch base offsets to file positions.
+pub type OffsetIndex = Index<OffsetEntry>;
+/// Maps timestamps to the offsets where they were first reached.
+pub type TimeIndex = Index<TimeEntry>;
+
+impl<E> Default for Index<E> {
+    fn default() -> Self {
+        Index { entries: Vec::new() }
+    }
+}
+
+impl<E: IndexEntry> Index<E> {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_entries(&self.entries)
+    }
+
+    pub fn push(&mut self, entry: E) {
+        debug_assert!(self.entries.last().is_none_or(|last| entry.follows(last)));
+        self.entries.push(entry);
+    }
+
+    pub fn last(&self) -> Option<E> {
+        self.entries.last().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.entries.truncate(len);
+    }
 }
 
 impl OffsetIndex {
@@ -122,20 +157,7 @@ impl OffsetIndex {
     /// order, a position past the end of the log) and must be rebuilt.
     pub fn decode(bytes: &[u8], log_size: u64) -> Option<OffsetIndex> {
         let entries = decode_entries(bytes, |e: &OffsetEntry| u64::from(e.position) < log_size)?;
-        Some(OffsetIndex { entries })
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        encode_entries(&self.entries)
-    }
-
-    pub fn push(&mut self, entry: OffsetEntry) {
-        debug_assert!(self
-            .entries
-            .last()
-            .is_none_or(|last| last.relative_offset < entry.relative_offset
-                && last.position < entry.position));
-        self.entries.push(entry);
+        Some(Index { entries })
     }
 
     /// The entry of the last indexed batch whose base offset is <= `relative_offset`; a scan
@@ -144,39 +166,12 @@ impl OffsetIndex {
         let after = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
         after.checked_sub(1).map(|i| self.entries[i])
     }
-
-    pub fn last(&self) -> Option<OffsetEntry> {
-        self.entries.last().copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn truncate(&mut self, len: usize) {
-        self.entries.truncate(len);
-    }
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct TimeIndex {
-    entries: Vec<TimeEntry>,
 }
 
 impl TimeIndex {
     /// Decodes a `.timeindex` file; `None` when it cannot be trusted.
     pub fn decode(bytes: &[u8]) -> Option<TimeIndex> {
-        Some(TimeIndex { entries: decode_entries(bytes, |_: &TimeEntry| true)? })
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        encode_entries(&self.entries)
-    }
-
-    pub fn push(&mut self, entry: TimeEntry) {
-        debug_assert!(self.entries.last().is_none_or(|last| last.timestamp < entry.timestamp
-            && last.relative_offset <= entry.relative_offset));
-        self.entries.push(entry);
+        Some(Index { entries: decode_entries(bytes, |_: &TimeEntry| true)? })
     }
 
     /// The last entry whose timestamp is strictly below `timestamp`: every record up to its
@@ -185,18 +180,6 @@ impl TimeIndex {
     pub fn lookup_before(&self, timestamp: i64) -> Option<TimeEntry> {
         let after = self.entries.partition_point(|e| e.timestamp < timestamp);
         after.checked_sub(1).map(|i| self.entries[i])
-    }
-
-    pub fn last(&self) -> Option<TimeEntry> {
-        self.entries.last().copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn truncate(&mut self, len: usize) {
-        self.entries.truncate(len);
     }
 }
 
