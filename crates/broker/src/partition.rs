@@ -517,34 +517,11 @@ async fn flusher(p: Arc<Partition>) {
 
 #[cfg(test)]
 mod tests {
-    use bytes::BytesMut;
-    use kafka_protocol::indexmap::IndexMap;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-
     use super::*;
 
+    /// One record in one v2 batch.
     fn batch() -> Bytes {
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 0,
-            key: None,
-            value: Some(Bytes::from_static(b"v")),
-            headers: IndexMap::new(),
-        };
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-        RecordBatchEncoder::encode(&mut buf, &[record], &options).expect("encodes");
-        buf.freeze()
+        Bytes::from(strom_protocol::batch::test_support::build_batch(0, &[0], 0))
     }
 
     /// A partition led by node 1 alone, acknowledging without fsync.
