@@ -72,14 +72,31 @@ pub fn block_on<F: Future>(future: F) -> anyhow::Result<F::Output> {
         .with_context(|| format!("admin request did not complete within {CLIENT_TIMEOUT:?}"))
 }
 
-fn admin_options() -> AdminOptions {
+/// Admin requests bounded by [`CLIENT_TIMEOUT`].
+pub fn admin_options() -> AdminOptions {
     AdminOptions::new()
         .request_timeout(Some(CLIENT_TIMEOUT))
         .operation_timeout(Some(CLIENT_TIMEOUT))
 }
 
-/// Creates a topic with replication factor 1 and `configs`, then waits until metadata shows
-/// every partition with a leader.
+/// Sends one Kafka CreateTopics (rdkafka's AdminClient) for `new_topic`; fails on the
+/// topic's error code.
+pub fn create_new_topic(
+    bootstrap: &str,
+    new_topic: &NewTopic<'_>,
+    options: &AdminOptions,
+) -> anyhow::Result<()> {
+    let admin = admin(bootstrap)?;
+    for result in
+        block_on(admin.create_topics([new_topic], options))?.context("CreateTopics request")?
+    {
+        if let Err((name, code)) = result {
+            bail!("CreateTopics {name}: {code:?}");
+        }
+    }
+    Ok(())
+}
+
 /// Creates a topic with `rf` replicas through Kafka CreateTopics (rdkafka's AdminClient).
 pub fn create_topic_replicated(
     bootstrap: &str,
@@ -87,39 +104,26 @@ pub fn create_topic_replicated(
     partitions: i32,
     rf: i32,
 ) -> anyhow::Result<()> {
-    let admin = admin(bootstrap)?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(rf));
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(20)))
         .operation_timeout(Some(Duration::from_secs(20)));
-    for result in
-        block_on(admin.create_topics([&new_topic], &options))?.context("CreateTopics request")?
-    {
-        if let Err((name, code)) = result {
-            anyhow::bail!("CreateTopics {name}: {code:?}");
-        }
-    }
-    Ok(())
+    create_new_topic(bootstrap, &new_topic, &options)
 }
 
+/// Creates a topic with replication factor 1 and `configs`, then waits until metadata shows
+/// every partition with a leader.
 pub fn create_topic(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let admin = admin(bootstrap)?;
     let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for (key, value) in configs {
         new_topic = new_topic.set(key, value);
     }
-    let results = block_on(admin.create_topics([&new_topic], &admin_options()))?
-        .context("CreateTopics request")?;
-    for result in results {
-        if let Err((name, code)) = result {
-            bail!("CreateTopics {name}: {code:?}");
-        }
-    }
+    create_new_topic(bootstrap, &new_topic, &admin_options())?;
     wait_for_topic(bootstrap, topic, partitions)
 }
 

@@ -11,11 +11,11 @@ use anyhow::{bail, ensure, Context};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{NewTopic, TopicReplication};
 use strom_tests::cluster::StromCluster;
 use strom_tests::kafka;
 use strom_tests::raw::{self, RawConnection};
-use strom_tests::{wait_until, with_cluster, ClusterOptions, CLIENT_TIMEOUT};
+use strom_tests::{wait_until, with_cluster, ClusterOptions};
 
 /// Kafka's code for an acks=all wait that outlasted the request's `timeout_ms`.
 const REQUEST_TIMED_OUT: i16 = 7;
@@ -27,19 +27,9 @@ const PRODUCE_VERSION: i16 = 8;
 
 /// A topic whose partitions 0 and 1 are both led by node 1 and replicated on 2 and 3.
 fn create_topic_led_by_1(cluster: &StromCluster, topic: &str) -> anyhow::Result<()> {
-    let admin = kafka::admin(&cluster.bootstrap())?;
     let assignment: [&[i32]; 2] = [&[1, 2, 3], &[1, 3, 2]];
     let new_topic = NewTopic::new(topic, 2, TopicReplication::Variable(&assignment));
-    let options = AdminOptions::new()
-        .request_timeout(Some(CLIENT_TIMEOUT))
-        .operation_timeout(Some(CLIENT_TIMEOUT));
-    for result in
-        kafka::block_on(admin.create_topics([&new_topic], &options))?.context("CreateTopics")?
-    {
-        if let Err((name, code)) = result {
-            bail!("CreateTopics {name}: {code:?}");
-        }
-    }
+    kafka::create_new_topic(&cluster.bootstrap(), &new_topic, &kafka::admin_options())?;
     wait_until(IN_SYNC_TIMEOUT, "both partitions led by node 1 with a full ISR", || {
         for id in cluster.running() {
             let metadata = cluster.metadata(id)?;

@@ -426,22 +426,11 @@ fn create_topic(
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let admin = kafka::admin(bootstrap)?;
     let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(3));
     for (key, value) in configs {
         new_topic = new_topic.set(key, value);
     }
-    let options = rdkafka::admin::AdminOptions::new()
-        .request_timeout(Some(CLIENT_TIMEOUT))
-        .operation_timeout(Some(CLIENT_TIMEOUT));
-    for result in
-        kafka::block_on(admin.create_topics([&new_topic], &options))?.context("CreateTopics")?
-    {
-        if let Err((name, code)) = result {
-            bail!("CreateTopics {name}: {code:?}");
-        }
-    }
-    Ok(())
+    kafka::create_new_topic(bootstrap, &new_topic, &kafka::admin_options())
 }
 
 /// Partition → replicas (preference order) of `topic`, from a running node.
