@@ -2,6 +2,7 @@
 //! error the broker answers a client with, and `i16::from` is the only way to its code.
 
 use kafka_protocol::ResponseError as K;
+use strom_log::producer::ProducerError;
 use strom_log::LogError;
 use strom_metadata::ControlError;
 
@@ -74,6 +75,8 @@ pub(crate) enum KafkaError {
     UnknownTopicId,
     DuplicateBrokerRegistration,
     IneligibleReplica,
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
 }
 
 impl KafkaError {
@@ -126,6 +129,8 @@ impl KafkaError {
             KafkaError::UnknownTopicId => K::UnknownTopicId,
             KafkaError::DuplicateBrokerRegistration => K::DuplicateBrokerRegistration,
             KafkaError::IneligibleReplica => K::IneligibleReplica,
+            KafkaError::OutOfOrderSequenceNumber => K::OutOfOrderSequenceNumber,
+            KafkaError::InvalidProducerEpoch => K::InvalidProducerEpoch,
         };
         k.code()
     }
@@ -178,9 +183,17 @@ impl From<&LogError> for KafkaError {
             LogError::CorruptBatch { .. } | LogError::AppendEmpty => KafkaError::CorruptMessage,
             LogError::UnsupportedMagic { .. } => KafkaError::UnsupportedForMessageFormat,
             LogError::BatchTooLarge { .. } => KafkaError::MessageTooLarge,
-            LogError::AppendOffsetSpanTooLarge { .. } => KafkaError::InvalidRecord,
+            LogError::AppendOffsetSpanTooLarge { .. }
+            | LogError::ClientControlBatch { .. }
+            | LogError::SequenceMissing { .. } => KafkaError::InvalidRecord,
             LogError::OffsetOutOfRange { .. } => KafkaError::OffsetOutOfRange,
             LogError::LeaderEpochStale { .. } => KafkaError::FencedLeaderEpoch,
+            LogError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
+                KafkaError::OutOfOrderSequenceNumber
+            }
+            LogError::Producer(ProducerError::InvalidProducerEpoch { .. }) => {
+                KafkaError::InvalidProducerEpoch
+            }
             _ => KafkaError::KafkaStorageError,
         }
     }

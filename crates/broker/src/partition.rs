@@ -162,7 +162,8 @@ impl Partition {
     }
 
     /// Appends a producer's batches. Returns once they are in the page cache; call
-    /// [`Partition::wait_acked`] for durability.
+    /// [`Partition::wait_acked`] for durability. A retried idempotent batch the log already
+    /// holds comes back as a duplicate with its original offsets, and nothing is written.
     pub fn append(
         &self,
         batches: &Bytes,
@@ -178,7 +179,9 @@ impl Partition {
         let info = self.check_storage(log.append(batches, leader_epoch, now_ms))?;
         let leo = log.log_end_offset();
         drop(log);
-        self.appended(leo);
+        if !info.duplicate {
+            self.appended(leo);
+        }
         Ok(info)
     }
 

@@ -77,6 +77,15 @@ pub enum LogError {
     SegmentGap { dir: PathBuf, from: i64, to: i64 },
     #[error("log {dir} is offline after a write failure that could not be rolled back")]
     LogOffline { dir: PathBuf },
+    #[error("batch {batch_index} of the append is a control batch, which only a leader writes")]
+    ClientControlBatch { batch_index: usize },
+    #[error(
+        "batch {batch_index} of the append has producer id {producer_id} but sequence \
+         {base_sequence}"
+    )]
+    SequenceMissing { batch_index: usize, producer_id: i64, base_sequence: i32 },
+    #[error(transparent)]
+    Producer(#[from] crate::producer::ProducerError),
 }
 
 impl LogError {
@@ -93,7 +102,10 @@ impl LogError {
             | LogError::AppendOffsetSpanTooLarge { .. }
             | LogError::OffsetOutOfRange { .. }
             | LogError::LeaderEpochStale { .. }
-            | LogError::ConfigInvalid { .. } => false,
+            | LogError::ConfigInvalid { .. }
+            | LogError::ClientControlBatch { .. }
+            | LogError::SequenceMissing { .. }
+            | LogError::Producer(_) => false,
             LogError::DirCreate { .. }
             | LogError::DirRead { .. }
             | LogError::DirSync { .. }

@@ -16,6 +16,7 @@ mod index;
 mod log;
 pub mod producer;
 mod segment;
+mod snapshot;
 
 pub use crate::compact::{
     compact_locked, CleanedGroup, CompactStats, Compaction, KEY_MAP_ENTRIES_MAX,
@@ -129,6 +130,9 @@ pub struct AppendInfo {
     /// The broker's timestamp when the log uses LogAppendTime.
     pub log_append_time: Option<i64>,
     pub max_timestamp: i64,
+    /// A retried idempotent batch that the log already holds: nothing was written, the
+    /// offsets are the original batch's.
+    pub duplicate: bool,
 }
 
 /// `<topic>-<partition>`, the directory of one partition under a log dir.

@@ -14,6 +14,7 @@ use strom_protocol::batch::{
 use crate::checkpoint::sync_dir;
 use crate::epoch::LeaderEpochCache;
 use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use crate::producer::{AppendCheck, ProducerStates};
 use crate::segment::{Located, OpenMode, PreparedBatch, Segment, SegmentView, RELATIVE_OFFSET_MAX};
 use crate::{AppendInfo, LogConfig, LogError, SEGMENT_BYTES_MAX};
 
@@ -45,6 +46,10 @@ pub struct Log {
     /// After an open or a truncation, the segment's max timestamp then (which is no earlier,
     /// so the roll comes no earlier than Kafka's).
     active_first_timestamp: Option<i64>,
+    /// Idempotent producers' state of every batch in the log (see `producer`): checked by
+    /// leader appends, updated by every append, snapshotted at each roll and rebuilt from
+    /// the newest snapshot plus the batches after it on open and on truncation.
+    producers: ProducerStates,
 }
 
 /// The files a group commit must fdatasync, taken under the broker's lock and synced outside.
@@ -185,12 +190,14 @@ impl Log {
             offline: false,
             cleaned_upto: 0,
             active_first_timestamp: None,
+            producers: ProducerStates::default(),
         };
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.recovery_point = recovery_point.min(end).max(start);
         log.epochs.truncate_from_end(end)?;
         log.epochs.truncate_from_start(start)?;
         log.active_first_timestamp = log.active().max_timestamp.map(|(ts, _)| ts);
+        log.rebuild_producer_state()?;
         if bytes_cut > 0 {
             sync_dir(dir)?;
         }
@@ -199,6 +206,42 @@ impl Log {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Idempotent producers' state as of the log end offset.
+    pub fn producer_states(&self) -> &ProducerStates {
+        &self.producers
+    }
+
+    /// Forgets producers silent for longer than `expiration_ms` (Kafka's
+    /// `producer.id.expiration.ms`), counted from their newest batch's timestamp.
+    pub fn expire_producers(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.producers.expire(now_ms, expiration_ms)
+    }
+
+    /// Rebuilds the producer state from the newest snapshot at or below the log end offset
+    /// and the batch headers after it. Without a snapshot (a log written before snapshots
+    /// existed, or whose snapshots a crash destroyed) the replay starts at the second-newest
+    /// segment, as Kafka's loader does, so that an open never walks a whole large log.
+    fn rebuild_producer_state(&mut self) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        let (from, states) = match crate::snapshot::load_latest(&self.dir, end) {
+            Some(found) => found,
+            None => {
+                let penultimate = self.segments.len().saturating_sub(2);
+                (self.segments[penultimate].base_offset, ProducerStates::default())
+            }
+        };
+        self.producers = states;
+        for segment in self.segments.iter().filter(|s| s.next_offset > from) {
+            let producers = &mut self.producers;
+            segment.visit_headers_from(from, |header| {
+                if header.base_offset >= from {
+                    producers.record(header);
+                }
+            })?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &LogConfig {
@@ -269,6 +312,16 @@ impl Log {
             return Err(LogError::LeaderEpochStale { epoch: leader_epoch, latest });
         }
         let validated = self.validate_batches(batches, true)?;
+        let headers: Vec<BatchHeader> = validated.iter().map(|(h, _)| *h).collect();
+        if let AppendCheck::Duplicate(original) = self.producers.check_client_append(&headers)? {
+            return Ok(AppendInfo {
+                base_offset: original.first_offset,
+                last_offset: original.last_offset,
+                log_append_time: None,
+                max_timestamp: -1,
+                duplicate: true,
+            });
+        }
         let span: i64 = validated.iter().map(|(h, _)| i64::from(h.last_offset_delta) + 1).sum();
         let total_bytes: u64 = validated.iter().map(|(_, slice)| slice.len() as u64).sum();
         let base_offset = self.log_end_offset();
@@ -329,7 +382,16 @@ impl Log {
 
         self.write_prepared(&prepared)?;
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
-        Ok(AppendInfo { base_offset, last_offset, log_append_time, max_timestamp })
+        for batch in &prepared {
+            self.producers.record(&batch.header);
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time,
+            max_timestamp,
+            duplicate: false,
+        })
     }
 
     /// Splits and checks producer or leader batches (all or nothing): framing, magic, CRC,
@@ -355,6 +417,17 @@ impl Log {
             }
             let header =
                 batch::validate(&slice).map_err(|source| map_batch_error(batch_index, source))?;
+            if from_producer && header.is_control() {
+                // Only partition leaders write transaction markers.
+                return Err(LogError::ClientControlBatch { batch_index });
+            }
+            if from_producer && header.producer_id >= 0 && header.base_sequence < 0 {
+                return Err(LogError::SequenceMissing {
+                    batch_index,
+                    producer_id: header.producer_id,
+                    base_sequence: header.base_sequence,
+                });
+            }
             // Offsets are assigned from the delta, so it must agree with the record count.
             let counts_agree = if from_producer {
                 header.records_count >= 1 && header.last_offset_delta == header.records_count - 1
@@ -415,7 +488,16 @@ impl Log {
         }
         self.write_prepared(&prepared)?;
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
-        Ok(Some(AppendInfo { base_offset, last_offset, log_append_time: None, max_timestamp }))
+        for batch in &prepared {
+            self.producers.record(&batch.header);
+        }
+        Ok(Some(AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time: None,
+            max_timestamp,
+            duplicate: false,
+        }))
     }
 
     /// Rolls to a new segment at `base_offset` when `total_bytes` more, up to `last_offset`,
@@ -473,6 +555,8 @@ impl Log {
 
     fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {
         self.active_mut().finalize()?;
+        // Every batch below the new segment is recorded: an open replays from here.
+        crate::snapshot::write(&self.dir, base_offset, &self.producers);
         self.active_first_timestamp = None;
         let segment = Segment::create(&self.dir, base_offset, self.config.index_interval_bytes)?;
         self.segments.push(segment);
@@ -559,6 +643,8 @@ impl Log {
             return Ok(());
         }
         self.generation += 1;
+        // Before the data goes: a snapshot must never describe batches that were cut.
+        crate::snapshot::delete_above(&self.dir, offset);
         if offset < self.log_start_offset() {
             // Create first: `segments` must never be empty, even if a deletion fails midway.
             let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
@@ -578,6 +664,7 @@ impl Log {
         self.dir_unsynced_since = None;
         self.active_first_timestamp = self.active().max_timestamp.map(|(ts, _)| ts);
         self.epochs.truncate_from_end(end)?;
+        self.rebuild_producer_state()?;
         Ok(())
     }
 

@@ -6,7 +6,10 @@
 //! follower copies, or that recovery reads back from the log, update the state unchecked, so
 //! any replica can take over with the same state.
 //!
-//! Sans-IO: it sees only batch headers (never records) and the offsets the log assigned.
+//! Sans-IO: it sees only batch headers (never records) and the offsets the log assigned. The
+//! log persists it as snapshots (`<offset>.snapshot`, the state of every batch below that
+//! offset) written at each segment roll, so that an open or a truncation replays only the
+//! batch headers after the newest snapshot, not the whole log.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -101,6 +104,15 @@ fn is_idempotent(header: &BatchHeader) -> bool {
 fn last_sequence_of(header: &BatchHeader) -> i32 {
     sequence_after(header.base_sequence, header.last_offset_delta.max(0))
 }
+
+/// Layout version of a snapshot file; another version is ignored (the state is then rebuilt
+/// from the log).
+const SNAPSHOT_VERSION: u16 = 1;
+/// id (8) + epoch (2) + last timestamp (8) + batch count (1).
+const SNAPSHOT_ENTRY_LEN: usize = 19;
+/// Two sequences (4 + 4) and two offsets (8 + 8).
+const SNAPSHOT_BATCH_LEN: usize = 24;
+const _: () = assert!(BATCHES_PER_PRODUCER_MAX <= u8::MAX as usize);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProducerStates {
@@ -199,11 +211,101 @@ impl ProducerStates {
         entry.last_timestamp_ms = entry.last_timestamp_ms.max(header.max_timestamp);
     }
 
+    /// The state as a snapshot file's bytes: a version, a CRC-32C of the rest, then every
+    /// producer (ordered by id, so equal states give equal files) with its remembered batches.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut ids: Vec<&i64> = self.producers.keys().collect();
+        ids.sort_unstable();
+        let mut body =
+            Vec::with_capacity(4 + ids.len() * (SNAPSHOT_ENTRY_LEN + SNAPSHOT_BATCH_LEN));
+        body.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        for id in ids {
+            let entry = &self.producers[id];
+            body.extend_from_slice(&id.to_be_bytes());
+            body.extend_from_slice(&entry.epoch.to_be_bytes());
+            body.extend_from_slice(&entry.last_timestamp_ms.to_be_bytes());
+            body.push(entry.batches.len() as u8);
+            for b in &entry.batches {
+                body.extend_from_slice(&b.first_sequence.to_be_bytes());
+                body.extend_from_slice(&b.last_sequence.to_be_bytes());
+                body.extend_from_slice(&b.first_offset.to_be_bytes());
+                body.extend_from_slice(&b.last_offset.to_be_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(6 + body.len());
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_be_bytes());
+        out.extend_from_slice(&strom_protocol::batch::crc_append(0, &body).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads [`ProducerStates::encode_snapshot`]'s bytes back; `None` for anything damaged,
+    /// truncated or of another version (the caller then rebuilds from the log). Counts are
+    /// checked against the bytes present before anything is allocated.
+    pub fn decode_snapshot(bytes: &[u8]) -> Option<ProducerStates> {
+        let mut r = Reader(bytes);
+        if r.u16()? != SNAPSHOT_VERSION {
+            return None;
+        }
+        let crc = r.u32()?;
+        if strom_protocol::batch::crc_append(0, r.0) != crc {
+            return None;
+        }
+        let count = r.u32()? as usize;
+        if count > r.0.len() / SNAPSHOT_ENTRY_LEN {
+            return None;
+        }
+        let mut producers = HashMap::with_capacity(count);
+        for _ in 0..count {
+            let id = r.i64()?;
+            let epoch = r.u16()? as i16;
+            let last_timestamp_ms = r.i64()?;
+            let n = usize::from(r.take(1)?[0]);
+            if n > BATCHES_PER_PRODUCER_MAX {
+                return None;
+            }
+            let mut batches = VecDeque::with_capacity(n);
+            for _ in 0..n {
+                batches.push_back(ProducerBatch {
+                    first_sequence: r.u32()? as i32,
+                    last_sequence: r.u32()? as i32,
+                    first_offset: r.i64()?,
+                    last_offset: r.i64()?,
+                });
+            }
+            producers.insert(id, ProducerEntry { epoch, batches, last_timestamp_ms });
+        }
+        (r.0.is_empty() && producers.len() == count).then_some(ProducerStates { producers })
+    }
+
     /// Forgets producers whose newest batch is older than `expiration_ms` at `now_ms`.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
         self.producers.retain(|_, e| now_ms.saturating_sub(e.last_timestamp_ms) <= expiration_ms);
         before - self.producers.len()
+    }
+}
+
+/// Big-endian reads over a snapshot's bytes; `None` past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8).map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
     }
 }
 
@@ -340,5 +442,35 @@ mod tests {
             ),
             1
         );
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_damage_is_detected_not_misread() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            s.record(&header(1, 2, i * 2, 2, i64::from(i) * 2));
+        }
+        s.record(&header(i64::MAX - 1, i16::MAX, i32::MAX - 1, 2, 100));
+        let bytes = s.encode_snapshot();
+        assert_eq!(ProducerStates::decode_snapshot(&bytes), Some(s.clone()));
+        assert_eq!(
+            ProducerStates::decode_snapshot(&ProducerStates::default().encode_snapshot()),
+            Some(ProducerStates::default())
+        );
+        // Every truncation and every single flipped byte is refused.
+        for len in 0..bytes.len() {
+            assert_eq!(ProducerStates::decode_snapshot(&bytes[..len]), None, "cut at {len}");
+        }
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(ProducerStates::decode_snapshot(&bad), None, "flip at {i}");
+        }
+        // A count that claims more producers than the bytes hold is refused before allocating.
+        let mut huge = vec![0, 1, 0, 0, 0, 0];
+        let body = u32::MAX.to_be_bytes();
+        huge[2..6].copy_from_slice(&strom_protocol::batch::crc_append(0, &body).to_be_bytes());
+        huge.extend_from_slice(&body);
+        assert_eq!(ProducerStates::decode_snapshot(&huge), None);
     }
 }

@@ -619,7 +619,25 @@ impl Segment {
         position: u64,
         visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
     ) -> Result<Option<T>, LogError> {
-        walk(&self.log, &self.log_path, self.size, position, visit)
+        walk(&self.log, &self.log_path, self.size, position, SEEK_CHUNK_BYTES, visit)
+    }
+
+    /// Visits, in order, the header of every batch whose last offset is at or after `offset`,
+    /// reading the file in large chunks (producer-state replay walks whole segments).
+    pub(crate) fn visit_headers_from(
+        &self,
+        offset: i64,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<(), LogError> {
+        let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        let start = self.offset_index.lookup(relative).map_or(0, |e| u64::from(e.position));
+        walk::<()>(&self.log, &self.log_path, self.size, start, SCAN_CHUNK_BYTES, |_, header| {
+            if header.last_offset() >= offset {
+                visit(header);
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(())
     }
 
     /// What a read at `offset` needs from this segment, for use outside the log's lock.
@@ -703,9 +721,10 @@ fn walk<T>(
     path: &Path,
     size: u64,
     position: u64,
+    chunk_bytes: usize,
     mut visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
 ) -> Result<Option<T>, LogError> {
-    let mut reader = ChunkReader::new(file, path, size, SEEK_CHUNK_BYTES);
+    let mut reader = ChunkReader::new(file, path, size, chunk_bytes);
     let mut position = position;
     while position < size {
         let corrupt = |source| LogError::SegmentCorrupt { path: path.to_owned(), position, source };
@@ -744,13 +763,20 @@ impl SegmentView {
 
     /// The first batch whose last offset is >= `offset`, below `max_offset` or not.
     pub(crate) fn locate(&self, offset: i64, max_offset: i64) -> Result<Option<Located>, LogError> {
-        let found = walk(&self.file, &self.path, self.size, self.scan_from, |position, header| {
-            if header.last_offset() >= offset {
-                ControlFlow::Break((position, *header))
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
+        let found = walk(
+            &self.file,
+            &self.path,
+            self.size,
+            self.scan_from,
+            SEEK_CHUNK_BYTES,
+            |position, header| {
+                if header.last_offset() >= offset {
+                    ControlFlow::Break((position, *header))
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
         Ok(found.map(|(position, first)| Located {
             file: self.file.clone(),
             path: self.path.clone(),

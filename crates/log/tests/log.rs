@@ -635,3 +635,108 @@ fn segment_index_bytes_rolls_when_an_index_is_full() {
     }
     assert_eq!(log.segment_count(), 1, "the default 10 MiB holds them all");
 }
+
+/// A batch of `n` records from idempotent producer `pid` at `epoch`, sequences from `seq`.
+fn idempotent(pid: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
+    let mut bytes = batch::test_support::batch_with_records(n, 1_000, 0);
+    batch::test_support::set_producer(&mut bytes, pid, epoch, seq);
+    Bytes::from(bytes)
+}
+
+fn is_producer_error(result: Result<strom_log::AppendInfo, LogError>, expected: &str) -> bool {
+    matches!(&result, Err(LogError::Producer(e)) if format!("{e:?}").starts_with(expected))
+}
+
+#[test]
+fn a_retried_idempotent_batch_is_answered_with_its_offsets_and_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let first = log.append(&idempotent(7, 0, 0, 3), 0, 0).unwrap();
+    log.append(&batch(2, 1_000), 0, 0).unwrap();
+    let second = log.append(&idempotent(7, 0, 3, 2), 0, 0).unwrap();
+    assert_eq!((first.base_offset, second.base_offset), (0, 5));
+    let retry = log.append(&idempotent(7, 0, 0, 3), 0, 0).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!((retry.base_offset, retry.last_offset), (0, 2));
+    assert_eq!(log.log_end_offset(), 7, "the retry wrote nothing");
+    assert!(is_producer_error(log.append(&idempotent(7, 0, 9, 1), 0, 0), "OutOfOrderSequence"));
+    log.append(&idempotent(7, 1, 0, 1), 0, 0).unwrap();
+    assert!(is_producer_error(log.append(&idempotent(7, 0, 5, 1), 0, 0), "InvalidProducerEpoch"));
+    assert_eq!(log.log_end_offset(), 8);
+    // Clients may not write control batches nor idempotent batches without a sequence.
+    let mut control = batch::test_support::batch_with_records(1, 1_000, 0x20);
+    batch::test_support::set_producer(&mut control, 7, 1, 1);
+    let control = log.append(&Bytes::from(control), 0, 0);
+    assert!(matches!(control, Err(LogError::ClientControlBatch { .. })), "{control:?}");
+    let no_sequence = log.append(&idempotent(8, 0, -1, 1), 0, 0);
+    assert!(matches!(no_sequence, Err(LogError::SequenceMissing { .. })), "{no_sequence:?}");
+}
+
+#[test]
+fn producer_state_survives_reopen_from_snapshots_and_follows_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(400), 0).unwrap();
+    // Several rolls, so snapshots exist, then a tail in the active segment.
+    for seq in 0..20 {
+        log.append(&idempotent(3, 0, seq * 2, 2), 0, 0).unwrap();
+    }
+    assert!(log.segment_count() > 3, "segments: {}", log.segment_count());
+    assert!(!files_with_extension(dir.path(), "snapshot").is_empty());
+    assert!(files_with_extension(dir.path(), "snapshot").len() <= 3, "old snapshots pruned");
+    let before = log.producer_states().clone();
+    assert_eq!(before.producer(3), Some((0, Some(39))));
+    let end = log.log_end_offset();
+    drop(log);
+
+    let mut log = Log::open(dir.path(), small_segments(400), end).unwrap();
+    assert_eq!(log.producer_states(), &before, "rebuilt from a snapshot and the tail");
+    let retry = log.append(&idempotent(3, 0, 38, 2), 0, 0).unwrap();
+    assert!(retry.duplicate, "a retry of the last batch before the restart");
+
+    // Truncating below the newest snapshot: the state is that of the remaining batches, so
+    // the producer's next sequence is the one after the cut.
+    log.truncate_to(10).unwrap();
+    assert_eq!(log.producer_states().producer(3), Some((0, Some(9))));
+    assert!(log.append(&idempotent(3, 0, 10, 2), 0, 0).is_ok_and(|i| !i.duplicate));
+    for snapshot in files_with_extension(dir.path(), "snapshot") {
+        let name = snapshot.file_stem().unwrap().to_str().unwrap().parse::<i64>().unwrap();
+        assert!(name <= 10, "snapshot {name} describes cut batches");
+    }
+
+    // Without any snapshot (damaged, or a log from before snapshots) the state comes from the
+    // last two segments.
+    let end = log.log_end_offset();
+    drop(log);
+    for snapshot in files_with_extension(dir.path(), "snapshot") {
+        fs::write(snapshot, b"garbage").unwrap();
+    }
+    let log = Log::open(dir.path(), small_segments(400), end).unwrap();
+    assert_eq!(log.producer_states().producer(3), Some((0, Some(11))));
+}
+
+#[test]
+fn a_follower_copy_carries_the_producer_state_to_a_new_leader() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = Log::open(leader_dir.path(), config(), 0).unwrap();
+    let mut follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    for seq in [0, 2, 4] {
+        leader.append(&idempotent(11, 4, seq, 2), 1, 0).unwrap();
+    }
+    let copied = leader.read(0, 1 << 20, i64::MAX).unwrap();
+    follower.append_as_follower(&copied).unwrap();
+    assert_eq!(follower.producer_states(), leader.producer_states());
+    // The follower, now leading, answers the client's retry without writing it again.
+    let retry = follower.append(&idempotent(11, 4, 4, 2), 2, 0).unwrap();
+    assert!(retry.duplicate && retry.base_offset == 4);
+    assert_eq!(follower.log_end_offset(), 6);
+}
+
+#[test]
+fn silent_producers_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    log.append(&idempotent(1, 0, 0, 1), 0, 0).unwrap();
+    assert_eq!(log.expire_producers(1_000 + 10, 10), 0);
+    assert_eq!(log.expire_producers(1_000 + 11, 10), 1);
+    assert!(log.producer_states().is_empty());
+}

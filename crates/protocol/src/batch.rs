@@ -541,6 +541,18 @@ pub mod test_support {
         batch
     }
 
+    /// Stamps an idempotent producer's id, epoch and first sequence on `batch` and fixes
+    /// its CRC.
+    pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+        batch[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8]
+            .copy_from_slice(&producer_id.to_be_bytes());
+        batch[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2]
+            .copy_from_slice(&epoch.to_be_bytes());
+        batch[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4]
+            .copy_from_slice(&base_sequence.to_be_bytes());
+        recompute_crc(batch).expect("a well-formed batch");
+    }
+
     /// A batch of `n` records with timestamps `first_timestamp + i`.
     pub fn batch_with_records(n: usize, first_timestamp: i64, attributes: i16) -> Vec<u8> {
         let timestamps: Vec<i64> = (0..n as i64).map(|i| first_timestamp + i).collect();
