@@ -59,10 +59,14 @@ pub(crate) fn fail_if_all_failed<'a>(
     }
 }
 
-pub(crate) fn item_errors<T>(
-    results: &[ItemResult<T>],
-) -> impl Iterator<Item = Option<&ControlError>> {
-    results.iter().map(|r| r.result.as_ref().err())
+/// Each item's answer, made by `answer` from the item's name and its value or its error; the
+/// call fails as a whole when every item failed ([`fail_if_all_failed`]).
+pub(crate) fn item_answers<T, A>(
+    results: Vec<ItemResult<T>>,
+    mut answer: impl FnMut(String, Result<T, pb::ItemError>) -> A,
+) -> Result<Vec<A>, Status> {
+    fail_if_all_failed(results.iter().map(|r| r.result.as_ref().err()))?;
+    Ok(results.into_iter().map(|r| answer(r.name, r.result.map_err(|e| item_error(&e)))).collect())
 }
 
 pub(crate) fn check_count(what: &str, count: usize) -> Result<(), Status> {
@@ -225,5 +229,22 @@ mod tests {
         assert_eq!(all_failed.map_err(|s| s.code()), Err(Code::NotFound), "the first failure");
         assert!(fail_if_all_failed([None, Some(&exists)]).is_ok());
         assert!(fail_if_all_failed(std::iter::empty()).is_ok());
+    }
+
+    #[test]
+    fn each_item_is_answered_with_its_value_or_its_error() {
+        let exists = ControlError::TopicAlreadyExists("b".into());
+        let results = vec![
+            ItemResult { name: "a".into(), result: Ok(1) },
+            ItemResult { name: "b".into(), result: Err(exists) },
+        ];
+        let answers = item_answers(results, |name, r| (name, r.map_err(|e| e.code)));
+        let expected =
+            [("a".to_string(), Ok(1)), ("b".to_string(), Err(Code::AlreadyExists as i32))];
+        assert_eq!(answers.expect("one item succeeded"), expected);
+        let missing = ControlError::UnknownTopicOrPartition("c".into());
+        let all_failed = vec![ItemResult::<()> { name: "c".into(), result: Err(missing) }];
+        let answers = item_answers(all_failed, |name, _| name);
+        assert_eq!(answers.map_err(|s| s.code()), Err(Code::NotFound));
     }
 }

@@ -23,8 +23,8 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::convert::{
-    check_count, config_op, describe_topic, election_error, fail_if_all_failed, item_error,
-    item_errors, new_topic, replication_factor, status_of, type_name, unexpected,
+    check_count, config_op, describe_topic, election_error, fail_if_all_failed, item_answers,
+    item_error, new_topic, replication_factor, status_of, type_name, unexpected,
 };
 use crate::source::{ClusterInfo, GroupError, GroupSource};
 
@@ -153,24 +153,16 @@ impl AdminService for AdminServiceImpl {
         let ControlResponse::CreateTopics(results) = answer else {
             return Err(unexpected(&answer));
         };
-        fail_if_all_failed(item_errors(&results))?;
-        let topics = results
-            .into_iter()
-            .map(|r| match r.result {
-                Ok(created) => pb::CreatedTopic {
-                    name: r.name,
-                    topic_id: created.topic_id.to_string(),
-                    partitions: created.num_partitions,
-                    replication_factor: i32::from(created.replication_factor),
-                    error: None,
-                },
-                Err(e) => pb::CreatedTopic {
-                    name: r.name,
-                    error: Some(item_error(&e)),
-                    ..Default::default()
-                },
-            })
-            .collect();
+        let topics = item_answers(results, |name, result| match result {
+            Ok(created) => pb::CreatedTopic {
+                name,
+                topic_id: created.topic_id.to_string(),
+                partitions: created.num_partitions,
+                replication_factor: i32::from(created.replication_factor),
+                error: None,
+            },
+            Err(error) => pb::CreatedTopic { name, error: Some(error), ..Default::default() },
+        })?;
         Ok(Response::new(pb::CreateTopicsResponse { topics }))
     }
 
@@ -189,18 +181,11 @@ impl AdminService for AdminServiceImpl {
         let ControlResponse::DeleteTopics(results) = answer else {
             return Err(unexpected(&answer));
         };
-        fail_if_all_failed(item_errors(&results))?;
-        let topics = results
-            .into_iter()
-            .map(|r| match r.result {
-                Ok(id) => pb::DeletedTopic { name: r.name, topic_id: id.to_string(), error: None },
-                Err(e) => pb::DeletedTopic {
-                    name: r.name,
-                    topic_id: String::new(),
-                    error: Some(item_error(&e)),
-                },
-            })
-            .collect();
+        let topics = item_answers(results, |name, result| pb::DeletedTopic {
+            name,
+            topic_id: result.as_ref().map(ToString::to_string).unwrap_or_default(),
+            error: result.err(),
+        })?;
         Ok(Response::new(pb::DeleteTopicsResponse { topics }))
     }
 
@@ -388,22 +373,14 @@ impl AdminService for AdminServiceImpl {
         let ControlResponse::CreatePartitions(results) = answer else {
             return Err(unexpected(&answer));
         };
-        fail_if_all_failed(item_errors(&results))?;
-        let topics = results
-            .into_iter()
-            .map(|r| match r.result {
-                Ok(()) => pb::CreatedPartitions {
-                    total_count: counts.get(&r.name).copied().unwrap_or_default(),
-                    topic: r.name,
-                    error: None,
-                },
-                Err(e) => pb::CreatedPartitions {
-                    total_count: image.topic(&r.name).map_or(0, |t| t.partitions.len() as i32),
-                    topic: r.name,
-                    error: Some(item_error(&e)),
-                },
-            })
-            .collect();
+        let topics = item_answers(results, |topic, result| pb::CreatedPartitions {
+            total_count: match result {
+                Ok(()) => counts.get(&topic).copied().unwrap_or_default(),
+                Err(_) => image.topic(&topic).map_or(0, |t| t.partitions.len() as i32),
+            },
+            error: result.err(),
+            topic,
+        })?;
         Ok(Response::new(pb::CreatePartitionsResponse { topics }))
     }
 
