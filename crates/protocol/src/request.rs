@@ -15,9 +15,31 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::versions::is_supported;
 
-/// A decoded request of one of the served APIs.
-#[derive(Debug)]
-pub enum Request {
+/// The served request APIs, each as its `ApiKey` name and its body type. One list makes both
+/// [`Request`] and the decoder's dispatch on the api key, so the two cannot disagree.
+macro_rules! requests {
+    ($($api:ident($body:ty),)*) => {
+        /// A decoded request of one of the served APIs.
+        #[derive(Debug)]
+        pub enum Request {
+            $($api($body),)*
+        }
+
+        /// The body of a request of `api_key`; `None` for a key not in the list.
+        fn decode_body(
+            api_key: ApiKey,
+            body: &mut Bytes,
+            version: i16,
+        ) -> Option<Result<Request, String>> {
+            match api_key {
+                $(ApiKey::$api => Some(decode(body, version).map(Request::$api)),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+requests! {
     ApiVersions(ApiVersionsRequest),
     Metadata(MetadataRequest),
     Produce(ProduceRequest),
@@ -86,38 +108,11 @@ pub fn decode_request(mut frame: Bytes) -> Result<RequestFrame, RequestError> {
         |reason: String| RequestError::Malformed { api_key, version, correlation_id, reason };
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
         .map_err(|e| malformed(e.to_string()))?;
-    let body = &mut frame;
-    let request = match api_key {
-        ApiKey::ApiVersions => decode(body, version).map(Request::ApiVersions),
-        ApiKey::Metadata => decode(body, version).map(Request::Metadata),
-        ApiKey::Produce => decode(body, version).map(Request::Produce),
-        ApiKey::Fetch => decode(body, version).map(Request::Fetch),
-        ApiKey::FindCoordinator => decode(body, version).map(Request::FindCoordinator),
-        ApiKey::ListOffsets => decode(body, version).map(Request::ListOffsets),
-        ApiKey::OffsetForLeaderEpoch => decode(body, version).map(Request::OffsetForLeaderEpoch),
-        ApiKey::CreateTopics => decode(body, version).map(Request::CreateTopics),
-        ApiKey::DeleteTopics => decode(body, version).map(Request::DeleteTopics),
-        ApiKey::CreatePartitions => decode(body, version).map(Request::CreatePartitions),
-        ApiKey::DescribeConfigs => decode(body, version).map(Request::DescribeConfigs),
-        ApiKey::AlterConfigs => decode(body, version).map(Request::AlterConfigs),
-        ApiKey::IncrementalAlterConfigs => {
-            decode(body, version).map(Request::IncrementalAlterConfigs)
-        }
-        ApiKey::DescribeCluster => decode(body, version).map(Request::DescribeCluster),
-        ApiKey::JoinGroup => decode(body, version).map(Request::JoinGroup),
-        ApiKey::SyncGroup => decode(body, version).map(Request::SyncGroup),
-        ApiKey::Heartbeat => decode(body, version).map(Request::Heartbeat),
-        ApiKey::LeaveGroup => decode(body, version).map(Request::LeaveGroup),
-        ApiKey::OffsetCommit => decode(body, version).map(Request::OffsetCommit),
-        ApiKey::OffsetFetch => decode(body, version).map(Request::OffsetFetch),
-        ApiKey::ListGroups => decode(body, version).map(Request::ListGroups),
-        ApiKey::DescribeGroups => decode(body, version).map(Request::DescribeGroups),
-        ApiKey::DeleteGroups => decode(body, version).map(Request::DeleteGroups),
-        ApiKey::OffsetDelete => decode(body, version).map(Request::OffsetDelete),
-        // is_supported() admitted only the keys above
-        _ => return Err(RequestError::UnsupportedVersion { api_key, version, correlation_id }),
-    }
-    .map_err(malformed)?;
+    let Some(request) = decode_body(api_key, &mut frame, version) else {
+        // is_supported() admitted only the keys of the list
+        return Err(RequestError::UnsupportedVersion { api_key, version, correlation_id });
+    };
+    let request = request.map_err(malformed)?;
     Ok(RequestFrame { api_key, api_version: version, header, request })
 }
 
