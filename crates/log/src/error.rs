@@ -77,6 +77,12 @@ pub enum LogError {
     SegmentGap { dir: PathBuf, from: i64, to: i64 },
     #[error("log {dir} is offline after a write failure that could not be rolled back")]
     LogOffline { dir: PathBuf },
+    #[error(
+        "aborted-transaction index {path} is damaged ({len} bytes): read_committed readers \
+         could see aborted records, so the log is not opened (restore the file, or move the \
+         partition directory away so that it re-replicates)"
+    )]
+    TxnIndexCorrupt { path: PathBuf, len: usize },
     #[error("batch {batch_index} of the append is a control batch, which only a leader writes")]
     ClientControlBatch { batch_index: usize },
     #[error(
@@ -126,6 +132,7 @@ impl LogError {
             | LogError::CheckpointParse { .. }
             | LogError::CorruptBelowRecoveryPoint { .. }
             | LogError::SegmentGap { .. }
+            | LogError::TxnIndexCorrupt { .. }
             | LogError::LogOffline { .. } => true,
         }
     }

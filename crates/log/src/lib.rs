@@ -17,6 +17,7 @@ mod log;
 pub mod producer;
 mod segment;
 mod snapshot;
+mod txn_index;
 
 pub use crate::compact::{
     compact_locked, CleanedGroup, CompactStats, Compaction, KEY_MAP_ENTRIES_MAX,
@@ -24,6 +25,7 @@ pub use crate::compact::{
 pub use crate::error::LogError;
 pub use crate::log::{Log, ReadStart, SyncHandle};
 pub use crate::segment::Located;
+pub use crate::txn_index::AbortedTxn;
 pub use strom_protocol::batch::TimestampType;
 
 /// Kafka's default `max.message.bytes` (1 MiB + record-batch overhead).

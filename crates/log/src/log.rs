@@ -16,7 +16,9 @@ use crate::epoch::LeaderEpochCache;
 use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use crate::producer::{AppendCheck, ProducerStates};
 use crate::segment::{Located, OpenMode, PreparedBatch, Segment, SegmentView, RELATIVE_OFFSET_MAX};
+use crate::txn_index::{self, AbortedTxn};
 use crate::{AppendInfo, LogConfig, LogError, SEGMENT_BYTES_MAX};
+use strom_protocol::control::{self, Marker};
 
 /// A partition's log. Not thread-safe by itself: the broker wraps it in a mutex and fsyncs
 /// outside that mutex through [`SyncHandle`].
@@ -50,6 +52,9 @@ pub struct Log {
     /// leader appends, updated by every append, snapshotted at each roll and rebuilt from
     /// the newest snapshot plus the batches after it on open and on truncation.
     producers: ProducerStates,
+    /// Every aborted transaction whose marker is in the log, by marker offset (see
+    /// `txn_index`).
+    aborted: Vec<AbortedTxn>,
 }
 
 /// The files a group commit must fdatasync, taken under the broker's lock and synced outside.
@@ -191,12 +196,15 @@ impl Log {
             cleaned_upto: 0,
             active_first_timestamp: None,
             producers: ProducerStates::default(),
+            aborted: Vec::new(),
         };
         let (start, end) = (log.log_start_offset(), log.log_end_offset());
         log.recovery_point = recovery_point.min(end).max(start);
         log.epochs.truncate_from_end(end)?;
         log.epochs.truncate_from_start(start)?;
         log.active_first_timestamp = log.active().max_timestamp.map(|(ts, _)| ts);
+        log.aborted = txn_index::load_all(dir)?;
+        log.aborted.retain(|t| t.last_offset >= start);
         log.rebuild_producer_state()?;
         if bytes_cut > 0 {
             sync_dir(dir)?;
@@ -233,15 +241,64 @@ impl Log {
             }
         };
         self.producers = states;
-        for segment in self.segments.iter().filter(|s| s.next_offset > from) {
-            let producers = &mut self.producers;
-            segment.visit_headers_from(from, |header| {
-                if header.base_offset >= from {
-                    producers.record(header);
+        // Entries the replay is about to find again, and any a truncation left in the files.
+        self.aborted.retain(|t| t.last_offset < from);
+        let Log { segments, producers, aborted, .. } = self;
+        for segment in segments.iter().filter(|s| s.next_offset > from) {
+            let mut failed = None;
+            segment.visit_headers_from(from, |position, header| {
+                if header.base_offset < from || failed.is_some() {
+                    return;
                 }
+                let marker = if header.is_control() {
+                    match segment.read_prefix(position, control::MARKER_PREFIX_LEN) {
+                        Ok(prefix) => control::parse_marker(&prefix),
+                        Err(e) => {
+                            failed = Some(e);
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                record_batch(producers, aborted, header, marker);
             })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// The first offset of the oldest open transaction, if any: a read_committed reader's
+    /// last stable offset is the smaller of this and the high watermark.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.producers.first_unstable_offset()
+    }
+
+    /// The aborted transactions a read of `[from, upto)` overlaps: marker at or after `from`,
+    /// first offset before `upto`, in marker order.
+    pub fn aborted_transactions(&self, from: i64, upto: i64) -> Vec<AbortedTxn> {
+        let start = self.aborted.partition_point(|t| t.last_offset < from);
+        self.aborted[start..].iter().filter(|t| t.first_offset < upto).copied().collect()
+    }
+
+    /// Writes a transaction marker for `producer_id` (a partition leader, told by the
+    /// transaction coordinator): COMMIT makes the producer's open transaction visible to
+    /// read_committed readers, ABORT adds it to the aborted index. Refused for a producer
+    /// epoch or coordinator epoch older than the log has seen.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_online()?;
+        self.producers.check_marker(producer_id, producer_epoch, marker.coordinator_epoch)?;
+        let bytes = Bytes::from(control::build_marker(producer_id, producer_epoch, marker, now_ms));
+        self.append_validated(&bytes, leader_epoch, now_ms, false)
     }
 
     pub fn config(&self) -> &LogConfig {
@@ -307,13 +364,30 @@ impl Log {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        self.append_validated(batches, leader_epoch, now_ms, true)
+    }
+
+    /// [`Log::append`] of a client's batches (`from_client`: checked against the producer
+    /// state, no control batches) or of the leader's own (markers).
+    fn append_validated(
+        &mut self,
+        batches: &Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+        from_client: bool,
+    ) -> Result<AppendInfo, LogError> {
         self.check_online()?;
         if let Some(latest) = self.epochs.latest_epoch().filter(|latest| leader_epoch < *latest) {
             return Err(LogError::LeaderEpochStale { epoch: leader_epoch, latest });
         }
-        let validated = self.validate_batches(batches, true)?;
+        let validated = self.validate_batches(batches, from_client)?;
         let headers: Vec<BatchHeader> = validated.iter().map(|(h, _)| *h).collect();
-        if let AppendCheck::Duplicate(original) = self.producers.check_client_append(&headers)? {
+        let check = if from_client {
+            self.producers.check_client_append(&headers)?
+        } else {
+            AppendCheck::Append
+        };
+        if let AppendCheck::Duplicate(original) = check {
             return Ok(AppendInfo {
                 base_offset: original.first_offset,
                 last_offset: original.last_offset,
@@ -382,9 +456,7 @@ impl Log {
 
         self.write_prepared(&prepared)?;
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
-        for batch in &prepared {
-            self.producers.record(&batch.header);
-        }
+        self.record_prepared(&prepared);
         Ok(AppendInfo {
             base_offset,
             last_offset,
@@ -488,9 +560,7 @@ impl Log {
         }
         self.write_prepared(&prepared)?;
         debug_assert_eq!(self.log_end_offset(), last_offset + 1);
-        for batch in &prepared {
-            self.producers.record(&batch.header);
-        }
+        self.record_prepared(&prepared);
         Ok(Some(AppendInfo {
             base_offset,
             last_offset,
@@ -498,6 +568,19 @@ impl Log {
             max_timestamp,
             duplicate: false,
         }))
+    }
+
+    /// Updates the producer state (and the aborted index) with batches just written.
+    fn record_prepared(&mut self, prepared: &[PreparedBatch]) {
+        for batch in prepared {
+            let marker = batch.header.is_control().then(|| {
+                let mut bytes = batch.head.to_vec();
+                let rest = control::MARKER_PREFIX_LEN.saturating_sub(bytes.len());
+                bytes.extend_from_slice(&batch.tail[..rest.min(batch.tail.len())]);
+                control::parse_marker(&bytes)
+            });
+            record_batch(&mut self.producers, &mut self.aborted, &batch.header, marker.flatten());
+        }
     }
 
     /// Rolls to a new segment at `base_offset` when `total_bytes` more, up to `last_offset`,
@@ -555,6 +638,11 @@ impl Log {
 
     fn roll(&mut self, base_offset: i64) -> Result<(), LogError> {
         self.active_mut().finalize()?;
+        // The closing segment's aborted transactions, durable before anything follows them
+        // (the replay on open covers only the active segment and what follows a snapshot).
+        let closing = self.active().base_offset;
+        let from = self.aborted.partition_point(|t| t.last_offset < closing);
+        txn_index::write(&self.dir, closing, &self.aborted[from..])?;
         // Every batch below the new segment is recorded: an open replays from here.
         crate::snapshot::write(&self.dir, base_offset, &self.producers);
         self.active_first_timestamp = None;
@@ -645,6 +733,10 @@ impl Log {
         self.generation += 1;
         // Before the data goes: a snapshot must never describe batches that were cut.
         crate::snapshot::delete_above(&self.dir, offset);
+        let cut_segment_base =
+            self.segments.iter().rev().find(|s| s.base_offset <= offset).map(|s| s.base_offset);
+        txn_index::delete_from(&self.dir, cut_segment_base.map_or(offset, |b| b + 1))?;
+        self.aborted.retain(|t| t.last_offset < offset);
         if offset < self.log_start_offset() {
             // Create first: `segments` must never be empty, even if a deletion fails midway.
             let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
@@ -764,6 +856,8 @@ impl Log {
         }
         if deletable > 0 {
             let start = self.log_start_offset();
+            self.aborted.retain(|t| t.last_offset >= start);
+            txn_index::delete_below(&self.dir, start, &self.aborted);
             self.recovery_point = self.recovery_point.max(start);
             self.epochs.truncate_from_start(start)?;
             tracing::info!(dir = %self.dir.display(), deletable, start, "retention deleted segments");
@@ -776,6 +870,30 @@ impl Log {
         let dir = self.dir.clone();
         drop(self);
         fs::remove_dir_all(&dir).map_err(|source| LogError::DirDelete { path: dir, source })
+    }
+}
+
+/// Records one batch the log holds in the producer state; an ABORT marker that ends a
+/// transaction adds it to `aborted`.
+fn record_batch(
+    producers: &mut ProducerStates,
+    aborted: &mut Vec<AbortedTxn>,
+    header: &BatchHeader,
+    marker: Option<Marker>,
+) {
+    if !header.is_control() {
+        producers.record(header);
+        return;
+    }
+    let Some(done) = marker.and_then(|m| producers.record_marker(header, m)) else { return };
+    if !done.commit {
+        let last_stable_offset = producers.first_unstable_offset().unwrap_or(done.last_offset + 1);
+        aborted.push(AbortedTxn {
+            producer_id: done.producer_id,
+            first_offset: done.first_offset,
+            last_offset: done.last_offset,
+            last_stable_offset,
+        });
     }
 }
 

@@ -11,9 +11,10 @@
 //! offset) written at each segment roll, so that an open or a truncation replays only the
 //! batch headers after the newest snapshot, not the whole log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use strom_protocol::batch::BatchHeader;
+use strom_protocol::control::Marker;
 
 /// Batches remembered per producer: the most a well-behaved client has in flight
 /// (`max.in.flight.requests.per.connection` ≤ 5 with idempotence), so any retry is found.
@@ -42,6 +43,33 @@ struct ProducerEntry {
     batches: VecDeque<ProducerBatch>,
     /// The newest batch's max timestamp: expiry counts from it.
     last_timestamp_ms: i64,
+    /// The first offset of the producer's open transaction (its first transactional batch
+    /// since its last marker).
+    txn_first_offset: Option<i64>,
+    /// The epoch of the transaction coordinator that wrote the producer's last marker; a
+    /// marker from an older coordinator is refused.
+    coordinator_epoch: i32,
+}
+
+/// A transaction a marker ended, as the log's aborted-transaction index keeps aborts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    /// The marker's offset.
+    pub last_offset: i64,
+    pub commit: bool,
+}
+
+/// One producer as DescribeProducers shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerView {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: Option<i32>,
+    pub last_timestamp_ms: i64,
+    pub coordinator_epoch: i32,
+    pub txn_first_offset: Option<i64>,
 }
 
 impl ProducerEntry {
@@ -62,6 +90,11 @@ impl ProducerEntry {
 pub enum ProducerError {
     #[error("producer {producer_id} epoch {epoch} is older than its current epoch {current}")]
     InvalidProducerEpoch { producer_id: i64, epoch: i16, current: i16 },
+    #[error(
+        "marker for producer {producer_id} from coordinator epoch {coordinator_epoch}, older \
+         than {current}"
+    )]
+    CoordinatorFenced { producer_id: i64, coordinator_epoch: i32, current: i32 },
     #[error(
         "producer {producer_id} epoch {epoch}: sequence {first_sequence} does not follow \
          {last_sequence:?}"
@@ -108,8 +141,9 @@ fn last_sequence_of(header: &BatchHeader) -> i32 {
 /// Layout version of a snapshot file; another version is ignored (the state is then rebuilt
 /// from the log).
 const SNAPSHOT_VERSION: u16 = 1;
-/// id (8) + epoch (2) + last timestamp (8) + batch count (1).
-const SNAPSHOT_ENTRY_LEN: usize = 19;
+/// id (8) + epoch (2) + last timestamp (8) + open transaction's first offset (8) +
+/// coordinator epoch (4) + batch count (1).
+const SNAPSHOT_ENTRY_LEN: usize = 31;
 /// Two sequences (4 + 4) and two offsets (8 + 8).
 const SNAPSHOT_BATCH_LEN: usize = 24;
 const _: () = assert!(BATCHES_PER_PRODUCER_MAX <= u8::MAX as usize);
@@ -117,6 +151,8 @@ const _: () = assert!(BATCHES_PER_PRODUCER_MAX <= u8::MAX as usize);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions by first offset: the smallest is the first unstable offset.
+    ongoing: BTreeMap<i64, i64>,
 }
 
 impl ProducerStates {
@@ -209,6 +245,79 @@ impl ProducerStates {
             last_offset: header.base_offset + i64::from(header.last_offset_delta.max(0)),
         });
         entry.last_timestamp_ms = entry.last_timestamp_ms.max(header.max_timestamp);
+        if header.is_transactional() && entry.txn_first_offset.is_none() {
+            entry.txn_first_offset = Some(header.base_offset);
+            self.ongoing.insert(header.base_offset, header.producer_id);
+        }
+    }
+
+    /// Checks a transaction marker before a leader writes it: the producer's epoch and the
+    /// coordinator's must not be older than the ones the state knows.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), ProducerError> {
+        let Some(entry) = self.producers.get(&producer_id) else { return Ok(()) };
+        if epoch < entry.epoch {
+            return Err(ProducerError::InvalidProducerEpoch {
+                producer_id,
+                epoch,
+                current: entry.epoch,
+            });
+        }
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err(ProducerError::CoordinatorFenced {
+                producer_id,
+                coordinator_epoch,
+                current: entry.coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a marker the log holds at `header.base_offset` (unchecked, as [`Self::record`]):
+    /// the producer's open transaction, if any, ends there.
+    pub fn record_marker(&mut self, header: &BatchHeader, marker: Marker) -> Option<CompletedTxn> {
+        let entry = self.producers.entry(header.producer_id).or_default();
+        if header.producer_epoch > entry.epoch {
+            entry.epoch = header.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.coordinator_epoch = entry.coordinator_epoch.max(marker.coordinator_epoch);
+        entry.last_timestamp_ms = entry.last_timestamp_ms.max(header.max_timestamp);
+        let first_offset = entry.txn_first_offset.take()?;
+        self.ongoing.remove(&first_offset);
+        Some(CompletedTxn {
+            producer_id: header.producer_id,
+            first_offset,
+            last_offset: header.base_offset,
+            commit: marker.commit,
+        })
+    }
+
+    /// The first offset of the oldest open transaction: read_committed readers stop there.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.keys().next().copied()
+    }
+
+    /// Every producer, ordered by id.
+    pub fn describe(&self) -> Vec<ProducerView> {
+        let mut out: Vec<ProducerView> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, e)| ProducerView {
+                producer_id,
+                epoch: e.epoch,
+                last_sequence: e.last_sequence(),
+                last_timestamp_ms: e.last_timestamp_ms,
+                coordinator_epoch: e.coordinator_epoch,
+                txn_first_offset: e.txn_first_offset,
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.producer_id);
+        out
     }
 
     /// The state as a snapshot file's bytes: a version, a CRC-32C of the rest, then every
@@ -224,6 +333,8 @@ impl ProducerStates {
             body.extend_from_slice(&id.to_be_bytes());
             body.extend_from_slice(&entry.epoch.to_be_bytes());
             body.extend_from_slice(&entry.last_timestamp_ms.to_be_bytes());
+            body.extend_from_slice(&entry.txn_first_offset.unwrap_or(-1).to_be_bytes());
+            body.extend_from_slice(&entry.coordinator_epoch.to_be_bytes());
             body.push(entry.batches.len() as u8);
             for b in &entry.batches {
                 body.extend_from_slice(&b.first_sequence.to_be_bytes());
@@ -256,10 +367,13 @@ impl ProducerStates {
             return None;
         }
         let mut producers = HashMap::with_capacity(count);
+        let mut ongoing = BTreeMap::new();
         for _ in 0..count {
             let id = r.i64()?;
             let epoch = r.u16()? as i16;
             let last_timestamp_ms = r.i64()?;
+            let txn_first_offset = Some(r.i64()?).filter(|o| *o >= 0);
+            let coordinator_epoch = r.u32()? as i32;
             let n = usize::from(r.take(1)?[0]);
             if n > BATCHES_PER_PRODUCER_MAX {
                 return None;
@@ -273,15 +387,31 @@ impl ProducerStates {
                     last_offset: r.i64()?,
                 });
             }
-            producers.insert(id, ProducerEntry { epoch, batches, last_timestamp_ms });
+            if let Some(first) = txn_first_offset {
+                ongoing.insert(first, id);
+            }
+            let entry = ProducerEntry {
+                epoch,
+                batches,
+                last_timestamp_ms,
+                txn_first_offset,
+                coordinator_epoch,
+            };
+            producers.insert(id, entry);
         }
-        (r.0.is_empty() && producers.len() == count).then_some(ProducerStates { producers })
+        (r.0.is_empty() && producers.len() == count)
+            .then_some(ProducerStates { producers, ongoing })
     }
 
-    /// Forgets producers whose newest batch is older than `expiration_ms` at `now_ms`.
+    /// Forgets producers whose newest batch is older than `expiration_ms` at `now_ms`, except
+    /// those in a transaction.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
-        self.producers.retain(|_, e| now_ms.saturating_sub(e.last_timestamp_ms) <= expiration_ms);
+        // A producer with an open transaction stays until its coordinator ends it.
+        self.producers.retain(|_, e| {
+            e.txn_first_offset.is_some()
+                || now_ms.saturating_sub(e.last_timestamp_ms) <= expiration_ms
+        });
         before - self.producers.len()
     }
 }
@@ -472,5 +602,49 @@ mod tests {
         huge[2..6].copy_from_slice(&strom_protocol::batch::crc_append(0, &body).to_be_bytes());
         huge.extend_from_slice(&body);
         assert_eq!(ProducerStates::decode_snapshot(&huge), None);
+    }
+
+    fn transactional(pid: i64, epoch: i16, seq: i32, records: i32, offset: i64) -> BatchHeader {
+        BatchHeader { attributes: 0x10, ..header(pid, epoch, seq, records, offset) }
+    }
+
+    fn marker_at(pid: i64, epoch: i16, offset: i64) -> BatchHeader {
+        BatchHeader { attributes: 0x30, base_sequence: -1, ..header(pid, epoch, 0, 1, offset) }
+    }
+
+    #[test]
+    fn open_transactions_hold_the_first_unstable_offset_until_their_marker() {
+        let mut s = ProducerStates::default();
+        s.record(&transactional(1, 0, 0, 2, 10));
+        s.record(&transactional(2, 0, 0, 1, 12));
+        s.record(&transactional(1, 0, 2, 1, 13));
+        assert_eq!(s.first_unstable_offset(), Some(10));
+        let commit = Marker { commit: true, coordinator_epoch: 3 };
+        let ended = s.record_marker(&marker_at(1, 0, 14), commit);
+        assert_eq!(
+            ended,
+            Some(CompletedTxn { producer_id: 1, first_offset: 10, last_offset: 14, commit: true })
+        );
+        assert_eq!(s.first_unstable_offset(), Some(12));
+        // A second marker for the same producer ends nothing; an older coordinator is fenced.
+        assert_eq!(s.record_marker(&marker_at(1, 0, 15), commit), None);
+        assert!(matches!(
+            s.check_marker(1, 0, 2),
+            Err(ProducerError::CoordinatorFenced { current: 3, .. })
+        ));
+        assert!(matches!(
+            s.check_marker(1, -1, 3),
+            Err(ProducerError::InvalidProducerEpoch { .. })
+        ));
+        assert_eq!(s.check_marker(1, 1, 3), Ok(()));
+        // The open transaction survives a snapshot and expiry.
+        let copy = ProducerStates::decode_snapshot(&s.encode_snapshot()).unwrap();
+        assert_eq!(copy, s);
+        assert_eq!(s.expire(i64::MAX, 0), 1, "producer 1 expires, producer 2 is in a transaction");
+        assert_eq!(s.first_unstable_offset(), Some(12));
+        let abort = Marker { commit: false, coordinator_epoch: 3 };
+        assert!(s.record_marker(&marker_at(2, 1, 20), abort).is_some_and(|t| !t.commit));
+        assert_eq!(s.first_unstable_offset(), None);
+        assert_eq!(s.producer(2), Some((1, None)), "a bumped marker epoch starts afresh");
     }
 }

@@ -627,17 +627,27 @@ impl Segment {
     pub(crate) fn visit_headers_from(
         &self,
         offset: i64,
-        mut visit: impl FnMut(&BatchHeader),
+        mut visit: impl FnMut(u64, &BatchHeader),
     ) -> Result<(), LogError> {
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
         let start = self.offset_index.lookup(relative).map_or(0, |e| u64::from(e.position));
-        walk::<()>(&self.log, &self.log_path, self.size, start, SCAN_CHUNK_BYTES, |_, header| {
+        walk::<()>(&self.log, &self.log_path, self.size, start, SCAN_CHUNK_BYTES, |at, header| {
             if header.last_offset() >= offset {
-                visit(header);
+                visit(at, header);
             }
             ControlFlow::Continue(())
         })?;
         Ok(())
+    }
+
+    /// Up to `len` bytes of the batch at `position` (fewer where the segment ends).
+    pub(crate) fn read_prefix(&self, position: u64, len: usize) -> Result<Vec<u8>, LogError> {
+        let len = (len as u64).min(self.size.saturating_sub(position)) as usize;
+        let mut buf = vec![0; len];
+        self.log
+            .read_exact_at(&mut buf, position)
+            .map_err(|source| LogError::SegmentRead { path: self.log_path.clone(), source })?;
+        Ok(buf)
     }
 
     /// What a read at `offset` needs from this segment, for use outside the log's lock.

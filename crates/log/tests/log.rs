@@ -740,3 +740,81 @@ fn silent_producers_expire() {
     assert_eq!(log.expire_producers(1_000 + 11, 10), 1);
     assert!(log.producer_states().is_empty());
 }
+
+/// A transactional batch of `n` records from `pid` (epoch 0), sequences from `seq`.
+fn transactional(pid: i64, seq: i32, n: usize) -> Bytes {
+    let mut bytes = batch::test_support::batch_with_records(n, 1_000, 0x10);
+    batch::test_support::set_producer(&mut bytes, pid, 0, seq);
+    Bytes::from(bytes)
+}
+
+fn marker(commit: bool) -> strom_protocol::control::Marker {
+    strom_protocol::control::Marker { commit, coordinator_epoch: 1 }
+}
+
+#[test]
+fn transactions_hold_the_stable_offset_and_aborts_are_indexed_across_reopen_and_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_segments(600), 0).unwrap();
+    // Producer 1 commits [0, 3), producer 2 aborts [3, 5) around it, producer 1 stays open.
+    log.append(&transactional(1, 0, 3), 0, 0).unwrap();
+    log.append(&transactional(2, 0, 2), 0, 0).unwrap();
+    assert_eq!(log.first_unstable_offset(), Some(0));
+    let commit = log.append_marker(1, 0, marker(true), 0, 0).unwrap();
+    assert_eq!(commit.base_offset, 5);
+    assert_eq!(log.first_unstable_offset(), Some(3));
+    let abort = log.append_marker(2, 0, marker(false), 0, 0).unwrap();
+    assert_eq!(abort.base_offset, 6);
+    assert_eq!(log.first_unstable_offset(), None);
+    let aborted = log.aborted_transactions(0, 100);
+    assert_eq!(aborted.len(), 1);
+    assert_eq!(
+        (aborted[0].producer_id, aborted[0].first_offset, aborted[0].last_offset),
+        (2, 3, 6)
+    );
+    assert!(log.aborted_transactions(7, 100).is_empty(), "the marker is before the read");
+    assert!(log.aborted_transactions(0, 3).is_empty(), "the read ends before the txn");
+    // An old coordinator or producer epoch cannot end a transaction.
+    let stale = strom_protocol::control::Marker { commit: true, coordinator_epoch: 0 };
+    assert!(matches!(log.append_marker(2, 0, stale, 0, 0), Err(LogError::Producer(_))));
+    // Many more aborted transactions, across segment rolls, then an open one.
+    for i in 0..12 {
+        log.append(&transactional(3, i * 2, 2), 0, 0).unwrap();
+        log.append_marker(3, 0, marker(i % 2 == 0), 0, 0).unwrap();
+    }
+    let open_at = log.append(&transactional(4, 0, 1), 0, 0).unwrap().base_offset;
+    assert!(log.segment_count() > 2, "segments: {}", log.segment_count());
+    assert!(!files_with_extension(dir.path(), "txnindex").is_empty());
+    let all_aborted = log.aborted_transactions(0, i64::MAX);
+    assert_eq!(all_aborted.len(), 7);
+    let end = log.log_end_offset();
+    drop(log);
+
+    let mut log = Log::open(dir.path(), small_segments(600), end).unwrap();
+    assert_eq!(log.aborted_transactions(0, i64::MAX), all_aborted, "same index after reopen");
+    assert_eq!(log.first_unstable_offset(), Some(open_at));
+    // A truncation that removes the last abort marker: its transaction is open again.
+    let last = *all_aborted.last().unwrap();
+    log.truncate_to(last.last_offset).unwrap();
+    assert_eq!(log.aborted_transactions(0, i64::MAX), all_aborted[..6].to_vec());
+    assert_eq!(log.first_unstable_offset(), Some(last.first_offset));
+    let end = log.log_end_offset();
+    drop(log);
+    let log = Log::open(dir.path(), small_segments(600), end).unwrap();
+    assert_eq!(log.aborted_transactions(0, i64::MAX), all_aborted[..6].to_vec());
+    assert_eq!(log.first_unstable_offset(), Some(last.first_offset));
+}
+
+#[test]
+fn a_follower_copy_carries_markers_and_the_aborted_index() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = Log::open(leader_dir.path(), config(), 0).unwrap();
+    let mut follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    leader.append(&transactional(5, 0, 2), 0, 0).unwrap();
+    leader.append_marker(5, 0, marker(false), 0, 0).unwrap();
+    leader.append(&transactional(5, 2, 1), 0, 0).unwrap();
+    follower.append_as_follower(&leader.read(0, 1 << 20, i64::MAX).unwrap()).unwrap();
+    assert_eq!(follower.aborted_transactions(0, 10), leader.aborted_transactions(0, 10));
+    assert_eq!(follower.first_unstable_offset(), Some(3));
+    assert_eq!(follower.producer_states(), leader.producer_states());
+}

@@ -40,8 +40,8 @@ const _: () = assert!(BATCH_LENGTH_MIN == 49);
 
 const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
-const TRANSACTIONAL_BIT: i16 = 0x10;
-const CONTROL_BIT: i16 = 0x20;
+pub(crate) const TRANSACTIONAL_BIT: i16 = 0x10;
+pub(crate) const CONTROL_BIT: i16 = 0x20;
 
 /// Why a byte range is not a usable v2 record batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -358,6 +358,20 @@ pub fn set_log_append_time(buf: &mut [u8], timestamp_ms: i64) -> Result<(), Batc
     recompute_crc(buf)
 }
 
+/// Appends `value` as a zigzag varint, as records encode their fields.
+pub fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    loop {
+        let byte = (raw & 0x7f) as u8;
+        raw >>= 7;
+        if raw == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// Zigzag varint reader over a record; Kafka encodes record fields as signed varints. Every
 /// read is bounds-checked and returns `None` past the end of `buf`.
 pub struct VarintReader<'a> {
@@ -482,19 +496,7 @@ pub fn record_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>, BatchError> {
 pub mod test_support {
     use super::*;
 
-    /// Appends `value` as a zigzag varint, as records encode their fields.
-    pub fn put_varint(out: &mut Vec<u8>, value: i64) {
-        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-        loop {
-            let byte = (raw & 0x7f) as u8;
-            raw >>= 7;
-            if raw == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    pub use super::put_varint;
 
     /// Builds a v2 batch of `timestamps.len()` records (value `b"v<i>"`, no key, no headers)
     /// with the given per-record timestamps, `attributes` as given and a correct CRC.
