@@ -8,6 +8,7 @@ use strom_metadata::ControlError;
 
 use crate::group::{GroupError, RouteError};
 use crate::partition::AckError;
+use crate::producer_ids::ProducerIdError;
 
 /// Operational errors of the broker process itself (not of one request).
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,7 @@ pub enum BrokerError {
 /// `i16::from` only when they fill in the response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KafkaError {
+    UnknownServerError,
     OffsetOutOfRange,
     CorruptMessage,
     UnknownTopicOrPartition,
@@ -83,6 +85,7 @@ impl KafkaError {
     /// Kafka's code: the only mapping from an error to a number in the broker.
     fn code(self) -> i16 {
         let k = match self {
+            KafkaError::UnknownServerError => K::UnknownServerError,
             KafkaError::OffsetOutOfRange => K::OffsetOutOfRange,
             KafkaError::CorruptMessage => K::CorruptMessage,
             KafkaError::UnknownTopicOrPartition => K::UnknownTopicOrPartition,
@@ -171,6 +174,20 @@ impl From<&ControlError> for KafkaError {
             ControlError::ControllerUnavailable(_) | ControlError::OutcomeUnknown(_) => {
                 KafkaError::RequestTimedOut
             }
+            ControlError::ProducerIdsExhausted => KafkaError::UnknownServerError,
+        }
+    }
+}
+
+/// No producer id to hand out yet: Kafka's RPCProducerIdManager answers
+/// COORDINATOR_LOAD_IN_PROGRESS, which every client retries (older clients take
+/// REQUEST_TIMED_OUT, the natural code for a wait that ran out, as fatal).
+impl From<ProducerIdError> for KafkaError {
+    fn from(e: ProducerIdError) -> KafkaError {
+        match e {
+            ProducerIdError::BlockPending | ProducerIdError::BlockUnavailable => {
+                KafkaError::CoordinatorLoadInProgress
+            }
         }
     }
 }
@@ -258,6 +275,7 @@ mod tests {
     /// so that the mapping is checked against the table, not only against the names.
     fn kafka_table(e: KafkaError) -> i16 {
         match e {
+            KafkaError::UnknownServerError => -1,
             KafkaError::OffsetOutOfRange => 1,
             KafkaError::CorruptMessage => 2,
             KafkaError::UnknownTopicOrPartition => 3,
@@ -308,7 +326,8 @@ mod tests {
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 46] = [
+    const ALL: [KafkaError; 47] = [
+        KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
         KafkaError::UnknownTopicOrPartition,
@@ -384,6 +403,11 @@ mod tests {
         assert_eq!(control(ControlError::InvalidRequest("t".into())), 42);
         assert_eq!(control(ControlError::InvalidConfig("t".into())), 40);
         assert_eq!(control(ControlError::PolicyViolation("t".into())), 44);
+        assert_eq!(control(ControlError::StaleBrokerEpoch(1)), 77);
+        assert_eq!(control(ControlError::ProducerIdsExhausted), -1, "UNKNOWN_SERVER_ERROR");
+        for e in [ProducerIdError::BlockPending, ProducerIdError::BlockUnavailable] {
+            assert_eq!(code_of(Some(e)), 14, "{e:?}: COORDINATOR_LOAD_IN_PROGRESS");
+        }
         let log = |e: LogError| i16::from(KafkaError::from(e));
         assert_eq!(log(LogError::AppendEmpty), 2);
         assert_eq!(log(LogError::BatchTooLarge { batch_index: 0, size: 2, max: 1 }), 10);

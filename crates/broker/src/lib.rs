@@ -17,6 +17,7 @@ mod isr;
 mod log_dir;
 mod partition;
 mod peer;
+mod producer_ids;
 mod replica;
 mod server;
 mod wire;
@@ -59,6 +60,8 @@ pub(crate) struct BrokerCtx {
     pub fetch_memory: fetch_memory::FetchMemory,
     /// Where group sessions, ISR lag and retention read the time (`clock::SystemClock`).
     pub clock: Arc<dyn Clock>,
+    /// The blocks of producer ids this broker hands out (InitProducerId).
+    pub producer_ids: Arc<producer_ids::ProducerIdManager>,
 }
 
 impl BrokerCtx {
@@ -99,6 +102,11 @@ impl Broker {
     ) -> Result<Broker, BrokerError> {
         let clock: Arc<dyn Clock> = Arc::new(clock::SystemClock);
         let replicas = replica::ReplicaManager::open(&config, clock.clone())?;
+        let producer_ids = Arc::new(producer_ids::ProducerIdManager::new(
+            config.node_id,
+            Arc::new(producer_ids::ControllerBlocks(controller.clone())),
+            clock.clone(),
+        ));
         let ctx = Arc::new(BrokerCtx {
             image: listener.cell(),
             replicas,
@@ -109,6 +117,7 @@ impl Broker {
             fetchers: fetcher::FetcherManager::default(),
             fetch_memory: fetch_memory::FetchMemory::new(),
             clock,
+            producer_ids,
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -5,11 +5,11 @@
 
 use prost::Message;
 use strom_metadata::control::{
-    AlterConfigOp, AlterConfigsRequest, AlterPartitionReply, AlterPartitionRequest,
-    BrokerHeartbeatRequest, ConfigAlteration, ControlRequest, ControlResponse,
-    CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest,
-    ElectionError, HeartbeatReply, ItemResult, NewPartitions, PartitionElection,
-    RegisterBrokerRequest, ResourceResult,
+    AllocateProducerIdsRequest, AlterConfigOp, AlterConfigsRequest, AlterPartitionReply,
+    AlterPartitionRequest, BrokerHeartbeatRequest, ConfigAlteration, ControlRequest,
+    ControlResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
+    DeleteTopicsRequest, ElectionError, HeartbeatReply, ItemResult, NewPartitions,
+    PartitionElection, ProducerIdBlock, RegisterBrokerRequest, ResourceResult,
 };
 use strom_metadata::records::{
     ConfigResourceType, Endpoint, MetadataBatch, MetadataRecord, MetadataSnapshot,
@@ -85,6 +85,9 @@ pub fn error_to_pb(e: &ControlError) -> pb::ControlError {
             (C::ControllerUnavailable, m.clone(), 0, Vec::new())
         }
         ControlError::OutcomeUnknown(m) => (C::OutcomeUnknown, m.clone(), 0, Vec::new()),
+        ControlError::ProducerIdsExhausted => {
+            (C::ProducerIdsExhausted, String::new(), 0, Vec::new())
+        }
     };
     pb::ControlError { code: code as i32, message, broker_id, topic_id }
 }
@@ -118,6 +121,7 @@ pub fn error_from_pb(e: &pb::ControlError) -> Result<ControlError, WireError> {
         C::NotController => ControlError::NotController,
         C::ControllerUnavailable => ControlError::ControllerUnavailable(m),
         C::OutcomeUnknown => ControlError::OutcomeUnknown(m),
+        C::ProducerIdsExhausted => ControlError::ProducerIdsExhausted,
     })
 }
 
@@ -294,6 +298,12 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
             partition_epoch: r.partition_epoch,
             new_isr: r.new_isr.iter().map(|n| n.0).collect(),
         }),
+        ControlRequest::AllocateProducerIds(r) => {
+            R::AllocateProducerIds(pb::AllocateProducerIdsRequest {
+                broker_id: r.broker_id.0,
+                broker_epoch: r.broker_epoch.0,
+            })
+        }
     };
     pb::ControlRequest { request: Some(request) }
 }
@@ -401,6 +411,12 @@ pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireErro
             partition_epoch: r.partition_epoch,
             new_isr: r.new_isr.into_iter().map(NodeId).collect(),
         }),
+        R::AllocateProducerIds(r) => {
+            ControlRequest::AllocateProducerIds(AllocateProducerIdsRequest {
+                broker_id: NodeId(r.broker_id),
+                broker_epoch: BrokerEpoch(r.broker_epoch),
+            })
+        }
     })
 }
 
@@ -479,6 +495,12 @@ pub fn response_to_pb(r: &Result<ControlResponse, ControlError>) -> pb::ControlR
             partition_epoch: reply.partition_epoch,
             isr: reply.isr.iter().map(|n| n.0).collect(),
         }),
+        Ok(ControlResponse::AllocateProducerIds(block)) => {
+            R::AllocateProducerIds(pb::ProducerIdBlock {
+                first_producer_id: block.first_producer_id,
+                len: block.len,
+            })
+        }
         Ok(ControlResponse::ElectLeaders(items)) => R::ElectLeaders(pb::ElectLeadersResponse {
             results: items
                 .iter()
@@ -576,6 +598,10 @@ pub fn response_from_pb(
         R::AlterPartition(r) => ControlResponse::AlterPartition(AlterPartitionReply {
             partition_epoch: r.partition_epoch,
             isr: r.isr.into_iter().map(NodeId).collect(),
+        }),
+        R::AllocateProducerIds(b) => ControlResponse::AllocateProducerIds(ProducerIdBlock {
+            first_producer_id: b.first_producer_id,
+            len: b.len,
         }),
         R::ElectLeaders(r) => ControlResponse::ElectLeaders(
             r.results
@@ -870,6 +896,10 @@ mod tests {
             topics: Some(vec![("t".into(), vec![0, 2])]),
             preferred: false,
         });
+        round_trip_request(ControlRequest::AllocateProducerIds(AllocateProducerIdsRequest {
+            broker_id: NodeId(2),
+            broker_epoch: BrokerEpoch(31),
+        }));
     }
 
     #[test]
@@ -906,6 +936,10 @@ mod tests {
             result: Ok(()),
         }])));
         round_trip_response(Ok(ControlResponse::RegisterBroker(BrokerEpoch(17))));
+        round_trip_response(Ok(ControlResponse::AllocateProducerIds(ProducerIdBlock {
+            first_producer_id: 7_000,
+            len: 1_000,
+        })));
         round_trip_response(Ok(ControlResponse::BrokerHeartbeat(HeartbeatReply {
             is_caught_up: true,
             is_fenced: false,
@@ -931,6 +965,7 @@ mod tests {
             ControlError::NotController,
             ControlError::ControllerUnavailable("x".into()),
             ControlError::OutcomeUnknown("x".into()),
+            ControlError::ProducerIdsExhausted,
         ] {
             round_trip_response(Err(e));
         }

@@ -47,6 +47,10 @@ pub enum ControlError {
     /// blindly could apply it twice; look at the metadata first.
     #[error("the outcome is unknown, the request may have been applied: {0}")]
     OutcomeUnknown(String),
+    /// Every producer id below `i64::MAX` has been handed out (Kafka answers
+    /// UNKNOWN_SERVER_ERROR): ids are never reused, so none can be given.
+    #[error("producer ids are exhausted: the next block would end past 2^63-1")]
+    ProducerIdsExhausted,
 }
 
 /// A committed record that does not apply to the image: the log and the image disagree, which

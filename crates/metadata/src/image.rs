@@ -493,4 +493,23 @@ mod tests {
         merged.merge(MetadataDelta::whole());
         assert!(merged.whole && merged.topics.is_empty());
     }
+
+    #[test]
+    fn next_producer_id_survives_a_snapshot_and_never_goes_back() {
+        let ids = |next| {
+            wrap(Record::ProducerIds(crate::records::ProducerIdsRecord {
+                broker_id: 1,
+                broker_epoch: 5,
+                next_producer_id: next,
+            }))
+        };
+        let mut image = MetadataImage::default();
+        image.apply_batch(MetadataOffset(1), &[ids(1000), ids(2000)]).unwrap();
+        assert_eq!(image.next_producer_id, 2000);
+        image.apply_batch(MetadataOffset(2), &[ids(1000)]).unwrap();
+        assert_eq!(image.next_producer_id, 2000, "an older record does not hand ids out again");
+        let restored = MetadataImage::from_records(MetadataOffset(2), &image.to_records()).unwrap();
+        assert_eq!(restored.next_producer_id, 2000);
+        assert_eq!(restored, image);
+    }
 }

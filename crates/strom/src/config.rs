@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub socket_request_max_bytes: usize,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max_ms: u64,
+    /// `producer.id.expiration.ms`: an idempotent producer's state is forgotten after this
+    /// long without a write.
+    pub producer_id_expiration_ms: u64,
     /// `connections.max.idle.ms`: a Kafka connection with nothing in flight that sends
     /// nothing for this long is closed.
     pub connections_max_idle_ms: u64,
@@ -187,6 +190,7 @@ impl Default for NodeConfig {
             fetch_max_bytes: strom_broker::FETCH_MAX_BYTES_DEFAULT,
             socket_request_max_bytes: 104_857_600,
             replica_lag_time_max_ms: 30_000,
+            producer_id_expiration_ms: BROKER_DEFAULTS.producer_id_expiration_ms,
             connections_max_idle_ms: strom_broker::ConnectionLimits::IDLE_MS_DEFAULT,
             max_connections: strom_broker::ConnectionLimits::MAX_CONNECTIONS_DEFAULT,
             max_connections_per_ip: i32::MAX as usize,
@@ -419,6 +423,7 @@ impl NodeConfig {
             )
             .unwrap_or(BROKER_DEFAULTS.log_message_timestamp_type),
             log_index_interval_bytes: self.log.index_interval_bytes,
+            producer_id_expiration_ms: self.producer_id_expiration_ms,
         }
     }
 
@@ -523,6 +528,13 @@ impl NodeConfig {
         }
         if !matches!(voters.len(), 0 | 1 | 3 | 5) {
             bail!("controller.quorum_voters lists {} voters: use 1, 3 or 5", voters.len());
+        }
+        if !(1..=i32::MAX as u64).contains(&self.producer_id_expiration_ms) {
+            bail!(
+                "producer_id_expiration_ms = {}: must be between 1 and {} (Kafka's default is 86400000, a day)",
+                self.producer_id_expiration_ms,
+                i32::MAX
+            );
         }
         if self.num_partitions < 1 {
             bail!("num_partitions = {}: must be at least 1", self.num_partitions);

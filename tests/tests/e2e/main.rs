@@ -17,6 +17,7 @@ mod module_cycles;
 mod module_docs;
 mod power_loss;
 mod produce_acks;
+mod producer_ids;
 mod quorum;
 mod raw_socket;
 mod replica_fetchers;

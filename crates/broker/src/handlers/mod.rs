@@ -10,6 +10,7 @@ pub(crate) mod groups;
 mod list_offsets;
 pub(crate) mod metadata;
 mod produce;
+mod producer_id;
 
 use std::sync::Arc;
 
@@ -159,6 +160,13 @@ pub(crate) async fn handle(
             let ctx = ctx.clone();
             Reply::Later(Box::pin(async move {
                 meta.encode(&coordinator::handle(&ctx, meta.version, req).await)
+            }))
+        }
+        R::InitProducerId(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                let resp = producer_id::handle(&ctx, req).await;
+                meta.encode(&resp)
             }))
         }
         R::JoinGroup(req) => {

@@ -66,6 +66,9 @@ pub struct BrokerDefaults {
     pub log_message_timestamp_type: MessageTimestampType,
     /// `log.index.interval.bytes` (topic synonym: `index.interval.bytes`).
     pub log_index_interval_bytes: u32,
+    /// `producer.id.expiration.ms`: a partition leader forgets an idempotent producer's
+    /// sequence state once it has written nothing for this long.
+    pub producer_id_expiration_ms: u64,
 }
 
 /// The one definition of every default above; `config/single.toml` spells it out (a test in
@@ -89,6 +92,7 @@ pub const BROKER_DEFAULTS: BrokerDefaults = BrokerDefaults {
     log_flush_interval_messages: 1,
     log_message_timestamp_type: MessageTimestampType::CreateTime,
     log_index_interval_bytes: 4096,
+    producer_id_expiration_ms: 86_400_000,
 };
 
 const D: BrokerDefaults = BROKER_DEFAULTS;
@@ -104,6 +108,9 @@ const _: () = assert!(D.controller_snapshot_after_entries > 0);
 const _: () = assert!(D.num_partitions >= 1 && D.default_replication_factor >= 1);
 const _: () = assert!(D.min_insync_replicas >= 1 && D.log_flush_interval_messages >= 1);
 const _: () = assert!(D.log_segment_bytes <= i32::MAX as u64);
+// Kafka's type for it is a positive int.
+const _: () = assert!(D.producer_id_expiration_ms >= 1);
+const _: () = assert!(D.producer_id_expiration_ms <= i32::MAX as u64);
 
 /// The raft election timeout's upper bound for a lower bound of `election_timeout_ms`: a narrow
 /// range, because openraft's leader lease is the maximum and it delays the vote that replaces

@@ -6,6 +6,7 @@ mod brokers;
 mod configs;
 mod isr;
 pub mod liveness;
+mod producer_ids;
 mod topics;
 
 #[cfg(test)]
@@ -19,6 +20,7 @@ pub use brokers::{
 pub use configs::{AlterConfigOp, AlterConfigsRequest, ConfigAlteration, ResourceResult};
 pub use isr::{AlterPartitionReply, AlterPartitionRequest};
 pub use liveness::BrokerLiveness;
+pub use producer_ids::{AllocateProducerIdsRequest, ProducerIdBlock, PRODUCER_ID_BLOCK_SIZE};
 pub use topics::{
     placement, rack_aware_placement, validate_topic_name, CreatePartitionsRequest, CreateTopic,
     CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest, NewPartitions,
@@ -111,6 +113,8 @@ pub enum ControlRequest {
     },
     /// A partition leader's ISR change (Kafka's AlterPartition).
     AlterPartition(AlterPartitionRequest),
+    /// A broker's next block of producer ids (Kafka's AllocateProducerIds).
+    AllocateProducerIds(AllocateProducerIdsRequest),
 }
 
 /// The outcome of one item (a topic, a resource) of a request.
@@ -130,6 +134,7 @@ pub enum ControlResponse {
     BrokerHeartbeat(HeartbeatReply),
     ElectLeaders(Vec<PartitionElection>),
     AlterPartition(AlterPartitionReply),
+    AllocateProducerIds(ProducerIdBlock),
 }
 
 /// Records to commit, and the answer to send after they commit.
@@ -157,6 +162,7 @@ pub fn decide(
             Ok(brokers::elect_leaders(image, topics.as_deref(), *preferred))
         }
         ControlRequest::AlterPartition(r) => isr::alter_partition(image, r),
+        ControlRequest::AllocateProducerIds(r) => producer_ids::allocate(image, r),
     }?;
     if is_user_op(request) {
         check_user_op_size(request, &decision.records)?;
@@ -187,6 +193,7 @@ fn op_name(request: &ControlRequest) -> &'static str {
         ControlRequest::BrokerHeartbeat(_) => "BrokerHeartbeat",
         ControlRequest::ElectLeaders { .. } => "ElectLeaders",
         ControlRequest::AlterPartition(_) => "AlterPartition",
+        ControlRequest::AllocateProducerIds(_) => "AllocateProducerIds",
     }
 }
 

@@ -915,3 +915,88 @@ fn fencing_a_broker_that_leads_more_than_the_cap_is_not_refused() {
     assert!(d.records.len() > RECORDS_PER_USER_OP_MAX, "{} records", d.records.len());
     assert!(split_into_entries(d.records).len() >= 2);
 }
+
+fn allocate_ids(broker: i32, epoch: BrokerEpoch) -> ControlRequest {
+    ControlRequest::AllocateProducerIds(AllocateProducerIdsRequest {
+        broker_id: NodeId(broker),
+        broker_epoch: epoch,
+    })
+}
+
+#[test]
+fn producer_id_blocks_follow_one_another_and_only_registered_brokers_get_them() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    sim.live_broker(2);
+    let (one, two) = (sim.epoch(1), sim.epoch(2));
+    check(
+        &mut sim,
+        allocate_ids(1, one),
+        expect![[r#"
+            ProducerIds(ProducerIdsRecord { broker_id: 1, broker_epoch: 1, next_producer_id: 1000 })
+            => AllocateProducerIds(ProducerIdBlock { first_producer_id: 0, len: 1000 })
+        "#]],
+    );
+    check(
+        &mut sim,
+        allocate_ids(2, two),
+        expect![[r#"
+            ProducerIds(ProducerIdsRecord { broker_id: 2, broker_epoch: 3, next_producer_id: 2000 })
+            => AllocateProducerIds(ProducerIdBlock { first_producer_id: 1000, len: 1000 })
+        "#]],
+    );
+    // A stale epoch (an earlier incarnation) and an unknown broker: Kafka's STALE_BROKER_EPOCH.
+    check(
+        &mut sim,
+        allocate_ids(1, BrokerEpoch(one.0 - 1)),
+        expect![[r#"
+            error: broker 1 is not registered or its epoch is stale
+        "#]],
+    );
+    check(
+        &mut sim,
+        allocate_ids(9, one),
+        expect![[r#"
+            error: broker 9 is not registered or its epoch is stale
+        "#]],
+    );
+    // A fenced broker keeps its registration and may take ids, as in Kafka.
+    sim.fence(2);
+    check(
+        &mut sim,
+        allocate_ids(2, two),
+        expect![[r#"
+            ProducerIds(ProducerIdsRecord { broker_id: 2, broker_epoch: 3, next_producer_id: 3000 })
+            => AllocateProducerIds(ProducerIdBlock { first_producer_id: 2000, len: 1000 })
+        "#]],
+    );
+}
+
+#[test]
+fn producer_ids_near_the_end_of_the_range_are_refused_not_wrapped() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    let epoch = sim.epoch(1);
+    sim.image.next_producer_id = i64::MAX - i64::from(PRODUCER_ID_BLOCK_SIZE);
+    check(
+        &mut sim,
+        allocate_ids(1, epoch),
+        expect![[r#"
+            ProducerIds(ProducerIdsRecord { broker_id: 1, broker_epoch: 1, next_producer_id: 9223372036854775807 })
+            => AllocateProducerIds(ProducerIdBlock { first_producer_id: 9223372036854774807, len: 1000 })
+        "#]],
+    );
+    check(
+        &mut sim,
+        allocate_ids(1, epoch),
+        expect![[r#"
+            error: producer ids are exhausted: the next block would end past 2^63-1
+        "#]],
+    );
+    sim.image.next_producer_id = i64::MAX - i64::from(PRODUCER_ID_BLOCK_SIZE) + 1;
+    assert_eq!(
+        sim.run(allocate_ids(1, epoch)).unwrap_err(),
+        crate::ControlError::ProducerIdsExhausted,
+        "a block that would end one past the largest id"
+    );
+}

@@ -18,9 +18,10 @@ use kafka_protocol::messages::{
     CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
     FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, RequestHeader, SyncGroupRequest, TopicName,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, ProducerId, RequestHeader,
+    SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use strom_testkit::TestRng;
@@ -104,6 +105,7 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::CreatePartitions => first_encodable(v, create_partitions()),
         ApiKey::IncrementalAlterConfigs => first_encodable(v, incremental_alter_configs()),
         ApiKey::DescribeCluster => first_encodable(v, describe_cluster()),
+        ApiKey::InitProducerId => first_encodable(v, init_producer_id()),
         _ => None,
     }
 }
@@ -490,6 +492,21 @@ fn describe_cluster() -> Vec<DescribeClusterRequest> {
         .with_unknown_tagged_field(UNKNOWN_TAG, tag());
     let base = DescribeClusterRequest::default().with_include_cluster_authorized_operations(true);
     vec![rich, base, DescribeClusterRequest::default()]
+}
+
+/// An idempotent producer's request (no transactional id): what a running node answers with
+/// a fresh producer id.
+fn init_producer_id() -> Vec<InitProducerIdRequest> {
+    let base = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000);
+    // v3+ (KIP-360): the producer's current id and epoch.
+    let rich = base
+        .clone()
+        .with_producer_id(ProducerId(1_000))
+        .with_producer_epoch(3)
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, base.clone().with_unknown_tagged_field(UNKNOWN_TAG, tag()), base]
 }
 
 // ---------------------------------------------------------------------------------------------
