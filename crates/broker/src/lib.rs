@@ -20,6 +20,7 @@ mod peer;
 mod producer_ids;
 mod replica;
 mod server;
+mod txn;
 mod wire;
 
 use std::sync::Arc;

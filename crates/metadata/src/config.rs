@@ -11,7 +11,8 @@ mod defaults;
 mod effective;
 
 pub use defaults::{
-    election_timeout_max_ms, BrokerDefaults, MessageTimestampType, BROKER_DEFAULTS,
+    election_timeout_max_ms, BrokerDefaults, MessageTimestampType, TransactionDefaults,
+    BROKER_DEFAULTS, TRANSACTION_DEFAULTS,
 };
 pub use effective::{effective_topic_config, ConfigSource, EffectiveValue, TopicConfig};
 

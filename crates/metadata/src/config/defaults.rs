@@ -148,3 +148,50 @@ impl BrokerDefaults {
         })
     }
 }
+
+/// The transaction coordinator's settings (`transaction.*`, `transactional.id.*`), with
+/// Kafka's defaults. Kept apart from [`BrokerDefaults`]: like the group coordinator's, they are
+/// read by the broker alone, not by topics or the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransactionDefaults {
+    /// `transaction.state.log.num.partitions`.
+    pub transaction_state_log_num_partitions: i32,
+    /// `transaction.state.log.replication.factor`.
+    pub transaction_state_log_replication_factor: i16,
+    /// `transaction.state.log.segment.bytes`.
+    pub transaction_state_log_segment_bytes: u64,
+    /// `transaction.state.log.min.isr`.
+    pub transaction_state_log_min_isr: i32,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask.
+    pub transaction_max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`: an idle transactional id is forgotten after this.
+    pub transactional_id_expiration_ms: i64,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    pub transaction_remove_expired_transaction_cleanup_interval_ms: u64,
+}
+
+pub const TRANSACTION_DEFAULTS: TransactionDefaults = TransactionDefaults {
+    transaction_state_log_num_partitions: 50,
+    transaction_state_log_replication_factor: 3,
+    transaction_state_log_segment_bytes: 104_857_600,
+    transaction_state_log_min_isr: 2,
+    transaction_max_timeout_ms: 900_000,
+    transactional_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: 10_000,
+    transaction_remove_expired_transaction_cleanup_interval_ms: 3_600_000,
+};
+
+const T: TransactionDefaults = TRANSACTION_DEFAULTS;
+const _: () = assert!(T.transaction_state_log_num_partitions >= 1);
+const _: () = assert!(T.transaction_state_log_min_isr >= 1);
+const _: () =
+    assert!(T.transaction_state_log_min_isr <= T.transaction_state_log_replication_factor as i32);
+const _: () = assert!(T.transaction_state_log_segment_bytes <= i32::MAX as u64);
+const _: () = assert!(T.transaction_max_timeout_ms > 0);
+// Kafka's type for it is a positive int.
+const _: () = assert!(T.transactional_id_expiration_ms >= 1);
+const _: () = assert!(T.transactional_id_expiration_ms <= i32::MAX as i64);
+const _: () = assert!(T.transaction_abort_timed_out_transaction_cleanup_interval_ms >= 1);
+const _: () = assert!(T.transaction_remove_expired_transaction_cleanup_interval_ms >= 1);
