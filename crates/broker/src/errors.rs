@@ -9,6 +9,7 @@ use strom_metadata::ControlError;
 use crate::group::{GroupError, RouteError};
 use crate::partition::AckError;
 use crate::producer_ids::ProducerIdError;
+use crate::txn::TxnError;
 
 /// Operational errors of the broker process itself (not of one request).
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,11 @@ pub(crate) enum KafkaError {
     InvalidRequest,
     UnsupportedForMessageFormat,
     PolicyViolation,
+    InvalidTxnState,
+    InvalidProducerIdMapping,
+    InvalidTransactionTimeout,
+    ConcurrentTransactions,
+    ProducerFenced,
     KafkaStorageError,
     NonEmptyGroup,
     GroupIdNotFound,
@@ -117,6 +123,11 @@ impl KafkaError {
             KafkaError::InvalidRequest => K::InvalidRequest,
             KafkaError::UnsupportedForMessageFormat => K::UnsupportedForMessageFormat,
             KafkaError::PolicyViolation => K::PolicyViolation,
+            KafkaError::InvalidTxnState => K::InvalidTxnState,
+            KafkaError::InvalidProducerIdMapping => K::InvalidProducerIdMapping,
+            KafkaError::InvalidTransactionTimeout => K::InvalidTransactionTimeout,
+            KafkaError::ConcurrentTransactions => K::ConcurrentTransactions,
+            KafkaError::ProducerFenced => K::ProducerFenced,
             KafkaError::KafkaStorageError => K::KafkaStorageError,
             KafkaError::NonEmptyGroup => K::NonEmptyGroup,
             KafkaError::GroupIdNotFound => K::GroupIdNotFound,
@@ -244,6 +255,24 @@ impl From<GroupError> for KafkaError {
     }
 }
 
+/// A transaction coordinator refusal (its variants are named after Kafka's errors).
+impl From<TxnError> for KafkaError {
+    fn from(e: TxnError) -> KafkaError {
+        match e {
+            TxnError::InvalidRequest => KafkaError::InvalidRequest,
+            TxnError::InvalidTransactionTimeout => KafkaError::InvalidTransactionTimeout,
+            TxnError::ConcurrentTransactions => KafkaError::ConcurrentTransactions,
+            TxnError::ProducerFenced => KafkaError::ProducerFenced,
+            TxnError::InvalidProducerEpoch => KafkaError::InvalidProducerEpoch,
+            TxnError::InvalidProducerIdMapping => KafkaError::InvalidProducerIdMapping,
+            TxnError::InvalidTxnState => KafkaError::InvalidTxnState,
+            TxnError::NotCoordinator => KafkaError::NotCoordinator,
+            TxnError::CoordinatorNotAvailable => KafkaError::CoordinatorNotAvailable,
+            TxnError::UnknownServerError => KafkaError::UnknownServerError,
+        }
+    }
+}
+
 /// Why a group's request could not reach its shard.
 impl From<RouteError> for KafkaError {
     fn from(e: RouteError) -> KafkaError {
@@ -307,6 +336,11 @@ mod tests {
             KafkaError::InvalidRequest => 42,
             KafkaError::UnsupportedForMessageFormat => 43,
             KafkaError::PolicyViolation => 44,
+            KafkaError::InvalidTxnState => 48,
+            KafkaError::InvalidProducerIdMapping => 49,
+            KafkaError::InvalidTransactionTimeout => 50,
+            KafkaError::ConcurrentTransactions => 51,
+            KafkaError::ProducerFenced => 90,
             KafkaError::KafkaStorageError => 56,
             KafkaError::NonEmptyGroup => 68,
             KafkaError::GroupIdNotFound => 69,
@@ -326,7 +360,7 @@ mod tests {
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 47] = [
+    const ALL: [KafkaError; 52] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -359,6 +393,11 @@ mod tests {
         KafkaError::InvalidRequest,
         KafkaError::UnsupportedForMessageFormat,
         KafkaError::PolicyViolation,
+        KafkaError::InvalidTxnState,
+        KafkaError::InvalidProducerIdMapping,
+        KafkaError::InvalidTransactionTimeout,
+        KafkaError::ConcurrentTransactions,
+        KafkaError::ProducerFenced,
         KafkaError::KafkaStorageError,
         KafkaError::NonEmptyGroup,
         KafkaError::GroupIdNotFound,
@@ -438,6 +477,21 @@ mod tests {
             (RouteError::NotAvailable, 15),
         ];
         for (e, code) in routes {
+            assert_eq!(code_of(Some(e)), code, "{e:?}");
+        }
+        let txns = [
+            (TxnError::InvalidRequest, 42),
+            (TxnError::InvalidTransactionTimeout, 50),
+            (TxnError::ConcurrentTransactions, 51),
+            (TxnError::ProducerFenced, 90),
+            (TxnError::InvalidProducerEpoch, 47),
+            (TxnError::InvalidProducerIdMapping, 49),
+            (TxnError::InvalidTxnState, 48),
+            (TxnError::NotCoordinator, 16),
+            (TxnError::CoordinatorNotAvailable, 15),
+            (TxnError::UnknownServerError, -1),
+        ];
+        for (e, code) in txns {
             assert_eq!(code_of(Some(e)), code, "{e:?}");
         }
         let acks = [(AckError::TimedOut, 7), (AckError::Offline, 56), (AckError::NotLeader, 6)];
