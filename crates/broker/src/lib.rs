@@ -173,6 +173,16 @@ impl Broker {
         self.ctx.broker_epoch.store(epoch.0, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The metadata offset this broker has applied: that of the last image the replica manager
+    /// has reconciled (its logs open, deleted and in their roles). Behind the image the broker
+    /// has received while a reconcile runs. Heartbeats report it, so the controller unfences
+    /// the broker, and so lets it lead, only once its logs match its registration's image.
+    pub fn reconciled_offset(
+        &self,
+    ) -> tokio::sync::watch::Receiver<strom_metadata::MetadataOffset> {
+        self.ctx.replicas.reconciled_offset()
+    }
+
     /// The log directory's first storage failure, once there is one (then every partition of
     /// this broker is offline and the node should stop; see `log_dir`).
     pub fn log_dir_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {

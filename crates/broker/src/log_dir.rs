@@ -35,6 +35,11 @@ impl LogDirHealth {
         }
     }
 
+    /// Whether the directory has failed.
+    pub fn failed(&self) -> bool {
+        self.failed.borrow().is_some()
+    }
+
     /// The first failure's cause, once there is one.
     pub fn watch(&self) -> watch::Receiver<Option<String>> {
         self.failed.subscribe()

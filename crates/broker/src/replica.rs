@@ -2,7 +2,10 @@
 //! match the metadata image, and writes the recovery-point checkpoint. What to do is decided
 //! by `plan` (pure); this module carries it out, with the file IO (log open and recovery,
 //! directory deletes, retention, checkpoints) on blocking threads and never under the
-//! partitions map's lock. A handler that finds a log not open yet opens it in `block_in_place`.
+//! partitions map's lock. Only the reconcile opens logs: a handler that finds a log not open
+//! yet refuses the request, and the broker reports as applied only the metadata offset it has
+//! reconciled, so the controller does not unfence it (or make it a leader) before its logs
+//! are open.
 
 mod plan;
 
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use strom_log::{checkpoint, Log, LogConfig, TimestampType};
 use strom_metadata::config::{BrokerDefaults, MessageTimestampType, TopicConfig};
-use strom_metadata::{MetadataDelta, MetadataImage, TopicId, TopicImage};
+use strom_metadata::{MetadataDelta, MetadataImage, MetadataOffset, TopicId, TopicImage};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -38,14 +41,9 @@ pub(crate) struct ReplicaManager {
     data_dir: PathBuf,
     /// By topic, so that a change to one topic visits only that topic's logs.
     partitions: RwLock<HashMap<String, BTreeMap<i32, Arc<Partition>>>>,
-    /// Held while a log is opened: the reconciler and a handler's lazy open must not both open
-    /// one directory (each `Log` would append at its own idea of the log end). Held across the
-    /// open's IO, on a blocking thread (or a handler's `block_in_place`).
-    opening: Mutex<()>,
-    /// The metadata offset of the image each local log was opened from. A reconcile of an
-    /// older image (the reconciler runs behind handlers that open logs lazily) must not delete
-    /// a log that a newer image created.
-    opened_at: Mutex<HashMap<Key, u64>>,
+    /// The offset of the last image whose every action has been carried out: what the broker
+    /// reports to the controller as applied (Kafka's rule: unfenced only once caught up).
+    reconciled: watch::Sender<MetadataOffset>,
     /// Held while the checkpoints are written: the maintenance loop's write, still running on
     /// its blocking thread when shutdown aborts the loop, and the final one share a file.
     checkpointing: Mutex<()>,
@@ -95,11 +93,10 @@ fn min_insync(defaults: &BrokerDefaults, image: &MetadataImage, topic: &str) -> 
     TopicConfig::effective(image.topic_configs(topic), defaults).min_insync_replicas
 }
 
-/// Puts a local partition in the role the image gives it. A follower joins its leader's fetcher,
-/// which needs the broker context; without one (a lazy open from a handler) only leadership is
-/// set. A partition leaves its fetcher by itself when its role changes (`Partition::follow`).
+/// Puts a local partition in the role the image gives it; a follower joins its leader's
+/// fetcher. A partition leaves its fetcher by itself when its role changes (`Partition::follow`).
 fn sync_role(
-    ctx: Option<&Arc<BrokerCtx>>,
+    ctx: &Arc<BrokerCtx>,
     p: &Arc<Partition>,
     node: strom_metadata::NodeId,
     pi: &strom_metadata::PartitionImage,
@@ -115,19 +112,17 @@ fn sync_role(
             now,
         ),
         Some(leader) => {
-            if let Some(ctx) = ctx {
-                if let Some(stop) = p.follow(leader, pi.leader_epoch.0) {
-                    ctx.fetchers.add(ctx, p, leader, pi.leader_epoch.0, stop);
-                }
+            if let Some(stop) = p.follow(leader, pi.leader_epoch.0) {
+                ctx.fetchers.add(ctx, p, leader, pi.leader_epoch.0, stop);
             }
         }
         None => p.idle(),
     }
 }
 
-/// Runs blocking IO from synchronous code on an async worker: on a multi-thread runtime the
-/// worker hands its other tasks to another thread meanwhile (a current-thread runtime, as in
-/// unit tests, cannot).
+/// Runs blocking IO from synchronous code on an async worker (the final flush): on a
+/// multi-thread runtime the worker hands its other tasks to another thread meanwhile (a
+/// current-thread runtime, as in unit tests, cannot).
 fn in_place<T>(io: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -167,8 +162,7 @@ impl ReplicaManager {
         Ok(ReplicaManager {
             data_dir: config.data_dir.clone(),
             partitions: RwLock::new(HashMap::new()),
-            opening: Mutex::new(()),
-            opened_at: Mutex::new(HashMap::new()),
+            reconciled: watch::Sender::new(MetadataOffset(0)),
             checkpointing: Mutex::new(()),
             recovery_points,
             high_watermarks,
@@ -178,6 +172,15 @@ impl ReplicaManager {
         })
     }
 
+    /// The metadata offset of the last image fully reconciled: every log it places here was
+    /// opened (or its open failed and said so), every log it removes deleted. 0 before the
+    /// first. Behind the broker's image while a reconcile runs.
+    pub fn reconciled_offset(&self) -> watch::Receiver<MetadataOffset> {
+        self.reconciled.subscribe()
+    }
+
+    /// The open local log of a partition. Only the reconcile opens logs: `None` until it has
+    /// reconciled an image that places the partition here.
     pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         let map = self.partitions.read().ok()?;
         map.get(topic)?.get(&partition).cloned()
@@ -204,20 +207,16 @@ impl ReplicaManager {
             None => self.all(),
             Some(names) => names.flat_map(|name| self.of_topic(name)).collect(),
         };
-        let opened_at = self.opened_at.lock().unwrap_or_else(PoisonError::into_inner);
         partitions
             .iter()
-            .map(|p| LocalLog {
-                topic: p.topic.clone(),
-                index: p.index,
-                topic_id: p.topic_id,
-                opened_at: opened_at.get(&(p.topic.clone(), p.index)).copied().unwrap_or(0),
-            })
+            .map(|p| LocalLog { topic: p.topic.clone(), index: p.index, topic_id: p.topic_id })
             .collect()
     }
 
     /// Makes the local logs match `image` (see `plan::plan`), one action after another, the
-    /// IO of each on a blocking thread.
+    /// IO of each on a blocking thread; then records `image` as reconciled. An open that fails
+    /// does not hold the offset back: a storage failure takes the whole node down (`log_dir`),
+    /// any other leaves that one partition unserved, and neither may keep the broker fenced.
     async fn reconcile(
         &self,
         ctx: &Arc<BrokerCtx>,
@@ -229,7 +228,7 @@ impl ReplicaManager {
         let local = self.local_logs((!first && !delta.whole).then(|| delta.topics.iter()));
         for action in plan::plan(image, delta, first, node, &local) {
             match action {
-                Action::Delete(log) => self.delete(ctx, &log, image.offset.0).await,
+                Action::Delete(log) => self.delete(ctx, &log).await,
                 Action::Open { topic, index, .. } => {
                     let (ctx, image) = (ctx.clone(), image.clone());
                     let opened = tokio::task::spawn_blocking(move || {
@@ -254,11 +253,15 @@ impl ReplicaManager {
                 }
             }
         }
+        self.reconciled.send_modify(|reconciled| {
+            debug_assert!(image.offset >= *reconciled, "metadata images only move forward");
+            *reconciled = image.offset.max(*reconciled);
+        });
     }
 
     /// Opens (recovering if needed) the log of a partition this node replicates and adds it to
-    /// the map. Blocking IO: the reconciler calls it on a blocking thread, a handler's lazy
-    /// open inside `block_in_place`.
+    /// the map. Blocking IO, on a blocking thread; only the reconcile calls it, one open at a
+    /// time, so no two `Log`s are ever open on one directory.
     fn ensure(
         &self,
         image: &MetadataImage,
@@ -266,13 +269,8 @@ impl ReplicaManager {
         index: i32,
     ) -> Result<Arc<Partition>, BrokerError> {
         let key = (topic.name.clone(), index);
-        let opened = || self.get(&topic.name, index).filter(|p| p.topic_id == topic.id);
-        if let Some(p) = opened() {
+        if let Some(p) = self.get(&topic.name, index).filter(|p| p.topic_id == topic.id) {
             return Ok(p);
-        }
-        let _opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = opened() {
-            return Ok(p); // opened by another caller meanwhile
         }
         let (config, fsync_on_ack) = log_config(&self.defaults, image, &topic.name);
         let log = OpenJob {
@@ -294,7 +292,6 @@ impl ReplicaManager {
             self.high_watermarks.get(&key).copied().unwrap_or(0),
             self.health.clone(),
         );
-        self.opened_at.lock().unwrap_or_else(PoisonError::into_inner).insert(key, image.offset.0);
         let old = self
             .partitions
             .write()
@@ -318,7 +315,7 @@ impl ReplicaManager {
         let (config, fsync) = log_config(&self.defaults, image, topic);
         p.set_fsync_on_ack(fsync);
         p.set_min_insync(min_insync(&self.defaults, image, topic));
-        sync_role(Some(ctx), &p, ctx.image.node, part, self.clock.now_ms());
+        sync_role(ctx, &p, ctx.image.node, part, self.clock.now_ms());
         if let Ok(mut log) = p.log() {
             if log.config() != &config {
                 if let Err(e) = log.set_config(config) {
@@ -328,20 +325,11 @@ impl ReplicaManager {
         };
     }
 
-    /// Closes a local log and deletes its directory (on a blocking thread), unless a handler
-    /// has opened it (again) from an image newer than the reconciled one, `image_offset`.
-    async fn delete(&self, ctx: &Arc<BrokerCtx>, log: &LocalLog, image_offset: u64) {
-        let key = (log.topic.clone(), log.index);
+    /// Closes a local log and deletes its directory (on a blocking thread).
+    async fn delete(&self, ctx: &Arc<BrokerCtx>, log: &LocalLog) {
         let Some(p) = self.get(&log.topic, log.index).filter(|p| p.topic_id == log.topic_id) else {
             return;
         };
-        {
-            let mut opened_at = self.opened_at.lock().unwrap_or_else(PoisonError::into_inner);
-            if opened_at.get(&key).is_some_and(|&at| at > image_offset) {
-                return;
-            }
-            opened_at.remove(&key);
-        }
         {
             let mut map = self.partitions.write().unwrap_or_else(PoisonError::into_inner);
             if let Some(topic) = map.get_mut(&p.topic) {
@@ -363,39 +351,6 @@ impl ReplicaManager {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(dir = %shown, error = %e, "cannot delete partition dir"),
             Err(e) => tracing::warn!(dir = %shown, error = %e, "cannot delete partition dir"),
-        }
-    }
-
-    /// The local partition, opening its log if the image says this node replicates it but the
-    /// reconciler has not got to it yet (a produce right after CreateTopics, a ListOffsets
-    /// right after a restart). The open's IO runs in `block_in_place`, so the worker's other
-    /// tasks move to another thread; the reconciler opens everything else off the workers.
-    pub fn get_or_open(
-        &self,
-        image: &MetadataImage,
-        node: strom_metadata::NodeId,
-        topic: &str,
-        index: i32,
-    ) -> Option<Arc<Partition>> {
-        if let Some(p) = self.get(topic, index) {
-            return Some(p);
-        }
-        let t = image.topic(topic)?;
-        let pi = t.partitions.get(&index)?;
-        if !pi.replicas.contains(&node) {
-            return None;
-        }
-        match in_place(|| self.ensure(image, t, index)) {
-            Ok(p) => {
-                p.set_min_insync(min_insync(&self.defaults, image, topic));
-                // Leading needs no task; following waits for the reconciler.
-                sync_role(None, &p, node, pi, self.clock.now_ms());
-                Some(p)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open partition");
-                None
-            }
         }
     }
 
@@ -800,5 +755,164 @@ mod config_tests {
         assert_eq!(min_insync(&broker, &image, "t"), 2);
         // strom-log's own defaults (its tests' starting point) are the same facts.
         assert_eq!(log_config(&BROKER_DEFAULTS, &image, "t"), (LogConfig::default(), true));
+    }
+}
+
+/// A broker context around a replica manager on `data_dir`, fed by a listener, for unit tests
+/// of the reconcile and of what handlers find: no listener bound, no task started.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    use strom_metadata::config::BROKER_DEFAULTS;
+    use strom_metadata::control::{ControlRequest, ControlResponse};
+    use strom_metadata::records::{
+        metadata_record::Record, MetadataRecord, PartitionRecord, TopicRecord,
+    };
+    use strom_metadata::{
+        BoxFuture, ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset,
+        NodeId,
+    };
+
+    use super::ReplicaManager;
+    use crate::config::{BrokerConfig, ConnectionLimits, GroupSettings};
+    use crate::image::ImageListener;
+    use crate::BrokerCtx;
+
+    pub const ME: NodeId = NodeId(1);
+
+    /// The reconcile asks the controller nothing.
+    struct NoController;
+
+    impl ControllerClient for NoController {
+        fn submit(&self, _: ControlRequest) -> BoxFuture<Result<ControlResponse, ControlError>> {
+            Box::pin(async { Err(ControlError::NotController) })
+        }
+    }
+
+    pub fn ctx(listener: &ImageListener, data_dir: &std::path::Path) -> Arc<BrokerCtx> {
+        let config = BrokerConfig {
+            node_id: ME,
+            cluster_id: "test".into(),
+            data_dir: data_dir.to_owned(),
+            kafka_addr: ([127, 0, 0, 1], 0).into(),
+            connections: ConnectionLimits::default(),
+            inter_broker: None,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 0,
+            rack: None,
+            socket_request_max_bytes: 100 << 20,
+            fetch_max_bytes: crate::FETCH_MAX_BYTES_DEFAULT,
+            auto_create_topics_enable: false,
+            replica_lag_time_max_ms: 30_000,
+            retention_check_interval_ms: 300_000,
+            defaults: BROKER_DEFAULTS,
+            static_configs: Vec::new(),
+            groups: GroupSettings::default(),
+        };
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(strom_testkit::ManualClock::at(0));
+        Arc::new(BrokerCtx {
+            image: listener.cell(),
+            replicas: ReplicaManager::open(&config, clock.clone()).expect("opens"),
+            controller: Arc::new(NoController),
+            controller_id: std::sync::atomic::AtomicI32::new(ME.0),
+            broker_epoch: std::sync::atomic::AtomicI64::new(-1),
+            groups: crate::group::Coordinator::default(),
+            fetchers: crate::fetcher::FetcherManager::default(),
+            fetch_memory: crate::fetch_memory::FetchMemory::new(),
+            producer_ids: Arc::new(crate::producer_ids::ProducerIdManager::new(
+                ME,
+                Arc::new(crate::producer_ids::ControllerBlocks(Arc::new(NoController))),
+                clock.clone(),
+            )),
+            clock,
+            config,
+        })
+    }
+
+    /// Topic `name` with id `[id; 16]` and one partition, led by this node.
+    pub fn created(name: &str, id: u8) -> Vec<Record> {
+        vec![
+            Record::Topic(TopicRecord { name: name.into(), topic_id: vec![id; 16] }),
+            Record::Partition(PartitionRecord {
+                topic_id: vec![id; 16],
+                partition_id: 0,
+                replicas: vec![ME.0],
+                isr: vec![ME.0],
+                leader: ME.0,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }),
+        ]
+    }
+
+    /// Commits `records` at `offset` to the listener, as the controller does.
+    pub fn commit(
+        listener: &ImageListener,
+        image: &mut MetadataImage,
+        offset: u64,
+        records: &[Record],
+    ) {
+        let records: Vec<MetadataRecord> =
+            records.iter().map(|r| MetadataRecord { record: Some(r.clone()) }).collect();
+        image.apply_batch(MetadataOffset(offset), &records).expect("applies");
+        listener.on_commit(MetadataOffset(offset), &records, Arc::new(image.clone()));
+    }
+
+    /// One pass of the reconcile loop.
+    pub async fn reconcile_once(
+        ctx: &Arc<BrokerCtx>,
+        rx: &mut tokio::sync::watch::Receiver<Arc<MetadataImage>>,
+        first: bool,
+    ) {
+        let (image, delta) = ctx.image.take_changes(rx);
+        ctx.replicas.reconcile(ctx, &image, &delta, first).await;
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use strom_metadata::records::{metadata_record::Record, RemoveTopicRecord};
+    use strom_metadata::{MetadataImage, MetadataOffset};
+
+    use super::test_support::{commit, created, ctx, reconcile_once};
+    use crate::image::ImageListener;
+
+    /// The offset a broker reports as applied (and so whether it may be unfenced) waits for
+    /// its logs: an image received but not reconciled is not applied.
+    #[tokio::test]
+    async fn the_reconciled_offset_trails_the_image_until_its_logs_match_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = ImageListener::new(super::test_support::ME);
+        let ctx = ctx(&listener, dir.path());
+        let mut rx = ctx.image.subscribe();
+        let mut image = MetadataImage::default();
+        let log_dir = dir.path().join(strom_log::partition_dir_name("a", 0));
+
+        commit(&listener, &mut image, 5, &created("a", 7));
+        assert_eq!(ctx.image.current().offset, MetadataOffset(5));
+        assert_eq!(
+            *ctx.replicas.reconciled_offset().borrow(),
+            MetadataOffset(0),
+            "nothing applied yet"
+        );
+        assert!(ctx.replicas.get("a", 0).is_none());
+
+        reconcile_once(&ctx, &mut rx, true).await;
+        assert_eq!(*ctx.replicas.reconciled_offset().borrow(), MetadataOffset(5));
+        let p = ctx.replicas.get("a", 0).expect("open once reconciled");
+        assert!(p.leader_view().is_some(), "in the role the image gives it");
+        assert!(log_dir.exists());
+
+        // Deleted: the log stays, and so does the applied offset, until the next reconcile.
+        let remove = Record::RemoveTopic(RemoveTopicRecord { topic_id: vec![7; 16] });
+        commit(&listener, &mut image, 6, &[remove]);
+        assert_eq!(*ctx.replicas.reconciled_offset().borrow(), MetadataOffset(5));
+        assert!(ctx.replicas.get("a", 0).is_some());
+        reconcile_once(&ctx, &mut rx, false).await;
+        assert_eq!(*ctx.replicas.reconciled_offset().borrow(), MetadataOffset(6));
+        assert!(ctx.replicas.get("a", 0).is_none());
+        assert!(!log_dir.exists());
+        ctx.replicas.close_all().await.expect("closes");
     }
 }

@@ -453,7 +453,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     wait_for_signal().await?;
     if let Some(running) = running {
         tracing::info!("shutting down: moving leaderships away first (controlled shutdown)");
-        running.stop(&client, &listener, node).await?;
+        running.stop(&client, node).await?;
     } else {
         tracing::info!("shutting down");
     }
@@ -535,14 +535,9 @@ struct RunningBroker {
 }
 
 impl RunningBroker {
-    async fn stop(
-        self,
-        client: &Arc<dyn ControllerClient>,
-        listener: &Arc<strom_broker::ImageListener>,
-        node: NodeId,
-    ) -> Result<()> {
+    async fn stop(self, client: &Arc<dyn ControllerClient>, node: NodeId) -> Result<()> {
         self.heartbeats.abort();
-        controlled_shutdown(client, listener, node, self.epoch).await;
+        controlled_shutdown(client, &self.broker.reconciled_offset(), node, self.epoch).await;
         self.leader_updates.abort();
         // Wait for the aborted task to drop its handle on the broker.
         let _ = self.leader_updates.await;
@@ -670,7 +665,7 @@ async fn start_broker(
     broker.set_broker_epoch(epoch);
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
-        listener.clone(),
+        broker.reconciled_offset(),
         node,
         epoch,
         Duration::from_millis(cfg.broker.heartbeat_interval_ms),
@@ -724,11 +719,13 @@ async fn register(
     }
 }
 
-/// Reports liveness and the applied metadata offset; the controller unfences the broker once
-/// it has caught up.
+/// Reports liveness and the applied metadata offset (the replica manager's reconciled one, not
+/// the image received: Kafka's rule); the controller unfences the broker once it has caught up
+/// with its registration. Heartbeats go on while a reconcile runs, so a slow one keeps the
+/// broker fenced but alive, and the first heartbeat after it unfences it.
 async fn heartbeat_loop(
     client: Arc<dyn ControllerClient>,
-    listener: Arc<strom_broker::ImageListener>,
+    reconciled: tokio::sync::watch::Receiver<strom_metadata::MetadataOffset>,
     node: NodeId,
     epoch: strom_metadata::BrokerEpoch,
     every: Duration,
@@ -739,7 +736,7 @@ async fn heartbeat_loop(
         let req = ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
             broker_id: node,
             broker_epoch: epoch,
-            current_metadata_offset: listener.image().offset,
+            current_metadata_offset: *reconciled.borrow(),
             want_fence: false,
             want_shutdown: false,
         });
@@ -769,7 +766,7 @@ const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// leadership has moved (or the wait runs out; then the session timeout does the rest).
 async fn controlled_shutdown(
     client: &Arc<dyn ControllerClient>,
-    listener: &Arc<strom_broker::ImageListener>,
+    reconciled: &tokio::sync::watch::Receiver<strom_metadata::MetadataOffset>,
     node: NodeId,
     epoch: strom_metadata::BrokerEpoch,
 ) {
@@ -778,7 +775,7 @@ async fn controlled_shutdown(
         let req = ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
             broker_id: node,
             broker_epoch: epoch,
-            current_metadata_offset: listener.image().offset,
+            current_metadata_offset: *reconciled.borrow(),
             want_fence: false,
             want_shutdown: true,
         });

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use strom_log::ReadStart;
 
 use super::Meta;
-use super::{check_leader, leader_hint, s};
+use super::{check_leader, leader_hint, local_partition, s};
 use crate::errors::KafkaError;
 use crate::fetch_memory::{reserved_bytes, ConnectionMemory, FetchMemory, Reservation};
 use crate::isr::FollowerFetchRefused;
@@ -217,10 +217,7 @@ fn check_partitions(
                 // v9 added current_leader_epoch: older requests carry no claim to check.
                 let claimed = if version >= 9 { fp.current_leader_epoch } else { -1 };
                 let p = check_leader(topic.partitions.get(&index), node, claimed)?;
-                let part = ctx
-                    .replicas
-                    .get_or_open(image, node, &topic.name, index)
-                    .ok_or(KafkaError::KafkaStorageError)?;
+                let part = local_partition(ctx, image, &topic.name, index)?;
                 arrivals.push(part.data_arrived());
                 if let Some((r, broker_epoch)) = replica {
                     check_follower_fetch(image, p, r, broker_epoch, claimed)?;

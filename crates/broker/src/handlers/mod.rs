@@ -85,6 +85,26 @@ pub(crate) fn check_leader(
     Ok(p)
 }
 
+/// The open local log of a partition of `image`'s topic (the same topic id: a log of a
+/// deleted topic that the reconcile has not removed yet is not the recreated topic's). Handlers
+/// never open logs: until the replica manager has reconciled an image that places the partition
+/// here, its log is not served, and the answer is Kafka's for a partition the metadata knows and
+/// the replica manager does not host: NOT_LEADER_OR_FOLLOWER (KAFKA_STORAGE_ERROR once the log
+/// directory has failed), so the client retries.
+pub(crate) fn local_partition(
+    ctx: &BrokerCtx,
+    image: &strom_metadata::MetadataImage,
+    topic: &str,
+    index: i32,
+) -> Result<std::sync::Arc<crate::partition::Partition>, KafkaError> {
+    let topic_id = image.topic(topic).ok_or(KafkaError::UnknownTopicOrPartition)?.id;
+    match ctx.replicas.get(topic, index).filter(|p| p.topic_id == topic_id) {
+        Some(p) => Ok(p),
+        None if ctx.replicas.health.failed() => Err(KafkaError::KafkaStorageError),
+        None => Err(KafkaError::NotLeaderOrFollower),
+    }
+}
+
 /// The local log of a partition this broker leads at the epoch the request claims (-1: no
 /// claim), with the leader epoch: what ListOffsets and OffsetsForLeaderEpoch read.
 pub(crate) fn led_partition(
@@ -96,9 +116,7 @@ pub(crate) fn led_partition(
 ) -> Result<(i32, std::sync::Arc<crate::partition::Partition>), KafkaError> {
     let node = ctx.image.node;
     let p = check_leader(image.partition(topic, index), node, claimed_leader_epoch)?;
-    let part =
-        ctx.replicas.get_or_open(image, node, topic, index).ok_or(KafkaError::KafkaStorageError)?;
-    Ok((p.leader_epoch.0, part))
+    Ok((p.leader_epoch.0, local_partition(ctx, image, topic, index)?))
 }
 
 /// KIP-951: the leader a client should turn to after NOT_LEADER_OR_FOLLOWER or
@@ -204,9 +222,14 @@ pub(crate) async fn handle(
 
 #[cfg(test)]
 mod tests {
-    use strom_metadata::{LeaderEpoch, NodeId, PartitionEpoch, PartitionImage};
+    use strom_metadata::records::{metadata_record::Record, RemoveTopicRecord};
+    use strom_metadata::{LeaderEpoch, MetadataImage, NodeId, PartitionEpoch, PartitionImage};
 
-    use super::check_leader;
+    use super::{check_leader, local_partition};
+    use crate::errors::KafkaError;
+    use crate::image::ImageListener;
+    use crate::replica::test_support::{commit, created, ctx, reconcile_once, ME};
+
 
     #[test]
     fn leader_checks_follow_kafkas_epoch_rules() {
@@ -225,5 +248,40 @@ mod tests {
         assert_eq!(code(Some(&p), 1, 6).unwrap_err(), 75, "UNKNOWN_LEADER_EPOCH");
         assert_eq!(code(Some(&p), 2, 5).unwrap_err(), 6, "NOT_LEADER_OR_FOLLOWER");
         assert_eq!(code(None, 1, 5).unwrap_err(), 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    }
+
+    /// Handlers never open a log: until the reconcile has opened it, a partition the image
+    /// places here answers NOT_LEADER_OR_FOLLOWER, and one of a deleted topic is not served
+    /// under its recreated name.
+    #[tokio::test]
+    async fn a_partition_whose_log_the_reconcile_has_not_opened_is_not_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = ImageListener::new(ME);
+        let ctx = ctx(&listener, dir.path());
+        let mut rx = ctx.image.subscribe();
+        let mut image = MetadataImage::default();
+        commit(&listener, &mut image, 1, &created("a", 1));
+        let served = local_partition(&ctx, &ctx.image.current(), "a", 0).map(|_| ());
+        assert_eq!(served, Err(KafkaError::NotLeaderOrFollower));
+        assert!(
+            !dir.path().join(strom_log::partition_dir_name("a", 0)).exists(),
+            "a handler opened a log"
+        );
+        reconcile_once(&ctx, &mut rx, true).await;
+        assert!(local_partition(&ctx, &ctx.image.current(), "a", 0).is_ok());
+
+        // Deleted and recreated: the old log is still open until the next reconcile.
+        let remove = Record::RemoveTopic(RemoveTopicRecord { topic_id: vec![1; 16] });
+        commit(&listener, &mut image, 2, &[remove]);
+        let gone = local_partition(&ctx, &ctx.image.current(), "a", 0).map(|_| ());
+        assert_eq!(gone, Err(KafkaError::UnknownTopicOrPartition));
+        commit(&listener, &mut image, 3, &created("a", 2));
+        assert!(ctx.replicas.get("a", 0).is_some(), "the old log");
+        let served = local_partition(&ctx, &ctx.image.current(), "a", 0).map(|_| ());
+        assert_eq!(served, Err(KafkaError::NotLeaderOrFollower));
+        reconcile_once(&ctx, &mut rx, false).await;
+        let p = local_partition(&ctx, &ctx.image.current(), "a", 0).expect("the new log");
+        assert_eq!(p.topic_id, strom_metadata::TopicId([2; 16]));
+        ctx.replicas.close_all().await.expect("closes");
     }
 }

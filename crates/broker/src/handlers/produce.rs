@@ -121,8 +121,7 @@ fn append(
     if p.leader != Some(node) {
         return Err(KafkaError::NotLeaderOrFollower.into());
     }
-    let part =
-        ctx.replicas.get_or_open(image, node, topic, index).ok_or(KafkaError::KafkaStorageError)?;
+    let part = super::local_partition(ctx, image, topic, index)?;
     let (isr, leader_epoch) = part.leader_view().ok_or(KafkaError::NotLeaderOrFollower)?;
     let records = (pd.records.as_ref())
         .ok_or_else(|| Refusal::new(KafkaError::CorruptMessage, "no records"))?;

@@ -4,15 +4,13 @@
 
 use strom_metadata::{MetadataDelta, MetadataImage, NodeId, TopicId};
 
-/// A partition log this node has open.
+/// A partition log this node has open. Only the reconcile opens logs, one image after another,
+/// so every open log was placed here by the image being reconciled or an older one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct LocalLog {
     pub topic: String,
     pub index: i32,
     pub topic_id: TopicId,
-    /// The metadata offset of the image it was opened from: a handler may open a log from an
-    /// image newer than the one being reconciled (see `ReplicaManager::get_or_open`).
-    pub opened_at: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +31,7 @@ pub(crate) enum Action {
 /// first (a recreated topic's log reuses the directory name of the log it replaces), then each
 /// partition's open and sync. Only the topics `delta` names are looked at, unless it is whole
 /// (a snapshot) or this is the first image: a commit costs the broker what it changed.
-/// `local` is what this node has open (of at least the topics looked at); a log opened from
-/// an image newer than `image` is left alone: the reconcile of that image decides about it.
+/// `local` is what this node has open (of at least the topics looked at).
 pub(crate) fn plan(
     image: &MetadataImage,
     delta: &MetadataDelta,
@@ -51,8 +48,7 @@ pub(crate) fn plan(
     };
     let mut actions: Vec<Action> = local
         .iter()
-        .filter(|l| in_scope(&l.topic) && l.opened_at <= image.offset.0)
-        .filter(|l| !replicated(&l.topic, l.index, l.topic_id))
+        .filter(|l| in_scope(&l.topic) && !replicated(&l.topic, l.index, l.topic_id))
         .map(|l| Action::Delete(l.clone()))
         .collect();
     let topics: Vec<&strom_metadata::TopicImage> = if full {
@@ -133,7 +129,7 @@ mod tests {
     }
 
     fn log(topic: &str, index: i32, id: u8) -> LocalLog {
-        LocalLog { topic: topic.into(), index, topic_id: TopicId([id; 16]), opened_at: 1 }
+        LocalLog { topic: topic.into(), index, topic_id: TopicId([id; 16]) }
     }
 
     fn open(topic: &str, index: i32, id: u8) -> Action {
@@ -197,17 +193,26 @@ mod tests {
         assert_eq!(plan(&image, &changed(&["a"]), false, NodeId(3), &[]), []);
     }
 
-    /// The reconciler runs behind handlers that open logs lazily from the current image: an
-    /// older image that does not list a log yet must not delete it.
+    /// A first image (or a snapshot) judges every open log: one the image no longer places
+    /// here, or does not know at all, is deleted; one it places here is kept and synced. No
+    /// open log can come from an image newer than the one planned (only the reconcile opens
+    /// logs), so even a topic the image has never heard of is stray.
     #[test]
-    fn a_log_opened_from_a_newer_image_is_not_deleted_by_an_older_one() {
-        let older = image_of(&[create("b", 2, &[&[1]])]);
-        let newer = LocalLog { opened_at: older.offset.0 + 1, ..log("a", 0, 1) };
-        let actions = plan(&older, &MetadataDelta::whole(), true, ME, &[newer]);
-        assert_eq!(actions, [open("b", 0, 2), sync("b", 0), Action::DeleteStrays]);
-        // Once reconciled at or past its image, it is judged like any other log.
-        let gone = [LocalLog { opened_at: older.offset.0, ..log("a", 0, 1) }];
-        let actions = plan(&older, &changed(&["a"]), false, ME, &gone);
-        assert_eq!(actions, [Action::Delete(gone[0].clone())]);
+    fn a_whole_image_deletes_every_open_log_it_does_not_place_here() {
+        let image = image_of(&[create("a", 1, &[&[2], &[1]]), create("b", 2, &[&[1]]), remove(2)]);
+        let local = [log("a", 0, 1), log("a", 1, 1), log("b", 0, 2), log("c", 0, 3)];
+        let first = plan(&image, &MetadataDelta::whole(), true, ME, &local);
+        assert_eq!(
+            first,
+            [
+                Action::Delete(log("a", 0, 1)),
+                Action::Delete(log("b", 0, 2)),
+                Action::Delete(log("c", 0, 3)),
+                sync("a", 1),
+                Action::DeleteStrays,
+            ]
+        );
+        let snapshot = plan(&image, &MetadataDelta::whole(), false, ME, &local);
+        assert_eq!(snapshot, first[..4]);
     }
 }
