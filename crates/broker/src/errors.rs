@@ -85,6 +85,8 @@ pub(crate) enum KafkaError {
     IneligibleReplica,
     OutOfOrderSequenceNumber,
     InvalidProducerEpoch,
+    TransactionCoordinatorFenced,
+    UnstableOffsetCommit,
 }
 
 impl KafkaError {
@@ -145,6 +147,8 @@ impl KafkaError {
             KafkaError::IneligibleReplica => K::IneligibleReplica,
             KafkaError::OutOfOrderSequenceNumber => K::OutOfOrderSequenceNumber,
             KafkaError::InvalidProducerEpoch => K::InvalidProducerEpoch,
+            KafkaError::TransactionCoordinatorFenced => K::TransactionCoordinatorFenced,
+            KafkaError::UnstableOffsetCommit => K::UnstableOffsetCommit,
         };
         k.code()
     }
@@ -221,6 +225,9 @@ impl From<&LogError> for KafkaError {
             }
             LogError::Producer(ProducerError::InvalidProducerEpoch { .. }) => {
                 KafkaError::InvalidProducerEpoch
+            }
+            LogError::Producer(ProducerError::CoordinatorFenced { .. }) => {
+                KafkaError::TransactionCoordinatorFenced
             }
             _ => KafkaError::KafkaStorageError,
         }
@@ -356,11 +363,15 @@ mod tests {
             KafkaError::UnknownTopicId => 100,
             KafkaError::DuplicateBrokerRegistration => 101,
             KafkaError::IneligibleReplica => 107,
+            KafkaError::OutOfOrderSequenceNumber => 45,
+            KafkaError::InvalidProducerEpoch => 47,
+            KafkaError::TransactionCoordinatorFenced => 52,
+            KafkaError::UnstableOffsetCommit => 88,
         }
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 52] = [
+    const ALL: [KafkaError; 56] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -413,6 +424,10 @@ mod tests {
         KafkaError::UnknownTopicId,
         KafkaError::DuplicateBrokerRegistration,
         KafkaError::IneligibleReplica,
+        KafkaError::OutOfOrderSequenceNumber,
+        KafkaError::InvalidProducerEpoch,
+        KafkaError::TransactionCoordinatorFenced,
+        KafkaError::UnstableOffsetCommit,
     ];
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strom_log::{AppendInfo, Log, LogError};
+use strom_protocol::control::Marker;
 
 use crate::log_dir::LogDirHealth;
 use strom_metadata::{NodeId, TopicId};
@@ -170,13 +171,45 @@ impl Partition {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        self.append_with(|log| log.append(batches, leader_epoch, now_ms))
+    }
+
+    /// Appends records a coordinator of this broker built ([`Log::append_trusted`]).
+    pub fn append_trusted(
+        &self,
+        batches: &Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.append_with(|log| log.append_trusted(batches, leader_epoch, now_ms))
+    }
+
+    /// Writes a transaction marker as the leader at `leader_epoch` (WriteTxnMarkers); acked
+    /// as any append.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.append_with(|log| {
+            log.append_marker(producer_id, producer_epoch, marker, leader_epoch, now_ms)
+        })
+    }
+
+    fn append_with(
+        &self,
+        append: impl FnOnce(&mut Log) -> Result<AppendInfo, LogError>,
+    ) -> Result<AppendInfo, LogError> {
         if self.progress().offline {
             return Err(LogError::LogOffline {
                 dir: format!("{}-{}", self.topic, self.index).into(),
             });
         }
         let mut log = self.log()?;
-        let info = self.check_storage(log.append(batches, leader_epoch, now_ms))?;
+        let info = self.check_storage(append(&mut log))?;
         let leo = log.log_end_offset();
         drop(log);
         if !info.duplicate {

@@ -552,10 +552,18 @@ pub(crate) async fn maintenance_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::R
 
 /// Asks every log for its periodic flush and, when due, applies retention. Blocking IO.
 fn apply_retention(ctx: &BrokerCtx, retention_due: bool, now_ms: i64) {
+    let producer_expiration_ms =
+        i64::try_from(ctx.config.defaults.producer_id_expiration_ms).unwrap_or(i64::MAX);
     for p in ctx.replicas.all() {
         p.request_flush();
         if retention_due {
             if let Ok(mut log) = p.log() {
+                // producer.id.expiration.ms, checked on the retention pass (Kafka checks on its
+                // own ten-minute interval).
+                let expired = log.expire_producers(now_ms, producer_expiration_ms);
+                if expired > 0 {
+                    tracing::debug!(topic = %p.topic, partition = p.index, expired, "idle producers forgotten");
+                }
                 match log.apply_retention(now_ms) {
                     Ok(0) => {}
                     Ok(n) => {

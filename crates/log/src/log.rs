@@ -367,6 +367,18 @@ impl Log {
         self.append_validated(batches, leader_epoch, now_ms, true)
     }
 
+    /// Appends batches the broker itself built (a coordinator's records): validated as a
+    /// follower's are, not checked against the producer state (a transaction's offset commits
+    /// carry a producer id but no sequence).
+    pub fn append_trusted(
+        &mut self,
+        batches: &Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        self.append_validated(batches, leader_epoch, now_ms, false)
+    }
+
     /// [`Log::append`] of a client's batches (`from_client`: checked against the producer
     /// state, no control batches) or of the leader's own (markers).
     fn append_validated(

@@ -75,8 +75,22 @@ pub(crate) enum Cmd {
         oneshot::Sender<(Option<GroupError>, Vec<LeftMember>)>,
     ),
     Commit(String, CommitRequest, oneshot::Sender<Result<(), GroupError>>),
-    /// `None`: every committed offset of the group.
-    FetchOffsets(String, Option<Vec<(String, i32)>>, oneshot::Sender<FetchedOffsets>),
+    /// TxnOffsetCommit by producer (id, epoch).
+    TxnCommit(String, (i64, i16), CommitRequest, oneshot::Sender<Result<(), GroupError>>),
+    /// A transaction marker of this producer id was written to the shard's partition (true:
+    /// COMMIT).
+    TxnCompleted {
+        producer_id: i64,
+        commit: bool,
+    },
+    /// `None`: every committed offset of the group. With `require_stable`, the partitions
+    /// that a transaction still holds come back in the second list.
+    FetchOffsets {
+        group_id: String,
+        wanted: Option<Vec<(String, i32)>>,
+        require_stable: bool,
+        reply: oneshot::Sender<(FetchedOffsets, Vec<(String, i32)>)>,
+    },
     Describe(String, oneshot::Sender<GroupSummary>),
     List(oneshot::Sender<Vec<GroupSummary>>),
     Delete(String, oneshot::Sender<Result<(), GroupError>>),
@@ -114,6 +128,14 @@ impl Coordinator {
     }
 
     /// Every running shard, for ListGroups.
+    /// The shard of `__consumer_offsets` partition `index`, if this broker runs it.
+    pub fn shard(&self, index: i32) -> Option<mpsc::Sender<Cmd>> {
+        match self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&index) {
+            Some(Slot::Ready { tx, .. }) => Some(tx.clone()),
+            _ => None,
+        }
+    }
+
     pub fn shards(&self) -> Vec<mpsc::Sender<Cmd>> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots

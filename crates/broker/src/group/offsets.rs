@@ -21,6 +21,26 @@ pub(super) struct GroupEntry {
     pub empty_since_ms: i64,
     /// Whether anything about it is in the log (a group that was only asked about is not).
     pub persisted: bool,
+    /// Offsets committed inside transactions that have not ended, by producer id: they count
+    /// once their transaction's COMMIT marker is written, and never after an ABORT.
+    pub pending_txn: HashMap<i64, BTreeMap<TopicPartition, OffsetValue>>,
+}
+
+impl GroupEntry {
+    pub fn new(
+        group: Group,
+        offsets: BTreeMap<TopicPartition, OffsetValue>,
+        empty_since_ms: i64,
+        persisted: bool,
+    ) -> GroupEntry {
+        GroupEntry { group, offsets, empty_since_ms, persisted, pending_txn: HashMap::new() }
+    }
+
+    /// Whether a transaction that has not ended committed an offset for `partition`: a
+    /// fetch that requires stable offsets is told UNSTABLE_OFFSET_COMMIT.
+    pub fn unstable(&self, partition: &TopicPartition) -> bool {
+        self.pending_txn.values().any(|p| p.contains_key(partition))
+    }
 }
 
 /// A write of offset records that a rule asks for.
@@ -36,13 +56,22 @@ pub(super) enum OffsetWrite {
         /// The group's own record goes too.
         group: bool,
     },
+    /// TxnOffsetCommit: offset records written as part of producer `producer_id`'s
+    /// transaction.
+    TxnCommit {
+        group_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        offsets: Vec<(TopicPartition, OffsetValue)>,
+    },
 }
 
 impl OffsetWrite {
     /// The `__consumer_offsets` keys and values (`None`: a tombstone) this write appends.
     pub fn records(&self) -> Vec<(Bytes, Option<Bytes>)> {
         match self {
-            OffsetWrite::Commit { group_id, offsets } => offsets
+            OffsetWrite::Commit { group_id, offsets }
+            | OffsetWrite::TxnCommit { group_id, offsets, .. } => offsets
                 .iter()
                 .map(|((t, p), v)| {
                     (records::offset_key(group_id, t, *p), Some(records::offset_value(v)))
@@ -80,6 +109,42 @@ pub(super) fn commit(
         return Ok(None);
     }
     Ok(Some(OffsetWrite::Commit { group_id, offsets: req.offsets }))
+}
+
+/// TxnOffsetCommit: the group's refusal, or the transactional write to make (`None`: nothing
+/// to commit).
+pub(super) fn txn_commit(
+    group_id: String,
+    entry: &GroupEntry,
+    (producer_id, producer_epoch): (i64, i16),
+    req: CommitRequest,
+) -> Result<Option<OffsetWrite>, GroupError> {
+    entry.group.validate_txn_offset_commit(
+        &req.member_id,
+        req.group_instance_id.as_deref(),
+        req.generation_id,
+    )?;
+    if req.offsets.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(OffsetWrite::TxnCommit { group_id, producer_id, producer_epoch, offsets: req.offsets }))
+}
+
+/// A transaction marker of `producer_id` was written to the shard's partition: its pending
+/// offsets become the groups' committed offsets (COMMIT) or are dropped (ABORT).
+pub(super) fn txn_completed(
+    groups: &mut HashMap<String, GroupEntry>,
+    producer_id: i64,
+    commit: bool,
+) {
+    for e in groups.values_mut() {
+        if let Some(pending) = e.pending_txn.remove(&producer_id) {
+            if commit {
+                e.persisted = true;
+                e.offsets.extend(pending);
+            }
+        }
+    }
 }
 
 /// OffsetFetch: the wanted partitions with their committed offsets, or (`wanted` `None`) every
@@ -164,6 +229,13 @@ pub(super) fn written(
                 if let Some(e) = groups.get_mut(&group_id) {
                     e.persisted = true;
                     e.offsets.extend(offsets);
+                }
+            }
+        }
+        OffsetWrite::TxnCommit { group_id, producer_id, offsets, .. } => {
+            if result.is_ok() {
+                if let Some(e) = groups.get_mut(&group_id) {
+                    e.pending_txn.entry(producer_id).or_default().extend(offsets);
                 }
             }
         }
@@ -313,12 +385,12 @@ mod tests {
 
     /// An Empty group that never ran the protocol, with these committed offsets.
     fn empty(group_id: &str, offsets: &[(TopicPartition, OffsetValue)]) -> GroupEntry {
-        GroupEntry {
-            group: Group::new(group_id.to_owned(), GroupConfig::default()),
-            offsets: offsets.iter().cloned().collect(),
-            empty_since_ms: 0,
-            persisted: true,
-        }
+        GroupEntry::new(
+            Group::new(group_id.to_owned(), GroupConfig::default()),
+            offsets.iter().cloned().collect(),
+            0,
+            true,
+        )
     }
 
     /// A Stable consumer group whose one member subscribes to `topics`.
@@ -348,7 +420,7 @@ mod tests {
             members: vec![member],
         };
         let group = Group::load(record, GroupConfig::default(), 0);
-        GroupEntry { group, offsets: BTreeMap::new(), empty_since_ms: 0, persisted: true }
+        GroupEntry::new(group, BTreeMap::new(), 0, true)
     }
 
     fn standalone(offsets: Vec<(TopicPartition, OffsetValue)>) -> CommitRequest {

@@ -110,16 +110,28 @@ pub(crate) fn group_value(g: &GroupRecord) -> Bytes {
 
 /// One uncompressed v2 batch of `__consumer_offsets` records (offsets assigned on append).
 pub(crate) fn encode_batch(entries: &[(Bytes, Option<Bytes>)], now_ms: i64) -> Bytes {
+    encode_batch_of(entries, None, now_ms)
+}
+
+/// [`encode_batch`] for the records of a transaction (TxnOffsetCommit): the batch carries the
+/// producer's id and epoch and the transactional attribute, and no sequence (as Kafka's
+/// coordinator writes them), so the partition's marker decides whether they count.
+pub(crate) fn encode_batch_of(
+    entries: &[(Bytes, Option<Bytes>)],
+    producer: Option<(i64, i16)>,
+    now_ms: i64,
+) -> Bytes {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let records: Vec<Record> = entries
         .iter()
         .enumerate()
         .map(|(i, (key, value))| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,

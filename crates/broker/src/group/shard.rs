@@ -42,12 +42,33 @@ const SHARD_TICK_MAX_MS: i64 = 1_000;
 pub(super) struct Loaded {
     groups: HashMap<String, Option<GroupRecord>>,
     offsets_by_group: HashMap<String, BTreeMap<TopicPartition, OffsetValue>>,
+    /// Offsets written by transactions whose marker has not been read yet, by producer id
+    /// and group.
+    pending_txn: HashMap<i64, HashMap<String, BTreeMap<TopicPartition, OffsetValue>>>,
     pub offsets: usize,
 }
 
 impl Loaded {
     pub fn groups(&self) -> usize {
         self.groups.len()
+    }
+
+    /// An offset record of producer `producer_id`'s transaction: it counts from its marker.
+    fn apply_txn(&mut self, producer_id: i64, entry: Entry) {
+        if let Entry::Offset { group, topic, partition, value: Some(v) } = entry {
+            let by_group = self.pending_txn.entry(producer_id).or_default();
+            by_group.entry(group).or_default().insert((topic, partition), v);
+        }
+    }
+
+    /// A transaction marker of `producer_id`.
+    fn complete_txn(&mut self, producer_id: i64, commit: bool) {
+        let Some(by_group) = self.pending_txn.remove(&producer_id) else { return };
+        if commit {
+            for (group, offsets) in by_group {
+                self.offsets_by_group.entry(group).or_default().extend(offsets);
+            }
+        }
     }
 
     fn apply(&mut self, entry: Entry) {
@@ -95,12 +116,20 @@ pub(super) fn load(partition: &Partition) -> Result<Loaded, strom_log::LogError>
         let before = next;
         for set in sets {
             for r in set.records {
-                if r.offset < next || r.control {
+                if r.offset < next {
                     continue;
                 }
                 next = r.offset + 1;
                 let Some(key) = r.key else { continue };
+                if r.control {
+                    // A transaction marker: key (version, type 0 ABORT / 1 COMMIT).
+                    if let Some(kind) = key.get(2..4) {
+                        loaded.complete_txn(r.producer_id, kind == [0, 1]);
+                    }
+                    continue;
+                }
                 match records::decode(key, r.value) {
+                    Ok(entry) if r.transactional => loaded.apply_txn(r.producer_id, entry),
                     Ok(entry) => loaded.apply(entry),
                     Err(e) => tracing::warn!(partition = partition.index, offset = r.offset,
                         error = %e, "skipping unreadable offsets record"),
@@ -196,7 +225,7 @@ impl Shard {
 
     pub fn install(&mut self, loaded: Loaded, now_ms: i64) {
         let config = self.group_config();
-        let Loaded { groups, mut offsets_by_group, .. } = loaded;
+        let Loaded { groups, mut offsets_by_group, pending_txn, .. } = loaded;
         for (group_id, record) in groups {
             let Some(record) = record else { continue };
             let empty_since_ms = if record.members.is_empty() {
@@ -206,8 +235,7 @@ impl Shard {
             };
             let offsets = offsets_by_group.remove(&group_id).unwrap_or_default();
             let group = Group::load(record, config, now_ms);
-            self.groups
-                .insert(group_id, GroupEntry { group, offsets, empty_since_ms, persisted: true });
+            self.groups.insert(group_id, GroupEntry::new(group, offsets, empty_since_ms, true));
         }
         for (group_id, offsets) in offsets_by_group {
             if offsets.is_empty() {
@@ -215,8 +243,18 @@ impl Shard {
             }
             let group = Group::new(group_id.clone(), config);
             let empty_since_ms = offsets.values().map(|o| o.commit_timestamp_ms).max().unwrap_or(0);
-            self.groups
-                .insert(group_id, GroupEntry { group, offsets, empty_since_ms, persisted: true });
+            self.groups.insert(group_id, GroupEntry::new(group, offsets, empty_since_ms, true));
+        }
+        // Transactions still open at the end of the log: their offsets wait for a marker.
+        for (producer_id, by_group) in pending_txn {
+            for (group_id, offsets) in by_group {
+                let group = Group::new(group_id.clone(), config);
+                let e = self
+                    .groups
+                    .entry(group_id)
+                    .or_insert_with(|| GroupEntry::new(group, BTreeMap::new(), now_ms, true));
+                e.pending_txn.insert(producer_id, offsets);
+            }
         }
         self.next_retention_ms = now_ms + self.retention_check_interval_ms();
     }
@@ -270,11 +308,8 @@ impl Shard {
                 "{GROUPS_PER_SHARD_MAX} groups on this offsets partition; refusing a new one");
             return Err(GroupError::CoordinatorNotAvailable);
         }
-        Ok(self.groups.entry(group_id.to_owned()).or_insert_with(|| GroupEntry {
-            group: Group::new(group_id.to_owned(), config),
-            offsets: BTreeMap::new(),
-            empty_since_ms: now,
-            persisted: false,
+        Ok(self.groups.entry(group_id.to_owned()).or_insert_with(|| {
+            GroupEntry::new(Group::new(group_id.to_owned(), config), BTreeMap::new(), now, false)
         }))
     }
 
@@ -350,8 +385,33 @@ impl Shard {
                 self.apply(&group_id, effects, now);
             }
             Cmd::Commit(group_id, req, reply) => self.commit(group_id, req, reply, now),
-            Cmd::FetchOffsets(group_id, partitions, reply) => {
-                let _ = reply.send(offsets::fetch(self.groups.get(&group_id), partitions));
+            Cmd::FetchOffsets { group_id, wanted, require_stable, reply } => {
+                let entry = self.groups.get(&group_id);
+                let fetched = offsets::fetch(entry, wanted);
+                let unstable = match entry {
+                    Some(e) if require_stable => {
+                        fetched.iter().map(|(k, _)| k).filter(|k| e.unstable(k)).cloned().collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let _ = reply.send((fetched, unstable));
+            }
+            Cmd::TxnCommit(group_id, producer, req, reply) => {
+                let decided = self
+                    .entry(&group_id)
+                    .and_then(|e| offsets::txn_commit(group_id, e, producer, req));
+                match decided {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Ok(Some(write)) => self.write_offsets(write, WriteReply::Done(reply), now),
+                }
+            }
+            Cmd::TxnCompleted { producer_id, commit } => {
+                offsets::txn_completed(&mut self.groups, producer_id, commit);
             }
             Cmd::Describe(group_id, reply) => {
                 let _ = reply.send(self.summary(&group_id));
@@ -529,14 +589,26 @@ impl Shard {
     }
 
     fn write_offsets(&mut self, write: OffsetWrite, reply: WriteReply, now: i64) {
-        let batch = records::encode_batch(&write.records(), now);
+        let producer = match &write {
+            OffsetWrite::TxnCommit { producer_id, producer_epoch, .. } => {
+                Some((*producer_id, *producer_epoch))
+            }
+            _ => None,
+        };
+        let batch = records::encode_batch_of(&write.records(), producer, now);
         self.write(batch, Pending::Offsets { write, reply }, now);
     }
 
     /// Appends one batch at this shard's leader epoch; it joins the writes in flight until it
-    /// is replicated.
+    /// is replicated. A transaction's batch carries no sequence, so it skips the idempotence
+    /// check of client appends.
     fn write(&mut self, batch: Bytes, pending: Pending, now: i64) {
-        let appended = self.partition.append(&batch, self.leader_epoch, now);
+        let appended =
+            if matches!(pending, Pending::Offsets { write: OffsetWrite::TxnCommit { .. }, .. }) {
+                self.partition.append_trusted(&batch, self.leader_epoch, now)
+            } else {
+                self.partition.append(&batch, self.leader_epoch, now)
+            };
         let info = match appended {
             Ok(info) => info,
             Err(e) => {
@@ -707,5 +779,74 @@ mod tests {
         for answer in &mut replies {
             assert_eq!(answer.try_recv().expect("answered"), Ok(()));
         }
+    }
+
+    #[tokio::test]
+    async fn transactional_offsets_count_from_their_commit_marker_and_survive_a_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = strom_testkit::ManualClock::at(1_000_000);
+        let partition = partition_on(dir.path());
+        partition.lead(NodeId(1), vec![NodeId(1)], vec![NodeId(1)], 0, 0, 0);
+        let mut shard = shard_on(partition.clone(), &clock);
+        shard.install(Loaded::default(), clock.now_ms());
+        let offset = |o: i64| OffsetValue {
+            offset: o,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 1,
+        };
+        let txn_commit = |shard: &mut Shard, producer: (i64, i16), o: i64| {
+            let req = CommitRequest {
+                member_id: String::new(),
+                group_instance_id: None,
+                generation_id: -1,
+                offsets: vec![(("t".to_owned(), 0), offset(o))],
+            };
+            let (reply, answer) = oneshot::channel();
+            shard.on_cmd(Cmd::TxnCommit("g".to_owned(), producer, req, reply));
+            answer
+        };
+        let fetch = |shard: &mut Shard| {
+            let (reply, answer) = oneshot::channel();
+            let wanted = Some(vec![("t".to_owned(), 0)]);
+            shard.on_cmd(Cmd::FetchOffsets {
+                group_id: "g".to_owned(),
+                wanted,
+                require_stable: true,
+                reply,
+            });
+            answer
+        };
+        // Producer 5 commits offset 10 in a transaction; producer 6 writes 20 and aborts.
+        let mut answers =
+            vec![txn_commit(&mut shard, (5, 0), 10), txn_commit(&mut shard, (6, 0), 20)];
+        while let Some((pending, result)) = shard.in_flight.next().await {
+            shard.on_done(pending, result);
+        }
+        for answer in answers.drain(..) {
+            assert_eq!(answer.await.expect("answered"), Ok(()));
+        }
+        let (offsets, unstable) = fetch(&mut shard).await.expect("fetched");
+        assert_eq!(offsets, vec![(("t".to_owned(), 0), None)], "not visible before the marker");
+        assert_eq!(unstable, vec![("t".to_owned(), 0)]);
+        let marker = |commit| strom_protocol::control::Marker { commit, coordinator_epoch: 0 };
+        partition.append_marker(5, 0, marker(true), 0, 1).expect("commit marker");
+        shard.on_cmd(Cmd::TxnCompleted { producer_id: 5, commit: true });
+        partition.append_marker(6, 0, marker(false), 0, 1).expect("abort marker");
+        shard.on_cmd(Cmd::TxnCompleted { producer_id: 6, commit: false });
+        let (offsets, unstable) = fetch(&mut shard).await.expect("fetched");
+        assert_eq!(offsets, vec![(("t".to_owned(), 0), Some(offset(10)))]);
+        assert!(unstable.is_empty());
+
+        // A reload reads the same from the log, and a transaction still open stays pending.
+        let open = txn_commit(&mut shard, (7, 0), 30);
+        let (pending, result) = shard.in_flight.next().await.expect("a write");
+        shard.on_done(pending, result);
+        assert_eq!(open.await.expect("answered"), Ok(()));
+        let mut reloaded = shard_on(partition.clone(), &clock);
+        reloaded.install(load(&partition).expect("loads"), clock.now_ms());
+        let (offsets, unstable) = fetch(&mut reloaded).await.expect("fetched");
+        assert_eq!(offsets, vec![(("t".to_owned(), 0), Some(offset(10)))]);
+        assert_eq!(unstable, vec![("t".to_owned(), 0)], "producer 7's transaction is open");
     }
 }

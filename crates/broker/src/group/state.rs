@@ -399,6 +399,28 @@ impl Group {
         Ok(())
     }
 
+    /// TxnOffsetCommit's check (Kafka's rule): a dead group is not available; a commit that
+    /// names a member must come from one, at the group's generation when it names one; a
+    /// commit without member or generation (a standalone transactional producer) is accepted
+    /// whatever the group's state.
+    pub fn validate_txn_offset_commit(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation_id: i32,
+    ) -> Result<(), GroupError> {
+        if self.state == GroupState::Dead {
+            return Err(GroupError::CoordinatorNotAvailable);
+        }
+        if !member_id.is_empty() {
+            self.check_member(member_id, instance)?;
+        }
+        if generation_id >= 0 && generation_id != self.generation_id {
+            return Err(GroupError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
     pub fn state(&self) -> GroupState {
         self.state
     }

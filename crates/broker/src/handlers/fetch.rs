@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
-use kafka_protocol::messages::BrokerId;
+use kafka_protocol::messages::{BrokerId, ProducerId};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use strom_metadata::{MetadataImage, NodeId, PartitionImage, TopicId};
+use strom_protocol::batch::Batches;
 use strom_protocol::request::{encode_response_sharing, SHARED_BYTES_MIN};
 use tokio::sync::watch;
 
@@ -236,11 +237,24 @@ fn check_partitions(
                     return Err(KafkaError::KafkaStorageError);
                 }
                 let hw = progress.high_watermark;
-                // Consumers read up to the high watermark, followers up to the log end.
+                // Consumers read up to the high watermark (read_committed: up to the last
+                // stable offset, before the oldest open transaction), followers up to the
+                // log end.
                 let log = part.log()?;
                 let start = log.log_start_offset();
-                let bound = if replica.is_some() { log.log_end_offset() } else { hw };
+                let lso = log.first_unstable_offset().map_or(hw, |first| first.min(hw));
+                let read_committed = replica.is_none() && req.isolation_level == 1;
+                let bound = match replica {
+                    Some(_) => log.log_end_offset(),
+                    None if read_committed => lso,
+                    None => hw,
+                };
                 let read = log.read_start(fp.fetch_offset, bound)?;
+                // Trimmed to the data actually read once the read is done.
+                let aborted = read_committed.then(|| {
+                    let aborted = log.aborted_transactions(fp.fetch_offset, lso);
+                    aborted.iter().map(aborted_transaction).collect()
+                });
                 drop(log);
                 if let Some(read) = read {
                     reads.push(PendingRead {
@@ -252,7 +266,8 @@ fn check_partitions(
                 let mut d = PartitionData::default()
                     .with_partition_index(index)
                     .with_high_watermark(hw)
-                    .with_last_stable_offset(hw)
+                    .with_last_stable_offset(lso)
+                    .with_aborted_transactions(aborted)
                     .with_records(Some(Bytes::new()));
                 if version >= 5 {
                     d.log_start_offset = start;
@@ -381,6 +396,12 @@ async fn read_once(
         match records {
             Ok(records) => {
                 total += records.len();
+                if let Some(aborted) = &mut d.aborted_transactions {
+                    // Only the transactions the returned batches overlap.
+                    let last = Batches::new(records.clone()).map_while(Result::ok).last();
+                    let end = last.map_or(-1, |(header, _)| header.last_offset());
+                    aborted.retain(|t| t.first_offset <= end);
+                }
                 d.records = Some(records);
             }
             Err(error) => {
@@ -457,6 +478,12 @@ async fn any_changed(arrivals: &mut [watch::Receiver<u64>]) -> Result<(), watch:
     }
     let waits = arrivals.iter_mut().map(|rx| Box::pin(rx.changed()));
     futures::future::select_all(waits).await.0
+}
+
+fn aborted_transaction(t: &strom_log::AbortedTxn) -> AbortedTransaction {
+    AbortedTransaction::default()
+        .with_producer_id(ProducerId(t.producer_id))
+        .with_first_offset(t.first_offset)
 }
 
 #[cfg(test)]

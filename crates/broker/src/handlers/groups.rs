@@ -26,8 +26,26 @@ use crate::group::{
 };
 use crate::BrokerCtx;
 
+/// An offset a commit (OffsetCommit or TxnOffsetCommit) may store: of a partition that exists,
+/// with metadata within `offset.metadata.max.bytes`.
+pub(super) fn check_offset(
+    image: &strom_metadata::MetadataImage,
+    max_metadata: usize,
+    topic: &str,
+    partition: i32,
+    value: OffsetValue,
+) -> Result<OffsetValue, KafkaError> {
+    if image.partition(topic, partition).is_none() {
+        Err(KafkaError::UnknownTopicOrPartition)
+    } else if value.metadata.len() > max_metadata {
+        Err(KafkaError::OffsetMetadataTooLarge)
+    } else {
+        Ok(value)
+    }
+}
+
 /// Queues `cmd` on the shard coordinating `group_id`.
-async fn send(ctx: &BrokerCtx, group_id: &str, cmd: Cmd) -> Result<(), KafkaError> {
+pub(super) async fn send(ctx: &BrokerCtx, group_id: &str, cmd: Cmd) -> Result<(), KafkaError> {
     let tx = ctx.groups.route(ctx, group_id)?;
     tx.send(cmd).await.map_err(|_| KafkaError::NotCoordinator)
 }
@@ -263,22 +281,20 @@ pub(crate) async fn offset_commit(
         let topic = t.name.0.to_string();
         let mut parts = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
-            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
-            let refused = if image.partition(&topic, p.partition_index).is_none() {
-                Some(KafkaError::UnknownTopicOrPartition.into())
-            } else if metadata.len() > max_metadata {
-                Some(KafkaError::OffsetMetadataTooLarge.into())
-            } else {
-                offsets.push((
-                    (topic.clone(), p.partition_index),
-                    OffsetValue {
-                        offset: p.committed_offset,
-                        leader_epoch: if meta.version >= 6 { p.committed_leader_epoch } else { -1 },
-                        metadata,
-                        commit_timestamp_ms: commit_ts,
-                    },
-                ));
-                None
+            let leader_epoch = if meta.version >= 6 { p.committed_leader_epoch } else { -1 };
+            let value = OffsetValue {
+                offset: p.committed_offset,
+                leader_epoch,
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                commit_timestamp_ms: commit_ts,
+            };
+            let refused = match check_offset(&image, max_metadata, &topic, p.partition_index, value)
+            {
+                Ok(v) => {
+                    offsets.push(((topic.clone(), p.partition_index), v));
+                    None
+                }
+                Err(e) => Some(e.into()),
             };
             parts.push((p.partition_index, refused));
         }
@@ -340,15 +356,29 @@ fn partitions_of(topics: impl Iterator<Item = (TopicName, Vec<i32>)>) -> Vec<(St
         .collect()
 }
 
-/// Committed offsets of one group, or the error for the whole group.
-async fn fetch_group(ctx: &BrokerCtx, group_id: &str, wanted: Wanted) -> FetchedGroup {
-    let (tx, rx) = oneshot::channel();
+/// Committed offsets of one group, or the error for the whole group. With `require_stable`
+/// (v7+), a partition with offsets of a transaction that has not ended answers
+/// UNSTABLE_OFFSET_COMMIT, and the client asks again.
+async fn fetch_group(
+    ctx: &BrokerCtx,
+    group_id: &str,
+    wanted: Wanted,
+    require_stable: bool,
+) -> FetchedGroup {
+    let (reply, rx) = oneshot::channel();
     let requested = wanted.clone();
-    match send(ctx, group_id, Cmd::FetchOffsets(group_id.to_owned(), wanted, tx)).await {
-        Err(c) => FetchedGroup { error: c.into(), offsets: Vec::new(), requested },
+    let cmd = Cmd::FetchOffsets { group_id: group_id.to_owned(), wanted, require_stable, reply };
+    let failed = |error: KafkaError| FetchedGroup {
+        error: error.into(),
+        offsets: Vec::new(),
+        unstable: Vec::new(),
+        requested: requested.clone(),
+    };
+    match send(ctx, group_id, cmd).await {
+        Err(c) => failed(c),
         Ok(()) => match rx.await {
-            Ok(offsets) => FetchedGroup { error: 0, offsets, requested },
-            Err(_) => FetchedGroup { error: gone().into(), offsets: Vec::new(), requested },
+            Ok((offsets, unstable)) => FetchedGroup { error: 0, offsets, unstable, requested },
+            Err(_) => failed(gone()),
         },
     }
 }
@@ -356,6 +386,7 @@ async fn fetch_group(ctx: &BrokerCtx, group_id: &str, wanted: Wanted) -> Fetched
 struct FetchedGroup {
     error: i16,
     offsets: Vec<((String, i32), Option<OffsetValue>)>,
+    unstable: Vec<(String, i32)>,
     requested: Wanted,
 }
 
@@ -374,8 +405,12 @@ impl FetchedGroup {
             self.offsets
         };
         let pcode = if per_partition_error { self.error } else { 0 };
+        let unstable = i16::from(KafkaError::UnstableOffsetCommit);
         for ((topic, p), v) in items {
             let row = match v {
+                _ if self.unstable.iter().any(|(t, i)| *t == topic && *i == p) => {
+                    (p, -1, -1, String::new(), unstable)
+                }
                 Some(v) => (p, v.offset, v.leader_epoch, v.metadata, pcode),
                 None => (p, -1, -1, String::new(), pcode),
             };
@@ -405,7 +440,7 @@ pub(crate) async fn offset_fetch(
                 let wanted = g
                     .topics
                     .map(|ts| partitions_of(ts.into_iter().map(|t| (t.name, t.partition_indexes))));
-                let fetched = fetch_group(&ctx, &group_id, wanted).await;
+                let fetched = fetch_group(&ctx, &group_id, wanted, req.require_stable).await;
                 let error = fetched.error;
                 let topics = fetched
                     .by_topic(false)
@@ -440,7 +475,7 @@ pub(crate) async fn offset_fetch(
         let wanted = req
             .topics
             .map(|ts| partitions_of(ts.into_iter().map(|t| (t.name, t.partition_indexes))));
-        let fetched = fetch_group(&ctx, &group_id, wanted).await;
+        let fetched = fetch_group(&ctx, &group_id, wanted, v >= 7 && req.require_stable).await;
         let error = fetched.error;
         // v1 has no top-level error: each partition carries it.
         let topics = fetched

@@ -11,6 +11,7 @@ mod list_offsets;
 pub(crate) mod metadata;
 mod produce;
 mod producer_id;
+mod transactions;
 
 use std::sync::Arc;
 
@@ -186,6 +187,11 @@ pub(crate) async fn handle(
                 let resp = producer_id::handle(&ctx, req).await;
                 meta.encode(&resp)
             }))
+        }
+        R::WriteTxnMarkers(req) => transactions::write_txn_markers(ctx, meta, req),
+        R::TxnOffsetCommit(req) => transactions::txn_offset_commit(ctx, meta, req).await,
+        R::DescribeProducers(req) => {
+            now(meta.encode(&transactions::describe_producers(ctx, req)))
         }
         R::JoinGroup(req) => {
             let client_id = frame.header.client_id.map(|c| c.to_string()).unwrap_or_default();

@@ -16,12 +16,13 @@ use kafka_protocol::messages::{
     offset_delete_request, offset_fetch_request, offset_for_leader_epoch_request, produce_request,
     sync_group_request, AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
-    FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, ProducerId, RequestHeader,
-    SyncGroupRequest, TopicName,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeProducersRequest, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    ProducerId, RequestHeader, SyncGroupRequest, TopicName, TransactionalId,
+    TxnOffsetCommitRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use strom_testkit::TestRng;
@@ -106,6 +107,9 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::IncrementalAlterConfigs => first_encodable(v, incremental_alter_configs()),
         ApiKey::DescribeCluster => first_encodable(v, describe_cluster()),
         ApiKey::InitProducerId => first_encodable(v, init_producer_id()),
+        ApiKey::WriteTxnMarkers => first_encodable(v, write_txn_markers()),
+        ApiKey::DescribeProducers => first_encodable(v, describe_producers()),
+        ApiKey::TxnOffsetCommit => first_encodable(v, txn_offset_commit()),
         _ => None,
     }
 }
@@ -507,6 +511,57 @@ fn init_producer_id() -> Vec<InitProducerIdRequest> {
         .with_producer_epoch(3)
         .with_unknown_tagged_field(UNKNOWN_TAG, tag());
     vec![rich, base.clone().with_unknown_tagged_field(UNKNOWN_TAG, tag()), base]
+}
+
+/// A coordinator's markers: a commit for two partitions and an abort for one.
+fn write_txn_markers() -> Vec<WriteTxnMarkersRequest> {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    let topic = |name: &'static str, partitions: Vec<i32>| {
+        WritableTxnMarkerTopic::default()
+            .with_name(TopicName(s(name)))
+            .with_partition_indexes(partitions)
+    };
+    let commit = WritableTxnMarker::default()
+        .with_producer_id(ProducerId(7))
+        .with_producer_epoch(1)
+        .with_transaction_result(true)
+        .with_coordinator_epoch(3)
+        .with_topics(vec![topic("orders", vec![0, 1])]);
+    let abort = WritableTxnMarker::default()
+        .with_producer_id(ProducerId(8))
+        .with_transaction_result(false)
+        .with_topics(vec![topic("orders", vec![2])]);
+    vec![WriteTxnMarkersRequest::default().with_markers(vec![commit, abort])]
+}
+
+/// A transactional consumer's offsets: v3 carries its membership, older versions none.
+fn txn_offset_commit() -> Vec<TxnOffsetCommitRequest> {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let topic = TxnOffsetCommitRequestTopic::default()
+        .with_name(TopicName(s("orders")))
+        .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+            .with_partition_index(0)
+            .with_committed_offset(42)
+            .with_committed_metadata(Some(s("m")))]);
+    let base = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(s("txn-1")))
+        .with_group_id(GroupId(s("group")))
+        .with_producer_id(ProducerId(7))
+        .with_topics(vec![topic]);
+    let rich = base.clone().with_generation_id(3).with_member_id(s("member-1"));
+    vec![rich, base]
+}
+
+fn describe_producers() -> Vec<DescribeProducersRequest> {
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    let topic = TopicRequest::default()
+        .with_name(TopicName(s("orders")))
+        .with_partition_indexes(vec![0, 1]);
+    vec![DescribeProducersRequest::default().with_topics(vec![topic])]
 }
 
 // ---------------------------------------------------------------------------------------------
