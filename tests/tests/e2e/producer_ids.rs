@@ -41,10 +41,15 @@ fn init_producer_id(
     conn.read_response(correlation_id, VERSION)
 }
 
+/// The ids one node handed out, and how many answers were COORDINATOR_LOAD_IN_PROGRESS.
+struct HandedOut {
+    ids: Vec<i64>,
+    retries: u32,
+}
+
 /// `count` producer ids from node `id`, one InitProducerId after another on one connection;
-/// COORDINATOR_LOAD_IN_PROGRESS (no block yet) is asked again, as clients do. Also returns
-/// how many answers were that error.
-fn producer_ids(cluster: &StromCluster, id: u32, count: usize) -> anyhow::Result<(Vec<i64>, u32)> {
+/// COORDINATOR_LOAD_IN_PROGRESS (no block yet) is asked again, as clients do.
+fn producer_ids(cluster: &StromCluster, id: u32, count: usize) -> anyhow::Result<HandedOut> {
     let mut conn = RawConnection::connect(cluster.kafka_addr(id))?;
     let deadline = Instant::now() + IDS_TIMEOUT;
     let mut ids = Vec::with_capacity(count);
@@ -66,7 +71,7 @@ fn producer_ids(cluster: &StromCluster, id: u32, count: usize) -> anyhow::Result
             ),
         }
     }
-    Ok((ids, retries))
+    Ok(HandedOut { ids, retries })
 }
 
 /// Each node's ids, asked of all of them at once; every id must be new to `seen`.
@@ -76,7 +81,7 @@ fn ids_from(
     seen: &mut BTreeSet<i64>,
     when: &str,
 ) -> anyhow::Result<()> {
-    let answers: Vec<(u32, anyhow::Result<(Vec<i64>, u32)>)> = std::thread::scope(|scope| {
+    let answers: Vec<(u32, anyhow::Result<HandedOut>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = nodes
             .iter()
             .map(|&id| (id, scope.spawn(move || producer_ids(cluster, id, IDS_PER_BROKER))))
@@ -84,7 +89,7 @@ fn ids_from(
         workers.into_iter().map(|(id, w)| (id, w.join().expect("worker thread"))).collect()
     });
     for (id, answer) in answers {
-        let (ids, retries) = answer?;
+        let HandedOut { ids, retries } = answer?;
         let (low, high) = (ids.iter().min().copied(), ids.iter().max().copied());
         eprintln!(
             "producer ids {when}: node {id} handed out {} ids in {low:?}..={high:?} \
