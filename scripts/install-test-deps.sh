@@ -3,18 +3,17 @@
 # kcat for the end-to-end tests, a C toolchain for librdkafka's vendored build (rdkafka-sys runs
 # its configure + make; zstd and zlib are built by their -sys crates or found via pkg-config),
 # procps for `kill` (the test harness sends signals with it), iproute2 for network tests,
-# rustfmt/clippy for `make lint`, and the group-consumer clients of tests/clients/: kafka-python
+# rustfmt/clippy for `make lint`, and the clients of tests/clients/: kafka-python and aiokafka
 # in a venv and kafkajs in a node prefix, both under target/test-deps (STROM_TEST_DEPS_DIR),
-# where tests/tests/e2e/groups_clients.rs looks for them. Idempotent and quick when everything
-# is already there: apt, pip and npm are skipped.
+# where tests/src/clients.rs looks for them. Idempotent and quick when everything is already
+# there: apt, pip and npm are skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Pinned client versions: a change here reinstalls on the next run. kafka-python stays on the
-# 2.x line: with 3.0.12 a group leader now and then never handled its SyncGroup answer on a
-# loaded machine (the broker had answered the generation's other members, so it had handled
-# the leader's request), stalling the group until the leader's session expired.
-KAFKA_PYTHON_VERSION=2.3.3
+# Pinned client versions (each library's current release): a change here reinstalls on the next
+# run.
+KAFKA_PYTHON_VERSION=3.0.12
+AIOKAFKA_VERSION=0.14.0
 KAFKAJS_VERSION=2.2.4
 DEPS_DIR=${STROM_TEST_DEPS_DIR:-$PWD/target/test-deps}
 
@@ -73,17 +72,21 @@ for component in rustfmt clippy; do
     fi
 done
 
-# kafka-python in a venv (Debian's python3 refuses system-wide pip installs, PEP 668).
+# kafka-python and aiokafka in a venv (Debian's python3 refuses system-wide pip installs,
+# PEP 668).
 venv=$DEPS_DIR/venv
-if "$venv/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" \
-    >/dev/null 2>&1; then
-    echo "install-test-deps: kafka-python $KAFKA_PYTHON_VERSION present in $venv"
+python_wanted="kafka-python==$KAFKA_PYTHON_VERSION aiokafka==$AIOKAFKA_VERSION"
+if "$venv/bin/python" -c "
+import sys, kafka, aiokafka
+sys.exit((kafka.__version__, aiokafka.__version__) != ('$KAFKA_PYTHON_VERSION', '$AIOKAFKA_VERSION'))
+" >/dev/null 2>&1; then
+    echo "install-test-deps: $python_wanted present in $venv"
 else
-    echo "install-test-deps: installing kafka-python $KAFKA_PYTHON_VERSION into $venv"
+    echo "install-test-deps: installing $python_wanted into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "kafka-python==$KAFKA_PYTHON_VERSION"
+    # shellcheck disable=SC2086 # two requirement specifiers
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $python_wanted
 fi
 
 # kafkajs in a node prefix; the tests run node with NODE_PATH=$DEPS_DIR/node/node_modules.

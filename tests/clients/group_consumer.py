@@ -95,12 +95,17 @@ def main():
         heartbeat_interval_ms=args.heartbeat_interval_ms,
         check_crcs=True,
     )
-    # Know the topic's partitions before joining: a leader without them assigns nothing and
-    # the group rebalances again once metadata arrives.
-    deadline = time.monotonic() + 30
-    while not consumer.partitions_for_topic(args.topic) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # Subscribe, then fetch metadata until it lists the topic, all before the first poll()
+    # joins the group. The coordinator snapshots the subscribed topics' partitions on each
+    # metadata update after the subscription; a leader that assigns with an empty snapshot
+    # rejoins as soon as the next update fills it. kafka-python 3.0.12 can lose that rejoin's
+    # outcome: when poll()'s timeout runs out just as the join completes, the next poll no
+    # longer needs a rejoin (the snapshots now agree) and never takes the finished join, so
+    # the heartbeat stays disabled and the broker expires the member after its session.
     consumer.subscribe([args.topic], listener=Listener())
+    deadline = time.monotonic() + 30
+    while args.topic not in consumer.topics() and time.monotonic() < deadline:
+        time.sleep(0.1)
     event("started", args.name)
 
     out = sys.stdout
