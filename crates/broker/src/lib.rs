@@ -13,6 +13,7 @@ mod fetcher;
 mod group;
 mod handlers;
 mod image;
+mod internal_topic;
 mod isr;
 mod log_dir;
 mod partition;
@@ -20,6 +21,7 @@ mod peer;
 mod producer_ids;
 mod replica;
 mod server;
+mod shards;
 mod txn;
 mod wire;
 

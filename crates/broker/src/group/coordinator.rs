@@ -5,9 +5,7 @@
 //! ([`Coordinator::route`]). When leadership moves the shard stops and the new leader loads the
 //! same state from its copy of the log.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -16,11 +14,8 @@ use super::records::OffsetValue;
 use super::shard::{self, Shard, SHARD_QUEUE_MAX};
 use super::state::*;
 use crate::partition::Partition;
+use crate::shards::{Routed, ShardSlots};
 use crate::BrokerCtx;
-
-/// How often the shard manager re-checks leadership besides image changes (a partition may
-/// become leader locally a moment after the image says so).
-const MANAGER_TICK: Duration = Duration::from_millis(200);
 
 /// One group as DescribeGroups and the admin API show it.
 #[derive(Clone, Debug)]
@@ -97,15 +92,10 @@ pub(crate) enum Cmd {
     DeleteOffsets(String, Vec<(String, i32)>, oneshot::Sender<DeletedOffsets>),
 }
 
-enum Slot {
-    Loading { leader_epoch: i32 },
-    Ready { leader_epoch: i32, tx: mpsc::Sender<Cmd> },
-}
-
 /// Which shards this broker runs, by `__consumer_offsets` partition.
 #[derive(Default)]
 pub(crate) struct Coordinator {
-    slots: Mutex<HashMap<i32, Slot>>,
+    slots: ShardSlots<mpsc::Sender<Cmd>>,
     pub(super) offsets_topic: OffsetsTopic,
 }
 
@@ -119,38 +109,29 @@ impl Coordinator {
             return Err(RouteError::NotAvailable);
         };
         let partition = partition_for(group_id, topic.partitions.len() as i32);
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        match slots.get(&partition) {
-            Some(Slot::Ready { tx, .. }) => Ok(tx.clone()),
-            Some(Slot::Loading { .. }) => Err(RouteError::Loading),
-            None => Err(RouteError::NotCoordinator),
+        match self.slots.get(partition) {
+            Routed::Ready(tx) => Ok(tx),
+            Routed::Loading => Err(RouteError::Loading),
+            Routed::Absent => Err(RouteError::NotCoordinator),
+        }
+    }
+
+    /// The shard of `__consumer_offsets` partition `index`, if this broker runs it.
+    pub fn shard(&self, index: i32) -> Option<mpsc::Sender<Cmd>> {
+        match self.slots.get(index) {
+            Routed::Ready(tx) => Some(tx),
+            Routed::Loading | Routed::Absent => None,
         }
     }
 
     /// Every running shard, for ListGroups.
-    /// The shard of `__consumer_offsets` partition `index`, if this broker runs it.
-    pub fn shard(&self, index: i32) -> Option<mpsc::Sender<Cmd>> {
-        match self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&index) {
-            Some(Slot::Ready { tx, .. }) => Some(tx.clone()),
-            _ => None,
-        }
-    }
-
     pub fn shards(&self) -> Vec<mpsc::Sender<Cmd>> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .values()
-            .filter_map(|s| match s {
-                Slot::Ready { tx, .. } => Some(tx.clone()),
-                Slot::Loading { .. } => None,
-            })
-            .collect()
+        self.slots.ready()
     }
 
     /// Whether some shard is still loading (ListGroups reports COORDINATOR_LOAD_IN_PROGRESS).
     pub fn any_loading(&self) -> bool {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.values().any(|s| matches!(s, Slot::Loading { .. }))
+        self.slots.any_loading()
     }
 }
 
@@ -162,71 +143,20 @@ pub(crate) enum RouteError {
 }
 
 /// Starts and stops shards as leadership of `__consumer_offsets` partitions comes and goes.
-pub(crate) async fn run(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
-    let mut image_rx = ctx.image.subscribe();
-    let mut tick = tokio::time::interval(MANAGER_TICK);
-    loop {
-        reconcile(&ctx);
-        tokio::select! {
-            changed = image_rx.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+pub(crate) async fn run(ctx: Arc<BrokerCtx>, shutdown: watch::Receiver<bool>) {
+    crate::shards::follow_leadership(ctx, shutdown, |ctx| {
+        for (index, epoch, partition) in ctx.groups.slots.reconcile(ctx, OFFSETS_TOPIC) {
+            tokio::spawn(load_and_serve(ctx.clone(), partition, index, epoch));
         }
-    }
-}
-
-fn reconcile(ctx: &Arc<BrokerCtx>) {
-    let node = ctx.config.node_id;
-    let image = ctx.image.current();
-    let mut led: HashMap<i32, i32> = HashMap::new();
-    if let Some(topic) = image.topic(OFFSETS_TOPIC) {
-        for (index, p) in &topic.partitions {
-            if p.leader == Some(node) {
-                led.insert(*index, p.leader_epoch.0);
-            }
-        }
-    }
-    let mut slots = ctx.groups.slots.lock().unwrap_or_else(|p| p.into_inner());
-    slots.retain(|index, slot| {
-        let epoch = match slot {
-            Slot::Loading { leader_epoch } | Slot::Ready { leader_epoch, .. } => *leader_epoch,
-        };
-        let keep = led.get(index) == Some(&epoch);
-        if !keep {
-            tracing::debug!(partition = index, "no longer coordinator for this offsets partition");
-        }
-        keep
-    });
-    for (index, epoch) in led {
-        if slots.contains_key(&index) {
-            continue;
-        }
-        let Some(partition) = ctx.replicas.get(OFFSETS_TOPIC, index) else { continue };
-        // The local log must be in the leader role at this epoch before anything is written.
-        if partition.progress().leader_epoch != Some(epoch) {
-            continue;
-        }
-        slots.insert(index, Slot::Loading { leader_epoch: epoch });
-        tokio::spawn(load_and_serve(ctx.clone(), partition, index, epoch));
-    }
+    })
+    .await
 }
 
 async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i32, epoch: i32) {
     let started = std::time::Instant::now();
-    let p = partition.clone();
-    let loaded = tokio::task::spawn_blocking(move || shard::load(&p)).await;
-    let loaded = match loaded {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            tracing::error!(partition = index, error = %e, "cannot load offsets partition");
-            drop_slot(&ctx, index, epoch);
-            return;
-        }
-        Err(e) => {
-            tracing::error!(partition = index, error = %e, "offsets partition load task failed");
-            drop_slot(&ctx, index, epoch);
-            return;
-        }
+    let Some(loaded) = crate::shards::load(partition.clone(), shard::load).await else {
+        ctx.groups.slots.stopped(index, epoch);
+        return;
     };
     let settings = ctx.config.groups.clone();
     let now = ctx.clock.now_ms();
@@ -234,13 +164,8 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
     let mut shard = Shard::new(partition, index, epoch, settings, ctx.clock.clone());
     let (groups, offsets) = (loaded.groups(), loaded.offsets);
     shard.install(loaded, now);
-    {
-        let mut slots = ctx.groups.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if !matches!(slots.get(&index), Some(Slot::Loading { leader_epoch }) if *leader_epoch == epoch)
-        {
-            return; // leadership moved while loading
-        }
-        slots.insert(index, Slot::Ready { leader_epoch: epoch, tx });
+    if !ctx.groups.slots.loaded(index, epoch, tx) {
+        return; // leadership moved while loading
     }
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if groups > 0 {
@@ -261,19 +186,6 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
         );
     }
     shard.run(rx).await;
-    drop_slot(&ctx, index, epoch);
+    ctx.groups.slots.stopped(index, epoch);
     tracing::debug!(partition = index, leader_epoch = epoch, "coordinator shard stopped");
-}
-
-fn drop_slot(ctx: &BrokerCtx, index: i32, epoch: i32) {
-    let mut slots = ctx.groups.slots.lock().unwrap_or_else(|p| p.into_inner());
-    let same = match slots.get(&index) {
-        Some(Slot::Loading { leader_epoch }) | Some(Slot::Ready { leader_epoch, .. }) => {
-            *leader_epoch == epoch
-        }
-        None => false,
-    };
-    if same {
-        slots.remove(&index);
-    }
 }

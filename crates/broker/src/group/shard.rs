@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::{mpsc, oneshot};
 
 use super::offsets::{self, GroupEntry, OffsetWrite};
 use super::records::{self, Entry, OffsetValue};
 use super::state::*;
-use super::{Cmd, CommitRequest, DeletedOffsets, GroupSummary, TopicPartition, OFFSETS_TOPIC};
+use super::{Cmd, CommitRequest, DeletedOffsets, GroupSummary, TopicPartition};
 use crate::clock::Clock;
 use crate::config::GroupSettings;
 use crate::partition::{AckError, Partition};
@@ -29,8 +28,6 @@ pub(super) const SHARD_QUEUE_MAX: usize = 1_024;
 /// so a shard never holds more waiting writes than requests it queues.
 const WRITES_IN_FLIGHT_MAX: usize = 256;
 const _: () = assert!(WRITES_IN_FLIGHT_MAX > 0 && WRITES_IN_FLIGHT_MAX <= SHARD_QUEUE_MAX);
-/// Bytes read from the log per step while loading a partition.
-const LOAD_READ_BYTES: usize = 1 << 20;
 /// Groups one shard (offsets partition) holds; a new group beyond it is refused with
 /// COORDINATOR_NOT_AVAILABLE. Kafka has no such bound; a broker must.
 const GROUPS_PER_SHARD_MAX: usize = 1_000_000;
@@ -90,57 +87,23 @@ impl Loaded {
 
 /// Reads the whole local log of an offsets partition (the leader's copy is authoritative).
 pub(super) fn load(partition: &Partition) -> Result<Loaded, strom_log::LogError> {
-    let (start, end) = {
-        let log = partition.log()?;
-        (log.log_start_offset(), log.log_end_offset())
-    };
     let mut loaded = Loaded::default();
-    let mut next = start;
-    while next < end {
-        let chunk = partition.log()?.read(next, LOAD_READ_BYTES, end)?;
-        if chunk.is_empty() {
-            break;
-        }
-        let mut buf = chunk;
-        let sets = match RecordBatchDecoder::decode_all(&mut buf) {
-            Ok(sets) => sets,
-            Err(e) => {
-                // Only strom writes this topic, uncompressed; a batch it cannot read is skipped
-                // rather than stopping the coordinator for every group of the partition.
-                tracing::error!(topic = OFFSETS_TOPIC, partition = partition.index, offset = next,
-                    error = %e, "cannot decode offsets batch; skipping the rest of this read");
-                next += 1;
-                continue;
+    crate::shards::read_log(partition, |r| {
+        let Some(key) = r.key else { return };
+        if r.control {
+            // A transaction marker: key (version, type 0 ABORT / 1 COMMIT).
+            if let Some(kind) = key.get(2..4) {
+                loaded.complete_txn(r.producer_id, kind == [0, 1]);
             }
-        };
-        let before = next;
-        for set in sets {
-            for r in set.records {
-                if r.offset < next {
-                    continue;
-                }
-                next = r.offset + 1;
-                let Some(key) = r.key else { continue };
-                if r.control {
-                    // A transaction marker: key (version, type 0 ABORT / 1 COMMIT).
-                    if let Some(kind) = key.get(2..4) {
-                        loaded.complete_txn(r.producer_id, kind == [0, 1]);
-                    }
-                    continue;
-                }
-                match records::decode(key, r.value) {
-                    Ok(entry) if r.transactional => loaded.apply_txn(r.producer_id, entry),
-                    Ok(entry) => loaded.apply(entry),
-                    Err(e) => tracing::warn!(partition = partition.index, offset = r.offset,
-                        error = %e, "skipping unreadable offsets record"),
-                }
-            }
+            return;
         }
-        if next == before {
-            // A read that returned only batches we had already passed (e.g. empty ones).
-            next += 1;
+        match records::decode(key, r.value) {
+            Ok(entry) if r.transactional => loaded.apply_txn(r.producer_id, entry),
+            Ok(entry) => loaded.apply(entry),
+            Err(e) => tracing::warn!(partition = partition.index, offset = r.offset,
+                error = %e, "skipping unreadable offsets record"),
         }
-    }
+    })?;
     loaded.offsets = loaded.offsets_by_group.values().map(BTreeMap::len).sum();
     Ok(loaded)
 }
@@ -677,6 +640,7 @@ mod tests {
     use strom_metadata::{NodeId, TopicId};
 
     use super::*;
+    use crate::group::OFFSETS_TOPIC;
 
     /// An offsets partition over a real (temporary) log.
     fn partition_on(dir: &std::path::Path) -> Arc<Partition> {
