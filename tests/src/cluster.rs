@@ -14,7 +14,7 @@
 //! Everything is bounded: [`wait_until`] polls a condition until a deadline and fails with the
 //! last state it saw. Dropping the cluster kills every process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, ExitStatus, Stdio};
@@ -511,6 +511,58 @@ impl StromCluster {
                 }
             }
             Ok(Some(()))
+        })
+    }
+
+    /// Waits until every running node shows every partition of `topic` with a live leader and
+    /// the full replica set in its ISR; returns how long that took.
+    pub fn wait_isr_full(&self, topic: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        wait_until(timeout, &format!("every ISR of {topic} is full on every node"), || {
+            for id in self.running() {
+                let metadata = self.metadata(id)?;
+                let t = metadata
+                    .topic(topic)
+                    .with_context(|| format!("node {id}: {topic} not listed"))?;
+                for (p, info) in &t.partitions {
+                    let (mut isr, mut replicas) = (info.isr.clone(), info.replicas.clone());
+                    isr.sort_unstable();
+                    replicas.sort_unstable();
+                    if info.leader < 0 || isr != replicas {
+                        bail!(
+                            "node {id}: {topic}-{p} leader {} ISR {:?} replicas {:?}",
+                            info.leader,
+                            info.isr,
+                            info.replicas
+                        );
+                    }
+                }
+            }
+            Ok(Some(()))
+        })?;
+        Ok(started.elapsed())
+    }
+
+    /// Waits until every running node but `old` (which may be stopped) names the same leader
+    /// for `partition`, other than `old` (and -1), and returns it.
+    pub fn wait_new_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        old: i32,
+        timeout: Duration,
+    ) -> anyhow::Result<i32> {
+        let what = format!("{topic}-{partition} has a leader other than {old}");
+        wait_until(timeout, &what, || {
+            let mut seen = BTreeSet::new();
+            for id in self.running().into_iter().filter(|&id| id as i32 != old) {
+                let leaders = self.metadata(id)?.leaders_of(topic);
+                seen.insert(leaders.get(&partition).copied().unwrap_or(-1));
+            }
+            match seen.into_iter().collect::<Vec<_>>()[..] {
+                [leader] if leader >= 0 && leader != old => Ok(Some(leader)),
+                ref other => bail!("leaders seen by the other nodes: {other:?}"),
+            }
         })
     }
 

@@ -275,8 +275,8 @@ pub struct AckingProducer {
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(60);
 
 impl AckingProducer {
-    /// `acks=all`, `linger.ms=5`, no idempotence (producer ids come in a later issue); `extra`
-    /// overrides any of these.
+    /// `acks=all`, `linger.ms=5`, idempotence off; `extra` overrides any of these (e.g.
+    /// `enable.idempotence=true`).
     pub fn new(bootstrap: &str, extra: &[(&str, &str)]) -> anyhow::Result<AckingProducer> {
         let mut config = client_config(bootstrap);
         config

@@ -1,10 +1,11 @@
 //! Process harness for end-to-end tests: spawns the real `strom` binary on free loopback ports
 //! with its data in a temporary directory, waits until it serves Kafka, signals it (kill -9,
 //! SIGTERM, SIGSTOP/SIGCONT), restarts it on the same ports and data, and drives it with
-//! librdkafka (`rdkafka`) and raw sockets. [`StromCluster`] does the same for 1, 3 or 5 nodes
-//! that form one controller quorum.
+//! librdkafka (`rdkafka`), raw sockets and the other languages' clients of `tests/clients/`.
+//! [`StromCluster`] does the same for 1, 3 or 5 nodes that form one controller quorum.
 
 pub mod binary;
+pub mod clients;
 pub mod cluster;
 pub mod kafka;
 pub mod netns;
@@ -12,6 +13,7 @@ pub mod node;
 pub mod powercut;
 pub mod raw;
 pub mod segment;
+pub mod stream;
 
 pub use cluster::{free_ports, wait_until, with_cluster, ClusterOptions, StromCluster};
 pub use node::{run_to_exit, NodeOptions, StromNode};

@@ -11,14 +11,18 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+
+use crate::segment;
 
 /// Largest response frame the tests accept (a sanity bound, not the broker's limit).
 const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -180,9 +184,37 @@ impl RawConnection {
     /// Sends a Produce (acks=-1) of `batch` to `topic`/`partition` at the highest version both
     /// sides know and returns that partition's error code.
     pub fn produce(&mut self, topic: &str, partition: i32, batch: Bytes) -> anyhow::Result<i16> {
+        Ok(self.produce_answer(topic, partition, batch)?.error_code)
+    }
+
+    /// Sends a Produce (acks=-1) of `batch` as [`Self::produce`] does and returns the
+    /// partition's whole answer (error code, base offset, ...).
+    pub fn produce_answer(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+    ) -> anyhow::Result<PartitionProduceResponse> {
         let version = self.max_version(ApiKey::Produce)?.min(PRODUCE_VERSION_MAX);
         let id = self.send_produce(topic, partition, batch, version)?;
-        produce_error_code(&self.read_response(id, version)?, partition)
+        let response: ProduceResponse = self.read_response(id, version)?;
+        response
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partition_responses)
+            .find(|p| p.index == partition)
+            .context("Produce response has no entry for the partition")
+    }
+
+    /// InitProducerId for an idempotent producer (no transactional id) at the highest version
+    /// both sides know; the caller checks the answer's error code.
+    pub fn init_producer_id(&mut self) -> anyhow::Result<InitProducerIdResponse> {
+        let version = self.max_version(ApiKey::InitProducerId)?.min(INIT_PRODUCER_ID_VERSION_MAX);
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000);
+        let id = self.send_request(ApiKey::InitProducerId as i16, version, &request, version)?;
+        self.read_response(id, version)
     }
 
     /// Sends a Produce (acks=-1) at `version` without waiting for the answer.
@@ -251,6 +283,8 @@ pub fn produce_error_code(response: &ProduceResponse, partition: i32) -> anyhow:
 pub const PRODUCE_VERSION_MAX: i16 = 12;
 /// Highest Fetch version the tests send: v13 replaces topic names by topic ids.
 pub const FETCH_VERSION_MAX: i16 = 12;
+/// Highest InitProducerId version the `kafka-protocol` crate encodes.
+pub const INIT_PRODUCER_ID_VERSION_MAX: i16 = 5;
 
 /// `len | header | body` for one request.
 pub fn encode_frame<R: Encodable + HeaderVersion>(
@@ -293,6 +327,29 @@ pub fn header_only_frame(api_key: i16, api_version: i16, correlation_id: i32) ->
 
 /// A valid, uncompressed v2 record batch of `values` (CreateTime `timestamp_ms`, no key).
 pub fn record_batch(values: &[&[u8]], timestamp_ms: i64) -> anyhow::Result<Bytes> {
+    encode_batch(values, (-1, -1, -1), timestamp_ms)
+}
+
+/// The same batch from an idempotent producer: `producer_id` and `producer_epoch` in its header,
+/// its records numbered from `base_sequence`.
+pub fn idempotent_batch(
+    values: &[&[u8]],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    timestamp_ms: i64,
+) -> anyhow::Result<Bytes> {
+    encode_batch(values, (producer_id, producer_epoch, base_sequence), timestamp_ms)
+}
+
+/// One batch; `producer` is (id, epoch, base sequence), all -1 for a producer without
+/// idempotence.
+fn encode_batch(
+    values: &[&[u8]],
+    producer: (i64, i16, i32),
+    timestamp_ms: i64,
+) -> anyhow::Result<Bytes> {
+    let (producer_id, producer_epoch, base_sequence) = producer;
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -301,13 +358,13 @@ pub fn record_batch(values: &[&[u8]], timestamp_ms: i64) -> anyhow::Result<Bytes
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            // The encoder starts a new batch unless offset - sequence stays constant; this
-            // keeps the batch's base sequence at -1 (no idempotence).
-            sequence: i as i32 - 1,
+            // The encoder starts a new batch unless offset - sequence stays constant, and
+            // writes the first record's sequence as the batch's base sequence (-1: none).
+            sequence: base_sequence.wrapping_add(i as i32),
             timestamp: timestamp_ms,
             key: None,
             value: Some(Bytes::copy_from_slice(value)),
@@ -322,6 +379,93 @@ pub fn record_batch(values: &[&[u8]], timestamp_ms: i64) -> anyhow::Result<Bytes
     )
     .context("encode record batch")?;
     Ok(buf.freeze())
+}
+
+/// One record as a consumer's Fetch served it, with its batch's producer fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRecord {
+    pub offset: i64,
+    /// -1 for a producer without idempotence.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The batch's base sequence plus the record's offset delta (-1 without idempotence).
+    pub sequence: i32,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+}
+
+/// Fetch requests a partition read may take before it gives up.
+const READ_FETCHES_MAX: usize = 10_000;
+
+/// Reads `topic`/`partition` from offset 0 up to the high watermark of the first answer with
+/// consumer Fetches to `addr` (which must lead the partition); control records are left out.
+pub fn read_partition(
+    addr: SocketAddr,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<Vec<FetchedRecord>> {
+    let mut conn = RawConnection::connect(addr)?;
+    let version = conn.max_version(ApiKey::Fetch)?.min(FETCH_VERSION_MAX);
+    let mut out = Vec::new();
+    let (mut next, mut high_watermark) = (0i64, None);
+    for _ in 0..READ_FETCHES_MAX {
+        if high_watermark.is_some_and(|hw| next >= hw) {
+            return Ok(out);
+        }
+        // A batch that starts below the fetch offset is served whole: its records below are
+        // already read.
+        let from = next;
+        let request = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(0)
+            .with_max_bytes(8 * 1024 * 1024)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(from)
+                    .with_partition_max_bytes(8 * 1024 * 1024)])]);
+        let id = conn.send_request(ApiKey::Fetch as i16, version, &request, version)?;
+        let response: FetchResponse = conn.read_response(id, version)?;
+        anyhow::ensure!(response.error_code == 0, "Fetch top-level error {}", response.error_code);
+        let data = response
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+            .context("Fetch response has no entry for the partition")?;
+        anyhow::ensure!(
+            data.error_code == 0,
+            "Fetch {topic}-{partition} at {from} from {addr}: error {}",
+            data.error_code
+        );
+        let hw = *high_watermark.get_or_insert(data.high_watermark);
+        let bytes = data.records.unwrap_or_default();
+        for info in segment::batches(&bytes) {
+            let mut slice = bytes.slice(info.position..info.end());
+            let set = RecordBatchDecoder::decode(&mut slice)
+                .with_context(|| format!("decode the batch at {}", info.base_offset))?;
+            for record in set.records {
+                next = next.max(record.offset + 1);
+                if !record.control && (from..hw).contains(&record.offset) {
+                    out.push(FetchedRecord {
+                        offset: record.offset,
+                        producer_id: record.producer_id,
+                        producer_epoch: record.producer_epoch,
+                        sequence: record.sequence,
+                        key: record.key,
+                        value: record.value,
+                    });
+                }
+            }
+            // A batch of only control records still moves the position on.
+            next = next.max(info.next_offset());
+        }
+    }
+    bail!("{topic}-{partition}: not read up to its high watermark in {READ_FETCHES_MAX} fetches")
 }
 
 /// `batch` with one bit of its CRC field flipped.

@@ -9,13 +9,14 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
+use strom_tests::clients::Library;
 use strom_tests::kafka::{self, Ack, AckingProducer, Outgoing};
 use strom_tests::{NodeOptions, StromNode, CLIENT_TIMEOUT, CONSUME_TIMEOUT, POLL_INTERVAL};
 use tempfile::TempDir;
@@ -32,8 +33,6 @@ const MEMBER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const REBALANCE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Lines of each member's stderr (events and the library's INFO log) shown on failure.
 const STDERR_TAIL_LINES: usize = 80;
-/// Where `scripts/install-test-deps.sh` puts the client libraries, unless overridden.
-const DEPS_DIR_ENV: &str = "STROM_TEST_DEPS_DIR";
 
 /// A light `__consumer_offsets`, no wait for more members before the first assignment, and
 /// the clients' 10 s sessions well inside the allowed range.
@@ -51,81 +50,6 @@ fn kafka_python_group_consumes_each_record_once_across_rebalances_and_restart() 
 #[test]
 fn kafkajs_group_consumes_each_record_once_across_rebalances_and_restart() {
     run(Library::Kafkajs);
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Library {
-    KafkaPython,
-    Kafkajs,
-}
-
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-fn deps_dir() -> PathBuf {
-    match std::env::var_os(DEPS_DIR_ENV) {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("target/test-deps"),
-    }
-}
-
-impl Library {
-    fn name(self) -> &'static str {
-        match self {
-            Library::KafkaPython => "kafka-python",
-            Library::Kafkajs => "kafkajs",
-        }
-    }
-
-    /// The command that runs one member (arguments still to add), or an error telling how to
-    /// install the library.
-    fn command(self) -> anyhow::Result<Command> {
-        let deps = deps_dir();
-        let clients = workspace_root().join("tests/clients");
-        let install = format!(
-            "run `make install-test-deps` (scripts/install-test-deps.sh installs it under {})",
-            deps.display()
-        );
-        match self {
-            Library::KafkaPython => {
-                let python = deps.join("venv/bin/python");
-                let probe = Command::new(&python).args(["-c", "import kafka"]).output();
-                match probe {
-                    Ok(output) if output.status.success() => {}
-                    Ok(output) => bail!(
-                        "kafka-python is not importable by {}: {}; {install}",
-                        python.display(),
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    ),
-                    Err(error) => {
-                        bail!("kafka-python: cannot run {}: {error}; {install}", python.display())
-                    }
-                }
-                let mut command = Command::new(python);
-                command.arg("-u").arg(clients.join("group_consumer.py"));
-                Ok(command)
-            }
-            Library::Kafkajs => {
-                let modules = deps.join("node/node_modules");
-                let package = modules.join("kafkajs/package.json");
-                ensure!(
-                    package.is_file(),
-                    "kafkajs is not installed ({} is missing); {install}",
-                    package.display()
-                );
-                let probe = Command::new("node").arg("--version").output();
-                ensure!(
-                    matches!(&probe, Ok(output) if output.status.success()),
-                    "node does not run ({probe:?}); {install}"
-                );
-                let mut command = Command::new("node");
-                command.arg(clients.join("group_consumer.js")).env("NODE_PATH", modules);
-                Ok(command)
-            }
-        }
-    }
 }
 
 /// One consumed record, as a member printed it.
@@ -285,7 +209,7 @@ impl Group {
     fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
         let stdout_path = self.dir.path().join(format!("{name}.out"));
         let stderr_path = self.dir.path().join(format!("{name}.err"));
-        let mut command = self.library.command()?;
+        let mut command = self.library.command("group_consumer")?;
         command
             .args(["--bootstrap", &self.bootstrap, "--topic", TOPIC, "--group", GROUP])
             .args([
@@ -522,7 +446,7 @@ fn check_committed_everything(bootstrap: &str) -> anyhow::Result<()> {
 
 fn run(library: Library) {
     // Fails before anything starts when the library is missing: never a vacuous pass.
-    if let Err(error) = library.command() {
+    if let Err(error) = library.command("group_consumer") {
         panic!("{error:#}");
     }
     let options =

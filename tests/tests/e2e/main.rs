@@ -10,6 +10,7 @@ mod fetch_limits;
 mod fuzz_node;
 mod groups;
 mod groups_clients;
+mod idempotence;
 mod kcat;
 mod lifecycle;
 mod metadata_limits;

@@ -13,9 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -28,14 +25,12 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use rdkafka::admin::{NewTopic, TopicReplication};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
+use rdkafka::error::RDKafkaErrorCode;
 use strom_tests::cluster::StromCluster;
 use strom_tests::kafka::{self, AckingProducer, Consumed, Outgoing};
 use strom_tests::netns::{self, NetnsCluster};
 use strom_tests::raw::{self, RawConnection};
+use strom_tests::stream::{id_of, value_of, Streamer, VALUE_BYTES};
 use strom_tests::{segment, wait_until, with_cluster, ClusterOptions, CLIENT_TIMEOUT};
 
 /// Kafka error codes the tests expect from the broker.
@@ -47,192 +42,8 @@ const NOT_ENOUGH_REPLICAS: i16 = 19;
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(45);
 /// Bound for a restarted or healed replica to be back in every ISR with identical logs.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(90);
-/// Every record's value: an id the checks parse back, padded to this many bytes.
-const VALUE_BYTES: usize = 100;
-
-fn value_of(id: usize) -> Vec<u8> {
-    let mut value = format!("rec-{id:010}-").into_bytes();
-    while value.len() < VALUE_BYTES {
-        value.push(b'a' + ((id + value.len()) % 26) as u8);
-    }
-    value
-}
-
-fn id_of(value: &[u8]) -> Option<usize> {
-    let digits = value.strip_prefix(b"rec-")?.get(..10)?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
 /// Values of the raw probes the tests write (not from the streaming producer).
 const PROBE_PREFIX: &[u8] = b"probe-";
-
-// ---------------------------------------------------------------------------------------------
-// A streaming producer that records when each record was sent and acknowledged.
-
-#[derive(Clone, Copy, Debug)]
-struct Delivered {
-    partition: i32,
-    offset: i64,
-    at: Instant,
-}
-
-/// Everything the streaming producer sent and what became of it, by record id.
-#[derive(Default)]
-struct Ledger {
-    /// Send instant of every record, indexed by id (ids are sent in order).
-    sent: Mutex<Vec<Instant>>,
-    acked: Mutex<BTreeMap<usize, Delivered>>,
-    failed: Mutex<BTreeMap<usize, String>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
-impl Ledger {
-    /// When the first record sent at or after `since` was acknowledged on `partition`.
-    fn first_ack_after(&self, partition: i32, since: Instant) -> Option<Instant> {
-        let first_id = lock(&self.sent).partition_point(|&at| at < since);
-        lock(&self.acked)
-            .range(first_id..)
-            .filter(|(_, d)| d.partition == partition)
-            .map(|(_, d)| d.at)
-            .min()
-    }
-
-    fn acks(&self) -> BTreeMap<usize, (i32, i64)> {
-        lock(&self.acked).iter().map(|(&id, d)| (id, (d.partition, d.offset))).collect()
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "{} sent, {} acknowledged, {} failed",
-            lock(&self.sent).len(),
-            lock(&self.acked).len(),
-            lock(&self.failed).len()
-        )
-    }
-}
-
-struct LedgerContext(Arc<Ledger>);
-
-impl ClientContext for LedgerContext {}
-
-impl ProducerContext for LedgerContext {
-    type DeliveryOpaque = Box<usize>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<usize>) {
-        let at = Instant::now();
-        match result {
-            Ok(message) => {
-                let delivered =
-                    Delivered { partition: message.partition(), offset: message.offset(), at };
-                let previous = lock(&self.0.acked).insert(*id, delivered);
-                assert!(previous.is_none(), "two delivery reports for record {id}");
-            }
-            Err((error, _)) => {
-                lock(&self.0.failed).insert(*id, error.to_string());
-            }
-        }
-    }
-}
-
-/// A background thread producing `acks=all` records round-robin over the partitions of one
-/// topic at a steady rate (idempotence off, librdkafka's default retries).
-struct Streamer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-    ledger: Arc<Ledger>,
-}
-
-impl Streamer {
-    fn start(
-        bootstrap: &str,
-        topic: &str,
-        partitions: i32,
-        per_second: u64,
-    ) -> anyhow::Result<Self> {
-        let ledger = Arc::new(Ledger::default());
-        let producer: BaseProducer<LedgerContext> = kafka::client_config(bootstrap)
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "false")
-            .set("message.timeout.ms", "30000")
-            .set("queue.buffering.max.messages", "100000")
-            // A paused leader keeps its connections open and answers nothing: without frequent
-            // refreshes librdkafka would only notice the new leader after request.timeout.ms.
-            .set("topic.metadata.refresh.interval.ms", "1000")
-            .create_with_context(LedgerContext(ledger.clone()))
-            .context("create the streaming producer")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (topic, flag, book) = (topic.to_owned(), stop.clone(), ledger.clone());
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut id = 0usize;
-            while !flag.load(Ordering::Relaxed) {
-                let due = (started.elapsed().as_millis() as u64 * per_second / 1000) as usize;
-                while id < due && !flag.load(Ordering::Relaxed) {
-                    let (key, value) = (format!("k{id}"), value_of(id));
-                    let mut record = BaseRecord::with_opaque_to(&topic, Box::new(id))
-                        .partition((id % partitions as usize) as i32)
-                        .key(key.as_bytes())
-                        .payload(&value[..]);
-                    lock(&book.sent).push(Instant::now());
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((
-                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                                r,
-                            )) => {
-                                record = r;
-                                producer.poll(Duration::from_millis(10));
-                            }
-                            Err((error, _)) => bail!("send record {id}: {error}"),
-                        }
-                    }
-                    id += 1;
-                }
-                producer.poll(Duration::from_millis(5));
-            }
-            // Whatever is still unacknowledged after the flush is purged: it counts as failed.
-            let _ = producer.flush(Duration::from_secs(40));
-            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-            let _ = producer.flush(Duration::from_secs(5));
-            Ok(())
-        });
-        Ok(Streamer { stop, thread: Some(thread), ledger })
-    }
-
-    fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
-    /// Waits (bounded) until `count` more records are acknowledged.
-    fn wait_acks(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
-        let target = lock(&self.ledger.acked).len() + count;
-        wait_until(timeout, &format!("{count} more acknowledgements"), || {
-            Ok((lock(&self.ledger.acked).len() >= target).then_some(()))
-        })
-    }
-
-    /// Stops producing, waits for every outstanding delivery report and returns the ledger.
-    fn stop(mut self) -> anyhow::Result<Arc<Ledger>> {
-        self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.take().context("streamer already stopped")?;
-        thread.join().map_err(|_| anyhow::anyhow!("streaming producer panicked"))??;
-        Ok(self.ledger.clone())
-    }
-}
-
-impl Drop for Streamer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Checks.
@@ -458,60 +269,6 @@ fn replica_dirs(
         .collect())
 }
 
-/// Waits until every running node shows every partition of `topic` with a live leader and the
-/// full replica set in its ISR; returns how long that took.
-fn wait_isr_full(
-    cluster: &StromCluster,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    wait_until(timeout, &format!("every ISR of {topic} is full on every node"), || {
-        for id in cluster.running() {
-            let metadata = cluster.metadata(id)?;
-            let t =
-                metadata.topic(topic).with_context(|| format!("node {id}: {topic} not listed"))?;
-            for (p, info) in &t.partitions {
-                let (mut isr, mut replicas) = (info.isr.clone(), info.replicas.clone());
-                isr.sort_unstable();
-                replicas.sort_unstable();
-                if info.leader < 0 || isr != replicas {
-                    bail!(
-                        "node {id}: {topic}-{p} leader {} ISR {:?} replicas {:?}",
-                        info.leader,
-                        info.isr,
-                        info.replicas
-                    );
-                }
-            }
-        }
-        Ok(Some(()))
-    })?;
-    Ok(started.elapsed())
-}
-
-/// Waits until every running node but `old` (which may be stopped) names a leader for
-/// `partition` other than `old` (and -1).
-fn wait_new_leader(
-    cluster: &StromCluster,
-    topic: &str,
-    partition: i32,
-    old: i32,
-) -> anyhow::Result<i32> {
-    let what = format!("{topic}-{partition} has a leader other than {old}");
-    wait_until(FAILOVER_TIMEOUT, &what, || {
-        let mut seen = BTreeSet::new();
-        for id in cluster.running().into_iter().filter(|&id| id as i32 != old) {
-            let leaders = cluster.metadata(id)?.leaders_of(topic);
-            seen.insert(leaders.get(&partition).copied().unwrap_or(-1));
-        }
-        match seen.into_iter().collect::<Vec<_>>()[..] {
-            [leader] if leader >= 0 && leader != old => Ok(Some(leader)),
-            ref other => bail!("leaders seen by the other nodes: {other:?}"),
-        }
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw Kafka requests for the zombie-leader probes.
 
@@ -671,7 +428,7 @@ fn rf3_acks_all_records_read_back_from_every_leader_with_identical_replicas() {
         let topic = "bulk";
         create_topic(&cluster.bootstrap(), topic, BULK_PARTITIONS, &[])?;
         cluster.wait_topic_everywhere(topic, BULK_PARTITIONS as usize)?;
-        wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+        cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
 
         let producer = AckingProducer::new(
             &cluster.bootstrap(),
@@ -759,7 +516,7 @@ fn rf3_acks_all_records_read_back_from_every_leader_with_identical_replicas() {
             for &id in &stopped {
                 cluster.restart(id)?;
             }
-            let isr = wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+            let isr = cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
             let election = cluster.cli(keeper, &["cluster", "elect-leaders", "--topic", topic])?;
             eprintln!(
                 "nodes {stopped:?} back in every ISR {:?} after their restart ({isr:?} waiting); \
@@ -831,10 +588,10 @@ fn acks_all_survives_kill9_of_leader_follower_and_controller() {
         let partitions: Vec<i32> = (0..STREAM_PARTITIONS).collect();
         create_topic(&cluster.bootstrap(), topic, STREAM_PARTITIONS, &[])?;
         cluster.wait_topic_everywhere(topic, partitions.len())?;
-        wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+        cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
         let replicas = replicas_of(cluster, topic)?;
         let streamer =
-            Streamer::start(&cluster.bootstrap(), topic, STREAM_PARTITIONS, STREAM_RATE)?;
+            Streamer::start(&cluster.bootstrap(), topic, STREAM_PARTITIONS, STREAM_RATE, &[])?;
         streamer.wait_acks(1_000, CLIENT_TIMEOUT)?;
 
         let mut report = Vec::new();
@@ -870,7 +627,8 @@ fn acks_all_survives_kill9_of_leader_follower_and_controller() {
                 std::thread::sleep(DOWN_FOR - down);
             }
             cluster.restart(victim)?;
-            let caught_up = wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)
+            let caught_up = cluster
+                .wait_isr_full(topic, CATCH_UP_TIMEOUT)
                 .with_context(|| format!("round {round}: node {victim} back in the ISRs"))?;
             let line = format!(
                 "round {round}: kill -9 {kind} node {victim} (partition {partition} leader {leader}, \
@@ -883,7 +641,7 @@ fn acks_all_survives_kill9_of_leader_follower_and_controller() {
         eprintln!("kill test: {rounds} rounds; producer {}", ledger.summary());
         let acked = ledger.acks();
         verify_acked(&cluster.bootstrap(), topic, &partitions, &acked)?;
-        wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+        cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
         wait_replicas_identical(&cluster.bootstrap(), topic, &replica_dirs(cluster, topic)?)?;
         eprintln!("unavailability per round:\n  {}", report.join("\n  "));
         Ok(())
@@ -900,7 +658,7 @@ fn paused_leader_is_fenced_truncates_and_loses_no_acked_record() {
         let partitions: Vec<i32> = (0..STREAM_PARTITIONS).collect();
         create_topic(&cluster.bootstrap(), topic, STREAM_PARTITIONS, &[])?;
         cluster.wait_topic_everywhere(topic, partitions.len())?;
-        wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+        cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
         // Pause a leader that is not the active controller, so that only the data plane fails
         // over (the controller keeps its term).
         let controller = cluster.active_controller()?;
@@ -912,7 +670,7 @@ fn paused_leader_is_fenced_truncates_and_loses_no_acked_record() {
             .context("no partition")?;
         let old_node = old as u32;
         let streamer =
-            Streamer::start(&cluster.bootstrap(), topic, STREAM_PARTITIONS, STREAM_RATE)?;
+            Streamer::start(&cluster.bootstrap(), topic, STREAM_PARTITIONS, STREAM_RATE, &[])?;
         streamer.wait_acks(1_000, CLIENT_TIMEOUT)?;
 
         // A probe in flight as the leader stops: appended (or not) just before the pause, its
@@ -922,7 +680,7 @@ fn paused_leader_is_fenced_truncates_and_loses_no_acked_record() {
             send_probe(&mut in_flight, topic, partition, b"probe-before-stop", -1, 25_000)?;
         cluster.sigstop(old_node)?;
         let stopped = Instant::now();
-        let new = wait_new_leader(cluster, topic, partition, old)?;
+        let new = cluster.wait_new_leader(topic, partition, old, FAILOVER_TIMEOUT)?;
         let failover = stopped.elapsed();
         let acked = wait_until(FAILOVER_TIMEOUT, "an ack from the new leader", || {
             Ok(streamer.ledger().first_ack_after(partition, stopped))
@@ -1010,7 +768,7 @@ fn paused_leader_is_fenced_truncates_and_loses_no_acked_record() {
                 );
             }
         }
-        wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+        cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
         wait_replicas_identical(&cluster.bootstrap(), topic, &replica_dirs(cluster, topic)?)?;
         // The acks=1 probe was written to the zombie's log at `offset` (it said so). Where the
         // committed log holds something else there, the zombie's suffix diverged, and the
@@ -1074,7 +832,7 @@ fn partition_test(cluster: &NetnsCluster) -> anyhow::Result<()> {
     let partition = 0;
     let isolated = cluster.leadership_seen_by(1, topic)?[&partition].0 as u32;
     let others: Vec<u32> = cluster.ids().into_iter().filter(|&id| id != isolated).collect();
-    let streamer = Streamer::start(&everyone, topic, STREAM_PARTITIONS, STREAM_RATE)?;
+    let streamer = Streamer::start(&everyone, topic, STREAM_PARTITIONS, STREAM_RATE, &[])?;
     streamer.wait_acks(1_000, CLIENT_TIMEOUT)?;
 
     cluster.lab.isolate(isolated)?;
@@ -1202,7 +960,7 @@ fn min_insync_two_refuses_acks_all_with_two_replicas_down_but_takes_acks_1() {
         let topic = "minisr";
         create_topic(&cluster.bootstrap(), topic, 1, &[])?;
         cluster.wait_topic_everywhere(topic, 1)?;
-        wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+        cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
         let replicas = replicas_of(cluster, topic)?[&0].clone();
         let leader = cluster.leaders_of(topic)?[&0];
         let followers: Vec<u32> =
@@ -1276,7 +1034,7 @@ fn min_insync_two_refuses_acks_all_with_two_replicas_down_but_takes_acks_1() {
             back.elapsed()
         );
         cluster.restart(followers[1])?;
-        wait_isr_full(cluster, topic, CATCH_UP_TIMEOUT)?;
+        cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
         let log = log_of(&kafka::consume_all(&cluster.bootstrap(), topic, &[0], &[])?, 0);
         check_against_log("acks=1 record", &[(one_offset, b"probe-acks-1".to_vec())], &log)?;
         check_against_log("acks=all record", &[(resumed, b"probe-all-resumed".to_vec())], &log)?;

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""An idempotent producer (enable_idempotence=True) with kafka-python's KafkaProducer or
+aiokafka's AIOKafkaProducer.
+
+Sends --count records to --topic without waiting for each answer (the library batches and
+pipelines them): record i goes to partition i % --partitions with key `k<i>` and value
+`<prefix>-<i>` (six digits). Once every record is acknowledged it prints one line per record,
+in send order, to stdout,
+
+    <partition> <offset> <value>
+
+and exits 0. A record that fails prints `FAILED <value> <error>` to stderr and the exit status
+is 1. The library's log goes to stderr (--log-level).
+
+Used by tests/tests/e2e/idempotence.rs; scripts/install-test-deps.sh installs both libraries
+into target/test-deps/venv.
+"""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+# Bound on the whole run: the test's own timeout is longer, so a hang is reported from here.
+DEADLINE_S = 60
+
+
+def records(args):
+    for i in range(args.count):
+        value = f"{args.prefix}-{i:06}".encode()
+        yield i % args.partitions, f"k{i}".encode(), value
+
+
+def report(acks, failures):
+    for partition, offset, value in acks:
+        print(partition, offset, value.decode())
+    for value, error in failures:
+        print("FAILED", value.decode(), repr(error), file=sys.stderr)
+    sys.stdout.flush()
+    return 1 if failures else 0
+
+
+def run_kafka_python(args):
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=args.bootstrap.split(","),
+        client_id="strom-tests-kafka-python",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        request_timeout_ms=10000,
+        delivery_timeout_ms=DEADLINE_S * 1000,
+    )
+    sent = []
+    for partition, key, value in records(args):
+        sent.append((value, producer.send(args.topic, key=key, value=value, partition=partition)))
+    producer.flush(timeout=DEADLINE_S)
+    acks, failures = [], []
+    for value, future in sent:
+        try:
+            metadata = future.get(timeout=DEADLINE_S)
+            acks.append((metadata.partition, metadata.offset, value))
+        except Exception as error:  # noqa: BLE001 - every failure is reported
+            failures.append((value, error))
+    producer.close(timeout=10)
+    return report(acks, failures)
+
+
+async def run_aiokafka(args):
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.bootstrap,
+        client_id="strom-tests-aiokafka",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        request_timeout_ms=10000,
+    )
+    await producer.start()
+    try:
+        sent = []
+        for partition, key, value in records(args):
+            future = await producer.send(args.topic, value=value, key=key, partition=partition)
+            sent.append((value, future))
+        acks, failures = [], []
+        for value, future in sent:
+            try:
+                metadata = await asyncio.wait_for(future, DEADLINE_S)
+                acks.append((metadata.partition, metadata.offset, value))
+            except Exception as error:  # noqa: BLE001 - every failure is reported
+                failures.append((value, error))
+    finally:
+        await producer.stop()
+    return report(acks, failures)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--library", required=True, choices=["kafka-python", "aiokafka"])
+    parser.add_argument("--bootstrap", required=True, help="host:port[,host:port...]")
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--prefix", default="rec")
+    parser.add_argument("--log-level", default="WARNING", help="Python logging level")
+    args = parser.parse_args()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.library == "kafka-python":
+        return run_kafka_python(args)
+    return asyncio.run(asyncio.wait_for(run_aiokafka(args), DEADLINE_S))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
