@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use strom_log::ReadStart;
 
 use super::Meta;
-use super::{check_leader, leader_hint, local_partition, s};
+use super::{check_leader, leader_hint, local_partition};
 use crate::errors::KafkaError;
 use crate::fetch_memory::{reserved_bytes, ConnectionMemory, FetchMemory, Reservation};
 use crate::isr::FollowerFetchRefused;
@@ -295,16 +295,7 @@ fn check_partitions(
     }
     let mut resp = FetchResponse::default().with_responses(responses);
     if version >= 16 {
-        resp.node_endpoints = endpoints
-            .into_iter()
-            .map(|(id, (host, port, rack))| {
-                NodeEndpoint::default()
-                    .with_node_id(BrokerId(id))
-                    .with_host(s(host))
-                    .with_port(port)
-                    .with_rack(rack.map(s))
-            })
-            .collect();
+        resp.node_endpoints = super::node_endpoints!(endpoints, NodeEndpoint);
     }
     Pass { resp, reads, any_error, arrivals }
 }

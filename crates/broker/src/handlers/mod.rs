@@ -146,6 +146,26 @@ pub(crate) fn leader_hint(
     Some(LeaderHint { leader_id: leader.0, leader_epoch: p.leader_epoch.0, endpoint })
 }
 
+/// KIP-951: a response's `node_endpoints`, made of the leaders' endpoints gathered from
+/// [`LeaderHint`]s (node id -> (host, port, rack)) as `$endpoint`, the response's own
+/// `NodeEndpoint`. A macro because Produce and Fetch each have their own generated type, with
+/// no trait in common.
+macro_rules! node_endpoints {
+    ($endpoints:expr, $endpoint:ty) => {
+        $endpoints
+            .into_iter()
+            .map(|(id, (host, port, rack))| {
+                <$endpoint>::default()
+                    .with_node_id(::kafka_protocol::messages::BrokerId(id))
+                    .with_host($crate::wire::s(host))
+                    .with_port(port)
+                    .with_rack(rack.map($crate::wire::s))
+            })
+            .collect()
+    };
+}
+pub(crate) use node_endpoints;
+
 pub(crate) async fn handle(
     ctx: &Arc<BrokerCtx>,
     frame: RequestFrame,
@@ -289,5 +309,32 @@ mod tests {
         let p = local_partition(&ctx, &ctx.image.current(), "a", 0).expect("the new log");
         assert_eq!(p.topic_id, strom_metadata::TopicId([2; 16]));
         ctx.replicas.close_all().await.expect("closes");
+    }
+
+    /// KIP-951: Produce's and Fetch's `node_endpoints` both carry each hinted leader's host,
+    /// port and rack, in node id order.
+    #[test]
+    fn node_endpoints_carry_each_leaders_host_port_and_rack() {
+        use kafka_protocol::messages::{fetch_response, produce_response};
+        let endpoints = || {
+            std::collections::BTreeMap::from([
+                (3, ("b".to_string(), 9093, None)),
+                (1, ("a".to_string(), 9092, Some("r1".to_string()))),
+            ])
+        };
+        let expected =
+            [(1, "a".to_string(), 9092, Some("r1".to_string())), (3, "b".to_string(), 9093, None)];
+        let fetch: Vec<fetch_response::NodeEndpoint> =
+            super::node_endpoints!(endpoints(), fetch_response::NodeEndpoint);
+        let fields = |e: &fetch_response::NodeEndpoint| {
+            (e.node_id.0, e.host.to_string(), e.port, e.rack.as_ref().map(|r| r.to_string()))
+        };
+        assert_eq!(fetch.iter().map(fields).collect::<Vec<_>>(), expected);
+        let produce: Vec<produce_response::NodeEndpoint> =
+            super::node_endpoints!(endpoints(), produce_response::NodeEndpoint);
+        let fields = |e: &produce_response::NodeEndpoint| {
+            (e.node_id.0, e.host.to_string(), e.port, e.rack.as_ref().map(|r| r.to_string()))
+        };
+        assert_eq!(produce.iter().map(fields).collect::<Vec<_>>(), expected);
     }
 }

@@ -211,16 +211,7 @@ pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> R
             topics[slot.topic].partition_responses.push(slot.response);
         }
         let mut resp = ProduceResponse::default().with_responses(topics);
-        resp.node_endpoints = endpoints
-            .into_iter()
-            .map(|(id, (host, port, rack))| {
-                NodeEndpoint::default()
-                    .with_node_id(BrokerId(id))
-                    .with_host(s(host))
-                    .with_port(port)
-                    .with_rack(rack.map(s))
-            })
-            .collect();
+        resp.node_endpoints = super::node_endpoints!(endpoints, NodeEndpoint);
         meta.encode(&resp)
     }))
 }
