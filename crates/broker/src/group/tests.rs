@@ -267,12 +267,8 @@ const THREE_STABLE: &str = "
     @3500 sync r=6 member=c3-3 gen=1
 ";
 
-#[test]
-fn three_members_form_one_generation_and_sync_distributes_assignments() {
-    check(
-        GroupConfig::default(),
-        THREE_STABLE,
-        r#"
+/// What THREE_STABLE renders, which every scenario that continues from it starts with.
+const THREE_STABLE_RENDERED: &str = "
         @0 join r=1 client=c1 protocols=range:s1
           = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1]
         @100 join r=2 client=c2 protocols=range:s2
@@ -296,14 +292,28 @@ fn three_members_form_one_generation_and_sync_distributes_assignments() {
         @3500 sync r=6 member=c3-3 gen=1
           r6 sync ok assignment=a3
           = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-    "#,
+";
+
+/// A scenario that continues from THREE_STABLE under the default config: `script` and
+/// `expected` hold what follows it; the whole rendering is compared.
+#[track_caller]
+fn check_after_three_stable(script: &str, expected: &str) {
+    check(
+        GroupConfig::default(),
+        &format!("{THREE_STABLE}{script}"),
+        &format!("{THREE_STABLE_RENDERED}{expected}"),
     );
 }
 
 #[test]
+fn three_members_form_one_generation_and_sync_distributes_assignments() {
+    check(GroupConfig::default(), THREE_STABLE, THREE_STABLE_RENDERED);
+}
+
+#[test]
 fn fourth_member_rebalances_and_heartbeats_answer_rebalance_in_progress() {
-    let script = format!(
-        "{THREE_STABLE}
+    check_after_three_stable(
+        "
         @4000 join r=7 client=c4 protocols=range:s4
         @4100 heartbeat r=8 member=c1-1 gen=1
         @4100 heartbeat r=9 member=c2-2 gen=1
@@ -315,35 +325,8 @@ fn fourth_member_rebalances_and_heartbeats_answer_rebalance_in_progress() {
         @4500 persisted gen=2
         @4600 sync r=15 member=c4-4 gen=2
         @4600 heartbeat r=16 member=c4-4 gen=2
-        "
-    );
-    check(
-        GroupConfig::default(),
-        &script,
+        ",
         r#"
-        @0 join r=1 client=c1 protocols=range:s1
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1]
-        @100 join r=2 client=c2 protocols=range:s2
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2]
-        @200 join r=3 client=c3 protocols=range:s3
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2,c3-3]
-        @3200 tick
-          r1 join ok member=c1-1 gen=1 leader=c1-1 protocol=range members=[c1-1:s1,c2-2:s2,c3-3:s3]
-          r2 join ok member=c2-2 gen=1 leader=c1-1 protocol=range
-          r3 join ok member=c3-3 gen=1 leader=c1-1 protocol=range
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=4 member=c2-2 gen=1
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=5 member=c1-1 gen=1 assign=c1-1:a1,c2-2:a2,c3-3:a3
-          persist gen=1 leader=c1-1 protocol=range members=[c1-1=a1,c2-2=a2,c3-3=a3]
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3400 persisted gen=1
-          r5 sync ok assignment=a1
-          r4 sync ok assignment=a2
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3500 sync r=6 member=c3-3 gen=1
-          r6 sync ok assignment=a3
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
         @4000 join r=7 client=c4 protocols=range:s4
           = PreparingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3,c4-4]
         @4100 heartbeat r=8 member=c1-1 gen=1
@@ -383,8 +366,8 @@ fn fourth_member_rebalances_and_heartbeats_answer_rebalance_in_progress() {
 
 #[test]
 fn silent_member_expires_after_its_session_timeout_and_the_rest_rebalance() {
-    let script = format!(
-        "{THREE_STABLE}
+    check_after_three_stable(
+        "
         @8000 heartbeat r=7 member=c1-1 gen=1
         @8000 heartbeat r=8 member=c2-2 gen=1
         # c3 last heard of at 3500; its session is 10s.
@@ -393,35 +376,8 @@ fn silent_member_expires_after_its_session_timeout_and_the_rest_rebalance() {
         @13600 heartbeat r=9 member=c1-1 gen=1
         @13700 join r=10 member=c1-1 client=c1 protocols=range:s1
         @13800 join r=11 member=c2-2 client=c2 protocols=range:s2
-        "
-    );
-    check(
-        GroupConfig::default(),
-        &script,
+        ",
         r#"
-        @0 join r=1 client=c1 protocols=range:s1
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1]
-        @100 join r=2 client=c2 protocols=range:s2
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2]
-        @200 join r=3 client=c3 protocols=range:s3
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2,c3-3]
-        @3200 tick
-          r1 join ok member=c1-1 gen=1 leader=c1-1 protocol=range members=[c1-1:s1,c2-2:s2,c3-3:s3]
-          r2 join ok member=c2-2 gen=1 leader=c1-1 protocol=range
-          r3 join ok member=c3-3 gen=1 leader=c1-1 protocol=range
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=4 member=c2-2 gen=1
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=5 member=c1-1 gen=1 assign=c1-1:a1,c2-2:a2,c3-3:a3
-          persist gen=1 leader=c1-1 protocol=range members=[c1-1=a1,c2-2=a2,c3-3=a3]
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3400 persisted gen=1
-          r5 sync ok assignment=a1
-          r4 sync ok assignment=a2
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3500 sync r=6 member=c3-3 gen=1
-          r6 sync ok assignment=a3
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
         @8000 heartbeat r=7 member=c1-1 gen=1
           r7 heartbeat ok
           = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
@@ -447,8 +403,8 @@ fn silent_member_expires_after_its_session_timeout_and_the_rest_rebalance() {
 
 #[test]
 fn rebalance_timeout_completes_the_join_phase_with_whoever_joined() {
-    let script = format!(
-        "{THREE_STABLE}
+    check_after_three_stable(
+        "
         @4000 leave r=7 members=c3-3
         @4100 join r=8 member=c1-1 client=c1 protocols=range:s1
         # c2 keeps heartbeating but never rejoins; the rebalance timeout is 30s.
@@ -456,35 +412,8 @@ fn rebalance_timeout_completes_the_join_phase_with_whoever_joined() {
         @28000 heartbeat r=10 member=c2-2 gen=1
         @33999 tick
         @34000 tick
-        "
-    );
-    check(
-        GroupConfig::default(),
-        &script,
+        ",
         r#"
-        @0 join r=1 client=c1 protocols=range:s1
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1]
-        @100 join r=2 client=c2 protocols=range:s2
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2]
-        @200 join r=3 client=c3 protocols=range:s3
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2,c3-3]
-        @3200 tick
-          r1 join ok member=c1-1 gen=1 leader=c1-1 protocol=range members=[c1-1:s1,c2-2:s2,c3-3:s3]
-          r2 join ok member=c2-2 gen=1 leader=c1-1 protocol=range
-          r3 join ok member=c3-3 gen=1 leader=c1-1 protocol=range
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=4 member=c2-2 gen=1
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=5 member=c1-1 gen=1 assign=c1-1:a1,c2-2:a2,c3-3:a3
-          persist gen=1 leader=c1-1 protocol=range members=[c1-1=a1,c2-2=a2,c3-3=a3]
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3400 persisted gen=1
-          r5 sync ok assignment=a1
-          r4 sync ok assignment=a2
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3500 sync r=6 member=c3-3 gen=1
-          r6 sync ok assignment=a3
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
         @4000 leave r=7 members=c3-3
           r7 leave ok [c3-3/- ok]
           = PreparingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2]
@@ -596,39 +525,12 @@ fn static_member_rejoining_with_new_protocols_rebalances() {
 
 #[test]
 fn stale_generation_is_illegal_generation() {
-    let script = format!(
-        "{THREE_STABLE}
+    check_after_three_stable(
+        "
         @4000 heartbeat r=7 member=c1-1 gen=0
         @4000 sync r=8 member=c2-2 gen=2
-        "
-    );
-    check(
-        GroupConfig::default(),
-        &script,
+        ",
         r#"
-        @0 join r=1 client=c1 protocols=range:s1
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1]
-        @100 join r=2 client=c2 protocols=range:s2
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2]
-        @200 join r=3 client=c3 protocols=range:s3
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2,c3-3]
-        @3200 tick
-          r1 join ok member=c1-1 gen=1 leader=c1-1 protocol=range members=[c1-1:s1,c2-2:s2,c3-3:s3]
-          r2 join ok member=c2-2 gen=1 leader=c1-1 protocol=range
-          r3 join ok member=c3-3 gen=1 leader=c1-1 protocol=range
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=4 member=c2-2 gen=1
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=5 member=c1-1 gen=1 assign=c1-1:a1,c2-2:a2,c3-3:a3
-          persist gen=1 leader=c1-1 protocol=range members=[c1-1=a1,c2-2=a2,c3-3=a3]
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3400 persisted gen=1
-          r5 sync ok assignment=a1
-          r4 sync ok assignment=a2
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3500 sync r=6 member=c3-3 gen=1
-          r6 sync ok assignment=a3
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
         @4000 heartbeat r=7 member=c1-1 gen=0
           r7 heartbeat IllegalGeneration(22)
           = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
@@ -641,41 +543,14 @@ fn stale_generation_is_illegal_generation() {
 
 #[test]
 fn unknown_member_is_refused_everywhere() {
-    let script = format!(
-        "{THREE_STABLE}
+    check_after_three_stable(
+        "
         @4000 join r=7 member=nobody client=x
         @4000 sync r=8 member=nobody gen=1
         @4000 heartbeat r=9 member=nobody gen=1
         @4000 leave r=10 members=nobody,c3-3
-        "
-    );
-    check(
-        GroupConfig::default(),
-        &script,
+        ",
         r#"
-        @0 join r=1 client=c1 protocols=range:s1
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1]
-        @100 join r=2 client=c2 protocols=range:s2
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2]
-        @200 join r=3 client=c3 protocols=range:s3
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2,c3-3]
-        @3200 tick
-          r1 join ok member=c1-1 gen=1 leader=c1-1 protocol=range members=[c1-1:s1,c2-2:s2,c3-3:s3]
-          r2 join ok member=c2-2 gen=1 leader=c1-1 protocol=range
-          r3 join ok member=c3-3 gen=1 leader=c1-1 protocol=range
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=4 member=c2-2 gen=1
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=5 member=c1-1 gen=1 assign=c1-1:a1,c2-2:a2,c3-3:a3
-          persist gen=1 leader=c1-1 protocol=range members=[c1-1=a1,c2-2=a2,c3-3=a3]
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3400 persisted gen=1
-          r5 sync ok assignment=a1
-          r4 sync ok assignment=a2
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3500 sync r=6 member=c3-3 gen=1
-          r6 sync ok assignment=a3
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
         @4000 join r=7 member=nobody client=x
           r7 join UnknownMemberId(25) member=nobody
           = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
@@ -818,8 +693,8 @@ fn initial_rebalance_delay_waits_for_more_members_up_to_the_rebalance_timeout() 
 
 #[test]
 fn last_member_leaving_empties_the_group_which_can_then_be_deleted() {
-    let script = format!(
-        "{THREE_STABLE}
+    check_after_three_stable(
+        "
         @4000 delete
         @4000 leave r=8 members=c1-1,c2-2
         @4000 leave r=9 members=c3-3
@@ -827,35 +702,8 @@ fn last_member_leaving_empties_the_group_which_can_then_be_deleted() {
         @4200 delete
         @4300 join r=7 client=c5
         @4300 heartbeat r=10 member=c3-3 gen=2
-        "
-    );
-    check(
-        GroupConfig::default(),
-        &script,
+        ",
         r#"
-        @0 join r=1 client=c1 protocols=range:s1
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1]
-        @100 join r=2 client=c2 protocols=range:s2
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2]
-        @200 join r=3 client=c3 protocols=range:s3
-          = PreparingRebalance gen=0 leader=- protocol=- members=[c1-1,c2-2,c3-3]
-        @3200 tick
-          r1 join ok member=c1-1 gen=1 leader=c1-1 protocol=range members=[c1-1:s1,c2-2:s2,c3-3:s3]
-          r2 join ok member=c2-2 gen=1 leader=c1-1 protocol=range
-          r3 join ok member=c3-3 gen=1 leader=c1-1 protocol=range
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=4 member=c2-2 gen=1
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3300 sync r=5 member=c1-1 gen=1 assign=c1-1:a1,c2-2:a2,c3-3:a3
-          persist gen=1 leader=c1-1 protocol=range members=[c1-1=a1,c2-2=a2,c3-3=a3]
-          = CompletingRebalance gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3400 persisted gen=1
-          r5 sync ok assignment=a1
-          r4 sync ok assignment=a2
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
-        @3500 sync r=6 member=c3-3 gen=1
-          r6 sync ok assignment=a3
-          = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
         @4000 delete
           refused NonEmptyGroup(68)
           = Stable gen=1 leader=c1-1 protocol=range members=[c1-1,c2-2,c3-3]
