@@ -327,7 +327,7 @@ pub fn header_only_frame(api_key: i16, api_version: i16, correlation_id: i32) ->
 
 /// A valid, uncompressed v2 record batch of `values` (CreateTime `timestamp_ms`, no key).
 pub fn record_batch(values: &[&[u8]], timestamp_ms: i64) -> anyhow::Result<Bytes> {
-    encode_batch(values, (-1, -1, -1), timestamp_ms)
+    encode_batch(values, (-1, -1, -1), false, timestamp_ms)
 }
 
 /// The same batch from an idempotent producer: `producer_id` and `producer_epoch` in its header,
@@ -339,7 +339,18 @@ pub fn idempotent_batch(
     base_sequence: i32,
     timestamp_ms: i64,
 ) -> anyhow::Result<Bytes> {
-    encode_batch(values, (producer_id, producer_epoch, base_sequence), timestamp_ms)
+    encode_batch(values, (producer_id, producer_epoch, base_sequence), false, timestamp_ms)
+}
+
+/// The same batch inside a transaction (the transactional attribute set).
+pub fn transactional_batch(
+    values: &[&[u8]],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    timestamp_ms: i64,
+) -> anyhow::Result<Bytes> {
+    encode_batch(values, (producer_id, producer_epoch, base_sequence), true, timestamp_ms)
 }
 
 /// One batch; `producer` is (id, epoch, base sequence), all -1 for a producer without
@@ -347,6 +358,7 @@ pub fn idempotent_batch(
 fn encode_batch(
     values: &[&[u8]],
     producer: (i64, i16, i32),
+    transactional: bool,
     timestamp_ms: i64,
 ) -> anyhow::Result<Bytes> {
     let (producer_id, producer_epoch, base_sequence) = producer;
@@ -354,7 +366,7 @@ fn encode_batch(
         .iter()
         .enumerate()
         .map(|(i, value)| Record {
-            transactional: false,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,

@@ -21,6 +21,7 @@ mod produce_acks;
 mod producer_ids;
 mod quorum;
 mod raw_socket;
+mod read_committed;
 mod replica_fetchers;
 mod replication;
 mod reserved_names;
