@@ -87,6 +87,8 @@ pub(crate) enum KafkaError {
     InvalidProducerEpoch,
     TransactionCoordinatorFenced,
     UnstableOffsetCommit,
+    OperationNotAttempted,
+    TransactionalIdNotFound,
 }
 
 impl KafkaError {
@@ -149,6 +151,8 @@ impl KafkaError {
             KafkaError::InvalidProducerEpoch => K::InvalidProducerEpoch,
             KafkaError::TransactionCoordinatorFenced => K::TransactionCoordinatorFenced,
             KafkaError::UnstableOffsetCommit => K::UnstableOffsetCommit,
+            KafkaError::OperationNotAttempted => K::OperationNotAttempted,
+            KafkaError::TransactionalIdNotFound => K::TransactionalIdNotFound,
         };
         k.code()
     }
@@ -275,6 +279,7 @@ impl From<TxnError> for KafkaError {
             TxnError::InvalidTxnState => KafkaError::InvalidTxnState,
             TxnError::NotCoordinator => KafkaError::NotCoordinator,
             TxnError::CoordinatorNotAvailable => KafkaError::CoordinatorNotAvailable,
+            TxnError::CoordinatorLoadInProgress => KafkaError::CoordinatorLoadInProgress,
             TxnError::UnknownServerError => KafkaError::UnknownServerError,
         }
     }
@@ -367,11 +372,13 @@ mod tests {
             KafkaError::InvalidProducerEpoch => 47,
             KafkaError::TransactionCoordinatorFenced => 52,
             KafkaError::UnstableOffsetCommit => 88,
+            KafkaError::OperationNotAttempted => 55,
+            KafkaError::TransactionalIdNotFound => 105,
         }
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 56] = [
+    const ALL: [KafkaError; 58] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -428,6 +435,8 @@ mod tests {
         KafkaError::InvalidProducerEpoch,
         KafkaError::TransactionCoordinatorFenced,
         KafkaError::UnstableOffsetCommit,
+        KafkaError::OperationNotAttempted,
+        KafkaError::TransactionalIdNotFound,
     ];
 
     #[test]

@@ -65,6 +65,8 @@ pub(crate) struct BrokerCtx {
     pub clock: Arc<dyn Clock>,
     /// The blocks of producer ids this broker hands out (InitProducerId).
     pub producer_ids: Arc<producer_ids::ProducerIdManager>,
+    /// The transaction coordinator's shards on this broker, and its marker sender.
+    pub txn: txn::TxnCoordinator,
 }
 
 impl BrokerCtx {
@@ -110,6 +112,7 @@ impl Broker {
             Arc::new(producer_ids::ControllerBlocks(controller.clone())),
             clock.clone(),
         ));
+        let (markers, marker_jobs) = txn::MarkerSender::new();
         let ctx = Arc::new(BrokerCtx {
             image: listener.cell(),
             replicas,
@@ -121,6 +124,7 @@ impl Broker {
             fetch_memory: fetch_memory::FetchMemory::new(),
             clock,
             producer_ids,
+            txn: txn::TxnCoordinator::new(markers),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -134,6 +138,8 @@ impl Broker {
             tokio::spawn(replica::maintenance_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(replica::isr_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(group::run(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(txn::run(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(txn::send_markers(ctx.clone(), marker_jobs, shutdown_rx.clone())),
             tokio::spawn(server::accept_loop(
                 tcp,
                 handlers::metadata::LISTENER.to_owned(),

@@ -54,6 +54,19 @@ impl PeerConn {
         req: &Req,
         client_id: &str,
     ) -> Result<Resp, String> {
+        self.call_within(key, version, req, client_id, CALL_TIMEOUT).await
+    }
+
+    /// [`PeerConn::call`] for a request the peer may take longer than usual to answer (it
+    /// waits for replication). After an error the connection is out of step: drop it.
+    pub async fn call_within<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+        client_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Resp, String> {
         self.correlation = self.correlation.wrapping_add(1);
         let frame = encode_request(key, version, self.correlation, client_id, req)?;
         let exchange = async {
@@ -68,7 +81,7 @@ impl PeerConn {
             self.stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
             Ok::<Bytes, String>(buf.freeze())
         };
-        let body = tokio::time::timeout(CALL_TIMEOUT, exchange)
+        let body = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| format!("{key:?} timed out"))??;
         let (correlation, resp) = decode_response::<Resp>(key, version, body)?;

@@ -833,6 +833,7 @@ pub(crate) mod test_support {
                 Arc::new(crate::producer_ids::ControllerBlocks(Arc::new(NoController))),
                 clock.clone(),
             )),
+            txn: crate::txn::TxnCoordinator::new(crate::txn::MarkerSender::new().0),
             clock,
             config,
         })

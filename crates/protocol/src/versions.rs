@@ -27,6 +27,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // v4 is KIP-890 part 2 (server-side epoch bumps), not implemented.
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeProducers, 0, 0),
+    // v4+ is KIP-890's broker-to-broker verification, not implemented.
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    // v4 (and EndTxn v4-5) belong to KIP-890, not implemented.
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    // v2 adds a filter by transactional id pattern, not implemented.
+    (ApiKey::ListTransactions, 0, 1),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),

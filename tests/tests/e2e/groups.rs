@@ -510,7 +510,7 @@ fn static_member_restarting_within_its_session_causes_no_rebalance() {
 }
 
 #[test]
-fn find_coordinator_names_a_live_broker_and_refuses_other_key_types_and_writes_to_group_state() {
+fn find_coordinator_names_a_live_broker_for_groups_and_transactions_and_refuses_other_key_types() {
     with_node(node_options(), |node| {
         use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
         use kafka_protocol::protocol::StrBytes;
@@ -524,15 +524,18 @@ fn find_coordinator_names_a_live_broker_and_refuses_other_key_types_and_writes_t
             let id = conn.send_request(ApiKey::FindCoordinator as i16, 4, &req, 4)?;
             conn.read_response(id, 4)
         };
-        // The first lookup creates __consumer_offsets; the coordinator follows once it leads.
-        let found = wait_until(Duration::from_secs(30), "a group coordinator", || {
-            let r = ask(&mut conn, 0)?;
-            let c = r.coordinators.first().context("no coordinator entry")?.clone();
-            Ok((c.error_code == 0).then_some(c))
-        })?;
-        ensure!(found.node_id.0 == 1 && found.port == node.kafka_addr().port() as i32, "{found:?}");
-        let txn = ask(&mut conn, 1)?;
-        ensure!(txn.coordinators[0].error_code == 15, "transaction key: {txn:?}");
+        // The first lookup of a key type creates its topic (__consumer_offsets, then
+        // __transaction_state); the coordinator follows once it leads.
+        for key_type in [0, 1] {
+            let what = format!("a coordinator for key type {key_type}");
+            let found = wait_until(Duration::from_secs(30), &what, || {
+                let r = ask(&mut conn, key_type)?;
+                let c = r.coordinators.first().context("no coordinator entry")?.clone();
+                Ok((c.error_code == 0).then_some(c))
+            })?;
+            let port = node.kafka_addr().port() as i32;
+            ensure!(found.node_id.0 == 1 && found.port == port, "{found:?}");
+        }
         let bad = ask(&mut conn, 7)?;
         if bad.coordinators[0].error_code != 42 {
             bail!("unknown key type: {bad:?}");

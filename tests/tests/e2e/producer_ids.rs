@@ -1,19 +1,21 @@
 //! Producer ids (issue 12): InitProducerId for a producer without a transactional id answers
 //! a fresh id at epoch 0, taken from blocks that the active controller commits to the metadata
 //! log before a broker may hand them out. No id is handed out twice: not by two brokers, not
-//! after a kill -9 of the active controller, not by that node once it is back.
+//! after a kill -9 of the active controller, not by that node once it is back. A transactional
+//! id gets its id from its transaction coordinator, and the next epoch on each InitProducerId.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProducerId, TransactionalId,
+    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use strom_tests::cluster::StromCluster;
 use strom_tests::raw::RawConnection;
-use strom_tests::{with_cluster, ClusterOptions};
+use strom_tests::{wait_until, with_cluster, ClusterOptions};
 
 /// Any served version; v4 is flexible and carries the KIP-360 producer id and epoch.
 const VERSION: i16 = 4;
@@ -127,7 +129,7 @@ fn producer_ids_are_never_handed_out_twice_across_brokers_and_controller_failove
 }
 
 #[test]
-fn init_producer_id_answers_idempotent_producers_and_refuses_transactional_ones_for_now() {
+fn init_producer_id_answers_idempotent_producers_and_bumps_a_transactional_ids_epoch() {
     with_cluster(1, ClusterOptions::default(), |cluster| {
         let mut conn = RawConnection::connect(cluster.kafka_addr(1))?;
         let deadline = Instant::now() + IDS_TIMEOUT;
@@ -161,8 +163,29 @@ fn init_producer_id_answers_idempotent_producers_and_refuses_transactional_ones_
             idempotent_request()
                 .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(id))))
         };
+        // A transactional id is its coordinator's: there is none before FindCoordinator (key
+        // type 1) has created __transaction_state; then the id gets a producer id at epoch 0,
+        // and each InitProducerId after that the next epoch of the same producer id.
         let txn = init_producer_id(&mut conn, &transactional("orders-tx"))?;
         ensure!(txn.error_code == COORDINATOR_NOT_AVAILABLE, "transactional id: {txn:?}");
+        let find = FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_coordinator_keys(vec![StrBytes::from_static_str("orders-tx")]);
+        let first = wait_until(IDS_TIMEOUT, "a transaction coordinator", || {
+            let id = conn.send_request(ApiKey::FindCoordinator as i16, 4, &find, 4)?;
+            let found: FindCoordinatorResponse = conn.read_response(id, 4)?;
+            ensure!(found.coordinators.first().is_some_and(|c| c.error_code == 0), "{found:?}");
+            let txn = init_producer_id(&mut conn, &transactional("orders-tx"))?;
+            ensure!(txn.error_code == 0, "InitProducerId: {txn:?}");
+            Ok(Some(txn))
+        })?;
+        ensure!(first.producer_epoch == 0, "{first:?}");
+        let bumped = init_producer_id(&mut conn, &transactional("orders-tx"))?;
+        ensure!(bumped.error_code == 0, "{bumped:?}");
+        ensure!(
+            (bumped.producer_id, bumped.producer_epoch) == (first.producer_id, 1),
+            "{bumped:?}"
+        );
         let empty = init_producer_id(&mut conn, &transactional(""))?;
         ensure!(empty.error_code == INVALID_REQUEST, "empty transactional id: {empty:?}");
         Ok(())

@@ -18,5 +18,5 @@ mod tests;
 pub use admin::{BrokerGroupAdmin, GroupAdminError};
 pub(crate) use coordinator::*;
 pub(crate) use offsets_topic::{ensure_offsets_topic, partition_for, OFFSETS_TOPIC};
-pub(crate) use records::OffsetValue;
+pub(crate) use records::{encode_batch, OffsetValue};
 pub(crate) use state::*;

@@ -1,8 +1,7 @@
 //! FindCoordinator: the coordinator of a group is the leader of its `__consumer_offsets`
-//! partition, created on the first lookup as Kafka does. Transactions are not served, so a
-//! transactional key gets COORDINATOR_NOT_AVAILABLE with a message saying so.
-//! (librdkafka also takes the API's presence as the sign of a broker new enough for KIP-57 LZ4
-//! framing.)
+//! partition, that of a transactional id the leader of its `__transaction_state` partition;
+//! each topic is created on its first lookup, as Kafka does. (librdkafka also takes the API's
+//! presence as the sign of a broker new enough for KIP-57 LZ4 framing.)
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -12,30 +11,28 @@ use strom_metadata::PartitionImage;
 use super::{groups, s};
 use crate::errors::KafkaError;
 use crate::group::{ensure_offsets_topic, OFFSETS_TOPIC};
+use crate::txn::{ensure_txn_topic, TxnCoordinator, TXN_TOPIC};
 use crate::BrokerCtx;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
-const NO_TRANSACTIONS: &str = "transactions are not served by this broker";
 
 /// (node id, host, port) of a key's coordinator, or (error, message).
 type Found = Result<(i32, String, i32), (KafkaError, Option<String>)>;
 
 fn find(ctx: &BrokerCtx, key_type: i8, key: &str) -> Found {
-    match key_type {
-        KEY_TYPE_GROUP => {}
-        KEY_TYPE_TRANSACTION => {
-            return Err((KafkaError::CoordinatorNotAvailable, Some(NO_TRANSACTIONS.to_owned())))
-        }
+    let not_available = || (KafkaError::CoordinatorNotAvailable, None);
+    let (topic, partition) = match key_type {
+        KEY_TYPE_GROUP => (OFFSETS_TOPIC, groups::coordinator_partition(ctx, key)),
+        KEY_TYPE_TRANSACTION => (TXN_TOPIC, TxnCoordinator::partition_of(ctx, key)),
         other => {
             return Err((KafkaError::InvalidRequest, Some(format!("unknown key type {other}"))))
         }
-    }
-    let not_available = || (KafkaError::CoordinatorNotAvailable, None);
-    let partition = groups::coordinator_partition(ctx, key).ok_or_else(not_available)?;
+    };
+    let partition = partition.ok_or_else(not_available)?;
     let image = ctx.image.current();
     let leader = image
-        .partition(OFFSETS_TOPIC, partition)
+        .partition(topic, partition)
         .and_then(|p: &PartitionImage| p.leader)
         .ok_or_else(not_available)?;
     let endpoint = image
@@ -52,8 +49,10 @@ pub(crate) async fn handle(
     version: i16,
     req: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    if req.key_type == KEY_TYPE_GROUP {
-        ensure_offsets_topic(ctx).await;
+    match req.key_type {
+        KEY_TYPE_GROUP => ensure_offsets_topic(ctx).await,
+        KEY_TYPE_TRANSACTION => ensure_txn_topic(ctx).await,
+        _ => {}
     }
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {

@@ -12,6 +12,7 @@ pub(crate) mod metadata;
 mod produce;
 mod producer_id;
 mod transactions;
+mod txn_coordinator;
 
 use std::sync::Arc;
 
@@ -204,15 +205,18 @@ pub(crate) async fn handle(
         R::InitProducerId(req) => {
             let ctx = ctx.clone();
             Reply::Later(Box::pin(async move {
-                let resp = producer_id::handle(&ctx, req).await;
+                let resp = producer_id::handle(&ctx, meta.version, req).await;
                 meta.encode(&resp)
             }))
         }
+        R::AddPartitionsToTxn(req) => txn_coordinator::add_partitions(ctx, meta, req).await,
+        R::AddOffsetsToTxn(req) => txn_coordinator::add_offsets(ctx, meta, req).await,
+        R::EndTxn(req) => txn_coordinator::end_txn(ctx, meta, req).await,
+        R::DescribeTransactions(req) => txn_coordinator::describe_transactions(ctx, meta, req),
+        R::ListTransactions(req) => txn_coordinator::list_transactions(ctx, meta, req),
         R::WriteTxnMarkers(req) => transactions::write_txn_markers(ctx, meta, req),
         R::TxnOffsetCommit(req) => transactions::txn_offset_commit(ctx, meta, req).await,
-        R::DescribeProducers(req) => {
-            now(meta.encode(&transactions::describe_producers(ctx, req)))
-        }
+        R::DescribeProducers(req) => now(meta.encode(&transactions::describe_producers(ctx, req))),
         R::JoinGroup(req) => {
             let client_id = frame.header.client_id.map(|c| c.to_string()).unwrap_or_default();
             groups::join(ctx, meta, req, client_id, peer).await
@@ -255,7 +259,6 @@ mod tests {
     use crate::errors::KafkaError;
     use crate::image::ImageListener;
     use crate::replica::test_support::{commit, created, ctx, reconcile_once, ME};
-
 
     #[test]
     fn leader_checks_follow_kafkas_epoch_rules() {

@@ -1,8 +1,8 @@
-//! InitProducerId for producers without a transactional id (idempotent producers): a fresh
+//! InitProducerId. For producers without a transactional id (idempotent producers): a fresh
 //! producer id at epoch 0 from this broker's blocks (`crate::producer_ids`), whatever id and
 //! epoch a v3+ request carries, as Kafka's transaction coordinator answers a null
-//! transactional id. Transactions are not served yet: a transactional id is answered
-//! COORDINATOR_NOT_AVAILABLE, as FindCoordinator answers its key.
+//! transactional id. A transactional id goes to its transaction coordinator's shard
+//! (`super::txn_coordinator`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use std::sync::Arc;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use strom_metadata::BrokerEpoch;
 
+use super::txn_coordinator;
 use crate::errors::KafkaError;
+use crate::txn::ProducerIdAndEpoch;
 use crate::BrokerCtx;
 
 /// Kafka's "no producer id" and "no epoch" (`RecordBatch.NO_PRODUCER_ID` / `NO_PRODUCER_EPOCH`).
@@ -19,12 +21,13 @@ const NO_PRODUCER_EPOCH: i16 = -1;
 
 pub(crate) async fn handle(
     ctx: &Arc<BrokerCtx>,
+    version: i16,
     req: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    match init(ctx, &req).await {
-        Ok(id) => InitProducerIdResponse::default()
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(0),
+    match init(ctx, version, &req).await {
+        Ok(p) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(p.producer_id))
+            .with_producer_epoch(p.producer_epoch),
         Err(e) => InitProducerIdResponse::default()
             .with_error_code(e.into())
             .with_producer_id(ProducerId(NO_PRODUCER_ID))
@@ -32,7 +35,11 @@ pub(crate) async fn handle(
     }
 }
 
-async fn init(ctx: &Arc<BrokerCtx>, req: &InitProducerIdRequest) -> Result<i64, KafkaError> {
+async fn init(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: &InitProducerIdRequest,
+) -> Result<ProducerIdAndEpoch, KafkaError> {
     // v3+ (KIP-360): an existing producer id comes with its epoch, or neither is given.
     if (req.producer_id.0 == NO_PRODUCER_ID) != (req.producer_epoch == NO_PRODUCER_EPOCH) {
         return Err(KafkaError::InvalidRequest);
@@ -42,17 +49,18 @@ async fn init(ctx: &Arc<BrokerCtx>, req: &InitProducerIdRequest) -> Result<i64, 
         // fenced, so there is no epoch to bump).
         None => {
             let epoch = BrokerEpoch(ctx.broker_epoch.load(Ordering::Relaxed));
-            Ok(ctx.producer_ids.next_id(epoch).await?)
+            let producer_id = ctx.producer_ids.next_id(epoch).await?;
+            Ok(ProducerIdAndEpoch { producer_id, producer_epoch: 0 })
         }
         // As the Java producer refuses it.
         Some(id) if id.is_empty() => Err(KafkaError::InvalidRequest),
         Some(id) => {
-            tracing::info!(
-                transactional_id = %id.as_str(),
-                "InitProducerId for a transactional producer: transactions are not served by \
-                 this broker yet, answered COORDINATOR_NOT_AVAILABLE"
-            );
-            Err(KafkaError::CoordinatorNotAvailable)
+            let expected = (req.producer_id.0 != NO_PRODUCER_ID).then_some(ProducerIdAndEpoch {
+                producer_id: req.producer_id.0,
+                producer_epoch: req.producer_epoch,
+            });
+            let timeout_ms = req.transaction_timeout_ms;
+            txn_coordinator::init_producer_id(ctx, version, id, timeout_ms, expected).await
         }
     }
 }

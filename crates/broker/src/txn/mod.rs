@@ -1,25 +1,28 @@
-//! The transaction coordinator's sans-IO core (issue 12): one state machine per transactional
-//! id ([`state`], Kafka's `TransactionMetadata`), the ids of one `__transaction_state`
-//! partition with the rules of InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn, EndTxn,
-//! timeouts, expiry and failover ([`partition`], Kafka's `TransactionCoordinator` and
-//! `TransactionStateManager`), and the topic's record layout ([`records`]).
+//! The transaction coordinator (issue 12). Its sans-IO core: one state machine per
+//! transactional id ([`state`], Kafka's `TransactionMetadata`), the ids of one
+//! `__transaction_state` partition with the rules of InitProducerId, AddPartitionsToTxn,
+//! AddOffsetsToTxn, EndTxn, timeouts, expiry and failover ([`partition`], Kafka's
+//! `TransactionCoordinator` and `TransactionStateManager`), the topic's record layout
+//! ([`records`]) and the marker sender's grouping and retry rules ([`markers`]).
 //!
-//! No sockets, timers or tokio here: the shell that will drive it (one task per led partition,
-//! as `group::shard`) carries out the [`Effect`]s and reports their outcomes; see
-//! [`partition`] for that contract.
+//! Its tokio shell, built as the group coordinator's: one shard task per led partition
+//! ([`shard`], started and stopped by [`coordinator`]) that carries out the core's
+//! [`Effect`]s as [`partition`] describes, and one marker sender per broker ([`sender`]) that
+//! sends WriteTxnMarkers to the partition leaders.
 
-// The shell and the Kafka APIs built on this core come next; until then only tests call it.
-#![allow(dead_code)]
-
+mod coordinator;
+mod markers;
 mod partition;
 mod records;
+mod sender;
+mod shard;
 mod state;
 
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)] // likewise, until the shell imports them
+pub(crate) use coordinator::{ensure_txn_topic, run, TxnCoordinator, TXN_TOPIC};
 pub(crate) use partition::*;
-#[allow(unused_imports)]
-pub(crate) use records::RecordError;
+pub(crate) use sender::{run as send_markers, MarkerSender};
+pub(crate) use shard::{Answer, TxnCmd, TxnSummary};
 pub(crate) use state::*;

@@ -44,6 +44,8 @@ pub(crate) enum TxnError {
     NotCoordinator,
     /// The record could not be replicated in time: retry.
     CoordinatorNotAvailable,
+    /// No producer id could be had from the broker's blocks in time: retry.
+    CoordinatorLoadInProgress,
     /// The record is too large to append (Kafka's answer to MESSAGE_TOO_LARGE).
     UnknownServerError,
 }
@@ -337,6 +339,7 @@ impl Txn {
         self.start_timestamp_ms
     }
 
+    #[cfg(test)]
     pub fn last_update_timestamp_ms(&self) -> i64 {
         self.last_update_timestamp_ms
     }

@@ -14,14 +14,15 @@ use kafka_protocol::messages::{
     describe_configs_request, fetch_request, incremental_alter_configs_request, join_group_request,
     leave_group_request, list_offsets_request, metadata_request, offset_commit_request,
     offset_delete_request, offset_fetch_request, offset_for_leader_epoch_request, produce_request,
-    sync_group_request, AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeProducersRequest, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    sync_group_request, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AlterConfigsRequest,
+    ApiKey, ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, DescribeProducersRequest, DescribeTransactionsRequest, EndTxnRequest,
+    FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
     IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
-    ProducerId, RequestHeader, SyncGroupRequest, TopicName, TransactionalId,
+    ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, ProducerId, RequestHeader, SyncGroupRequest, TopicName, TransactionalId,
     TxnOffsetCommitRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -110,6 +111,11 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::WriteTxnMarkers => first_encodable(v, write_txn_markers()),
         ApiKey::DescribeProducers => first_encodable(v, describe_producers()),
         ApiKey::TxnOffsetCommit => first_encodable(v, txn_offset_commit()),
+        ApiKey::AddPartitionsToTxn => first_encodable(v, add_partitions_to_txn()),
+        ApiKey::AddOffsetsToTxn => first_encodable(v, add_offsets_to_txn()),
+        ApiKey::EndTxn => first_encodable(v, end_txn()),
+        ApiKey::DescribeTransactions => first_encodable(v, describe_transactions()),
+        ApiKey::ListTransactions => first_encodable(v, list_transactions()),
         _ => None,
     }
 }
@@ -562,6 +568,49 @@ fn describe_producers() -> Vec<DescribeProducersRequest> {
         .with_name(TopicName(s("orders")))
         .with_partition_indexes(vec![0, 1]);
     vec![DescribeProducersRequest::default().with_topics(vec![topic])]
+}
+
+/// A transactional producer adding two partitions of one topic and one of another (the
+/// client versions, v0-3).
+fn add_partitions_to_txn() -> Vec<AddPartitionsToTxnRequest> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    let topic = |name: &'static str, partitions: Vec<i32>| {
+        AddPartitionsToTxnTopic::default().with_name(TopicName(s(name))).with_partitions(partitions)
+    };
+    vec![AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(s("txn-1")))
+        .with_v3_and_below_producer_id(ProducerId(7))
+        .with_v3_and_below_producer_epoch(1)
+        .with_v3_and_below_topics(vec![topic(TOPIC, vec![0, 1]), topic("orders", vec![2])])]
+}
+
+fn add_offsets_to_txn() -> Vec<AddOffsetsToTxnRequest> {
+    vec![AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(s("txn-1")))
+        .with_producer_id(ProducerId(7))
+        .with_producer_epoch(1)
+        .with_group_id(GroupId(s(GROUP)))]
+}
+
+fn end_txn() -> Vec<EndTxnRequest> {
+    vec![EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(s("txn-1")))
+        .with_producer_id(ProducerId(7))
+        .with_producer_epoch(1)
+        .with_committed(true)]
+}
+
+fn describe_transactions() -> Vec<DescribeTransactionsRequest> {
+    let ids = vec![TransactionalId(s("txn-1")), TransactionalId(s(""))];
+    vec![DescribeTransactionsRequest::default().with_transactional_ids(ids)]
+}
+
+/// Every filter: states (one Kafka does not know), producer ids and, from v1, a duration.
+fn list_transactions() -> Vec<ListTransactionsRequest> {
+    let base = ListTransactionsRequest::default()
+        .with_state_filters(vec![s("Ongoing"), s("NoSuchState")])
+        .with_producer_id_filters(vec![ProducerId(7)]);
+    vec![base.clone().with_duration_filter(60_000), base]
 }
 
 // ---------------------------------------------------------------------------------------------
