@@ -29,3 +29,4 @@ mod restart;
 mod roles;
 mod roundtrip;
 mod storage_faults;
+mod txn_coordinator;
