@@ -46,16 +46,16 @@ pub(crate) enum Routed<Tx> {
 /// The shards of one coordinator on this broker, by partition of its internal topic; `Tx` is
 /// a shard's queue handle.
 pub(crate) struct ShardSlots<Tx> {
+    topic: &'static str,
     slots: Mutex<HashMap<i32, Slot<Tx>>>,
 }
 
-impl<Tx> Default for ShardSlots<Tx> {
-    fn default() -> Self {
-        ShardSlots { slots: Mutex::new(HashMap::new()) }
-    }
-}
-
 impl<Tx: Clone> ShardSlots<Tx> {
+    /// The shards of partitions of `topic`.
+    pub fn new(topic: &'static str) -> ShardSlots<Tx> {
+        ShardSlots { topic, slots: Mutex::new(HashMap::new()) }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<i32, Slot<Tx>>> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -87,7 +87,8 @@ impl<Tx: Clone> ShardSlots<Tx> {
     /// it themselves and stop), and returns the led partitions that need a shard, now marked
     /// loading: (partition, leader epoch, its local log). A partition whose local log does not
     /// lead at the image's epoch yet waits for a later call.
-    pub fn reconcile(&self, ctx: &BrokerCtx, topic: &str) -> Vec<(i32, i32, Arc<Partition>)> {
+    fn reconcile(&self, ctx: &BrokerCtx) -> Vec<(i32, i32, Arc<Partition>)> {
+        let topic = self.topic;
         let node = ctx.config.node_id;
         let image = ctx.image.current();
         let mut led: HashMap<i32, i32> = HashMap::new();
@@ -126,15 +127,42 @@ impl<Tx: Clone> ShardSlots<Tx> {
         start
     }
 
-    /// The shard of `index` at `leader_epoch` has loaded; requests go to `tx` from now on.
-    /// `false` if leadership moved while it loaded: the shard must not run.
-    pub fn loaded(&self, index: i32, leader_epoch: i32, tx: Tx) -> bool {
+    /// The shard of `index` at `leader_epoch` has loaded `entries` (groups, transactional
+    /// ids) since `started`; requests go to `tx` from now on. `false` if leadership moved
+    /// while it loaded: the shard must not run.
+    pub fn loaded(
+        &self,
+        index: i32,
+        leader_epoch: i32,
+        tx: Tx,
+        entries: usize,
+        started: std::time::Instant,
+    ) -> bool {
         let mut slots = self.lock();
         if !matches!(slots.get(&index), Some(Slot::Loading { leader_epoch: e }) if *e == leader_epoch)
         {
             return false;
         }
         slots.insert(index, Slot::Ready { leader_epoch, tx });
+        let (topic, elapsed_ms) = (self.topic, started.elapsed().as_millis() as u64);
+        if entries > 0 {
+            tracing::info!(
+                topic,
+                partition = index,
+                leader_epoch,
+                entries,
+                elapsed_ms,
+                "coordinator loaded its partition"
+            );
+        } else {
+            tracing::debug!(
+                topic,
+                partition = index,
+                leader_epoch,
+                elapsed_ms,
+                "coordinator took over an empty partition"
+            );
+        }
         true
     }
 
@@ -143,20 +171,35 @@ impl<Tx: Clone> ShardSlots<Tx> {
         let mut slots = self.lock();
         if slots.get(&index).is_some_and(|s| s.leader_epoch() == leader_epoch) {
             slots.remove(&index);
+            tracing::debug!(
+                topic = self.topic,
+                partition = index,
+                leader_epoch,
+                "coordinator shard stopped"
+            );
         }
     }
 }
 
-/// Calls `reconcile` on every image change and every [`MANAGER_TICK`] until shutdown.
-pub(crate) async fn follow_leadership(
+/// Starts a shard with `serve` (which loads the partition, reports [`ShardSlots::loaded`],
+/// runs the shard and reports [`ShardSlots::stopped`]) for every partition of the slots' topic
+/// this broker comes to lead, on every image change and every [`MANAGER_TICK`], until
+/// shutdown.
+pub(crate) async fn follow_leadership<Tx, F>(
     ctx: Arc<BrokerCtx>,
     mut shutdown: watch::Receiver<bool>,
-    reconcile: impl Fn(&Arc<BrokerCtx>),
-) {
+    slots: fn(&BrokerCtx) -> &ShardSlots<Tx>,
+    serve: fn(Arc<BrokerCtx>, Arc<Partition>, i32, i32) -> F,
+) where
+    Tx: Clone,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut image_rx = ctx.image.subscribe();
     let mut tick = tokio::time::interval(MANAGER_TICK);
     loop {
-        reconcile(&ctx);
+        for (index, epoch, partition) in slots(&ctx).reconcile(&ctx) {
+            tokio::spawn(serve(ctx.clone(), partition, index, epoch));
+        }
         tokio::select! {
             changed = image_rx.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}

@@ -93,10 +93,18 @@ pub(crate) enum Cmd {
 }
 
 /// Which shards this broker runs, by `__consumer_offsets` partition.
-#[derive(Default)]
 pub(crate) struct Coordinator {
     slots: ShardSlots<mpsc::Sender<Cmd>>,
     pub(super) offsets_topic: OffsetsTopic,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Coordinator {
+            slots: ShardSlots::new(OFFSETS_TOPIC),
+            offsets_topic: OffsetsTopic::default(),
+        }
+    }
 }
 
 impl Coordinator {
@@ -144,12 +152,7 @@ pub(crate) enum RouteError {
 
 /// Starts and stops shards as leadership of `__consumer_offsets` partitions comes and goes.
 pub(crate) async fn run(ctx: Arc<BrokerCtx>, shutdown: watch::Receiver<bool>) {
-    crate::shards::follow_leadership(ctx, shutdown, |ctx| {
-        for (index, epoch, partition) in ctx.groups.slots.reconcile(ctx, OFFSETS_TOPIC) {
-            tokio::spawn(load_and_serve(ctx.clone(), partition, index, epoch));
-        }
-    })
-    .await
+    crate::shards::follow_leadership(ctx, shutdown, |ctx| &ctx.groups.slots, load_and_serve).await
 }
 
 async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i32, epoch: i32) {
@@ -162,30 +165,11 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
     let now = ctx.clock.now_ms();
     let (tx, rx) = mpsc::channel(SHARD_QUEUE_MAX);
     let mut shard = Shard::new(partition, index, epoch, settings, ctx.clock.clone());
-    let (groups, offsets) = (loaded.groups(), loaded.offsets);
+    let groups = loaded.groups();
     shard.install(loaded, now);
-    if !ctx.groups.slots.loaded(index, epoch, tx) {
+    if !ctx.groups.slots.loaded(index, epoch, tx, groups, started) {
         return; // leadership moved while loading
-    }
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    if groups > 0 {
-        tracing::info!(
-            partition = index,
-            leader_epoch = epoch,
-            groups,
-            offsets,
-            elapsed_ms,
-            "coordinator loaded offsets partition"
-        );
-    } else {
-        tracing::debug!(
-            partition = index,
-            leader_epoch = epoch,
-            elapsed_ms,
-            "coordinator took over an empty offsets partition"
-        );
     }
     shard.run(rx).await;
     ctx.groups.slots.stopped(index, epoch);
-    tracing::debug!(partition = index, leader_epoch = epoch, "coordinator shard stopped");
 }

@@ -32,7 +32,8 @@ pub(crate) struct TxnCoordinator {
 
 impl TxnCoordinator {
     pub fn new(markers: MarkerSender) -> TxnCoordinator {
-        TxnCoordinator { slots: ShardSlots::default(), topic: FirstLookup::default(), markers }
+        let slots = ShardSlots::new(TXN_TOPIC);
+        TxnCoordinator { slots, topic: FirstLookup::default(), markers }
     }
 
     /// The `__transaction_state` partition of `transactional_id`, if the topic exists.
@@ -90,12 +91,7 @@ pub(crate) async fn ensure_txn_topic(ctx: &BrokerCtx) {
 
 /// Starts and stops shards as leadership of `__transaction_state` partitions comes and goes.
 pub(crate) async fn run(ctx: Arc<BrokerCtx>, shutdown: watch::Receiver<bool>) {
-    crate::shards::follow_leadership(ctx, shutdown, |ctx| {
-        for (index, epoch, partition) in ctx.txn.slots.reconcile(ctx, TXN_TOPIC) {
-            tokio::spawn(load_and_serve(ctx.clone(), partition, index, epoch));
-        }
-    })
-    .await
+    crate::shards::follow_leadership(ctx, shutdown, |ctx| &ctx.txn.slots, load_and_serve).await
 }
 
 async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i32, epoch: i32) {
@@ -111,33 +107,12 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
         ctx.txn.slots.stopped(index, epoch);
         return;
     };
+    let ids = core.transactions().count();
     let (tx, rx) = mpsc::channel(SHARD_QUEUE_MAX);
-    if !ctx.txn.slots.loaded(index, epoch, tx) {
+    if !ctx.txn.slots.loaded(index, epoch, tx, ids, started) {
         return; // leadership moved while loading
     }
     let shard = Shard::new(ctx.clone(), partition, epoch, TRANSACTION_DEFAULTS, core);
-    let (ids, elapsed_ms) = (shard.ids(), started.elapsed().as_millis() as u64);
-    if ids > 0 {
-        tracing::info!(
-            partition = index,
-            leader_epoch = epoch,
-            transactional_ids = ids,
-            elapsed_ms,
-            "transaction coordinator loaded {TXN_TOPIC} partition"
-        );
-    } else {
-        tracing::debug!(
-            partition = index,
-            leader_epoch = epoch,
-            elapsed_ms,
-            "transaction coordinator took over an empty {TXN_TOPIC} partition"
-        );
-    }
     shard.run(rx).await;
     ctx.txn.slots.stopped(index, epoch);
-    tracing::debug!(
-        partition = index,
-        leader_epoch = epoch,
-        "transaction coordinator shard stopped"
-    );
 }

@@ -141,10 +141,6 @@ impl Shard {
         shard
     }
 
-    pub fn ids(&self) -> usize {
-        self.core.transactions().count()
-    }
-
     pub async fn run(mut self, mut rx: mpsc::Receiver<TxnCmd>) {
         let mut progress = self.partition.progress_watch();
         loop {
