@@ -195,9 +195,20 @@ impl RawConnection {
         partition: i32,
         batch: Bytes,
     ) -> anyhow::Result<PartitionProduceResponse> {
-        let version = self.max_version(ApiKey::Produce)?.min(PRODUCE_VERSION_MAX);
+        let version = self.produce_version()?;
         let id = self.send_produce(topic, partition, batch, version)?;
-        let response: ProduceResponse = self.read_response(id, version)?;
+        self.read_produce_answer(id, version, partition)
+    }
+
+    /// Reads the answer to a Produce sent with [`Self::send_produce`] (answers come in request
+    /// order) and returns `partition`'s part of it.
+    pub fn read_produce_answer(
+        &mut self,
+        correlation_id: i32,
+        version: i16,
+        partition: i32,
+    ) -> anyhow::Result<PartitionProduceResponse> {
+        let response: ProduceResponse = self.read_response(correlation_id, version)?;
         response
             .responses
             .into_iter()
@@ -215,6 +226,11 @@ impl RawConnection {
             .with_transaction_timeout_ms(60_000);
         let id = self.send_request(ApiKey::InitProducerId as i16, version, &request, version)?;
         self.read_response(id, version)
+    }
+
+    /// The Produce version [`Self::produce`] sends: the highest both sides know.
+    pub fn produce_version(&mut self) -> anyhow::Result<i16> {
+        Ok(self.max_version(ApiKey::Produce)?.min(PRODUCE_VERSION_MAX))
     }
 
     /// Sends a Produce (acks=-1) at `version` without waiting for the answer.

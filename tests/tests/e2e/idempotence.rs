@@ -432,9 +432,17 @@ fn cluster_options() -> ClusterOptions {
     ClusterOptions { min_insync_replicas: Some(2), ..ClusterOptions::default() }
 }
 
-/// A topic of [`STREAM_PARTITIONS`] partitions on all three nodes, every ISR full.
-fn create_replicated_topic(cluster: &StromCluster, topic: &str) -> anyhow::Result<()> {
-    let new_topic = NewTopic::new(topic, STREAM_PARTITIONS, TopicReplication::Fixed(3));
+/// A topic of [`STREAM_PARTITIONS`] partitions on all three nodes with `configs`, every ISR
+/// full.
+fn create_replicated_topic(
+    cluster: &StromCluster,
+    topic: &str,
+    configs: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut new_topic = NewTopic::new(topic, STREAM_PARTITIONS, TopicReplication::Fixed(3));
+    for (key, value) in configs {
+        new_topic = new_topic.set(key, value);
+    }
     kafka::create_new_topic(&cluster.bootstrap(), &new_topic, &kafka::admin_options())?;
     cluster.wait_topic_everywhere(topic, STREAM_PARTITIONS as usize)?;
     cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
@@ -551,11 +559,26 @@ fn check_stream(
     Ok(())
 }
 
+/// The names of the files in `dir` that end with `suffix`.
+fn files_ending(dir: &std::path::Path, suffix: &str) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(suffix) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 #[test]
 fn idempotent_producer_writes_each_record_once_across_kill9_of_the_leader() {
     with_cluster(3, cluster_options(), |cluster| {
         let topic = "idempotent-kill";
-        create_replicated_topic(cluster, topic)?;
+        // Segments of 16 KiB (about 100 records) roll several times before the kill: the
+        // restarted node rebuilds its producers from a snapshot taken at a roll plus the
+        // batches after it.
+        create_replicated_topic(cluster, topic, &[("segment.bytes", "16384")])?;
         let partition = 0;
         let preferred = cluster
             .metadata(cluster.running()[0])?
@@ -623,6 +646,15 @@ fn idempotent_producer_writes_each_record_once_across_kill9_of_the_leader() {
         if down < DOWN_FOR {
             std::thread::sleep(DOWN_FOR - down);
         }
+        let dir = cluster.node(leader as u32).partition_dir(topic, partition);
+        let (segments, snapshots) = (files_ending(&dir, ".log")?, files_ending(&dir, ".snapshot")?);
+        ensure!(
+            segments.len() > 1 && !snapshots.is_empty(),
+            "node {leader} holds {} segments and {} producer snapshots (<offset>.snapshot) of \
+             {topic}-{partition}: every roll must leave a snapshot",
+            segments.len(),
+            snapshots.len()
+        );
         cluster.restart(leader as u32)?;
         cluster.wait_isr_full(topic, CATCH_UP_TIMEOUT)?;
 
@@ -677,7 +709,7 @@ fn idempotent_producer_writes_each_record_once_across_kill9_of_the_leader() {
 fn idempotent_producer_writes_each_record_once_across_a_paused_leader() {
     with_cluster(3, cluster_options(), |cluster| {
         let topic = "idempotent-pause";
-        create_replicated_topic(cluster, topic)?;
+        create_replicated_topic(cluster, topic, &[])?;
         // Pause a leader that is not the active controller, so that only the data plane fails
         // over.
         let controller = cluster.active_controller()? as i32;
