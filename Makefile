@@ -52,13 +52,17 @@ bench-peer:
 	STROM_BIN=$(CURDIR)/target/release/strom TANSU_BIN=$(TANSU_ROOT)/bin/tansu RUST_LOG=warn \
 		target/release/strom-bench --only peer --json target/bench/peer.json
 
-# Long runs kept out of `make test`: the replication kill test for the issue's full 10 rounds.
+# Long runs kept out of `make test`: the replication kill test for the issue's full 10 rounds,
+# and the random-kill transaction test (read_committed never sees an aborted or open record)
+# for issue 12's 20 rounds.
+SOAK_TESTS := replication::acks_all_survives transactions_failover::read_committed_never_sees
+SOAK_ENV := STROM_KILL_ROUNDS=10 STROM_TXN_KILL_ROUNDS=20
 soak:
 	$(CARGO) build -p strom
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		STROM_KILL_ROUNDS=10 $(CARGO) nextest run -p strom-tests replication::acks_all_survives --no-capture; \
+		$(SOAK_ENV) $(CARGO) nextest run -p strom-tests $(SOAK_TESTS) --no-capture; \
 	else \
-		STROM_KILL_ROUNDS=10 $(CARGO) test -p strom-tests --test e2e replication::acks_all_survives -- --nocapture; \
+		$(SOAK_ENV) $(CARGO) test -p strom-tests --test e2e -- --nocapture $(SOAK_TESTS); \
 	fi
 
 # Long fuzz runs; `make test` runs the same two tests with few cases. Mutated valid frames of

@@ -29,4 +29,6 @@ mod restart;
 mod roles;
 mod roundtrip;
 mod storage_faults;
+mod transactions;
+mod transactions_failover;
 mod txn_coordinator;
