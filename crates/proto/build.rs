@@ -3,8 +3,14 @@
 const DESCRIPTOR_FILE: &str = "strom_descriptor.bin";
 
 /// Admin messages the CLI prints as JSON unchanged (with the `serde` feature).
-const SERIALIZED: [&str; 4] =
-    ["ListTopicsResponse", "TopicListing", "ListGroupsResponse", "GroupListing"];
+const SERIALIZED: [&str; 6] = [
+    "ListTopicsResponse",
+    "TopicListing",
+    "ListGroupsResponse",
+    "GroupListing",
+    "ListTransactionsResponse",
+    "TransactionListing",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");

@@ -10,7 +10,21 @@ use strom_metadata::{ControlError, MetadataImage, TopicImage};
 use strom_proto::admin as pb;
 use tonic::{Code, Status};
 
+use crate::source::BrokerReadError;
 use crate::ITEMS_PER_REQUEST_MAX;
+
+/// Kafka's transaction states, by the names ListTransactions filters on and DescribeTransactions
+/// answers with (Kafka's `TransactionState`).
+pub const TXN_STATES: [&str; 8] = [
+    "Empty",
+    "Ongoing",
+    "PrepareCommit",
+    "PrepareAbort",
+    "CompleteCommit",
+    "CompleteAbort",
+    "Dead",
+    "PrepareEpochFence",
+];
 
 /// The gRPC status of a refused request. The message is what the CLI shows after
 /// `strom: error:`, so it names the topic or the key.
@@ -41,6 +55,78 @@ pub fn status_of(e: &ControlError) -> Status {
         // apply to.
         _ => Status::failed_precondition(e.to_string()),
     }
+}
+
+/// The gRPC status of a read the brokers could not answer: NOT_FOUND for what they said does
+/// not exist, else UNAVAILABLE, with the reason.
+pub fn read_status(e: &BrokerReadError) -> Status {
+    match e {
+        BrokerReadError::NotFound(_) => Status::not_found(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+/// [`read_status`] as one item's error.
+pub(crate) fn read_item_error(e: &BrokerReadError) -> pb::ItemError {
+    let status = read_status(e);
+    pb::ItemError { code: status.code() as i32, message: status.message().to_string() }
+}
+
+/// ListTransactions' filters, checked: state names are Kafka's ([`TXN_STATES`], in any case,
+/// answered in Kafka's), producer ids are not negative, and neither list is over the bound.
+pub(crate) fn txn_filters(
+    filters: pb::ListTransactionsRequest,
+) -> Result<pb::ListTransactionsRequest, Status> {
+    for (what, count) in
+        [("states", filters.states.len()), ("producer ids", filters.producer_ids.len())]
+    {
+        if count > ITEMS_PER_REQUEST_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{count} {what} given; at most {ITEMS_PER_REQUEST_MAX} per request"
+            )));
+        }
+    }
+    let states = filters
+        .states
+        .iter()
+        .map(|given| {
+            TXN_STATES
+                .iter()
+                .find(|s| s.eq_ignore_ascii_case(given))
+                .map(|s| s.to_string())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "unknown transaction state '{given}': expected one of {}",
+                        TXN_STATES.join(", ")
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(negative) = filters.producer_ids.iter().find(|&&id| id < 0) {
+        return Err(Status::invalid_argument(format!(
+            "producer id {negative} is negative: producer ids are 0 or more"
+        )));
+    }
+    Ok(pb::ListTransactionsRequest { states, producer_ids: filters.producer_ids })
+}
+
+/// The partition DescribeProducers asks about, checked against the image: the topic exists
+/// and has that partition.
+pub(crate) fn check_partition(
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> Result<(), Status> {
+    let Some(t) = image.topic(topic) else {
+        return Err(status_of(&ControlError::UnknownTopicOrPartition(topic.to_owned())));
+    };
+    if !t.partitions.contains_key(&partition) {
+        return Err(Status::not_found(format!(
+            "topic '{topic}' has no partition {partition}: its partitions are 0 to {}",
+            t.partitions.len() as i64 - 1
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn item_error(e: &ControlError) -> pb::ItemError {
@@ -219,6 +305,79 @@ mod tests {
         assert_eq!(status_of(&ControlError::StaleBrokerEpoch(3)).code(), Code::FailedPrecondition);
         let s = status_of(&ControlError::OutcomeUnknown("connection reset".into()));
         assert_eq!(s.code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn transaction_filters_take_kafkas_state_names_in_any_case() {
+        let filters = |states: &[&str], producer_ids: Vec<i64>| pb::ListTransactionsRequest {
+            states: states.iter().map(|s| s.to_string()).collect(),
+            producer_ids,
+        };
+        let checked = txn_filters(filters(&["ongoing", "PrepareCommit"], vec![0, 7]));
+        assert_eq!(
+            checked.expect("known states"),
+            filters(&["Ongoing", "PrepareCommit"], vec![0, 7]),
+            "answered in Kafka's spelling"
+        );
+        let s = txn_filters(filters(&["Running"], vec![])).unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("'Running'") && s.message().contains("Ongoing"), "{s:?}");
+        let s = txn_filters(filters(&[], vec![3, -1])).unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("producer id -1"), "{s:?}");
+        let many = vec![1; ITEMS_PER_REQUEST_MAX + 1];
+        assert_eq!(txn_filters(filters(&[], many)).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(txn_filters(filters(&[], vec![])).expect("no filter"), filters(&[], vec![]));
+    }
+
+    #[test]
+    fn broker_reads_are_not_found_only_when_the_brokers_said_so() {
+        let e = BrokerReadError::NotFound("transactional id 'tx' does not exist".into());
+        let s = read_status(&e);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "transactional id 'tx' does not exist")
+        );
+        let item = read_item_error(&e);
+        assert_eq!(item.code, Code::NotFound as i32);
+        for e in [
+            BrokerReadError::NoBroker,
+            BrokerReadError::BrokerStarting,
+            BrokerReadError::Timeout { what: "the brokers" },
+            BrokerReadError::Broker("connect to 127.0.0.1:1: refused".into()),
+        ] {
+            assert_eq!(read_status(&e).code(), Code::Unavailable, "{e}");
+        }
+        let s = read_status(&BrokerReadError::NoBroker);
+        assert!(s.message().contains("--bootstrap-control"), "{s:?}");
+    }
+
+    #[test]
+    fn producers_are_asked_only_of_a_partition_the_image_has() {
+        use strom_metadata::records::{metadata_record::Record, MetadataRecord};
+        use strom_metadata::records::{PartitionRecord, TopicRecord};
+        let wrap = |r| MetadataRecord { record: Some(r) };
+        let mut image = MetadataImage::default();
+        let topic_id = vec![7; 16];
+        let topic = TopicRecord { name: "orders".into(), topic_id: topic_id.clone() };
+        image.apply(&wrap(Record::Topic(topic))).expect("a new topic applies");
+        for partition_id in 0..2 {
+            let partition = PartitionRecord {
+                topic_id: topic_id.clone(),
+                partition_id,
+                replicas: vec![1],
+                isr: vec![1],
+                leader: 1,
+                ..Default::default()
+            };
+            image.apply(&wrap(Record::Partition(partition))).expect("its partitions apply");
+        }
+        assert!(check_partition(&image, "orders", 1).is_ok());
+        let s = check_partition(&image, "orders", 2).unwrap_err();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "topic 'orders' has no partition 2: its partitions are 0 to 1");
+        let s = check_partition(&image, "payments", 0).unwrap_err();
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "topic 'payments' does not exist"));
     }
 
     #[test]

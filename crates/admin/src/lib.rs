@@ -4,9 +4,10 @@
 //! It knows neither the controller nor the broker. What it reads and asks goes through the
 //! sources the binary plugs in: the committed image (a watch channel, fed by
 //! [`ImagePublisher`]), the active controller ([`strom_metadata::ControllerClient`]), the
-//! quorum's state ([`ClusterInfo`]) and the consumer groups ([`GroupSource`]). Its requests and
-//! answers are the generated `pb` types end to end; [`convert`] turns them into controller
-//! requests and refusals into gRPC statuses, in one place.
+//! quorum's state ([`ClusterInfo`]), the consumer groups ([`GroupSource`]) and the transactions
+//! and producer state ([`TxnSource`]). Its requests and answers are the generated `pb` types
+//! end to end; [`convert`] turns them into controller requests and refusals into gRPC
+//! statuses, in one place.
 
 pub mod convert;
 mod service;
@@ -16,7 +17,9 @@ pub use service::{
     admin_service, health_and_reflection, mount_admin, AdminServiceImpl, ITEMS_PER_REQUEST_MAX,
     SUBMIT_TIMEOUT_MS_MAX,
 };
-pub use source::{ClusterInfo, GroupError, GroupSource, ImagePublisher};
+pub use source::{
+    BrokerReadError, ClusterInfo, DescribedTransactions, GroupSource, ImagePublisher, TxnSource,
+};
 pub use strom_metadata::quorum::QuorumState;
 pub use strom_proto::admin as pb;
 pub use strom_proto::admin::admin_service_client::AdminServiceClient;

@@ -1,5 +1,5 @@
-//! `AdminService` itself: topics, configs, partitions, the cluster's shape, leader election
-//! and consumer groups. Reads are answered from this node's metadata image; writes are decided
+//! `AdminService` itself: topics, configs, partitions, the cluster's shape, leader election,
+//! consumer groups, transactions and producer state. Reads are answered from this node's metadata image; writes are decided
 //! by the active controller through [`ControllerClient::submit`], which answers after the
 //! records commit.
 
@@ -23,10 +23,11 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::convert::{
-    check_count, config_op, describe_topic, election_error, fail_if_all_failed, item_answers,
-    item_error, new_topic, replication_factor, status_of, type_name, unexpected,
+    check_count, check_partition, config_op, describe_topic, election_error, fail_if_all_failed,
+    item_answers, item_error, new_topic, read_item_error, read_status, replication_factor,
+    status_of, txn_filters, type_name, unexpected,
 };
-use crate::source::{ClusterInfo, GroupError, GroupSource};
+use crate::source::{BrokerReadError, ClusterInfo, GroupSource, TxnSource};
 
 /// Items (topics, names, config ops) one admin request may carry: bounds the records a single
 /// call makes the controller decide and the size of its answer.
@@ -46,6 +47,8 @@ pub struct AdminServiceImpl {
     broker_defaults: BrokerDefaults,
     /// Consumer groups, on a node that runs a broker.
     groups: Option<Arc<dyn GroupSource>>,
+    /// Transactions and producer state, on a node that runs a broker.
+    txns: Option<Arc<dyn TxnSource>>,
 }
 
 impl AdminServiceImpl {
@@ -60,6 +63,7 @@ impl AdminServiceImpl {
             cluster,
             broker_defaults: BrokerDefaults::default(),
             groups: None,
+            txns: None,
         }
     }
 
@@ -70,7 +74,18 @@ impl AdminServiceImpl {
     }
 
     fn groups(&self) -> Result<&Arc<dyn GroupSource>, Status> {
-        self.groups.as_ref().ok_or_else(|| group_status(&GroupError::NoBroker))
+        self.groups.as_ref().ok_or_else(|| read_status(&BrokerReadError::NoBroker))
+    }
+
+    /// Serves ListTransactions, DescribeTransactions and DescribeProducers through this node's
+    /// broker.
+    pub fn with_transactions(mut self, txns: Arc<dyn TxnSource>) -> Self {
+        self.txns = Some(txns);
+        self
+    }
+
+    fn txns(&self) -> Result<&Arc<dyn TxnSource>, Status> {
+        self.txns.as_ref().ok_or_else(|| read_status(&BrokerReadError::NoBroker))
     }
 
     /// The node's static settings, which topic config keys a topic does not override fall
@@ -488,10 +503,10 @@ impl AdminService for AdminServiceImpl {
         &self,
         _request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let listed = tokio::time::timeout(GROUPS_TIMEOUT, self.groups()?.list_groups())
+        let listed = tokio::time::timeout(BROKERS_TIMEOUT, self.groups()?.list_groups())
             .await
-            .unwrap_or(Err(GroupError::Timeout { what: "the brokers" }))
-            .map_err(|e| group_status(&e))?;
+            .unwrap_or(Err(BrokerReadError::Timeout { what: "the brokers" }))
+            .map_err(|e| read_status(&e))?;
         Ok(Response::new(listed))
     }
 
@@ -505,9 +520,9 @@ impl AdminService for AdminServiceImpl {
         let mut groups = Vec::with_capacity(ids.len());
         for group_id in ids {
             let described =
-                tokio::time::timeout(GROUPS_TIMEOUT, source.describe_group(group_id.clone()))
+                tokio::time::timeout(BROKERS_TIMEOUT, source.describe_group(group_id.clone()))
                     .await
-                    .unwrap_or(Err(GroupError::Timeout { what: "the coordinator" }));
+                    .unwrap_or(Err(BrokerReadError::Timeout { what: "the coordinator" }));
             groups.push(match described {
                 Ok(d) => d,
                 Err(e) => pb::GroupDescription {
@@ -522,12 +537,79 @@ impl AdminService for AdminServiceImpl {
         }
         Ok(Response::new(pb::DescribeGroupsResponse { groups }))
     }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let filters = txn_filters(request.into_inner())?;
+        let listed = tokio::time::timeout(BROKERS_TIMEOUT, self.txns()?.list_transactions(filters))
+            .await
+            .unwrap_or(Err(BrokerReadError::Timeout { what: "the brokers" }))
+            .map_err(|e| read_status(&e))?;
+        Ok(Response::new(listed))
+    }
+
+    async fn describe_transactions(
+        &self,
+        request: Request<pb::DescribeTransactionsRequest>,
+    ) -> Result<Response<pb::DescribeTransactionsResponse>, Status> {
+        let ids = request.into_inner().transactional_ids;
+        check_count("transactional_ids", ids.len())?;
+        if ids.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("a transactional id is empty"));
+        }
+        let described =
+            tokio::time::timeout(BROKERS_TIMEOUT, self.txns()?.describe_transactions(ids.clone()))
+                .await
+                .unwrap_or(Err(BrokerReadError::Timeout { what: "the coordinators" }));
+        let answers: Vec<Result<pb::TransactionDescription, pb::ItemError>> = match described {
+            Ok(answers) if answers.len() == ids.len() => {
+                answers.into_iter().map(|a| a.map_err(|e| read_item_error(&e))).collect()
+            }
+            Ok(answers) => {
+                return Err(Status::internal(format!(
+                    "the broker answered for {} of {} transactional ids",
+                    answers.len(),
+                    ids.len()
+                )))
+            }
+            // Nothing was asked: every id fails with the one reason.
+            Err(e) => vec![Err(read_item_error(&e)); ids.len()],
+        };
+        let transactions = ids
+            .into_iter()
+            .zip(answers)
+            .map(|(transactional_id, answer)| match answer {
+                Ok(d) => d,
+                Err(error) => pb::TransactionDescription {
+                    transactional_id,
+                    start_time_ms: -1,
+                    error: Some(error),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeTransactionsResponse { transactions }))
+    }
+
+    async fn describe_producers(
+        &self,
+        request: Request<pb::DescribeProducersRequest>,
+    ) -> Result<Response<pb::DescribeProducersResponse>, Status> {
+        let pb::DescribeProducersRequest { topic, partition } = request.into_inner();
+        check_partition(&self.image(), &topic, partition)?;
+        let described = tokio::time::timeout(
+            BROKERS_TIMEOUT,
+            self.txns()?.describe_producers(topic, partition),
+        )
+        .await
+        .unwrap_or(Err(BrokerReadError::Timeout { what: "the partition's leader" }))
+        .map_err(|e| read_status(&e))?;
+        Ok(Response::new(described))
+    }
 }
 
-/// How long the admin API waits for brokers to answer about groups.
-const GROUPS_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Consumer groups that could not be read: UNAVAILABLE, with the reason.
-fn group_status(e: &GroupError) -> Status {
-    Status::unavailable(e.to_string())
-}
+/// How long the admin API waits for brokers to answer about groups, transactions and
+/// producers.
+const BROKERS_TIMEOUT: Duration = Duration::from_secs(15);

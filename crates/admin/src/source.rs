@@ -1,6 +1,7 @@
 //! What the admin service reads from the rest of the node, as traits the binary implements:
-//! the quorum ([`ClusterInfo`]) and the consumer groups ([`GroupSource`]); and
-//! [`ImagePublisher`], the listener that hands it each committed image.
+//! the quorum ([`ClusterInfo`]), the consumer groups ([`GroupSource`]) and the transactions and
+//! producer state ([`TxnSource`]); and [`ImagePublisher`], the listener that hands it each
+//! committed image.
 
 use std::sync::Arc;
 
@@ -22,28 +23,62 @@ pub trait ClusterInfo: Send + Sync + 'static {
 pub trait GroupSource: Send + Sync + 'static {
     /// Every group of the cluster: each live broker lists the groups it coordinates; brokers
     /// that could not be asked are named in `unreachable`.
-    fn list_groups(&self) -> BoxFuture<Result<pb::ListGroupsResponse, GroupError>>;
+    fn list_groups(&self) -> BoxFuture<Result<pb::ListGroupsResponse, BrokerReadError>>;
     /// Members, assignments, committed offsets and lag of one group, from its coordinator.
     fn describe_group(
         &self,
         group_id: String,
-    ) -> BoxFuture<Result<pb::GroupDescription, GroupError>>;
+    ) -> BoxFuture<Result<pb::GroupDescription, BrokerReadError>>;
 }
 
-/// Why consumer groups could not be read. Every variant is UNAVAILABLE to the caller: asking
-/// again later, or another node, may work.
+/// Transactions, which live in the brokers' transaction coordinators, and the producer state
+/// of a partition, which lives in its leader's log. A node that runs a broker provides it; the
+/// answers are the admin API's own messages.
+pub trait TxnSource: Send + Sync + 'static {
+    /// Every transactional id of the cluster that passes the request's filters (state names
+    /// already checked): each live broker lists those it coordinates; brokers that could not
+    /// be asked are named in `unreachable`.
+    fn list_transactions(
+        &self,
+        filters: pb::ListTransactionsRequest,
+    ) -> BoxFuture<Result<pb::ListTransactionsResponse, BrokerReadError>>;
+    /// Each id's transaction, from its coordinator, in the order asked: one answer per id
+    /// (an unknown id is [`BrokerReadError::NotFound`]); the outer error fails every id.
+    fn describe_transactions(
+        &self,
+        transactional_ids: Vec<String>,
+    ) -> BoxFuture<DescribedTransactions>;
+    /// The producers the leader of `topic`-`partition` holds state for.
+    fn describe_producers(
+        &self,
+        topic: String,
+        partition: i32,
+    ) -> BoxFuture<Result<pb::DescribeProducersResponse, BrokerReadError>>;
+}
+
+/// [`TxnSource::describe_transactions`]'s answer: one result per id asked, in that order.
+pub type DescribedTransactions =
+    Result<Vec<Result<pb::TransactionDescription, BrokerReadError>>, BrokerReadError>;
+
+/// Why the brokers could not answer about consumer groups, transactions or producers.
+/// [`BrokerReadError::NotFound`] is NOT_FOUND to the caller; every other variant is
+/// UNAVAILABLE: asking again later, or another node, may work.
 #[derive(Debug, thiserror::Error)]
-pub enum GroupError {
+pub enum BrokerReadError {
     #[error(
-        "this node runs no broker, and consumer groups live in the brokers: ask a broker's \
-         control port (--bootstrap-control)"
+        "this node runs no broker, and consumer groups, transactions and producer state live \
+         in the brokers: ask a broker's control port (--bootstrap-control)"
     )]
     NoBroker,
     #[error("this node's broker is still starting")]
     BrokerStarting,
     #[error("{what} did not answer in time")]
     Timeout { what: &'static str },
-    /// The broker could not find or ask the coordinator (its own error, kept as the source).
+    /// The brokers were asked and answered that it does not exist (the message names it).
+    #[error("{0}")]
+    NotFound(String),
+    /// The broker could not find or ask the broker that knows (its own error, kept as the
+    /// source).
     #[error("{0}")]
     Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -1,5 +1,6 @@
 //! AdminService over real gRPC: a lone controller on a tempdir, the service on 127.0.0.1:0,
-//! and every RPC driven through the generated client, refusals included.
+//! and every RPC driven through the generated client, refusals included. Transactions are
+//! answered by a scripted `TxnSource` (the broker's is tested end to end in `tests/`).
 
 #[path = "../../controller/tests/common/mod.rs"]
 mod common;
@@ -9,7 +10,8 @@ use std::sync::Arc;
 
 use common::{live_broker, single_voter};
 use strom_admin::{
-    mount_admin, AdminServiceClient, AdminServiceImpl, ClusterInfo, ImagePublisher, QuorumState,
+    mount_admin, AdminServiceClient, AdminServiceImpl, BrokerReadError, ClusterInfo,
+    DescribedTransactions, ImagePublisher, QuorumState, TxnSource,
 };
 use strom_controller::{Controller, RaftClusterInfo};
 use strom_metadata::config::{BrokerDefaults, BROKER_DEFAULTS};
@@ -44,6 +46,11 @@ impl Fixture {
     /// A lone voter with broker 1 registered and unfenced, and the admin plane served on a
     /// loopback port. `segment.bytes` has a static broker default, as a node's config gives it.
     async fn start() -> anyhow::Result<Fixture> {
+        Fixture::start_with(None).await
+    }
+
+    /// [`Fixture::start`], with transactions answered by `txns` when given.
+    async fn start_with(txns: Option<Arc<dyn TxnSource>>) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let (publisher, rx) = ImagePublisher::new(None);
         let mut cfg = single_voter(dir.path());
@@ -52,9 +59,13 @@ impl Fixture {
         let controller = Controller::start(cfg, publisher).await?;
         live_broker(&controller.client(), 1).await?;
         let cluster = Arc::new(Voter(RaftClusterInfo::new("test-cluster-id", controller.raft())));
-        let admin = AdminServiceImpl::new(controller.client(), rx, cluster).with_broker_defaults(
-            BrokerDefaults { log_segment_bytes: 8_388_608, ..BROKER_DEFAULTS },
-        );
+        let mut admin =
+            AdminServiceImpl::new(controller.client(), rx, cluster).with_broker_defaults(
+                BrokerDefaults { log_segment_bytes: 8_388_608, ..BROKER_DEFAULTS },
+            );
+        if let Some(txns) = txns {
+            admin = admin.with_transactions(txns);
+        }
         let mut routes = RoutesBuilder::default();
         mount_admin(&mut routes, admin).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -519,5 +530,133 @@ async fn health_and_reflection_are_served_beside_the_admin_service() -> anyhow::
     for wanted in ["strom.admin.v1.AdminService", "grpc.health.v1.Health"] {
         assert!(services.iter().any(|s| s == wanted), "{wanted} not in {services:?}");
     }
+    f.stop().await
+}
+
+/// Transactions as a broker would answer: `tx-known` exists, `tx-gone` does not, `tx-far`'s
+/// coordinator cannot be asked; the list filters it was given are kept.
+#[derive(Default)]
+struct ScriptedTxns {
+    filters: std::sync::Mutex<Vec<pb::ListTransactionsRequest>>,
+}
+
+impl TxnSource for ScriptedTxns {
+    fn list_transactions(
+        &self,
+        filters: pb::ListTransactionsRequest,
+    ) -> strom_metadata::BoxFuture<Result<pb::ListTransactionsResponse, BrokerReadError>> {
+        self.filters.lock().expect("not poisoned").push(filters);
+        let listing = pb::TransactionListing {
+            transactional_id: "tx-known".into(),
+            producer_id: 7,
+            state: "Ongoing".into(),
+            coordinator_id: 1,
+        };
+        Box::pin(async move {
+            Ok(pb::ListTransactionsResponse { transactions: vec![listing], unreachable: vec![] })
+        })
+    }
+
+    fn describe_transactions(
+        &self,
+        transactional_ids: Vec<String>,
+    ) -> strom_metadata::BoxFuture<DescribedTransactions> {
+        let answers = transactional_ids
+            .into_iter()
+            .map(|id| match id.as_str() {
+                "tx-known" => Ok(pb::TransactionDescription {
+                    transactional_id: id,
+                    state: "Ongoing".into(),
+                    producer_id: 7,
+                    coordinator_id: 1,
+                    ..Default::default()
+                }),
+                "tx-gone" => Err(BrokerReadError::NotFound(format!(
+                    "transactional id '{id}' does not exist"
+                ))),
+                _ => Err(BrokerReadError::Broker("connect to 127.0.0.1:1: refused".into())),
+            })
+            .collect();
+        Box::pin(async move { Ok(answers) })
+    }
+
+    fn describe_producers(
+        &self,
+        topic: String,
+        partition: i32,
+    ) -> strom_metadata::BoxFuture<Result<pb::DescribeProducersResponse, BrokerReadError>> {
+        Box::pin(async move {
+            Ok(pb::DescribeProducersResponse { topic, partition, leader_id: 1, producers: vec![] })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_checked_here_and_answered_by_the_brokers() -> anyhow::Result<()> {
+    let txns = Arc::new(ScriptedTxns::default());
+    let mut f = Fixture::start_with(Some(txns.clone())).await?;
+    f.create("orders", Some(2), Some(1), &[]).await?;
+
+    let request =
+        pb::ListTransactionsRequest { states: vec!["ongoing".into()], producer_ids: vec![7] };
+    let listed = f.admin.list_transactions(request).await?.into_inner();
+    assert_eq!(listed.transactions.len(), 1);
+    let asked = txns.filters.lock().expect("not poisoned").clone();
+    assert_eq!(
+        asked,
+        [pb::ListTransactionsRequest { states: vec!["Ongoing".into()], producer_ids: vec![7] }],
+        "the brokers get Kafka's spelling"
+    );
+    let bad = pb::ListTransactionsRequest { states: vec!["Running".into()], producer_ids: vec![] };
+    assert_refused(f.admin.list_transactions(bad).await, Code::InvalidArgument, "'Running'");
+
+    let ids = ["tx-known", "tx-gone", "tx-far"].map(String::from).to_vec();
+    let described = f
+        .admin
+        .describe_transactions(pb::DescribeTransactionsRequest { transactional_ids: ids })
+        .await?
+        .into_inner();
+    let outcome: Vec<(&str, Option<i32>)> = described
+        .transactions
+        .iter()
+        .map(|t| (t.transactional_id.as_str(), t.error.as_ref().map(|e| e.code)))
+        .collect();
+    assert_eq!(
+        outcome,
+        [
+            ("tx-known", None),
+            ("tx-gone", Some(Code::NotFound as i32)),
+            ("tx-far", Some(Code::Unavailable as i32)),
+        ],
+        "in request order"
+    );
+    let none = pb::DescribeTransactionsRequest { transactional_ids: vec![] };
+    assert_refused(f.admin.describe_transactions(none).await, Code::InvalidArgument, "no ");
+
+    let producers =
+        |topic: &str, partition| pb::DescribeProducersRequest { topic: topic.into(), partition };
+    let answer = f.admin.describe_producers(producers("orders", 1)).await?.into_inner();
+    assert_eq!((answer.topic.as_str(), answer.partition), ("orders", 1));
+    assert_refused(
+        f.admin.describe_producers(producers("orders", 2)).await,
+        Code::NotFound,
+        "topic 'orders' has no partition 2",
+    );
+    assert_refused(
+        f.admin.describe_producers(producers("nope", 0)).await,
+        Code::NotFound,
+        "topic 'nope' does not exist",
+    );
+    f.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_unavailable_on_a_node_without_a_broker() -> anyhow::Result<()> {
+    let mut f = Fixture::start().await?;
+    let listed = f.admin.list_transactions(pb::ListTransactionsRequest::default()).await;
+    assert_refused(listed, Code::Unavailable, "--bootstrap-control");
+    f.create("orders", Some(1), Some(1), &[]).await?;
+    let request = pb::DescribeProducersRequest { topic: "orders".into(), partition: 0 };
+    assert_refused(f.admin.describe_producers(request).await, Code::Unavailable, "no broker");
     f.stop().await
 }

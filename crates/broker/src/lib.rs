@@ -23,6 +23,7 @@ mod replica;
 mod server;
 mod shards;
 mod txn;
+mod txn_admin;
 mod wire;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use errors::BrokerError;
 pub use fetch_memory::{FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, FETCH_MAX_BYTES_DEFAULT};
 pub use group::{BrokerGroupAdmin, GroupAdminError};
 pub use image::ImageListener;
+pub use txn_admin::{BrokerTxnAdmin, TxnAdminError, TxnDescriptions};
 
 use strom_metadata::{Clock, ControllerClient};
 
@@ -200,6 +202,12 @@ impl Broker {
     /// Consumer groups as the admin API shows them, asked of the brokers over Kafka.
     pub fn group_admin(&self) -> Arc<BrokerGroupAdmin> {
         Arc::new(BrokerGroupAdmin { ctx: self.ctx.clone() })
+    }
+
+    /// Transactions and producer state as the admin API shows them, asked of the brokers over
+    /// Kafka.
+    pub fn txn_admin(&self) -> Arc<BrokerTxnAdmin> {
+        Arc::new(BrokerTxnAdmin { ctx: self.ctx.clone() })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

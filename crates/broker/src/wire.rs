@@ -11,3 +11,12 @@ pub(crate) const LISTENER: &str = "PLAINTEXT";
 pub(crate) fn s(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
 }
+
+/// A Kafka error code another broker answered, by its name for messages:
+/// `NotCoordinator (16)`.
+pub(crate) fn error_name(code: i16) -> String {
+    match kafka_protocol::ResponseError::try_from_code(code) {
+        Some(e) => format!("{e:?} ({code})"),
+        None => format!("error code {code}"),
+    }
+}

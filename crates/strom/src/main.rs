@@ -1,5 +1,6 @@
 //! `strom`: one binary that runs a combined controller + broker node (`strom start`) and
-//! administers a cluster over gRPC (`strom topic …`, `strom cluster …`).
+//! administers a cluster over gRPC (`strom topic …`, `strom cluster …`, `strom group …`,
+//! `strom txn …`).
 
 mod cli;
 mod config;
@@ -35,6 +36,8 @@ enum Command {
     Cluster(cli::ClusterArgs),
     /// List consumer groups; describe members, committed offsets and lag.
     Group(cli::GroupArgs),
+    /// List and describe transactions; show the producers of a partition.
+    Txn(cli::TxnArgs),
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -78,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Topic(args) => return cli::run_topic(args),
         Command::Cluster(args) => return cli::run_cluster(args),
         Command::Group(args) => return cli::run_group(args),
+        Command::Txn(args) => return cli::run_txn(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use strom_admin::{
-    mount_admin, AdminServiceImpl, ClusterInfo, GroupError, GroupSource, ImagePublisher,
-    QuorumState,
+    mount_admin, AdminServiceImpl, BrokerReadError, ClusterInfo, DescribedTransactions,
+    GroupSource, ImagePublisher, QuorumState, TxnSource,
 };
 use strom_broker::{Broker, BrokerConfig, ConnectionLimits, InterBrokerListener};
 use strom_controller::follower::follow_metadata_as;
@@ -390,14 +390,16 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         tokio::spawn(exit_on_fatal(controller.fatal()));
     }
 
-    // Groups are answered by this node's broker, which starts after the control port.
-    let groups = Arc::new(LateGroupAdmin::default());
+    // Groups and transactions are answered by this node's broker, which starts after the
+    // control port.
+    let groups = Arc::new(LateBroker::<strom_broker::BrokerGroupAdmin>::default());
+    let txns = Arc::new(LateBroker::<strom_broker::BrokerTxnAdmin>::default());
     let control_server = match control_listener {
         Some(control_listener) => {
             let mut admin = AdminServiceImpl::new(client.clone(), image_rx, cluster_info)
                 .with_broker_defaults(defaults);
             if is_broker {
-                admin = admin.with_groups(groups.clone());
+                admin = admin.with_groups(groups.clone()).with_transactions(txns.clone());
             }
             let mut routes = tonic::service::RoutesBuilder::default();
             if let MetadataSide::Voter(controller) = &metadata {
@@ -443,6 +445,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         )
         .await?;
         let _ = groups.0.set(running.broker.group_admin());
+        let _ = txns.0.set(running.broker.txn_admin());
         tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
         Some(running)
     } else {
@@ -497,20 +500,27 @@ fn cluster_id_for(cfg: &NodeConfig, voters: &BTreeMap<u64, String>) -> Option<St
     None
 }
 
-/// The admin API's view of consumer groups: this node's broker, bound once it has started.
-#[derive(Default)]
-struct LateGroupAdmin(std::sync::OnceLock<Arc<strom_broker::BrokerGroupAdmin>>);
+/// The admin API's view of consumer groups (`T` = `BrokerGroupAdmin`) or of transactions
+/// (`BrokerTxnAdmin`): this node's broker, bound once it has started.
+struct LateBroker<T>(std::sync::OnceLock<Arc<T>>);
 
-impl LateGroupAdmin {
-    fn broker(&self) -> Result<Arc<strom_broker::BrokerGroupAdmin>, GroupError> {
-        self.0.get().cloned().ok_or(GroupError::BrokerStarting)
+impl<T> Default for LateBroker<T> {
+    fn default() -> Self {
+        LateBroker(std::sync::OnceLock::new())
     }
 }
 
-impl GroupSource for LateGroupAdmin {
+impl<T> LateBroker<T> {
+    fn broker(&self) -> Result<Arc<T>, BrokerReadError> {
+        self.0.get().cloned().ok_or(BrokerReadError::BrokerStarting)
+    }
+}
+
+impl GroupSource for LateBroker<strom_broker::BrokerGroupAdmin> {
     fn list_groups(
         &self,
-    ) -> strom_metadata::BoxFuture<Result<strom_proto::admin::ListGroupsResponse, GroupError>> {
+    ) -> strom_metadata::BoxFuture<Result<strom_proto::admin::ListGroupsResponse, BrokerReadError>>
+    {
         let broker = self.broker();
         Box::pin(async move { Ok(broker?.list_groups().await) })
     }
@@ -518,10 +528,58 @@ impl GroupSource for LateGroupAdmin {
     fn describe_group(
         &self,
         group_id: String,
-    ) -> strom_metadata::BoxFuture<Result<strom_proto::admin::GroupDescription, GroupError>> {
+    ) -> strom_metadata::BoxFuture<Result<strom_proto::admin::GroupDescription, BrokerReadError>>
+    {
         let broker = self.broker();
         Box::pin(async move {
-            broker?.describe_group(group_id).await.map_err(|e| GroupError::Broker(Box::new(e)))
+            broker?.describe_group(group_id).await.map_err(|e| BrokerReadError::Broker(Box::new(e)))
+        })
+    }
+}
+
+/// A broker's refusal as the admin API reports it: NOT_FOUND when the brokers said the
+/// transactional id or partition does not exist.
+fn txn_read_error(e: strom_broker::TxnAdminError) -> BrokerReadError {
+    if e.is_not_found() {
+        BrokerReadError::NotFound(e.to_string())
+    } else {
+        BrokerReadError::Broker(Box::new(e))
+    }
+}
+
+impl TxnSource for LateBroker<strom_broker::BrokerTxnAdmin> {
+    fn list_transactions(
+        &self,
+        filters: strom_proto::admin::ListTransactionsRequest,
+    ) -> strom_metadata::BoxFuture<
+        Result<strom_proto::admin::ListTransactionsResponse, BrokerReadError>,
+    > {
+        let broker = self.broker();
+        Box::pin(async move { Ok(broker?.list_transactions(filters).await) })
+    }
+
+    fn describe_transactions(
+        &self,
+        transactional_ids: Vec<String>,
+    ) -> strom_metadata::BoxFuture<DescribedTransactions> {
+        let broker = self.broker();
+        Box::pin(async move {
+            let described =
+                broker?.describe_transactions(transactional_ids).await.map_err(txn_read_error)?;
+            Ok(described.into_iter().map(|d| d.map_err(txn_read_error)).collect())
+        })
+    }
+
+    fn describe_producers(
+        &self,
+        topic: String,
+        partition: i32,
+    ) -> strom_metadata::BoxFuture<
+        Result<strom_proto::admin::DescribeProducersResponse, BrokerReadError>,
+    > {
+        let broker = self.broker();
+        Box::pin(async move {
+            broker?.describe_producers(topic, partition).await.map_err(txn_read_error)
         })
     }
 }

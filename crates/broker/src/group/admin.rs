@@ -20,7 +20,7 @@ use strom_proto::admin as pb;
 
 use super::{partition_for, OFFSETS_TOPIC};
 use crate::peer::{broker_addr, PeerConn};
-use crate::wire::s;
+use crate::wire::{error_name, s};
 use crate::BrokerCtx;
 
 const CLIENT_ID: &str = "strom-admin";
@@ -45,20 +45,13 @@ pub enum GroupAdminError {
     Peer(String),
     #[error("empty {0} response")]
     EmptyResponse(&'static str),
-    #[error("{api}: {}", kafka_error(*.code))]
+    #[error("{api}: {}", error_name(*.code))]
     Refused { api: &'static str, code: i16 },
 }
 
 impl From<String> for GroupAdminError {
     fn from(reason: String) -> Self {
         GroupAdminError::Peer(reason)
-    }
-}
-
-fn kafka_error(code: i16) -> String {
-    match kafka_protocol::ResponseError::try_from_code(code) {
-        Some(e) => format!("{e:?} ({code})"),
-        None => format!("error code {code}"),
     }
 }
 
@@ -80,7 +73,7 @@ impl BrokerGroupAdmin {
                     .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default(), CLIENT_ID)
                     .await?;
                 if resp.error_code != 0 {
-                    return Err(kafka_error(resp.error_code));
+                    return Err(error_name(resp.error_code));
                 }
                 Ok(resp.groups)
             };

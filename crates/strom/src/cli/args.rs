@@ -1,4 +1,5 @@
-//! Command-line shapes of `strom topic …`, `strom cluster …` and `strom group …`, and the parsers of their values.
+//! Command-line shapes of `strom topic …`, `strom cluster …`, `strom group …` and `strom txn …`,
+//! and the parsers of their values.
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -137,6 +138,54 @@ pub enum GroupCommand {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct TxnArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(subcommand)]
+    pub command: TxnCommand,
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum TxnCommand {
+    /// List the transactional ids of the cluster with their state, producer id and coordinator.
+    List {
+        /// Only transactions in this state (Kafka's names: Empty, Ongoing, PrepareCommit,
+        /// PrepareAbort, CompleteCommit, CompleteAbort, Dead, PrepareEpochFence); repeatable.
+        #[arg(long = "state", value_name = "STATE", value_parser = parse_txn_state)]
+        states: Vec<String>,
+        /// Only the transactions of this producer id; repeatable.
+        #[arg(long = "producer-id", value_name = "ID", value_parser = clap::value_parser!(i64).range(0..))]
+        producer_ids: Vec<i64>,
+    },
+    /// Show transactions: state, producer id and epoch, coordinator, timeout, start time and
+    /// the partitions written to (like `kafka-transactions describe`).
+    Describe {
+        /// Transactional ids; at least one.
+        #[arg(required = true)]
+        transactional_ids: Vec<String>,
+    },
+    /// Show the producers a partition's leader holds state for: epoch, last sequence, and the
+    /// first offset of an open transaction (like `kafka-transactions describe-producers`).
+    Producers {
+        topic: String,
+        #[arg(value_parser = clap::value_parser!(i32).range(0..))]
+        partition: i32,
+    },
+}
+
+/// A transaction state by Kafka's name, in any case → Kafka's spelling.
+pub fn parse_txn_state(s: &str) -> Result<String, String> {
+    let states = strom_admin::convert::TXN_STATES;
+    states
+        .iter()
+        .find(|state| state.eq_ignore_ascii_case(s.trim()))
+        .map(|s| s.to_string())
+        .ok_or_else(|| {
+            format!("'{s}' is not a transaction state: expected one of {}", states.join(", "))
+        })
+}
+
 /// `KEY=VALUE` → (key, value). The value may contain '=' and may be empty (some configs take
 /// an empty list); the key may not.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -186,6 +235,7 @@ mod tests {
         Topic(TopicArgs),
         Cluster(ClusterArgs),
         Group(GroupArgs),
+        Txn(TxnArgs),
     }
 
     fn parse(args: &[&str]) -> Result<TestCli, clap::Error> {
@@ -336,5 +386,49 @@ mod tests {
         assert_eq!(g.connect.output, Output::Json);
         assert!(parse(&["group", "describe"]).is_err(), "a group id is required");
         assert!(matches!(parse(&["group", "list"]), Ok(TestCli::Group(_))));
+    }
+
+    #[test]
+    fn txn_commands_parse_and_states_take_kafkas_spelling() {
+        let Ok(TestCli::Txn(t)) = parse(&[
+            "txn",
+            "list",
+            "--state",
+            "ongoing",
+            "--state",
+            "PrepareCommit",
+            "--producer-id",
+            "4000",
+        ]) else {
+            panic!("txn list did not parse")
+        };
+        assert_eq!(
+            t.command,
+            TxnCommand::List {
+                states: vec!["Ongoing".into(), "PrepareCommit".into()],
+                producer_ids: vec![4000]
+            }
+        );
+        let e = parse(&["txn", "list", "--state", "running"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("'running' is not a transaction state"), "{e}");
+        assert!(e.to_string().contains("PrepareEpochFence"), "{e}");
+        assert!(parse(&["txn", "list", "--producer-id", "-1"]).is_err(), "no negative ids");
+        let Ok(TestCli::Txn(t)) = parse(&["txn", "describe", "a", "b", "--output", "json"]) else {
+            panic!("txn describe did not parse")
+        };
+        assert_eq!(
+            t.command,
+            TxnCommand::Describe { transactional_ids: vec!["a".into(), "b".into()] }
+        );
+        assert_eq!(t.connect.output, Output::Json);
+        assert!(parse(&["txn", "describe"]).is_err(), "a transactional id is required");
+        let Ok(TestCli::Txn(t)) = parse(&["txn", "producers", "orders", "3"]) else {
+            panic!("txn producers did not parse")
+        };
+        assert_eq!(t.command, TxnCommand::Producers { topic: "orders".into(), partition: 3 });
+        let e = parse(&["txn", "producers", "orders"]).unwrap_err();
+        assert!(e.to_string().contains("PARTITION"), "{e}");
+        assert!(parse(&["txn", "producers", "orders", "x"]).is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! `strom topic …`, `strom cluster …` and `strom group …`: a gRPC client of the AdminService on any node's
-//! control port (`--bootstrap-control`, default 127.0.0.1:9093).
+//! `strom topic …`, `strom cluster …`, `strom group …` and `strom txn …`: a gRPC client of the
+//! AdminService on any node's control port (`--bootstrap-control`, default 127.0.0.1:9093).
 //!
 //! Exit codes:
 //! - 0: done.
@@ -23,7 +23,7 @@ use tonic::{Code, Status};
 
 pub use args::{
     ClusterArgs, ClusterCommand, ConnectArgs, GroupArgs, GroupCommand, Output, TopicArgs,
-    TopicCommand,
+    TopicCommand, TxnArgs, TxnCommand,
 };
 
 /// How long the CLI waits for a TCP connection to the control port.
@@ -107,10 +107,15 @@ pub fn run_group(args: GroupArgs) -> ExitCode {
     run(&args.connect, Job::Group(args.command))
 }
 
+pub fn run_txn(args: TxnArgs) -> ExitCode {
+    run(&args.connect, Job::Txn(args.command))
+}
+
 enum Job {
     Topic(TopicCommand),
     Cluster(ClusterCommand),
     Group(GroupCommand),
+    Txn(TxnCommand),
 }
 
 fn run(connect: &ConnectArgs, job: Job) -> ExitCode {
@@ -181,6 +186,7 @@ async fn execute(connect_args: &ConnectArgs, job: Job) -> Result<String, CliErro
         Job::Topic(command) => topic(&mut client, command, output).await,
         Job::Cluster(command) => cluster(&mut client, command, output).await,
         Job::Group(command) => group(&mut client, command, output).await,
+        Job::Txn(command) => txn(&mut client, command, output).await,
     }
 }
 
@@ -366,6 +372,74 @@ async fn group(
     }
 }
 
+async fn txn(
+    client: &mut AdminServiceClient<Channel>,
+    command: TxnCommand,
+    output: Output,
+) -> Result<String, CliError> {
+    match command {
+        TxnCommand::List { states, producer_ids } => {
+            let answer = client
+                .list_transactions(pb::ListTransactionsRequest { states, producer_ids })
+                .await?
+                .into_inner();
+            let text = render::render(&answer, output);
+            if answer.unreachable.is_empty() {
+                Ok(text)
+            } else {
+                Err(CliError::Partial {
+                    output: text,
+                    message: format!(
+                        "the list may be incomplete: {}",
+                        answer.unreachable.join("; ")
+                    ),
+                })
+            }
+        }
+        TxnCommand::Describe { transactional_ids } => {
+            let answer = client
+                .describe_transactions(pb::DescribeTransactionsRequest { transactional_ids })
+                .await?
+                .into_inner();
+            let view = render::TransactionDescriptions::from(&answer);
+            let text = render::render(&view, output);
+            described_or_failed(text, &answer.transactions)
+        }
+        TxnCommand::Producers { topic, partition } => {
+            let answer = client
+                .describe_producers(pb::DescribeProducersRequest { topic, partition })
+                .await?
+                .into_inner();
+            Ok(render::render(&render::Producers::from(&answer), output))
+        }
+    }
+}
+
+/// `strom txn describe`'s outcome: the output alone when every id was described; exit 1 when
+/// no id's coordinator could be asked (retrying may help); else the output and the failures.
+fn described_or_failed(
+    text: String,
+    transactions: &[pb::TransactionDescription],
+) -> Result<String, CliError> {
+    let failed: Vec<(String, bool)> = transactions
+        .iter()
+        .filter_map(|t| {
+            let unavailable = t.error.as_ref()?.code == Code::Unavailable as i32;
+            Some((render::txn_error(t)?, unavailable))
+        })
+        .collect();
+    let message = failed.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join("; ");
+    if failed.is_empty() {
+        Ok(text)
+    } else if failed.len() == transactions.len()
+        && failed.iter().all(|(_, unavailable)| *unavailable)
+    {
+        Err(CliError::Unavailable(message))
+    } else {
+        Err(CliError::Partial { output: text, message })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +458,30 @@ mod tests {
         assert_eq!(e.to_string(), "cannot reach the control port at h:1: connection refused");
         let e = CliError::from(Status::unimplemented("no election"));
         assert!(e.to_string().contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn txn_describe_fails_softly_unless_no_coordinator_could_be_asked() {
+        let item = |id: &str, error: Option<(Code, &str)>| pb::TransactionDescription {
+            transactional_id: id.into(),
+            error: error.map(|(code, m)| pb::ItemError { code: code as i32, message: m.into() }),
+            ..Default::default()
+        };
+        let found = item("a", None);
+        let gone = item("b", Some((Code::NotFound, "transactional id 'b' does not exist")));
+        let down = item("c", Some((Code::Unavailable, "connect to h:1: refused")));
+        assert_eq!(
+            described_or_failed("t".into(), std::slice::from_ref(&found)).expect("all found"),
+            "t"
+        );
+        let e = described_or_failed("t".into(), &[found, gone.clone()]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.to_string(), "transactional id 'b' does not exist");
+        let e = described_or_failed("t".into(), std::slice::from_ref(&down)).unwrap_err();
+        assert_eq!(e.exit_code(), 1, "retrying may help");
+        assert_eq!(e.to_string(), "transactional id 'c': connect to h:1: refused");
+        let e = described_or_failed("t".into(), &[gone, down]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]

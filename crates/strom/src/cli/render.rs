@@ -661,6 +661,218 @@ impl View for GroupDescriptions {
     }
 }
 
+// ---- transactions and producers ----
+
+/// `strom txn list`: the answer as it comes.
+impl View for pb::ListTransactionsResponse {
+    fn table(&self) -> String {
+        if self.transactions.is_empty() {
+            return "No transactions.".into();
+        }
+        let rows: Vec<Vec<String>> = self
+            .transactions
+            .iter()
+            .map(|t| {
+                vec![
+                    t.transactional_id.clone(),
+                    t.state.clone(),
+                    t.producer_id.to_string(),
+                    t.coordinator_id.to_string(),
+                ]
+            })
+            .collect();
+        table(&["TRANSACTIONAL-ID", "STATE", "PRODUCER-ID", "COORDINATOR"], &rows)
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct TransactionDescriptions {
+    pub transactions: Vec<TransactionDescription>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct TransactionDescription {
+    pub transactional_id: String,
+    pub state: String,
+    pub producer_id: i64,
+    pub producer_epoch: i32,
+    pub coordinator_id: i32,
+    pub timeout_ms: i32,
+    /// `None`: no transaction in progress.
+    pub start_time_ms: Option<i64>,
+    /// The partitions the transaction has written to, by topic.
+    pub partitions: BTreeMap<String, Vec<i32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a transactional id was not described, as one sentence that names it.
+pub fn txn_error(t: &pb::TransactionDescription) -> Option<String> {
+    let e = t.error.as_ref()?;
+    Some(if e.code == tonic::Code::NotFound as i32 {
+        e.message.clone()
+    } else {
+        format!("transactional id '{}': {}", t.transactional_id, e.message)
+    })
+}
+
+impl From<&pb::DescribeTransactionsResponse> for TransactionDescriptions {
+    fn from(r: &pb::DescribeTransactionsResponse) -> Self {
+        TransactionDescriptions {
+            transactions: r
+                .transactions
+                .iter()
+                .map(|t| TransactionDescription {
+                    transactional_id: t.transactional_id.clone(),
+                    state: t.state.clone(),
+                    producer_id: t.producer_id,
+                    producer_epoch: t.producer_epoch,
+                    coordinator_id: t.coordinator_id,
+                    timeout_ms: t.timeout_ms,
+                    start_time_ms: (t.start_time_ms >= 0).then_some(t.start_time_ms),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|tp| (tp.topic.clone(), tp.partitions.clone()))
+                        .collect(),
+                    error: txn_error(t),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl View for TransactionDescriptions {
+    fn table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .transactions
+            .iter()
+            .filter(|t| t.error.is_none())
+            .map(|t| {
+                let partitions: Vec<String> = t
+                    .partitions
+                    .iter()
+                    .flat_map(|(topic, ps)| ps.iter().map(move |p| format!("{topic}-{p}")))
+                    .collect();
+                vec![
+                    t.transactional_id.clone(),
+                    t.state.clone(),
+                    t.producer_id.to_string(),
+                    t.producer_epoch.to_string(),
+                    t.coordinator_id.to_string(),
+                    t.timeout_ms.to_string(),
+                    opt(t.start_time_ms),
+                    if partitions.is_empty() { "-".into() } else { partitions.join(",") },
+                ]
+            })
+            .collect();
+        let mut out = String::new();
+        if !rows.is_empty() {
+            out.push_str(&table(
+                &[
+                    "TRANSACTIONAL-ID",
+                    "STATE",
+                    "PRODUCER-ID",
+                    "EPOCH",
+                    "COORDINATOR",
+                    "TIMEOUT-MS",
+                    "START-TIME-MS",
+                    "PARTITIONS",
+                ],
+                &rows,
+            ));
+        }
+        for e in self.transactions.iter().filter_map(|t| t.error.as_ref()) {
+            out.push_str(&format!("{e}.\n"));
+        }
+        out
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct Producers {
+    pub topic: String,
+    pub partition: i32,
+    pub leader_id: i32,
+    pub producers: Vec<Producer>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct Producer {
+    pub producer_id: i64,
+    pub producer_epoch: i32,
+    /// `None`: no sequence yet.
+    pub last_sequence: Option<i32>,
+    /// `None`: unknown.
+    pub last_timestamp_ms: Option<i64>,
+    /// `None`: never in a transaction.
+    pub coordinator_epoch: Option<i32>,
+    /// The first offset of its open transaction; `None`: none open.
+    pub current_txn_start_offset: Option<i64>,
+}
+
+impl From<&pb::DescribeProducersResponse> for Producers {
+    fn from(r: &pb::DescribeProducersResponse) -> Self {
+        Producers {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            leader_id: r.leader_id,
+            producers: r
+                .producers
+                .iter()
+                .map(|p| Producer {
+                    producer_id: p.producer_id,
+                    producer_epoch: p.producer_epoch,
+                    last_sequence: (p.last_sequence >= 0).then_some(p.last_sequence),
+                    last_timestamp_ms: (p.last_timestamp_ms >= 0).then_some(p.last_timestamp_ms),
+                    coordinator_epoch: (p.coordinator_epoch >= 0).then_some(p.coordinator_epoch),
+                    current_txn_start_offset: (p.current_txn_start_offset >= 0)
+                        .then_some(p.current_txn_start_offset),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl View for Producers {
+    fn table(&self) -> String {
+        let what = format!(
+            "Partition {} of topic '{}' (leader {})",
+            self.partition, self.topic, self.leader_id
+        );
+        if self.producers.is_empty() {
+            return format!("{what} has no active producers.");
+        }
+        let mut out = format!("{what}: {} active producer(s).\n", self.producers.len());
+        let rows: Vec<Vec<String>> = self
+            .producers
+            .iter()
+            .map(|p| {
+                vec![
+                    p.producer_id.to_string(),
+                    p.producer_epoch.to_string(),
+                    opt(p.last_sequence),
+                    opt(p.last_timestamp_ms),
+                    opt(p.coordinator_epoch),
+                    opt(p.current_txn_start_offset),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "PRODUCER-ID",
+                "EPOCH",
+                "LAST-SEQUENCE",
+                "LAST-TIMESTAMP-MS",
+                "COORDINATOR-EPOCH",
+                "TXN-START-OFFSET",
+            ],
+            &rows,
+        ));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -967,5 +1179,152 @@ mod tests {
         .assert_eq(&text);
         let json = render(&GroupDescriptions::from(&answer), Output::Json);
         assert!(json.contains("\"total_lag\": 4"), "{json}");
+    }
+
+    #[test]
+    fn transaction_list_as_table_and_json() {
+        let answer = pb::ListTransactionsResponse {
+            transactions: vec![
+                pb::TransactionListing {
+                    transactional_id: "orders-tx".into(),
+                    producer_id: 4000,
+                    state: "Ongoing".into(),
+                    coordinator_id: 2,
+                },
+                pb::TransactionListing {
+                    transactional_id: "payments-tx".into(),
+                    producer_id: 4001,
+                    state: "CompleteCommit".into(),
+                    coordinator_id: 1,
+                },
+            ],
+            unreachable: vec![],
+        };
+        expect_test::expect![[r#"
+            TRANSACTIONAL-ID  STATE           PRODUCER-ID  COORDINATOR
+            orders-tx         Ongoing         4000         2
+            payments-tx       CompleteCommit  4001         1
+        "#]]
+        .assert_eq(&render(&answer, Output::Table));
+        let value: serde_json::Value =
+            serde_json::from_str(&render(&answer, Output::Json)).expect("valid JSON");
+        assert_eq!(value["transactions"][0]["transactional_id"], "orders-tx");
+        assert_eq!(value["transactions"][1]["producer_id"], 4001);
+        assert_eq!(
+            render(&pb::ListTransactionsResponse::default(), Output::Table),
+            "No transactions.\n"
+        );
+    }
+
+    #[test]
+    fn transaction_descriptions_list_partitions_and_name_the_ids_that_failed() {
+        let answer = pb::DescribeTransactionsResponse {
+            transactions: vec![
+                pb::TransactionDescription {
+                    transactional_id: "orders-tx".into(),
+                    state: "Ongoing".into(),
+                    producer_id: 4000,
+                    producer_epoch: 3,
+                    timeout_ms: 60_000,
+                    start_time_ms: 1_700_000_000_000,
+                    coordinator_id: 2,
+                    partitions: vec![
+                        pb::TopicPartitions { topic: "orders".into(), partitions: vec![0, 1] },
+                        pb::TopicPartitions { topic: "audit".into(), partitions: vec![4] },
+                    ],
+                    error: None,
+                },
+                pb::TransactionDescription {
+                    transactional_id: "idle-tx".into(),
+                    state: "CompleteCommit".into(),
+                    producer_id: 4001,
+                    timeout_ms: 60_000,
+                    start_time_ms: -1,
+                    coordinator_id: 1,
+                    ..Default::default()
+                },
+                pb::TransactionDescription {
+                    transactional_id: "gone".into(),
+                    start_time_ms: -1,
+                    error: Some(pb::ItemError {
+                        code: tonic::Code::NotFound as i32,
+                        message: "transactional id 'gone' does not exist".into(),
+                    }),
+                    ..Default::default()
+                },
+                pb::TransactionDescription {
+                    transactional_id: "far".into(),
+                    start_time_ms: -1,
+                    error: Some(pb::ItemError {
+                        code: tonic::Code::Unavailable as i32,
+                        message: "DescribeTransactions to broker 3: NotCoordinator (16)".into(),
+                    }),
+                    ..Default::default()
+                },
+            ],
+        };
+        let view = TransactionDescriptions::from(&answer);
+        expect_test::expect![[r#"
+            TRANSACTIONAL-ID  STATE           PRODUCER-ID  EPOCH  COORDINATOR  TIMEOUT-MS  START-TIME-MS  PARTITIONS
+            orders-tx         Ongoing         4000         3      2            60000       1700000000000  audit-4,orders-0,orders-1
+            idle-tx           CompleteCommit  4001         0      1            60000       -              -
+            transactional id 'gone' does not exist.
+            transactional id 'far': DescribeTransactions to broker 3: NotCoordinator (16).
+        "#]]
+        .assert_eq(&render(&view, Output::Table));
+        let value: serde_json::Value =
+            serde_json::from_str(&render(&view, Output::Json)).expect("valid JSON");
+        let orders = &value["transactions"][0];
+        assert_eq!(orders["partitions"], serde_json::json!({"audit": [4], "orders": [0, 1]}));
+        assert_eq!(orders["start_time_ms"], 1_700_000_000_000i64);
+        assert!(orders.get("error").is_none(), "{orders}");
+        assert_eq!(value["transactions"][1]["start_time_ms"], serde_json::Value::Null);
+        assert_eq!(value["transactions"][2]["error"], "transactional id 'gone' does not exist");
+    }
+
+    #[test]
+    fn producers_show_dashes_for_what_a_producer_has_not_done() {
+        let answer = pb::DescribeProducersResponse {
+            topic: "orders".into(),
+            partition: 0,
+            leader_id: 1,
+            producers: vec![
+                pb::ProducerState {
+                    producer_id: 1000,
+                    producer_epoch: 0,
+                    last_sequence: 99,
+                    last_timestamp_ms: 1_700_000_000_123,
+                    coordinator_epoch: -1,
+                    current_txn_start_offset: -1,
+                },
+                pb::ProducerState {
+                    producer_id: 2000,
+                    producer_epoch: 4,
+                    last_sequence: 9,
+                    last_timestamp_ms: 1_700_000_000_456,
+                    coordinator_epoch: 0,
+                    current_txn_start_offset: 120,
+                },
+            ],
+        };
+        let view = Producers::from(&answer);
+        expect_test::expect![[r#"
+            Partition 0 of topic 'orders' (leader 1): 2 active producer(s).
+            PRODUCER-ID  EPOCH  LAST-SEQUENCE  LAST-TIMESTAMP-MS  COORDINATOR-EPOCH  TXN-START-OFFSET
+            1000         0      99             1700000000123      -                  -
+            2000         4      9              1700000000456      0                  120
+        "#]]
+        .assert_eq(&render(&view, Output::Table));
+        let value: serde_json::Value =
+            serde_json::from_str(&render(&view, Output::Json)).expect("valid JSON");
+        assert_eq!(value["leader_id"], 1);
+        assert_eq!(value["producers"][0]["last_sequence"], 99);
+        assert_eq!(value["producers"][0]["current_txn_start_offset"], serde_json::Value::Null);
+        assert_eq!(value["producers"][1]["current_txn_start_offset"], 120);
+        let empty = Producers { producers: vec![], ..view };
+        assert_eq!(
+            render(&empty, Output::Table),
+            "Partition 0 of topic 'orders' (leader 1) has no active producers.\n"
+        );
     }
 }
