@@ -31,4 +31,5 @@ mod roundtrip;
 mod storage_faults;
 mod transactions;
 mod transactions_failover;
+mod txn_cli;
 mod txn_coordinator;
