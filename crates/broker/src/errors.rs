@@ -158,6 +158,23 @@ impl KafkaError {
     }
 }
 
+impl KafkaError {
+    /// A coordinator's answer to a transaction verification (AddPartitionsToTxn v4), read
+    /// back: the refusals a producer must see by name, anything else as retriable
+    /// NOT_ENOUGH_REPLICAS (as Kafka's leaders answer a coordinator they cannot use).
+    pub(crate) fn from_verification_code(code: i16) -> KafkaError {
+        [
+            KafkaError::InvalidTxnState,
+            KafkaError::ProducerFenced,
+            KafkaError::InvalidProducerEpoch,
+            KafkaError::InvalidProducerIdMapping,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+        .unwrap_or(KafkaError::NotEnoughReplicas)
+    }
+}
+
 impl From<KafkaError> for i16 {
     fn from(e: KafkaError) -> i16 {
         e.code()

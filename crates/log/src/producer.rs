@@ -36,7 +36,7 @@ pub struct ProducerBatch {
     pub last_offset: i64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct ProducerEntry {
     epoch: i16,
     /// Oldest first, at most `BATCHES_PER_PRODUCER_MAX`.
@@ -70,6 +70,19 @@ pub struct ProducerView {
     pub last_timestamp_ms: i64,
     pub coordinator_epoch: i32,
     pub txn_first_offset: Option<i64>,
+}
+
+impl Default for ProducerEntry {
+    fn default() -> Self {
+        ProducerEntry {
+            epoch: 0,
+            batches: VecDeque::new(),
+            last_timestamp_ms: 0,
+            txn_first_offset: None,
+            // Kafka's "no coordinator yet", as DescribeProducers shows it.
+            coordinator_epoch: -1,
+        }
+    }
 }
 
 impl ProducerEntry {
@@ -295,6 +308,14 @@ impl ProducerStates {
             last_offset: header.base_offset,
             commit: marker.commit,
         })
+    }
+
+    /// Whether `producer_id` has a transaction open in this partition at `epoch`: its later
+    /// batches need no new verification with the coordinator (KIP-890).
+    pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
+        self.producers
+            .get(&producer_id)
+            .is_some_and(|e| e.epoch == epoch && e.txn_first_offset.is_some())
     }
 
     /// The first offset of the oldest open transaction: read_committed readers stop there.

@@ -28,7 +28,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeProducers, 0, 0),
     // v4+ is KIP-890's broker-to-broker verification, not implemented.
-    (ApiKey::AddPartitionsToTxn, 0, 3),
+    // v4 is brokers' KIP-890 part 1 verification; v5 (part 2) is not implemented.
+    (ApiKey::AddPartitionsToTxn, 0, 4),
     // v4 (and EndTxn v4-5) belong to KIP-890, not implemented.
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),

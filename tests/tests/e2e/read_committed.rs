@@ -9,14 +9,19 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, DescribeProducersRequest, DescribeProducersResponse, ListOffsetsRequest,
-    ListOffsetsResponse, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, DescribeProducersRequest,
+    DescribeProducersResponse, EndTxnRequest, EndTxnResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ProduceRequest, ProduceResponse, ProducerId, TopicName, TransactionalId,
+    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,22 +38,144 @@ fn name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_owned()))
 }
 
-fn producer_id(conn: &mut RawConnection) -> anyhow::Result<(i64, i16)> {
-    let answer = conn.init_producer_id()?;
-    ensure!(answer.error_code == 0, "InitProducerId error {}", answer.error_code);
-    Ok((answer.producer_id.0, answer.producer_epoch))
+/// Sends `request` at the highest version both sides know (at most `max`) and reads its answer.
+fn call<Req, Resp>(
+    conn: &mut RawConnection,
+    key: ApiKey,
+    max: i16,
+    request: &Req,
+) -> anyhow::Result<Resp>
+where
+    Req: kafka_protocol::protocol::Encodable + kafka_protocol::protocol::HeaderVersion,
+    Resp: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::HeaderVersion,
+{
+    let version = conn.max_version(key)?.min(max);
+    let id = conn.send_request(key as i16, version, request, version)?;
+    conn.read_response(id, version)
 }
 
-fn produce_txn(
+fn txn_key(txn_id: &str) -> TransactionalId {
+    TransactionalId(StrBytes::from_string(txn_id.to_owned()))
+}
+
+/// A transactional producer's id and epoch from the coordinator (a single node coordinates
+/// every id; its topic is made on the first lookup, then the id's shard loads).
+fn init_txn(conn: &mut RawConnection, txn_id: &str) -> anyhow::Result<(i64, i16)> {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        let find = FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_key(StrBytes::from_string(txn_id.to_owned()));
+        let _: FindCoordinatorResponse = call(conn, ApiKey::FindCoordinator, 3, &find)?;
+        let init = InitProducerIdRequest::default()
+            .with_transactional_id(Some(txn_key(txn_id)))
+            .with_transaction_timeout_ms(60_000);
+        let answer: InitProducerIdResponse = call(conn, ApiKey::InitProducerId, 4, &init)?;
+        if answer.error_code == 0 {
+            return Ok((answer.producer_id.0, answer.producer_epoch));
+        }
+        ensure!(Instant::now() < deadline, "InitProducerId {txn_id}: error {}", answer.error_code);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// AddPartitionsToTxn of the test topic's partition 0.
+fn add_partition(
     conn: &mut RawConnection,
+    txn_id: &str,
+    (pid, epoch): (i64, i16),
+) -> anyhow::Result<()> {
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(txn_key(txn_id))
+        .with_v3_and_below_producer_id(ProducerId(pid))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+            .with_name(name(TOPIC))
+            .with_partitions(vec![0])]);
+    let added: AddPartitionsToTxnResponse = call(conn, ApiKey::AddPartitionsToTxn, 3, &add)?;
+    let codes: Vec<i16> = (added.results_by_topic_v3_and_below.iter())
+        .flat_map(|t| t.results_by_partition.iter().map(|p| p.partition_error_code))
+        .collect();
+    ensure!(codes == vec![0], "AddPartitionsToTxn {txn_id}: {codes:?}");
+    Ok(())
+}
+
+/// EndTxn through the coordinator, retried while it is busy; then waits until the marker
+/// has moved the LSO up to the high watermark (nothing else is open then).
+fn end_txn(
+    conn: &mut RawConnection,
+    txn_id: &str,
+    (pid, epoch): (i64, i16),
+    commit: bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        let end = EndTxnRequest::default()
+            .with_transactional_id(txn_key(txn_id))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_committed(commit);
+        let ended: EndTxnResponse = call(conn, ApiKey::EndTxn, 3, &end)?;
+        if ended.error_code == 0 {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "EndTxn {txn_id}: error {}", ended.error_code);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the last stable offset has caught up with `offset`.
+fn wait_lso(conn: &mut RawConnection, offset: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        let lso = latest(conn, 1)?;
+        if lso == offset {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "LSO stayed at {lso}, expected {offset}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A produce of one transactional batch of `txn_id`'s producer; the partition's error code
+/// and base offset.
+fn produce_in_txn(
+    conn: &mut RawConnection,
+    txn_id: &str,
     (pid, epoch): (i64, i16),
     sequence: i32,
     values: &[&[u8]],
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<(i16, i64)> {
     let batch = raw::transactional_batch(values, pid, epoch, sequence, 1_700_000_000_000)?;
-    let answer = conn.produce_answer(TOPIC, 0, batch)?;
-    ensure!(answer.error_code == 0, "transactional produce error {}", answer.error_code);
-    Ok(answer.base_offset)
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(txn_key(txn_id)))
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(TOPIC))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])]);
+    let response: ProduceResponse =
+        call(conn, ApiKey::Produce, raw::PRODUCE_VERSION_MAX, &request)?;
+    let p = (response.responses.iter())
+        .flat_map(|t| t.partition_responses.iter())
+        .find(|p| p.index == 0)
+        .context("Produce response has no entry for the partition")?;
+    Ok((p.error_code, p.base_offset))
+}
+
+/// [`produce_in_txn`] that must succeed; the batch's base offset.
+fn produce_txn(
+    conn: &mut RawConnection,
+    txn_id: &str,
+    producer: (i64, i16),
+    sequence: i32,
+    values: &[&[u8]],
+) -> anyhow::Result<i64> {
+    let (code, offset) = produce_in_txn(conn, txn_id, producer, sequence, values)?;
+    ensure!(code == 0, "transactional produce of {txn_id}: error {code}");
+    Ok(offset)
 }
 
 fn produce_plain(conn: &mut RawConnection, values: &[&[u8]]) -> anyhow::Result<()> {
@@ -57,8 +184,8 @@ fn produce_plain(conn: &mut RawConnection, values: &[&[u8]]) -> anyhow::Result<(
     Ok(())
 }
 
-/// Sends one marker and returns the partition's error code.
-fn end_txn(
+/// Writes one marker directly (as a coordinator would) and returns the partition's error code.
+fn write_marker(
     conn: &mut RawConnection,
     (pid, epoch): (i64, i16),
     commit: bool,
@@ -144,25 +271,30 @@ fn read_committed_sees_commits_never_aborts_or_open_transactions_across_a_restar
     with_node(NodeOptions::default(), |node| {
         kafka::create_topic(&node.bootstrap(), TOPIC, 1, &[])?;
         let mut conn = RawConnection::connect(node.kafka_addr())?;
-        let (a, b, c) = (producer_id(&mut conn)?, producer_id(&mut conn)?, producer_id(&mut conn)?);
+        let (a, b, c) =
+            (init_txn(&mut conn, "a")?, init_txn(&mut conn, "b")?, init_txn(&mut conn, "c")?);
 
         // a: committed around a plain record; the LSO waits for a's marker.
-        let a_first = produce_txn(&mut conn, a, 0, &[b"a0", b"a1"])?;
+        add_partition(&mut conn, "a", a)?;
+        let a_first = produce_txn(&mut conn, "a", a, 0, &[b"a0", b"a1"])?;
         produce_plain(&mut conn, &[b"n1"])?;
-        produce_txn(&mut conn, a, 2, &[b"a2"])?;
+        produce_txn(&mut conn, "a", a, 2, &[b"a2"])?;
         let lso = latest(&mut conn, 1)?;
         ensure!(lso == a_first, "LSO {lso} is not at a's first offset {a_first}");
         ensure!(latest(&mut conn, 0)? == 4, "high watermark");
-        ensure!(end_txn(&mut conn, a, true, 0)? == 0, "commit marker refused");
-        ensure!(latest(&mut conn, 1)? == 5, "LSO after the commit marker");
-        // b: aborted; then a plain record; c stays open.
-        produce_txn(&mut conn, b, 0, &[b"b0", b"b1"])?;
-        ensure!(end_txn(&mut conn, b, false, 0)? == 0, "abort marker refused");
+        end_txn(&mut conn, "a", a, true)?;
+        wait_lso(&mut conn, 5)?; // past the commit marker at 4
+                                 // b: aborted; then a plain record; c stays open.
+        add_partition(&mut conn, "b", b)?;
+        produce_txn(&mut conn, "b", b, 0, &[b"b0", b"b1"])?;
+        end_txn(&mut conn, "b", b, false)?;
+        wait_lso(&mut conn, 8)?; // past the abort marker at 7
         produce_plain(&mut conn, &[b"n2"])?;
-        let c_first = produce_txn(&mut conn, c, 0, &[b"c0"])?;
+        add_partition(&mut conn, "c", c)?;
+        let c_first = produce_txn(&mut conn, "c", c, 0, &[b"c0"])?;
         ensure!(latest(&mut conn, 1)? == c_first, "LSO is not at the open transaction");
         // A marker from an older coordinator epoch than b's last one is fenced.
-        let fenced = end_txn(&mut conn, b, true, -1)?;
+        let fenced = write_marker(&mut conn, b, true, -1)?;
         ensure!(fenced == 52, "stale coordinator epoch: error {fenced}, expected 52");
         check_visibility(node, true)?;
 
@@ -182,15 +314,54 @@ fn read_committed_sees_commits_never_aborts_or_open_transactions_across_a_restar
         ensure!(producers.len() == 3, "DescribeProducers: {producers:?}");
         ensure!(open == vec![(c.0, c_first)], "open transactions {open:?}");
 
-        // kill -9 and restart: the aborted index and c's open transaction come back.
+        // kill -9 and restart: the aborted index and c's open transaction come back from the
+        // log; the coordinator (reloaded from its own log) then aborts c.
         node.kill9()?;
         node.restart()?;
         let mut conn = RawConnection::connect(node.kafka_addr())?;
         ensure!(latest(&mut conn, 1)? == c_first, "LSO after restart");
         check_visibility(node, true)?;
-        ensure!(end_txn(&mut conn, c, false, 0)? == 0, "abort of c after restart");
-        ensure!(latest(&mut conn, 1)? == latest(&mut conn, 0)?, "LSO caught up with the HW");
+        end_txn(&mut conn, "c", c, false)?;
+        let hw = latest(&mut conn, 0)?;
+        wait_lso(&mut conn, hw)?;
         check_visibility(node, true)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_transactional_produce_outside_its_transaction_is_refused_and_the_lso_never_hangs() {
+    const INVALID_TXN_STATE: i16 = 48;
+    const NOT_ENOUGH_REPLICAS: i16 = 19;
+    with_node(NodeOptions::default(), |node| {
+        kafka::create_topic(&node.bootstrap(), TOPIC, 1, &[])?;
+        let mut conn = RawConnection::connect(node.kafka_addr())?;
+        let txn = "kip-890";
+        let producer = init_txn(&mut conn, txn)?;
+        // Never added: refused, nothing written.
+        let (code, _) = produce_in_txn(&mut conn, txn, producer, 0, &[b"stray"])?;
+        ensure!(code == INVALID_TXN_STATE, "produce before AddPartitionsToTxn: error {code}");
+        ensure!(latest(&mut conn, 0)? == 0, "the refused batch was written");
+
+        // Added: accepted; aborted; then a late batch of that transaction is refused.
+        add_partition(&mut conn, txn, producer)?;
+        produce_txn(&mut conn, txn, producer, 0, &[b"in"])?;
+        end_txn(&mut conn, txn, producer, false)?;
+        let hw = latest(&mut conn, 0)?;
+        wait_lso(&mut conn, hw)?;
+        // While the coordinator completes the abort it answers CONCURRENT_TRANSACTIONS, which
+        // a leader passes on as retriable NOT_ENOUGH_REPLICAS; then the refusal.
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let late = loop {
+            let (code, _) = produce_in_txn(&mut conn, txn, producer, 1, &[b"late"])?;
+            if code != NOT_ENOUGH_REPLICAS || Instant::now() >= deadline {
+                break code;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        ensure!(late == INVALID_TXN_STATE, "a late batch after the abort: error {late}");
+        let (lso, hw) = (latest(&mut conn, 1)?, latest(&mut conn, 0)?);
+        ensure!(lso == hw, "a transaction hangs: LSO {lso}, high watermark {hw}");
         Ok(())
     });
 }

@@ -190,7 +190,7 @@ pub(crate) async fn handle(
                 meta.encode(&resp)
             }))
         }
-        R::Produce(req) => produce::handle(ctx, meta, req),
+        R::Produce(req) => produce::handle(ctx, meta, req).await,
         R::Fetch(req) => {
             let ctx = ctx.clone();
             Reply::LaterChain(Box::pin(async move { fetch::handle(&ctx, meta, req, peer).await }))

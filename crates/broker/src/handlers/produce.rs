@@ -3,7 +3,7 @@
 //! partitions wait for their acknowledgements together, until one deadline: `timeout_ms`
 //! bounds the whole request, not each partition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +17,13 @@ use strom_log::LogError;
 use strom_metadata::config::is_internal_topic;
 use strom_metadata::control::validate_topic_name;
 use strom_metadata::MetadataImage;
+use strom_protocol::batch::BatchHeader;
 use tokio::time::Instant;
 
-use super::{leader_hint, now_ms, s, Meta, Reply};
+use super::{leader_hint, local_partition, now_ms, s, Meta, Reply};
 use crate::errors::KafkaError;
 use crate::partition::Partition;
+use crate::txn::{TopicPartition, TxnProducer};
 use crate::BrokerCtx;
 
 /// The longest acknowledgement wait a request may ask for.
@@ -168,17 +170,68 @@ fn add_leader_hint(image: &MetadataImage, topic: &str, slot: &mut Slot, endpoint
     }
 }
 
-pub(crate) fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> Reply {
+/// KIP-890 part 1: the partitions whose batch opens a transaction here (transactional, and its
+/// producer has no transaction open in the partition at that epoch) are checked with the
+/// transaction coordinator before anything is appended; those it does not confirm are refused
+/// with its answer. Awaited in the request's turn, so a connection's produces stay in order.
+async fn verify_transactional(
+    ctx: &BrokerCtx,
+    image: &MetadataImage,
+    req: &ProduceRequest,
+) -> HashMap<(String, i32), KafkaError> {
+    let transactional_id = req.transactional_id.as_ref().map(|t| t.to_string());
+    let mut wanted: BTreeMap<(i64, i16), Vec<TopicPartition>> = BTreeMap::new();
+    for td in &req.topic_data {
+        for pd in &td.partition_data {
+            let Some(header) = pd.records.as_ref().and_then(|r| BatchHeader::parse(r).ok()) else {
+                continue; // the append refuses it
+            };
+            if !header.is_transactional() || header.producer_id < 0 {
+                continue;
+            }
+            let Ok(part) = local_partition(ctx, image, td.name.as_str(), pd.index) else {
+                continue; // the append refuses it
+            };
+            let open = part.log().is_ok_and(|log| {
+                log.producer_states().in_transaction(header.producer_id, header.producer_epoch)
+            });
+            if !open {
+                let tp = TopicPartition { topic: td.name.to_string(), partition: pd.index };
+                wanted.entry((header.producer_id, header.producer_epoch)).or_default().push(tp);
+            }
+        }
+    }
+    let mut refused = HashMap::new();
+    for ((producer_id, producer_epoch), partitions) in wanted {
+        let producer = TxnProducer {
+            transactional_id: transactional_id.clone().unwrap_or_default(),
+            producer_id,
+            producer_epoch,
+        };
+        if let Err(e) = crate::txn::verify(ctx, producer, partitions.clone()).await {
+            tracing::debug!(producer_id, error = ?e, "transactional produce not verified");
+            refused.extend(partitions.into_iter().map(|tp| ((tp.topic, tp.partition), e)));
+        }
+    }
+    refused
+}
+
+pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest) -> Reply {
     let version = meta.version;
     let image = ctx.image.current();
     let now = now_ms();
     let acks = req.acks;
+    let unverified = verify_transactional(ctx, &image, &req).await;
     let mut topics = Vec::with_capacity(req.topic_data.len());
     let mut slots = Vec::new();
     for (topic, td) in req.topic_data.into_iter().enumerate() {
         let name = td.name.0.to_string();
         for pd in &td.partition_data {
-            slots.push(match append(ctx, &image, acks, &name, pd, now, version) {
+            let verified = match unverified.get(&(name.clone(), pd.index)) {
+                Some(&e) => Err(Refusal::from(e)),
+                None => append(ctx, &image, acks, &name, pd, now, version),
+            };
+            slots.push(match verified {
                 Ok((response, appended)) => {
                     Slot { topic, response, error: None, wait: Some(appended) }
                 }

@@ -85,6 +85,13 @@ pub(crate) async fn add_partitions(
     meta: Meta,
     req: AddPartitionsToTxnRequest,
 ) -> Reply {
+    if meta.version >= 4 {
+        // From a partition leader: KIP-890 verification.
+        let ctx = ctx.clone();
+        return Reply::Later(Box::pin(async move {
+            meta.encode(&crate::txn::answer_add_partitions_v4(&ctx, req).await)
+        }));
+    }
     let image = ctx.image.current();
     let topics: Vec<(TopicName, BTreeSet<i32>)> = req
         .v3_and_below_topics

@@ -17,6 +17,7 @@ mod records;
 mod sender;
 mod shard;
 mod state;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -26,3 +27,4 @@ pub(crate) use partition::*;
 pub(crate) use sender::{run as send_markers, MarkerSender};
 pub(crate) use shard::{Answer, TxnCmd, TxnSummary};
 pub(crate) use state::*;
+pub(crate) use verify::{answer_v4 as answer_add_partitions_v4, verify};

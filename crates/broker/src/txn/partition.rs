@@ -340,6 +340,25 @@ impl TxnPartition {
         vec![self.start_write_value(&id, transit, Some(value), Then::Reply(to))]
     }
 
+    /// KIP-890 part 1 (AddPartitionsToTxn v4 with `verify_only`, asked by a partition leader
+    /// before it appends a producer's first transactional batch): whether `partitions` are in
+    /// the producer's ongoing transaction. Nothing changes; the leader refuses the batch unless
+    /// this is `Ok`, so a late or stray produce cannot open a transaction nobody will end.
+    pub fn verify(
+        &self,
+        producer: &TxnProducer,
+        partitions: &[TopicPartition],
+    ) -> Result<(), TxnError> {
+        let txn = self.check_producer(producer)?;
+        match txn.state() {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                Err(TxnError::ConcurrentTransactions)
+            }
+            TxnState::Ongoing if partitions.iter().all(|p| txn.partitions().contains(p)) => Ok(()),
+            _ => Err(TxnError::InvalidTxnState),
+        }
+    }
+
     /// AddOffsetsToTxn: the `__consumer_offsets` partition of the consumer group (the shell
     /// computes it) joins the transaction, so that its offsets commit or abort with it.
     pub fn add_offsets(

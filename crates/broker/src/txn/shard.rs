@@ -66,6 +66,8 @@ pub(crate) enum TxnCmd {
         commit: bool,
         reply: oneshot::Sender<Answer>,
     },
+    /// KIP-890 part 1: are these partitions in the producer's ongoing transaction?
+    Verify(TxnProducer, Vec<TopicPartition>, oneshot::Sender<Result<(), TxnError>>),
     /// `None`: no such id (or it is expiring).
     Describe(String, oneshot::Sender<Option<TxnSummary>>),
     List(oneshot::Sender<Vec<TxnSummary>>),
@@ -207,6 +209,10 @@ impl Shard {
             TxnCmd::EndTxn { producer, commit, reply } => {
                 let to = self.reply_to(reply);
                 self.core.end_txn(to, &producer, commit, now)
+            }
+            TxnCmd::Verify(producer, partitions, tx) => {
+                let _ = tx.send(self.core.verify(&producer, &partitions));
+                return;
             }
             TxnCmd::Describe(id, tx) => {
                 let _ = tx.send(self.summary(&id));

@@ -593,3 +593,27 @@ fn append_failures_map_to_the_coordinator_errors_kafka_answers() {
     assert_eq!(TxnState::from_id(-1), None);
     assert_eq!(TxnState::PrepareEpochFence.name(), "PrepareEpochFence");
 }
+
+#[test]
+fn verification_confirms_only_partitions_of_the_producers_ongoing_transaction() {
+    let mut h = Harness::new();
+    let p = producer("tx", h.init(&init("tx", None)).unwrap());
+    // Nothing open yet: a produce that skipped AddPartitionsToTxn is refused.
+    assert_eq!(h.core.verify(&p, &[tp("t", 0)]), Err(TxnError::InvalidTxnState));
+    h.add(&p, &[tp("t", 0)]).unwrap();
+    assert_eq!(h.core.verify(&p, &[tp("t", 0)]), Ok(()));
+    assert_eq!(h.core.verify(&p, &[tp("t", 0), tp("t", 1)]), Err(TxnError::InvalidTxnState));
+    let stranger = TxnProducer { producer_id: p.producer_id + 1, ..p.clone() };
+    assert_eq!(h.core.verify(&stranger, &[tp("t", 0)]), Err(TxnError::InvalidProducerIdMapping));
+    let older = TxnProducer { producer_epoch: p.producer_epoch - 1, ..p.clone() };
+    assert_eq!(h.core.verify(&older, &[tp("t", 0)]), Err(TxnError::ProducerFenced));
+    // While the markers are written, and once the transaction ended, a late produce of it
+    // is not confirmed: it cannot open a transaction nobody will end.
+    let (answer, out) = h.end(&p, false);
+    assert_eq!(answer, Ok(()));
+    assert_eq!(h.core.verify(&p, &[tp("t", 0)]), Err(TxnError::ConcurrentTransactions));
+    h.markers_written(out);
+    assert_eq!(h.core.verify(&p, &[tp("t", 0)]), Err(TxnError::InvalidTxnState));
+    let unknown = producer("nobody", pid(5, 0));
+    assert_eq!(h.core.verify(&unknown, &[tp("t", 0)]), Err(TxnError::InvalidProducerIdMapping));
+}

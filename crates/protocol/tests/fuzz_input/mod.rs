@@ -573,15 +573,27 @@ fn describe_producers() -> Vec<DescribeProducersRequest> {
 /// A transactional producer adding two partitions of one topic and one of another (the
 /// client versions, v0-3).
 fn add_partitions_to_txn() -> Vec<AddPartitionsToTxnRequest> {
-    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
     let topic = |name: &'static str, partitions: Vec<i32>| {
         AddPartitionsToTxnTopic::default().with_name(TopicName(s(name))).with_partitions(partitions)
     };
-    vec![AddPartitionsToTxnRequest::default()
-        .with_v3_and_below_transactional_id(TransactionalId(s("txn-1")))
-        .with_v3_and_below_producer_id(ProducerId(7))
-        .with_v3_and_below_producer_epoch(1)
-        .with_v3_and_below_topics(vec![topic(TOPIC, vec![0, 1]), topic("orders", vec![2])])]
+    // v4+: a partition leader's verification (KIP-890), batched by transaction.
+    let verify = AddPartitionsToTxnTransaction::default()
+        .with_transactional_id(TransactionalId(s("txn-1")))
+        .with_producer_id(ProducerId(7))
+        .with_producer_epoch(1)
+        .with_verify_only(true)
+        .with_topics(vec![topic(TOPIC, vec![0])]);
+    vec![
+        AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(s("txn-1")))
+            .with_v3_and_below_producer_id(ProducerId(7))
+            .with_v3_and_below_producer_epoch(1)
+            .with_v3_and_below_topics(vec![topic(TOPIC, vec![0, 1]), topic("orders", vec![2])]),
+        AddPartitionsToTxnRequest::default().with_transactions(vec![verify]),
+    ]
 }
 
 fn add_offsets_to_txn() -> Vec<AddOffsetsToTxnRequest> {
