@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use strom_metadata::config::{BrokerDefaults, ConfigSource};
+use strom_metadata::config::{BrokerDefaults, ConfigSource, TransactionDefaults};
 use strom_metadata::NodeId;
 
 #[derive(Clone, Debug)]
@@ -40,6 +40,8 @@ pub struct BrokerConfig {
     /// broker resource.
     pub static_configs: Vec<(String, String, ConfigSource)>,
     pub groups: GroupSettings,
+    /// The transaction coordinator's settings (`transaction.*`, `transactional.id.*`).
+    pub transactions: TransactionDefaults,
 }
 
 /// Connection limits of one Kafka listener, with Kafka's names.

@@ -817,6 +817,7 @@ pub(crate) mod test_support {
             defaults: BROKER_DEFAULTS,
             static_configs: Vec::new(),
             groups: GroupSettings::default(),
+            transactions: strom_metadata::config::TRANSACTION_DEFAULTS,
         };
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(strom_testkit::ManualClock::at(0));
         Arc::new(BrokerCtx {

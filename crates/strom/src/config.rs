@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use strom_metadata::config::{BrokerDefaults, ConfigSource, MessageTimestampType, BROKER_DEFAULTS};
+use strom_metadata::config::{
+    BrokerDefaults, ConfigSource, MessageTimestampType, TransactionDefaults, BROKER_DEFAULTS,
+    TRANSACTION_DEFAULTS,
+};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,6 +42,9 @@ pub struct NodeConfig {
     /// `producer.id.expiration.ms`: an idempotent producer's state is forgotten after this
     /// long without a write.
     pub producer_id_expiration_ms: u64,
+    /// `transactional.id.expiration.ms`: the transaction coordinator forgets an id that has
+    /// had no transaction and no change for this long.
+    pub transactional_id_expiration_ms: i64,
     /// `connections.max.idle.ms`: a Kafka connection with nothing in flight that sends
     /// nothing for this long is closed.
     pub connections_max_idle_ms: u64,
@@ -59,6 +65,7 @@ pub struct NodeConfig {
     pub log: LogSection,
     pub offsets: OffsetsSection,
     pub group: GroupSection,
+    pub transaction: TransactionSection,
 }
 
 /// Kafka's `listener.name.<listener>.*` keys: `listener.name.replication.max_connections`.
@@ -111,6 +118,44 @@ pub struct GroupSection {
     pub min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`.
     pub max_session_timeout_ms: i32,
+}
+
+/// Kafka's `transaction.*` keys: the `__transaction_state` topic (its `state_log_*` settings
+/// apply when the topic is created, as in Kafka) and the transaction coordinator's timeouts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionSection {
+    /// `transaction.state.log.num.partitions`.
+    pub state_log_num_partitions: i32,
+    /// `transaction.state.log.replication.factor` (capped by the live brokers at creation).
+    pub state_log_replication_factor: i16,
+    /// `transaction.state.log.segment.bytes`.
+    pub state_log_segment_bytes: u64,
+    /// `transaction.state.log.min.isr` (capped by the replication factor at creation).
+    pub state_log_min_isr: i32,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask.
+    pub max_timeout_ms: i32,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
+    pub abort_timed_out_transaction_cleanup_interval_ms: u64,
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    pub remove_expired_transaction_cleanup_interval_ms: u64,
+}
+
+impl Default for TransactionSection {
+    fn default() -> Self {
+        let d = TRANSACTION_DEFAULTS;
+        TransactionSection {
+            state_log_num_partitions: d.transaction_state_log_num_partitions,
+            state_log_replication_factor: d.transaction_state_log_replication_factor,
+            state_log_segment_bytes: d.transaction_state_log_segment_bytes,
+            state_log_min_isr: d.transaction_state_log_min_isr,
+            max_timeout_ms: d.transaction_max_timeout_ms,
+            abort_timed_out_transaction_cleanup_interval_ms: d
+                .transaction_abort_timed_out_transaction_cleanup_interval_ms,
+            remove_expired_transaction_cleanup_interval_ms: d
+                .transaction_remove_expired_transaction_cleanup_interval_ms,
+        }
+    }
 }
 
 impl Default for OffsetsSection {
@@ -191,6 +236,7 @@ impl Default for NodeConfig {
             socket_request_max_bytes: 104_857_600,
             replica_lag_time_max_ms: 30_000,
             producer_id_expiration_ms: BROKER_DEFAULTS.producer_id_expiration_ms,
+            transactional_id_expiration_ms: TRANSACTION_DEFAULTS.transactional_id_expiration_ms,
             connections_max_idle_ms: strom_broker::ConnectionLimits::IDLE_MS_DEFAULT,
             max_connections: strom_broker::ConnectionLimits::MAX_CONNECTIONS_DEFAULT,
             max_connections_per_ip: i32::MAX as usize,
@@ -202,6 +248,7 @@ impl Default for NodeConfig {
             log: LogSection::default(),
             offsets: OffsetsSection::default(),
             group: GroupSection::default(),
+            transaction: TransactionSection::default(),
         }
     }
 }
@@ -427,6 +474,23 @@ impl NodeConfig {
         }
     }
 
+    /// The transaction coordinator's settings, as configured.
+    pub fn transaction_settings(&self) -> TransactionDefaults {
+        let t = &self.transaction;
+        TransactionDefaults {
+            transaction_state_log_num_partitions: t.state_log_num_partitions,
+            transaction_state_log_replication_factor: t.state_log_replication_factor,
+            transaction_state_log_segment_bytes: t.state_log_segment_bytes,
+            transaction_state_log_min_isr: t.state_log_min_isr,
+            transaction_max_timeout_ms: t.max_timeout_ms,
+            transactional_id_expiration_ms: self.transactional_id_expiration_ms,
+            transaction_abort_timed_out_transaction_cleanup_interval_ms: t
+                .abort_timed_out_transaction_cleanup_interval_ms,
+            transaction_remove_expired_transaction_cleanup_interval_ms: t
+                .remove_expired_transaction_cleanup_interval_ms,
+        }
+    }
+
     /// Every setting with its value, named as Kafka names it (the TOML key with its section,
     /// `_` as `.`: `log.segment.bytes`), sorted: what DescribeConfigs of the broker shows.
     /// A value other than the default is `StaticBroker`; unset keys (`advertised_listeners`
@@ -600,6 +664,7 @@ impl NodeConfig {
                 self.group.max_session_timeout_ms
             );
         }
+        self.validate_transaction()?;
         if self.log.segment_bytes < 1024 * 1024 {
             bail!(
                 "log.segment_bytes = {}: must be at least 1048576 (1 MiB)",
@@ -639,6 +704,55 @@ impl NodeConfig {
         }
         if self.controller.snapshot_after_entries == 0 {
             bail!("controller.snapshot_after_entries must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Kafka's bounds on the transaction settings: each at least 1 and an int. The segment
+    /// size is at least 1 MiB, the smallest `segment.bytes` Kafka 4 allows the topic it makes.
+    fn validate_transaction(&self) -> Result<()> {
+        let t = &self.transaction;
+        let int_max = i128::from(i32::MAX);
+        let checks: [(&str, i128, i128, i128); 8] = [
+            // Above 10000 the topic's creation would not fit in one metadata operation.
+            ("transaction.state_log_num_partitions", t.state_log_num_partitions.into(), 1, 10_000),
+            (
+                "transaction.state_log_replication_factor",
+                t.state_log_replication_factor.into(),
+                1,
+                i16::MAX.into(),
+            ),
+            (
+                "transaction.state_log_segment_bytes",
+                t.state_log_segment_bytes.into(),
+                1 << 20,
+                int_max,
+            ),
+            ("transaction.state_log_min_isr", t.state_log_min_isr.into(), 1, int_max),
+            ("transaction.max_timeout_ms", t.max_timeout_ms.into(), 1, int_max),
+            (
+                "transactional_id_expiration_ms",
+                self.transactional_id_expiration_ms.into(),
+                1,
+                int_max,
+            ),
+            (
+                "transaction.abort_timed_out_transaction_cleanup_interval_ms",
+                t.abort_timed_out_transaction_cleanup_interval_ms.into(),
+                1,
+                int_max,
+            ),
+            (
+                "transaction.remove_expired_transaction_cleanup_interval_ms",
+                t.remove_expired_transaction_cleanup_interval_ms.into(),
+                1,
+                int_max,
+            ),
+        ];
+        for (key, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                bail!("{key} = {value}: must be between {min} and {max}");
+            }
         }
         Ok(())
     }
@@ -691,6 +805,7 @@ mod tests {
         let loaded = NodeConfig::load(&path).unwrap();
         assert_eq!(loaded.broker_defaults(), BROKER_DEFAULTS);
         assert_eq!(NodeConfig::default().broker_defaults(), BROKER_DEFAULTS);
+        assert_eq!(loaded.transaction_settings(), TRANSACTION_DEFAULTS);
         assert!(loaded
             .kafka_entries()
             .iter()
@@ -744,6 +859,72 @@ mod tests {
                 "{node} replicates on its own listener"
             );
         }
+    }
+
+    #[test]
+    fn transaction_settings_are_read_and_validated_by_name() {
+        let c: NodeConfig = toml::from_str(
+            "transactional_id_expiration_ms = 60000\n\
+             [transaction]\n\
+             state_log_num_partitions = 3\n\
+             state_log_replication_factor = 1\n\
+             state_log_segment_bytes = 1048576\n\
+             state_log_min_isr = 1\n\
+             max_timeout_ms = 5000\n\
+             abort_timed_out_transaction_cleanup_interval_ms = 100\n\
+             remove_expired_transaction_cleanup_interval_ms = 200",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let expected = TransactionDefaults {
+            transaction_state_log_num_partitions: 3,
+            transaction_state_log_replication_factor: 1,
+            transaction_state_log_segment_bytes: 1 << 20,
+            transaction_state_log_min_isr: 1,
+            transaction_max_timeout_ms: 5_000,
+            transactional_id_expiration_ms: 60_000,
+            transaction_abort_timed_out_transaction_cleanup_interval_ms: 100,
+            transaction_remove_expired_transaction_cleanup_interval_ms: 200,
+        };
+        assert_eq!(c.transaction_settings(), expected);
+        let entries = c.kafka_entries();
+        let max_timeout = entries.iter().find(|(k, _, _)| k == "transaction.max.timeout.ms");
+        assert_eq!(
+            max_timeout.map(|(_, v, s)| (v.as_str(), *s)),
+            Some(("5000", ConfigSource::StaticBroker))
+        );
+        assert!(entries
+            .iter()
+            .any(|(k, v, _)| k == "transactional.id.expiration.ms" && v == "60000"));
+
+        let bad = |toml: &str, key: &str| {
+            let c: NodeConfig = toml::from_str(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+        };
+        let section = "[transaction]\n";
+        for (setting, key) in [
+            ("state_log_num_partitions = 0", "transaction.state_log_num_partitions"),
+            ("state_log_num_partitions = 10001", "transaction.state_log_num_partitions"),
+            ("state_log_replication_factor = 0", "transaction.state_log_replication_factor"),
+            ("state_log_segment_bytes = 1048575", "transaction.state_log_segment_bytes"),
+            ("state_log_segment_bytes = 2147483648", "transaction.state_log_segment_bytes"),
+            ("state_log_min_isr = 0", "transaction.state_log_min_isr"),
+            ("max_timeout_ms = 0", "transaction.max_timeout_ms"),
+            (
+                "abort_timed_out_transaction_cleanup_interval_ms = 0",
+                "transaction.abort_timed_out_transaction_cleanup_interval_ms",
+            ),
+            (
+                "remove_expired_transaction_cleanup_interval_ms = 2147483648",
+                "transaction.remove_expired_transaction_cleanup_interval_ms",
+            ),
+        ] {
+            bad(&format!("{section}{setting}"), key);
+        }
+        bad("transactional_id_expiration_ms = 0", "transactional_id_expiration_ms");
+        let e = toml::from_str::<NodeConfig>("[transaction]\nmax_timeout = 3").unwrap_err();
+        assert!(e.to_string().contains("max_timeout"), "{e}");
     }
 
     #[test]

@@ -694,6 +694,7 @@ async fn start_broker(
                 max_session_timeout_ms: cfg.group.max_session_timeout_ms,
                 ..strom_broker::GroupSettings::default()
             },
+            transactions: cfg.transaction_settings(),
         },
         listener.clone(),
         client.clone(),

@@ -1,13 +1,20 @@
 //! The configuration a Kafka client sees (DescribeConfigs): a node started without a config
 //! file runs with `config/single.toml`'s values, each reported as a default; a topic's configs
-//! say where each value comes from; topic configs strom does not implement are refused.
+//! say where each value comes from; topic configs strom does not implement are refused; the
+//! transaction coordinator runs with the node's `[transaction]` settings.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
+use kafka_protocol::messages::{
+    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, InitProducerIdRequest,
+    InitProducerIdResponse, TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminOptions, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::types::RDKafkaErrorCode;
+use strom_tests::raw::RawConnection;
 use strom_tests::{kafka, NodeOptions, StromNode};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -115,5 +122,72 @@ fn topic_configs_say_where_each_value_comes_from_and_unimplemented_ones_are_refu
             other => bail!("{key}={value} was not refused: {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// Kafka's INVALID_TRANSACTION_TIMEOUT.
+const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
+
+/// InitProducerId for `txn_id` asking `timeout_ms`, after FindCoordinator (which creates
+/// `__transaction_state`); asked again while the coordinator is not ready (14, 15, 16).
+fn init_producer_id(
+    conn: &mut RawConnection,
+    txn_id: &str,
+    timeout_ms: i32,
+) -> anyhow::Result<i16> {
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let find = FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_key(StrBytes::from_string(txn_id.to_owned()));
+        let version = conn.max_version(ApiKey::FindCoordinator)?.min(3);
+        let id = conn.send_request(ApiKey::FindCoordinator as i16, version, &find, version)?;
+        let _: FindCoordinatorResponse = conn.read_response(id, version)?;
+        let init = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(txn_id.to_owned()))))
+            .with_transaction_timeout_ms(timeout_ms);
+        let version = conn.max_version(ApiKey::InitProducerId)?.min(4);
+        let id = conn.send_request(ApiKey::InitProducerId as i16, version, &init, version)?;
+        let answer: InitProducerIdResponse = conn.read_response(id, version)?;
+        if !matches!(answer.error_code, 14..=16) {
+            return Ok(answer.error_code);
+        }
+        ensure!(Instant::now() < deadline, "InitProducerId {txn_id}: error {}", answer.error_code);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn transaction_settings_of_the_node_config_take_effect() -> anyhow::Result<()> {
+    let node = StromNode::start(NodeOptions {
+        config_toml: Some(
+            "[transaction]\nmax_timeout_ms = 5000\nstate_log_num_partitions = 3\n\
+             state_log_segment_bytes = 1048576\n"
+                .into(),
+        ),
+        ..NodeOptions::default()
+    })?;
+    let bootstrap = node.bootstrap();
+    let reported = describe(&bootstrap, ResourceSpecifier::Broker(1))?;
+    let entry = |key: &str| reported.get(key).map(|(v, s)| (v.as_deref(), s));
+    assert_eq!(
+        entry("transaction.max.timeout.ms"),
+        Some((Some("5000"), &ConfigSource::StaticBroker))
+    );
+    assert_eq!(entry("transaction.state.log.min.isr"), Some((Some("2"), &ConfigSource::Default)));
+
+    let mut conn = RawConnection::connect(node.kafka_addr())?;
+    assert_eq!(init_producer_id(&mut conn, "capped", 5_000)?, 0, "at the maximum");
+    assert_eq!(
+        init_producer_id(&mut conn, "capped", 10_000)?,
+        INVALID_TRANSACTION_TIMEOUT,
+        "above transaction.max.timeout.ms"
+    );
+    // The topic was created with the node's state_log_* settings.
+    assert_eq!(kafka::topic_partitions(&bootstrap, "__transaction_state")?.len(), 3);
+    let configs = kafka::describe_topic_configs(&bootstrap, "__transaction_state")?;
+    assert_eq!(configs.get("segment.bytes"), Some(&Some("1048576".to_owned())));
+    // min.isr 2 capped by the single node's replication factor.
+    assert_eq!(configs.get("min.insync.replicas"), Some(&Some("1".to_owned())));
     Ok(())
 }

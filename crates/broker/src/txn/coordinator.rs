@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use strom_metadata::config::TRANSACTION_DEFAULTS;
 use tokio::sync::{mpsc, watch};
 
 use super::sender::MarkerSender;
@@ -73,11 +72,11 @@ impl TxnCoordinator {
 }
 
 /// Asks the controller for `__transaction_state` if it does not exist yet (Kafka creates it on
-/// the first FindCoordinator for a transactional id): compacted, with Kafka's
+/// the first FindCoordinator for a transactional id): compacted, with this node's
 /// `transaction.state.log.*` settings; `min.insync.replicas` from
 /// `transaction.state.log.min.isr`, capped by the replication factor the topic gets.
 pub(crate) async fn ensure_txn_topic(ctx: &BrokerCtx) {
-    let d = TRANSACTION_DEFAULTS;
+    let d = ctx.config.transactions;
     let topic = InternalTopic {
         name: TXN_TOPIC,
         num_partitions: d.transaction_state_log_num_partitions,
@@ -98,7 +97,7 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
     let started = std::time::Instant::now();
     // The coordinator epoch is the partition's leader epoch: leaders refuse markers of a
     // coordinator older than the last one they saw.
-    let mut core = TxnPartition::new(epoch, TxnConfig::default());
+    let mut core = TxnPartition::new(epoch, TxnConfig::of(&ctx.config.transactions));
     let loaded = crate::shards::load(partition.clone(), move |p: &Partition| {
         shard::load(p, &mut core).map(|()| core)
     })
@@ -112,7 +111,7 @@ async fn load_and_serve(ctx: Arc<BrokerCtx>, partition: Arc<Partition>, index: i
     if !ctx.txn.slots.loaded(index, epoch, tx, ids, started) {
         return; // leadership moved while loading
     }
-    let shard = Shard::new(ctx.clone(), partition, epoch, TRANSACTION_DEFAULTS, core);
+    let shard = Shard::new(ctx.clone(), partition, epoch, ctx.config.transactions, core);
     shard.run(rx).await;
     ctx.txn.slots.stopped(index, epoch);
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use strom_metadata::config::TransactionDefaults;
 
 use crate::errors::KafkaError;
 
@@ -187,13 +188,19 @@ pub(crate) struct TxnConfig {
     pub transactional_id_expiration_ms: i64,
 }
 
+impl TxnConfig {
+    /// The core's part of the node's transaction settings.
+    pub fn of(settings: &TransactionDefaults) -> TxnConfig {
+        TxnConfig {
+            max_timeout_ms: settings.transaction_max_timeout_ms,
+            transactional_id_expiration_ms: settings.transactional_id_expiration_ms,
+        }
+    }
+}
+
 impl Default for TxnConfig {
     fn default() -> Self {
-        let d = strom_metadata::config::TRANSACTION_DEFAULTS;
-        TxnConfig {
-            max_timeout_ms: d.transaction_max_timeout_ms,
-            transactional_id_expiration_ms: d.transactional_id_expiration_ms,
-        }
+        TxnConfig::of(&strom_metadata::config::TRANSACTION_DEFAULTS)
     }
 }
 

@@ -172,6 +172,8 @@ pub struct TransactionDefaults {
     pub transaction_remove_expired_transaction_cleanup_interval_ms: u64,
 }
 
+/// Kafka's defaults of the above: the binary's `[transaction]` section (and
+/// `transactional_id_expiration_ms`) starts from them; `config/single.toml` spells them out.
 pub const TRANSACTION_DEFAULTS: TransactionDefaults = TransactionDefaults {
     transaction_state_log_num_partitions: 50,
     transaction_state_log_replication_factor: 3,
