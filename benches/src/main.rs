@@ -26,6 +26,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use strom_tests::raw::{self, RawConnection};
 use strom_tests::{ClusterOptions, NodeOptions, StromCluster, StromNode};
 
 /// One produce scenario of the matrix.
@@ -246,13 +247,16 @@ impl ProducerContext for Ctx {
 }
 
 fn producer(bootstrap: &str, acks: &str, d: Arc<Deliveries>) -> Result<ThreadedProducer<Ctx>> {
-    producer_lingering(bootstrap, acks, 5, d)
+    producer_lingering(bootstrap, acks, 5, &[], d)
 }
 
+/// The bench's producer; `extra` settings (e.g. `enable.idempotence`) apply before the
+/// `BENCH_PRODUCER_CONF` overrides.
 fn producer_lingering(
     bootstrap: &str,
     acks: &str,
     linger_ms: u32,
+    extra: &[(&str, &str)],
     d: Arc<Deliveries>,
 ) -> Result<ThreadedProducer<Ctx>> {
     let mut config = ClientConfig::new();
@@ -264,6 +268,9 @@ fn producer_lingering(
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("message.timeout.ms", "60000");
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
     for (key, value) in overrides("BENCH_PRODUCER_CONF") {
         config.set(key, value);
     }
@@ -313,8 +320,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 fn produce(bootstrap: &str, topic: &str, n: u64, bytes: usize, acks: &str) -> Result<f64> {
+    produce_with(bootstrap, topic, n, bytes, acks, &[])
+}
+
+/// [`produce`] with `extra` producer settings.
+fn produce_with(
+    bootstrap: &str,
+    topic: &str,
+    n: u64,
+    bytes: usize,
+    acks: &str,
+    extra: &[(&str, &str)],
+) -> Result<f64> {
     let d = Arc::new(Deliveries::default());
-    let p = producer(bootstrap, acks, d.clone())?;
+    let p = producer_lingering(bootstrap, acks, 5, extra, d.clone())?;
     let payload = vec![b'x'; bytes];
     // Connect and learn the topic's leaders before the clock starts: start-up, not throughput.
     p.client().fetch_metadata(Some(topic), Duration::from_secs(30))?;
@@ -616,7 +635,7 @@ fn latency(rate: f64, secs: u64, linger_ms: u32) -> Result<Value> {
     let r = start(1)?;
     create_topic(&r.bootstrap, "lat", 1, 1)?;
     let d = Arc::new(Deliveries::default());
-    let p = producer_lingering(&r.bootstrap, "all", linger_ms, d.clone())?;
+    let p = producer_lingering(&r.bootstrap, "all", linger_ms, &[], d.clone())?;
     let bootstrap = r.bootstrap.clone();
     let stop = Arc::new(AtomicU64::new(0));
     let e2e = std::thread::spawn({
@@ -691,6 +710,144 @@ fn latency(rate: f64, secs: u64, linger_ms: u32) -> Result<Value> {
     }))
 }
 
+/// One producer and setting of the idempotence rows: each run's records/s, and the CPU µs per
+/// record the broker and this process (the producer: librdkafka's threads, or the raw sends)
+/// spent in it.
+#[derive(Default)]
+struct Runs {
+    records_per_s: Vec<f64>,
+    broker_cpu_us_per_record: Vec<f64>,
+    client_cpu_us_per_record: Vec<f64>,
+}
+
+/// Records per batch of the raw producer, and its requests in flight (Kafka's limit for an
+/// idempotent producer).
+const RAW_BATCH_RECORDS: usize = 1_000;
+const RAW_IN_FLIGHT: usize = 5;
+
+/// Produce throughput with idempotence off and on against the same node: 100 B records,
+/// acks=all, 6 partitions, each run on a fresh topic; the settings alternate, `RUNS` times
+/// each, and each keeps its best run (the one least disturbed by whatever else shares the
+/// machine). Two producers: librdkafka with only `enable.idempotence` changed (which also caps
+/// its requests in flight at 5), as users see it; and a raw producer of batches encoded before
+/// the clock starts, the same bytes but for the producer id, epoch and sequence, so that the
+/// difference is the broker's alone (librdkafka spends more CPU per record when idempotent,
+/// and on two cores shared with the broker that shows in its figure).
+fn idempotence(sz: &Sizes) -> Result<Value> {
+    const RUNS: usize = 5;
+    const PARTITIONS: i32 = 6;
+    let r = start(1)?;
+    let addr: std::net::SocketAddr = r.bootstrap.parse()?;
+    let n = sz.records_100b;
+    let mut figures: BTreeMap<(&str, bool), Runs> = BTreeMap::new();
+    for run in 0..RUNS {
+        for client in ["librdkafka", "raw"] {
+            for idempotent in [false, true] {
+                let topic = format!("idempotence-{client}-{idempotent}-{run}");
+                create_topic(&r.bootstrap, &topic, PARTITIONS, 1)?;
+                std::thread::sleep(Duration::from_millis(500));
+                let (cpu0, client0) = (cpu_of(&r.pids), cpu_of(&[std::process::id()]));
+                let rate = if client == "raw" {
+                    produce_raw(addr, &topic, PARTITIONS, n, idempotent)?
+                } else {
+                    let extra = [("enable.idempotence", if idempotent { "true" } else { "false" })];
+                    produce_with(&r.bootstrap, &topic, n, 100, "all", &extra)?
+                };
+                let runs = figures.entry((client, idempotent)).or_default();
+                runs.records_per_s.push(rate);
+                runs.broker_cpu_us_per_record.push((cpu_of(&r.pids) - cpu0) * 1e6 / n as f64);
+                let client_cpu = cpu_of(&[std::process::id()]) - client0;
+                runs.client_cpu_us_per_record.push(client_cpu * 1e6 / n as f64);
+            }
+        }
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    let least = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::min);
+    let mut out = json!({
+        "nodes": 1, "record_bytes": 100, "partitions": PARTITIONS, "acks": "all",
+        "records": n, "runs": RUNS, "raw_batch_records": RAW_BATCH_RECORDS,
+        "raw_in_flight": RAW_IN_FLIGHT, "load": load_average(),
+    });
+    for client in ["librdkafka", "raw"] {
+        let (off, on) = (&figures[&(client, false)], &figures[&(client, true)]);
+        let (off_rate, on_rate) = (best(&off.records_per_s), best(&on.records_per_s));
+        out[client] = json!({
+            "off_records_per_s": off_rate, "on_records_per_s": on_rate,
+            "ratio": on_rate / off_rate,
+            "off_cpu_us_per_record": least(&off.broker_cpu_us_per_record),
+            "on_cpu_us_per_record": least(&on.broker_cpu_us_per_record),
+            "off_runs": off.records_per_s, "on_runs": on.records_per_s,
+            "off_cpu_us_per_record_runs": off.broker_cpu_us_per_record,
+            "on_cpu_us_per_record_runs": on.broker_cpu_us_per_record,
+            "off_client_cpu_us_per_record": least(&off.client_cpu_us_per_record),
+            "on_client_cpu_us_per_record": least(&on.client_cpu_us_per_record),
+        });
+    }
+    Ok(out)
+}
+
+/// `n` records of 100 B in pre-encoded batches of [`RAW_BATCH_RECORDS`], round-robin over
+/// `partitions`, acks=all, [`RAW_IN_FLIGHT`] requests in flight on one connection; records/s.
+/// Idempotent: every batch carries a producer id from InitProducerId and its partition's next
+/// sequence.
+fn produce_raw(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    partitions: i32,
+    n: u64,
+    idempotent: bool,
+) -> Result<f64> {
+    let mut conn = RawConnection::connect(addr)?;
+    let producer = if idempotent {
+        let answer = conn.init_producer_id()?;
+        if answer.error_code != 0 {
+            bail!("InitProducerId: error {}", answer.error_code);
+        }
+        Some((answer.producer_id.0, answer.producer_epoch))
+    } else {
+        None
+    };
+    let value = [b'x'; 100];
+    let values = vec![&value[..]; RAW_BATCH_RECORDS];
+    let timestamp_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let mut sequences = vec![0i32; partitions as usize];
+    let mut batches = Vec::new();
+    for i in 0..(n as usize).div_ceil(RAW_BATCH_RECORDS) {
+        let partition = i % partitions as usize;
+        let batch = match producer {
+            Some((id, epoch)) => {
+                raw::idempotent_batch(&values, id, epoch, sequences[partition], timestamp_ms)?
+            }
+            None => raw::record_batch(&values, timestamp_ms)?,
+        };
+        sequences[partition] += RAW_BATCH_RECORDS as i32;
+        batches.push((partition as i32, batch));
+    }
+    let records = batches.len() * RAW_BATCH_RECORDS;
+    let version = conn.produce_version()?;
+    let mut pending = std::collections::VecDeque::new();
+    let answer = |conn: &mut RawConnection, (id, partition): (i32, i32)| -> Result<()> {
+        let answer = conn.read_produce_answer(id, version, partition)?;
+        if answer.error_code != 0 {
+            bail!("raw produce to {topic}-{partition}: error {}", answer.error_code);
+        }
+        Ok(())
+    };
+    let t = Instant::now();
+    for (partition, batch) in batches {
+        if pending.len() == RAW_IN_FLIGHT {
+            let sent = pending.pop_front().context("a request in flight")?;
+            answer(&mut conn, sent)?;
+        }
+        pending.push_back((conn.send_produce(topic, partition, batch, version)?, partition));
+    }
+    while let Some(sent) = pending.pop_front() {
+        answer(&mut conn, sent)?;
+    }
+    Ok(records as f64 / t.elapsed().as_secs_f64())
+}
+
 /// The 1-minute load average, noted beside figures taken on a shared machine.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -746,8 +903,8 @@ fn failover(rounds: usize) -> Result<Value> {
 }
 
 /// The sections a run may be limited to with `--only a,b`; `peer` runs only when named.
-const SECTIONS: [&str; 7] =
-    ["limits", "idle", "metadata", "throughput", "latency", "failover", "peer"];
+const SECTIONS: [&str; 8] =
+    ["limits", "idle", "metadata", "throughput", "idempotence", "latency", "failover", "peer"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -804,6 +961,36 @@ fn main() -> Result<()> {
             peak = p;
         }
         results.insert("throughput", Value::Array(matrix));
+    }
+
+    if run("idempotence") {
+        match idempotence(&sz) {
+            Ok(v) => {
+                for (client, what) in [
+                    ("librdkafka", "librdkafka, enable.idempotence"),
+                    ("raw", "pre-encoded batches, producer id and sequences"),
+                ] {
+                    let f = |k: &str| v[client][k].as_f64().unwrap_or(f64::NAN);
+                    println!(
+                        "idempotence, 1 node, 100 B, 6 partitions, acks=all, {what}: produce \
+                         {:.0} rec/s off, {:.0} rec/s on: {:.0}%; us per record off / on: \
+                         broker {:.2} / {:.2}, client {:.2} / {:.2} (best of {} runs each, \
+                         alternating; load {})",
+                        f("off_records_per_s"),
+                        f("on_records_per_s"),
+                        100.0 * f("ratio"),
+                        f("off_cpu_us_per_record"),
+                        f("on_cpu_us_per_record"),
+                        f("off_client_cpu_us_per_record"),
+                        f("on_client_cpu_us_per_record"),
+                        v["runs"],
+                        v["load"]
+                    );
+                }
+                results.insert("idempotence", v);
+            }
+            Err(e) => println!("idempotence: FAILED: {e:#}"),
+        }
     }
 
     if run("latency") {
