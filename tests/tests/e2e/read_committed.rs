@@ -124,6 +124,20 @@ fn end_txn(
     }
 }
 
+/// Waits until nothing is open: the last stable offset equals the high watermark (both read
+/// again each time: a marker written meanwhile moves both).
+fn wait_stable(conn: &mut RawConnection) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        let (lso, hw) = (latest(conn, 1)?, latest(conn, 0)?);
+        if lso == hw {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "LSO stayed at {lso}, high watermark {hw}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the last stable offset has caught up with `offset`.
 fn wait_lso(conn: &mut RawConnection, offset: i64) -> anyhow::Result<()> {
     let deadline = Instant::now() + READ_TIMEOUT;
@@ -322,8 +336,7 @@ fn read_committed_sees_commits_never_aborts_or_open_transactions_across_a_restar
         ensure!(latest(&mut conn, 1)? == c_first, "LSO after restart");
         check_visibility(node, true)?;
         end_txn(&mut conn, "c", c, false)?;
-        let hw = latest(&mut conn, 0)?;
-        wait_lso(&mut conn, hw)?;
+        wait_stable(&mut conn)?;
         check_visibility(node, true)?;
         Ok(())
     });
@@ -347,8 +360,7 @@ fn a_transactional_produce_outside_its_transaction_is_refused_and_the_lso_never_
         add_partition(&mut conn, txn, producer)?;
         produce_txn(&mut conn, txn, producer, 0, &[b"in"])?;
         end_txn(&mut conn, txn, producer, false)?;
-        let hw = latest(&mut conn, 0)?;
-        wait_lso(&mut conn, hw)?;
+        wait_stable(&mut conn)?;
         // While the coordinator completes the abort it answers CONCURRENT_TRANSACTIONS, which
         // a leader passes on as retriable NOT_ENOUGH_REPLICAS; then the refusal.
         let deadline = Instant::now() + READ_TIMEOUT;
