@@ -100,6 +100,76 @@ impl Library {
     }
 }
 
+/// A producer a test drives: librdkafka in the test's own process, or a script of
+/// `tests/clients/` written with `Library`.
+#[derive(Debug, Clone, Copy)]
+pub enum Client {
+    Librdkafka,
+    Script(Library),
+}
+
+impl Client {
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Librdkafka => "librdkafka",
+            Client::Script(library) => library.name(),
+        }
+    }
+}
+
+/// Bound on one producer script's run (the scripts give up after 60 s themselves).
+pub const SCRIPT_RUN_TIMEOUT: Duration = Duration::from_secs(90);
+/// Lines of a script's stderr, and of its stdout, shown when it fails.
+pub const SCRIPT_OUTPUT_LINES: usize = 60;
+
+impl Library {
+    /// Fails the calling test before it starts anything when the library or its interpreter
+    /// is missing: never a vacuous pass.
+    pub fn require(self, stem: &str) {
+        if let Err(error) = self.command(stem) {
+            panic!("{error:#}");
+        }
+    }
+
+    /// Runs the producer script `tests/clients/<stem>` against `bootstrap` and `topic`, its
+    /// values prefixed with the library's name, with `args` after those, until it exits
+    /// (within [`SCRIPT_RUN_TIMEOUT`]); what it printed, or an error with the tails of its
+    /// output when it failed.
+    pub fn run_producer(
+        self,
+        stem: &str,
+        bootstrap: &str,
+        topic: &str,
+        args: &[(&str, String)],
+    ) -> anyhow::Result<ClientRun> {
+        let mut command = self.command(stem)?;
+        // The Python scripts serve both Python libraries; the kafkajs one only kafkajs.
+        if self != Library::Kafkajs {
+            command.args(["--library", self.name()]);
+        }
+        command.args(["--bootstrap", bootstrap, "--topic", topic, "--prefix", self.name()]);
+        for (flag, value) in args {
+            command.args([flag, value.as_str()]);
+        }
+        let run = run_to_exit(command, SCRIPT_RUN_TIMEOUT)?;
+        ensure!(
+            run.status.success(),
+            "{} {stem} exited with {}; stdout tail:\n{}\nstderr tail:\n{}",
+            self.name(),
+            run.status,
+            tail(&run.stdout, SCRIPT_OUTPUT_LINES),
+            run.stderr_tail(SCRIPT_OUTPUT_LINES)
+        );
+        Ok(run)
+    }
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// What a client process printed before it exited.
 #[derive(Debug)]
 pub struct ClientRun {
@@ -111,8 +181,7 @@ pub struct ClientRun {
 impl ClientRun {
     /// The last `lines` lines of stderr, for failure messages.
     pub fn stderr_tail(&self, lines: usize) -> String {
-        let all: Vec<&str> = self.stderr.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.stderr, lines)
     }
 }
 
@@ -136,10 +205,9 @@ pub fn run_to_exit(mut command: Command, timeout: Duration) -> anyhow::Result<Cl
     match exited {
         Some(status) => Ok(ClientRun { status, stdout, stderr }),
         None => {
-            let tail: Vec<&str> = stderr.lines().collect();
             bail!(
                 "{command:?} did not exit within {timeout:?}; stderr tail:\n{}",
-                tail[tail.len().saturating_sub(40)..].join("\n")
+                tail(&stderr, 40)
             )
         }
     }

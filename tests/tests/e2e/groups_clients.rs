@@ -445,10 +445,7 @@ fn check_committed_everything(bootstrap: &str) -> anyhow::Result<()> {
 }
 
 fn run(library: Library) {
-    // Fails before anything starts when the library is missing: never a vacuous pass.
-    if let Err(error) = library.command("group_consumer") {
-        panic!("{error:#}");
-    }
+    library.require("group_consumer");
     let options =
         NodeOptions { config_toml: Some(NODE_CONFIG.to_owned()), ..NodeOptions::default() };
     let node = match StromNode::start(options) {

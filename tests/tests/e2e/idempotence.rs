@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use kafka_protocol::messages::ApiKey;
 use rdkafka::admin::{NewTopic, TopicReplication};
-use strom_tests::clients::{self, Library};
+use strom_tests::clients::{Client, Library};
 use strom_tests::cluster::StromCluster;
 use strom_tests::kafka::{self, AckingProducer, Outgoing};
 use strom_tests::raw::{self, FetchedRecord, RawConnection};
@@ -41,27 +41,6 @@ const INVALID_PRODUCER_EPOCH: i16 = 47;
 /// Records each client produces, and over how many partitions.
 const CLIENT_RECORDS: usize = 2_000;
 const CLIENT_PARTITIONS: i32 = 2;
-/// Bound on one client process (the scripts give up after 60 s themselves).
-const CLIENT_RUN_TIMEOUT: Duration = Duration::from_secs(90);
-/// Lines of a client's stderr shown when it fails.
-const CLIENT_STDERR_LINES: usize = 60;
-
-/// The client libraries of the single-node test.
-#[derive(Debug, Clone, Copy)]
-enum Client {
-    Librdkafka,
-    Script(Library),
-}
-
-impl Client {
-    fn name(self) -> &'static str {
-        match self {
-            Client::Librdkafka => "librdkafka",
-            Client::Script(library) => library.name(),
-        }
-    }
-}
-
 /// One record as the producer reported its acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Acked {
@@ -98,11 +77,8 @@ fn kafka_python_idempotent_producer_writes_each_record_once_in_order() {
 }
 
 fn single_node_client(client: Client) {
-    // A missing library fails the test before anything starts: never a vacuous pass.
     if let Client::Script(library) = client {
-        if let Err(error) = library.command("idempotent_producer") {
-            panic!("{error:#}");
-        }
+        library.require("idempotent_producer");
     }
     with_node(NodeOptions::default(), |node| {
         let topic = "idempotent";
@@ -155,21 +131,9 @@ fn produce_with(client: Client, bootstrap: &str, topic: &str) -> anyhow::Result<
         }
         Client::Script(library) => library,
     };
-    let mut command = library.command("idempotent_producer")?;
-    if library != Library::Kafkajs {
-        command.args(["--library", library.name()]);
-    }
-    command.args(["--bootstrap", bootstrap, "--topic", topic, "--prefix", library.name()]);
-    command.args(["--partitions", &CLIENT_PARTITIONS.to_string()]);
-    command.args(["--count", &CLIENT_RECORDS.to_string()]);
-    let run = clients::run_to_exit(command, CLIENT_RUN_TIMEOUT)?;
-    ensure!(
-        run.status.success(),
-        "{} producer exited with {}; stderr tail:\n{}",
-        library.name(),
-        run.status,
-        run.stderr_tail(CLIENT_STDERR_LINES)
-    );
+    let args =
+        [("--partitions", CLIENT_PARTITIONS.to_string()), ("--count", CLIENT_RECORDS.to_string())];
+    let run = library.run_producer("idempotent_producer", bootstrap, topic, &args)?;
     run.stdout
         .lines()
         .map(|line| {

@@ -27,7 +27,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use strom_tests::clients::{self, Library};
+use strom_tests::clients::{Client, Library};
 use strom_tests::kafka::{self, AckingProducer, Outgoing};
 use strom_tests::raw::RawConnection;
 use strom_tests::{wait_until, with_node, NodeOptions, StromNode, CLIENT_TIMEOUT};
@@ -292,27 +292,8 @@ pub(crate) fn is_fenced(error: &KafkaError) -> bool {
 /// Records per transaction, over how many partitions.
 const MATRIX_RECORDS: usize = 200;
 const MATRIX_PARTITIONS: i32 = 2;
-/// Bound on one client process (the scripts give up after 60 s themselves).
-const CLIENT_RUN_TIMEOUT: Duration = Duration::from_secs(90);
-/// Lines of a client's stderr shown when it fails.
-const CLIENT_STDERR_LINES: usize = 60;
 /// (transaction, committed?) as the client scripts run them.
 const MATRIX_TRANSACTIONS: [(usize, bool); 3] = [(0, true), (1, false), (2, true)];
-
-#[derive(Debug, Clone, Copy)]
-enum Client {
-    Librdkafka,
-    Script(Library),
-}
-
-impl Client {
-    fn name(self) -> &'static str {
-        match self {
-            Client::Librdkafka => "librdkafka",
-            Client::Script(library) => library.name(),
-        }
-    }
-}
 
 /// Record `i` of transaction `txn` as the scripts make it: (partition, value).
 fn matrix_record(prefix: &str, txn: usize, commit: bool, i: usize) -> (i32, String) {
@@ -341,11 +322,8 @@ fn aiokafka_transaction_commit_is_read_committed_and_abort_never() {
 }
 
 fn client_matrix(client: Client) {
-    // A missing library fails the test before anything starts: never a vacuous pass.
     if let Client::Script(library) = client {
-        if let Err(error) = library.command("transactional_producer") {
-            panic!("{error:#}");
-        }
+        library.require("transactional_producer");
     }
     with_node(NodeOptions::default(), |node| {
         let topic = "transactions";
@@ -382,23 +360,12 @@ fn run_transactions(
         Client::Librdkafka => return librdkafka_transactions(bootstrap, topic, transactional_id),
         Client::Script(library) => library,
     };
-    let mut command = library.command("transactional_producer")?;
-    if library != Library::Kafkajs {
-        command.args(["--library", library.name()]);
-    }
-    command.args(["--bootstrap", bootstrap, "--topic", topic, "--prefix", library.name()]);
-    command.args(["--transactional-id", transactional_id]);
-    command.args(["--partitions", &MATRIX_PARTITIONS.to_string()]);
-    command.args(["--count", &MATRIX_RECORDS.to_string()]);
-    let run = clients::run_to_exit(command, CLIENT_RUN_TIMEOUT)?;
-    ensure!(
-        run.status.success(),
-        "{} producer exited with {} after reporting {:?}; stderr tail:\n{}",
-        library.name(),
-        run.status,
-        run.stdout.lines().collect::<Vec<_>>(),
-        run.stderr_tail(CLIENT_STDERR_LINES)
-    );
+    let args = [
+        ("--transactional-id", transactional_id.to_owned()),
+        ("--partitions", MATRIX_PARTITIONS.to_string()),
+        ("--count", MATRIX_RECORDS.to_string()),
+    ];
+    let run = library.run_producer("transactional_producer", bootstrap, topic, &args)?;
     Ok(run.stdout.lines().map(str::to_owned).collect())
 }
 
