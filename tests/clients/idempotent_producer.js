@@ -18,71 +18,18 @@
 // NODE_PATH=target/test-deps/node/node_modules (scripts/install-test-deps.sh installs kafkajs).
 'use strict'
 
-const { Kafka, logLevel } = require('kafkajs')
+const { parseProducerArgs, runMain, stderrKafka } = require('./common')
 
 const USAGE =
   'usage: idempotent_producer.js --bootstrap HOST:PORT --topic T --count N ' +
   '[--partitions P] [--chunk C] [--prefix S] [--log-level ERROR|WARN|INFO|DEBUG]'
 // Requests in flight per broker: the most an idempotent producer may have (Kafka's limit).
 const IN_FLIGHT_MAX = 5
-// Bound on the whole run: the test's own timeout is longer, so a hang is reported from here.
-const DEADLINE_MS = 60000
-
-function parseArgs(argv) {
-  const args = {
-    bootstrap: null,
-    topic: null,
-    count: null,
-    partitions: 1,
-    chunk: 50,
-    prefix: 'rec',
-    logLevel: 'WARN',
-  }
-  const valued = {
-    '--bootstrap': 'bootstrap',
-    '--topic': 'topic',
-    '--count': 'count',
-    '--partitions': 'partitions',
-    '--chunk': 'chunk',
-    '--prefix': 'prefix',
-    '--log-level': 'logLevel',
-  }
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]
-    if (flag in valued && i + 1 < argv.length) {
-      args[valued[flag]] = argv[++i]
-    } else {
-      console.error(`unknown or incomplete argument ${flag}\n${USAGE}`)
-      process.exit(2)
-    }
-  }
-  for (const key of ['bootstrap', 'topic', 'count']) {
-    if (!args[key]) {
-      console.error(`--${key} is required\n${USAGE}`)
-      process.exit(2)
-    }
-  }
-  for (const key of ['count', 'partitions', 'chunk']) {
-    args[key] = Number(args[key])
-  }
-  return args
-}
 
 async function main() {
-  const args = parseArgs(process.argv.slice(2))
-  const level = logLevel[args.logLevel.toUpperCase()]
-  const kafka = new Kafka({
-    clientId: 'strom-tests-kafkajs',
-    brokers: args.bootstrap.split(','),
-    logLevel: level === undefined ? logLevel.WARN : level,
-    // kafkajs logs to stdout by default: keep stdout for the acknowledgements.
-    logCreator: () => ({ namespace, label, log }) => {
-      const { message, ...extra } = log
-      process.stderr.write(
-        `${new Date().toISOString()} ${label} ${namespace}: ${message} ${JSON.stringify(extra)}\n`
-      )
-    },
-  })
+  const argv = process.argv.slice(2)
+  const args = parseProducerArgs(argv, USAGE, { '--chunk': ['chunk', 50] }, ['chunk'])
+  const kafka = stderrKafka('strom-tests-kafkajs', args)
   const producer = kafka.producer({
     idempotent: true,
     maxInFlightRequests: IN_FLIGHT_MAX,
@@ -126,18 +73,4 @@ async function main() {
   return failed ? 1 : 0
 }
 
-const deadline = setTimeout(() => {
-  process.stderr.write(`FAILED no completion within ${DEADLINE_MS} ms\n`)
-  process.exit(1)
-}, DEADLINE_MS)
-
-main().then(
-  status => {
-    clearTimeout(deadline)
-    process.exit(status)
-  },
-  error => {
-    process.stderr.write(`FAILED ${String(error && error.stack ? error.stack : error)}\n`)
-    process.exit(1)
-  }
-)
+runMain(main)

@@ -16,13 +16,10 @@ Used by tests/tests/e2e/idempotence.rs; scripts/install-test-deps.sh installs bo
 into target/test-deps/venv.
 """
 
-import argparse
 import asyncio
-import logging
 import sys
 
-# Bound on the whole run: the test's own timeout is longer, so a hang is reported from here.
-DEADLINE_S = 60
+from common import DEADLINE_S, parse, producer_parser
 
 
 def records(args):
@@ -97,20 +94,7 @@ async def run_aiokafka(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--library", required=True, choices=["kafka-python", "aiokafka"])
-    parser.add_argument("--bootstrap", required=True, help="host:port[,host:port...]")
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--partitions", type=int, default=1)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--prefix", default="rec")
-    parser.add_argument("--log-level", default="WARNING", help="Python logging level")
-    args = parser.parse_args()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args = parse(producer_parser(__doc__.split("\n")[0]))
     if args.library == "kafka-python":
         return run_kafka_python(args)
     return asyncio.run(asyncio.wait_for(run_aiokafka(args), DEADLINE_S))

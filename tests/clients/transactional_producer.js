@@ -17,13 +17,11 @@
 // NODE_PATH=target/test-deps/node/node_modules (scripts/install-test-deps.sh installs kafkajs).
 'use strict'
 
-const { Kafka, logLevel } = require('kafkajs')
+const { parseProducerArgs, runMain, stderrKafka } = require('./common')
 
 const USAGE =
   'usage: transactional_producer.js --bootstrap HOST:PORT --topic T --transactional-id ID ' +
   '--count N [--partitions P] [--prefix S] [--log-level ERROR|WARN|INFO|DEBUG]'
-// Bound on the whole run: the test's own timeout is longer, so a hang is reported from here.
-const DEADLINE_MS = 60000
 // [transaction index, commit?] in the order they run.
 const TRANSACTIONS = [
   [0, true],
@@ -31,61 +29,11 @@ const TRANSACTIONS = [
   [2, true],
 ]
 
-function parseArgs(argv) {
-  const args = {
-    bootstrap: null,
-    topic: null,
-    transactionalId: null,
-    count: null,
-    partitions: 1,
-    prefix: 'rec',
-    logLevel: 'WARN',
-  }
-  const valued = {
-    '--bootstrap': 'bootstrap',
-    '--topic': 'topic',
-    '--transactional-id': 'transactionalId',
-    '--count': 'count',
-    '--partitions': 'partitions',
-    '--prefix': 'prefix',
-    '--log-level': 'logLevel',
-  }
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]
-    if (flag in valued && i + 1 < argv.length) {
-      args[valued[flag]] = argv[++i]
-    } else {
-      console.error(`unknown or incomplete argument ${flag}\n${USAGE}`)
-      process.exit(2)
-    }
-  }
-  for (const key of ['bootstrap', 'topic', 'transactionalId', 'count']) {
-    if (!args[key]) {
-      console.error(`--${key} is required\n${USAGE}`)
-      process.exit(2)
-    }
-  }
-  for (const key of ['count', 'partitions']) {
-    args[key] = Number(args[key])
-  }
-  return args
-}
-
 async function main() {
-  const args = parseArgs(process.argv.slice(2))
-  const level = logLevel[args.logLevel.toUpperCase()]
-  const kafka = new Kafka({
-    clientId: 'strom-tests-kafkajs-txn',
-    brokers: args.bootstrap.split(','),
-    logLevel: level === undefined ? logLevel.WARN : level,
-    // kafkajs logs to stdout by default: keep stdout for the outcomes.
-    logCreator: () => ({ namespace, label, log }) => {
-      const { message, ...extra } = log
-      process.stderr.write(
-        `${new Date().toISOString()} ${label} ${namespace}: ${message} ${JSON.stringify(extra)}\n`
-      )
-    },
+  const args = parseProducerArgs(process.argv.slice(2), USAGE, {
+    '--transactional-id': ['transactionalId', null],
   })
+  const kafka = stderrKafka('strom-tests-kafkajs-txn', args)
   const producer = kafka.producer({
     transactionalId: args.transactionalId,
     idempotent: true,
@@ -119,18 +67,4 @@ async function main() {
   return 0
 }
 
-const deadline = setTimeout(() => {
-  process.stderr.write(`FAILED no completion within ${DEADLINE_MS} ms\n`)
-  process.exit(1)
-}, DEADLINE_MS)
-
-main().then(
-  status => {
-    clearTimeout(deadline)
-    process.exit(status)
-  },
-  error => {
-    process.stderr.write(`FAILED ${String(error && error.stack ? error.stack : error)}\n`)
-    process.exit(1)
-  }
-)
+runMain(main)

@@ -18,13 +18,11 @@ Used by tests/tests/e2e/transactions.rs; scripts/install-test-deps.sh installs b
 into target/test-deps/venv.
 """
 
-import argparse
 import asyncio
-import logging
 import sys
 
-# Bound on the whole run: the test's own timeout is longer, so a hang is reported from here.
-DEADLINE_S = 60
+from common import DEADLINE_S, parse, producer_parser
+
 # (transaction index, commit?) in the order they run.
 TRANSACTIONS = [(0, True), (1, False), (2, True)]
 
@@ -109,21 +107,9 @@ async def run_aiokafka(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--library", required=True, choices=["kafka-python", "aiokafka"])
-    parser.add_argument("--bootstrap", required=True, help="host:port[,host:port...]")
-    parser.add_argument("--topic", required=True)
+    parser = producer_parser(__doc__.split("\n")[0], count_help="records per transaction")
     parser.add_argument("--transactional-id", required=True)
-    parser.add_argument("--partitions", type=int, default=1)
-    parser.add_argument("--count", type=int, required=True, help="records per transaction")
-    parser.add_argument("--prefix", default="rec")
-    parser.add_argument("--log-level", default="WARNING", help="Python logging level")
-    args = parser.parse_args()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args = parse(parser)
     try:
         if args.library == "kafka-python":
             return run_kafka_python(args)
