@@ -329,18 +329,7 @@ async fn group(
     match command {
         GroupCommand::List => {
             let answer = client.list_groups(pb::ListGroupsRequest {}).await?.into_inner();
-            let text = render::render(&answer, output);
-            if answer.unreachable.is_empty() {
-                Ok(text)
-            } else {
-                Err(CliError::Partial {
-                    output: text,
-                    message: format!(
-                        "the list may be incomplete: {}",
-                        answer.unreachable.join("; ")
-                    ),
-                })
-            }
+            listed_or_partial(render::render(&answer, output), &answer.unreachable)
         }
         GroupCommand::Describe { groups } => {
             let answer = client
@@ -383,18 +372,7 @@ async fn txn(
                 .list_transactions(pb::ListTransactionsRequest { states, producer_ids })
                 .await?
                 .into_inner();
-            let text = render::render(&answer, output);
-            if answer.unreachable.is_empty() {
-                Ok(text)
-            } else {
-                Err(CliError::Partial {
-                    output: text,
-                    message: format!(
-                        "the list may be incomplete: {}",
-                        answer.unreachable.join("; ")
-                    ),
-                })
-            }
+            listed_or_partial(render::render(&answer, output), &answer.unreachable)
         }
         TxnCommand::Describe { transactional_ids } => {
             let answer = client
@@ -412,6 +390,19 @@ async fn txn(
                 .into_inner();
             Ok(render::render(&render::Producers::from(&answer), output))
         }
+    }
+}
+
+/// A cluster-wide listing's outcome (`strom group list`, `strom txn list`): the output alone
+/// when every node answered, else the output and the nodes that could not be asked.
+fn listed_or_partial(text: String, unreachable: &[String]) -> Result<String, CliError> {
+    if unreachable.is_empty() {
+        Ok(text)
+    } else {
+        Err(CliError::Partial {
+            output: text,
+            message: format!("the list may be incomplete: {}", unreachable.join("; ")),
+        })
     }
 }
 
