@@ -13,6 +13,7 @@ mod fetcher;
 mod group;
 mod handlers;
 mod image;
+mod internal_records;
 mod internal_topic;
 mod isr;
 mod log_dir;

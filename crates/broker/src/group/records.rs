@@ -14,6 +14,9 @@ use kafka_protocol::records::{
 };
 
 use super::state::{GroupRecord, MemberRecord};
+use crate::internal_records::{
+    get_bytes, get_i16, get_i32, get_i64, get_opt_str, put_bytes, put_opt_str, put_str, RecordError,
+};
 
 /// Key version of an offset commit; 0 and 1 share a layout.
 const OFFSET_KEY_VERSION: i16 = 1;
@@ -44,20 +47,6 @@ pub(crate) enum Key {
 pub(crate) enum Entry {
     Offset { group: String, topic: String, partition: i32, value: Option<OffsetValue> },
     Group { group: String, value: Option<GroupRecord> },
-}
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RecordError {
-    #[error("record is truncated")]
-    Truncated,
-    #[error("unknown key version {0}")]
-    KeyVersion(i16),
-    #[error("unknown value version {0}")]
-    ValueVersion(i16),
-    #[error("string is not UTF-8")]
-    Utf8,
-    #[error("negative length {0}")]
-    Length(i32),
 }
 
 pub(crate) fn offset_key(group: &str, topic: &str, partition: i32) -> Bytes {
@@ -155,12 +144,12 @@ pub(crate) fn decode_key(mut k: Bytes) -> Result<Key, RecordError> {
     let version = get_i16(&mut k)?;
     match version {
         0 | 1 => {
-            let group = get_str(&mut k)?;
-            let topic = get_str(&mut k)?;
+            let group = get_str_or_empty(&mut k)?;
+            let topic = get_str_or_empty(&mut k)?;
             let partition = get_i32(&mut k)?;
             Ok(Key::Offset { group, topic, partition })
         }
-        2 => Ok(Key::Group { group: get_str(&mut k)? }),
+        2 => Ok(Key::Group { group: get_str_or_empty(&mut k)? }),
         v => Err(RecordError::KeyVersion(v)),
     }
 }
@@ -186,7 +175,7 @@ fn decode_offset_value(mut v: Bytes) -> Result<OffsetValue, RecordError> {
     }
     let offset = get_i64(&mut v)?;
     let leader_epoch = if version >= 3 { get_i32(&mut v)? } else { -1 };
-    let metadata = get_str(&mut v)?;
+    let metadata = get_str_or_empty(&mut v)?;
     let commit_timestamp_ms = get_i64(&mut v)?;
     // v1's expire timestamp follows; retention is the broker's now, so it is not read.
     Ok(OffsetValue { offset, leader_epoch, metadata, commit_timestamp_ms })
@@ -197,7 +186,7 @@ fn decode_group_value(group: &str, mut v: Bytes) -> Result<GroupRecord, RecordEr
     if !(0..=3).contains(&version) {
         return Err(RecordError::ValueVersion(version));
     }
-    let protocol_type = get_str(&mut v)?;
+    let protocol_type = get_str_or_empty(&mut v)?;
     let generation_id = get_i32(&mut v)?;
     let protocol_name = get_opt_str(&mut v)?;
     let leader = get_opt_str(&mut v)?;
@@ -209,10 +198,10 @@ fn decode_group_value(group: &str, mut v: Bytes) -> Result<GroupRecord, RecordEr
     // Each member takes at least 20 bytes: the count cannot claim more than the value holds.
     let mut members = Vec::with_capacity((count as usize).min(v.remaining() / 20));
     for _ in 0..count {
-        let member_id = get_str(&mut v)?;
+        let member_id = get_str_or_empty(&mut v)?;
         let group_instance_id = if version >= 3 { get_opt_str(&mut v)? } else { None };
-        let client_id = get_str(&mut v)?;
-        let client_host = get_str(&mut v)?;
+        let client_id = get_str_or_empty(&mut v)?;
+        let client_host = get_str_or_empty(&mut v)?;
         let rebalance_timeout_ms = if version >= 1 { get_i32(&mut v)? } else { -1 };
         let session_timeout_ms = get_i32(&mut v)?;
         let rebalance_timeout_ms =
@@ -241,63 +230,9 @@ fn decode_group_value(group: &str, mut v: Bytes) -> Result<GroupRecord, RecordEr
     })
 }
 
-fn put_str(b: &mut BytesMut, s: &str) {
-    // Names are bounded far below i16::MAX by the request codecs (int16-length strings).
-    b.put_i16(s.len().min(i16::MAX as usize) as i16);
-    b.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
-}
-
-fn put_opt_str(b: &mut BytesMut, s: Option<&str>) {
-    match s {
-        Some(s) => put_str(b, s),
-        None => b.put_i16(-1),
-    }
-}
-
-fn put_bytes(b: &mut BytesMut, v: &[u8]) {
-    b.put_i32(v.len() as i32);
-    b.put_slice(v);
-}
-
-fn get_i16(b: &mut Bytes) -> Result<i16, RecordError> {
-    (b.remaining() >= 2).then(|| b.get_i16()).ok_or(RecordError::Truncated)
-}
-
-fn get_i32(b: &mut Bytes) -> Result<i32, RecordError> {
-    (b.remaining() >= 4).then(|| b.get_i32()).ok_or(RecordError::Truncated)
-}
-
-fn get_i64(b: &mut Bytes) -> Result<i64, RecordError> {
-    (b.remaining() >= 8).then(|| b.get_i64()).ok_or(RecordError::Truncated)
-}
-
-fn get_opt_str(b: &mut Bytes) -> Result<Option<String>, RecordError> {
-    let len = get_i16(b)?;
-    if len < 0 {
-        return Ok(None);
-    }
-    let len = len as usize;
-    if b.remaining() < len {
-        return Err(RecordError::Truncated);
-    }
-    let raw = b.split_to(len);
-    String::from_utf8(raw.to_vec()).map(Some).map_err(|_| RecordError::Utf8)
-}
-
-fn get_str(b: &mut Bytes) -> Result<String, RecordError> {
+/// A non-nullable `int16`-length string, read leniently: a null reads as empty.
+fn get_str_or_empty(b: &mut Bytes) -> Result<String, RecordError> {
     Ok(get_opt_str(b)?.unwrap_or_default())
-}
-
-fn get_bytes(b: &mut Bytes) -> Result<Bytes, RecordError> {
-    let len = get_i32(b)?;
-    if len < 0 {
-        return Ok(Bytes::new());
-    }
-    let len = len as usize;
-    if b.remaining() < len {
-        return Err(RecordError::Truncated);
-    }
-    Ok(b.split_to(len))
 }
 
 #[cfg(test)]

@@ -20,11 +20,12 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::records::{self, RecordError};
+use super::records;
 use super::state::{
     Effect, OpId, ProducerIdAndEpoch, ReplyTo, TopicPartition, Transit, Txn, TxnConfig, TxnError,
     TxnRecord, TxnState, EPOCH_EXHAUSTED_AT, NO_PRODUCER_EPOCH,
 };
+use crate::internal_records::RecordError;
 
 /// The largest record value an id may grow to (its partition list is most of it); an
 /// AddPartitionsToTxn past it is refused as Kafka refuses an append over `message.max.bytes`

@@ -20,6 +20,10 @@ use std::collections::BTreeSet;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::state::{TopicPartition, TxnRecord, TxnState, NO_PRODUCER_ID};
+use crate::internal_records::{
+    get_compact_str, get_i16, get_i32, get_i64, get_i8, get_str, get_uvarint, put_compact_str,
+    put_str, put_uvarint, skip_tagged_fields, RecordError,
+};
 
 /// The record type of a transaction log key (Kafka's `CoordinatorRecordType.TRANSACTION_LOG`),
 /// written where other coordinator keys write their version.
@@ -30,28 +34,6 @@ const VALUE_VERSION: i16 = 1;
 const TAG_PREVIOUS_PRODUCER_ID: u32 = 0;
 const TAG_NEXT_PRODUCER_ID: u32 = 1;
 const TAG_CLIENT_TRANSACTION_VERSION: u32 = 2;
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RecordError {
-    #[error("record is truncated")]
-    Truncated,
-    #[error("unknown key version {0}")]
-    KeyVersion(i16),
-    #[error("unknown value version {0}")]
-    ValueVersion(i16),
-    #[error("unknown transaction status {0}")]
-    Status(i8),
-    #[error("string is not UTF-8")]
-    Utf8,
-    #[error("negative length {0}")]
-    Length(i32),
-    #[error("varint is longer than 5 bytes")]
-    Varint,
-    #[error("tagged field {tag} has {size} bytes")]
-    TagSize { tag: u32, size: usize },
-    #[error("{0} bytes follow the value")]
-    Trailing(usize),
-}
 
 pub(crate) fn key(transactional_id: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(4 + transactional_id.len());
@@ -232,96 +214,6 @@ fn decode_value(mut v: Bytes) -> Result<TxnRecord, RecordError> {
         return Err(RecordError::Trailing(v.remaining()));
     }
     Ok(record)
-}
-
-fn put_str(b: &mut BytesMut, s: &str) {
-    // Transactional ids and topic names arrive as int16-length strings: they fit.
-    let len = s.len().min(i16::MAX as usize);
-    b.put_i16(len as i16);
-    b.put_slice(&s.as_bytes()[..len]);
-}
-
-fn put_compact_str(b: &mut BytesMut, s: &str) {
-    put_uvarint(b, s.len() as u32 + 1);
-    b.put_slice(s.as_bytes());
-}
-
-fn put_uvarint(b: &mut BytesMut, mut v: u32) {
-    while v >= 0x80 {
-        b.put_u8((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    b.put_u8(v as u8);
-}
-
-fn get_i8(b: &mut Bytes) -> Result<i8, RecordError> {
-    (b.remaining() >= 1).then(|| b.get_i8()).ok_or(RecordError::Truncated)
-}
-
-fn get_i16(b: &mut Bytes) -> Result<i16, RecordError> {
-    (b.remaining() >= 2).then(|| b.get_i16()).ok_or(RecordError::Truncated)
-}
-
-fn get_i32(b: &mut Bytes) -> Result<i32, RecordError> {
-    (b.remaining() >= 4).then(|| b.get_i32()).ok_or(RecordError::Truncated)
-}
-
-fn get_i64(b: &mut Bytes) -> Result<i64, RecordError> {
-    (b.remaining() >= 8).then(|| b.get_i64()).ok_or(RecordError::Truncated)
-}
-
-fn get_uvarint(b: &mut Bytes) -> Result<u32, RecordError> {
-    let mut value: u32 = 0;
-    for i in 0..5 {
-        let byte = get_i8(b)? as u8;
-        value |= u32::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(RecordError::Varint)
-}
-
-fn utf8(raw: Bytes) -> Result<String, RecordError> {
-    String::from_utf8(raw.to_vec()).map_err(|_| RecordError::Utf8)
-}
-
-/// A non-nullable `int16`-length string (the key's id, a v0 topic).
-fn get_str(b: &mut Bytes) -> Result<String, RecordError> {
-    let len = get_i16(b)?;
-    if len < 0 {
-        return Err(RecordError::Length(len.into()));
-    }
-    let len = len as usize;
-    if b.remaining() < len {
-        return Err(RecordError::Truncated);
-    }
-    utf8(b.split_to(len))
-}
-
-/// A non-nullable compact string (a v1 topic).
-fn get_compact_str(b: &mut Bytes) -> Result<String, RecordError> {
-    let len = get_uvarint(b)? as i64 - 1;
-    if len < 0 {
-        return Err(RecordError::Length(-1));
-    }
-    let len = len as usize;
-    if b.remaining() < len {
-        return Err(RecordError::Truncated);
-    }
-    utf8(b.split_to(len))
-}
-
-fn skip_tagged_fields(b: &mut Bytes) -> Result<(), RecordError> {
-    for _ in 0..get_uvarint(b)? {
-        get_uvarint(b)?;
-        let size = get_uvarint(b)? as usize;
-        if b.remaining() < size {
-            return Err(RecordError::Truncated);
-        }
-        b.advance(size);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
