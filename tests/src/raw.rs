@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
@@ -282,6 +283,39 @@ impl RawConnection {
             .map(|p| (p.error_code, p.high_watermark))
             .context("Fetch response has no entry for the partition")
     }
+
+    /// A consumer's Fetch (no replica id, no wait, up to 8 MiB) of `topic`/`partition` from
+    /// `offset`, sent at `version`; the partition's entry of the answer.
+    pub fn fetch_partition(
+        &mut self,
+        version: i16,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<PartitionData> {
+        let request = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(0)
+            .with_max_bytes(8 * 1024 * 1024)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(8 * 1024 * 1024)])]);
+        let id = self.send_request(ApiKey::Fetch as i16, version, &request, version)?;
+        let response: FetchResponse = self.read_response(id, version)?;
+        anyhow::ensure!(response.error_code == 0, "Fetch top-level error {}", response.error_code);
+        response
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+            .context("Fetch response has no entry for the partition")
+    }
 }
 
 /// The error code of `partition` in a Produce response.
@@ -443,28 +477,7 @@ pub fn read_partition(
         // A batch that starts below the fetch offset is served whole: its records below are
         // already read.
         let from = next;
-        let request = FetchRequest::default()
-            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(0)
-            .with_max_bytes(8 * 1024 * 1024)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_current_leader_epoch(-1)
-                    .with_fetch_offset(from)
-                    .with_partition_max_bytes(8 * 1024 * 1024)])]);
-        let id = conn.send_request(ApiKey::Fetch as i16, version, &request, version)?;
-        let response: FetchResponse = conn.read_response(id, version)?;
-        anyhow::ensure!(response.error_code == 0, "Fetch top-level error {}", response.error_code);
-        let data = response
-            .responses
-            .into_iter()
-            .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index == partition)
-            .context("Fetch response has no entry for the partition")?;
+        let data = conn.fetch_partition(version, topic, partition, from)?;
         anyhow::ensure!(
             data.error_code == 0,
             "Fetch {topic}-{partition} at {from} from {addr}: error {}",

@@ -17,11 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
-};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use rdkafka::admin::{NewTopic, TopicReplication};
@@ -329,28 +326,7 @@ fn raw_fetch(
     offset: i64,
 ) -> anyhow::Result<(i16, i64, Vec<Served>)> {
     let version = 11;
-    let mut conn = RawConnection::connect(addr)?;
-    let request = FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_min_bytes(0)
-        .with_max_bytes(8 * 1024 * 1024)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(partition)
-                .with_current_leader_epoch(-1)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(8 * 1024 * 1024)])]);
-    let id = conn.send_request(ApiKey::Fetch as i16, version, &request, version)?;
-    let response: FetchResponse = conn.read_response(id, version)?;
-    let data = response
-        .responses
-        .into_iter()
-        .flat_map(|t| t.partitions)
-        .find(|p| p.partition_index == partition)
-        .context("Fetch response without the partition")?;
+    let data = RawConnection::connect(addr)?.fetch_partition(version, topic, partition, offset)?;
     let bytes = data.records.unwrap_or_default();
     let mut records = Vec::new();
     for b in segment::batches(&bytes) {
