@@ -22,7 +22,7 @@ use rdkafka::producer::{
 };
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::{CLIENT_TIMEOUT, CONSUME_TIMEOUT};
+use crate::{CLIENT_TIMEOUT, CONSUME_TIMEOUT, POLL_INTERVAL};
 
 /// Headers as the tests compare them: ordered, values may be null.
 pub type HeaderList = Vec<(String, Option<Vec<u8>>)>;
@@ -149,7 +149,7 @@ pub fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::
         if Instant::now() >= deadline {
             bail!("topic {topic} not ready with {partitions} partitions: {last}");
         }
-        std::thread::sleep(crate::POLL_INTERVAL);
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
@@ -215,9 +215,19 @@ pub fn watermarks(
     let consumer = consumer(bootstrap, &[])?;
     let mut out = HashMap::new();
     for &partition in partitions {
-        let marks = consumer
-            .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
-            .with_context(|| format!("watermarks of {topic}-{partition}"))?;
+        // A node that has just (re)started serves a partition only once it has opened the log
+        // and the controller has unfenced it: until then librdkafka reports the partition
+        // unknown or leaderless, which a client retries.
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        let marks = loop {
+            match consumer.fetch_watermarks(topic, partition, CLIENT_TIMEOUT) {
+                Ok(marks) => break marks,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("watermarks of {topic}-{partition}"))
+                }
+            }
+        };
         out.insert(partition, marks);
     }
     Ok(out)

@@ -146,7 +146,14 @@ impl StromNode {
                     if probe.is_none() {
                         probe = Some(kafka::consumer(&self.bootstrap(), &[])?);
                     }
-                    if let Some(consumer) = &probe {
+                    // The port may answer for another test's node that took it while this
+                    // one was down (ports are picked free, then released): only this
+                    // process's own listener counts.
+                    let ours =
+                        self.pid().is_some_and(|pid| listens_on(pid, self.kafka_addr.port()));
+                    if !ours {
+                        last_error = format!("port {} is not this process's", self.kafka_addr);
+                    } else if let Some(consumer) = &probe {
                         match consumer.fetch_metadata(None, Duration::from_secs(2)) {
                             Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
                             Ok(_) => last_error = "metadata lists no broker".to_owned(),
@@ -426,4 +433,32 @@ pub(crate) fn wait_or_kill(
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (Linux: a LISTEN row of
+/// /proc/net/tcp{,6} whose inode is one of the process's open sockets). Unknown (no /proc)
+/// counts as yes.
+fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for row in text.lines().skip(1) {
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == LISTEN && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return true };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target == std::path::Path::new(i)))
+    })
 }
