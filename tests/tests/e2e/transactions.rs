@@ -23,17 +23,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use strom_tests::clients::{Client, Library};
 use strom_tests::kafka::{self, AckingProducer, Outgoing};
 use strom_tests::raw::RawConnection;
 use strom_tests::{wait_until, with_node, NodeOptions, StromNode, CLIENT_TIMEOUT};
 
-/// FindCoordinator's key type for a transactional id.
-const KEY_TYPE_TRANSACTION: i8 = 1;
+/// FindCoordinator's key types: a consumer group, a transactional id.
+pub(crate) const KEY_TYPE_GROUP: i8 = 0;
+pub(crate) const KEY_TYPE_TRANSACTION: i8 = 1;
 /// How long the transaction APIs of a producer may take (InitProducerId waits for an earlier
 /// incarnation's transaction to be completed or aborted).
 pub(crate) const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,17 +45,18 @@ pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------------
 // Helpers shared with transactions_failover.rs.
 
-/// The node that FindCoordinator (key type 1) at `addr` names as `transactional_id`'s
-/// coordinator, or the error code it answered.
-pub(crate) fn find_txn_coordinator(
+/// The node that FindCoordinator at `addr` names as the coordinator of `key` (a group or a
+/// transactional id, by `key_type`), or the error code it answered.
+pub(crate) fn find_coordinator(
     addr: SocketAddr,
-    transactional_id: &str,
+    key_type: i8,
+    key: &str,
 ) -> anyhow::Result<Result<i32, i16>> {
     let mut conn = RawConnection::connect(addr)?;
     let version = conn.max_version(ApiKey::FindCoordinator)?.min(4);
     ensure!(version >= 1, "FindCoordinator v{version} has no key type");
-    let key = StrBytes::from_string(transactional_id.to_owned());
-    let mut request = FindCoordinatorRequest::default().with_key_type(KEY_TYPE_TRANSACTION);
+    let key = StrBytes::from_string(key.to_owned());
+    let mut request = FindCoordinatorRequest::default().with_key_type(key_type);
     request =
         if version >= 4 { request.with_coordinator_keys(vec![key]) } else { request.with_key(key) };
     let id = conn.send_request(ApiKey::FindCoordinator as i16, version, &request, version)?;
@@ -67,17 +70,18 @@ pub(crate) fn find_txn_coordinator(
     Ok(if error == 0 { Ok(node) } else { Err(error) })
 }
 
-/// Asks the nodes at `addrs` in turn until one names `transactional_id`'s coordinator
-/// (bounded); the node id.
-pub(crate) fn wait_txn_coordinator(
+/// Asks the nodes at `addrs` in turn until one names the coordinator of `key` (bounded; the
+/// first lookup creates the coordinators' internal topic); the node id.
+pub(crate) fn wait_coordinator(
     addrs: &[SocketAddr],
-    transactional_id: &str,
+    key_type: i8,
+    key: &str,
 ) -> anyhow::Result<i32> {
-    let what = format!("FindCoordinator (key type 1) names a coordinator of {transactional_id}");
+    let what = format!("FindCoordinator (key type {key_type}) names a coordinator of {key}");
     wait_until(READ_TIMEOUT, &what, || {
         let mut answers = Vec::new();
         for &addr in addrs {
-            match find_txn_coordinator(addr, transactional_id) {
+            match find_coordinator(addr, key_type, key) {
                 Ok(Ok(node)) => return Ok(Some(node)),
                 Ok(Err(code)) => answers.push(format!("{addr}: error {code}")),
                 Err(error) => answers.push(format!("{addr}: {error:#}")),
@@ -85,6 +89,14 @@ pub(crate) fn wait_txn_coordinator(
         }
         bail!("answers: {answers:?}")
     })
+}
+
+/// The coordinator of `transactional_id` (FindCoordinator key type 1), as [`wait_coordinator`].
+pub(crate) fn wait_txn_coordinator(
+    addrs: &[SocketAddr],
+    transactional_id: &str,
+) -> anyhow::Result<i32> {
+    wait_coordinator(addrs, KEY_TYPE_TRANSACTION, transactional_id)
 }
 
 /// One record as a consumer read it; the value as text.
@@ -184,19 +196,46 @@ pub(crate) fn read_to_end(
     Ok(out)
 }
 
+/// Set to a list of librdkafka debug contexts (`eos,protocol,broker,cgrp`) to have the
+/// transactional producers of these tests log them to stderr.
+pub(crate) const RDKAFKA_DEBUG_ENV: &str = "STROM_RDKAFKA_DEBUG";
+
+/// A transactional producer's context: librdkafka's log lines go to stderr (the test's
+/// output), named by the producer's transactional id.
+pub(crate) struct StderrLog(String);
+
+impl ClientContext for StderrLog {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        eprintln!("librdkafka {} {level:?} {facility}: {message}", self.0);
+    }
+}
+
+impl ProducerContext for StderrLog {
+    type DeliveryOpaque = ();
+    // Delivery failures surface again as the transaction's commit error.
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+pub(crate) type TxnProducer = BaseProducer<StderrLog>;
+
 /// A librdkafka transactional producer (acks=all, idempotent as transactions require);
 /// `extra` overrides its settings. Transactions are not initialized yet.
 pub(crate) fn txn_producer(
     bootstrap: &str,
     transactional_id: &str,
     extra: &[(&str, &str)],
-) -> anyhow::Result<BaseProducer> {
+) -> anyhow::Result<TxnProducer> {
     let mut config = kafka::client_config(bootstrap);
     config.set("transactional.id", transactional_id).set("acks", "all").set("linger.ms", "5");
+    if let Ok(contexts) = std::env::var(RDKAFKA_DEBUG_ENV) {
+        config.set("debug", contexts);
+    }
     for (key, value) in extra {
         config.set(*key, *value);
     }
-    config.create().with_context(|| format!("create the transactional producer {transactional_id}"))
+    config
+        .create_with_context(StderrLog(transactional_id.to_owned()))
+        .with_context(|| format!("create the transactional producer {transactional_id}"))
 }
 
 /// What librdkafka says to do after a transactional call failed (its three error classes,
@@ -233,27 +272,34 @@ pub(crate) fn retrying(
     timeout: Duration,
     mut call: impl FnMut() -> Result<(), KafkaError>,
 ) -> Result<(), TxnError> {
+    retrying_classified(what, timeout, || call().map_err(|error| TxnError::of(&error)))
+}
+
+/// [`retrying`] for a call that classifies its own errors.
+pub(crate) fn retrying_classified(
+    what: &str,
+    timeout: Duration,
+    mut call: impl FnMut() -> Result<(), TxnError>,
+) -> Result<(), TxnError> {
     let deadline = Instant::now() + timeout;
     loop {
         match call() {
             Ok(()) => return Ok(()),
-            Err(error) => match TxnError::of(&error) {
-                TxnError::Retriable(text) if Instant::now() < deadline => {
-                    eprintln!("{what}: retriable error {text}; again");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                TxnError::Retriable(text) => {
-                    return Err(TxnError::Abort(format!("{what}: still failing: {text}")))
-                }
-                other => return Err(other),
-            },
+            Err(TxnError::Retriable(text)) if Instant::now() < deadline => {
+                eprintln!("{what}: retriable error {text}; again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(TxnError::Retriable(text)) => {
+                return Err(TxnError::Abort(format!("{what}: still failing: {text}")))
+            }
+            Err(other) => return Err(other),
         }
     }
 }
 
 /// Queues one record on a librdkafka producer, serving callbacks while its queue is full.
 pub(crate) fn send(
-    producer: &BaseProducer,
+    producer: &TxnProducer,
     topic: &str,
     partition: i32,
     key: &str,

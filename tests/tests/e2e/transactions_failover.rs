@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use strom_testkit::rng::{seed_from_env, TestRng};
 use strom_tests::cluster::StromCluster;
@@ -32,8 +32,8 @@ use strom_tests::kafka::{self, AckingProducer, Outgoing};
 use strom_tests::{wait_until, with_cluster, ClusterOptions, CLIENT_TIMEOUT};
 
 use crate::transactions::{
-    is_fenced, read_to_end, retrying, send, txn_producer, wait_stable, wait_txn_coordinator,
-    TxnError, TXN_CALL_TIMEOUT,
+    is_fenced, read_to_end, retrying, retrying_classified, send, txn_producer, wait_coordinator,
+    wait_stable, wait_txn_coordinator, TxnError, TxnProducer, KEY_TYPE_GROUP, TXN_CALL_TIMEOUT,
 };
 
 const PARTITIONS: i32 = 3;
@@ -64,7 +64,14 @@ fn bootstrap_addrs(cluster: &StromCluster) -> Vec<std::net::SocketAddr> {
 const INPUT: &str = "ctp-input";
 const OUTPUT: &str = "ctp-output";
 const GROUP: &str = "ctp-processor";
-const TXN_ID: &str = "ctp-processor-txn";
+/// The processor's transactional id is the first `<prefix><n>` coordinated by another node than
+/// the group's (see [`choose_transactional_id`]).
+const TXN_ID_PREFIX: &str = "ctp-processor-txn-";
+/// How long send_offsets_to_transaction may block. librdkafka enforces its timeout only when an
+/// answer comes (confluentinc/librdkafka#5456) and waits for a group coordinator it cached
+/// until some broker's state changes, forever if that coordinator left the metadata
+/// (confluentinc/librdkafka#5511): past this bound the producer counts as unusable.
+const SEND_OFFSETS_BOUND: Duration = Duration::from_secs(60);
 const INPUT_RECORDS: usize = 1_500;
 /// Most input records in one transaction.
 const BATCH_MAX: usize = 100;
@@ -132,14 +139,16 @@ enum Step {
 /// producer with the test's one transactional id.
 struct Processor {
     consumer: BaseConsumer<RebalanceFlag>,
-    producer: BaseProducer,
+    /// Shared with the thread that bounds send_offsets_to_transaction.
+    producer: Arc<TxnProducer>,
 }
 
 impl Processor {
     /// InitProducerId (fencing any earlier incarnation and ending its transaction), then
     /// subscribes to the input (the group assigns it on the first polls).
-    fn start(bootstrap: &str) -> anyhow::Result<Processor> {
-        let producer = txn_producer(bootstrap, TXN_ID, &[("transaction.timeout.ms", "30000")])?;
+    fn start(bootstrap: &str, transactional_id: &str) -> anyhow::Result<Processor> {
+        let producer =
+            txn_producer(bootstrap, transactional_id, &[("transaction.timeout.ms", "30000")])?;
         retrying("init_transactions", FAILOVER_TIMEOUT, || {
             producer.init_transactions(TXN_CALL_TIMEOUT)
         })
@@ -157,7 +166,7 @@ impl Processor {
         let consumer: BaseConsumer<RebalanceFlag> =
             config.create_with_context(RebalanceFlag::default())?;
         consumer.subscribe(&[INPUT])?;
-        Ok(Processor { consumer, producer })
+        Ok(Processor { consumer, producer: Arc::new(producer) })
     }
 
     /// The group's committed offsets of the input partitions as the broker answers them
@@ -229,8 +238,27 @@ impl Processor {
             .consumer
             .group_metadata()
             .ok_or_else(|| TxnError::Abort("the consumer has no group metadata".to_owned()))?;
-        retrying("send_offsets_to_transaction", FAILOVER_TIMEOUT, || {
-            self.producer.send_offsets_to_transaction(&offsets, &metadata, TXN_CALL_TIMEOUT)
+        let (producer, metadata) = (self.producer.clone(), Arc::new(metadata));
+        retrying_classified("send_offsets_to_transaction", FAILOVER_TIMEOUT, || {
+            let (producer, metadata, offsets) =
+                (producer.clone(), metadata.clone(), offsets.clone());
+            let (done, answer) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let result =
+                    producer.send_offsets_to_transaction(&offsets, &metadata, TXN_CALL_TIMEOUT);
+                let _ = done.send(result);
+            });
+            match answer.recv_timeout(SEND_OFFSETS_BOUND) {
+                Ok(result) => result.map_err(|error| TxnError::of(&error)),
+                Err(_) => {
+                    let text = format!(
+                        "send_offsets_to_transaction blocked for {SEND_OFFSETS_BOUND:?} \
+                         (librdkafka#5511); the producer is abandoned"
+                    );
+                    eprintln!("processor: {text}");
+                    Err(TxnError::Fatal(text))
+                }
+            }
         })?;
         Ok(next)
     }
@@ -290,6 +318,7 @@ impl Processor {
 /// committed.
 struct Pipeline {
     bootstrap: String,
+    transactional_id: String,
     /// Input end offsets: the processor is done when it committed them all.
     ends: BTreeMap<i32, i64>,
     /// Offsets of every committed transaction, as the test saw the commits succeed.
@@ -315,7 +344,7 @@ impl Pipeline {
 
     /// A new processor incarnation; it must resume exactly at the committed offsets.
     fn start_processor(&mut self) -> anyhow::Result<()> {
-        let processor = Processor::start(&self.bootstrap)?;
+        let processor = Processor::start(&self.bootstrap, &self.transactional_id)?;
         self.incarnations += 1;
         let known = self.committed.clone();
         let broker = wait_until(CLIENT_TIMEOUT, "the group's offsets are stable", || {
@@ -425,8 +454,11 @@ fn consume_transform_produce(victim: Victim) {
             .collect::<BTreeMap<_, _>>();
         ensure!(ends.values().sum::<i64>() == INPUT_RECORDS as i64, "input ends {ends:?}");
         let deadline = Instant::now() + PIPELINE_TIMEOUT;
+        let group_coordinator = wait_coordinator(&bootstrap_addrs(cluster), KEY_TYPE_GROUP, GROUP)?;
+        let transactional_id = choose_transactional_id(cluster, group_coordinator)?;
         let mut pipeline = Pipeline {
             bootstrap: cluster.bootstrap(),
+            transactional_id: transactional_id.clone(),
             ends,
             committed: BTreeMap::new(),
             processor: None,
@@ -441,9 +473,11 @@ fn consume_transform_produce(victim: Victim) {
 
         // Kill the victim with a transaction open: records sent, offsets added, no EndTxn yet.
         // An output leader is killed only in a transaction that wrote to its partition, and
-        // preferably one that does not also coordinate it.
-        let coordinator = wait_txn_coordinator(&bootstrap_addrs(cluster), TXN_ID)?;
+        // preferably one that coordinates neither the transaction nor the group.
+        let coordinator = wait_txn_coordinator(&bootstrap_addrs(cluster), &transactional_id)?;
         let output_leaders = cluster.leaders_of(OUTPUT)?;
+        let eligible = |leader: i32| leader != coordinator && leader != group_coordinator;
+        let any_eligible = output_leaders.values().any(|&l| eligible(l));
         let mut target = None;
         let killed_at = pipeline.records_committed();
         let (step, commit_took) = {
@@ -452,8 +486,7 @@ fn consume_transform_produce(victim: Victim) {
                 let victim_node = match victim {
                     Victim::Coordinator => coordinator,
                     Victim::OutputLeader => {
-                        let others = output_leaders.values().any(|&l| l != coordinator);
-                        match written.iter().find(|&&l| l != coordinator || !others) {
+                        match written.iter().find(|&&l| eligible(l) || !any_eligible) {
                             Some(&leader) => leader,
                             None => return Ok(false),
                         }
@@ -461,8 +494,8 @@ fn consume_transform_produce(victim: Victim) {
                 };
                 eprintln!(
                     "killing node {victim_node} ({victim:?}; transaction coordinator \
-                     {coordinator}, output leaders {output_leaders:?}) with a transaction open \
-                     on output partitions {:?}",
+                     {coordinator}, group coordinator {group_coordinator}, output leaders \
+                     {output_leaders:?}) with a transaction open on output partitions {:?}",
                     offsets.keys().collect::<Vec<_>>()
                 );
                 cluster.kill9(victim_node as u32)?;
@@ -477,10 +510,10 @@ fn consume_transform_produce(victim: Victim) {
             let what =
                 format!("FindCoordinator names a coordinator other than killed {coordinator}");
             let successor = wait_until(FAILOVER_TIMEOUT, &what, || {
-                let now = wait_txn_coordinator(&bootstrap_addrs(cluster), TXN_ID)?;
+                let now = wait_txn_coordinator(&bootstrap_addrs(cluster), &transactional_id)?;
                 Ok((now != coordinator).then_some(now))
             })?;
-            eprintln!("node {successor} coordinates {TXN_ID} after the kill");
+            eprintln!("node {successor} coordinates {transactional_id} after the kill");
         }
         pipeline.run_until(killed_at + total / 4, deadline)?;
 
@@ -529,6 +562,31 @@ fn consume_transform_produce(victim: Victim) {
         pipeline.processor = None;
         check_output(cluster, &input, &pipeline.ends)
     });
+}
+
+/// The processor's transactional id: the first `TXN_ID_PREFIX<n>` whose coordinator
+/// (FindCoordinator key type 1) is not the group's, so that the kill of the transaction
+/// coordinator does not also take the group coordinator librdkafka cached, which
+/// send_offsets_to_transaction would then wait for without a bound (librdkafka#5511, see
+/// [`SEND_OFFSETS_BOUND`]).
+fn choose_transactional_id(
+    cluster: &StromCluster,
+    group_coordinator: i32,
+) -> anyhow::Result<String> {
+    let mut seen = Vec::new();
+    for n in 0..32 {
+        let id = format!("{TXN_ID_PREFIX}{n}");
+        let coordinator = wait_txn_coordinator(&bootstrap_addrs(cluster), &id)?;
+        if coordinator != group_coordinator {
+            eprintln!(
+                "transactional id {id}: coordinator {coordinator}, group coordinator \
+                 {group_coordinator}"
+            );
+            return Ok(id);
+        }
+        seen.push(coordinator);
+    }
+    bail!("every candidate transactional id is coordinated by the group's node: {seen:?}")
 }
 
 /// Writes the input records (plain, acks=all): record i to partition i % 3, value `in-<i>`.
@@ -728,7 +786,7 @@ fn chaos_producer(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut rng = TestRng::new(seed);
-    let mut producer: Option<BaseProducer> = None;
+    let mut producer: Option<TxnProducer> = None;
     while !stop.load(Ordering::Relaxed) {
         let current = match producer.take() {
             Some(p) => p,
