@@ -146,8 +146,16 @@ impl LeaderState {
     }
 
     /// The ISR the controller should be asked for, if it should change: members that have not
-    /// caught up within `lag_max_ms` leave; replicas that have reached the high watermark join.
-    pub fn propose_isr(&mut self, now_ms: i64, lag_max_ms: i64) -> Option<Vec<NodeId>> {
+    /// caught up within `lag_max_ms` leave; replicas that have reached the high watermark join
+    /// if `eligible` (KIP-841: unfenced and not shutting down; the controller refuses any
+    /// other, and asking again every tick for a dead follower that was caught up when it died
+    /// only loads the controller).
+    pub fn propose_isr(
+        &mut self,
+        now_ms: i64,
+        lag_max_ms: i64,
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Option<Vec<NodeId>> {
         if let Some((_, sent)) = &self.pending {
             if now_ms - sent < ISR_CHANGE_RETRY_MS {
                 return None;
@@ -162,7 +170,7 @@ impl LeaderState {
                 if self.isr.contains(r) {
                     now_ms - p.caught_up_ms <= lag_max_ms
                 } else {
-                    p.leo >= self.hw && now_ms - p.caught_up_ms <= lag_max_ms
+                    p.leo >= self.hw && now_ms - p.caught_up_ms <= lag_max_ms && eligible(*r)
                 }
             };
             if keep {
@@ -215,25 +223,25 @@ mod tests {
         let mut s = three();
         s.on_follower_fetch(NodeId(2), 10, 10, 100).unwrap();
         s.on_follower_fetch(NodeId(3), 3, 10, 100).unwrap();
-        assert_eq!(s.propose_isr(1_000, 30_000), None);
+        assert_eq!(s.propose_isr(1_000, 30_000, |_| true), None);
         // follower 3 has not caught up for longer than the lag limit
         s.on_follower_fetch(NodeId(2), 50, 50, 31_000).unwrap();
-        assert_eq!(s.propose_isr(31_000, 30_000), Some(n(&[1, 2])));
-        assert_eq!(s.propose_isr(31_001, 30_000), None, "one change in flight at a time");
+        assert_eq!(s.propose_isr(31_000, 30_000, |_| true), Some(n(&[1, 2])));
+        assert_eq!(s.propose_isr(31_001, 30_000, |_| true), None, "one change in flight at a time");
         s.on_partition_change(n(&[1, 2, 3]), n(&[1, 2]), 8, 31_002);
         assert_eq!(s.update_hw(50), Some(50), "without 3 the high watermark moves on");
         // follower 3 catches up to the high watermark: it is proposed back
         s.on_follower_fetch(NodeId(3), 50, 50, 32_000).unwrap();
-        assert_eq!(s.propose_isr(32_000, 30_000), Some(n(&[1, 2, 3])));
+        assert_eq!(s.propose_isr(32_000, 30_000, |_| true), Some(n(&[1, 2, 3])));
     }
 
     #[test]
     fn a_refused_change_can_be_proposed_again() {
         let mut s = three();
         s.on_follower_fetch(NodeId(2), 0, 0, 0).unwrap();
-        assert_eq!(s.propose_isr(40_000, 30_000), Some(n(&[1])));
+        assert_eq!(s.propose_isr(40_000, 30_000, |_| true), Some(n(&[1])));
         s.isr_change_failed();
-        assert_eq!(s.propose_isr(40_001, 30_000), Some(n(&[1])));
+        assert_eq!(s.propose_isr(40_001, 30_000, |_| true), Some(n(&[1])));
     }
 
     #[test]
@@ -257,6 +265,15 @@ mod tests {
     fn a_single_replica_partition_follows_its_own_log() {
         let mut s = LeaderState::new(NodeId(1), n(&[1]), n(&[1]), 0, 0, 0, 0);
         assert_eq!(s.update_hw(3), Some(3));
-        assert_eq!(s.propose_isr(1_000_000, 30_000), None);
+        assert_eq!(s.propose_isr(1_000_000, 30_000, |_| true), None);
+    }
+
+    #[test]
+    fn a_caught_up_follower_that_is_fenced_is_not_proposed_to_rejoin() {
+        let mut s = LeaderState::new(NodeId(1), n(&[1, 2, 3]), n(&[1, 2]), 5, 7, 0, 0);
+        s.on_follower_fetch(NodeId(3), 0, 5, 1_000).unwrap();
+        let fenced = |r: NodeId| r != NodeId(3);
+        assert_eq!(s.propose_isr(2_000, 30_000, fenced), None, "3 is fenced: not eligible");
+        assert_eq!(s.propose_isr(2_001, 30_000, |_| true), Some(n(&[1, 2, 3])));
     }
 }

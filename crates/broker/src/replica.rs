@@ -596,11 +596,12 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
             continue;
         }
         let now = ctx.clock.now_ms();
+        let image = ctx.image.current();
         for p in ctx.replicas.all() {
             let proposal = p
                 .with_role(|role| match role {
                     crate::partition::Role::Leader(state) => state
-                        .propose_isr(now, lag_max_ms)
+                        .propose_isr(now, lag_max_ms, |r| image.is_live(r))
                         .map(|isr| (isr, state.leader_epoch, state.partition_epoch)),
                     _ => None,
                 })
