@@ -151,9 +151,30 @@ fn wait_lso(conn: &mut RawConnection, offset: i64) -> anyhow::Result<()> {
     }
 }
 
-/// A produce of one transactional batch of `txn_id`'s producer; the partition's error code
-/// and base offset.
+/// Kafka's NOT_LEADER_OR_FOLLOWER: a partition not served yet (its log opens once the node
+/// has reconciled the new topic); clients retry it.
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+
+/// A produce of one transactional batch of `txn_id`'s producer (retried while the partition is
+/// not served yet); the partition's error code and base offset.
 fn produce_in_txn(
+    conn: &mut RawConnection,
+    txn_id: &str,
+    producer: (i64, i16),
+    sequence: i32,
+    values: &[&[u8]],
+) -> anyhow::Result<(i16, i64)> {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        let answer = produce_in_txn_once(conn, txn_id, producer, sequence, values)?;
+        if answer.0 != NOT_LEADER_OR_FOLLOWER || Instant::now() >= deadline {
+            return Ok(answer);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn produce_in_txn_once(
     conn: &mut RawConnection,
     txn_id: &str,
     (pid, epoch): (i64, i16),
@@ -193,9 +214,18 @@ fn produce_txn(
 }
 
 fn produce_plain(conn: &mut RawConnection, values: &[&[u8]]) -> anyhow::Result<()> {
-    let code = conn.produce(TOPIC, 0, raw::record_batch(values, 1_700_000_000_000)?)?;
-    ensure!(code == 0, "plain produce error {code}");
-    Ok(())
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        let code = conn.produce(TOPIC, 0, raw::record_batch(values, 1_700_000_000_000)?)?;
+        if code == 0 {
+            return Ok(());
+        }
+        ensure!(
+            code == NOT_LEADER_OR_FOLLOWER && Instant::now() < deadline,
+            "plain produce error {code}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Writes one marker directly (as a coordinator would) and returns the partition's error code.
@@ -234,11 +264,22 @@ fn latest(conn: &mut RawConnection, isolation_level: i8) -> anyhow::Result<i64> 
             vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1)],
         )]);
     let version = conn.max_version(ApiKey::ListOffsets)?.min(8);
-    let id = conn.send_request(ApiKey::ListOffsets as i16, version, &request, version)?;
-    let response: ListOffsetsResponse = conn.read_response(id, version)?;
-    let p = &response.topics[0].partitions[0];
-    ensure!(p.error_code == 0, "ListOffsets error {}", p.error_code);
-    Ok(p.offset)
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        let id = conn.send_request(ApiKey::ListOffsets as i16, version, &request, version)?;
+        let response: ListOffsetsResponse = conn.read_response(id, version)?;
+        let p = &response.topics[0].partitions[0];
+        if p.error_code == 0 {
+            return Ok(p.offset);
+        }
+        // A restarted node serves the partition once it has reopened the log.
+        ensure!(
+            p.error_code == NOT_LEADER_OR_FOLLOWER && Instant::now() < deadline,
+            "ListOffsets error {}",
+            p.error_code
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Every value a consumer at `isolation` reads from the start to the end it can see (the
