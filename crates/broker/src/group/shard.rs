@@ -363,15 +363,7 @@ impl Shard {
                 let decided = self
                     .entry(&group_id)
                     .and_then(|e| offsets::txn_commit(group_id, e, producer, req));
-                match decided {
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                    Ok(None) => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    Ok(Some(write)) => self.write_offsets(write, WriteReply::Done(reply), now),
-                }
+                self.answer_commit(decided, reply, now);
             }
             Cmd::TxnCompleted { producer_id, commit } => {
                 offsets::txn_completed(&mut self.groups, producer_id, commit);
@@ -430,6 +422,17 @@ impl Shard {
         now: i64,
     ) {
         let decided = self.entry(&group_id).and_then(|e| offsets::commit(group_id, e, req, now));
+        self.answer_commit(decided, reply, now);
+    }
+
+    /// An OffsetCommit's or TxnOffsetCommit's decision: the refusal or "nothing to write" at
+    /// once, else the write, answered once it is replicated.
+    fn answer_commit(
+        &mut self,
+        decided: Result<Option<OffsetWrite>, GroupError>,
+        reply: oneshot::Sender<Result<(), GroupError>>,
+        now: i64,
+    ) {
         match decided {
             Err(e) => {
                 let _ = reply.send(Err(e));
