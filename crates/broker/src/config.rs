@@ -42,6 +42,10 @@ pub struct BrokerConfig {
     pub groups: GroupSettings,
     /// The transaction coordinator's settings (`transaction.*`, `transactional.id.*`).
     pub transactions: TransactionDefaults,
+    /// How many partition files (segments and their indexes) the log directory keeps open at
+    /// most: the capacity of its handle cache, which the binary derives from the process's
+    /// open-file limit.
+    pub log_open_files_max: usize,
 }
 
 /// Connection limits of one Kafka listener, with Kafka's names.

@@ -38,6 +38,7 @@ pub(crate) enum KafkaError {
     LeaderNotAvailable,
     NotLeaderOrFollower,
     RequestTimedOut,
+    ReplicaNotAvailable,
     MessageTooLarge,
     OffsetMetadataTooLarge,
     CoordinatorLoadInProgress,
@@ -102,6 +103,7 @@ impl KafkaError {
             KafkaError::LeaderNotAvailable => K::LeaderNotAvailable,
             KafkaError::NotLeaderOrFollower => K::NotLeaderOrFollower,
             KafkaError::RequestTimedOut => K::RequestTimedOut,
+            KafkaError::ReplicaNotAvailable => K::ReplicaNotAvailable,
             KafkaError::MessageTooLarge => K::MessageTooLarge,
             KafkaError::OffsetMetadataTooLarge => K::OffsetMetadataTooLarge,
             KafkaError::CoordinatorLoadInProgress => K::CoordinatorLoadInProgress,
@@ -229,7 +231,13 @@ impl From<ProducerIdError> for KafkaError {
 }
 
 /// A failed append or read: what the client sent is refused, anything else is the storage's
-/// fault (KAFKA_STORAGE_ERROR: the log dir is going offline).
+/// fault (KAFKA_STORAGE_ERROR: the log dir is going offline), except running out of file
+/// descriptors: REPLICA_NOT_AVAILABLE ("this replica cannot serve the partition now"), which
+/// both Kafka's Java clients and librdkafka retry quietly after a metadata refresh, for Produce
+/// and Fetch alike, without spending a retry (librdkafka) and with the batch known unwritten.
+/// Not KAFKA_STORAGE_ERROR, which says the log dir failed (librdkafka counts its retries to
+/// give up early); not REQUEST_TIMED_OUT, which Java's consumer does not expect in a Fetch
+/// (it throws) and which tells producers the batch may have been written.
 impl From<&LogError> for KafkaError {
     fn from(e: &LogError) -> KafkaError {
         match e {
@@ -240,6 +248,7 @@ impl From<&LogError> for KafkaError {
             | LogError::ClientControlBatch { .. }
             | LogError::SequenceMissing { .. } => KafkaError::InvalidRecord,
             LogError::OffsetOutOfRange { .. } => KafkaError::OffsetOutOfRange,
+            LogError::FileHandlesExhausted { .. } => KafkaError::ReplicaNotAvailable,
             LogError::LeaderEpochStale { .. } => KafkaError::FencedLeaderEpoch,
             LogError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
                 KafkaError::OutOfOrderSequenceNumber
@@ -340,6 +349,7 @@ mod tests {
             KafkaError::LeaderNotAvailable => 5,
             KafkaError::NotLeaderOrFollower => 6,
             KafkaError::RequestTimedOut => 7,
+            KafkaError::ReplicaNotAvailable => 9,
             KafkaError::MessageTooLarge => 10,
             KafkaError::OffsetMetadataTooLarge => 12,
             KafkaError::CoordinatorLoadInProgress => 14,
@@ -395,7 +405,7 @@ mod tests {
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 58] = [
+    const ALL: [KafkaError; 59] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -403,6 +413,7 @@ mod tests {
         KafkaError::LeaderNotAvailable,
         KafkaError::NotLeaderOrFollower,
         KafkaError::RequestTimedOut,
+        KafkaError::ReplicaNotAvailable,
         KafkaError::MessageTooLarge,
         KafkaError::OffsetMetadataTooLarge,
         KafkaError::CoordinatorLoadInProgress,
@@ -493,6 +504,8 @@ mod tests {
         assert_eq!(log(LogError::BatchTooLarge { batch_index: 0, size: 2, max: 1 }), 10);
         assert_eq!(log(LogError::OffsetOutOfRange { offset: 9, start: 0, end: 1 }), 1);
         assert_eq!(log(LogError::LogOffline { dir: "x".into() }), 56);
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert_eq!(log(LogError::FileHandlesExhausted { path: "x".into(), source: emfile }), 9);
         let groups = [
             (GroupError::CoordinatorNotAvailable, 15),
             (GroupError::NotCoordinator, 16),

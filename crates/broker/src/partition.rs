@@ -211,7 +211,13 @@ impl Partition {
         let mut log = self.log()?;
         let info = self.check_storage(append(&mut log))?;
         let leo = log.log_end_offset();
+        // Unsynced data files hold their descriptors: with many of them, sync now rather than
+        // at the next periodic flush (file handles are bounded, `strom_log::FileHandles`).
+        let handles_under_pressure = log.file_handles().under_pressure();
         drop(log);
+        if handles_under_pressure {
+            self.flush_requested.notify_one();
+        }
         if !info.duplicate {
             self.appended(leo);
         }
@@ -484,11 +490,8 @@ impl Partition {
         let handle = self.log()?.sync_handle();
         if let Some(h) = handle {
             let upto = h.upto();
-            let synced = h.sync().map_err(|source| LogError::SegmentSync {
-                path: format!("{}-{}", self.topic, self.index).into(),
-                source,
-            });
-            self.check_storage(synced)?;
+            // Out of file descriptors is returned, not a storage failure.
+            self.check_storage(h.sync())?;
             if self.log()?.mark_synced(&h) {
                 self.on_durable(upto);
             }
@@ -506,6 +509,9 @@ impl Partition {
         self.flush_requested.notify_one();
     }
 }
+
+/// How long a flush that could not open its files (out of descriptors) waits to try again.
+const FLUSH_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Group commit: one fdatasync covers every append made before it started.
 async fn flusher(p: Arc<Partition>) {
@@ -533,6 +539,13 @@ async fn flusher(p: Arc<Partition>) {
                 } else {
                     p.flush_requested.notify_one();
                 }
+            }
+            Ok(Err(e)) if !e.is_storage_failure() => {
+                // Out of file descriptors to reopen a file for its sync: nothing failed on
+                // disk. The data stays unacknowledged until a later flush gets through.
+                tracing::debug!(topic = %p.topic, partition = p.index, error = %e, "flush postponed");
+                tokio::time::sleep(FLUSH_RETRY_BACKOFF).await;
+                p.flush_requested.notify_one();
             }
             Ok(Err(e)) => {
                 // After a failed fsync the page cache state is unknown (the kernel may have
@@ -562,7 +575,8 @@ mod tests {
 
     /// A partition led by node 1 alone, acknowledging without fsync.
     fn led(dir: &std::path::Path, index: i32) -> Arc<Partition> {
-        let log = Log::open(dir, strom_log::LogConfig::default(), 0).expect("log opens");
+        let handles = strom_log::FileHandles::new(strom_log::FILE_HANDLES_MIN);
+        let log = Log::open(dir, strom_log::LogConfig::default(), 0, &handles).expect("log opens");
         let p = Partition::new("t".into(), index, TopicId([1; 16]), log, false, 0, Arc::default());
         p.lead(NodeId(1), vec![NodeId(1)], vec![NodeId(1)], 0, 0, 0);
         p

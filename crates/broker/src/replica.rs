@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use strom_log::{checkpoint, Log, LogConfig, TimestampType};
+use strom_log::{checkpoint, FileHandles, Log, LogConfig, TimestampType};
 use strom_metadata::config::{BrokerDefaults, MessageTimestampType, TopicConfig};
 use strom_metadata::{MetadataDelta, MetadataImage, MetadataOffset, TopicId, TopicImage};
 use tokio::sync::watch;
@@ -52,6 +52,8 @@ pub(crate) struct ReplicaManager {
     defaults: BrokerDefaults,
     /// The log directory's health: every partition log reports its storage failures here.
     pub health: Arc<LogDirHealth>,
+    /// The log directory's open file handles, shared by all its logs (`strom_log::handles`).
+    file_handles: FileHandles,
     /// Where leadership changes read the time (the ISR's follower clocks start there).
     clock: Arc<dyn Clock>,
 }
@@ -168,6 +170,7 @@ impl ReplicaManager {
             high_watermarks,
             defaults: config.defaults,
             health: Arc::default(),
+            file_handles: FileHandles::new(config.log_open_files_max),
             clock,
         })
     }
@@ -281,6 +284,7 @@ impl ReplicaManager {
             config,
             recovery_point: self.recovery_points.get(&key).copied().unwrap_or(0),
             health: &self.health,
+            file_handles: &self.file_handles,
         }
         .run()?;
         let p = Partition::new(
@@ -396,13 +400,15 @@ struct OpenJob<'a> {
     config: LogConfig,
     recovery_point: i64,
     health: &'a LogDirHealth,
+    file_handles: &'a FileHandles,
 }
 
 impl OpenJob<'_> {
     /// Opens (recovering if needed) the log and marks its directory with the topic id.
     /// Blocking IO.
     fn run(self) -> Result<Log, BrokerError> {
-        let OpenJob { topic, index, topic_id, dir, config, recovery_point, health } = self;
+        let OpenJob { topic, index, topic_id, dir, config, recovery_point, health, file_handles } =
+            self;
         // An image written before a name was reserved could hold it: its directory may be the
         // node's own state (the metadata log), so never open it as a partition.
         strom_metadata::control::validate_topic_name(topic)
@@ -411,7 +417,7 @@ impl OpenJob<'_> {
             tracing::warn!(dir = %dir.display(), "log belongs to a deleted topic of the same name; removing it");
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let log = Log::open(&dir, config, recovery_point).map_err(|e| {
+        let log = Log::open(&dir, config, recovery_point, file_handles).map_err(|e| {
             if e.is_storage_failure() {
                 // A log that cannot be opened as it was left (IO errors, damage below the
                 // recovery point, a missing segment) is a failed disk, not a missing topic.
@@ -723,7 +729,13 @@ mod config_tests {
             let image = image_with(&[("flush.messages", flush_messages)]);
             let (config, fsync_on_ack) = log_config(&BROKER_DEFAULTS, &image, "t");
             let dir = tempfile::tempdir().unwrap();
-            let log = strom_log::Log::open(dir.path(), config, 0).unwrap();
+            let log = strom_log::Log::open(
+                dir.path(),
+                config,
+                0,
+                &strom_log::FileHandles::new(strom_log::FILE_HANDLES_MIN),
+            )
+            .unwrap();
             let p = Partition::new(
                 "t".into(),
                 0,
@@ -819,6 +831,7 @@ pub(crate) mod test_support {
             static_configs: Vec::new(),
             groups: GroupSettings::default(),
             transactions: strom_metadata::config::TRANSACTION_DEFAULTS,
+            log_open_files_max: strom_log::FILE_HANDLES_MIN,
         };
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(strom_testkit::ManualClock::at(0));
         Arc::new(BrokerCtx {

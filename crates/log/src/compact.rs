@@ -51,6 +51,7 @@ use strom_protocol::batch::{
 };
 
 use crate::checkpoint::sync_dir;
+use crate::handles::FileHandles;
 use crate::segment::{
     self, ChunkReader, PreparedBatch, Segment, CLEANED_SUFFIX, RELATIVE_OFFSET_MAX,
     SCAN_CHUNK_BYTES, SWAP_SUFFIX,
@@ -123,6 +124,7 @@ impl KeyMap {
 #[derive(Debug)]
 pub struct Compaction {
     dir: PathBuf,
+    handles: FileHandles,
     generation: u64,
     now_ms: i64,
     delete_retention_ms: i64,
@@ -477,7 +479,12 @@ impl Compaction {
         self.next = last;
 
         let base_offset = self.sources[first].base_offset;
-        let mut out = Segment::create_cleaned(&self.dir, base_offset, self.index_interval_bytes)?;
+        let mut out = Segment::create_cleaned(
+            &self.dir,
+            base_offset,
+            self.index_interval_bytes,
+            &self.handles,
+        )?;
         let mut stats = CompactStats::default();
         let result = self.write_group(first..last, &mut out, &mut stats);
         if let Err(error) = result {
@@ -609,19 +616,29 @@ impl Log {
         {
             return None;
         }
-        let sources = self
-            .segments
-            .iter()
-            .map(|segment| Source {
+        // The pass reads these handles outside the lock, whatever happens to the segments
+        // meanwhile: it holds one descriptor per segment of this log while it runs. Out of
+        // descriptors, the pass waits for the next round.
+        let mut sources = Vec::with_capacity(self.segments.len());
+        for segment in &self.segments {
+            let file = match segment.log_handle() {
+                Ok(file) => file,
+                Err(error) => {
+                    tracing::debug!(dir = %self.dir.display(), %error, "compaction postponed");
+                    return None;
+                }
+            };
+            sources.push(Source {
                 base_offset: segment.base_offset,
                 next_offset: segment.next_offset,
                 size: segment.size,
-                file: Arc::clone(&segment.log),
-                path: segment.log_path.clone(),
-            })
-            .collect();
+                file,
+                path: segment.log_path().to_owned(),
+            });
+        }
         Some(Compaction {
             dir: self.dir.clone(),
+            handles: self.handles.clone(),
             generation: self.generation,
             now_ms,
             delete_retention_ms: self.config.delete_retention_ms,

@@ -90,6 +90,11 @@ pub enum LogError {
          {base_sequence}"
     )]
     SequenceMissing { batch_index: usize, producer_id: i64, base_sequence: i32 },
+    #[error(
+        "cannot open {path}: {source}; the process is out of file descriptors (the request \
+         fails and may be retried)"
+    )]
+    FileHandlesExhausted { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Producer(#[from] crate::producer::ProducerError),
 }
@@ -112,6 +117,8 @@ impl LogError {
             | LogError::ClientControlBatch { .. }
             | LogError::SequenceMissing { .. }
             | LogError::Producer(_) => false,
+            // Out of descriptors is not a failed disk: other opens succeed once handles close.
+            LogError::FileHandlesExhausted { .. } => false,
             LogError::DirCreate { .. }
             | LogError::DirRead { .. }
             | LogError::DirSync { .. }

@@ -6,12 +6,14 @@
 //! a compacted topic (same offsets, fewer records, fresh CRCs). Index design: each segment keeps its offset and
 //! time index in memory and mirrors them to append-only `.index`/`.timeindex` files, which are
 //! loaded for segments below the recovery point and rebuilt from the `.log` otherwise (or when
-//! they fail their checks).
+//! they fail their checks). File handles are a bounded resource (`handles`): a log holds no
+//! descriptor of its own; its files open on use through the log directory's LRU cache.
 
 pub mod checkpoint;
 mod compact;
 mod epoch;
 mod error;
+mod handles;
 mod index;
 mod log;
 pub mod producer;
@@ -23,6 +25,7 @@ pub use crate::compact::{
     compact_locked, CleanedGroup, CompactStats, Compaction, KEY_MAP_ENTRIES_MAX,
 };
 pub use crate::error::LogError;
+pub use crate::handles::{FileHandleStats, FileHandles, FILE_HANDLES_MIN};
 pub use crate::log::{Log, ReadStart, SyncHandle};
 pub use crate::segment::Located;
 pub use crate::txn_index::AbortedTxn;

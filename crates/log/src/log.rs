@@ -1,9 +1,7 @@
 //! The partition log: ordered segments, offset assignment, reads, recovery, retention, fsync.
 
-use std::fs::{self, File};
-use std::io;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use strom_protocol::batch::{
@@ -13,6 +11,7 @@ use strom_protocol::batch::{
 
 use crate::checkpoint::sync_dir;
 use crate::epoch::LeaderEpochCache;
+use crate::handles::{FileHandles, SyncTarget};
 use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
 use crate::producer::{AppendCheck, ProducerStates};
 use crate::segment::{Located, OpenMode, PreparedBatch, Segment, SegmentView, RELATIVE_OFFSET_MAX};
@@ -25,7 +24,8 @@ use strom_protocol::control::{self, Marker};
 #[derive(Debug)]
 pub struct Log {
     pub(crate) dir: PathBuf,
-    dir_file: Arc<File>,
+    /// The log directory's cache of open handles, through which every segment file opens.
+    pub(crate) handles: FileHandles,
     pub(crate) config: LogConfig,
     /// Never empty; the last one is the active segment.
     pub(crate) segments: Vec<Segment>,
@@ -57,12 +57,17 @@ pub struct Log {
     aborted: Vec<AbortedTxn>,
 }
 
-/// The files a group commit must fdatasync, taken under the broker's lock and synced outside.
+/// The files a group commit must fdatasync, taken under the broker's lock and synced outside:
+/// every segment file written since its last sync (a written `.log` through the very handle
+/// the writes went through, which its slot keeps open until then), and the directory after a
+/// roll.
 #[derive(Debug)]
 pub struct SyncHandle {
     upto: i64,
     generation: u64,
-    files: Vec<Arc<File>>,
+    targets: Vec<SyncTarget>,
+    /// The partition directory, when a roll created files in it since its last sync.
+    dir: Option<(PathBuf, FileHandles)>,
 }
 
 impl SyncHandle {
@@ -71,9 +76,21 @@ impl SyncHandle {
         self.upto
     }
 
-    pub fn sync(&self) -> io::Result<()> {
-        for file in &self.files {
-            strom_fsio::sync_data(file)?;
+    /// fdatasyncs the files. [`LogError::FileHandlesExhausted`] when a file that must be
+    /// reopened for it cannot be (nothing failed on disk: try again later); any other error
+    /// is a failed sync.
+    pub fn sync(&self) -> Result<(), LogError> {
+        for target in &self.targets {
+            target.sync()?;
+        }
+        if let Some((dir, handles)) = &self.dir {
+            handles.retry_exhausted(dir, || strom_fsio::sync_dir(dir)).map_err(|source| {
+                if crate::handles::is_descriptor_exhaustion(&source) {
+                    LogError::FileHandlesExhausted { path: dir.clone(), source }
+                } else {
+                    LogError::DirSync { path: dir.clone(), source }
+                }
+            })?;
         }
         Ok(())
     }
@@ -108,7 +125,14 @@ fn map_batch_error(batch_index: usize, source: BatchError) -> LogError {
 }
 
 impl Log {
-    pub fn open(dir: &Path, config: LogConfig, recovery_point: i64) -> Result<Log, LogError> {
+    /// Opens (recovering if needed) the log in `dir`. Its files open on use through
+    /// `handles`, the log directory's cache; the log holds no descriptor while unused.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        recovery_point: i64,
+        handles: &FileHandles,
+    ) -> Result<Log, LogError> {
         if config.segment_bytes == 0 || config.segment_bytes > SEGMENT_BYTES_MAX {
             return Err(LogError::ConfigInvalid {
                 key: "segment_bytes",
@@ -117,8 +141,6 @@ impl Log {
         }
         fs::create_dir_all(dir)
             .map_err(|source| LogError::DirCreate { path: dir.to_owned(), source })?;
-        let dir_file =
-            File::open(dir).map_err(|source| LogError::DirRead { path: dir.to_owned(), source })?;
         crate::compact::recover_leftovers(dir)?;
         let mut bases = Vec::new();
         let mut others = Vec::new();
@@ -145,7 +167,8 @@ impl Log {
             let overlaps = segments.last().is_some_and(|prev| base < prev.next_offset);
             if bytes_cut > 0 || overlaps {
                 // Everything after the first invalid batch goes, whole segments included.
-                let (doomed, _) = Segment::open(dir, base, interval, OpenMode::Trusted, 0)?;
+                let (doomed, _) =
+                    Segment::open(dir, base, interval, OpenMode::Trusted, 0, handles)?;
                 bytes_cut += doomed.size;
                 doomed.delete_files()?;
                 if bytes_cut == 0 {
@@ -162,12 +185,17 @@ impl Log {
             }
             let trusted = i < first_verified && Segment::index_files_exist(dir, base);
             let mode = if trusted { OpenMode::Trusted } else { OpenMode::Verify };
-            let (segment, cut) = Segment::open(dir, base, interval, mode, recovery_point)?;
+            let (segment, cut) = Segment::open(dir, base, interval, mode, recovery_point, handles)?;
             bytes_cut += cut;
             segments.push(segment);
         }
         if segments.is_empty() {
-            segments.push(Segment::create(dir, 0, interval)?);
+            segments.push(Segment::create(dir, 0, interval, handles)?);
+        }
+        for segment in &mut segments {
+            // An empty segment holds nothing a crash could lose; the others' writes during the
+            // open are synced by the next flush, which opens them again.
+            segment.release_pins();
         }
         if bytes_cut > 0 {
             tracing::warn!(dir = %dir.display(), bytes_cut, "log recovery cut a torn or corrupt tail");
@@ -185,7 +213,7 @@ impl Log {
 
         let mut log = Log {
             dir: dir.to_owned(),
-            dir_file: Arc::new(dir_file),
+            handles: handles.clone(),
             config,
             segments,
             epochs: LeaderEpochCache::load(dir)?,
@@ -214,6 +242,11 @@ impl Log {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The log directory's handle cache this log opens its files through.
+    pub fn file_handles(&self) -> &FileHandles {
+        &self.handles
     }
 
     /// Idempotent producers' state as of the log end offset.
@@ -658,7 +691,12 @@ impl Log {
         // Every batch below the new segment is recorded: an open replays from here.
         crate::snapshot::write(&self.dir, base_offset, &self.producers);
         self.active_first_timestamp = None;
-        let segment = Segment::create(&self.dir, base_offset, self.config.index_interval_bytes)?;
+        let segment = Segment::create(
+            &self.dir,
+            base_offset,
+            self.config.index_interval_bytes,
+            &self.handles,
+        )?;
         self.segments.push(segment);
         self.dir_unsynced_since.get_or_insert(base_offset);
         Ok(())
@@ -698,7 +736,7 @@ impl Log {
             if segment.next_offset <= offset {
                 continue;
             }
-            segments.push(segment.view(offset));
+            segments.push(segment.view(offset)?);
             // A non-empty segment starting at or after `offset` holds a batch with it (or
             // above it, after compaction): no later segment is needed.
             if segment.base_offset >= offset && segment.size > 0 {
@@ -751,7 +789,12 @@ impl Log {
         self.aborted.retain(|t| t.last_offset < offset);
         if offset < self.log_start_offset() {
             // Create first: `segments` must never be empty, even if a deletion fails midway.
-            let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
+            let fresh = Segment::create(
+                &self.dir,
+                offset,
+                self.config.index_interval_bytes,
+                &self.handles,
+            )?;
             let old = std::mem::replace(&mut self.segments, vec![fresh]);
             for segment in old.iter().rev() {
                 segment.delete_files()?;
@@ -796,24 +839,24 @@ impl Log {
     /// The files to fdatasync for everything appended so far; `None` when all is durable.
     pub fn sync_handle(&self) -> Option<SyncHandle> {
         let upto = self.log_end_offset();
-        if upto <= self.recovery_point && self.dir_unsynced_since.is_none() {
+        let mut targets = Vec::new();
+        // Only segments reaching the recovery point can have unsynced files: those above it
+        // were written or verified since the last sync, and the one it ends in may have been
+        // finalized by a roll after it.
+        let rp = self.recovery_point;
+        for segment in self.segments.iter().rev().take_while(|s| s.next_offset >= rp) {
+            segment.sync_targets(&mut targets);
+        }
+        if upto <= rp && self.dir_unsynced_since.is_none() && targets.is_empty() {
             return None;
         }
-        let mut files = Vec::new();
-        for segment in &self.segments {
-            if segment.next_offset > self.recovery_point {
-                files.extend(segment.files());
-            }
-        }
-        if self.dir_unsynced_since.is_some() {
-            files.push(Arc::clone(&self.dir_file));
-        }
-        Some(SyncHandle { upto, generation: self.generation, files })
+        let dir = self.dir_unsynced_since.map(|_| (self.dir.clone(), self.handles.clone()));
+        Some(SyncHandle { upto, generation: self.generation, targets, dir })
     }
 
     /// After a [`SyncHandle::sync`] succeeded: everything below `upto` is durable. Must not be
-    /// used for a handle taken before a `truncate_to` (use [`Log::mark_synced`] to be safe).
-    pub fn mark_flushed(&mut self, upto: i64) {
+    /// used for a handle taken before a `truncate_to` ([`Log::mark_synced`] checks that).
+    fn mark_flushed(&mut self, upto: i64) {
         let upto = upto.min(self.log_end_offset());
         if upto > self.recovery_point {
             self.recovery_point = upto;
@@ -833,6 +876,14 @@ impl Log {
         let current = handle.generation == self.generation;
         if current {
             self.mark_flushed(handle.upto);
+            for target in &handle.targets {
+                // Newest first: the targets are nearly always in the last segment or two.
+                for segment in self.segments.iter_mut().rev() {
+                    if segment.mark_synced(target) {
+                        break;
+                    }
+                }
+            }
         }
         current
     }

@@ -1,6 +1,6 @@
 //! One segment: a `.log` file of whole v2 batches starting at `base_offset`, with its indexes.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, IoSlice, Write};
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
@@ -13,6 +13,7 @@ use strom_protocol::batch::{
     CRC_COVERED_FROM,
 };
 
+use crate::handles::{FileHandles, FileKind, FileSlot, SyncTarget};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use crate::LogError;
 
@@ -73,15 +74,14 @@ pub enum OpenMode {
     Verify,
 }
 
+/// A segment's files are [`FileSlot`]s: opened on use through the log directory's
+/// [`FileHandles`], so a segment nobody uses holds no descriptor.
 #[derive(Debug)]
 pub struct Segment {
     pub base_offset: i64,
-    pub log_path: PathBuf,
-    pub index_path: PathBuf,
-    pub time_index_path: PathBuf,
-    pub log: Arc<File>,
-    index_file: Arc<File>,
-    time_index_file: Arc<File>,
+    log_file: FileSlot,
+    index_file: FileSlot,
+    time_index_file: FileSlot,
     pub size: u64,
     /// Offset after the last batch; `base_offset` when empty.
     pub next_offset: i64,
@@ -92,10 +92,6 @@ pub struct Segment {
     pub max_timestamp: Option<(i64, i64)>,
     bytes_since_index_entry: u64,
     index_interval_bytes: u32,
-}
-
-fn open_rw(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).append(true).create(true).open(path)
 }
 
 /// Reads a file through a window so that walking many small batches costs few syscalls.
@@ -179,31 +175,29 @@ impl Segment {
         index.exists() && time_index.exists()
     }
 
+    /// The segment's files, created if missing (each through the cache, which may close
+    /// them again at once).
     fn with_files(
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u32,
         suffix: &str,
+        handles: &FileHandles,
     ) -> Result<Segment, LogError> {
         let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset, suffix);
-        let log = open_rw(&log_path)
-            .map_err(|source| LogError::SegmentOpen { path: log_path.clone(), source })?;
-        let index_file = open_rw(&index_path)
-            .map_err(|source| LogError::IndexOpen { path: index_path.clone(), source })?;
-        let time_index_file = open_rw(&time_index_path)
-            .map_err(|source| LogError::IndexOpen { path: time_index_path.clone(), source })?;
+        let (log_file, log) = FileSlot::create(handles, log_path, FileKind::Segment)?;
         let size = log
             .metadata()
-            .map_err(|source| LogError::SegmentRead { path: log_path.clone(), source })?
+            .map_err(|source| LogError::SegmentRead { path: log_file.path().to_owned(), source })?
             .len();
+        drop(log);
+        let (index_file, _) = FileSlot::create(handles, index_path, FileKind::Index)?;
+        let (time_index_file, _) = FileSlot::create(handles, time_index_path, FileKind::Index)?;
         Ok(Segment {
             base_offset,
-            log_path,
-            index_path,
-            time_index_path,
-            log: Arc::new(log),
-            index_file: Arc::new(index_file),
-            time_index_file: Arc::new(time_index_file),
+            log_file,
+            index_file,
+            time_index_file,
             size,
             next_offset: base_offset,
             offset_index: OffsetIndex::default(),
@@ -219,8 +213,9 @@ impl Segment {
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u32,
+        handles: &FileHandles,
     ) -> Result<Segment, LogError> {
-        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, "")?;
+        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, "", handles)?;
         segment.set_log_len(0)?;
         segment.write_index_files()?;
         Ok(segment)
@@ -233,8 +228,10 @@ impl Segment {
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u32,
+        handles: &FileHandles,
     ) -> Result<Segment, LogError> {
-        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, CLEANED_SUFFIX)?;
+        let mut segment =
+            Self::with_files(dir, base_offset, index_interval_bytes, CLEANED_SUFFIX, handles)?;
         segment.set_log_len(0)?;
         segment.write_index_files()?;
         Ok(segment)
@@ -243,9 +240,9 @@ impl Segment {
     /// Renames the cleaned `.log` to its swap name: once the directory is fsynced after this,
     /// the cleaned segment is committed (recovery completes the swap).
     pub fn commit_swap(&mut self) -> Result<(), LogError> {
-        let swap = self.log_path.with_extension(&SWAP_SUFFIX[1..]);
-        rename(&self.log_path, &swap)?;
-        self.log_path = swap;
+        let swap = self.log_path().with_extension(&SWAP_SUFFIX[1..]);
+        rename(self.log_path(), &swap)?;
+        self.log_file.set_path(swap);
         Ok(())
     }
 
@@ -261,18 +258,20 @@ impl Segment {
                 Err(source) => return Err(LogError::SegmentDelete { path: path.clone(), source }),
             }
         }
-        rename(&self.log_path, &log_path)?;
-        self.log_path = log_path;
-        rename(&self.index_path, &index_path)?;
-        self.index_path = index_path;
-        rename(&self.time_index_path, &time_index_path)?;
-        self.time_index_path = time_index_path;
+        for (slot, path) in [
+            (&mut self.log_file, log_path),
+            (&mut self.index_file, index_path),
+            (&mut self.time_index_file, time_index_path),
+        ] {
+            rename(slot.path(), &path)?;
+            slot.set_path(path);
+        }
         Ok(())
     }
 
     /// Removes whatever files of this segment exist, for discarding a cleaned segment.
     pub fn remove_files_quietly(&self) {
-        for path in [&self.log_path, &self.index_path, &self.time_index_path] {
+        for path in [self.log_path(), self.index_file.path(), self.time_index_file.path()] {
             if let Err(error) = fs::remove_file(path) {
                 if error.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), %error, "cannot delete file");
@@ -289,10 +288,17 @@ impl Segment {
         index_interval_bytes: u32,
         mode: OpenMode,
         recovery_point: i64,
+        handles: &FileHandles,
     ) -> Result<(Segment, u64), LogError> {
-        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, "")?;
+        let mut segment = Self::with_files(dir, base_offset, index_interval_bytes, "", handles)?;
         if mode == OpenMode::Trusted && segment.load_trusted()? {
             return Ok((segment, 0));
+        }
+        // Not known to be durable (it is at or above the recovery point, or its indexes are
+        // rewritten below): the log's next sync covers all three files. Unpinned: a
+        // recovered log that nobody writes must not hold descriptors.
+        for slot in segment.slots_mut() {
+            slot.mark_unsynced();
         }
         let (valid_end, stop) = segment.rebuild(true)?;
         let cut = segment.size - valid_end;
@@ -301,7 +307,7 @@ impl Segment {
             // damage there is not a torn write, and cutting it would quietly drop records that
             // were acknowledged (and, in the log, every later segment).
             return Err(LogError::CorruptBelowRecoveryPoint {
-                path: segment.log_path.clone(),
+                path: segment.log_path().to_owned(),
                 position: valid_end,
                 offset: segment.next_offset,
                 recovery_point,
@@ -309,7 +315,7 @@ impl Segment {
         }
         if let Some(stop) = stop {
             tracing::warn!(
-                segment = %segment.log_path.display(),
+                segment = %segment.log_path().display(),
                 position = valid_end,
                 bytes_cut = cut,
                 reason = %stop,
@@ -321,6 +327,19 @@ impl Segment {
         Ok((segment, cut))
     }
 
+    pub fn log_path(&self) -> &Path {
+        self.log_file.path()
+    }
+
+    fn slots_mut(&mut self) -> [&mut FileSlot; 3] {
+        [&mut self.log_file, &mut self.index_file, &mut self.time_index_file]
+    }
+
+    /// The segment's `.log`, open (pinned, cached, or opened again).
+    pub(crate) fn log_handle(&self) -> Result<Arc<File>, LogError> {
+        self.log_file.get()
+    }
+
     /// Loads the index files and checks that the batches after the last index entry end
     /// exactly at the end of the file. `false` when anything is off and a full scan is needed.
     fn load_trusted(&mut self) -> Result<bool, LogError> {
@@ -328,11 +347,12 @@ impl Segment {
             Ok(bytes) => Ok(bytes),
             Err(source) => Err(LogError::IndexRead { path: path.to_owned(), source }),
         };
-        let Some(offset_index) = OffsetIndex::decode(&read_index(&self.index_path)?, self.size)
+        let Some(offset_index) =
+            OffsetIndex::decode(&read_index(self.index_file.path())?, self.size)
         else {
             return Ok(false);
         };
-        let Some(time_index) = TimeIndex::decode(&read_index(&self.time_index_path)?) else {
+        let Some(time_index) = TimeIndex::decode(&read_index(self.time_index_file.path())?) else {
             return Ok(false);
         };
         let start = offset_index.last().unwrap_or(OffsetEntry { relative_offset: 0, position: 0 });
@@ -342,7 +362,8 @@ impl Segment {
         let mut next_offset = self.base_offset + i64::from(start.relative_offset);
         let mut first = true;
         let mut position = u64::from(start.position);
-        let mut reader = ChunkReader::new(&self.log, &self.log_path, self.size, SEEK_CHUNK_BYTES);
+        let log = self.log_file.get()?;
+        let mut reader = ChunkReader::new(&log, self.log_path(), self.size, SEEK_CHUNK_BYTES);
         while position < self.size {
             let Some(header) = reader.header(position)? else {
                 return Ok(false);
@@ -387,7 +408,7 @@ impl Segment {
         self.max_timestamp = None;
         self.bytes_since_index_entry = 0;
         self.next_offset = self.base_offset;
-        let (log, log_path) = (Arc::clone(&self.log), self.log_path.clone());
+        let (log, log_path) = (self.log_file.get()?, self.log_path().to_owned());
         let mut reader = ChunkReader::new(&log, &log_path, self.size, SCAN_CHUNK_BYTES);
         let mut position = 0u64;
         let mut unused = (Vec::new(), Vec::new());
@@ -488,8 +509,10 @@ impl Segment {
         let mut entry = Vec::new();
         self.push_time_entry(&mut entry);
         if !entry.is_empty() {
-            (&*self.time_index_file).write_all(&entry).map_err(|source| LogError::IndexWrite {
-                path: self.time_index_path.clone(),
+            let file = self.time_index_file.get()?;
+            self.time_index_file.written(&file);
+            (&*file).write_all(&entry).map_err(|source| LogError::IndexWrite {
+                path: self.time_index_file.path().to_owned(),
                 source,
             })?;
         }
@@ -497,8 +520,13 @@ impl Segment {
     }
 
     /// Appends already prepared batches. On failure the files and memory are put back as they
-    /// were; if even that fails the caller must stop using the log.
+    /// were; if even that fails the caller must stop using the log. The handles the append
+    /// and its rollback need are taken first: when descriptors run out, nothing has changed.
     pub fn append(&mut self, batches: &[PreparedBatch]) -> Result<(), AppendFailure> {
+        let files = match self.open_all() {
+            Ok(files) => files,
+            Err(error) => return Err(AppendFailure { error, rolled_back: true }),
+        };
         let old_size = self.size;
         let old_state = (
             self.next_offset,
@@ -507,7 +535,7 @@ impl Segment {
             self.max_timestamp,
             self.bytes_since_index_entry,
         );
-        let result = self.append_inner(batches);
+        let result = self.append_inner(batches, &files);
         let Err(error) = result else {
             return Ok(());
         };
@@ -516,56 +544,90 @@ impl Segment {
         self.time_index.truncate(old_state.2);
         self.max_timestamp = old_state.3;
         self.bytes_since_index_entry = old_state.4;
-        let rolled_back = self.set_log_len(old_size).is_ok() && self.write_index_files().is_ok();
+        let rolled_back = self.set_log_len_with(&files[0], old_size).is_ok()
+            && self.write_index_files_with(&files[1], &files[2]).is_ok();
         Err(AppendFailure { error, rolled_back })
     }
 
-    fn append_inner(&mut self, batches: &[PreparedBatch]) -> Result<(), LogError> {
+    /// The `.log`, `.index` and `.timeindex` handles, open.
+    fn open_all(&self) -> Result<[Arc<File>; 3], LogError> {
+        Ok([self.log_file.get()?, self.index_file.get()?, self.time_index_file.get()?])
+    }
+
+    fn append_inner(
+        &mut self,
+        batches: &[PreparedBatch],
+        [log, index, time_index]: &[Arc<File>; 3],
+    ) -> Result<(), LogError> {
         let mut slices = Vec::with_capacity(batches.len() * 2);
         for batch in batches {
             slices.push(IoSlice::new(&batch.head));
             slices.push(IoSlice::new(&batch.tail));
         }
-        write_all_vectored(&self.log, &mut slices)
-            .map_err(|source| LogError::SegmentWrite { path: self.log_path.clone(), source })?;
+        self.log_file.written(log);
+        write_all_vectored(log, &mut slices).map_err(|source| LogError::SegmentWrite {
+            path: self.log_path().to_owned(),
+            source,
+        })?;
         let mut new_entries = (Vec::new(), Vec::new());
         for batch in batches {
             let position = self.size;
             self.track(position, &batch.header, batch.len(), &mut new_entries);
             self.size += batch.len();
         }
-        if !new_entries.0.is_empty() {
-            (&*self.index_file)
-                .write_all(&new_entries.0)
-                .map_err(|source| LogError::IndexWrite { path: self.index_path.clone(), source })?;
-        }
-        if !new_entries.1.is_empty() {
-            (&*self.time_index_file).write_all(&new_entries.1).map_err(|source| {
-                LogError::IndexWrite { path: self.time_index_path.clone(), source }
-            })?;
+        for (slot, file, entries) in [
+            (&mut self.index_file, index, &new_entries.0),
+            (&mut self.time_index_file, time_index, &new_entries.1),
+        ] {
+            if !entries.is_empty() {
+                slot.written(file);
+                (&**file).write_all(entries).map_err(|source| LogError::IndexWrite {
+                    path: slot.path().to_owned(),
+                    source,
+                })?;
+            }
         }
         Ok(())
     }
 
     fn set_log_len(&mut self, len: u64) -> Result<(), LogError> {
-        self.log
-            .set_len(len)
-            .map_err(|source| LogError::SegmentTruncate { path: self.log_path.clone(), source })?;
+        let file = self.log_file.get()?;
+        self.set_log_len_with(&file, len)
+    }
+
+    fn set_log_len_with(&mut self, file: &Arc<File>, len: u64) -> Result<(), LogError> {
+        self.log_file.written(file);
+        file.set_len(len).map_err(|source| LogError::SegmentTruncate {
+            path: self.log_path().to_owned(),
+            source,
+        })?;
         self.size = len;
         Ok(())
     }
 
     /// Rewrites both index files from memory (after a scan or a truncation).
-    fn write_index_files(&self) -> Result<(), LogError> {
-        for (file, path, bytes) in [
-            (&self.index_file, &self.index_path, self.offset_index.encode()),
-            (&self.time_index_file, &self.time_index_path, self.time_index.encode()),
+    fn write_index_files(&mut self) -> Result<(), LogError> {
+        let (index, time_index) = (self.index_file.get()?, self.time_index_file.get()?);
+        self.write_index_files_with(&index, &time_index)
+    }
+
+    fn write_index_files_with(
+        &mut self,
+        index: &Arc<File>,
+        time_index: &Arc<File>,
+    ) -> Result<(), LogError> {
+        let (offset_entries, time_entries) = (self.offset_index.encode(), self.time_index.encode());
+        for (slot, file, bytes) in [
+            (&mut self.index_file, index, offset_entries),
+            (&mut self.time_index_file, time_index, time_entries),
         ] {
+            slot.written(file);
             let write = || -> io::Result<()> {
                 file.set_len(0)?;
                 (&**file).write_all(&bytes)
             };
-            write().map_err(|source| LogError::IndexWrite { path: path.clone(), source })?;
+            write()
+                .map_err(|source| LogError::IndexWrite { path: slot.path().to_owned(), source })?;
         }
         Ok(())
     }
@@ -575,34 +637,60 @@ impl Segment {
         let Some((position, _)) = self.find_batch(offset)? else {
             return Ok(());
         };
-        self.set_log_len(position)?;
+        // Every handle first: out of descriptors must fail before the file is cut.
+        let [log, index, time_index] = self.open_all()?;
+        self.set_log_len_with(&log, position)?;
         let (valid_end, _) = self.rebuild(false)?;
         debug_assert_eq!(valid_end, position, "a prefix of a valid segment is valid");
-        self.write_index_files()?;
+        self.write_index_files_with(&index, &time_index)?;
         self.sync_all()
     }
 
-    pub fn sync_all(&self) -> Result<(), LogError> {
-        for (file, path) in [
-            (&self.log, &self.log_path),
-            (&self.index_file, &self.index_path),
-            (&self.time_index_file, &self.time_index_path),
-        ] {
-            strom_fsio::sync_all(file)
-                .map_err(|source| LogError::SegmentSync { path: path.clone(), source })?;
+    /// fsyncs all three files; everything written to them is durable then.
+    pub fn sync_all(&mut self) -> Result<(), LogError> {
+        for slot in self.slots_mut() {
+            slot.sync_all()?;
         }
         Ok(())
     }
 
-    /// The files a group commit must fdatasync for this segment.
-    pub fn files(&self) -> [Arc<File>; 3] {
-        [Arc::clone(&self.log), Arc::clone(&self.index_file), Arc::clone(&self.time_index_file)]
+    /// What a group commit must fdatasync for this segment (its files written since their
+    /// last sync).
+    pub(crate) fn sync_targets(&self, out: &mut Vec<SyncTarget>) {
+        for slot in [&self.log_file, &self.index_file, &self.time_index_file] {
+            out.extend(slot.sync_target());
+        }
+    }
+
+    /// Lets go of the handles its writes pinned, leaving the files unsynced (a log's open),
+    /// or synced when the segment is empty: then there is nothing a crash could lose.
+    pub(crate) fn release_pins(&mut self) {
+        let empty = self.size == 0;
+        for slot in self.slots_mut() {
+            slot.release_pin();
+            if empty {
+                slot.mark_synced(u64::MAX);
+            }
+        }
+    }
+
+    /// A sync of `target` succeeded; `false` when the target is none of this segment's files.
+    pub(crate) fn mark_synced(&mut self, target: &SyncTarget) -> bool {
+        for slot in self.slots_mut() {
+            if slot.id() == target.id() {
+                slot.mark_synced(target.writes());
+                return true;
+            }
+        }
+        false
     }
 
     pub fn delete_files(&self) -> Result<(), LogError> {
-        fs::remove_file(&self.log_path)
-            .map_err(|source| LogError::SegmentDelete { path: self.log_path.clone(), source })?;
-        for path in [&self.index_path, &self.time_index_path] {
+        fs::remove_file(self.log_path()).map_err(|source| LogError::SegmentDelete {
+            path: self.log_path().to_owned(),
+            source,
+        })?;
+        for path in [self.index_file.path(), self.time_index_file.path()] {
             match fs::remove_file(path) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
@@ -619,7 +707,8 @@ impl Segment {
         position: u64,
         visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
     ) -> Result<Option<T>, LogError> {
-        walk(&self.log, &self.log_path, self.size, position, SEEK_CHUNK_BYTES, visit)
+        let log = self.log_file.get()?;
+        walk(&log, self.log_path(), self.size, position, SEEK_CHUNK_BYTES, visit)
     }
 
     /// Visits, in order, the header of every batch whose last offset is at or after `offset`,
@@ -631,7 +720,8 @@ impl Segment {
     ) -> Result<(), LogError> {
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
         let start = self.offset_index.lookup(relative).map_or(0, |e| u64::from(e.position));
-        walk::<()>(&self.log, &self.log_path, self.size, start, SCAN_CHUNK_BYTES, |at, header| {
+        let log = self.log_file.get()?;
+        walk::<()>(&log, self.log_path(), self.size, start, SCAN_CHUNK_BYTES, |at, header| {
             if header.last_offset() >= offset {
                 visit(at, header);
             }
@@ -644,23 +734,26 @@ impl Segment {
     pub(crate) fn read_prefix(&self, position: u64, len: usize) -> Result<Vec<u8>, LogError> {
         let len = (len as u64).min(self.size.saturating_sub(position)) as usize;
         let mut buf = vec![0; len];
-        self.log
+        self.log_file
+            .get()?
             .read_exact_at(&mut buf, position)
-            .map_err(|source| LogError::SegmentRead { path: self.log_path.clone(), source })?;
+            .map_err(|source| LogError::SegmentRead { path: self.log_path().to_owned(), source })?;
         Ok(buf)
     }
 
-    /// What a read at `offset` needs from this segment, for use outside the log's lock.
-    pub(crate) fn view(&self, offset: i64) -> SegmentView {
+    /// What a read at `offset` needs from this segment, for use outside the log's lock: the
+    /// open handle, taken here so that the read sees this segment even if it is deleted or
+    /// replaced meanwhile (a cache miss opens the file under the log's lock: one open(2)).
+    pub(crate) fn view(&self, offset: i64) -> Result<SegmentView, LogError> {
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
-        SegmentView {
-            file: self.log.clone(),
-            path: self.log_path.clone(),
+        let file = if self.size == 0 { None } else { Some(self.log_file.get()?) };
+        Ok(SegmentView {
+            file,
+            path: self.log_path().to_owned(),
             scan_from: self.offset_index.lookup(relative).map_or(0, |e| u64::from(e.position)),
             size: self.size,
-        }
+        })
     }
-
     /// Position and header of the first batch whose last offset is >= `offset`.
     pub fn find_batch(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
@@ -702,9 +795,9 @@ impl Segment {
                 return Ok(Some((header.base_offset, header.max_timestamp)));
             }
             let mut buf = vec![0u8; total];
-            self.log
-                .read_exact_at(&mut buf, batch_position)
-                .map_err(|source| LogError::SegmentRead { path: self.log_path.clone(), source })?;
+            self.log_file.get()?.read_exact_at(&mut buf, batch_position).map_err(|source| {
+                LogError::SegmentRead { path: self.log_path().to_owned(), source }
+            })?;
             match batch::record_timestamps(&buf) {
                 Ok(records) => {
                     if let Some(found) = records.into_iter().find(|(_, ts)| *ts >= timestamp) {
@@ -714,7 +807,7 @@ impl Segment {
                 Err(error) => {
                     // Records are never validated on append; a malformed one still has a
                     // usable batch-level answer.
-                    tracing::debug!(segment = %self.log_path.display(), %error, "record scan failed");
+                    tracing::debug!(segment = %self.log_path().display(), %error, "record scan failed");
                     return Ok(Some((header.base_offset, header.max_timestamp)));
                 }
             }
@@ -760,7 +853,8 @@ fn walk<T>(
 /// its size then (later appends are not read).
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentView {
-    file: Arc<File>,
+    /// `None` for an empty segment, which has nothing to read.
+    file: Option<Arc<File>>,
     path: PathBuf,
     scan_from: u64,
     size: u64,
@@ -768,13 +862,16 @@ pub(crate) struct SegmentView {
 
 impl SegmentView {
     pub(crate) fn is_empty(&self) -> bool {
-        self.size == 0
+        self.size == 0 || self.file.is_none()
     }
 
     /// The first batch whose last offset is >= `offset`, below `max_offset` or not.
     pub(crate) fn locate(&self, offset: i64, max_offset: i64) -> Result<Option<Located>, LogError> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
         let found = walk(
-            &self.file,
+            file,
             &self.path,
             self.size,
             self.scan_from,
@@ -788,7 +885,7 @@ impl SegmentView {
             },
         )?;
         Ok(found.map(|(position, first)| Located {
-            file: self.file.clone(),
+            file: file.clone(),
             path: self.path.clone(),
             position,
             first,
@@ -934,8 +1031,12 @@ mod tests {
         PreparedBatch { header, head, tail: bytes.slice(ATTRIBUTES_OFFSET..) }
     }
 
-    fn written_segment(dir: &Path) -> Segment {
-        let mut segment = Segment::create(dir, 100, 150).unwrap();
+    fn handles() -> FileHandles {
+        FileHandles::new(crate::handles::FILE_HANDLES_MIN)
+    }
+
+    fn written_segment(dir: &Path, handles: &FileHandles) -> Segment {
+        let mut segment = Segment::create(dir, 100, 150, handles).unwrap();
         for i in 0..10 {
             let batch = prepared(100 + 2 * i, &[10 * i, 10 * i + 5]);
             assert!(segment.append(&[batch]).is_ok());
@@ -947,11 +1048,12 @@ mod tests {
     #[test]
     fn trusted_open_uses_the_index_files_written_by_append() {
         let dir = tempfile::tempdir().unwrap();
-        let written = written_segment(dir.path());
+        let handles = handles();
+        let written = written_segment(dir.path(), &handles);
         assert!(written.offset_index.len() > 1);
         let (entries, max_timestamp) = (written.offset_index.encode(), written.max_timestamp);
         drop(written);
-        let mut loaded = Segment::with_files(dir.path(), 100, 150, "").unwrap();
+        let mut loaded = Segment::with_files(dir.path(), 100, 150, "", &handles).unwrap();
         assert!(loaded.load_trusted().unwrap());
         assert_eq!(loaded.offset_index.encode(), entries);
         assert_eq!(loaded.next_offset, 120);
@@ -965,12 +1067,14 @@ mod tests {
     #[test]
     fn trusted_open_refuses_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let written = written_segment(dir.path());
-        written.log.set_len(written.size - 1).unwrap();
+        let handles = handles();
+        let written = written_segment(dir.path(), &handles);
+        written.log_handle().unwrap().set_len(written.size - 1).unwrap();
         drop(written);
-        let mut loaded = Segment::with_files(dir.path(), 100, 150, "").unwrap();
+        let mut loaded = Segment::with_files(dir.path(), 100, 150, "", &handles).unwrap();
         assert!(!loaded.load_trusted().unwrap());
-        let (segment, cut) = Segment::open(dir.path(), 100, 150, OpenMode::Trusted, 0).unwrap();
+        let (segment, cut) =
+            Segment::open(dir.path(), 100, 150, OpenMode::Trusted, 0, &handles).unwrap();
         assert_eq!(segment.next_offset, 118);
         assert!(cut > 0);
     }

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use strom_log::{CleanupPolicy, Log, LogConfig};
+use strom_log::{CleanupPolicy, FileHandles, Log, LogConfig, FILE_HANDLES_MIN};
 use strom_protocol::batch::{
     self, BatchHeader, Batches, BATCH_HEADER_LEN, CRC_COVERED_FROM, CRC_OFFSET, LOG_OVERHEAD,
 };
@@ -24,6 +24,12 @@ struct Rec {
     key: Option<String>,
     value: Option<String>,
     timestamp: i64,
+}
+
+/// A cache of a few handles shared by nothing else: every test also runs with its files
+/// evicted and opened again.
+fn handles() -> FileHandles {
+    FileHandles::new(FILE_HANDLES_MIN)
 }
 
 fn compacted(segment_bytes: u64) -> LogConfig {
@@ -267,7 +273,7 @@ fn expected(written: &[Rec], active_base: i64, now_ms: i64) -> Vec<Rec> {
 #[test]
 fn compaction_keeps_the_latest_record_of_every_key_at_its_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), compacted(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(600), 0, &handles()).unwrap();
     let written = fill(&mut log, &mut Rng(7), 300, 20);
     let (end, segments) = (log.log_end_offset(), log.segment_count());
     assert!(segments > 20, "segments: {segments}");
@@ -310,7 +316,7 @@ fn compaction_keeps_the_latest_record_of_every_key_at_its_offset() {
 #[test]
 fn tombstones_stay_until_delete_retention_ms_has_passed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), compacted(400), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(400), 0, &handles()).unwrap();
     let mut written = Vec::new();
     for (i, key) in ["a", "b", "c", "a", "b"].iter().enumerate() {
         let value = format!("v{i}");
@@ -352,7 +358,7 @@ fn tombstones_stay_until_delete_retention_ms_has_passed() {
 #[test]
 fn records_without_keys_and_compressed_batches_are_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), compacted(300), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(300), 0, &handles()).unwrap();
     // Offset 0: a compressed-flagged batch (its records are readable here, but the log treats
     // them as opaque) holding key "a"; then a newer "a", a keyless record and a tombstone.
     log.append(&keyed_batch(&[(Some("a"), Some("old"), 1000)], GZIP), 0, 0).unwrap();
@@ -376,7 +382,7 @@ fn records_without_keys_and_compressed_batches_are_kept() {
 #[test]
 fn a_read_inside_a_removed_range_returns_the_next_surviving_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), compacted(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(600), 0, &handles()).unwrap();
     let written = fill(&mut log, &mut Rng(11), 200, 8);
     let active = active_base(dir.path());
     log.compact(1000).unwrap();
@@ -398,7 +404,7 @@ fn a_read_inside_a_removed_range_returns_the_next_surviving_batch() {
 fn a_compacted_log_reopens_with_valid_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = compacted(2000);
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     fill(&mut log, &mut Rng(13), 400, 30);
     log.compact(1000).unwrap();
     let end = log.log_end_offset();
@@ -406,7 +412,7 @@ fn a_compacted_log_reopens_with_valid_indexes() {
     drop(log);
     // Trusted (index files loaded) and untrusted (rebuilt from the .log) opens agree.
     for recovery_point in [end, 0] {
-        let log = Log::open(dir.path(), cfg.clone(), recovery_point).unwrap();
+        let log = Log::open(dir.path(), cfg.clone(), recovery_point, &handles()).unwrap();
         assert_eq!(log.log_end_offset(), end);
         assert_eq!(read_all(&log), (headers.clone(), records.clone()));
         for offset in 0..end {
@@ -425,7 +431,7 @@ fn a_compacted_log_reopens_with_valid_indexes() {
 fn uncommitted_cleaned_files_are_deleted_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = compacted(600);
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     fill(&mut log, &mut Rng(17), 100, 10);
     let before = read_all(&log);
     // A pass that cleaned a group and died before committing it.
@@ -436,7 +442,7 @@ fn uncommitted_cleaned_files_are_deleted_on_open() {
     assert_eq!(cleaned.len(), 3, "{cleaned:?}");
     std::mem::forget(group); // as if the process died: no cleanup
     drop(log);
-    let log = Log::open(dir.path(), cfg, 0).unwrap();
+    let log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     assert!(log_files(dir.path()).iter().all(|name| !name.ends_with(".cleaned")));
     assert_eq!(read_all(&log), before);
 }
@@ -455,7 +461,7 @@ fn segment_file(dir: &Path, base: i64, extension: &str) -> PathBuf {
 fn a_committed_swap_is_completed_on_open() {
     let original = tempfile::tempdir().unwrap();
     let cfg = compacted(600);
-    let mut log = Log::open(original.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(original.path(), cfg.clone(), 0, &handles()).unwrap();
     let mut rng = Rng(19);
     let mut written = fill(&mut log, &mut rng, 150, 10);
     // A first pass leaves small segments, which the next pass merges into groups.
@@ -470,7 +476,7 @@ fn a_committed_swap_is_completed_on_open() {
     // The outcome a finished compaction gives.
     let done = tempfile::tempdir().unwrap();
     copy_dir(original.path(), done.path());
-    let mut log = Log::open(done.path(), cfg.clone(), end).unwrap();
+    let mut log = Log::open(done.path(), cfg.clone(), end, &handles()).unwrap();
     log.compact(1000).unwrap();
     let (_, compacted_records) = read_all(&log);
     drop(log);
@@ -496,7 +502,7 @@ fn a_committed_swap_is_completed_on_open() {
                 .unwrap();
             fs::remove_file(segment_file(crashed.path(), 0, "index")).unwrap();
         }
-        let log = Log::open(crashed.path(), cfg.clone(), end).unwrap();
+        let log = Log::open(crashed.path(), cfg.clone(), end, &handles()).unwrap();
         assert!(log_files(crashed.path()).iter().all(|name| !name.ends_with(".swap")));
         let bases = segment_bases(crashed.path());
         assert!(bases.iter().all(|b| *b == 0 || *b >= first_group_end), "{bases:?}");
@@ -519,7 +525,7 @@ fn a_committed_swap_is_completed_on_open() {
         }
         // Compacting again finishes the job.
         drop(log);
-        let mut log = Log::open(crashed.path(), cfg.clone(), end).unwrap();
+        let mut log = Log::open(crashed.path(), cfg.clone(), end, &handles()).unwrap();
         log.compact(1000).unwrap();
         assert_eq!(read_all(&log).1, expected(&written, active, 1000));
     }
@@ -529,10 +535,10 @@ fn a_committed_swap_is_completed_on_open() {
 fn a_follower_copies_a_compacted_log() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
-    let mut leader = Log::open(leader_dir.path(), compacted(600), 0).unwrap();
+    let mut leader = Log::open(leader_dir.path(), compacted(600), 0, &handles()).unwrap();
     fill(&mut leader, &mut Rng(23), 200, 10);
     leader.compact(1000).unwrap();
-    let mut follower = Log::open(follower_dir.path(), compacted(600), 0).unwrap();
+    let mut follower = Log::open(follower_dir.path(), compacted(600), 0, &handles()).unwrap();
     while follower.log_end_offset() < leader.log_end_offset() {
         let bytes = leader.read(follower.log_end_offset(), 700, i64::MAX).unwrap();
         follower.append_as_follower(&bytes).unwrap().unwrap();
@@ -540,14 +546,14 @@ fn a_follower_copies_a_compacted_log() {
     assert_eq!(follower.log_end_offset(), leader.log_end_offset());
     assert_eq!(read_all(&follower), read_all(&leader));
     drop(follower);
-    let follower = Log::open(follower_dir.path(), compacted(600), 0).unwrap();
+    let follower = Log::open(follower_dir.path(), compacted(600), 0, &handles()).unwrap();
     assert_eq!(read_all(&follower), read_all(&leader));
 }
 
 #[test]
 fn appends_during_a_pass_are_kept_and_a_truncation_cancels_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), compacted(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(600), 0, &handles()).unwrap();
     let mut rng = Rng(29);
     let mut written = fill(&mut log, &mut rng, 150, 10);
 
@@ -588,7 +594,7 @@ fn appends_during_a_pass_are_kept_and_a_truncation_cancels_it() {
 #[test]
 fn a_small_key_map_compacts_over_several_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), compacted(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(600), 0, &handles()).unwrap();
     let written = fill(&mut log, &mut Rng(31), 300, 40);
     let active = active_base(dir.path());
     let mut passes = 0;
@@ -606,7 +612,7 @@ fn a_small_key_map_compacts_over_several_passes() {
     assert!(passes > 1, "passes: {passes}");
     // After a restart (everything dirty) one full pass gives the exact result.
     drop(log);
-    let mut log = Log::open(dir.path(), compacted(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(600), 0, &handles()).unwrap();
     sync(&mut log);
     log.compact(1000).unwrap();
     assert_eq!(read_all(&log).1, expected(&written, active, 1000));
@@ -616,7 +622,7 @@ fn a_small_key_map_compacts_over_several_passes() {
 fn min_compaction_lag_protects_recent_segments() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { min_compaction_lag_ms: 100, ..compacted(600) };
-    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     let written = fill(&mut log, &mut Rng(37), 200, 5);
     let before = read_all(&log);
     // Timestamps are 1000 + offset: at 1100 nothing is 100 ms old yet.
@@ -636,7 +642,7 @@ fn a_policy_without_delete_ignores_retention() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = LogConfig { retention_ms: Some(10), cleanup_policy: policy, ..compacted(300) };
-        let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+        let mut log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
         fill(&mut log, &mut Rng(41), 50, 5);
         let deleted = log.apply_retention(1_000_000).unwrap();
         assert_eq!(deleted > 0, deletes, "{policy:?}");
@@ -646,7 +652,7 @@ fn a_policy_without_delete_ignores_retention() {
 #[test]
 fn records_not_yet_durable_or_committed_supersede_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), compacted(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(600), 0, &handles()).unwrap();
     let mut rng = Rng(43);
     let old = fill(&mut log, &mut rng, 150, 10);
     let mid = log.log_end_offset();
@@ -664,7 +670,7 @@ fn records_not_yet_durable_or_committed_supersede_nothing() {
     sync(&mut log);
     assert!(log.prepare_compaction(1000, mid).is_none(), "nothing new below the bound");
     drop(log);
-    let mut log = Log::open(dir.path(), compacted(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), compacted(600), 0, &handles()).unwrap();
     sync(&mut log);
     let mut compaction = log.prepare_compaction(1000, mid).unwrap();
     while let Some(group) = compaction.clean_next_group().unwrap() {
@@ -682,7 +688,7 @@ fn records_not_yet_durable_or_committed_supersede_nothing() {
 fn max_compaction_lag_compacts_below_the_dirty_ratio_and_rolls_the_active_segment() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = compacted(600);
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     fill(&mut log, &mut Rng(47), 200, 5);
     log.compact(1_000_000).unwrap();
     // New dirty segments behind a clean part: the dirty ratio stays below 1.0.
@@ -701,7 +707,7 @@ fn max_compaction_lag_compacts_below_the_dirty_ratio_and_rolls_the_active_segmen
     // The active segment of a compacted log rolls at the lag, before segment.ms.
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { max_compaction_lag_ms: 100, ..compacted(1 << 20) };
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     for ts in [0, 100, 101] {
         log.append(&keyed_batch(&[(Some("k"), Some("v"), ts)], 0), 0, 0).unwrap();
     }
@@ -709,7 +715,7 @@ fn max_compaction_lag_compacts_below_the_dirty_ratio_and_rolls_the_active_segmen
     // Not on a log that is not compacted.
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { cleanup_policy: CleanupPolicy::DELETE, ..cfg };
-    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     for ts in [0, 100, 101] {
         log.append(&keyed_batch(&[(Some("k"), Some("v"), ts)], 0), 0, 0).unwrap();
     }

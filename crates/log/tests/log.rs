@@ -4,10 +4,18 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use strom_log::{checkpoint, Log, LogConfig, LogError, TimestampType};
+use strom_log::{
+    checkpoint, FileHandles, Log, LogConfig, LogError, TimestampType, FILE_HANDLES_MIN,
+};
 use strom_protocol::batch::{self, test_support::build_batch, BatchHeader, Batches, MAGIC_OFFSET};
 
 const GZIP: i16 = 1;
+
+/// A cache of a few handles shared by nothing else: every test also runs with its files
+/// evicted and opened again.
+fn handles() -> FileHandles {
+    FileHandles::new(FILE_HANDLES_MIN)
+}
 
 fn config() -> LogConfig {
     LogConfig { retention_ms: None, ..LogConfig::default() }
@@ -67,7 +75,7 @@ fn fill(log: &mut Log, count: usize, records: usize) {
 #[test]
 fn append_and_read_round_trip_across_segment_rolls() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), small_segments(500), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(500), 0, &handles()).unwrap();
     for i in 0..30 {
         let info = log.append(&batch(3, 1000 + i), 2, 0).unwrap();
         assert_eq!((info.base_offset, info.last_offset), (3 * i, 3 * i + 2));
@@ -86,7 +94,7 @@ fn append_and_read_round_trip_across_segment_rolls() {
     // The same after reopening with everything trusted and with nothing trusted.
     drop(log);
     for recovery_point in [90, 0] {
-        let log = Log::open(dir.path(), small_segments(500), recovery_point).unwrap();
+        let log = Log::open(dir.path(), small_segments(500), recovery_point, &handles()).unwrap();
         assert_eq!(log.log_end_offset(), 90);
         assert_eq!(read_all(&log), all);
     }
@@ -95,7 +103,7 @@ fn append_and_read_round_trip_across_segment_rolls() {
 #[test]
 fn read_from_a_middle_offset_returns_the_containing_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), small_segments(10_000), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(10_000), 0, &handles()).unwrap();
     fill(&mut log, 20, 5);
     for offset in [7, 5, 9, 53, 99] {
         let bytes = log.read(offset, 1, i64::MAX).unwrap();
@@ -113,7 +121,7 @@ fn read_from_a_middle_offset_returns_the_containing_batch() {
 #[test]
 fn reads_stop_before_batches_reaching_the_high_watermark() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     fill(&mut log, 4, 5);
     let last_offsets = |hw| -> Vec<i64> {
         headers(&log.read(0, 1 << 20, hw).unwrap()).iter().map(|h| h.last_offset()).collect()
@@ -128,7 +136,7 @@ fn reads_stop_before_batches_reaching_the_high_watermark() {
 #[test]
 fn a_read_returns_at_least_one_whole_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     fill(&mut log, 3, 50);
     let one = batch(50, 0).len();
     for max_bytes in [0, 1, one - 1, one, 2 * one - 1] {
@@ -142,7 +150,8 @@ fn a_read_returns_at_least_one_whole_batch() {
 fn invalid_appends_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut log =
-        Log::open(dir.path(), LogConfig { max_message_bytes: 200, ..config() }, 0).unwrap();
+        Log::open(dir.path(), LogConfig { max_message_bytes: 200, ..config() }, 0, &handles())
+            .unwrap();
     let good = batch(2, 0);
     let mut corrupt = batch(2, 0).to_vec();
     *corrupt.last_mut().unwrap() ^= 0xff;
@@ -176,7 +185,7 @@ fn invalid_appends_write_nothing() {
 #[test]
 fn multi_batch_appends_get_consecutive_offsets() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     log.append(&batch(1, 0), 0, 0).unwrap();
     let mut both = batch(3, 10).to_vec();
     both.extend_from_slice(&batch(2, 20));
@@ -189,26 +198,26 @@ fn multi_batch_appends_get_consecutive_offsets() {
 #[test]
 fn recovery_cuts_a_torn_tail_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     fill(&mut log, 5, 4);
     drop(log);
     let segment = &files_with_extension(dir.path(), "log")[0];
     let len = fs::metadata(segment).unwrap().len();
     OpenOptions::new().write(true).open(segment).unwrap().set_len(len - 7).unwrap();
 
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     assert_eq!(log.log_end_offset(), 16);
     assert_eq!(read_all(&log).len(), 4);
     assert_eq!(log.append(&batch(2, 0), 0, 0).unwrap().base_offset, 16);
     drop(log);
-    let log = Log::open(dir.path(), config(), 0).unwrap();
+    let log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     assert_eq!(log.log_end_offset(), 18);
 }
 
 #[test]
 fn recovery_cuts_a_last_batch_whose_crc_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     fill(&mut log, 5, 4);
     drop(log);
     let segment = &files_with_extension(dir.path(), "log")[0];
@@ -217,7 +226,7 @@ fn recovery_cuts_a_last_batch_whose_crc_fails() {
     bytes[last] ^= 0x40;
     fs::write(segment, &bytes).unwrap();
 
-    let log = Log::open(dir.path(), config(), 0).unwrap();
+    let log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     assert_eq!(log.log_end_offset(), 16);
     assert_eq!(fs::metadata(segment).unwrap().len(), 4 * batch(4, 0).len() as u64);
 }
@@ -228,11 +237,11 @@ fn a_corrupt_batch_in_a_later_segment_cuts_everything_after_it() {
     let batch_len = batch(2, 0).len() as u64;
     // Four batches per segment.
     let cfg = small_segments(4 * batch_len);
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     fill(&mut log, 16, 2);
     let flushed = log.sync_handle().unwrap();
     flushed.sync().unwrap();
-    log.mark_flushed(flushed.upto());
+    assert!(log.mark_synced(&flushed));
     drop(log);
     let segments = files_with_extension(dir.path(), "log");
     assert_eq!(segments.len(), 4);
@@ -243,7 +252,7 @@ fn a_corrupt_batch_in_a_later_segment_cuts_everything_after_it() {
     fs::write(target, &bytes).unwrap();
 
     // Recovery point inside the third segment: the first two are trusted, the rest verified.
-    let mut log = Log::open(dir.path(), cfg.clone(), 17).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 17, &handles()).unwrap();
     assert_eq!(log.log_end_offset(), 18);
     assert_eq!(log.recovery_point(), 17);
     assert_eq!(files_with_extension(dir.path(), "log").len(), 3);
@@ -258,7 +267,7 @@ fn corruption_below_the_recovery_point_refuses_to_open_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let batch_len = batch(2, 0).len() as u64;
     let cfg = small_segments(4 * batch_len);
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     fill(&mut log, 16, 2);
     drop(log);
     let segments = files_with_extension(dir.path(), "log");
@@ -270,7 +279,7 @@ fn corruption_below_the_recovery_point_refuses_to_open_and_deletes_nothing() {
     fs::write(target, &bytes).unwrap();
     let before: Vec<u64> = segments.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
 
-    let error = Log::open(dir.path(), cfg.clone(), 22).unwrap_err();
+    let error = Log::open(dir.path(), cfg.clone(), 22, &handles()).unwrap_err();
     assert!(
         matches!(&error, LogError::CorruptBelowRecoveryPoint { path, offset: 18, recovery_point: 22, .. }
             if path == target),
@@ -286,13 +295,13 @@ fn a_segment_missing_from_the_middle_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let batch_len = batch(2, 0).len() as u64;
     let cfg = small_segments(4 * batch_len);
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     fill(&mut log, 16, 2);
     drop(log);
     let segments = files_with_extension(dir.path(), "log");
     fs::remove_file(&segments[1]).unwrap();
 
-    let error = Log::open(dir.path(), cfg.clone(), 0).unwrap_err();
+    let error = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap_err();
     assert!(matches!(error, LogError::SegmentGap { from: 8, to: 16, .. }), "{error}");
     // Whatever the recovery point, the later segments are still there.
     assert_eq!(files_with_extension(dir.path(), "log").len(), 3);
@@ -302,7 +311,7 @@ fn a_segment_missing_from_the_middle_refuses_to_open() {
 fn indexes_are_rebuilt_when_their_files_are_missing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { index_interval_bytes: 100, ..small_segments(3000) };
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     fill(&mut log, 60, 3);
     let expected = read_all(&log);
     let end = log.log_end_offset();
@@ -315,7 +324,7 @@ fn indexes_are_rebuilt_when_their_files_are_missing() {
             fs::remove_file(file).unwrap();
         }
     }
-    let log = Log::open(dir.path(), cfg.clone(), end).unwrap();
+    let log = Log::open(dir.path(), cfg.clone(), end, &handles()).unwrap();
     assert_eq!(log.log_end_offset(), end);
     assert_eq!(read_all(&log), expected);
     for offset in [0, 1, 50, 91, 179] {
@@ -329,14 +338,14 @@ fn indexes_are_rebuilt_when_their_files_are_missing() {
     for file in files_with_extension(dir.path(), "index") {
         fs::write(file, [0xffu8; 13]).unwrap();
     }
-    let log = Log::open(dir.path(), cfg, end).unwrap();
+    let log = Log::open(dir.path(), cfg, end, &handles()).unwrap();
     assert_eq!(read_all(&log), expected);
 }
 
 #[test]
 fn offset_for_timestamp_is_exact_per_record_for_uncompressed_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), small_segments(200), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(200), 0, &handles()).unwrap();
     log.append(&Bytes::from(build_batch(0, &[100, 120, 110], 0)), 0, 0).unwrap();
     log.append(&Bytes::from(build_batch(0, &[130, 140, 150], 0)), 0, 0).unwrap();
     log.append(&Bytes::from(build_batch(0, &[90, 200], 0)), 0, 0).unwrap();
@@ -354,7 +363,7 @@ fn offset_for_timestamp_is_exact_per_record_for_uncompressed_batches() {
 #[test]
 fn offset_for_timestamp_is_batch_level_for_compressed_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     log.append(&Bytes::from(build_batch(0, &[100, 110], GZIP)), 0, 0).unwrap();
     log.append(&Bytes::from(build_batch(0, &[120, 130, 140], GZIP)), 0, 0).unwrap();
     assert_eq!(log.offset_for_timestamp(105).unwrap(), Some((0, 110)));
@@ -366,7 +375,7 @@ fn offset_for_timestamp_is_batch_level_for_compressed_batches() {
 fn log_append_time_rewrites_timestamps_with_a_valid_crc() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { message_timestamp_type: TimestampType::LogAppendTime, ..config() };
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     log.append(&batch(3, 10), 1, 5000).unwrap();
     let info = log.append(&batch(2, 20), 1, 6000).unwrap();
     assert_eq!(info.log_append_time, Some(6000));
@@ -380,7 +389,7 @@ fn log_append_time_rewrites_timestamps_with_a_valid_crc() {
     assert_eq!(log.max_timestamp(), Some((4, 6000)));
     drop(log);
     // CRCs verified again by recovery: nothing is cut.
-    let log = Log::open(dir.path(), cfg, 0).unwrap();
+    let log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     assert_eq!(log.log_end_offset(), 5);
 }
 
@@ -389,7 +398,7 @@ fn retention_by_time_deletes_old_segments_and_moves_the_log_start() {
     let dir = tempfile::tempdir().unwrap();
     let batch_len = batch(2, 0).len() as u64;
     let cfg = LogConfig { retention_ms: Some(1000), ..small_segments(2 * batch_len) };
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     // Segments of two batches: timestamps 0.., 10_000.., 20_000..
     for i in 0..6 {
         log.append(&batch(2, (i / 2) * 10_000), 0, 0).unwrap();
@@ -404,7 +413,7 @@ fn retention_by_time_deletes_old_segments_and_moves_the_log_start() {
     assert_eq!(log.log_start_offset(), 8);
     assert_eq!(read_all(&log).len(), 2);
     drop(log);
-    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (8, 12));
     assert_eq!(files_with_extension(dir.path(), "log").len(), 1);
     // Truncating below the log start restarts the log empty at that offset.
@@ -419,7 +428,7 @@ fn retention_by_size_keeps_the_newest_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let batch_len = batch(2, 0).len() as u64;
     let cfg = LogConfig { retention_bytes: Some(3 * batch_len), ..small_segments(batch_len) };
-    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     fill(&mut log, 6, 2);
     assert_eq!(log.segment_count(), 6);
     assert_eq!(log.apply_retention(0).unwrap(), 3);
@@ -432,7 +441,7 @@ fn retention_by_size_keeps_the_newest_bytes() {
 fn truncate_to_drops_the_containing_batch_and_later_segments() {
     let dir = tempfile::tempdir().unwrap();
     let batch_len = batch(5, 0).len() as u64;
-    let mut log = Log::open(dir.path(), small_segments(2 * batch_len), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(2 * batch_len), 0, &handles()).unwrap();
     for epoch in [1, 1, 2, 2, 3, 3] {
         log.append(&batch(5, 0), epoch, 0).unwrap();
     }
@@ -445,7 +454,7 @@ fn truncate_to_drops_the_containing_batch_and_later_segments() {
     assert_eq!(log.append(&batch(1, 0), 4, 0).unwrap().base_offset, 10);
     assert_eq!(log.leader_epoch_entries(), &[(1, 0), (4, 10)]);
     drop(log);
-    let mut log = Log::open(dir.path(), small_segments(2 * batch_len), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(2 * batch_len), 0, &handles()).unwrap();
     assert_eq!(log.log_end_offset(), 11);
     assert_eq!(log.leader_epoch_entries(), &[(1, 0), (4, 10)]);
     // Below the log start: the log restarts empty at that offset.
@@ -458,7 +467,7 @@ fn truncate_to_drops_the_containing_batch_and_later_segments() {
 #[test]
 fn leader_epoch_cache_is_persisted_and_reloaded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     log.append(&batch(3, 0), 1, 0).unwrap();
     log.append(&batch(3, 0), 1, 0).unwrap();
     log.append(&batch(3, 0), 3, 0).unwrap();
@@ -469,7 +478,7 @@ fn leader_epoch_cache_is_persisted_and_reloaded() {
     drop(log);
     let text = fs::read_to_string(dir.path().join("leader-epoch-checkpoint")).unwrap();
     assert_eq!(text, "0\n2\n1 0\n3 6\n");
-    let log = Log::open(dir.path(), config(), 0).unwrap();
+    let log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     assert_eq!(log.leader_epoch_entries(), &[(1, 0), (3, 6)]);
     assert_eq!(log.end_offset_for_epoch(3), Some((3, 9)));
     assert_eq!(log.end_offset_for_epoch(2), Some((1, 6)));
@@ -481,7 +490,7 @@ fn leader_epoch_cache_is_persisted_and_reloaded() {
 #[test]
 fn sync_handle_advances_the_recovery_point() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), small_segments(300), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(300), 0, &handles()).unwrap();
     assert!(log.sync_handle().is_none());
     fill(&mut log, 5, 2);
     let handle = log.sync_handle().unwrap();
@@ -489,7 +498,7 @@ fn sync_handle_advances_the_recovery_point() {
     // Appends after the handle was taken are not covered by it.
     fill(&mut log, 1, 2);
     handle.sync().unwrap();
-    log.mark_flushed(handle.upto());
+    assert!(log.mark_synced(&handle));
     assert_eq!(log.recovery_point(), 10);
     let handle = log.sync_handle().unwrap();
     handle.sync().unwrap();
@@ -526,7 +535,7 @@ fn checkpoint_files_round_trip() {
 fn delete_removes_the_partition_dir() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join(strom_log::partition_dir_name("orders", 0));
-    let mut log = Log::open(&dir, config(), 0).unwrap();
+    let mut log = Log::open(&dir, config(), 0, &handles()).unwrap();
     fill(&mut log, 2, 2);
     log.delete().unwrap();
     assert!(!dir.exists());
@@ -536,11 +545,11 @@ fn delete_removes_the_partition_dir() {
 fn a_follower_copies_the_leaders_batches_byte_for_byte() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
-    let mut leader = Log::open(leader_dir.path(), config(), 0).unwrap();
+    let mut leader = Log::open(leader_dir.path(), config(), 0, &handles()).unwrap();
     for epoch in [1, 1, 3] {
         leader.append(&batch(4, 100), epoch, 0).unwrap();
     }
-    let mut follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    let mut follower = Log::open(follower_dir.path(), config(), 0, &handles()).unwrap();
     let all = leader.read(0, usize::MAX, i64::MAX).unwrap();
     let info = follower.append_as_follower(&all).unwrap().unwrap();
     assert_eq!((info.base_offset, info.last_offset), (0, 11));
@@ -556,7 +565,7 @@ fn a_follower_copies_the_leaders_batches_byte_for_byte() {
     assert_eq!(follower.append_as_follower(&Bytes::new()).unwrap(), None);
     // After a restart the follower still has them, epochs included.
     drop(follower);
-    let follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    let follower = Log::open(follower_dir.path(), config(), 0, &handles()).unwrap();
     assert_eq!(follower.log_end_offset(), 12);
     assert_eq!(follower.end_offset_for_epoch(1), Some((1, 8)));
 }
@@ -565,7 +574,7 @@ fn a_follower_copies_the_leaders_batches_byte_for_byte() {
 fn segment_ms_rolls_when_batches_are_that_much_newer_than_the_segments_first() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { segment_ms: 1000, ..config() };
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     log.append(&batch(2, 10_000), 0, 0).unwrap();
     // Up to segment.ms newer than the first batch: the same segment.
     log.append(&batch(2, 10_999), 0, 0).unwrap();
@@ -577,7 +586,7 @@ fn segment_ms_rolls_when_batches_are_that_much_newer_than_the_segments_first() {
     log.append(&batch(1, 11_500), 0, 0).unwrap();
     assert_eq!(log.segment_count(), 2);
     drop(log);
-    let mut log = Log::open(dir.path(), cfg.clone(), 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
     log.append(&batch(1, 12_500), 0, 0).unwrap();
     assert_eq!(log.segment_count(), 2);
     log.append(&batch(1, 12_501), 0, 0).unwrap();
@@ -585,7 +594,7 @@ fn segment_ms_rolls_when_batches_are_that_much_newer_than_the_segments_first() {
     // With LogAppendTime the broker's clock decides.
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { message_timestamp_type: TimestampType::LogAppendTime, ..cfg };
-    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     log.append(&batch(1, 0), 0, 5_000).unwrap();
     log.append(&batch(1, 0), 0, 6_000).unwrap();
     assert_eq!(log.segment_count(), 1);
@@ -593,7 +602,7 @@ fn segment_ms_rolls_when_batches_are_that_much_newer_than_the_segments_first() {
     assert_eq!(log.segment_count(), 2);
     // The default (7 days) does not roll batches a day apart.
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     log.append(&batch(1, 0), 0, 0).unwrap();
     log.append(&batch(1, 24 * 3600 * 1000), 0, 0).unwrap();
     assert_eq!(log.segment_count(), 1);
@@ -603,13 +612,13 @@ fn segment_ms_rolls_when_batches_are_that_much_newer_than_the_segments_first() {
 fn a_follower_rolls_by_segment_ms_as_its_leader_does() {
     let leader_dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig { segment_ms: 1000, ..config() };
-    let mut leader = Log::open(leader_dir.path(), cfg.clone(), 0).unwrap();
+    let mut leader = Log::open(leader_dir.path(), cfg.clone(), 0, &handles()).unwrap();
     for ts in [0, 500, 1500, 1600] {
         leader.append(&batch(1, ts), 0, 0).unwrap();
     }
     assert_eq!(leader.segment_count(), 2);
     let follower_dir = tempfile::tempdir().unwrap();
-    let mut follower = Log::open(follower_dir.path(), cfg, 0).unwrap();
+    let mut follower = Log::open(follower_dir.path(), cfg, 0, &handles()).unwrap();
     for offset in 0..4 {
         follower.append_as_follower(&leader.read(offset, 1, i64::MAX).unwrap()).unwrap();
     }
@@ -621,7 +630,7 @@ fn segment_index_bytes_rolls_when_an_index_is_full() {
     let dir = tempfile::tempdir().unwrap();
     // An index entry for every batch; 24 bytes hold 3 offset entries and 2 time entries.
     let cfg = LogConfig { index_interval_bytes: 0, segment_index_bytes: 24, ..config() };
-    let mut log = Log::open(dir.path(), cfg, 0).unwrap();
+    let mut log = Log::open(dir.path(), cfg, 0, &handles()).unwrap();
     for i in 0..6 {
         log.append(&batch(1, i * 10), 0, 0).unwrap();
     }
@@ -629,7 +638,8 @@ fn segment_index_bytes_rolls_when_an_index_is_full() {
     assert_eq!(read_all(&log).len(), 6);
     let dir = tempfile::tempdir().unwrap();
     let mut log =
-        Log::open(dir.path(), LogConfig { index_interval_bytes: 0, ..config() }, 0).unwrap();
+        Log::open(dir.path(), LogConfig { index_interval_bytes: 0, ..config() }, 0, &handles())
+            .unwrap();
     for i in 0..6 {
         log.append(&batch(1, i * 10), 0, 0).unwrap();
     }
@@ -650,7 +660,7 @@ fn is_producer_error(result: Result<strom_log::AppendInfo, LogError>, expected: 
 #[test]
 fn a_retried_idempotent_batch_is_answered_with_its_offsets_and_written_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     let first = log.append(&idempotent(7, 0, 0, 3), 0, 0).unwrap();
     log.append(&batch(2, 1_000), 0, 0).unwrap();
     let second = log.append(&idempotent(7, 0, 3, 2), 0, 0).unwrap();
@@ -675,7 +685,7 @@ fn a_retried_idempotent_batch_is_answered_with_its_offsets_and_written_once() {
 #[test]
 fn producer_state_survives_reopen_from_snapshots_and_follows_truncation() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), small_segments(400), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(400), 0, &handles()).unwrap();
     // Several rolls, so snapshots exist, then a tail in the active segment.
     for seq in 0..20 {
         log.append(&idempotent(3, 0, seq * 2, 2), 0, 0).unwrap();
@@ -688,7 +698,7 @@ fn producer_state_survives_reopen_from_snapshots_and_follows_truncation() {
     let end = log.log_end_offset();
     drop(log);
 
-    let mut log = Log::open(dir.path(), small_segments(400), end).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(400), end, &handles()).unwrap();
     assert_eq!(log.producer_states(), &before, "rebuilt from a snapshot and the tail");
     let retry = log.append(&idempotent(3, 0, 38, 2), 0, 0).unwrap();
     assert!(retry.duplicate, "a retry of the last batch before the restart");
@@ -710,15 +720,15 @@ fn producer_state_survives_reopen_from_snapshots_and_follows_truncation() {
     for snapshot in files_with_extension(dir.path(), "snapshot") {
         fs::write(snapshot, b"garbage").unwrap();
     }
-    let log = Log::open(dir.path(), small_segments(400), end).unwrap();
+    let log = Log::open(dir.path(), small_segments(400), end, &handles()).unwrap();
     assert_eq!(log.producer_states().producer(3), Some((0, Some(11))));
 }
 
 #[test]
 fn a_follower_copy_carries_the_producer_state_to_a_new_leader() {
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut leader = Log::open(leader_dir.path(), config(), 0).unwrap();
-    let mut follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    let mut leader = Log::open(leader_dir.path(), config(), 0, &handles()).unwrap();
+    let mut follower = Log::open(follower_dir.path(), config(), 0, &handles()).unwrap();
     for seq in [0, 2, 4] {
         leader.append(&idempotent(11, 4, seq, 2), 1, 0).unwrap();
     }
@@ -734,7 +744,7 @@ fn a_follower_copy_carries_the_producer_state_to_a_new_leader() {
 #[test]
 fn silent_producers_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(), 0).unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
     log.append(&idempotent(1, 0, 0, 1), 0, 0).unwrap();
     assert_eq!(log.expire_producers(1_000 + 10, 10), 0);
     assert_eq!(log.expire_producers(1_000 + 11, 10), 1);
@@ -755,7 +765,7 @@ fn marker(commit: bool) -> strom_protocol::control::Marker {
 #[test]
 fn transactions_hold_the_stable_offset_and_aborts_are_indexed_across_reopen_and_truncation() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), small_segments(600), 0).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(600), 0, &handles()).unwrap();
     // Producer 1 commits [0, 3), producer 2 aborts [3, 5) around it, producer 1 stays open.
     log.append(&transactional(1, 0, 3), 0, 0).unwrap();
     log.append(&transactional(2, 0, 2), 0, 0).unwrap();
@@ -790,7 +800,7 @@ fn transactions_hold_the_stable_offset_and_aborts_are_indexed_across_reopen_and_
     let end = log.log_end_offset();
     drop(log);
 
-    let mut log = Log::open(dir.path(), small_segments(600), end).unwrap();
+    let mut log = Log::open(dir.path(), small_segments(600), end, &handles()).unwrap();
     assert_eq!(log.aborted_transactions(0, i64::MAX), all_aborted, "same index after reopen");
     assert_eq!(log.first_unstable_offset(), Some(open_at));
     // A truncation that removes the last abort marker: its transaction is open again.
@@ -800,7 +810,7 @@ fn transactions_hold_the_stable_offset_and_aborts_are_indexed_across_reopen_and_
     assert_eq!(log.first_unstable_offset(), Some(last.first_offset));
     let end = log.log_end_offset();
     drop(log);
-    let log = Log::open(dir.path(), small_segments(600), end).unwrap();
+    let log = Log::open(dir.path(), small_segments(600), end, &handles()).unwrap();
     assert_eq!(log.aborted_transactions(0, i64::MAX), all_aborted[..6].to_vec());
     assert_eq!(log.first_unstable_offset(), Some(last.first_offset));
 }
@@ -808,8 +818,8 @@ fn transactions_hold_the_stable_offset_and_aborts_are_indexed_across_reopen_and_
 #[test]
 fn a_follower_copy_carries_markers_and_the_aborted_index() {
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut leader = Log::open(leader_dir.path(), config(), 0).unwrap();
-    let mut follower = Log::open(follower_dir.path(), config(), 0).unwrap();
+    let mut leader = Log::open(leader_dir.path(), config(), 0, &handles()).unwrap();
+    let mut follower = Log::open(follower_dir.path(), config(), 0, &handles()).unwrap();
     leader.append(&transactional(5, 0, 2), 0, 0).unwrap();
     leader.append_marker(5, 0, marker(false), 0, 0).unwrap();
     leader.append(&transactional(5, 2, 1), 0, 0).unwrap();

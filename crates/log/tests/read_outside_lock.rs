@@ -2,8 +2,14 @@
 //! released (`ReadStart::locate`, `Located::read`), on real files in a tempdir.
 
 use bytes::Bytes;
-use strom_log::{Log, LogConfig};
+use strom_log::{FileHandles, Log, LogConfig, FILE_HANDLES_MIN};
 use strom_protocol::batch::{test_support::build_batch, Batches};
+
+/// A cache of a few handles shared by nothing else: every test also runs with its files
+/// evicted and opened again.
+fn handles() -> FileHandles {
+    FileHandles::new(FILE_HANDLES_MIN)
+}
 
 /// A producer batch of `n` records with timestamps from `first_ts`.
 fn batch(n: usize, first_ts: i64) -> Bytes {
@@ -16,7 +22,7 @@ fn last_offsets(bytes: Vec<u8>) -> Vec<i64> {
 }
 
 fn open(dir: &std::path::Path, config: LogConfig) -> Log {
-    Log::open(dir, config, 0).unwrap()
+    Log::open(dir, config, 0, &handles()).unwrap()
 }
 
 #[test]

@@ -142,6 +142,28 @@ fn bounded(
 /// control port, peers), as a share of the limit and at least this many.
 const FD_RESERVE_MIN: u64 = 256;
 const FD_RESERVE_SHARE: u64 = 4;
+/// Of that reserve, the partition logs' handle cache (`strom_log::FileHandles`) gets all but
+/// this share, and all but at least `FD_OTHERS_MIN`: those are for the control port's
+/// connections, the metadata log and its snapshots, the files written whole (checkpoints,
+/// producer snapshots), peers and the runtime, which must never run out.
+const FD_OTHERS_SHARE_OF_RESERVE: u64 = 2;
+const FD_OTHERS_MIN: u64 = 128;
+/// The cache's size when the limit is unknown or enormous.
+const LOG_OPEN_FILES_MAX: u64 = 1 << 20;
+const _: () = assert!(FD_OTHERS_MIN < FD_RESERVE_MIN && FD_OTHERS_SHARE_OF_RESERVE >= 2);
+
+fn fd_reserve(fd_limit: u64) -> u64 {
+    (fd_limit / FD_RESERVE_SHARE).max(FD_RESERVE_MIN).min(fd_limit / 2)
+}
+
+/// How many partition files the log directory keeps open at most: the reserve less what the
+/// rest of the node needs (the cache never goes below `strom_log::FILE_HANDLES_MIN`).
+fn log_open_files_max(fd_limit: u64) -> usize {
+    let reserve = fd_reserve(fd_limit);
+    let others = (reserve / FD_OTHERS_SHARE_OF_RESERVE).max(FD_OTHERS_MIN);
+    let files = reserve.saturating_sub(others).min(LOG_OPEN_FILES_MAX);
+    usize::try_from(files).unwrap_or(usize::MAX).max(strom_log::FILE_HANDLES_MIN)
+}
 
 /// Raises the soft open-file limit to the hard limit (a broker holds a descriptor per
 /// connection and per segment file) and returns the limit in force.
@@ -164,15 +186,15 @@ fn raise_fd_limit() -> u64 {
             tracing::warn!(%error, "cannot raise the open-file limit");
         }
     }
-    tracing::info!(limit = lim.rlim_cur, before, "open-file limit");
+    let log_open_files = log_open_files_max(lim.rlim_cur as u64);
+    tracing::info!(limit = lim.rlim_cur, before, log_open_files, "open-file limit");
     lim.rlim_cur as u64
 }
 
 /// Kafka connections the open-file limit allows: (client listener, inter-broker listener),
 /// each at most what is configured, with a reserve left for files and the control port.
 fn connection_budget(fd_limit: u64, client_max: usize, inter_broker_max: usize) -> (usize, usize) {
-    let reserve = (fd_limit / FD_RESERVE_SHARE).max(FD_RESERVE_MIN).min(fd_limit / 2);
-    let budget = usize::try_from(fd_limit - reserve).unwrap_or(usize::MAX);
+    let budget = usize::try_from(fd_limit - fd_reserve(fd_limit)).unwrap_or(usize::MAX);
     // The inter-broker listener gets at most a tenth, clients the rest: at least one each.
     let inter_broker = inter_broker_max.min(budget / 10).max(1);
     let client = client_max.min(budget.saturating_sub(inter_broker)).max(1);
@@ -695,6 +717,7 @@ async fn start_broker(
                 ..strom_broker::GroupSettings::default()
             },
             transactions: cfg.transaction_settings(),
+            log_open_files_max: log_open_files_max(fd_limit),
         },
         listener.clone(),
         client.clone(),
@@ -916,6 +939,19 @@ mod tests {
         assert!(client + inter_broker + 256 <= 1024);
         assert_eq!(connection_budget(4, 10, 10), (1, 1));
         assert_eq!(connection_budget(u64::MAX, 7, 0), (7, 1));
+    }
+
+    #[test]
+    fn log_files_connections_and_the_rest_share_the_open_file_limit() {
+        assert_eq!(log_open_files_max(1024), 128);
+        assert_eq!(log_open_files_max(20_000), 2_500);
+        assert_eq!(log_open_files_max(1_048_576), 131_072);
+        assert_eq!(log_open_files_max(u64::MAX), 1 << 20);
+        for limit in [1024, 4096, 20_000, 1_048_576] {
+            let (client, inter_broker) = connection_budget(limit, usize::MAX, usize::MAX);
+            let used = (client + inter_broker + log_open_files_max(limit)) as u64;
+            assert!(used + FD_OTHERS_MIN <= limit, "{limit}: {used} leaves too little");
+        }
     }
 
     #[test]

@@ -647,7 +647,13 @@ mod tests {
 
     /// An offsets partition over a real (temporary) log.
     fn partition_on(dir: &std::path::Path) -> Arc<Partition> {
-        let log = strom_log::Log::open(dir, strom_log::LogConfig::default(), 0).expect("log opens");
+        let log = strom_log::Log::open(
+            dir,
+            strom_log::LogConfig::default(),
+            0,
+            &strom_log::FileHandles::new(strom_log::FILE_HANDLES_MIN),
+        )
+        .expect("log opens");
         Partition::new(OFFSETS_TOPIC.to_owned(), 0, TopicId([7; 16]), log, false, 0, Arc::default())
     }
 

@@ -402,7 +402,13 @@ mod tests {
     /// A `__transaction_state` partition over a real (temporary) log, led by this broker alone
     /// at leader epoch 3.
     fn partition_on(dir: &std::path::Path) -> Arc<Partition> {
-        let log = strom_log::Log::open(dir, strom_log::LogConfig::default(), 0).expect("log opens");
+        let log = strom_log::Log::open(
+            dir,
+            strom_log::LogConfig::default(),
+            0,
+            &strom_log::FileHandles::new(strom_log::FILE_HANDLES_MIN),
+        )
+        .expect("log opens");
         let p = Partition::new(
             TXN_TOPIC.to_owned(),
             0,
