@@ -35,6 +35,15 @@ const PARTITION_METADATA: &str = "partition.metadata";
 /// How often logs that do not fsync on ack are flushed and checkpoints written.
 const FLUSH_TICK: Duration = Duration::from_secs(10);
 
+/// Partitions a reconcile opens and syncs before it moves to the next ones: a chunk's
+/// partitions serve while the next chunk opens.
+const RECONCILE_CHUNK: usize = 1024;
+
+/// Blocking threads a reconcile opens logs on at once: opening is mostly file-system metadata
+/// work (directory listings, inode creation), which overlaps across threads even on 2 cores.
+const OPEN_THREADS: usize = 4;
+const _: () = assert!(RECONCILE_CHUNK >= OPEN_THREADS);
+
 type Key = (String, i32);
 
 pub(crate) struct ReplicaManager {
@@ -216,10 +225,13 @@ impl ReplicaManager {
             .collect()
     }
 
-    /// Makes the local logs match `image` (see `plan::plan`), one action after another, the
-    /// IO of each on a blocking thread; then records `image` as reconciled. An open that fails
-    /// does not hold the offset back: a storage failure takes the whole node down (`log_dir`),
-    /// any other leaves that one partition unserved, and neither may keep the broker fenced.
+    /// Makes the local logs match `image` (see `plan::plan`); then records `image` as
+    /// reconciled. Deletes go one after another; opens and syncs go by chunks of
+    /// [`RECONCILE_CHUNK`] partitions, the chunk's opens spread over [`OPEN_THREADS`] blocking
+    /// threads, then its syncs, so a restart or a large creation opens logs in parallel and
+    /// the partitions of a chunk serve before the next chunk opens. An open that fails does not
+    /// hold the offset back: a storage failure takes the whole node down (`log_dir`), any
+    /// other leaves that one partition unserved, and neither may keep the broker fenced.
     async fn reconcile(
         &self,
         ctx: &Arc<BrokerCtx>,
@@ -229,23 +241,25 @@ impl ReplicaManager {
     ) {
         let node = ctx.image.node;
         let local = self.local_logs((!first && !delta.whole).then(|| delta.topics.iter()));
+        let mut opens = Vec::new();
+        let mut syncs = Vec::new();
         for action in plan::plan(image, delta, first, node, &local) {
             match action {
-                Action::Delete(log) => self.delete(ctx, &log).await,
-                Action::Open { topic, index, .. } => {
-                    let (ctx, image) = (ctx.clone(), image.clone());
-                    let opened = tokio::task::spawn_blocking(move || {
-                        let topic = image.topic(&topic)?;
-                        Some(ctx.replicas.ensure(&image, topic, index))
-                    });
-                    match opened.await {
-                        Ok(Some(Err(e))) => tracing::error!(error = %e, "cannot open partition"),
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "cannot open partition"),
+                Action::Open { topic, index, .. } => opens.push((topic, index)),
+                Action::Sync { topic, index } => {
+                    // The plan puts a partition's open before its sync: every sync of a chunk
+                    // has its log opened by this chunk or an earlier one.
+                    syncs.push((topic, index));
+                    if syncs.len() == RECONCILE_CHUNK {
+                        self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
                     }
                 }
-                Action::Sync { topic, index } => self.sync(ctx, image, &topic, index),
+                Action::Delete(log) => {
+                    self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
+                    self.delete(ctx, &log).await;
+                }
                 Action::DeleteStrays => {
+                    self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
                     let (data_dir, image) = (self.data_dir.clone(), image.clone());
                     let deleted = tokio::task::spawn_blocking(move || {
                         delete_strays(&data_dir, &image, node);
@@ -256,15 +270,52 @@ impl ReplicaManager {
                 }
             }
         }
+        self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
         self.reconciled.send_modify(|reconciled| {
             debug_assert!(image.offset >= *reconciled, "metadata images only move forward");
             *reconciled = image.offset.max(*reconciled);
         });
     }
 
+    /// Opens the logs of `opens` on up to [`OPEN_THREADS`] blocking threads (each partition
+    /// on one thread only), then brings every partition of `syncs` to the image. Empties both.
+    async fn open_and_sync(
+        &self,
+        ctx: &Arc<BrokerCtx>,
+        image: &Arc<MetadataImage>,
+        opens: &mut Vec<(String, i32)>,
+        syncs: &mut Vec<(String, i32)>,
+    ) {
+        if !opens.is_empty() {
+            let per_thread = opens.len().div_ceil(OPEN_THREADS);
+            let mut tasks = Vec::with_capacity(OPEN_THREADS);
+            while !opens.is_empty() {
+                let chunk: Vec<(String, i32)> =
+                    opens.drain(..per_thread.min(opens.len())).collect();
+                let (ctx, image) = (ctx.clone(), image.clone());
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    for (topic, index) in chunk {
+                        let Some(topic) = image.topic(&topic) else { continue };
+                        if let Err(e) = ctx.replicas.ensure(&image, topic, index) {
+                            tracing::error!(error = %e, "cannot open partition");
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "cannot open partitions");
+                }
+            }
+        }
+        for (topic, index) in syncs.drain(..) {
+            self.sync(ctx, image, &topic, index);
+        }
+    }
+
     /// Opens (recovering if needed) the log of a partition this node replicates and adds it to
-    /// the map. Blocking IO, on a blocking thread; only the reconcile calls it, one open at a
-    /// time, so no two `Log`s are ever open on one directory.
+    /// the map. Blocking IO, on a blocking thread; only the reconcile calls it, each partition
+    /// from one thread only, so no two `Log`s are ever open on one directory.
     fn ensure(
         &self,
         image: &MetadataImage,
@@ -306,7 +357,7 @@ impl ReplicaManager {
         if let Some(old) = old {
             old.close();
         }
-        tracing::info!(topic = %topic.name, partition = index, "partition log open");
+        tracing::debug!(topic = %topic.name, partition = index, "partition log open");
         Ok(p)
     }
 
@@ -413,7 +464,8 @@ impl OpenJob<'_> {
         // node's own state (the metadata log), so never open it as a partition.
         strom_metadata::control::validate_topic_name(topic)
             .map_err(|reason| BrokerError::ReservedTopic { topic: topic.to_owned(), reason })?;
-        if dir.exists() && read_topic_id(&dir).is_some_and(|id| id != topic_id) {
+        let marked = read_topic_id(&dir);
+        if marked.is_some_and(|id| id != topic_id) {
             tracing::warn!(dir = %dir.display(), "log belongs to a deleted topic of the same name; removing it");
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -425,11 +477,17 @@ impl OpenJob<'_> {
             }
             BrokerError::LogOpen { topic: topic.to_owned(), partition: index, source: e }
         })?;
-        std::fs::write(dir.join(PARTITION_METADATA), format!("version: 0\ntopic_id: {topic_id}\n"))
+        // A restart finds most logs marked already: no write for them.
+        if marked != Some(topic_id) {
+            std::fs::write(
+                dir.join(PARTITION_METADATA),
+                format!("version: 0\ntopic_id: {topic_id}\n"),
+            )
             .map_err(|source| {
                 health.fail(&format!("writing {}", dir.display()), &source);
                 BrokerError::DataDir { path: dir.clone(), source }
             })?;
+        }
         Ok(log)
     }
 }
@@ -587,23 +645,35 @@ fn apply_retention(ctx: &BrokerCtx, retention_due: bool, now_ms: i64) {
 /// How often leaders check whether their ISR should change.
 const ISR_CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// Asks the controller to shrink or expand the ISR of partitions this broker leads.
+/// Asks the controller to shrink or expand the ISR of partitions this broker leads: every
+/// change due at a check goes in one AlterPartition request (as Kafka's AlterPartitionManager
+/// batches them), so a broker rejoining the ISR of 60,000 partitions costs a few commits, not
+/// 60,000. One request is in flight at a time; changes due meanwhile wait for the next check.
 pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
-    use strom_metadata::control::{AlterPartitionRequest, ControlRequest};
+    use strom_metadata::control::{
+        AlterPartitionRequest, ControlRequest, ControlResponse, IsrChange,
+        ISR_CHANGES_PER_REQUEST_MAX,
+    };
     let mut tick = tokio::time::interval(ISR_CHECK_EVERY);
     let lag_max_ms = ctx.config.replica_lag_time_max_ms as i64;
+    let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
         let broker_epoch = ctx.broker_epoch.load(std::sync::atomic::Ordering::Relaxed);
-        if broker_epoch < 0 {
+        if broker_epoch < 0 || in_flight.as_ref().is_some_and(|task| !task.is_finished()) {
             continue;
         }
         let now = ctx.clock.now_ms();
         let image = ctx.image.current();
+        let mut changes = Vec::new();
+        let mut proposed = Vec::new();
         for p in ctx.replicas.all() {
+            if changes.len() == ISR_CHANGES_PER_REQUEST_MAX {
+                break;
+            }
             let proposal = p
                 .with_role(|role| match role {
                     crate::partition::Role::Leader(state) => state
@@ -613,29 +683,65 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
                 })
                 .flatten();
             let Some((new_isr, leader_epoch, partition_epoch)) = proposal else { continue };
-            tracing::info!(topic = %p.topic, partition = p.index,
+            tracing::debug!(topic = %p.topic, partition = p.index,
                 isr = ?new_isr.iter().map(|n| n.0).collect::<Vec<_>>(), "asking the controller to change the ISR");
-            let request = ControlRequest::AlterPartition(AlterPartitionRequest {
-                broker_id: ctx.image.node,
-                broker_epoch: strom_metadata::BrokerEpoch(broker_epoch),
+            changes.push(IsrChange {
                 topic: p.topic.clone(),
                 partition: p.index,
                 leader_epoch,
                 partition_epoch,
                 new_isr,
             });
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                if let Err(e) = ctx.controller.submit(request).await {
-                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change refused");
-                    p.with_role(|role| {
-                        if let crate::partition::Role::Leader(state) = role {
-                            state.isr_change_failed();
-                        }
-                    });
-                }
-            });
+            proposed.push(p);
         }
+        if changes.is_empty() {
+            continue;
+        }
+        // One line per request: after a broker returns, thousands of partitions change at once.
+        tracing::info!(
+            partitions = changes.len(),
+            first = %format_args!("{}-{}", changes[0].topic, changes[0].partition),
+            "asking the controller to change ISRs"
+        );
+        let request = ControlRequest::AlterPartition(AlterPartitionRequest {
+            broker_id: ctx.image.node,
+            broker_epoch: strom_metadata::BrokerEpoch(broker_epoch),
+            changes,
+        });
+        let ctx = ctx.clone();
+        in_flight = Some(tokio::spawn(async move {
+            // The changes that did not commit may be proposed again at a later check.
+            let failed = |p: &Partition| {
+                p.with_role(|role| {
+                    if let crate::partition::Role::Leader(state) = role {
+                        state.isr_change_failed();
+                    }
+                });
+            };
+            match ctx.controller.submit(request).await {
+                Ok(ControlResponse::AlterPartition(reply)) => {
+                    for (p, item) in proposed.iter().zip(&reply.partitions) {
+                        match &item.result {
+                            Ok(changed) => tracing::debug!(topic = %p.topic, partition = p.index,
+                                isr = ?changed.isr.iter().map(|n| n.0).collect::<Vec<_>>(),
+                                partition_epoch = changed.partition_epoch, "ISR changed"),
+                            Err(e) => {
+                                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change refused");
+                                failed(p);
+                            }
+                        }
+                    }
+                }
+                Ok(other) => {
+                    tracing::error!(reply = ?other, "AlterPartition answered with another reply");
+                    proposed.iter().for_each(|p| failed(p));
+                }
+                Err(e) => {
+                    tracing::warn!(partitions = proposed.len(), error = %e, "ISR changes refused");
+                    proposed.iter().for_each(|p| failed(p));
+                }
+            }
+        }));
     }
 }
 

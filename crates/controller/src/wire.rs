@@ -8,8 +8,9 @@ use strom_metadata::control::{
     AllocateProducerIdsRequest, AlterConfigOp, AlterConfigsRequest, AlterPartitionReply,
     AlterPartitionRequest, BrokerHeartbeatRequest, ConfigAlteration, ControlRequest,
     ControlResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
-    DeleteTopicsRequest, ElectionError, HeartbeatReply, ItemResult, NewPartitions,
-    PartitionElection, ProducerIdBlock, RegisterBrokerRequest, ResourceResult,
+    DeleteTopicsRequest, ElectionError, HeartbeatReply, IsrChange, IsrChangeResult, IsrChanged,
+    ItemResult, NewPartitions, PartitionElection, ProducerIdBlock, RegisterBrokerRequest,
+    ResourceResult,
 };
 use strom_metadata::records::{
     ConfigResourceType, Endpoint, MetadataBatch, MetadataRecord, MetadataSnapshot,
@@ -292,11 +293,17 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
         ControlRequest::AlterPartition(r) => R::AlterPartition(pb::AlterPartitionRequest {
             broker_id: r.broker_id.0,
             broker_epoch: r.broker_epoch.0,
-            topic: r.topic.clone(),
-            partition: r.partition,
-            leader_epoch: r.leader_epoch,
-            partition_epoch: r.partition_epoch,
-            new_isr: r.new_isr.iter().map(|n| n.0).collect(),
+            changes: r
+                .changes
+                .iter()
+                .map(|c| pb::IsrChange {
+                    topic: c.topic.clone(),
+                    partition: c.partition,
+                    leader_epoch: c.leader_epoch,
+                    partition_epoch: c.partition_epoch,
+                    new_isr: c.new_isr.iter().map(|n| n.0).collect(),
+                })
+                .collect(),
         }),
         ControlRequest::AllocateProducerIds(r) => {
             R::AllocateProducerIds(pb::AllocateProducerIdsRequest {
@@ -405,11 +412,17 @@ pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireErro
         R::AlterPartition(r) => ControlRequest::AlterPartition(AlterPartitionRequest {
             broker_id: NodeId(r.broker_id),
             broker_epoch: BrokerEpoch(r.broker_epoch),
-            topic: r.topic,
-            partition: r.partition,
-            leader_epoch: r.leader_epoch,
-            partition_epoch: r.partition_epoch,
-            new_isr: r.new_isr.into_iter().map(NodeId).collect(),
+            changes: r
+                .changes
+                .into_iter()
+                .map(|c| IsrChange {
+                    topic: c.topic,
+                    partition: c.partition,
+                    leader_epoch: c.leader_epoch,
+                    partition_epoch: c.partition_epoch,
+                    new_isr: c.new_isr.into_iter().map(NodeId).collect(),
+                })
+                .collect(),
         }),
         R::AllocateProducerIds(r) => {
             ControlRequest::AllocateProducerIds(AllocateProducerIdsRequest {
@@ -492,8 +505,21 @@ pub fn response_to_pb(r: &Result<ControlResponse, ControlError>) -> pb::ControlR
             should_shutdown: h.should_shutdown,
         }),
         Ok(ControlResponse::AlterPartition(reply)) => R::AlterPartition(pb::AlterPartitionReply {
-            partition_epoch: reply.partition_epoch,
-            isr: reply.isr.iter().map(|n| n.0).collect(),
+            partitions: reply
+                .partitions
+                .iter()
+                .map(|item| pb::IsrChangeResult {
+                    topic: item.topic.clone(),
+                    partition: item.partition,
+                    result: Some(match &item.result {
+                        Ok(changed) => pb::isr_change_result::Result::Changed(pb::IsrChanged {
+                            partition_epoch: changed.partition_epoch,
+                            isr: changed.isr.iter().map(|n| n.0).collect(),
+                        }),
+                        Err(e) => pb::isr_change_result::Result::Error(error_to_pb(e)),
+                    }),
+                })
+                .collect(),
         }),
         Ok(ControlResponse::AllocateProducerIds(block)) => {
             R::AllocateProducerIds(pb::ProducerIdBlock {
@@ -596,8 +622,20 @@ pub fn response_from_pb(
             should_shutdown: h.should_shutdown,
         }),
         R::AlterPartition(r) => ControlResponse::AlterPartition(AlterPartitionReply {
-            partition_epoch: r.partition_epoch,
-            isr: r.isr.into_iter().map(NodeId).collect(),
+            partitions: r
+                .partitions
+                .into_iter()
+                .map(|item| {
+                    let result = match required(item.result, "IsrChangeResult.result")? {
+                        pb::isr_change_result::Result::Changed(c) => Ok(IsrChanged {
+                            partition_epoch: c.partition_epoch,
+                            isr: c.isr.into_iter().map(NodeId).collect(),
+                        }),
+                        pb::isr_change_result::Result::Error(e) => Err(error_from_pb(&e)?),
+                    };
+                    Ok(IsrChangeResult { topic: item.topic, partition: item.partition, result })
+                })
+                .collect::<Result<_, WireError>>()?,
         }),
         R::AllocateProducerIds(b) => ControlResponse::AllocateProducerIds(ProducerIdBlock {
             first_producer_id: b.first_producer_id,
@@ -900,6 +938,17 @@ mod tests {
             broker_id: NodeId(2),
             broker_epoch: BrokerEpoch(31),
         }));
+        round_trip_request(ControlRequest::AlterPartition(AlterPartitionRequest {
+            broker_id: NodeId(1),
+            broker_epoch: BrokerEpoch(9),
+            changes: vec![IsrChange {
+                topic: "t".into(),
+                partition: 3,
+                leader_epoch: 4,
+                partition_epoch: 5,
+                new_isr: vec![NodeId(1), NodeId(3)],
+            }],
+        }));
     }
 
     #[test]
@@ -936,6 +985,20 @@ mod tests {
             result: Ok(()),
         }])));
         round_trip_response(Ok(ControlResponse::RegisterBroker(BrokerEpoch(17))));
+        round_trip_response(Ok(ControlResponse::AlterPartition(AlterPartitionReply {
+            partitions: vec![
+                IsrChangeResult {
+                    topic: "t".into(),
+                    partition: 0,
+                    result: Ok(IsrChanged { partition_epoch: 2, isr: vec![NodeId(1)] }),
+                },
+                IsrChangeResult {
+                    topic: "t".into(),
+                    partition: 1,
+                    result: Err(ControlError::InvalidUpdateVersion("stale".into())),
+                },
+            ],
+        })));
         round_trip_response(Ok(ControlResponse::AllocateProducerIds(ProducerIdBlock {
             first_producer_id: 7_000,
             len: 1_000,

@@ -2,6 +2,8 @@
 //! and the logs this node has open, the actions that make the local logs match the image. Pure:
 //! no IO, no locks, no clock; `replica` carries the actions out, its IO off the async workers.
 
+use std::collections::HashSet;
+
 use strom_metadata::{MetadataDelta, MetadataImage, NodeId, TopicId};
 
 /// A partition log this node has open. Only the reconcile opens logs, one image after another,
@@ -56,15 +58,15 @@ pub(crate) fn plan(
     } else {
         delta.topics.iter().filter_map(|name| image.topic(name)).collect()
     };
+    // A set, not a scan per partition: a restart plans 100,000 partitions against as many logs.
+    let open: HashSet<(&str, i32, TopicId)> =
+        local.iter().map(|l| (l.topic.as_str(), l.index, l.topic_id)).collect();
     for topic in topics {
         for (&index, part) in &topic.partitions {
             if !part.replicas.contains(&node) {
                 continue;
             }
-            let open = local
-                .iter()
-                .any(|l| l.topic == topic.name && l.index == index && l.topic_id == topic.id);
-            if !open {
+            if !open.contains(&(topic.name.as_str(), index, topic.id)) {
                 actions.push(Action::Open { topic: topic.name.clone(), index, topic_id: topic.id });
             }
             actions.push(Action::Sync { topic: topic.name.clone(), index });

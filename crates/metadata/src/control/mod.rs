@@ -18,7 +18,10 @@ pub use brokers::{
     UNCLEAN_LEADER_ELECTION_ENABLE,
 };
 pub use configs::{AlterConfigOp, AlterConfigsRequest, ConfigAlteration, ResourceResult};
-pub use isr::{AlterPartitionReply, AlterPartitionRequest};
+pub use isr::{
+    AlterPartitionReply, AlterPartitionRequest, IsrChange, IsrChangeResult, IsrChanged,
+    ISR_CHANGES_PER_REQUEST_MAX,
+};
 pub use liveness::BrokerLiveness;
 pub use producer_ids::{AllocateProducerIdsRequest, ProducerIdBlock, PRODUCER_ID_BLOCK_SIZE};
 pub use topics::{

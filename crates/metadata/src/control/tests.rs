@@ -718,11 +718,13 @@ fn alter_isr(
     ControlRequest::AlterPartition(AlterPartitionRequest {
         broker_id: NodeId(leader),
         broker_epoch: sim.epoch(leader),
-        topic: "t".into(),
-        partition: 0,
-        leader_epoch,
-        partition_epoch,
-        new_isr: isr.iter().map(|&i| NodeId(i)).collect(),
+        changes: vec![IsrChange {
+            topic: "t".into(),
+            partition: 0,
+            leader_epoch,
+            partition_epoch,
+            new_isr: isr.iter().map(|&i| NodeId(i)).collect(),
+        }],
     })
 }
 
@@ -739,9 +741,9 @@ fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
         &mut sim,
         req,
         expect![[r#"
-        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 1 })
-        => AlterPartition(AlterPartitionReply { partition_epoch: 1, isr: [NodeId(1), NodeId(2)] })
-    "#]],
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 1 })
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Ok(IsrChanged { partition_epoch: 1, isr: [NodeId(1), NodeId(2)] }) }] })
+        "#]],
     );
     // a request that saw the old partition epoch is stale
     let req = alter_isr(&sim, 1, 0, 0, &[1, 2, 3]);
@@ -749,8 +751,8 @@ fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
         &mut sim,
         req,
         expect![[r#"
-        error: stale partition epoch: t-0: partition epoch is 1, request saw 0
-    "#]],
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Err(InvalidUpdateVersion("t-0: partition epoch is 1, request saw 0")) }] })
+        "#]],
     );
     // only the leader may ask
     let req = alter_isr(&sim, 2, 0, 1, &[1, 2, 3]);
@@ -758,8 +760,8 @@ fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
         &mut sim,
         req,
         expect![[r#"
-        error: fenced leader epoch: t-0: leader is Some(1) at epoch 0, request from 2 at epoch 0
-    "#]],
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Err(FencedLeaderEpoch("t-0: leader is Some(1) at epoch 0, request from 2 at epoch 0")) }] })
+        "#]],
     );
     // expand, listed out of order: the ISR keeps replica order
     let req = alter_isr(&sim, 1, 0, 1, &[3, 1, 2]);
@@ -767,9 +769,9 @@ fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
         &mut sim,
         req,
         expect![[r#"
-        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2, 3], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 2 })
-        => AlterPartition(AlterPartitionReply { partition_epoch: 2, isr: [NodeId(1), NodeId(2), NodeId(3)] })
-    "#]],
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2, 3], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 2 })
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Ok(IsrChanged { partition_epoch: 2, isr: [NodeId(1), NodeId(2), NodeId(3)] }) }] })
+        "#]],
     );
     // a fenced broker cannot join the ISR
     let req = alter_isr(&sim, 1, 0, 2, &[1, 2]);
@@ -777,9 +779,9 @@ fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
         &mut sim,
         req,
         expect![[r#"
-        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 3 })
-        => AlterPartition(AlterPartitionReply { partition_epoch: 3, isr: [NodeId(1), NodeId(2)] })
-    "#]],
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 3 })
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Ok(IsrChanged { partition_epoch: 3, isr: [NodeId(1), NodeId(2)] }) }] })
+        "#]],
     );
     sim.fence(3);
     let req = alter_isr(&sim, 1, 0, 3, &[1, 2, 3]);
@@ -787,7 +789,57 @@ fn alter_partition_changes_the_isr_only_for_the_current_leader_and_epochs() {
         &mut sim,
         req,
         expect![[r#"
-        error: ineligible replica: 3 is fenced or shutting down
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Err(IneligibleReplica("3 is fenced or shutting down")) }] })
+        "#]],
+    );
+}
+
+#[test]
+fn alter_partition_decides_each_partition_of_a_batch_on_its_own() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1, 2, 3], &[1, 2, 3], &[2, 1, 3]])).unwrap();
+    let change = |partition, partition_epoch, isr: &[i32]| IsrChange {
+        topic: "t".into(),
+        partition,
+        leader_epoch: 0,
+        partition_epoch,
+        new_isr: isr.iter().map(|&i| NodeId(i)).collect(),
+    };
+    // One record for the good change; the stale, the foreign, the duplicate and the unknown
+    // partition each get their own error, and the request as a whole succeeds.
+    let req = ControlRequest::AlterPartition(AlterPartitionRequest {
+        broker_id: NodeId(1),
+        broker_epoch: sim.epoch(1),
+        changes: vec![
+            change(0, 0, &[1, 2]),
+            change(1, 5, &[1, 2]),
+            change(2, 0, &[1, 2]),
+            change(0, 0, &[1, 3]),
+            change(9, 0, &[1, 2]),
+        ],
+    });
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1, 2], replicas: [1, 2, 3], leader_epoch: 0, partition_epoch: 1 })
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Ok(IsrChanged { partition_epoch: 1, isr: [NodeId(1), NodeId(2)] }) }, IsrChangeResult { topic: "t", partition: 1, result: Err(InvalidUpdateVersion("t-1: partition epoch is 0, request saw 5")) }, IsrChangeResult { topic: "t", partition: 2, result: Err(FencedLeaderEpoch("t-2: leader is Some(2) at epoch 0, request from 1 at epoch 0")) }, IsrChangeResult { topic: "t", partition: 0, result: Err(InvalidRequest("t-0 is listed twice")) }, IsrChangeResult { topic: "t", partition: 9, result: Err(UnknownTopicOrPartition("t-9")) }] })
+        "#]],
+    );
+    // A broker that is not the registered one fails the whole request.
+    let req = ControlRequest::AlterPartition(AlterPartitionRequest {
+        broker_id: NodeId(1),
+        broker_epoch: BrokerEpoch(sim.epoch(1).0 + 100),
+        changes: vec![change(1, 0, &[1, 2])],
+    });
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+        error: broker 1 is not registered or its epoch is stale
     "#]],
     );
 }
