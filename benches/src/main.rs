@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 mod batch;
+mod coordination;
 mod metadata;
 
 use std::collections::BTreeMap;
@@ -903,8 +904,17 @@ fn failover(rounds: usize) -> Result<Value> {
 }
 
 /// The sections a run may be limited to with `--only a,b`; `peer` runs only when named.
-const SECTIONS: [&str; 8] =
-    ["limits", "idle", "metadata", "throughput", "idempotence", "latency", "failover", "peer"];
+const SECTIONS: [&str; 9] = [
+    "limits",
+    "idle",
+    "metadata",
+    "throughput",
+    "idempotence",
+    "latency",
+    "failover",
+    "coordination",
+    "peer",
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -1037,6 +1047,12 @@ fn main() -> Result<()> {
             }
             Err(e) => println!("failover: FAILED: {e:#}"),
         }
+    }
+    if run("coordination") {
+        // `--coord-topics N` or COORD_TOPICS: N topics of 10 partitions (10,000 by default).
+        let topics = arg("--coord-topics").map(|n| n.parse::<usize>()).transpose()?;
+        let scale = coordination::Scale::from_env(topics)?;
+        results.insert("coordination", coordination::run(&scale));
     }
     if run("peer") {
         results.insert("peer", Value::Array(peer()));

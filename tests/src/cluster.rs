@@ -57,6 +57,9 @@ pub struct ClusterOptions {
     pub node_toml: BTreeMap<u32, String>,
     /// Extra environment of every process (`RUST_LOG` defaults to `info`).
     pub env: Vec<(String, String)>,
+    /// Open-file limit (soft = hard) of every process; inherited when unset
+    /// (see [`NodeOptions::fd_limit`]).
+    pub fd_limit: Option<u64>,
 }
 
 /// One broker as Kafka Metadata lists it.
@@ -244,6 +247,7 @@ impl StromCluster {
                 kafka_addr: Some(kafka[&id]),
                 control_addr: Some(control[&id]),
                 data_dir: None,
+                fd_limit: options.fd_limit,
             })
             .with_context(|| format!("spawn node {id}"))?;
             cluster.nodes.insert(id, node);

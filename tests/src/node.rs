@@ -40,6 +40,10 @@ pub struct NodeOptions {
     /// `--data-dir`; `data/` in the node's temporary directory when unset. A test that sets it
     /// (a filesystem it mounted) owns the directory and removes it.
     pub data_dir: Option<PathBuf>,
+    /// Open-file limit (`RLIMIT_NOFILE`, soft = hard) of the process; inherited when unset.
+    /// Applied by starting strom under `prlimit`, which sets it and then execs strom, so the
+    /// pid is strom's.
+    pub fd_limit: Option<u64>,
 }
 
 /// A running (or stopped, between restarts) `strom` process.
@@ -338,7 +342,14 @@ impl StromNode {
             args.join(" ")
         )?;
         let stdout = log.try_clone()?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match self.options.fd_limit {
+            None => Command::new(&self.binary),
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(&self.binary);
+                prlimit
+            }
+        };
         command.args(&args).stdin(Stdio::null()).stdout(stdout).stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");

@@ -6,6 +6,7 @@ mod compaction;
 mod config_defaults;
 mod connections;
 mod durability;
+mod fd_limit;
 mod fetch_limits;
 mod fuzz_node;
 mod groups;
