@@ -1045,4 +1045,40 @@ mod reconcile_tests {
         assert!(!log_dir.exists());
         ctx.replicas.close_all().await.expect("closes");
     }
+
+    /// A creation larger than a reconcile chunk opens in several chunks, on several threads:
+    /// every partition ends up open, in its role, and the image reconciled.
+    #[tokio::test]
+    async fn a_creation_of_several_chunks_opens_and_syncs_every_partition() {
+        use strom_metadata::records::{PartitionRecord, TopicRecord};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = ImageListener::new(super::test_support::ME);
+        let ctx = ctx(&listener, dir.path());
+        let mut rx = ctx.image.subscribe();
+        let mut image = MetadataImage::default();
+        let me = super::test_support::ME.0;
+        let partitions = (2 * super::RECONCILE_CHUNK + 3) as i32;
+        let mut records =
+            vec![Record::Topic(TopicRecord { name: "big".into(), topic_id: vec![9; 16] })];
+        records.extend((0..partitions).map(|partition_id| {
+            Record::Partition(PartitionRecord {
+                topic_id: vec![9; 16],
+                partition_id,
+                replicas: vec![me],
+                isr: vec![me],
+                leader: me,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            })
+        }));
+        commit(&listener, &mut image, 3, &records);
+        reconcile_once(&ctx, &mut rx, true).await;
+        assert_eq!(*ctx.replicas.reconciled_offset().borrow(), MetadataOffset(3));
+        assert_eq!(ctx.replicas.all().len(), partitions as usize);
+        for index in 0..partitions {
+            let p = ctx.replicas.get("big", index).expect("open");
+            assert!(p.leader_view().is_some(), "partition {index} leads");
+        }
+        ctx.replicas.close_all().await.expect("closes");
+    }
 }
