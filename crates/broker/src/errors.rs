@@ -90,6 +90,9 @@ pub(crate) enum KafkaError {
     UnstableOffsetCommit,
     OperationNotAttempted,
     TransactionalIdNotFound,
+    FetchSessionIdNotFound,
+    InvalidFetchSessionEpoch,
+    FetchSessionTopicIdError,
 }
 
 impl KafkaError {
@@ -155,6 +158,9 @@ impl KafkaError {
             KafkaError::UnstableOffsetCommit => K::UnstableOffsetCommit,
             KafkaError::OperationNotAttempted => K::OperationNotAttempted,
             KafkaError::TransactionalIdNotFound => K::TransactionalIdNotFound,
+            KafkaError::FetchSessionIdNotFound => K::FetchSessionIdNotFound,
+            KafkaError::InvalidFetchSessionEpoch => K::InvalidFetchSessionEpoch,
+            KafkaError::FetchSessionTopicIdError => K::FetchSessionTopicIdError,
         };
         k.code()
     }
@@ -401,11 +407,14 @@ mod tests {
             KafkaError::UnstableOffsetCommit => 88,
             KafkaError::OperationNotAttempted => 55,
             KafkaError::TransactionalIdNotFound => 105,
+            KafkaError::FetchSessionIdNotFound => 70,
+            KafkaError::InvalidFetchSessionEpoch => 71,
+            KafkaError::FetchSessionTopicIdError => 106,
         }
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 59] = [
+    const ALL: [KafkaError; 62] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -465,6 +474,9 @@ mod tests {
         KafkaError::UnstableOffsetCommit,
         KafkaError::OperationNotAttempted,
         KafkaError::TransactionalIdNotFound,
+        KafkaError::FetchSessionIdNotFound,
+        KafkaError::InvalidFetchSessionEpoch,
+        KafkaError::FetchSessionTopicIdError,
     ];
 
     #[test]

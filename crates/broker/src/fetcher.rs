@@ -1,21 +1,28 @@
 //! The follower side of replication: one task per leader broker copies the logs of every
 //! partition this broker follows from that leader, with Kafka's own Fetch API (`replica_id`
-//! set) on one connection, all partitions in one request (Kafka's `num.replica.fetchers` = 1).
+//! set) on one connection (Kafka's `num.replica.fetchers` = 1), in an incremental fetch
+//! session (KIP-227): one FULL request names every partition, then each INCREMENTAL request
+//! names only the partitions whose fetch offset changed (or that joined or left), and the
+//! leader answers only the partitions that changed. An idle round costs the same whatever the
+//! number of partitions: the request and the response are empty, and only what a response
+//! carries is touched. A session error (evicted, wrong epoch) falls back to a FULL request.
+//!
 //! A partition first cuts any divergent suffix with OffsetsForLeaderEpoch, and every partition
 //! appended in a round is fsynced before the next fetch, so that its fetch offset tells the
 //! leader how much it holds durably.
 //!
 //! The replica manager hands partitions to the fetchers ([`FetcherManager::add`]) when they
-//! start following; a partition leaves its fetcher when its role changes (the stop receiver of
-//! [`Partition::follow`] closes) or its log is deleted ([`FetcherManager::remove`]).
+//! start following, and takes them back when their log is deleted
+//! ([`FetcherManager::remove`]); a fetcher hears only of these changes. A partition whose role
+//! changed otherwise (the stop receiver of [`Partition::follow`] closed) leaves its fetcher
+//! when the leader answers it with an error, as the leader does once the roles move.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
@@ -27,6 +34,7 @@ use kafka_protocol::ResponseError as K;
 use strom_metadata::NodeId;
 use tokio::sync::watch;
 
+use crate::fetch_session::{next_epoch, INITIAL_EPOCH, INVALID_SESSION_ID};
 use crate::handlers::{metadata::LISTENER, s};
 use crate::partition::{Partition, Role};
 use crate::peer::PeerConn;
@@ -44,6 +52,9 @@ const REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1_048_576;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 const _: () = assert!(BACKOFF_MIN.as_millis() < BACKOFF_MAX.as_millis());
+/// After this many incremental fetches in a row that carried no partition either way, the
+/// fetcher says once that its session is idle (what an idle cluster's followers should do).
+const IDLE_FETCHES_LOGGED: u32 = 20;
 
 /// A local partition and the name its leader knows it by.
 type Key = (String, i32);
@@ -75,19 +86,22 @@ impl Followed {
     }
 }
 
-/// What a fetcher task and the replica manager share.
+/// What a fetcher task and the replica manager share: the changes since the fetcher last
+/// looked, the latest per partition (`Some`: fetch it, anew if it differs; `None`: stop).
 struct Shared {
-    partitions: Mutex<HashMap<Key, Followed>>,
-    /// Bumped after partitions are added: wakes an idle fetcher and cuts a long-poll short.
-    added: watch::Sender<u64>,
+    changes: Mutex<HashMap<Key, Option<Followed>>>,
+    /// Bumped after a change: wakes an idle fetcher.
+    changed: watch::Sender<u64>,
 }
 
 impl Shared {
-    /// The partitions to fetch, dropping those whose role has changed.
-    fn wanted(&self) -> Vec<(Key, Followed)> {
-        let mut partitions = lock(&self.partitions);
-        partitions.retain(|_, f| f.current());
-        partitions.iter().map(|(k, f)| (k.clone(), f.clone())).collect()
+    fn push(&self, key: Key, change: Option<Followed>) {
+        lock(&self.changes).insert(key, change);
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn take(&self) -> HashMap<Key, Option<Followed>> {
+        std::mem::take(&mut *lock(&self.changes))
     }
 }
 
@@ -96,11 +110,18 @@ struct FetcherHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
+#[derive(Default)]
+struct Fetchers {
+    by_leader: HashMap<NodeId, FetcherHandle>,
+    /// Which fetcher each partition was handed to.
+    followed: HashMap<Key, (NodeId, Weak<Partition>)>,
+}
+
 /// The replica fetchers of this broker: one task per leader it follows partitions of. A
 /// fetcher without partitions idles (no connection) until one is added.
 #[derive(Default)]
 pub(crate) struct FetcherManager {
-    fetchers: Mutex<HashMap<NodeId, FetcherHandle>>,
+    fetchers: Mutex<Fetchers>,
     closed: AtomicBool,
 }
 
@@ -120,31 +141,37 @@ impl FetcherManager {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        for (id, handle) in fetchers.iter() {
-            if *id != leader {
-                lock(&handle.shared.partitions).remove(&key);
+        let fetchers = &mut *fetchers;
+        if let Some((before, _)) = fetchers.followed.get(&key) {
+            if *before != leader {
+                if let Some(handle) = fetchers.by_leader.get(before) {
+                    handle.shared.push(key.clone(), None);
+                }
             }
         }
-        let handle = fetchers.entry(leader).or_insert_with(|| {
-            let (added, _) = watch::channel(0u64);
-            let shared = Arc::new(Shared { partitions: Mutex::new(HashMap::new()), added });
+        let handle = fetchers.by_leader.entry(leader).or_insert_with(|| {
+            let (changed, _) = watch::channel(0u64);
+            let shared = Arc::new(Shared { changes: Mutex::new(HashMap::new()), changed });
             let task = tokio::spawn(run(ctx.clone(), leader, shared.clone()));
             FetcherHandle { shared, task }
         });
-        lock(&handle.shared.partitions)
-            .insert(key, Followed { part: part.clone(), leader_epoch, stop });
-        handle.shared.added.send_modify(|n| *n = n.wrapping_add(1));
+        let followed = Followed { part: part.clone(), leader_epoch, stop };
+        handle.shared.push(key.clone(), Some(followed));
+        fetchers.followed.insert(key, (leader, Arc::downgrade(part)));
     }
 
     /// `part`'s log is going away: no fetcher may write into it any more.
     pub fn remove(&self, part: &Arc<Partition>) {
         let key = (part.topic.clone(), part.index);
-        for handle in lock(&self.fetchers).values() {
-            let mut partitions = lock(&handle.shared.partitions);
-            if partitions.get(&key).is_some_and(|f| Arc::ptr_eq(&f.part, part)) {
-                partitions.remove(&key);
-            }
+        let mut fetchers = lock(&self.fetchers);
+        let Some((leader, handed)) = fetchers.followed.get(&key) else { return };
+        if !std::ptr::eq(handed.as_ptr(), Arc::as_ptr(part)) {
+            return;
         }
+        if let Some(handle) = fetchers.by_leader.get(leader) {
+            handle.shared.push(key.clone(), None);
+        }
+        fetchers.followed.remove(&key);
     }
 
     /// Stops every fetcher (broker shutdown); none starts afterwards.
@@ -152,7 +179,8 @@ impl FetcherManager {
         let handles: Vec<FetcherHandle> = {
             let mut fetchers = lock(&self.fetchers);
             self.closed.store(true, Ordering::Relaxed);
-            fetchers.drain().map(|(_, h)| h).collect()
+            fetchers.followed.clear();
+            fetchers.by_leader.drain().map(|(_, h)| h).collect()
         };
         for h in handles {
             h.task.abort();
@@ -162,41 +190,124 @@ impl FetcherManager {
 }
 
 /// Where one followed partition stands in its fetcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Cut the divergent suffix (OffsetsForLeaderEpoch) before fetching.
+    Truncate,
+    /// Fetched, in the session.
+    Fetch,
+    /// Backing off after an error until then; truncates again afterwards.
+    Retry(Instant),
+}
+
 struct Entry<T> {
     item: T,
-    /// Cut the divergent suffix (OffsetsForLeaderEpoch) before fetching.
-    truncate: bool,
-    /// Backing off after an error: left out of requests until then.
-    retry_at: Option<Instant>,
+    stage: Stage,
     backoff: Duration,
 }
 
+/// The leader's fetch session as this fetcher sees it.
+#[derive(Debug, Default)]
+struct SessionView {
+    id: i32,
+    /// The epoch of the next request; [`INITIAL_EPOCH`]: the next request is FULL.
+    epoch: i32,
+    /// Partitions the leader's session holds.
+    held: HashSet<Key>,
+    /// Partitions the next INCREMENTAL request names: new to the session or at a new offset.
+    to_send: BTreeSet<Key>,
+    /// Partitions the next INCREMENTAL request forgets.
+    to_forget: BTreeSet<Key>,
+}
+
+impl SessionView {
+    /// The next request is FULL; it closes the session `id` names, if any.
+    fn restart(&mut self, id: i32) {
+        *self = SessionView { id, ..SessionView::default() };
+    }
+
+    /// The partition is fetched again: named in the next request, and no longer forgotten
+    /// (the leader applies a request's forgotten partitions after its named ones, so a
+    /// partition in both would leave the leader's session).
+    fn join(&mut self, key: &Key) {
+        self.to_forget.remove(key);
+        self.to_send.insert(key.clone());
+    }
+
+    /// The partition leaves the session (it is not fetched for now).
+    fn leave(&mut self, key: &Key) {
+        self.to_send.remove(key);
+        if self.held.remove(key) {
+            self.to_forget.insert(key.clone());
+        }
+    }
+}
+
+/// One Fetch of the session: what it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SessionFetch {
+    session_id: i32,
+    epoch: i32,
+    full: bool,
+    partitions: Vec<Key>,
+    forgotten: Vec<Key>,
+}
+
 /// The follower fetch state of one fetcher, sans IO: which partitions to truncate, which to
-/// fetch, which are backing off. The task does the IO and reports the outcomes.
+/// fetch, which are backing off, and what the leader's fetch session holds. Every operation
+/// costs what it changes, except a FULL request and a lost connection, which cover every
+/// partition. The task does the IO and reports the outcomes.
 struct FetchPlan<T> {
-    entries: BTreeMap<Key, Entry<T>>,
+    entries: HashMap<Key, Entry<T>>,
+    /// The entries at [`Stage::Truncate`].
+    truncate: BTreeSet<Key>,
+    /// The entries at [`Stage::Retry`], by when.
+    retries: BTreeSet<(Instant, Key)>,
+    session: SessionView,
 }
 
 impl<T> Default for FetchPlan<T> {
     fn default() -> Self {
-        FetchPlan { entries: BTreeMap::new() }
+        FetchPlan {
+            entries: HashMap::new(),
+            truncate: BTreeSet::new(),
+            retries: BTreeSet::new(),
+            session: SessionView::default(),
+        }
     }
 }
 
 impl<T> FetchPlan<T> {
-    /// Makes the plan hold exactly `wanted`; a partition that is new (or followed anew, by
-    /// `same`) starts with truncation.
-    fn sync(&mut self, wanted: Vec<(Key, T)>, same: impl Fn(&T, &T) -> bool) {
-        let wanted: BTreeMap<Key, T> = wanted.into_iter().collect();
-        self.entries.retain(|k, e| wanted.get(k).is_some_and(|w| same(w, &e.item)));
-        for (k, item) in wanted {
-            self.entries.entry(k).or_insert(Entry {
-                item,
-                truncate: true,
-                retry_at: None,
-                backoff: BACKOFF_MIN,
-            });
+    /// Fetch `item` as `key`; a partition that is new (or followed anew, by `same`) starts
+    /// with truncation.
+    fn set(&mut self, key: Key, item: T, same: impl Fn(&T, &T) -> bool) {
+        if self.entries.get(&key).is_some_and(|e| same(&e.item, &item)) {
+            return;
         }
+        self.leave(&key);
+        self.truncate.insert(key.clone());
+        self.entries.insert(key, Entry { item, stage: Stage::Truncate, backoff: BACKOFF_MIN });
+    }
+
+    /// The partition is no longer fetched here.
+    fn forget(&mut self, key: &Key) {
+        self.leave(key);
+        self.entries.remove(key);
+    }
+
+    /// Takes the partition out of the stage indexes and the session.
+    fn leave(&mut self, key: &Key) {
+        let Some(e) = self.entries.get(key) else { return };
+        match e.stage {
+            Stage::Truncate => {
+                self.truncate.remove(key);
+            }
+            Stage::Retry(at) => {
+                self.retries.remove(&(at, key.clone()));
+            }
+            Stage::Fetch => {}
+        }
+        self.session.leave(key);
     }
 
     fn is_empty(&self) -> bool {
@@ -207,62 +318,176 @@ impl<T> FetchPlan<T> {
         self.entries.get(key).map(|e| &e.item)
     }
 
-    fn ready(&self, now: Instant, truncate: bool) -> Vec<Key> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| e.truncate == truncate && e.retry_at.is_none_or(|t| t <= now))
-            .map(|(k, _)| k.clone())
-            .collect()
+    /// The partition, if it is being fetched (not truncating or backing off).
+    fn fetching(&self, key: &Key) -> Option<&T> {
+        self.entries.get(key).filter(|e| e.stage == Stage::Fetch).map(|e| &e.item)
+    }
+
+    /// Anything to do now: a partition to truncate or to fetch.
+    fn has_work(&self) -> bool {
+        !self.truncate.is_empty() || self.entries.len() > self.truncate.len() + self.retries.len()
     }
 
     /// Partitions to cut before they are fetched.
-    fn to_truncate(&self, now: Instant) -> Vec<Key> {
-        self.ready(now, true)
+    fn to_truncate(&self) -> Vec<Key> {
+        self.truncate.iter().cloned().collect()
     }
 
-    /// Partitions to put in the next Fetch.
-    fn to_fetch(&self, now: Instant) -> Vec<Key> {
-        self.ready(now, false)
+    /// Partitions whose backoff ended truncate again.
+    fn due(&mut self, now: Instant) {
+        while let Some((at, _)) = self.retries.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, key)) = self.retries.pop_first() else { break };
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.stage = Stage::Truncate;
+                self.truncate.insert(key);
+            }
+        }
     }
 
     /// When the first backing-off partition may be tried again.
     fn next_retry(&self) -> Option<Instant> {
-        self.entries.values().filter_map(|e| e.retry_at).min()
+        self.retries.first().map(|(at, _)| *at)
     }
 
+    /// Cut: the partition is fetched from now on, and named in the next request.
     fn truncated(&mut self, key: &Key) {
-        if let Some(e) = self.entries.get_mut(key) {
-            e.truncate = false;
-            e.retry_at = None;
+        let Some(e) = self.entries.get_mut(key) else { return };
+        if e.stage == Stage::Truncate {
+            self.truncate.remove(key);
+            e.stage = Stage::Fetch;
+            self.session.join(key);
         }
     }
 
+    /// A good answer: the backoff starts over.
     fn fetched(&mut self, key: &Key) {
         if let Some(e) = self.entries.get_mut(key) {
-            e.retry_at = None;
             e.backoff = BACKOFF_MIN;
         }
     }
 
-    /// The partition failed: leave it out for a while, then truncate again and fetch.
+    /// The partition's fetch offset moved (it appended what it fetched): the next request
+    /// names it.
+    fn moved(&mut self, key: &Key) {
+        if self.entries.get(key).is_some_and(|e| e.stage == Stage::Fetch) {
+            self.session.to_send.insert(key.clone());
+        }
+    }
+
+    /// The partition failed: out of the session for a while, then truncate again and fetch.
     fn failed(&mut self, key: &Key, now: Instant) {
-        if let Some(e) = self.entries.get_mut(key) {
-            e.truncate = true;
-            e.retry_at = Some(now + e.backoff);
-            e.backoff = (e.backoff * 2).min(BACKOFF_MAX);
-        }
+        self.leave(key);
+        let Some(e) = self.entries.get_mut(key) else { return };
+        let at = now + e.backoff;
+        e.stage = Stage::Retry(at);
+        e.backoff = (e.backoff * 2).min(BACKOFF_MAX);
+        self.retries.insert((at, key.clone()));
     }
 
-    /// The connection to the leader was lost: every partition truncates again.
+    /// The connection to the leader was lost: every partition truncates again, and the next
+    /// fetch starts a new session.
     fn reconnected(&mut self) {
-        for e in self.entries.values_mut() {
-            e.truncate = true;
+        for (key, e) in self.entries.iter_mut() {
+            if e.stage == Stage::Fetch {
+                e.stage = Stage::Truncate;
+                self.truncate.insert(key.clone());
+            }
         }
+        self.session.restart(self.session.id);
     }
 
-    /// The partition no longer follows this leader at this epoch.
-    fn forget(&mut self, key: &Key) {
-        self.entries.remove(key);
+    /// The partitions of the leader's session.
+    fn session_partitions(&self) -> usize {
+        self.session.held.len()
+    }
+
+    /// The next Fetch: FULL (every partition being fetched, the list turned by `round` so that
+    /// a full response budget does not always go to the same ones) or INCREMENTAL (the
+    /// partitions to name and to forget). `None` when no partition is being fetched.
+    fn next_fetch(&mut self, round: usize) -> Option<SessionFetch> {
+        let session = &mut self.session;
+        if session.epoch == INITIAL_EPOCH {
+            let mut partitions: Vec<Key> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.stage == Stage::Fetch)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if partitions.is_empty() {
+                return None;
+            }
+            partitions.sort();
+            let first = round % partitions.len();
+            partitions.rotate_left(first);
+            return Some(SessionFetch {
+                session_id: session.id,
+                epoch: INITIAL_EPOCH,
+                full: true,
+                partitions,
+                forgotten: Vec::new(),
+            });
+        }
+        if session.held.is_empty() && session.to_send.is_empty() {
+            // Everything left the session: start a new one when there is something to fetch.
+            session.restart(session.id);
+            return None;
+        }
+        Some(SessionFetch {
+            session_id: session.id,
+            epoch: session.epoch,
+            full: false,
+            partitions: session.to_send.iter().cloned().collect(),
+            forgotten: session.to_forget.iter().cloned().collect(),
+        })
+    }
+
+    /// Partitions of `fetch` the task could not name (their log could not be read): they
+    /// back off, and the request goes without them.
+    fn drop_from(&mut self, fetch: &mut SessionFetch, failed: &[Key], now: Instant) {
+        for key in failed {
+            self.failed(key, now);
+        }
+        fetch.partitions.retain(|k| !failed.contains(k));
+    }
+
+    /// The leader answered `fetch` with this top-level error code and session id.
+    fn answered(&mut self, fetch: &SessionFetch, error_code: i16, session_id: i32) {
+        let session = &mut self.session;
+        match K::try_from_code(error_code) {
+            None if fetch.full => {
+                session.restart(INVALID_SESSION_ID);
+                if session_id != INVALID_SESSION_ID {
+                    // A new session at epoch 1 holding every partition named.
+                    session.id = session_id;
+                    session.epoch = next_epoch(INITIAL_EPOCH);
+                    session.held = fetch.partitions.iter().cloned().collect();
+                }
+                // Otherwise no session (the leader's cache is full): FULL again next time.
+            }
+            None if session_id != session.id => {
+                // The leader closed the session (emptied or grown past its bound).
+                session.restart(INVALID_SESSION_ID);
+            }
+            None => {
+                session.epoch = next_epoch(session.epoch);
+                for key in &fetch.partitions {
+                    session.to_send.remove(key);
+                    session.held.insert(key.clone());
+                }
+                for key in &fetch.forgotten {
+                    session.to_forget.remove(key);
+                    session.held.remove(key);
+                }
+            }
+            // The epoch went out of step (a request lost with its connection, a retry): start
+            // again, closing it.
+            Some(K::InvalidFetchSessionEpoch) => session.restart(session.id),
+            // Evicted, or never ours; or anything else: start again from nothing.
+            Some(_) => session.restart(INVALID_SESSION_ID),
+        }
     }
 }
 
@@ -289,28 +514,37 @@ fn by_topic<P>(keys: &[Key], mut partition: impl FnMut(&Key) -> P) -> Vec<(Strin
 async fn run(ctx: Arc<BrokerCtx>, leader: NodeId, shared: Arc<Shared>) {
     let me = ctx.image.node;
     let client_id = format!("strom-replica-{}", me.0);
-    let mut added = shared.added.subscribe();
+    let mut changed = shared.changed.subscribe();
     let mut plan: FetchPlan<Followed> = FetchPlan::default();
     let mut conn: Option<PeerConn> = None;
     let mut backoff = BACKOFF_MIN;
     let mut round: usize = 0;
+    // Incremental fetches in a row that carried no partition either way.
+    let mut idle_fetches: u32 = 0;
     loop {
-        added.borrow_and_update();
-        plan.sync(shared.wanted(), Followed::same);
+        changed.borrow_and_update();
+        for (key, change) in shared.take() {
+            match change {
+                Some(followed) => plan.set(key, followed, Followed::same),
+                None => plan.forget(&key),
+            }
+        }
         if plan.is_empty() {
             // Nothing to follow here: no connection, no traffic until a partition is added.
             conn = None;
-            if added.changed().await.is_err() {
+            plan.session.restart(INVALID_SESSION_ID);
+            if changed.changed().await.is_err() {
                 return;
             }
             continue;
         }
         let now = Instant::now();
-        if plan.to_truncate(now).is_empty() && plan.to_fetch(now).is_empty() {
+        plan.due(now);
+        if !plan.has_work() {
             let until = plan.next_retry().unwrap_or(now + BACKOFF_MAX);
             tokio::select! {
                 _ = tokio::time::sleep_until(until.into()) => {}
-                _ = added.changed() => {}
+                _ = changed.changed() => {}
             }
             continue;
         }
@@ -332,7 +566,7 @@ async fn run(ctx: Arc<BrokerCtx>, leader: NodeId, shared: Arc<Shared>) {
             *backoff = (*backoff * 2).min(BACKOFF_MAX);
             pause
         };
-        let to_truncate = plan.to_truncate(now);
+        let to_truncate = plan.to_truncate();
         if !to_truncate.is_empty() {
             if let Err(why) = truncate(c, &client_id, me, leader, &mut plan, &to_truncate).await {
                 conn = None;
@@ -341,48 +575,73 @@ async fn run(ctx: Arc<BrokerCtx>, leader: NodeId, shared: Arc<Shared>) {
                 continue;
             }
         }
-        let mut to_fetch = plan.to_fetch(Instant::now());
-        if to_fetch.is_empty() {
-            continue;
-        }
-        // A different partition first each round, so that a full response budget does not
-        // always go to the same partitions.
         round = round.wrapping_add(1);
-        let first = round % to_fetch.len();
-        to_fetch.rotate_left(first);
-        let Some(req) = fetch_request(me, &mut plan, &mut to_fetch) else { continue };
-        let resp: FetchResponse = tokio::select! {
-            r = c.call(ApiKey::Fetch, FETCH_VERSION, &req, &client_id) => match r {
-                Ok(r) => r,
-                Err(why) => {
-                    conn = None;
-                    plan.reconnected();
-                    tokio::time::sleep(lost(why, &mut backoff)).await;
-                    continue;
-                }
-            },
-            // A partition was added: start it now rather than after this long-poll. The
-            // connection has a response in flight, so it goes.
-            _ = added.changed() => {
+        let Some(mut fetch) = plan.next_fetch(round) else { continue };
+        let Some(req) = fetch_request(me, &mut plan, &mut fetch) else { continue };
+        // Partitions added meanwhile wait for this long-poll (at most REPLICA_FETCH_WAIT_MS):
+        // leaving it would lose the session's step.
+        let resp: FetchResponse = match c.call(ApiKey::Fetch, FETCH_VERSION, &req, &client_id).await
+        {
+            Ok(r) => r,
+            Err(why) => {
                 conn = None;
+                plan.reconnected();
+                tokio::time::sleep(lost(why, &mut backoff)).await;
                 continue;
             }
         };
         backoff = BACKOFF_MIN;
-        on_fetched(leader, &mut plan, to_fetch, resp).await;
+        plan.answered(&fetch, resp.error_code, resp.session_id);
+        if resp.error_code != 0 {
+            tracing::debug!(
+                leader = leader.0,
+                error = resp.error_code,
+                session_id = fetch.session_id,
+                epoch = fetch.epoch,
+                "replica fetch session refused; starting a new one"
+            );
+            idle_fetches = 0;
+            continue;
+        }
+        if fetch.full && resp.session_id != INVALID_SESSION_ID {
+            tracing::info!(
+                leader = leader.0,
+                session_id = resp.session_id,
+                partitions = fetch.partitions.len(),
+                "replica fetch session established"
+            );
+        }
+        let idle = !fetch.full
+            && fetch.partitions.is_empty()
+            && fetch.forgotten.is_empty()
+            && resp.responses.is_empty();
+        idle_fetches = if idle { idle_fetches.saturating_add(1) } else { 0 };
+        if idle_fetches == IDLE_FETCHES_LOGGED {
+            tracing::info!(
+                leader = leader.0,
+                session_id = resp.session_id,
+                partitions = plan.session_partitions(),
+                fetches = idle_fetches,
+                "replica fetch session idle: incremental fetches carry no partition either way"
+            );
+        }
+        on_fetched(leader, &mut plan, resp).await;
     }
 }
 
-/// The Fetch of `keys` (those that cannot be fetched now are backed off and left out).
+/// The Fetch of `fetch` (partitions whose log cannot be read back off and are left out).
 fn fetch_request(
     me: NodeId,
     plan: &mut FetchPlan<Followed>,
-    keys: &mut Vec<Key>,
+    fetch: &mut SessionFetch,
 ) -> Option<FetchRequest> {
-    let now = Instant::now();
-    let mut offsets = HashMap::with_capacity(keys.len());
-    keys.retain(|key| {
-        let Some(f) = plan.get(key) else { return false };
+    let mut offsets = HashMap::with_capacity(fetch.partitions.len());
+    let mut failed = Vec::new();
+    for key in &fetch.partitions {
+        let Some(f) = plan.get(key) else {
+            failed.push(key.clone());
+            continue;
+        };
         let at = if f.part.progress().offline {
             None
         } else {
@@ -391,18 +650,17 @@ fn fetch_request(
         match at {
             Some(at) => {
                 offsets.insert(key.clone(), at);
-                true
             }
-            None => {
-                plan.failed(key, now);
-                false
-            }
+            None => failed.push(key.clone()),
         }
-    });
-    if keys.is_empty() {
+    }
+    if !failed.is_empty() {
+        plan.drop_from(fetch, &failed, Instant::now());
+    }
+    if fetch.full && fetch.partitions.is_empty() {
         return None;
     }
-    let topics = by_topic(keys, |key| {
+    let topics = by_topic(&fetch.partitions, |key| {
         let (fetch_offset, log_start, leader_epoch) = offsets[key];
         FetchPartition::default()
             .with_partition(key.1)
@@ -411,13 +669,15 @@ fn fetch_request(
             .with_log_start_offset(log_start)
             .with_partition_max_bytes(REPLICA_FETCH_MAX_BYTES)
     });
+    let forgotten = by_topic(&fetch.forgotten, |key| key.1);
     Some(
         FetchRequest::default()
             .with_replica_id(BrokerId(me.0))
             .with_max_wait_ms(REPLICA_FETCH_WAIT_MS)
             .with_min_bytes(1)
             .with_max_bytes(REPLICA_FETCH_RESPONSE_MAX_BYTES)
-            .with_session_epoch(-1)
+            .with_session_id(fetch.session_id)
+            .with_session_epoch(fetch.epoch)
             .with_topics(
                 topics
                     .into_iter()
@@ -427,72 +687,72 @@ fn fetch_request(
                             .with_partitions(partitions)
                     })
                     .collect(),
+            )
+            .with_forgotten_topics_data(
+                forgotten
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        ForgottenTopic::default()
+                            .with_topic(TopicName(s(topic)))
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
             ),
     )
 }
 
 /// Appends what the leader sent, fsyncs every appended partition, then takes the leader's
-/// high watermarks. An error affects only its partition.
-async fn on_fetched(
-    leader: NodeId,
-    plan: &mut FetchPlan<Followed>,
-    asked: Vec<Key>,
-    resp: FetchResponse,
-) {
+/// high watermarks. Touches only the partitions the response carries; an error affects only
+/// its partition.
+async fn on_fetched(leader: NodeId, plan: &mut FetchPlan<Followed>, resp: FetchResponse) {
     let now = Instant::now();
-    let mut answers: HashMap<Key, (i16, i64, Option<Bytes>)> = HashMap::new();
+    let mut appended: Vec<(Key, Arc<Partition>)> = Vec::new();
+    let mut hws: Vec<(Key, Arc<Partition>, i64)> = Vec::new();
     for t in resp.responses {
         let topic = t.topic.0.to_string();
         for p in t.partitions {
-            answers.insert(
-                (topic.clone(), p.partition_index),
-                (p.error_code, p.high_watermark, p.records),
-            );
-        }
-    }
-    let mut appended: Vec<(Key, Arc<Partition>)> = Vec::new();
-    let mut hws: Vec<(Key, Arc<Partition>, i64)> = Vec::new();
-    for key in asked {
-        let Some(f) = plan.get(&key).cloned() else { continue };
-        let Some((code, hw, records)) = answers.remove(&key) else {
-            tracing::debug!(topic = %key.0, partition = key.1, leader = leader.0, "fetch response without this partition");
-            plan.failed(&key, now);
-            continue;
-        };
-        match K::try_from_code(code) {
-            None => {}
-            Some(K::OffsetOutOfRange) => {
-                // The leader's log starts after ours ends (retention), or ends before ours:
-                // truncate again and start over.
-                tracing::warn!(topic = %key.0, partition = key.1, leader = leader.0, "replica fetch offset out of range; resetting");
-                plan.failed(&key, now);
+            let key = (topic.clone(), p.partition_index);
+            let Some(f) = plan.fetching(&key).cloned() else { continue };
+            if !f.current() {
+                // A new role owns the partition: its leader answers errors now.
+                plan.forget(&key);
                 continue;
             }
-            Some(e) => {
-                // Stale metadata on one side or the other: retry once the image moves.
-                tracing::debug!(topic = %key.0, partition = key.1, leader = leader.0, "replica fetch: leader answered {e:?}");
-                plan.failed(&key, now);
-                continue;
-            }
-        }
-        let records = records.unwrap_or_default();
-        if !records.is_empty() {
-            match f.part.append_as_follower(&records, leader, f.leader_epoch) {
-                Ok(Some(_)) => appended.push((key.clone(), f.part.clone())),
-                Ok(None) => {
-                    // A new role owns the log now.
-                    plan.forget(&key);
+            match K::try_from_code(p.error_code) {
+                None => {}
+                Some(K::OffsetOutOfRange) => {
+                    // The leader's log starts after ours ends (retention), or ends before
+                    // ours: truncate again and start over.
+                    tracing::warn!(topic = %key.0, partition = key.1, leader = leader.0, "replica fetch offset out of range; resetting");
+                    plan.failed(&key, now);
                     continue;
                 }
-                Err(e) => {
-                    tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replica append failed");
+                Some(e) => {
+                    // Stale metadata on one side or the other: retry once the image moves.
+                    tracing::debug!(topic = %key.0, partition = key.1, leader = leader.0, "replica fetch: leader answered {e:?}");
                     plan.failed(&key, now);
                     continue;
                 }
             }
+            let records = p.records.unwrap_or_default();
+            if !records.is_empty() {
+                match f.part.append_as_follower(&records, leader, f.leader_epoch) {
+                    Ok(Some(_)) => appended.push((key.clone(), f.part.clone())),
+                    Ok(None) => {
+                        // A new role owns the log now.
+                        plan.forget(&key);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replica append failed");
+                        plan.failed(&key, now);
+                        continue;
+                    }
+                }
+            }
+            plan.fetched(&key);
+            hws.push((key, f.part, p.high_watermark));
         }
-        plan.fetched(&key);
-        hws.push((key, f.part, hw));
     }
     // Durable before the next fetch reports the new end offsets to the leader: one blocking
     // task fsyncs every partition appended in this round.
@@ -504,10 +764,13 @@ async fn on_fetched(
         match flushed {
             Ok(results) => {
                 for (key, result) in results {
-                    if let Err(e) = result {
-                        tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replica flush failed");
-                        plan.failed(&key, now);
-                        hws.retain(|(k, _, _)| *k != key);
+                    match result {
+                        Ok(()) => plan.moved(&key),
+                        Err(e) => {
+                            tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replica flush failed");
+                            plan.failed(&key, now);
+                            hws.retain(|(k, _, _)| *k != key);
+                        }
                     }
                 }
             }
@@ -627,51 +890,142 @@ mod tests {
     /// Items are leader epochs here.
     fn plan_of(wanted: &[(&str, i32, i32)]) -> FetchPlan<i32> {
         let mut plan = FetchPlan::default();
-        plan.sync(wanted.iter().map(|(t, i, e)| (key(t, *i), *e)).collect(), |a, b| a == b);
+        for (t, i, e) in wanted {
+            plan.set(key(t, *i), *e, |a, b| a == b);
+        }
         plan
+    }
+
+    /// A plan whose partitions all truncated and whose session holds them (epoch 1).
+    fn in_session(wanted: &[(&str, i32, i32)]) -> FetchPlan<i32> {
+        let mut plan = plan_of(wanted);
+        for k in plan.to_truncate() {
+            plan.truncated(&k);
+        }
+        let full = plan.next_fetch(0).expect("a full fetch");
+        plan.answered(&full, 0, 77);
+        plan
+    }
+
+    fn incremental(partitions: &[Key], forgotten: &[Key], epoch: i32) -> SessionFetch {
+        SessionFetch {
+            session_id: 77,
+            epoch,
+            full: false,
+            partitions: partitions.to_vec(),
+            forgotten: forgotten.to_vec(),
+        }
     }
 
     #[test]
     fn a_new_partition_truncates_before_it_is_fetched() {
-        let now = Instant::now();
         let mut plan = plan_of(&[("a", 0, 1), ("a", 1, 1)]);
-        assert_eq!(plan.to_truncate(now), vec![key("a", 0), key("a", 1)]);
-        assert!(plan.to_fetch(now).is_empty());
+        assert_eq!(plan.to_truncate(), vec![key("a", 0), key("a", 1)]);
+        assert_eq!(plan.next_fetch(0), None, "nothing to fetch yet");
         plan.truncated(&key("a", 1));
-        assert_eq!(plan.to_truncate(now), vec![key("a", 0)]);
-        assert_eq!(plan.to_fetch(now), vec![key("a", 1)]);
+        assert_eq!(plan.to_truncate(), vec![key("a", 0)]);
+        let full = plan.next_fetch(0).expect("a fetch");
+        assert!(full.full);
+        assert_eq!(full.partitions, vec![key("a", 1)]);
     }
 
     #[test]
-    fn a_new_leader_epoch_truncates_again_and_dropped_partitions_go() {
-        let now = Instant::now();
-        let mut plan = plan_of(&[("a", 0, 1), ("b", 0, 1)]);
-        plan.truncated(&key("a", 0));
-        plan.truncated(&key("b", 0));
-        plan.sync(vec![(key("a", 0), 2)], |a, b| a == b);
+    fn a_session_starts_full_then_names_only_what_changed() {
+        let mut plan = in_session(&[("a", 0, 1), ("a", 1, 1), ("b", 0, 1)]);
+        assert_eq!(plan.session_partitions(), 3);
+        let idle = plan.next_fetch(1).expect("a fetch");
+        assert_eq!(idle, incremental(&[], &[], 1), "idle: names nothing");
+        plan.answered(&idle, 0, 77);
+        // a-1 appended what it fetched; b-0 failed and leaves the session.
+        plan.moved(&key("a", 1));
+        plan.failed(&key("b", 0), Instant::now());
+        let next = plan.next_fetch(2).expect("a fetch");
+        assert_eq!(next, incremental(&[key("a", 1)], &[key("b", 0)], 2));
+        plan.answered(&next, 0, 77);
+        assert_eq!(plan.session_partitions(), 2);
+        assert_eq!(plan.next_fetch(3), Some(incremental(&[], &[], 3)));
+    }
+
+    #[test]
+    fn session_errors_fall_back_to_a_full_fetch() {
+        let mut plan = in_session(&[("a", 0, 1), ("a", 1, 1)]);
+        let fetch = plan.next_fetch(0).expect("a fetch");
+        plan.answered(&fetch, K::InvalidFetchSessionEpoch.code(), 0);
+        let full = plan.next_fetch(0).expect("a fetch");
+        assert!(full.full);
+        assert_eq!((full.session_id, full.epoch), (77, 0), "closes the old session");
+        assert_eq!(full.partitions.len(), 2, "names every partition again");
+        plan.answered(&full, K::FetchSessionIdNotFound.code(), 0);
+        let again = plan.next_fetch(0).expect("a fetch");
+        assert_eq!((again.session_id, again.epoch, again.full), (0, 0, true));
+        // The leader's cache is full: no session, FULL every time.
+        plan.answered(&again, 0, INVALID_SESSION_ID);
+        assert!(plan.next_fetch(0).expect("a fetch").full);
+        // A session the leader closed on an incremental fetch (answered without its id).
+        let mut plan = in_session(&[("a", 0, 1)]);
+        let fetch = plan.next_fetch(0).expect("a fetch");
+        plan.answered(&fetch, 0, INVALID_SESSION_ID);
+        assert!(plan.next_fetch(0).expect("a fetch").full);
+    }
+
+    #[test]
+    fn a_new_leader_epoch_truncates_again_and_leaves_the_session_meanwhile() {
+        let mut plan = in_session(&[("a", 0, 1), ("b", 0, 1)]);
+        plan.set(key("a", 0), 2, |a, b| a == b);
         assert_eq!(plan.get(&key("a", 0)), Some(&2));
-        assert_eq!(plan.get(&key("b", 0)), None);
-        assert_eq!(plan.to_truncate(now), vec![key("a", 0)]);
-        assert!(plan.to_fetch(now).is_empty());
+        assert_eq!(plan.to_truncate(), vec![key("a", 0)]);
+        assert_eq!(plan.next_fetch(0), Some(incremental(&[], &[key("a", 0)], 1)));
         // The same follow again changes nothing.
+        plan.set(key("b", 0), 1, |a, b| a == b);
+        assert!(plan.fetching(&key("b", 0)).is_some());
+        plan.forget(&key("b", 0));
+        assert_eq!(plan.get(&key("b", 0)), None);
+        // Nothing is left in the session: no request until a partition can be fetched, and
+        // then a new session, closing the old one.
+        assert_eq!(plan.next_fetch(0), None);
         plan.truncated(&key("a", 0));
-        plan.sync(vec![(key("a", 0), 2)], |a, b| a == b);
-        assert_eq!(plan.to_fetch(now), vec![key("a", 0)]);
+        let full = plan.next_fetch(0).expect("a fetch");
+        assert_eq!((full.session_id, full.epoch, full.full), (77, INITIAL_EPOCH, true));
+        assert_eq!(full.partitions, vec![key("a", 0)]);
     }
 
     #[test]
     fn a_failed_partition_backs_off_alone_then_truncates_again() {
         let now = Instant::now();
-        let mut plan = plan_of(&[("a", 0, 1), ("a", 1, 1)]);
-        plan.truncated(&key("a", 0));
-        plan.truncated(&key("a", 1));
+        let mut plan = in_session(&[("a", 0, 1), ("a", 1, 1)]);
         plan.failed(&key("a", 0), now);
-        assert_eq!(plan.to_fetch(now), vec![key("a", 1)]);
-        assert!(plan.to_truncate(now).is_empty());
+        assert!(plan.fetching(&key("a", 0)).is_none());
+        assert!(plan.to_truncate().is_empty());
         assert_eq!(plan.next_retry(), Some(now + BACKOFF_MIN));
-        let later = now + BACKOFF_MIN;
-        assert_eq!(plan.to_truncate(later), vec![key("a", 0)]);
-        assert_eq!(plan.to_fetch(later), vec![key("a", 1)]);
+        plan.due(now);
+        assert!(plan.to_truncate().is_empty(), "not yet");
+        plan.due(now + BACKOFF_MIN);
+        assert_eq!(plan.to_truncate(), vec![key("a", 0)]);
+        assert_eq!(plan.next_retry(), None);
+        plan.truncated(&key("a", 0));
+        let next = plan.next_fetch(0).expect("a fetch");
+        assert_eq!(next.partitions, vec![key("a", 0)], "back in the session");
+    }
+
+    #[test]
+    fn a_partition_back_before_its_forget_was_sent_is_named_and_not_forgotten() {
+        let now = Instant::now();
+        let mut plan = in_session(&[("a", 0, 1), ("a", 1, 1)]);
+        plan.failed(&key("a", 0), now);
+        plan.due(now + BACKOFF_MIN);
+        plan.truncated(&key("a", 0));
+        assert_eq!(plan.next_fetch(0), Some(incremental(&[key("a", 0)], &[], 1)));
+    }
+
+    #[test]
+    fn with_every_partition_backing_off_there_is_nothing_to_do() {
+        let now = Instant::now();
+        let mut plan = in_session(&[("a", 0, 1)]);
+        assert!(plan.has_work());
+        plan.failed(&key("a", 0), now);
+        assert!(!plan.has_work());
+        plan.due(now + BACKOFF_MIN);
+        assert!(plan.has_work(), "truncating again");
     }
 
     #[test]
@@ -686,6 +1040,7 @@ mod tests {
         }
         let ms = |n| Some(Duration::from_millis(n));
         assert_eq!(pauses, vec![ms(50), ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
+        plan.due(now + BACKOFF_MAX);
         plan.truncated(&k);
         plan.fetched(&k);
         assert_eq!(plan.next_retry(), None);
@@ -694,15 +1049,15 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_connection_truncates_every_partition_again() {
-        let now = Instant::now();
-        let mut plan = plan_of(&[("a", 0, 1), ("b", 3, 1)]);
-        plan.truncated(&key("a", 0));
-        plan.truncated(&key("b", 3));
+    fn a_lost_connection_truncates_every_partition_again_and_starts_a_new_session() {
+        let mut plan = in_session(&[("a", 0, 1), ("b", 3, 1)]);
         plan.reconnected();
-        assert_eq!(plan.to_truncate(now), vec![key("a", 0), key("b", 3)]);
+        assert_eq!(plan.to_truncate(), vec![key("a", 0), key("b", 3)]);
+        plan.truncated(&key("b", 3));
+        let full = plan.next_fetch(0).expect("a fetch");
+        assert!(full.full);
+        assert_eq!(full.partitions, vec![key("b", 3)]);
         plan.forget(&key("a", 0));
-        assert_eq!(plan.to_truncate(now), vec![key("b", 3)]);
         plan.forget(&key("b", 3));
         assert!(plan.is_empty());
     }

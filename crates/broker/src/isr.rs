@@ -150,12 +150,26 @@ impl LeaderState {
     /// if `eligible` (KIP-841: unfenced and not shutting down; the controller refuses any
     /// other, and asking again every tick for a dead follower that was caught up when it died
     /// only loads the controller).
+    ///
+    /// `leader_leo` is the leader's log end now and `session_fetch_ms` when a follower's fetch
+    /// session holding this partition last fetched: an incremental fetch leaves out partitions
+    /// that did not change, so a follower whose fetch offset is the log end was caught up at
+    /// that fetch (the log end only grows, and was no larger then) without naming it.
     pub fn propose_isr(
         &mut self,
         now_ms: i64,
         lag_max_ms: i64,
         eligible: impl Fn(NodeId) -> bool,
+        leader_leo: i64,
+        session_fetch_ms: impl Fn(NodeId) -> Option<i64>,
     ) -> Option<Vec<NodeId>> {
+        for (id, p) in self.followers.iter_mut() {
+            if p.leo >= leader_leo {
+                if let Some(at) = session_fetch_ms(*id) {
+                    p.caught_up_ms = p.caught_up_ms.max(at.min(now_ms));
+                }
+            }
+        }
         if let Some((_, sent)) = &self.pending {
             if now_ms - sent < ISR_CHANGE_RETRY_MS {
                 return None;
@@ -203,6 +217,43 @@ mod tests {
         LeaderState::new(NodeId(1), n(&[1, 2, 3]), n(&[1, 2, 3]), 5, 7, 0, 0)
     }
 
+    /// A proposal without fetch sessions.
+    fn propose(
+        s: &mut LeaderState,
+        now_ms: i64,
+        lag_max_ms: i64,
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Option<Vec<NodeId>> {
+        s.propose_isr(now_ms, lag_max_ms, eligible, i64::MAX, |_| None)
+    }
+
+    #[test]
+    fn a_follower_at_the_log_end_stays_caught_up_through_its_session_fetches() {
+        let mut s = three();
+        s.on_follower_fetch(NodeId(2), 10, 10, 100).unwrap();
+        s.on_follower_fetch(NodeId(3), 10, 10, 100).unwrap();
+        // Nothing appended since: both sessions leave the partition out, and keep fetching.
+        let sessions = |r: NodeId| (r == NodeId(2) || r == NodeId(3)).then_some(40_000);
+        assert_eq!(s.propose_isr(40_001, 30_000, |_| true, 10, sessions), None);
+        // Follower 3's session stops fetching; 2's goes on.
+        let only_2 = |r: NodeId| match r.0 {
+            2 => Some(75_000),
+            3 => Some(40_000),
+            _ => None,
+        };
+        assert_eq!(s.propose_isr(75_000, 30_000, |_| true, 10, only_2), Some(n(&[1, 2])));
+        s.isr_change_failed();
+        // An append the sessions have not fetched yet: caught up as of their last fetch
+        // before it, not later.
+        assert_eq!(s.propose_isr(80_000, 30_000, |_| true, 11, |_| Some(80_000)), Some(n(&[1, 2])));
+        s.isr_change_failed();
+        assert_eq!(
+            s.propose_isr(106_000, 30_000, |_| true, 11, |_| Some(106_000)),
+            Some(n(&[1])),
+            "behind the log end: a session fetch says nothing"
+        );
+    }
+
     #[test]
     fn high_watermark_is_the_minimum_over_the_isr_and_never_goes_back() {
         let mut s = three();
@@ -223,25 +274,29 @@ mod tests {
         let mut s = three();
         s.on_follower_fetch(NodeId(2), 10, 10, 100).unwrap();
         s.on_follower_fetch(NodeId(3), 3, 10, 100).unwrap();
-        assert_eq!(s.propose_isr(1_000, 30_000, |_| true), None);
+        assert_eq!(propose(&mut s, 1_000, 30_000, |_| true), None);
         // follower 3 has not caught up for longer than the lag limit
         s.on_follower_fetch(NodeId(2), 50, 50, 31_000).unwrap();
-        assert_eq!(s.propose_isr(31_000, 30_000, |_| true), Some(n(&[1, 2])));
-        assert_eq!(s.propose_isr(31_001, 30_000, |_| true), None, "one change in flight at a time");
+        assert_eq!(propose(&mut s, 31_000, 30_000, |_| true), Some(n(&[1, 2])));
+        assert_eq!(
+            propose(&mut s, 31_001, 30_000, |_| true),
+            None,
+            "one change in flight at a time"
+        );
         s.on_partition_change(n(&[1, 2, 3]), n(&[1, 2]), 8, 31_002);
         assert_eq!(s.update_hw(50), Some(50), "without 3 the high watermark moves on");
         // follower 3 catches up to the high watermark: it is proposed back
         s.on_follower_fetch(NodeId(3), 50, 50, 32_000).unwrap();
-        assert_eq!(s.propose_isr(32_000, 30_000, |_| true), Some(n(&[1, 2, 3])));
+        assert_eq!(propose(&mut s, 32_000, 30_000, |_| true), Some(n(&[1, 2, 3])));
     }
 
     #[test]
     fn a_refused_change_can_be_proposed_again() {
         let mut s = three();
         s.on_follower_fetch(NodeId(2), 0, 0, 0).unwrap();
-        assert_eq!(s.propose_isr(40_000, 30_000, |_| true), Some(n(&[1])));
+        assert_eq!(propose(&mut s, 40_000, 30_000, |_| true), Some(n(&[1])));
         s.isr_change_failed();
-        assert_eq!(s.propose_isr(40_001, 30_000, |_| true), Some(n(&[1])));
+        assert_eq!(propose(&mut s, 40_001, 30_000, |_| true), Some(n(&[1])));
     }
 
     #[test]
@@ -265,7 +320,7 @@ mod tests {
     fn a_single_replica_partition_follows_its_own_log() {
         let mut s = LeaderState::new(NodeId(1), n(&[1]), n(&[1]), 0, 0, 0, 0);
         assert_eq!(s.update_hw(3), Some(3));
-        assert_eq!(s.propose_isr(1_000_000, 30_000, |_| true), None);
+        assert_eq!(propose(&mut s, 1_000_000, 30_000, |_| true), None);
     }
 
     #[test]
@@ -273,7 +328,7 @@ mod tests {
         let mut s = LeaderState::new(NodeId(1), n(&[1, 2, 3]), n(&[1, 2]), 5, 7, 0, 0);
         s.on_follower_fetch(NodeId(3), 0, 5, 1_000).unwrap();
         let fenced = |r: NodeId| r != NodeId(3);
-        assert_eq!(s.propose_isr(2_000, 30_000, fenced), None, "3 is fenced: not eligible");
-        assert_eq!(s.propose_isr(2_001, 30_000, |_| true), Some(n(&[1, 2, 3])));
+        assert_eq!(propose(&mut s, 2_000, 30_000, fenced), None, "3 is fenced: not eligible");
+        assert_eq!(propose(&mut s, 2_001, 30_000, |_| true), Some(n(&[1, 2, 3])));
     }
 }

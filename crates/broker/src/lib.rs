@@ -9,6 +9,7 @@ mod clock;
 mod config;
 mod errors;
 mod fetch_memory;
+mod fetch_session;
 mod fetcher;
 mod group;
 mod handlers;
@@ -64,6 +65,8 @@ pub(crate) struct BrokerCtx {
     pub fetchers: fetcher::FetcherManager,
     /// The bounds on record bytes held by Fetch responses.
     pub fetch_memory: fetch_memory::FetchMemory,
+    /// Incremental fetch sessions (KIP-227) of followers and consumers.
+    pub fetch_sessions: fetch_session::FetchSessions,
     /// Where group sessions, ISR lag and retention read the time (`clock::SystemClock`).
     pub clock: Arc<dyn Clock>,
     /// The blocks of producer ids this broker hands out (InitProducerId).
@@ -84,6 +87,13 @@ impl BrokerCtx {
             self.config.node_id.0
         }
     }
+}
+
+/// A random seed for fetch session ids, so that ids of an earlier incarnation of this broker do
+/// not name this one's sessions (the standard library's per-process hash keys).
+fn session_id_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// A running broker: its Kafka listener and background tasks.
@@ -125,6 +135,10 @@ impl Broker {
             groups: group::Coordinator::default(),
             fetchers: fetcher::FetcherManager::default(),
             fetch_memory: fetch_memory::FetchMemory::new(),
+            fetch_sessions: fetch_session::FetchSessions::new(
+                fetch_session::CACHE_SLOTS_DEFAULT,
+                session_id_seed(),
+            ),
             clock,
             producer_ids,
             txn: txn::TxnCoordinator::new(markers),

@@ -5,7 +5,7 @@
 //! high watermark; producers waiting for an acknowledgement wake when it passes their batch.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use crate::log_dir::LogDirHealth;
 use strom_metadata::{NodeId, TopicId};
 use tokio::sync::{watch, Notify};
 
+use crate::fetch_session::{PartitionKey, SessionSignal};
 use crate::isr::{FollowerFetchRefused, LeaderState};
 
 /// This broker's part in a partition, from the metadata image.
@@ -56,18 +57,22 @@ pub(crate) struct Partition {
     closed: AtomicBool,
     /// Told of this log's storage failures: the whole log directory is failed then.
     health: Arc<LogDirHealth>,
-    /// This partition's "new data" signal for long-polling fetches (a Fetch waits on the
-    /// partitions it asked for only): bumped when the high watermark moves, and on every
-    /// append while followers may be waiting.
-    data_arrived: watch::Sender<u64>,
+    /// The fetch sessions (and waiting sessionless fetches) that hold this partition: each is
+    /// marked when an append, a high watermark, a role or the log start changes, so that a
+    /// fetch checks only partitions that changed and wakes only for its own.
+    subscribers: Mutex<Vec<Subscriber>>,
     role: Mutex<Role>,
     /// Everything below this offset is durable locally (fsynced, or written when fsync-on-ack
     /// is off): what the leader counts as its own end offset for the high watermark.
     durable_leo: AtomicI64,
     /// `min.insync.replicas` of the topic.
     min_insync: AtomicI32,
-    /// Whether followers may be waiting on appends (wake them on every append).
-    has_followers: AtomicBool,
+}
+
+/// A fetch session that holds a partition, and the key it knows the partition by.
+struct Subscriber {
+    signal: Arc<SessionSignal>,
+    key: PartitionKey,
 }
 
 /// Why an acknowledgement could not be given.
@@ -109,12 +114,11 @@ impl Partition {
             fsync_on_ack: AtomicBool::new(fsync_on_ack),
             closed: AtomicBool::new(false),
             health,
-            data_arrived: watch::channel(0u64).0,
+            subscribers: Mutex::new(Vec::new()),
             role: Mutex::new(Role::Idle),
             // What survived recovery is on disk.
             durable_leo: AtomicI64::new(leo),
             min_insync: AtomicI32::new(1),
-            has_followers: AtomicBool::new(false),
         });
         tokio::spawn(flusher(p.clone()));
         p
@@ -150,6 +154,7 @@ impl Partition {
         if !self.closed.load(Ordering::Relaxed) {
             self.health.fail(&format!("partition {}-{}", self.topic, self.index), cause);
         }
+        self.changed();
     }
 
     /// Passes `result` through; a storage failure in it takes the log offline first.
@@ -250,9 +255,45 @@ impl Partition {
         Ok(Some(leo))
     }
 
-    /// Changes when this partition has new data for a waiting fetch (see `data_arrived`).
-    pub fn data_arrived(&self) -> watch::Receiver<u64> {
-        self.data_arrived.subscribe()
+    fn subscribers(&self) -> MutexGuard<'_, Vec<Subscriber>> {
+        self.subscribers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `signal`'s session holds this partition as `key`: mark it on every change from now on.
+    /// Also drops subscribers whose sessions ended.
+    pub fn subscribe(&self, signal: &Arc<SessionSignal>, key: &PartitionKey) {
+        let mut subscribers = self.subscribers();
+        subscribers.retain(|s| !s.signal.is_closed());
+        if !subscribers.iter().any(|s| Arc::ptr_eq(&s.signal, signal)) {
+            subscribers.push(Subscriber { signal: signal.clone(), key: key.clone() });
+        }
+    }
+
+    /// `signal`'s session no longer holds this partition (or answers it with an error, which
+    /// it checks on every fetch anyway).
+    pub fn unsubscribe(&self, signal: &Arc<SessionSignal>) {
+        self.subscribers().retain(|s| !s.signal.is_closed() && !Arc::ptr_eq(&s.signal, signal));
+    }
+
+    /// Something a fetch answers changed (records, high watermark, last stable offset, log
+    /// start offset, role, health): every session holding the partition checks it next time.
+    /// Takes only leaf locks (the subscriber list, then each session's marks), so callers may
+    /// hold the log lock.
+    pub fn changed(&self) {
+        let mut subscribers = self.subscribers();
+        subscribers.retain(|s| !s.signal.is_closed());
+        for s in subscribers.iter() {
+            s.signal.mark(&s.key);
+        }
+    }
+
+    /// When each open session of a follower that holds this partition last fetched (for the
+    /// ISR: a session leaves out a partition that did not change).
+    fn session_fetches(&self) -> Vec<(NodeId, i64)> {
+        self.subscribers()
+            .iter()
+            .filter_map(|s| Some((s.signal.replica?, s.signal.last_fetch_ms()?)))
+            .collect()
     }
 
     fn appended(&self, leo: i64) {
@@ -261,9 +302,7 @@ impl Partition {
         } else {
             self.on_durable(leo);
         }
-        if self.has_followers.load(Ordering::Relaxed) {
-            self.data_arrived.send_modify(|n| *n = n.wrapping_add(1));
-        }
+        self.changed();
     }
 
     /// Everything below `upto` is durable here: a leader may move its high watermark.
@@ -355,7 +394,6 @@ impl Partition {
         partition_epoch: i32,
         now_ms: i64,
     ) {
-        self.has_followers.store(replicas.len() > 1, Ordering::Relaxed);
         let hw = self.progress().high_watermark;
         let moved = self.with_role(|role| {
             match role {
@@ -378,14 +416,15 @@ impl Partition {
         if let Some(Some(hw)) = moved {
             self.advance_hw(hw);
         }
+        // A new epoch, or followers added or removed: sessions check the partition again.
+        self.changed();
     }
 
     /// Makes this broker a follower of `leader` at `leader_epoch`. Returns the receiver the
     /// fetcher watches to drop the partition when this role ends, or `None` if it already follows
     /// that leader at that epoch.
     pub fn follow(&self, leader: NodeId, leader_epoch: i32) -> Option<watch::Receiver<bool>> {
-        self.has_followers.store(false, Ordering::Relaxed);
-        self.with_role(|role| {
+        let stop = self.with_role(|role| {
             if let Role::Follower { leader: l, leader_epoch: e, .. } = role {
                 if *l == leader && *e == leader_epoch {
                     return None;
@@ -398,7 +437,11 @@ impl Partition {
             *role = Role::Follower { leader, leader_epoch, _stop: stop };
             Some(rx)
         })
-        .flatten()
+        .flatten();
+        if stop.is_some() {
+            self.changed();
+        }
+        stop
     }
 
     /// No leader is known: stop leading or following.
@@ -410,6 +453,7 @@ impl Partition {
                 *role = Role::Idle;
             }
         });
+        self.changed();
     }
 
     /// Cuts a follower's divergent suffix (everything at and after `offset`).
@@ -423,6 +467,31 @@ impl Partition {
         self.durable_leo.fetch_min(leo, Ordering::Relaxed);
         self.progress.send_modify(|p| p.durable_leo = p.durable_leo.min(leo));
         Ok(())
+    }
+
+    /// Leader-only: the ISR to ask the controller for, if it should change, with the leader
+    /// and partition epochs (see [`LeaderState::propose_isr`]). A follower whose fetch session
+    /// holds this partition and whose fetch offset is this log's end counts as caught up as of
+    /// its session's latest fetch: the session leaves the partition out while nothing changes.
+    pub fn propose_isr(
+        &self,
+        now_ms: i64,
+        lag_max_ms: i64,
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Option<(Vec<NodeId>, i32, i32)> {
+        self.progress().leader_epoch?;
+        // The fetch times before the log end: a session that fetched at T saw a log end at
+        // most the one read after T.
+        let fetches = self.session_fetches();
+        let leo = self.log().ok()?.log_end_offset();
+        let fetched_ms = |r: NodeId| fetches.iter().filter(|(f, _)| *f == r).map(|(_, t)| *t).max();
+        self.with_role(|role| match role {
+            Role::Leader(state) => state
+                .propose_isr(now_ms, lag_max_ms, eligible, leo, fetched_ms)
+                .map(|isr| (isr, state.leader_epoch, state.partition_epoch)),
+            _ => None,
+        })
+        .flatten()
     }
 
     /// Leader-only: the current ISR size and leader epoch, or `None` when not leader.
@@ -444,7 +513,7 @@ impl Partition {
             }
         });
         if moved {
-            self.data_arrived.send_modify(|n| *n = n.wrapping_add(1));
+            self.changed();
         }
     }
 
@@ -507,6 +576,8 @@ impl Partition {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.flush_requested.notify_one();
+        // Sessions holding it look again, and find the log that replaces it, or none.
+        self.changed();
     }
 }
 
@@ -567,6 +638,7 @@ async fn flusher(p: Arc<Partition>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch_session::TopicKey;
 
     /// One record in one v2 batch.
     fn batch() -> Bytes {
@@ -582,18 +654,44 @@ mod tests {
         p
     }
 
+    fn key_of(p: &Partition) -> PartitionKey {
+        PartitionKey { topic: TopicKey::Name(p.topic.as_str().into()), partition: p.index }
+    }
+
     // A runtime only because a partition starts its flusher task; nothing here waits.
     #[tokio::test]
-    async fn a_waiting_fetch_wakes_for_its_own_partitions_only() {
+    async fn a_session_is_marked_and_woken_by_its_own_partitions_only() {
         let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
         let (a, b) = (led(dirs[0].path(), 0), led(dirs[1].path(), 1));
-        let mut on_a = a.data_arrived();
+        let session = Arc::new(SessionSignal::new(None));
+        let mut wakes = session.wakes();
+        a.subscribe(&session, &key_of(&a));
+        a.subscribe(&session, &key_of(&a));
         b.append(&batch(), 0, 0).expect("appends");
         assert_eq!(b.progress().high_watermark, 1);
-        assert!(!on_a.has_changed().expect("open"), "another partition's append woke it");
+        assert!(!wakes.has_changed().expect("open"), "another partition's append woke it");
         a.append(&batch(), 0, 0).expect("appends");
-        assert!(on_a.has_changed().expect("open"), "its own high watermark moved unseen");
-        on_a.borrow_and_update();
-        assert!(!on_a.has_changed().expect("open"));
+        assert!(wakes.has_changed().expect("open"), "its own append went unseen");
+        wakes.borrow_and_update();
+        assert_eq!(session.drain(), [key_of(&a)].into_iter().collect(), "marked once");
+        a.unsubscribe(&session);
+        a.append(&batch(), 0, 0).expect("appends");
+        assert!(!wakes.has_changed().expect("open"), "unsubscribed");
+        assert!(session.drain().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_is_dropped_and_a_role_change_marks_the_partition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = led(dir.path(), 0);
+        let (open, closed) =
+            (Arc::new(SessionSignal::new(None)), Arc::new(SessionSignal::new(None)));
+        a.subscribe(&open, &key_of(&a));
+        a.subscribe(&closed, &key_of(&a));
+        closed.close();
+        a.lead(NodeId(1), vec![NodeId(1)], vec![NodeId(1)], 1, 1, 0);
+        assert_eq!(open.drain().len(), 1, "a new leader epoch is a change");
+        assert!(closed.drain().is_empty(), "a closed session hears nothing");
+        assert_eq!(a.subscribers().len(), 1);
     }
 }

@@ -631,7 +631,9 @@ fn apply_retention(ctx: &BrokerCtx, retention_due: bool, now_ms: i64) {
                 match log.apply_retention(now_ms) {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments")
+                        tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments");
+                        // The log start offset moved: fetch sessions answer it.
+                        p.changed();
                     }
                     Err(e) => {
                         tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
@@ -674,14 +676,7 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
             if changes.len() == ISR_CHANGES_PER_REQUEST_MAX {
                 break;
             }
-            let proposal = p
-                .with_role(|role| match role {
-                    crate::partition::Role::Leader(state) => state
-                        .propose_isr(now, lag_max_ms, |r| image.is_live(r))
-                        .map(|isr| (isr, state.leader_epoch, state.partition_epoch)),
-                    _ => None,
-                })
-                .flatten();
+            let proposal = p.propose_isr(now, lag_max_ms, |r| image.is_live(r));
             let Some((new_isr, leader_epoch, partition_epoch)) = proposal else { continue };
             tracing::debug!(topic = %p.topic, partition = p.index,
                 isr = ?new_isr.iter().map(|n| n.0).collect::<Vec<_>>(), "asking the controller to change the ISR");
@@ -949,6 +944,7 @@ pub(crate) mod test_support {
             groups: crate::group::Coordinator::default(),
             fetchers: crate::fetcher::FetcherManager::default(),
             fetch_memory: crate::fetch_memory::FetchMemory::new(),
+            fetch_sessions: crate::fetch_session::FetchSessions::new(1, 0),
             producer_ids: Arc::new(crate::producer_ids::ProducerIdManager::new(
                 ME,
                 Arc::new(crate::producer_ids::ControllerBlocks(Arc::new(NoController))),

@@ -8,6 +8,7 @@ mod connections;
 mod durability;
 mod fd_limit;
 mod fetch_limits;
+mod fetch_sessions;
 mod file_handles;
 mod fuzz_node;
 mod groups;

@@ -1,12 +1,19 @@
 //! Fetch: serves stored batches up to the high watermark without decoding them, and
 //! long-polls until `min_bytes` have arrived or `max_wait_ms` has passed.
 //!
+//! Requests run in fetch sessions (KIP-227, `fetch_session`): a FULL request answers every
+//! partition it names and may create a session; an INCREMENTAL one checks only the session's
+//! partitions that changed since its last fetch (they marked themselves), the ones it names
+//! and the ones in error, and answers those whose answer changed, so that an idle session
+//! costs the same whatever its size. A waiting fetch wakes on its session's one signal.
+//!
 //! A response holds at most `fetch.max.bytes` of records, filled as KIP-74 says ([`Budget`]).
 //! The checks run under the partitions' locks without IO; the reads run on blocking threads,
 //! each after reserving its bytes from the connection's and the broker's bounds
 //! (`fetch_memory`). A follower's fetch is checked in full before it counts as the follower's
 //! progress.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +21,12 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
-use kafka_protocol::messages::{BrokerId, ProducerId};
+use kafka_protocol::messages::{BrokerId, ProducerId, TopicName};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use strom_metadata::{MetadataImage, NodeId, PartitionImage, TopicId};
 use strom_protocol::batch::Batches;
 use strom_protocol::request::{encode_response_sharing, SHARED_BYTES_MIN};
-use tokio::sync::watch;
+use uuid::Uuid;
 
 use strom_log::ReadStart;
 
@@ -27,7 +34,12 @@ use super::Meta;
 use super::{check_leader, leader_hint, local_partition};
 use crate::errors::KafkaError;
 use crate::fetch_memory::{reserved_bytes, ConnectionMemory, FetchMemory, Reservation};
+use crate::fetch_session::{
+    Answered, Checked, CloseOnDrop, FetchParams, Open, PartitionKey, SessionError, SessionRequest,
+    SessionSignal, TopicKey, FINAL_EPOCH, INVALID_SESSION_ID,
+};
 use crate::isr::FollowerFetchRefused;
+use crate::wire::s;
 use crate::BrokerCtx;
 
 /// The longest long-poll a request may ask for.
@@ -88,13 +100,87 @@ impl Budget {
     }
 }
 
+/// One partition a pass checks, as the request or its session names it.
+#[derive(Clone, Debug)]
+struct Ask {
+    key: PartitionKey,
+    params: FetchParams,
+}
+
+/// The request's partitions in request order, keyed as its session keys them (by topic id
+/// from v13 on).
+fn request_asks(version: i16, req: &FetchRequest) -> Vec<Ask> {
+    let mut asks = Vec::new();
+    for t in &req.topics {
+        let topic = topic_key(version, &t.topic, t.topic_id);
+        for fp in &t.partitions {
+            asks.push(Ask {
+                key: PartitionKey { topic: topic.clone(), partition: fp.partition },
+                params: FetchParams {
+                    fetch_offset: fp.fetch_offset,
+                    partition_max_bytes: fp.partition_max_bytes,
+                    // v9 added current_leader_epoch: older requests carry no claim to check.
+                    current_leader_epoch: if version >= 9 { fp.current_leader_epoch } else { -1 },
+                    log_start_offset: fp.log_start_offset,
+                },
+            });
+        }
+    }
+    asks
+}
+
+fn topic_key(version: i16, name: &TopicName, id: Uuid) -> TopicKey {
+    if version >= 13 {
+        TopicKey::Id(TopicId(*id.as_bytes()))
+    } else {
+        TopicKey::Name(Arc::from(name.as_str()))
+    }
+}
+
+/// The request as its session sees it (sessions exist from v7 on).
+fn session_request(
+    version: i16,
+    req: &FetchRequest,
+    replica: Option<(NodeId, i64)>,
+    asks: &[Ask],
+) -> SessionRequest {
+    let (session_id, epoch) =
+        if version >= 7 { (req.session_id, req.session_epoch) } else { (0, FINAL_EPOCH) };
+    let forgotten = req
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|t| {
+            let topic = topic_key(version, &t.topic, t.topic_id);
+            t.partitions
+                .iter()
+                .map(move |&partition| PartitionKey { topic: topic.clone(), partition })
+        })
+        .collect();
+    SessionRequest {
+        session_id,
+        epoch,
+        replica: replica.map(|(r, _)| r),
+        uses_topic_ids: version >= 13,
+        partitions: asks.iter().map(|a| (a.key.clone(), a.params)).collect(),
+        forgotten,
+    }
+}
+
 /// A partition whose checks passed and that has batches to serve: its read runs off the async
 /// workers, after the lock.
 struct PendingRead {
-    /// Where its `PartitionData` is in the response (topic, partition).
-    at: (usize, usize),
+    /// Which ask of the pass it answers.
+    ask: usize,
     start: ReadStart,
     partition_max_bytes: i32,
+}
+
+/// What a read produced: records, nothing at the fetch offset, or nothing because the
+/// response had no room (or memory) left for this partition.
+enum ReadOutcome {
+    Records(Bytes),
+    Nothing,
+    NoRoom,
 }
 
 /// The reads of one pass, run in request order on a blocking thread; resumable when the
@@ -105,8 +191,8 @@ struct ReadJob {
     budget: Budget,
     /// Memory reserved (after a wait) for the read at `next`.
     granted: Option<Reservation>,
-    /// (position in the response, records or the Kafka error), in request order.
-    done: Vec<((usize, usize), Result<Bytes, KafkaError>)>,
+    /// (ask, what was read or the Kafka error), in request order.
+    done: Vec<(usize, Result<ReadOutcome, KafkaError>)>,
 }
 
 impl ReadJob {
@@ -116,25 +202,30 @@ impl ReadJob {
         while let Some(read) = self.reads.get(self.next) {
             let outcome = (|| -> Result<_, KafkaError> {
                 let Some(located) = read.start.locate()? else {
-                    return Ok(None);
+                    return Ok(Err(ReadOutcome::Nothing));
                 };
                 let available = usize::try_from(located.available()).unwrap_or(usize::MAX);
                 let len =
                     self.budget.read_len(read.partition_max_bytes, located.first_len(), available);
                 if len == 0 {
-                    return Ok(None);
+                    let none = if located.first_len() == 0 {
+                        ReadOutcome::Nothing
+                    } else {
+                        ReadOutcome::NoRoom
+                    };
+                    return Ok(Err(none));
                 }
-                Ok(Some((located, len)))
+                Ok(Ok((located, len)))
             })();
             let (located, len) = match outcome {
-                Ok(Some(found)) => found,
-                Ok(None) => {
-                    self.done.push((read.at, Ok(Bytes::new())));
+                Ok(Ok(found)) => found,
+                Ok(Err(none)) => {
+                    self.done.push((read.ask, Ok(none)));
                     self.next += 1;
                     continue;
                 }
                 Err(e) => {
-                    self.done.push((read.at, Err(e)));
+                    self.done.push((read.ask, Err(e)));
                     self.next += 1;
                     continue;
                 }
@@ -150,154 +241,176 @@ impl ReadJob {
                 Ok(data) => {
                     let records = reserved_bytes(data, reservation);
                     self.budget.spend(records.len());
-                    Ok(records)
+                    Ok(ReadOutcome::Records(records))
                 }
                 Err(e) => Err(e.into()),
             };
-            self.done.push((read.at, records));
+            self.done.push((read.ask, records));
             self.next += 1;
         }
         None
     }
 }
 
+/// How a partition's read went, for its session.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Records,
+    Nothing,
+    NoRoom,
+}
+
 /// What the partition checks of one pass produced.
 struct Pass {
     resp: FetchResponse,
+    /// Where each ask's `PartitionData` is in the response (topic, partition).
+    at: Vec<(usize, usize)>,
     reads: Vec<PendingRead>,
     any_error: bool,
-    /// The "new data" signals of the partitions asked for, taken before they were read: a
-    /// fetch that must wait wakes for these only, not for every append of the node. At most
-    /// one per partition of the request.
-    arrivals: Vec<watch::Receiver<u64>>,
 }
 
-/// The checks and bookkeeping of one pass over the requested partitions, under the partitions'
-/// locks and without file IO; the reads are left in `Pass::reads`.
+/// What a Fetch asks besides its partitions.
+#[derive(Clone, Copy)]
+struct FetchSpec {
+    version: i16,
+    /// The follower that fetches and its broker epoch (-1: not sent).
+    replica: Option<(NodeId, i64)>,
+    isolation_level: i8,
+    max_bytes: i32,
+}
+
+/// The checks and bookkeeping of one pass over `asks`, under the partitions' locks and
+/// without file IO; the reads are left in `Pass::reads`. Every partition that answers without
+/// an error is subscribed to `signal`, so that its next change marks it there; one that errs
+/// is not (errors are checked on every fetch anyway).
 fn check_partitions(
     ctx: &BrokerCtx,
     image: &MetadataImage,
-    version: i16,
-    req: &FetchRequest,
-    replica: Option<(NodeId, i64)>,
+    spec: FetchSpec,
+    asks: &[Ask],
+    signal: &Arc<SessionSignal>,
 ) -> Pass {
+    let FetchSpec { version, replica, .. } = spec;
     let node = ctx.image.node;
     let now = ctx.clock.now_ms();
     let mut any_error = false;
     let mut reads = Vec::new();
-    let mut arrivals = Vec::new();
+    let mut at = Vec::with_capacity(asks.len());
     let mut endpoints = std::collections::BTreeMap::new();
-    let mut responses = Vec::with_capacity(req.topics.len());
-    for (t_at, t) in req.topics.iter().enumerate() {
-        let topic = if version >= 13 {
-            image.topic_by_id(TopicId(*t.topic_id.as_bytes()))
-        } else {
-            image.topic(t.topic.as_str())
-        };
-        let mut out = FetchableTopicResponse::default();
-        if version >= 13 {
-            out.topic_id = t.topic_id;
-        } else {
-            out.topic = t.topic.clone();
-        }
-        let Some(topic) = topic else {
-            let error = if version >= 13 {
-                KafkaError::UnknownTopicId
-            } else {
-                KafkaError::UnknownTopicOrPartition
-            };
-            out.partitions =
-                t.partitions.iter().map(|p| error_partition(p.partition, error)).collect();
-            any_error = true;
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    for (ask_at, ask) in asks.iter().enumerate() {
+        let same_topic = asks
+            .get(ask_at.wrapping_sub(1))
+            .is_some_and(|previous| ask_at > 0 && previous.key.topic == ask.key.topic);
+        if !same_topic {
+            let mut out = FetchableTopicResponse::default();
+            match &ask.key.topic {
+                TopicKey::Id(id) => out.topic_id = Uuid::from_bytes(id.0),
+                TopicKey::Name(name) => out.topic = TopicName(s(name.to_string())),
+            }
             responses.push(out);
-            continue;
+        }
+        let t_at = responses.len() - 1;
+        let topic = match &ask.key.topic {
+            TopicKey::Id(id) => image.topic_by_id(*id),
+            TopicKey::Name(name) => image.topic(name),
         };
-        for (p_at, fp) in t.partitions.iter().enumerate() {
-            let index = fp.partition;
-            let data = (|| {
-                // v9 added current_leader_epoch: older requests carry no claim to check.
-                let claimed = if version >= 9 { fp.current_leader_epoch } else { -1 };
-                let p = check_leader(topic.partitions.get(&index), node, claimed)?;
-                let part = local_partition(ctx, image, &topic.name, index)?;
-                arrivals.push(part.data_arrived());
-                if let Some((r, broker_epoch)) = replica {
-                    check_follower_fetch(image, p, r, broker_epoch, claimed)?;
-                    // Only now may the fetch offset count as the follower's durable end (and
-                    // move the high watermark); the partition checks the offset and the
-                    // follower again under its locks.
-                    part.on_follower_fetch(r, fp.fetch_offset, p.leader_epoch.0, now).map_err(
-                        |refused| match refused {
-                            FollowerFetchRefused::OffsetOutOfRange => KafkaError::OffsetOutOfRange,
-                            FollowerFetchRefused::NotReplica => not_a_replica(claimed),
-                        },
-                    )?;
-                }
-                let progress = part.progress();
-                if progress.offline {
-                    return Err(KafkaError::KafkaStorageError);
-                }
-                let hw = progress.high_watermark;
-                // Consumers read up to the high watermark (read_committed: up to the last
-                // stable offset, before the oldest open transaction), followers up to the
-                // log end.
-                let log = part.log()?;
-                let start = log.log_start_offset();
-                let lso = log.first_unstable_offset().map_or(hw, |first| first.min(hw));
-                let read_committed = replica.is_none() && req.isolation_level == 1;
-                let bound = match replica {
-                    Some(_) => log.log_end_offset(),
-                    None if read_committed => lso,
-                    None => hw,
-                };
-                let read = log.read_start(fp.fetch_offset, bound)?;
-                // Trimmed to the data actually read once the read is done.
-                let aborted = read_committed.then(|| {
-                    let aborted = log.aborted_transactions(fp.fetch_offset, lso);
-                    aborted.iter().map(aborted_transaction).collect()
+        let index = ask.key.partition;
+        let fp = &ask.params;
+        let mut part = None;
+        let data = (|| {
+            let topic = topic.ok_or(match ask.key.topic {
+                TopicKey::Id(_) => KafkaError::UnknownTopicId,
+                TopicKey::Name(_) => KafkaError::UnknownTopicOrPartition,
+            })?;
+            let claimed = fp.current_leader_epoch;
+            let p = check_leader(topic.partitions.get(&index), node, claimed)?;
+            let local = local_partition(ctx, image, &topic.name, index)?;
+            part = Some(local.clone());
+            if let Some((r, broker_epoch)) = replica {
+                check_follower_fetch(image, p, r, broker_epoch, claimed)?;
+                // Only now may the fetch offset count as the follower's durable end (and
+                // move the high watermark); the partition checks the offset and the
+                // follower again under its locks.
+                local.on_follower_fetch(r, fp.fetch_offset, p.leader_epoch.0, now).map_err(
+                    |refused| match refused {
+                        FollowerFetchRefused::OffsetOutOfRange => KafkaError::OffsetOutOfRange,
+                        FollowerFetchRefused::NotReplica => not_a_replica(claimed),
+                    },
+                )?;
+            }
+            let progress = local.progress();
+            if progress.offline {
+                return Err(KafkaError::KafkaStorageError);
+            }
+            // Before the log is read: a change after this marks the partition again.
+            local.subscribe(signal, &ask.key);
+            let hw = progress.high_watermark;
+            // Consumers read up to the high watermark (read_committed: up to the last
+            // stable offset, before the oldest open transaction), followers up to the
+            // log end.
+            let log = local.log()?;
+            let start = log.log_start_offset();
+            let lso = log.first_unstable_offset().map_or(hw, |first| first.min(hw));
+            let read_committed = replica.is_none() && spec.isolation_level == 1;
+            let bound = match replica {
+                Some(_) => log.log_end_offset(),
+                None if read_committed => lso,
+                None => hw,
+            };
+            let read = log.read_start(fp.fetch_offset, bound)?;
+            // Trimmed to the data actually read once the read is done.
+            let aborted = read_committed.then(|| {
+                let aborted = log.aborted_transactions(fp.fetch_offset, lso);
+                aborted.iter().map(aborted_transaction).collect()
+            });
+            drop(log);
+            if let Some(read) = read {
+                reads.push(PendingRead {
+                    ask: ask_at,
+                    start: read,
+                    partition_max_bytes: fp.partition_max_bytes,
                 });
-                drop(log);
-                if let Some(read) = read {
-                    reads.push(PendingRead {
-                        at: (t_at, p_at),
-                        start: read,
-                        partition_max_bytes: fp.partition_max_bytes,
-                    });
-                }
-                let mut d = PartitionData::default()
-                    .with_partition_index(index)
-                    .with_high_watermark(hw)
-                    .with_last_stable_offset(lso)
-                    .with_aborted_transactions(aborted)
-                    .with_records(Some(Bytes::new()));
-                if version >= 5 {
-                    d.log_start_offset = start;
-                }
-                Ok(d)
-            })();
-            out.partitions.push(data.unwrap_or_else(|error| {
-                any_error = true;
-                let mut d = error_partition(index, error);
-                if version >= 12 {
-                    // KIP-951: name the current leader so the client can go straight there.
-                    if let Some(hint) = leader_hint(image, &topic.name, index, error) {
-                        d.current_leader = LeaderIdAndEpoch::default()
-                            .with_leader_id(BrokerId(hint.leader_id))
-                            .with_leader_epoch(hint.leader_epoch);
-                        if let Some((id, host, port, rack)) = hint.endpoint {
-                            endpoints.insert(id, (host, port, rack));
-                        }
+            }
+            let mut d = PartitionData::default()
+                .with_partition_index(index)
+                .with_high_watermark(hw)
+                .with_last_stable_offset(lso)
+                .with_aborted_transactions(aborted)
+                .with_records(Some(Bytes::new()));
+            // Compared with what the session last told, whatever the version sends.
+            d.log_start_offset = start;
+            Ok(d)
+        })();
+        let d = data.unwrap_or_else(|error| {
+            any_error = true;
+            if let Some(part) = &part {
+                part.unsubscribe(signal);
+            }
+            let mut d = error_partition(index, error);
+            if version >= 12 {
+                // KIP-951: name the current leader so the client can go straight there.
+                let hint = topic.and_then(|t| leader_hint(image, &t.name, index, error));
+                if let Some(hint) = hint {
+                    d.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(hint.leader_id))
+                        .with_leader_epoch(hint.leader_epoch);
+                    if let Some((id, host, port, rack)) = hint.endpoint {
+                        endpoints.insert(id, (host, port, rack));
                     }
                 }
-                d
-            }));
-        }
-        responses.push(out);
+            }
+            d
+        });
+        let partitions = &mut responses[t_at].partitions;
+        at.push((t_at, partitions.len()));
+        partitions.push(d);
     }
     let mut resp = FetchResponse::default().with_responses(responses);
     if version >= 16 {
         resp.node_endpoints = super::node_endpoints!(endpoints, NodeEndpoint);
     }
-    Pass { resp, reads, any_error, arrivals }
+    Pass { resp, at, reads, any_error }
 }
 
 /// Kafka's answer to a fetch from a node that is not a replica of the partition: the node may
@@ -332,76 +445,164 @@ fn check_follower_fetch(
     Ok(())
 }
 
+/// One pass's response, the record bytes in it, whether a partition erred, and per ask how
+/// it turned out for its session.
+struct PassResult {
+    resp: FetchResponse,
+    at: Vec<(usize, usize)>,
+    bytes: usize,
+    any_error: bool,
+    checked: Vec<Checked>,
+}
+
 /// One pass: the checks, then the reads off the async workers within the memory bounds.
-/// Returns the response and the record bytes in it. When the memory for a read is not free
-/// (by `deadline` if the response has no records yet, at once otherwise), that partition and
-/// the ones after it answer without records, as KIP-74 allows.
+/// When the memory for a read is not free (by `deadline` if the response has no records yet,
+/// at once otherwise), that partition and the ones after it answer without records, as KIP-74
+/// allows.
 async fn read_once(
     ctx: &Arc<BrokerCtx>,
     connection: &ConnectionMemory,
-    version: i16,
-    req: &FetchRequest,
-    replica: Option<(NodeId, i64)>,
+    spec: FetchSpec,
+    asks: &[Ask],
+    signal: &Arc<SessionSignal>,
     deadline: tokio::time::Instant,
-) -> (FetchResponse, usize, bool, Vec<watch::Receiver<u64>>) {
+) -> PassResult {
     let image = ctx.image.current();
-    let Pass { mut resp, reads, mut any_error, arrivals } =
-        check_partitions(ctx, &image, version, req, replica);
-    if reads.is_empty() {
-        return (resp, 0, any_error, arrivals);
-    }
-    let budget = Budget::new(req.max_bytes, ctx.config.fetch_max_bytes);
-    let mut job = ReadJob { reads, next: 0, budget, granted: None, done: Vec::new() };
-    loop {
-        let (c, conn) = (ctx.clone(), connection.clone());
-        let ran = tokio::task::spawn_blocking(move || {
-            let need = job.run(&c.fetch_memory, &conn);
-            (job, need)
-        })
-        .await;
-        let need;
-        (job, need) = match ran {
-            Ok(ran) => ran,
-            Err(e) => {
-                // A bug: the job is gone with the thread; its partitions answer without data.
-                tracing::error!(error = %e, "fetch read task failed");
-                debug_assert!(false, "fetch read task failed: {e}");
-                return (resp, 0, any_error, arrivals);
-            }
-        };
-        let Some(bytes) = need else { break };
-        if job.done.iter().any(|(_, r)| r.as_ref().is_ok_and(|b| !b.is_empty())) {
-            // Waiting while holding records could wait on this connection's own bytes (a
-            // response is released only once written): answer with what is read.
-            break;
-        }
-        let reserve = ctx.fetch_memory.reserve(connection, bytes);
-        match tokio::time::timeout_at(deadline, reserve).await {
-            Ok(reservation) => job.granted = Some(reservation),
-            Err(_) => break, // the rest answers without records; the client asks again
-        }
-    }
+    let Pass { mut resp, at, reads, mut any_error } =
+        check_partitions(ctx, &image, spec, asks, signal);
+    let mut outcomes: Vec<Option<Served>> = vec![None; asks.len()];
     let mut total = 0usize;
-    for ((t, p), records) in job.done {
-        let d = &mut resp.responses[t].partitions[p];
-        match records {
-            Ok(records) => {
-                total += records.len();
-                if let Some(aborted) = &mut d.aborted_transactions {
-                    // Only the transactions the returned batches overlap.
-                    let last = Batches::new(records.clone()).map_while(Result::ok).last();
-                    let end = last.map_or(-1, |(header, _)| header.last_offset());
-                    aborted.retain(|t| t.first_offset <= end);
+    if !reads.is_empty() {
+        let in_reads: Vec<usize> = reads.iter().map(|r| r.ask).collect();
+        let budget = Budget::new(spec.max_bytes, ctx.config.fetch_max_bytes);
+        let mut job = ReadJob { reads, next: 0, budget, granted: None, done: Vec::new() };
+        loop {
+            let (c, conn) = (ctx.clone(), connection.clone());
+            let ran = tokio::task::spawn_blocking(move || {
+                let need = job.run(&c.fetch_memory, &conn);
+                (job, need)
+            })
+            .await;
+            let need;
+            (job, need) = match ran {
+                Ok(ran) => ran,
+                Err(e) => {
+                    // A bug: the job is gone with the thread; its partitions answer without
+                    // data.
+                    tracing::error!(error = %e, "fetch read task failed");
+                    debug_assert!(false, "fetch read task failed: {e}");
+                    return PassResult {
+                        checked: checked_of(asks, &resp, &at, &outcomes),
+                        resp,
+                        at,
+                        bytes: 0,
+                        any_error,
+                    };
                 }
-                d.records = Some(records);
+            };
+            let Some(bytes) = need else { break };
+            let holds_records =
+                job.done.iter().any(|(_, r)| matches!(r, Ok(ReadOutcome::Records(_))));
+            if holds_records {
+                // Waiting while holding records could wait on this connection's own bytes (a
+                // response is released only once written): answer with what is read.
+                break;
             }
-            Err(error) => {
-                any_error = true;
-                *d = error_partition(d.partition_index, error);
+            let reserve = ctx.fetch_memory.reserve(connection, bytes);
+            match tokio::time::timeout_at(deadline, reserve).await {
+                Ok(reservation) => job.granted = Some(reservation),
+                Err(_) => break, // the rest answers without records; the client asks again
+            }
+        }
+        // Reads the job did not reach had no room.
+        for ask in in_reads {
+            outcomes[ask] = Some(Served::NoRoom);
+        }
+        for (ask, records) in job.done {
+            let (t, p) = at[ask];
+            let d = &mut resp.responses[t].partitions[p];
+            match records {
+                Ok(ReadOutcome::Records(records)) => {
+                    total += records.len();
+                    if let Some(aborted) = &mut d.aborted_transactions {
+                        // Only the transactions the returned batches overlap.
+                        let last = Batches::new(records.clone()).map_while(Result::ok).last();
+                        let end = last.map_or(-1, |(header, _)| header.last_offset());
+                        aborted.retain(|t| t.first_offset <= end);
+                    }
+                    d.records = Some(records);
+                    outcomes[ask] = Some(Served::Records);
+                }
+                Ok(ReadOutcome::Nothing) => outcomes[ask] = Some(Served::Nothing),
+                Ok(ReadOutcome::NoRoom) => outcomes[ask] = Some(Served::NoRoom),
+                Err(error) => {
+                    any_error = true;
+                    *d = error_partition(d.partition_index, error);
+                    outcomes[ask] = None;
+                }
             }
         }
     }
-    (resp, total, any_error, arrivals)
+    PassResult {
+        checked: checked_of(asks, &resp, &at, &outcomes),
+        resp,
+        at,
+        bytes: total,
+        any_error,
+    }
+}
+
+/// How each ask turned out, for its session.
+fn checked_of(
+    asks: &[Ask],
+    resp: &FetchResponse,
+    at: &[(usize, usize)],
+    outcomes: &[Option<Served>],
+) -> Vec<Checked> {
+    asks.iter()
+        .zip(at)
+        .zip(outcomes)
+        .map(|((ask, &(t, p)), outcome)| {
+            let d = &resp.responses[t].partitions[p];
+            let records = *outcome == Some(Served::Records);
+            Checked {
+                key: ask.key.clone(),
+                error: d.error_code != 0,
+                records,
+                again: records || *outcome == Some(Served::NoRoom),
+                answered: Answered {
+                    high_watermark: d.high_watermark,
+                    last_stable_offset: d.last_stable_offset,
+                    log_start_offset: d.log_start_offset,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Only the partitions `included` names, in their order; topics left without partitions go.
+fn keep_included(resp: &mut FetchResponse, at: &[(usize, usize)], included: &[bool]) {
+    let mut keep: Vec<Vec<bool>> =
+        resp.responses.iter().map(|t| vec![false; t.partitions.len()]).collect();
+    for (&(t, p), &yes) in at.iter().zip(included) {
+        keep[t][p] = yes;
+    }
+    for (topic, keep) in resp.responses.iter_mut().zip(keep) {
+        let mut flags = keep.into_iter();
+        topic.partitions.retain(|_| flags.next().unwrap_or(false));
+    }
+    resp.responses.retain(|t| !t.partitions.is_empty());
+}
+
+/// The answer to a request whose session cannot be used: the error alone (Kafka's
+/// SessionErrorContext).
+fn session_error_response(error: SessionError) -> FetchResponse {
+    let error = match error {
+        SessionError::IdNotFound => KafkaError::FetchSessionIdNotFound,
+        SessionError::InvalidEpoch => KafkaError::InvalidFetchSessionEpoch,
+        SessionError::TopicIdError => KafkaError::FetchSessionTopicIdError,
+    };
+    FetchResponse::default().with_error_code(error.into()).with_session_id(INVALID_SESSION_ID)
 }
 
 /// The response frame as a chain of buffers in which the stored batches are shared, not copied.
@@ -424,6 +625,23 @@ fn encode(meta: Meta, resp: &FetchResponse) -> Option<Vec<Bytes>> {
     }
 }
 
+/// Unsubscribes the partitions a session forgot (those the broker still has).
+fn unsubscribe_forgotten(ctx: &BrokerCtx, forgotten: &[PartitionKey], signal: &Arc<SessionSignal>) {
+    if forgotten.is_empty() {
+        return;
+    }
+    let image = ctx.image.current();
+    for key in forgotten {
+        let name = match &key.topic {
+            TopicKey::Id(id) => image.topic_by_id(*id).map(|t| t.name.as_str()),
+            TopicKey::Name(name) => Some(&**name),
+        };
+        if let Some(part) = name.and_then(|name| ctx.replicas.get(name, key.partition)) {
+            part.unsubscribe(signal);
+        }
+    }
+}
+
 pub(crate) async fn handle(
     ctx: &Arc<BrokerCtx>,
     meta: Meta,
@@ -439,36 +657,101 @@ pub(crate) async fn handle(
     } else {
         (req.replica_id.0 >= 0).then_some((NodeId(req.replica_id.0), -1))
     };
+    let spec = FetchSpec {
+        version: meta.version,
+        replica,
+        isolation_level: req.isolation_level,
+        max_bytes: req.max_bytes,
+    };
     let connection = ctx.fetch_memory.connection(peer);
+    let request_asks = request_asks(meta.version, &req);
+    let session_req = session_request(meta.version, &req, replica, &request_asks);
+    drop(req);
+    let (opened, forgotten) = ctx.fetch_sessions.open(&session_req, ctx.clock.now_ms());
+    let open = match opened {
+        Ok(open) => open,
+        Err(error) => return encode(meta, &session_error_response(error)),
+    };
+    // A sessionless fetch waits on a signal of its own, closed when it answers.
+    let (signal, _own) = match &open {
+        Open::Full { signal, .. } | Open::Incremental { signal, .. } => (signal.clone(), None),
+        Open::Sessionless => {
+            let signal = Arc::new(SessionSignal::new(None));
+            (signal.clone(), Some(CloseOnDrop(signal)))
+        }
+    };
+    unsubscribe_forgotten(ctx, &forgotten, &signal);
+    let mut wakes = signal.wakes();
+    // An incremental fetch's candidates so far (they stay candidates while it waits), by their
+    // place in the session.
+    let mut candidates: HashMap<PartitionKey, (FetchParams, u64)> = HashMap::new();
     loop {
-        let (resp, bytes, any_error, mut arrivals) =
-            read_once(ctx, &connection, meta.version, &req, replica, deadline).await;
-        let done = bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline;
+        let asks = match &open {
+            Open::Incremental { session_id, epoch, .. } => {
+                match ctx.fetch_sessions.candidates(*session_id, *epoch, &signal) {
+                    Ok(found) => {
+                        candidates.extend(found.into_iter().map(|(k, p, order)| (k, (p, order))));
+                    }
+                    Err(error) => return encode(meta, &session_error_response(error)),
+                }
+                let mut asks: Vec<(u64, Ask)> = candidates
+                    .iter()
+                    .map(|(key, (params, order))| {
+                        (*order, Ask { key: key.clone(), params: *params })
+                    })
+                    .collect();
+                asks.sort_by_key(|(order, _)| *order);
+                asks.into_iter().map(|(_, ask)| ask).collect()
+            }
+            _ => {
+                // Every partition is checked anyway.
+                signal.drain();
+                request_asks.clone()
+            }
+        };
+        let pass = read_once(ctx, &connection, spec, &asks, &signal, deadline).await;
+        let done =
+            pass.bytes >= min_bytes || pass.any_error || tokio::time::Instant::now() >= deadline;
         if done {
+            let PassResult { mut resp, at, checked, .. } = pass;
+            let now = ctx.clock.now_ms();
+            match &open {
+                Open::Sessionless => {}
+                Open::Full { session_id, .. } => {
+                    // Kafka's epoch after a FULL request that created the session.
+                    let epoch = crate::fetch_session::next_epoch(0);
+                    if ctx.fetch_sessions.commit(*session_id, epoch, &checked, now).is_ok()
+                        && meta.version >= 7
+                    {
+                        resp.session_id = *session_id;
+                    }
+                }
+                Open::Incremental { session_id, epoch, .. } => {
+                    match ctx.fetch_sessions.commit(*session_id, *epoch, &checked, now) {
+                        Ok(included) => keep_included(&mut resp, &at, &included),
+                        Err(error) => return encode(meta, &session_error_response(error)),
+                    }
+                    resp.session_id = *session_id;
+                }
+            }
+            if meta.version < 5 {
+                // Compared for the session above; this version has no such field.
+                for d in resp.responses.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                    d.log_start_offset = -1;
+                }
+            }
             return encode(meta, &resp);
         }
         // Waiting holds no records (nor their memory): the next pass reads afresh.
-        drop(resp);
+        drop(pass);
         tokio::select! {
-            changed = any_changed(&mut arrivals) => if changed.is_err() {
-                // A partition closed (deleted or reopened): answer with what is there now.
-                let (resp, ..) =
-                    read_once(ctx, &connection, meta.version, &req, replica, deadline).await;
-                return encode(meta, &resp);
+            changed = wakes.changed() => if changed.is_err() {
+                // Not while this fetch holds the signal; answer at the deadline if it does.
+                tokio::time::sleep_until(deadline).await;
             },
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
-}
-
-/// Resolves when any of the partitions' signals changes (never, for none): the Fetch's own
-/// partitions wake it, another partition's appends do not.
-async fn any_changed(arrivals: &mut [watch::Receiver<u64>]) -> Result<(), watch::error::RecvError> {
-    if arrivals.is_empty() {
-        return std::future::pending().await;
-    }
-    let waits = arrivals.iter_mut().map(|rx| Box::pin(rx.changed()));
-    futures::future::select_all(waits).await.0
 }
 
 fn aborted_transaction(t: &strom_log::AbortedTxn) -> AbortedTransaction {
