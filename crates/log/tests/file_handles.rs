@@ -82,8 +82,10 @@ fn two_hundred_logs_stay_correct_through_eight_cached_handles() {
                 sync(log);
             }
             assert_eq!(handles.stats().pinned, 0);
+            assert!(!handles.under_pressure());
         } else {
             assert_eq!(handles.stats().pinned, LOGS, "each log keeps its written .log open");
+            assert!(handles.under_pressure(), "so many unsynced files should be synced now");
         }
     }
     for (i, log) in logs.iter().enumerate() {
