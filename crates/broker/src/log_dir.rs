@@ -1,10 +1,11 @@
 //! The health of the node's log directory, as Kafka's LogDirFailureChannel: the first storage
 //! error on a partition log (a failed write, fsync, open, truncation or checkpoint) marks the
-//! directory failed. strom has one log directory, so a failed directory is a broker that can
-//! no longer keep its promises: its partitions answer KAFKA_STORAGE_ERROR and the node stops,
-//! as Kafka halts a broker whose every log directory is offline. The controller then fences it
-//! and moves its leaderships; a supervisor restarts it once the disk is fixed, and recovery
-//! starts from what was synced.
+//! directory failed; running out of file descriptors does not (that request fails and is
+//! retried: `strom_log::FileHandles`). strom has one log directory, so a failed directory is a
+//! broker that can no longer keep its promises: its partitions answer KAFKA_STORAGE_ERROR and
+//! the node stops, as Kafka halts a broker whose every log directory is offline. The
+//! controller then fences it and moves its leaderships; a supervisor restarts it once the disk
+//! is fixed, and recovery starts from what was synced.
 
 use tokio::sync::watch;
 
