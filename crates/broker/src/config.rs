@@ -28,6 +28,9 @@ pub struct BrokerConfig {
     /// `fetch.max.bytes`: the most record bytes one Fetch response holds (KIP-74; the first
     /// batch excepted). At most `FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX`.
     pub fetch_max_bytes: usize,
+    /// `max.incremental.fetch.session.cache.slots`: the fetch sessions (KIP-227) this broker
+    /// keeps, at most `FETCH_SESSION_CACHE_SLOTS_MAX`.
+    pub max_incremental_fetch_session_cache_slots: usize,
     /// `auto.create.topics.enable`.
     pub auto_create_topics_enable: bool,
     /// `replica.lag.time.max.ms`: a follower that has not caught up for this long leaves the ISR.

@@ -25,7 +25,11 @@ use tokio::sync::watch;
 
 /// `max.incremental.fetch.session.cache.slots`: Kafka's default number of sessions a broker
 /// keeps.
-pub(crate) const CACHE_SLOTS_DEFAULT: usize = 1000;
+pub const CACHE_SLOTS_DEFAULT: usize = 1000;
+/// The most sessions the setting may ask for: a full cache is scanned when a new session
+/// would evict one.
+pub const CACHE_SLOTS_MAX: usize = 100_000;
+const _: () = assert!(CACHE_SLOTS_DEFAULT <= CACHE_SLOTS_MAX);
 /// A session unused for longer than this may be evicted for any new one; a session created
 /// less than this ago is evicted only for a follower's when it is a consumer's (Kafka's
 /// `MIN_INCREMENTAL_FETCH_SESSION_EVICTION_MS`).

@@ -33,6 +33,10 @@ use std::sync::Arc;
 pub use config::{BrokerConfig, ConnectionLimits, GroupSettings, InterBrokerListener};
 pub use errors::BrokerError;
 pub use fetch_memory::{FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, FETCH_MAX_BYTES_DEFAULT};
+pub use fetch_session::{
+    CACHE_SLOTS_DEFAULT as FETCH_SESSION_CACHE_SLOTS_DEFAULT,
+    CACHE_SLOTS_MAX as FETCH_SESSION_CACHE_SLOTS_MAX,
+};
 pub use group::{BrokerGroupAdmin, GroupAdminError};
 pub use image::ImageListener;
 pub use txn_admin::{BrokerTxnAdmin, TxnAdminError, TxnDescriptions};
@@ -136,7 +140,7 @@ impl Broker {
             fetchers: fetcher::FetcherManager::default(),
             fetch_memory: fetch_memory::FetchMemory::new(),
             fetch_sessions: fetch_session::FetchSessions::new(
-                fetch_session::CACHE_SLOTS_DEFAULT,
+                config.max_incremental_fetch_session_cache_slots,
                 session_id_seed(),
             ),
             clock,

@@ -925,6 +925,7 @@ pub(crate) mod test_support {
             rack: None,
             socket_request_max_bytes: 100 << 20,
             fetch_max_bytes: crate::FETCH_MAX_BYTES_DEFAULT,
+            max_incremental_fetch_session_cache_slots: crate::FETCH_SESSION_CACHE_SLOTS_DEFAULT,
             auto_create_topics_enable: false,
             replica_lag_time_max_ms: 30_000,
             retention_check_interval_ms: 300_000,

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub message_max_bytes: u32,
     /// `fetch.max.bytes`: the most record bytes in one Fetch response (KIP-74).
     pub fetch_max_bytes: usize,
+    /// `max.incremental.fetch.session.cache.slots`: the incremental fetch sessions (KIP-227)
+    /// a broker keeps for its followers and consumers.
+    pub max_incremental_fetch_session_cache_slots: usize,
     pub socket_request_max_bytes: usize,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max_ms: u64,
@@ -233,6 +236,8 @@ impl Default for NodeConfig {
             auto_create_topics_enable: true,
             message_max_bytes: BROKER_DEFAULTS.message_max_bytes,
             fetch_max_bytes: strom_broker::FETCH_MAX_BYTES_DEFAULT,
+            max_incremental_fetch_session_cache_slots:
+                strom_broker::FETCH_SESSION_CACHE_SLOTS_DEFAULT,
             socket_request_max_bytes: 104_857_600,
             replica_lag_time_max_ms: 30_000,
             producer_id_expiration_ms: BROKER_DEFAULTS.producer_id_expiration_ms,
@@ -622,6 +627,15 @@ impl NodeConfig {
                 strom_broker::FETCH_BYTES_IN_FLIGHT_PER_CONNECTION_MAX
             );
         }
+        if self.max_incremental_fetch_session_cache_slots
+            > strom_broker::FETCH_SESSION_CACHE_SLOTS_MAX
+        {
+            bail!(
+                "max_incremental_fetch_session_cache_slots = {}: must be at most {} (Kafka's default is 1000; 0 serves every fetch without a session)",
+                self.max_incremental_fetch_session_cache_slots,
+                strom_broker::FETCH_SESSION_CACHE_SLOTS_MAX
+            );
+        }
         if self.socket_request_max_bytes < 1024 {
             bail!(
                 "socket_request_max_bytes = {}: must be at least 1024",
@@ -775,6 +789,10 @@ mod tests {
         let c: NodeConfig = toml::from_str("fetch_max_bytes = 2147483647").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("fetch_max_bytes"), "{e}");
+        let c: NodeConfig =
+            toml::from_str("max_incremental_fetch_session_cache_slots = 100001").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_incremental_fetch_session_cache_slots"), "{e}");
         let c: NodeConfig = toml::from_str("listeners = \"PLAINTEXT://h\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("no port"));
     }

@@ -699,6 +699,8 @@ async fn start_broker(
             rack: cfg.rack.clone(),
             socket_request_max_bytes: cfg.socket_request_max_bytes,
             fetch_max_bytes: cfg.fetch_max_bytes,
+            max_incremental_fetch_session_cache_slots: cfg
+                .max_incremental_fetch_session_cache_slots,
             auto_create_topics_enable: cfg.auto_create_topics_enable,
             retention_check_interval_ms: cfg.log.retention_check_interval_ms,
             replica_lag_time_max_ms: cfg.replica_lag_time_max_ms,
