@@ -9,7 +9,7 @@
 
 mod plan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -44,6 +44,10 @@ const RECONCILE_CHUNK: usize = 1024;
 const OPEN_THREADS: usize = 4;
 const _: () = assert!(RECONCILE_CHUNK >= OPEN_THREADS);
 
+/// How soon the reconcile tries again the logs it could not open for want of file
+/// descriptors (an open of a log that is not broken, refused until handles free up).
+const OPEN_RETRY_EVERY: Duration = Duration::from_secs(1);
+
 type Key = (String, i32);
 
 pub(crate) struct ReplicaManager {
@@ -63,6 +67,9 @@ pub(crate) struct ReplicaManager {
     pub health: Arc<LogDirHealth>,
     /// The log directory's open file handles, shared by all its logs (`strom_log::handles`).
     file_handles: FileHandles,
+    /// Topics with a log the reconcile could not open for want of file descriptors: the
+    /// reconcile loop plans them again every [`OPEN_RETRY_EVERY`] until they open.
+    open_retries: Mutex<BTreeSet<String>>,
     /// Where leadership changes read the time (the ISR's follower clocks start there).
     clock: Arc<dyn Clock>,
 }
@@ -180,6 +187,7 @@ impl ReplicaManager {
             defaults: config.defaults,
             health: Arc::default(),
             file_handles: FileHandles::new(config.log_open_files_max),
+            open_retries: Mutex::default(),
             clock,
         })
     }
@@ -296,8 +304,18 @@ impl ReplicaManager {
                 tasks.push(tokio::task::spawn_blocking(move || {
                     for (topic, index) in chunk {
                         let Some(topic) = image.topic(&topic) else { continue };
-                        if let Err(e) = ctx.replicas.ensure(&image, topic, index) {
-                            tracing::error!(error = %e, "cannot open partition");
+                        match ctx.replicas.ensure(&image, topic, index) {
+                            Ok(_) => {}
+                            Err(
+                                e @ BrokerError::LogOpen {
+                                    source: strom_log::LogError::FileHandlesExhausted { .. },
+                                    ..
+                                },
+                            ) => {
+                                tracing::warn!(error = %e, "cannot open partition yet; retrying");
+                                ctx.replicas.retry_open(&topic.name);
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot open partition"),
                         }
                     }
                 }));
@@ -311,6 +329,16 @@ impl ReplicaManager {
         for (topic, index) in syncs.drain(..) {
             self.sync(ctx, image, &topic, index);
         }
+    }
+
+    fn retry_open(&self, topic: &str) {
+        self.open_retries.lock().unwrap_or_else(PoisonError::into_inner).insert(topic.to_owned());
+    }
+
+    /// The topics to plan again for logs that could not be opened yet; forgets them (a
+    /// failure adds them back).
+    fn take_open_retries(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.open_retries.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Opens (recovering if needed) the log of a partition this node replicates and adds it to
@@ -516,14 +544,24 @@ fn delete_strays(data_dir: &Path, image: &MetadataImage, node: strom_metadata::N
 pub(crate) async fn reconcile_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut rx = ctx.image.subscribe();
     let mut first = true;
+    let mut retry = false;
     loop {
-        let (image, delta) = ctx.image.take_changes(&mut rx);
+        let (image, mut delta) = ctx.image.take_changes(&mut rx);
+        if retry {
+            delta.topics.extend(ctx.replicas.take_open_retries());
+        }
         if image.offset.0 > 0 {
             ctx.replicas.reconcile(&ctx, &image, &delta, first).await;
             first = false;
         }
+        let waiting =
+            !ctx.replicas.open_retries.lock().unwrap_or_else(PoisonError::into_inner).is_empty();
         tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = rx.changed() => {
+                if changed.is_err() { return }
+                retry = waiting;
+            }
+            _ = tokio::time::sleep(OPEN_RETRY_EVERY), if waiting => retry = true,
             _ = shutdown.changed() => return,
         }
     }
