@@ -6,6 +6,7 @@ use strom_metadata::config::ConfigType;
 use strom_metadata::control::{
     AlterConfigOp, ControlResponse, CreateTopic, ElectionError, ItemResult,
 };
+use strom_metadata::quorum::{DirectoryId, QuorumDescription, ReplicaDescription, ReplicaKind};
 use strom_metadata::{ControlError, MetadataImage, TopicImage};
 use strom_proto::admin as pb;
 use tonic::{Code, Status};
@@ -51,10 +52,48 @@ pub fn status_of(e: &ControlError) -> Status {
         ControlError::ControllerUnavailable(_) => Status::unavailable(e.to_string()),
         // gRPC's word for "may have completed": asking again is not known to be safe.
         ControlError::OutcomeUnknown(_) => Status::deadline_exceeded(e.to_string()),
+        ControlError::DuplicateVoter(_) => Status::already_exists(e.to_string()),
+        ControlError::VoterNotFound(_) => Status::not_found(e.to_string()),
+        // Another change runs, or the new voter is still catching up: later may succeed.
+        ControlError::VoterChangeTimedOut(_) => Status::unavailable(e.to_string()),
         // Broker-lifecycle refusals and any later variant: the request met a state it cannot
         // apply to.
         _ => Status::failed_precondition(e.to_string()),
     }
+}
+
+/// The quorum as the admin API reports it.
+pub fn quorum_to_pb(d: &QuorumDescription) -> pb::DescribeQuorumResponse {
+    let leader_end = i64::try_from(d.log_end_offset).unwrap_or(i64::MAX);
+    let replica = |r: &ReplicaDescription| pb::QuorumReplica {
+        node_id: r.node_id,
+        directory_id: r.directory_id.map(|d| d.to_string()).unwrap_or_default(),
+        address: r.control_addr.clone(),
+        kind: match r.kind {
+            ReplicaKind::Controller => "controller".into(),
+            ReplicaKind::Broker => "broker".into(),
+        },
+        log_end_offset: (r.log_end_offset >= 0).then_some(r.log_end_offset),
+        lag: r.lag(leader_end),
+        last_fetch_timestamp_ms: (r.last_fetch_ms >= 0).then_some(r.last_fetch_ms),
+        last_caught_up_timestamp_ms: (r.last_caught_up_ms >= 0).then_some(r.last_caught_up_ms),
+    };
+    pb::DescribeQuorumResponse {
+        leader_id: d.leader_id,
+        term: d.term,
+        high_watermark: d.high_watermark,
+        log_end_offset: d.log_end_offset,
+        voters: d.voters.iter().map(replica).collect(),
+        observers: d.observers.iter().map(replica).collect(),
+        joint: d.joint,
+    }
+}
+
+/// A directory id the caller gave (Kafka's Uuid text); INVALID_ARGUMENT otherwise.
+pub fn directory_id_from_pb(text: Option<&str>) -> Result<Option<DirectoryId>, Status> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| t.parse::<DirectoryId>().map_err(|e| Status::invalid_argument(e.to_string())))
+        .transpose()
 }
 
 /// The gRPC status of a read the brokers could not answer: NOT_FOUND for what they said does
@@ -305,6 +344,12 @@ mod tests {
         assert_eq!(status_of(&ControlError::StaleBrokerEpoch(3)).code(), Code::FailedPrecondition);
         let s = status_of(&ControlError::OutcomeUnknown("connection reset".into()));
         assert_eq!(s.code(), Code::DeadlineExceeded);
+        // KIP-853: what the CLI's exit codes need (1: retry later, 2: refused).
+        let voter = |e: ControlError| status_of(&e).code();
+        assert_eq!(voter(ControlError::DuplicateVoter("4".into())), Code::AlreadyExists);
+        assert_eq!(voter(ControlError::VoterNotFound("4".into())), Code::NotFound);
+        assert_eq!(voter(ControlError::VoterChangeTimedOut("4".into())), Code::Unavailable);
+        assert_eq!(voter(ControlError::InvalidVoterKey("3".into())), Code::FailedPrecondition);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use strom_metadata::control::{
     AlterConfigsRequest, ConfigAlteration, ControlRequest, ControlResponse,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, NewPartitions,
 };
+use strom_metadata::quorum::{AddVoterRequest, RemoveVoterRequest};
 use strom_metadata::records::ConfigResourceType;
 use strom_metadata::{ControlError, ControllerClient, MetadataImage};
 use strom_proto::admin as pb;
@@ -23,9 +24,9 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::convert::{
-    check_count, check_partition, config_op, describe_topic, election_error, fail_if_all_failed,
-    item_answers, item_error, new_topic, read_item_error, read_status, replication_factor,
-    status_of, txn_filters, type_name, unexpected,
+    check_count, check_partition, config_op, describe_topic, directory_id_from_pb, election_error,
+    fail_if_all_failed, item_answers, item_error, new_topic, quorum_to_pb, read_item_error,
+    read_status, replication_factor, status_of, txn_filters, type_name, unexpected,
 };
 use crate::source::{BrokerReadError, ClusterInfo, GroupSource, TxnSource};
 
@@ -607,6 +608,52 @@ impl AdminService for AdminServiceImpl {
         .unwrap_or(Err(BrokerReadError::Timeout { what: "the partition's leader" }))
         .map_err(|e| read_status(&e))?;
         Ok(Response::new(described))
+    }
+
+    async fn describe_quorum(
+        &self,
+        _request: Request<pb::DescribeQuorumRequest>,
+    ) -> Result<Response<pb::DescribeQuorumResponse>, Status> {
+        let quorum = self.quorum(ControlRequest::DescribeQuorum).await?;
+        Ok(Response::new(quorum))
+    }
+
+    async fn add_voter(
+        &self,
+        request: Request<pb::AddVoterRequest>,
+    ) -> Result<Response<pb::AddVoterResponse>, Status> {
+        let r = request.into_inner();
+        let add = AddVoterRequest {
+            node_id: r.node_id,
+            directory_id: directory_id_from_pb(r.directory_id.as_deref())?,
+            control_addr: r.address.filter(|a| !a.is_empty()),
+            timeout_ms: r.timeout_ms.map(u64::from),
+        };
+        let quorum = self.quorum(ControlRequest::AddVoter(add)).await?;
+        Ok(Response::new(pb::AddVoterResponse { quorum: Some(quorum) }))
+    }
+
+    async fn remove_voter(
+        &self,
+        request: Request<pb::RemoveVoterRequest>,
+    ) -> Result<Response<pb::RemoveVoterResponse>, Status> {
+        let r = request.into_inner();
+        let remove = RemoveVoterRequest {
+            node_id: r.node_id,
+            directory_id: directory_id_from_pb(r.directory_id.as_deref())?,
+        };
+        let quorum = self.quorum(ControlRequest::RemoveVoter(remove)).await?;
+        Ok(Response::new(pb::RemoveVoterResponse { quorum: Some(quorum) }))
+    }
+}
+
+impl AdminServiceImpl {
+    /// A quorum request, answered by the active controller with the quorum.
+    async fn quorum(&self, request: ControlRequest) -> Result<pb::DescribeQuorumResponse, Status> {
+        match self.submit(request).await? {
+            ControlResponse::Quorum(d) => Ok(quorum_to_pb(&d)),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 

@@ -90,6 +90,10 @@ pub(crate) enum KafkaError {
     UnstableOffsetCommit,
     OperationNotAttempted,
     TransactionalIdNotFound,
+    InvalidVoterKey,
+    DuplicateVoter,
+    VoterNotFound,
+    InconsistentClusterId,
     FetchSessionIdNotFound,
     InvalidFetchSessionEpoch,
     FetchSessionTopicIdError,
@@ -158,6 +162,10 @@ impl KafkaError {
             KafkaError::UnstableOffsetCommit => K::UnstableOffsetCommit,
             KafkaError::OperationNotAttempted => K::OperationNotAttempted,
             KafkaError::TransactionalIdNotFound => K::TransactionalIdNotFound,
+            KafkaError::InvalidVoterKey => K::InvalidVoterKey,
+            KafkaError::DuplicateVoter => K::DuplicateVoter,
+            KafkaError::VoterNotFound => K::VoterNotFound,
+            KafkaError::InconsistentClusterId => K::InconsistentClusterId,
             KafkaError::FetchSessionIdNotFound => K::FetchSessionIdNotFound,
             KafkaError::InvalidFetchSessionEpoch => K::InvalidFetchSessionEpoch,
             KafkaError::FetchSessionTopicIdError => K::FetchSessionTopicIdError,
@@ -219,6 +227,11 @@ impl From<&ControlError> for KafkaError {
                 KafkaError::RequestTimedOut
             }
             ControlError::ProducerIdsExhausted => KafkaError::UnknownServerError,
+            ControlError::DuplicateVoter(_) => KafkaError::DuplicateVoter,
+            ControlError::VoterNotFound(_) => KafkaError::VoterNotFound,
+            ControlError::InvalidVoterKey(_) => KafkaError::InvalidVoterKey,
+            // KIP-853: a change in progress or a new voter not caught up.
+            ControlError::VoterChangeTimedOut(_) => KafkaError::RequestTimedOut,
         }
     }
 }
@@ -407,6 +420,10 @@ mod tests {
             KafkaError::UnstableOffsetCommit => 88,
             KafkaError::OperationNotAttempted => 55,
             KafkaError::TransactionalIdNotFound => 105,
+            KafkaError::InvalidVoterKey => 125,
+            KafkaError::DuplicateVoter => 126,
+            KafkaError::VoterNotFound => 127,
+            KafkaError::InconsistentClusterId => 104,
             KafkaError::FetchSessionIdNotFound => 70,
             KafkaError::InvalidFetchSessionEpoch => 71,
             KafkaError::FetchSessionTopicIdError => 106,
@@ -414,7 +431,7 @@ mod tests {
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 62] = [
+    const ALL: [KafkaError; 66] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -474,6 +491,10 @@ mod tests {
         KafkaError::UnstableOffsetCommit,
         KafkaError::OperationNotAttempted,
         KafkaError::TransactionalIdNotFound,
+        KafkaError::InvalidVoterKey,
+        KafkaError::DuplicateVoter,
+        KafkaError::VoterNotFound,
+        KafkaError::InconsistentClusterId,
         KafkaError::FetchSessionIdNotFound,
         KafkaError::InvalidFetchSessionEpoch,
         KafkaError::FetchSessionTopicIdError,
@@ -508,6 +529,10 @@ mod tests {
         assert_eq!(control(ControlError::PolicyViolation("t".into())), 44);
         assert_eq!(control(ControlError::StaleBrokerEpoch(1)), 77);
         assert_eq!(control(ControlError::ProducerIdsExhausted), -1, "UNKNOWN_SERVER_ERROR");
+        assert_eq!(control(ControlError::VoterChangeTimedOut("t".into())), 7);
+        assert_eq!(control(ControlError::InvalidVoterKey("t".into())), 125);
+        assert_eq!(control(ControlError::DuplicateVoter("t".into())), 126);
+        assert_eq!(control(ControlError::VoterNotFound("t".into())), 127);
         for e in [ProducerIdError::BlockPending, ProducerIdError::BlockUnavailable] {
             assert_eq!(code_of(Some(e)), 14, "{e:?}: COORDINATOR_LOAD_IN_PROGRESS");
         }

@@ -18,6 +18,7 @@ use openraft::raft::{
 };
 use openraft::{CommittedLeaderId, EntryPayload, SnapshotSegmentId};
 use prost::Message;
+use strom_metadata::quorum::DirectoryId;
 use strom_metadata::records::MetadataBatch;
 use strom_proto::raft as pb;
 
@@ -111,7 +112,10 @@ pub(crate) fn membership_to_pb(m: &Membership) -> pb::Membership {
             .collect(),
         nodes: m
             .nodes()
-            .map(|(id, n)| (*id, pb::Node { control_addr: n.control_addr.clone() }))
+            .map(|(id, n)| {
+                let directory_id = n.directory_id.map(|d| d.0.to_vec()).unwrap_or_default();
+                (*id, pb::Node { control_addr: n.control_addr.clone(), directory_id })
+            })
             .collect(),
     }
 }
@@ -122,7 +126,11 @@ pub(crate) fn membership_from_pb(m: &pb::Membership) -> Membership {
     let nodes: BTreeMap<u64, ControllerNode> = m
         .nodes
         .iter()
-        .map(|(id, n)| (*id, ControllerNode { control_addr: n.control_addr.clone() }))
+        .map(|(id, n)| {
+            // Anything but 16 bytes (none written yet) reads as "not known".
+            let directory_id = DirectoryId::from_slice(&n.directory_id);
+            (*id, ControllerNode { control_addr: n.control_addr.clone(), directory_id })
+        })
         .collect();
     Membership::new(configs, nodes)
 }
@@ -210,6 +218,7 @@ pub(crate) fn append_request_to_pb(
         prev_log_id: r.prev_log_id.as_ref().map(log_id_to_pb),
         entries: r.entries.iter().map(entry_to_pb).collect(),
         leader_commit: r.leader_commit.as_ref().map(log_id_to_pb),
+        keys: None,
     }
 }
 
@@ -255,6 +264,7 @@ pub(crate) fn vote_request_to_pb(r: &VoteRequest<u64>) -> pb::VoteRequest {
     pb::VoteRequest {
         vote: Some(vote_to_pb(&r.vote)),
         last_log_id: r.last_log_id.as_ref().map(log_id_to_pb),
+        keys: None,
     }
 }
 
@@ -290,6 +300,7 @@ pub(crate) fn install_request_to_pb(
         offset: r.offset,
         data: r.data,
         done: r.done,
+        keys: None,
     }
 }
 
@@ -396,9 +407,15 @@ mod tests {
             }],
         };
         let nodes = BTreeMap::from([
-            (1, ControllerNode { control_addr: "a:1".into() }),
-            (2, ControllerNode { control_addr: "b:2".into() }),
-            (9, ControllerNode { control_addr: "learner:9".into() }),
+            (1, ControllerNode { control_addr: "a:1".into(), directory_id: None }),
+            (
+                2,
+                ControllerNode {
+                    control_addr: "b:2".into(),
+                    directory_id: Some(DirectoryId([2; 16])),
+                },
+            ),
+            (9, ControllerNode { control_addr: "learner:9".into(), directory_id: None }),
         ]);
         let joint = Membership::new(vec![BTreeSet::from([1]), BTreeSet::from([1, 2])], nodes);
         for entry in [
@@ -496,7 +513,12 @@ mod tests {
             assert_eq!(install_reply_from_pb(install_reply_to_pb(&reply)).expect("decodes"), reply);
         }
         // A peer's message without its vote is refused, not defaulted.
-        assert!(vote_request_from_pb(pb::VoteRequest { vote: None, last_log_id: None }).is_err());
+        assert!(vote_request_from_pb(pb::VoteRequest {
+            vote: None,
+            last_log_id: None,
+            keys: None
+        })
+        .is_err());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The public face of the metadata plane: `Controller` opens the metadata log, runs the raft
 //! node over it (gRPC between voters), and runs the active controller, the one task that
-//! decides requests, tracks broker liveness and proposes records while this node leads.
+//! decides requests, tracks broker liveness and proposes records while this node leads. It
+//! also makes the quorum's membership changes (KIP-853, `voters`), so that every write to the
+//! log stays in one task.
+
+mod voters;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -14,6 +18,7 @@ use strom_metadata::control::{
     decide, fence_broker, split_into_entries, BrokerLiveness, ControlDefaults, ControlRequest,
     ControlResponse, DecideCtx, ENTRY_BYTES_MAX,
 };
+use strom_metadata::quorum::DirectoryId;
 use strom_metadata::records::{MetadataBatch, MetadataRecord};
 use strom_metadata::{
     Clock, ControlError, ControllerClient, MetadataImage, MetadataListener, MetadataOffset,
@@ -26,8 +31,10 @@ use tokio::task::JoinHandle;
 use crate::error::ControllerError;
 use crate::events::{Event, EventClient};
 use crate::log_store::{LogStore, LogStoreOptions, SEGMENT_BYTES_MAX_DEFAULT};
-use crate::network::{Channels, GrpcNetwork, RPC_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
-use crate::relay::RelayClient;
+use crate::network::{
+    Channels, GrpcNetwork, ReplicaKey, RPC_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
+};
+use crate::relay::{RelayClient, Target};
 use crate::service::{metadata_feed, ControllerService, MetadataFeed, RaftService};
 use crate::state_machine::StateMachine;
 use crate::types::{ControllerNode, Raft};
@@ -65,8 +72,18 @@ pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = BROKER_DEFAULTS.election_timeou
 pub struct ControllerConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
-    /// Voter node id → its control address (`controller.quorum_voters`).
+    /// Voter node id → its control address (`controller.quorum_voters`): the quorum a fresh
+    /// metadata log starts with. Empty: this node starts as an observer and joins through
+    /// `bootstrap_servers`. Once the log holds a membership, that is the quorum.
     pub voters: BTreeMap<u64, String>,
+    /// `controller.quorum_bootstrap_servers`: control addresses of voters to join through.
+    pub bootstrap_servers: Vec<String>,
+    /// This node's own control address, as it tells the quorum.
+    pub control_addr: String,
+    /// This node's metadata directory id (KIP-853), from its `meta.properties`; it must be
+    /// the same on every start from the same data directory. [`ControllerConfig::new`] draws
+    /// one at random (a fresh directory).
+    pub directory_id: DirectoryId,
     pub defaults: ControlDefaults,
     /// Entries between snapshots; also the entries per log segment and the entries kept
     /// behind a snapshot for followers that lag a little.
@@ -79,10 +96,14 @@ pub struct ControllerConfig {
 impl ControllerConfig {
     /// A config with the default timings and snapshot interval.
     pub fn new(node_id: u64, data_dir: PathBuf, voters: BTreeMap<u64, String>) -> Self {
+        let control_addr = voters.get(&node_id).cloned().unwrap_or_default();
         ControllerConfig {
             node_id,
             data_dir,
             voters,
+            bootstrap_servers: Vec::new(),
+            control_addr,
+            directory_id: DirectoryId(*uuid::Uuid::new_v4().as_bytes()),
             defaults: ControlDefaults::default(),
             snapshot_after_entries: SNAPSHOT_AFTER_ENTRIES_DEFAULT,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
@@ -130,15 +151,22 @@ impl ControllerConfig {
 /// A running controller: raft node, metadata log, and active controller task.
 pub struct Controller {
     node_id: u64,
+    /// This replica: node id and directory id.
+    me: ReplicaKey,
     raft: Raft,
     image: watch::Receiver<Arc<MetadataImage>>,
     leader: watch::Receiver<Option<u64>>,
+    /// The voters requests are relayed to (the membership's).
+    targets: watch::Receiver<Arc<Vec<Target>>>,
     local: Arc<EventClient>,
     client: Arc<RelayClient>,
     feed: MetadataFeed,
     stop: oneshot::Sender<()>,
     event_loop: JoinHandle<()>,
     leader_watch: JoinHandle<()>,
+    /// Keeps this node's place in the membership (joins as an observer, says its directory
+    /// id and address as a voter).
+    keeper: JoinHandle<()>,
 }
 
 impl Controller {
@@ -162,12 +190,20 @@ impl Controller {
         listener: Arc<dyn MetadataListener>,
         clock: Arc<dyn Clock>,
     ) -> Result<Controller, ControllerError> {
-        if !cfg.voters.contains_key(&cfg.node_id) {
+        if !cfg.voters.is_empty() && !cfg.voters.contains_key(&cfg.node_id) {
             return Err(ControllerError::ConfigNotAVoter {
                 node_id: cfg.node_id,
                 voters: cfg.voters.keys().copied().collect(),
             });
         }
+        if cfg.voters.is_empty() && cfg.bootstrap_servers.is_empty() {
+            return Err(ControllerError::ConfigInvalid {
+                key: "controller.quorum_bootstrap_servers",
+                reason: "a controller needs controller.quorum_voters (a new quorum) or \
+                         controller.quorum_bootstrap_servers (to join one)",
+            });
+        }
+        let me = ReplicaKey { node_id: cfg.node_id, directory_id: Some(cfg.directory_id) };
         let raft_config = Arc::new(cfg.raft_config()?);
         let dir = cfg.data_dir.join(METADATA_LOG_DIR);
         let open_err = |source| ControllerError::StorageOpen { path: dir.clone(), source };
@@ -183,20 +219,42 @@ impl Controller {
             cfg.election_timeout_min_ms,
             cfg.election_timeout_max_ms,
         );
-        let network = GrpcNetwork::new(channels);
+        let network = GrpcNetwork::new(channels, me);
+        let contacts = network.contacts();
         let raft = Raft::new(cfg.node_id, raft_config, network, log, sm)
             .await
             .map_err(|e| ControllerError::RaftStart(Box::new(e)))?;
+        // The log's membership names this node with the directory id it had when it joined:
+        // a log from another data directory must not vote as this one.
+        let logged = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&cfg.node_id)
+            .and_then(|n| n.directory_id);
+        if let Some(logged) = logged.filter(|d| *d != cfg.directory_id) {
+            return Err(ControllerError::DirectoryIdMismatch {
+                node_id: cfg.node_id,
+                logged,
+                mine: cfg.directory_id,
+            });
+        }
 
         let initialized =
             raft.is_initialized().await.map_err(|e| ControllerError::RaftStart(Box::new(e)))?;
-        if !initialized {
+        let lone = cfg.voters.len() == 1;
+        if !initialized && !cfg.voters.is_empty() {
             // Every voter of a fresh quorum proposes the same initial membership (index 0), so
-            // whichever is elected first, the logs agree.
+            // whichever is elected first, the logs agree: without directory ids, which each
+            // voter then says itself (UpdateRaftVoter), except a lone voter's own.
             let members: BTreeMap<u64, ControllerNode> = cfg
                 .voters
                 .iter()
-                .map(|(&id, addr)| (id, ControllerNode { control_addr: addr.clone() }))
+                .map(|(&id, addr)| {
+                    let directory_id = lone.then_some(cfg.directory_id);
+                    (id, ControllerNode { control_addr: addr.clone(), directory_id })
+                })
                 .collect();
             match raft.initialize(members).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
@@ -205,7 +263,7 @@ impl Controller {
             tracing::info!(node_id = cfg.node_id, voters = ?cfg.voters, "metadata quorum initialized");
         }
 
-        if cfg.voters.len() == 1 {
+        if lone {
             let waited_ms = LEADER_WAIT_ELECTION_TIMEOUTS * cfg.election_timeout_max_ms;
             let node_id = cfg.node_id;
             raft.wait(Some(Duration::from_millis(waited_ms)))
@@ -219,7 +277,27 @@ impl Controller {
         }
 
         let (leader_tx, leader) = watch::channel(raft.metrics().borrow().current_leader);
-        let leader_watch = tokio::spawn(watch_leader(raft.metrics(), leader_tx, cfg.node_id));
+        // Until its log holds a membership, a node relays to the configured voters, or to its
+        // bootstrap servers.
+        let configured: Vec<Target> = if cfg.voters.is_empty() {
+            cfg.bootstrap_servers
+                .iter()
+                .map(|a| Target { node_id: None, addr: a.clone() })
+                .collect()
+        } else {
+            cfg.voters
+                .iter()
+                .map(|(&id, a)| Target { node_id: Some(id), addr: a.clone() })
+                .collect()
+        };
+        let (targets_tx, targets) = watch::channel(Arc::new(configured.clone()));
+        let leader_watch = tokio::spawn(watch_leader(
+            raft.metrics(),
+            leader_tx,
+            targets_tx,
+            configured,
+            cfg.node_id,
+        ));
 
         let (tx, rx) = mpsc::channel(EVENT_QUEUE_MAX);
         let (stop, stop_rx) = oneshot::channel();
@@ -235,18 +313,30 @@ impl Controller {
             events: rx,
             events_closed: false,
             backlog: VecDeque::new(),
+            quorum: voters::QuorumOps::new(contacts),
         };
         let event_loop = tokio::spawn(active.run(stop_rx));
         let local = Arc::new(EventClient::new(tx));
         let client = Arc::new(RelayClient::for_voter(
             cfg.node_id,
             local.clone(),
-            cfg.voters.clone(),
+            targets.clone(),
             leader.clone(),
             cfg.submit_wait(),
         ));
+        let keeper = tokio::spawn(voters::keep_membership(
+            raft.metrics(),
+            client.clone(),
+            crate::membership::Myself {
+                node_id: cfg.node_id,
+                directory_id: cfg.directory_id,
+                control_addr: cfg.control_addr.clone(),
+            },
+        ));
         Ok(Controller {
             node_id: cfg.node_id,
+            me,
+            targets,
             raft,
             image,
             leader,
@@ -256,6 +346,7 @@ impl Controller {
             stop,
             event_loop,
             leader_watch,
+            keeper,
         })
     }
 
@@ -309,7 +400,7 @@ impl Controller {
     /// The `strom.raft.v1.Raft` service to mount on the control port: how the other voters
     /// reach this one.
     pub fn raft_service(&self) -> RaftServer<RaftService> {
-        RaftServer::new(RaftService::new(self.raft.clone()))
+        RaftServer::new(RaftService::new(self.raft.clone(), self.me))
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
     }
@@ -319,8 +410,12 @@ impl Controller {
     /// further: a node that does not lead answers NOT_CONTROLLER. It also streams this node's
     /// committed metadata to broker-only nodes (`WatchMetadata`, see `follower`).
     pub fn controller_service(&self) -> ControllerServer<ControllerService> {
-        let service =
-            ControllerService::new(self.local.clone(), self.feed.clone(), self.leader.clone());
+        let service = ControllerService::new(
+            self.local.clone(),
+            self.feed.clone(),
+            self.leader.clone(),
+            self.targets.clone(),
+        );
         ControllerServer::new(service)
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
@@ -353,6 +448,7 @@ impl Controller {
     /// `ControllerUnavailable`. The metadata log is closed when this returns.
     pub async fn shutdown(self) -> Result<(), ControllerError> {
         // The loop may already have ended; then there is nobody to tell.
+        self.keeper.abort();
         let _ = self.stop.send(());
         self.raft.shutdown().await.map_err(ControllerError::RaftShutdown)?;
         self.event_loop.await.map_err(ControllerError::EventLoopJoin)?;
@@ -362,14 +458,40 @@ impl Controller {
     }
 }
 
-/// Publishes the raft leader's id whenever it changes, until raft stops (then: none).
+/// Publishes the raft leader's id whenever it changes, until raft stops (then: none), and the
+/// voters to relay requests to: the membership's, or `configured` while the log has none.
 async fn watch_leader(
     mut metrics: watch::Receiver<RaftMetrics<u64, ControllerNode>>,
     leader: watch::Sender<Option<u64>>,
+    targets: watch::Sender<Arc<Vec<Target>>>,
+    configured: Vec<Target>,
     node_id: u64,
 ) {
     loop {
-        let current = metrics.borrow_and_update().current_leader;
+        let (current, voters) = {
+            let m = metrics.borrow_and_update();
+            let membership = m.membership_config.membership();
+            let voters: Vec<Target> = membership
+                .voter_ids()
+                .map(|id| Target {
+                    node_id: Some(id),
+                    addr: membership
+                        .get_node(&id)
+                        .map(|n| n.control_addr.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            (m.current_leader, voters)
+        };
+        let voters = if voters.is_empty() { configured.clone() } else { voters };
+        targets.send_if_modified(|old| {
+            if **old == voters {
+                return false;
+            }
+            tracing::info!(node_id, voters = ?voters, "controllers to relay requests to");
+            *old = Arc::new(voters);
+            true
+        });
         leader.send_if_modified(|old| {
             if *old == current {
                 return false;
@@ -451,6 +573,9 @@ struct ActiveController {
     /// slow commit neither delays a broker's contact nor lets fencing act on an old one. At
     /// most [`EVENT_QUEUE_MAX`]; past that the queue fills and submits are refused at once.
     backlog: VecDeque<Event>,
+    /// The quorum's membership changes (KIP-853): the one in progress, and what DescribeQuorum
+    /// reports of each replica.
+    quorum: voters::QuorumOps,
 }
 
 impl ActiveController {
@@ -459,6 +584,8 @@ impl ActiveController {
             (self.defaults.broker_heartbeat_interval_ms / LIVENESS_CHECKS_PER_HEARTBEAT).max(1);
         let mut check = tokio::time::interval(Duration::from_millis(check_ms));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut voter_check = tokio::time::interval(Duration::from_millis(voters::VOTER_CHECK_MS));
+        voter_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 // A stop still wins between two events; what is left is answered NOT_CONTROLLER
@@ -475,13 +602,22 @@ impl ActiveController {
                     Some(event) => self.handle(event).await,
                     None => break,
                 },
-                _ = check.tick() => self.fence_expired().await,
+                _ = check.tick() => {
+                    self.note_caught_up();
+                    self.fence_expired().await;
+                }
+                _ = voter_check.tick(), if self.quorum.adding() => self.check_new_voter().await,
             }
         }
     }
 
     async fn handle(&mut self, event: Event) {
         let Event::Submit { request, reply } = event;
+        if request.is_quorum() {
+            // Answers now, or (a voter being added) once the new voter has caught up.
+            self.quorum_request(request, reply).await;
+            return;
+        }
         let answer = self.submit(&request).await;
         // The caller may have given up waiting; nothing to do then.
         let _ = reply.send(answer);
@@ -497,6 +633,7 @@ impl ActiveController {
             if let Some(liveness) = self.liveness() {
                 liveness.on_heartbeat(r.broker_id, r.broker_epoch, now);
             }
+            self.note_heartbeat(r);
         }
         self.backlog.push_back(event);
     }
@@ -575,6 +712,7 @@ impl ActiveController {
             if let Some(liveness) = self.liveness() {
                 liveness.on_heartbeat(r.broker_id, r.broker_epoch, now);
             }
+            self.note_heartbeat(r);
         }
         let response = self
             .propose(|image, ctx| {
@@ -609,24 +747,7 @@ impl ActiveController {
             &mut DecideCtx<'_>,
         ) -> Result<(Vec<MetadataRecord>, T), ControlError>,
     ) -> Result<T, ControlError> {
-        let mut metrics = self.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader {
-            return Err(ControlError::NotController);
-        }
-        if !leader_caught_up(&metrics) {
-            metrics = self
-                .raft
-                .wait(Some(Duration::from_millis(CATCH_UP_WAIT_MS_MAX)))
-                .metrics(
-                    |m| m.state != ServerState::Leader || leader_caught_up(m),
-                    "new leader applied its log",
-                )
-                .await
-                .map_err(|e| ControlError::ControllerUnavailable(e.to_string()))?;
-            if metrics.state != ServerState::Leader {
-                return Err(ControlError::NotController);
-            }
-        }
+        let metrics = self.leading().await?;
         let image = self.image.borrow().clone();
         let last_index = metrics.last_log_index.unwrap_or(0);
         if image.offset.0 != last_index {
@@ -677,6 +798,30 @@ impl ActiveController {
             self.commit_entry(batch, MetadataOffset(next_offset.0 + i as u64)).await?;
         }
         Ok(answer)
+    }
+
+    /// The raft metrics once this node leads and has applied its whole log (waiting, bounded,
+    /// for a new leader to apply its own entries); NOT_CONTROLLER when it does not lead.
+    async fn leading(&mut self) -> Result<RaftMetrics<u64, ControllerNode>, ControlError> {
+        let mut metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(ControlError::NotController);
+        }
+        if !leader_caught_up(&metrics) {
+            metrics = self
+                .raft
+                .wait(Some(Duration::from_millis(CATCH_UP_WAIT_MS_MAX)))
+                .metrics(
+                    |m| m.state != ServerState::Leader || leader_caught_up(m),
+                    "new leader applied its log",
+                )
+                .await
+                .map_err(|e| ControlError::ControllerUnavailable(e.to_string()))?;
+            if metrics.state != ServerState::Leader {
+                return Err(ControlError::NotController);
+            }
+        }
+        Ok(metrics)
     }
 
     /// Proposes one entry and waits for it to commit where the decision expected it.

@@ -9,6 +9,7 @@
 //! - [`service`]: the gRPC services a controller serves on its control port.
 //! - [`wire`]: controller requests and responses as protobuf, for relaying.
 //! - [`relay`]: the `ControllerClient` of every node, voter or broker-only.
+//! - `membership`: KIP-853's voter changes planned against raft's membership (no IO).
 
 mod codec;
 mod controller;
@@ -16,6 +17,7 @@ mod error;
 mod events;
 pub mod follower;
 pub mod log_store;
+mod membership;
 pub mod network;
 pub mod quorum;
 pub mod relay;
@@ -31,6 +33,7 @@ pub use controller::{
     SNAPSHOT_AFTER_ENTRIES_DEFAULT, SUBMIT_WAIT_ELECTION_TIMEOUTS,
 };
 pub use error::ControllerError;
+pub use membership::{OBSERVERS_MAX, VOTER_CATCH_UP_WAIT_MS_MAX};
 pub use quorum::RaftClusterInfo;
 pub use relay::RelayClient;
 pub use service::{ControllerService, RaftService};

@@ -6,10 +6,15 @@
 //! client. [`PeerNetwork`] maps transport failures to what openraft expects: `Unreachable`
 //! (openraft backs off), `Network` (it retries at once), and the peer's own refusals as
 //! `RemoteError` (a snapshot stream that must restart).
+//!
+//! Every RPC names its sender and the replica it is meant for (node id and directory id,
+//! KIP-853's replica keys, from the sender's membership): a replica that is not that one
+//! refuses it (FAILED_PRECONDITION), which the sender takes as an unreachable peer. The time
+//! of each peer's last answer is kept ([`Contacts`]) for DescribeQuorum.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
@@ -21,6 +26,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::EntryPayload;
+use strom_metadata::quorum::DirectoryId;
+use strom_proto::raft as pb;
 use strom_proto::raft::raft_client::RaftClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -66,6 +73,10 @@ pub enum TransportError {
     /// The peer was reached but the exchange broke (bad frame, reset stream, deadline).
     #[error("RPC to controller {target} failed: {reason}")]
     Rpc { target: u64, reason: String },
+    /// The peer is not the replica the membership names (another node id, or another
+    /// directory id: its disk was replaced); it refused the RPC.
+    #[error("controller {target} at '{addr}' refused: {reason}")]
+    Refused { target: u64, addr: String, reason: String },
 }
 
 /// One peer's RPCs, in transport terms: a tonic client implements this. `timeout` is how long
@@ -97,8 +108,39 @@ type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, ControllerNode, 
 /// exchange is a `Network` error.
 fn to_rpc_error<E: std::error::Error>(e: TransportError) -> RPCError<u64, ControllerNode, E> {
     match &e {
-        TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        // A refusal lasts until the membership changes: back off as from a peer that is down.
+        TransportError::Unreachable { .. } | TransportError::Refused { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         TransportError::Rpc { .. } => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+/// Milliseconds since the epoch, for answers Kafka reports as timestamps.
+pub(crate) fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// When each peer last answered a replication RPC (wall-clock ms), as the leader saw it:
+/// DescribeQuorum's `LastFetchTimestamp` (openraft pushes, so an answer is a follower's
+/// fetch). At most [`CHANNELS_MAX`] peers; more and it starts over.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Contacts(Arc<Mutex<HashMap<u64, i64>>>);
+
+impl Contacts {
+    fn answered(&self, target: u64) {
+        let mut peers = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if peers.len() >= CHANNELS_MAX && !peers.contains_key(&target) {
+            peers.clear();
+        }
+        peers.insert(target, wall_ms());
+    }
+
+    /// The last answer of `target`, wall-clock ms.
+    pub(crate) fn last_answer_ms(&self, target: u64) -> Option<i64> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&target).copied()
     }
 }
 
@@ -107,6 +149,7 @@ pub struct PeerNetwork<T> {
     target: u64,
     node: ControllerNode,
     transport: T,
+    contacts: Contacts,
 }
 
 impl<T: PeerTransport> RaftNetwork<TypeConfig> for PeerNetwork<T> {
@@ -118,6 +161,7 @@ impl<T: PeerTransport> RaftNetwork<TypeConfig> for PeerNetwork<T> {
         let cut_after = bound_entries(&mut rpc.entries);
         let answer =
             self.transport.append_entries(rpc, option.hard_ttl()).await.map_err(to_rpc_error)?;
+        self.contacts.answered(self.target);
         // The peer took every entry sent; openraft sends the rest from there.
         Ok(match (answer, cut_after) {
             (AppendEntriesResponse::Success, Some(last)) => {
@@ -133,7 +177,10 @@ impl<T: PeerTransport> RaftNetwork<TypeConfig> for PeerNetwork<T> {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
         match self.transport.install_snapshot(rpc, option.hard_ttl()).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                self.contacts.answered(self.target);
+                Ok(resp)
+            }
             Ok(Err(mismatch)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
                 self.node.clone(),
@@ -229,22 +276,77 @@ impl Channels {
     }
 }
 
+/// A replica: its node id and, when known, its directory id (KIP-853's replica key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaKey {
+    pub node_id: u64,
+    pub directory_id: Option<DirectoryId>,
+}
+
+fn directory_bytes(id: Option<DirectoryId>) -> Vec<u8> {
+    id.map(|d| d.0.to_vec()).unwrap_or_default()
+}
+
+/// The keys a request from `from` to `to` carries.
+pub(crate) fn keys_to_pb(from: ReplicaKey, to: ReplicaKey) -> pb::ReplicaKeys {
+    pb::ReplicaKeys {
+        from_node_id: from.node_id,
+        from_directory_id: directory_bytes(from.directory_id),
+        to_node_id: to.node_id,
+        to_directory_id: directory_bytes(to.directory_id),
+    }
+}
+
+/// Whether this replica (`me`) may act on an RPC carrying `keys`: it must be meant for this
+/// node id and, when the sender knows a directory id for it, this directory. The refusal says
+/// what to do about it.
+pub(crate) fn check_keys(me: ReplicaKey, keys: Option<&pb::ReplicaKeys>) -> Result<(), String> {
+    // A sender without keys predates them; it cannot have meant another replica.
+    let Some(keys) = keys else { return Ok(()) };
+    if keys.to_node_id != me.node_id {
+        return Err(format!(
+            "this is node {}, not node {} that controller {} addressed: its membership has a \
+             stale control address for node {}",
+            me.node_id, keys.to_node_id, keys.from_node_id, keys.to_node_id
+        ));
+    }
+    let meant = DirectoryId::from_slice(&keys.to_directory_id);
+    match (meant, me.directory_id) {
+        (Some(meant), Some(mine)) if meant != mine => Err(format!(
+            "INVALID_VOTER_KEY: the metadata quorum knows node {} by directory id {meant}, and \
+             this node's directory id is {mine} (its data directory was replaced): it cannot \
+             act as its former self; remove the voter (strom cluster remove-voter --node-id {} \
+             --directory-id {meant}), after which this node joins as an observer and can be \
+             added again (strom cluster add-voter --node-id {})",
+            me.node_id, me.node_id, me.node_id
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The tonic client of one peer's `Raft` service.
 pub struct GrpcTransport {
     target: u64,
     addr: String,
+    /// Who sends, and which replica the membership says `target` is.
+    keys: pb::ReplicaKeys,
     /// `Err`: the address cannot be used; every call fails as unreachable.
     client: Result<RaftClient<Channel>, String>,
 }
 
 impl GrpcTransport {
-    pub fn new(target: u64, addr: &str, channels: &Channels) -> GrpcTransport {
+    pub fn new(from: ReplicaKey, to: ReplicaKey, addr: &str, channels: &Channels) -> Self {
         let client = channels.get(addr).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
         });
-        GrpcTransport { target, addr: addr.to_string(), client }
+        GrpcTransport {
+            target: to.node_id,
+            addr: addr.to_string(),
+            keys: keys_to_pb(from, to),
+            client,
+        }
     }
 
     fn client(&self) -> Result<RaftClient<Channel>, TransportError> {
@@ -259,6 +361,11 @@ impl GrpcTransport {
         match status.code() {
             // A refused or dropped connection: the peer is down or restarting.
             tonic::Code::Unavailable | tonic::Code::Cancelled => TransportError::Unreachable {
+                target: self.target,
+                addr: self.addr.clone(),
+                reason: status.message().to_string(),
+            },
+            tonic::Code::FailedPrecondition => TransportError::Refused {
                 target: self.target,
                 addr: self.addr.clone(),
                 reason: status.message().to_string(),
@@ -297,7 +404,8 @@ impl PeerTransport for GrpcTransport {
         rpc: AppendEntriesRequest<TypeConfig>,
         timeout: Duration,
     ) -> Result<AppendEntriesResponse<u64>, TransportError> {
-        let message = codec::append_request_to_pb(&rpc);
+        let mut message = codec::append_request_to_pb(&rpc);
+        message.keys = Some(self.keys.clone());
         let answer = self.client()?.append_entries(request(message, timeout)).await;
         self.answer(answer, codec::append_response_from_pb)
     }
@@ -307,7 +415,8 @@ impl PeerTransport for GrpcTransport {
         rpc: InstallSnapshotRequest<TypeConfig>,
         timeout: Duration,
     ) -> Result<Result<InstallSnapshotResponse<u64>, SnapshotMismatch>, TransportError> {
-        let message = codec::install_request_to_pb(rpc);
+        let mut message = codec::install_request_to_pb(rpc);
+        message.keys = Some(self.keys.clone());
         let answer = self.client()?.install_snapshot(request(message, timeout)).await;
         self.answer(answer, codec::install_reply_from_pb)
     }
@@ -317,7 +426,8 @@ impl PeerTransport for GrpcTransport {
         rpc: VoteRequest<u64>,
         timeout: Duration,
     ) -> Result<VoteResponse<u64>, TransportError> {
-        let message = codec::vote_request_to_pb(&rpc);
+        let mut message = codec::vote_request_to_pb(&rpc);
+        message.keys = Some(self.keys.clone());
         let answer = self.client()?.vote(request(message, timeout)).await;
         self.answer(answer, codec::vote_response_from_pb)
     }
@@ -327,11 +437,19 @@ impl PeerTransport for GrpcTransport {
 #[derive(Clone, Debug)]
 pub struct GrpcNetwork {
     channels: Channels,
+    /// This replica: the sender of every RPC.
+    me: ReplicaKey,
+    contacts: Contacts,
 }
 
 impl GrpcNetwork {
-    pub fn new(channels: Channels) -> GrpcNetwork {
-        GrpcNetwork { channels }
+    pub fn new(channels: Channels, me: ReplicaKey) -> GrpcNetwork {
+        GrpcNetwork { channels, me, contacts: Contacts::default() }
+    }
+
+    /// When each peer last answered.
+    pub(crate) fn contacts(&self) -> Contacts {
+        self.contacts.clone()
     }
 }
 
@@ -339,10 +457,12 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerNetwork<GrpcTransport>;
 
     async fn new_client(&mut self, target: u64, node: &ControllerNode) -> Self::Network {
+        let to = ReplicaKey { node_id: target, directory_id: node.directory_id };
         PeerNetwork {
             target,
             node: node.clone(),
-            transport: GrpcTransport::new(target, &node.control_addr, &self.channels),
+            transport: GrpcTransport::new(self.me, to, &node.control_addr, &self.channels),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -367,6 +487,30 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(MetadataBatch { records: vec![record; records] }),
         }
+    }
+
+    #[test]
+    fn a_replica_refuses_rpcs_meant_for_another_node_or_directory() {
+        let me = ReplicaKey { node_id: 3, directory_id: Some(DirectoryId([3; 16])) };
+        let from = ReplicaKey { node_id: 1, directory_id: Some(DirectoryId([1; 16])) };
+        let to = |node_id, directory_id| ReplicaKey { node_id, directory_id };
+        assert_eq!(check_keys(me, None), Ok(()), "no keys: an older sender");
+        assert_eq!(check_keys(me, Some(&keys_to_pb(from, me))), Ok(()));
+        // The sender knows no directory id for node 3 yet (a static quorum): accepted.
+        assert_eq!(check_keys(me, Some(&keys_to_pb(from, to(3, None)))), Ok(()));
+        // A wiped disk: node 3 came back with another directory id.
+        let refused = check_keys(me, Some(&keys_to_pb(from, to(3, Some(DirectoryId([9; 16]))))))
+            .expect_err("another directory");
+        assert!(refused.contains("INVALID_VOTER_KEY"), "{refused}");
+        assert!(refused.contains("strom cluster remove-voter --node-id 3"), "{refused}");
+        // Another node answers at node 4's address.
+        let refused = check_keys(me, Some(&keys_to_pb(from, to(4, None)))).expect_err("node 4");
+        assert!(refused.contains("not node 4"), "{refused}");
+        // A replica that does not know its own directory id (none: a test) takes anything
+        // addressed to its node id.
+        let blank = ReplicaKey { node_id: 3, directory_id: None };
+        let keyed = keys_to_pb(from, to(3, Some(DirectoryId([9; 16]))));
+        assert_eq!(check_keys(blank, Some(&keyed)), Ok(()));
     }
 
     #[test]

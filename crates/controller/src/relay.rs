@@ -1,7 +1,10 @@
 //! The one `ControllerClient` of every node: a request goes to the active controller, which
 //! alone decides. On a voter that leads, to its own active-controller task; otherwise over
 //! gRPC (`Controller.Submit`) to the voter that leads, or, while none is known, to each voter
-//! in turn. A broker-only node has no task of its own and always relays.
+//! in turn. A broker-only node has no task of its own and always relays. A controller node
+//! relays to the voters of its committed membership (they change, KIP-853); before it has one
+//! (an observer that has not caught up), and on a broker-only node, to the configured voters
+//! or bootstrap servers, whose ids may be unknown.
 //!
 //! A request is asked again (bounded in attempts and in time, with a bounded backoff cut
 //! short when a new leader is known) only while it was certainly not decided: the target
@@ -47,6 +50,13 @@ pub const RELAY_ATTEMPT_TIMEOUT_MS: u64 = 15_000;
 /// uses its own submit wait).
 pub const RELAY_SUBMIT_WAIT_MS: u64 = 30_000;
 
+/// How long a voter change may take in all (a new voter catching up, then its membership
+/// entries committing), wherever it is submitted; one relayed attempt may take as long.
+pub const VOTER_CHANGE_WAIT_MS: u64 = 20_000;
+
+const _: () =
+    assert!(crate::membership::VOTER_CATCH_UP_WAIT_MS_MAX * 3 / 2 <= VOTER_CHANGE_WAIT_MS);
+
 const _: () = assert!(RELAY_BACKOFF_MS_MIN <= RELAY_BACKOFF_MS_MAX);
 const _: () = assert!(RELAY_CONNECT_TIMEOUT_MS < RELAY_ATTEMPT_TIMEOUT_MS);
 const _: () = assert!(RELAY_ATTEMPT_TIMEOUT_MS <= RELAY_SUBMIT_WAIT_MS);
@@ -57,9 +67,17 @@ pub struct RelayClient {
     inner: Arc<Inner>,
 }
 
+/// A controller to relay to: its node id when known (a configured voter, or one of the
+/// membership), and its control address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub node_id: Option<u64>,
+    pub addr: String,
+}
+
 struct Inner {
-    /// (node id, control address), in id order.
-    voters: Vec<(u64, String)>,
+    /// Where requests may go, in id order; a controller node's follows its membership.
+    targets: watch::Receiver<Arc<Vec<Target>>>,
     /// This node's id and active-controller task, on a voter.
     local: Option<(u64, Arc<EventClient>)>,
     /// The active controller as this node last heard (raft, or the metadata follower).
@@ -74,8 +92,9 @@ struct Inner {
 /// What one attempt came to.
 enum Attempt {
     Done(Result<ControlResponse, ControlError>),
-    /// Certainly not decided: ask again (the reason is kept for the final refusal).
-    NotDecided(String),
+    /// Certainly not decided: ask again (the reason is kept for the final refusal), at the
+    /// active controller the refusing node named, if it named one.
+    NotDecided(String, Option<Target>),
     /// Sent, and no answer: it may have been proposed.
     OutcomeUnknown(String),
 }
@@ -91,22 +110,36 @@ impl RelayClient {
     /// The client of a broker-only node: the voters `controller.quorum_voters` names (node id →
     /// control address).
     pub fn new(voters: BTreeMap<u64, String>) -> Result<RelayClient, ControllerError> {
-        if voters.is_empty() {
+        let targets =
+            voters.into_iter().map(|(id, addr)| Target { node_id: Some(id), addr }).collect();
+        RelayClient::to_targets(targets, "controller.quorum_voters")
+    }
+
+    /// The client of a broker-only node that knows the quorum by its bootstrap servers
+    /// (`controller.quorum_bootstrap_servers`: control addresses, ids unknown).
+    pub fn for_bootstrap_servers(servers: Vec<String>) -> Result<RelayClient, ControllerError> {
+        let targets = servers.into_iter().map(|addr| Target { node_id: None, addr }).collect();
+        RelayClient::to_targets(targets, "controller.quorum_bootstrap_servers")
+    }
+
+    fn to_targets(targets: Vec<Target>, key: &'static str) -> Result<RelayClient, ControllerError> {
+        if targets.is_empty() {
             return Err(ControllerError::ConfigInvalid {
-                key: "controller.quorum_voters",
-                reason: "a broker-only node needs at least one controller voter",
+                key,
+                reason: "a broker-only node needs at least one controller to send requests to",
             });
         }
         let channels = channels();
-        for addr in voters.values() {
-            channels.get(addr).map_err(|_| ControllerError::ConfigInvalid {
-                key: "controller.quorum_voters",
-                reason: "a voter's control address is not host:port",
+        for target in &targets {
+            channels.get(&target.addr).map_err(|_| ControllerError::ConfigInvalid {
+                key,
+                reason: "a controller's control address is not host:port",
             })?;
         }
+        let (_, targets) = watch::channel(Arc::new(targets));
         Ok(RelayClient {
             inner: Arc::new(Inner {
-                voters: voters.into_iter().collect(),
+                targets,
                 local: None,
                 leader: None,
                 channels,
@@ -116,18 +149,18 @@ impl RelayClient {
         })
     }
 
-    /// The client of voter `node_id`: its own task while it leads, the leader `leader` names
-    /// otherwise.
+    /// The client of controller node `node_id`: its own task while it leads, the leader
+    /// `leader` names otherwise, among `targets` (its membership's voters).
     pub(crate) fn for_voter(
         node_id: u64,
         local: Arc<EventClient>,
-        voters: BTreeMap<u64, String>,
+        targets: watch::Receiver<Arc<Vec<Target>>>,
         leader: watch::Receiver<Option<u64>>,
         submit_wait: Duration,
     ) -> RelayClient {
         RelayClient {
             inner: Arc::new(Inner {
-                voters: voters.into_iter().collect(),
+                targets,
                 local: Some((node_id, local)),
                 leader: Some(leader),
                 channels: channels(),
@@ -141,7 +174,7 @@ impl RelayClient {
     /// follower's leader watch), when it is one of the voters.
     pub fn with_leader(self, leader: watch::Receiver<Option<u64>>) -> RelayClient {
         let inner = Inner {
-            voters: self.inner.voters.clone(),
+            targets: self.inner.targets.clone(),
             local: self.inner.local.clone(),
             leader: Some(leader),
             channels: self.inner.channels.clone(),
@@ -165,12 +198,20 @@ impl Inner {
     }
 
     async fn submit(&self, request: ControlRequest) -> Result<ControlResponse, ControlError> {
-        let deadline = Instant::now() + self.submit_wait;
+        // A voter change may wait for a new voter to catch up: it is given longer.
+        let wait = if request.is_voter_change() {
+            self.submit_wait.max(Duration::from_millis(VOTER_CHANGE_WAIT_MS))
+        } else {
+            self.submit_wait
+        };
+        let deadline = Instant::now() + wait;
         let mut message = None;
         let mut backoff = Duration::from_millis(RELAY_BACKOFF_MS_MIN);
         let mut last = String::from("no active controller is known");
         let first = self.preferred.load(Ordering::Relaxed);
         let mut turn = 0;
+        // The active controller a refusing controller named: asked next, once.
+        let mut hinted: Option<Target> = None;
         for _ in 0..RELAY_ATTEMPTS_MAX {
             if self.local.as_ref().is_some_and(|(_, local)| local.is_closed()) {
                 return Err(ControlError::ControllerUnavailable(
@@ -178,18 +219,32 @@ impl Inner {
                 ));
             }
             let leader = self.known_leader();
-            let index = match leader.and_then(|id| self.voters.iter().position(|v| v.0 == id)) {
-                Some(index) => index,
+            let targets = self.targets.borrow().clone();
+            if targets.is_empty() {
+                return Err(ControlError::ControllerUnavailable(
+                    "no controller is known to send the request to".into(),
+                ));
+            }
+            let leading = |t: &Target| leader.is_some() && t.node_id == leader;
+            let (target, index) = match hinted.take() {
+                Some(hint) => (hint, None),
                 None => {
-                    turn += 1;
-                    (first + turn - 1) % self.voters.len()
+                    let index = match targets.iter().position(leading) {
+                        Some(index) => index,
+                        None => {
+                            turn += 1;
+                            (first + turn - 1) % targets.len()
+                        }
+                    };
+                    (targets[index].clone(), Some(index))
                 }
             };
+            let target = &target;
             let attempt = match &self.local {
-                Some((node_id, local)) if *node_id == self.voters[index].0 => {
+                Some((node_id, local)) if Some(*node_id) == target.node_id => {
                     match local.submit_local(request.clone()).await {
                         Err(ControlError::NotController) => {
-                            Attempt::NotDecided("this node does not lead".into())
+                            Attempt::NotDecided("this node does not lead".into(), None)
                         }
                         answer => Attempt::Done(answer),
                     }
@@ -203,23 +258,34 @@ impl Inner {
                             message.insert(m)
                         }
                     };
-                    self.relay(index, message, deadline).await
+                    self.relay(target, message, deadline, request.is_voter_change()).await
                 }
             };
             match attempt {
                 Attempt::Done(answer) => {
-                    self.preferred.store(index, Ordering::Relaxed);
+                    if let Some(index) = index {
+                        self.preferred.store(index, Ordering::Relaxed);
+                    }
                     return answer;
                 }
                 Attempt::OutcomeUnknown(why) => return Err(ControlError::OutcomeUnknown(why)),
-                Attempt::NotDecided(why) => last = why,
+                Attempt::NotDecided(why, hint) => {
+                    last = why;
+                    // A named leader this node does not know of (a voter added since its
+                    // configuration was written): asked at once.
+                    hinted = hint.filter(|h| !targets.contains(h) && h != target);
+                }
             }
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            // With no leader known, each voter is asked once before the pause.
-            if leader.is_none() && turn % self.voters.len() != 0 {
+            if hinted.is_some() {
+                continue;
+            }
+            // With no leader known (or none among the targets), each is asked once before the
+            // pause.
+            if !targets.iter().any(leading) && turn % targets.len() != 0 {
                 continue;
             }
             let pause = backoff.min(deadline - now);
@@ -236,46 +302,57 @@ impl Inner {
         }
         Err(ControlError::ControllerUnavailable(format!(
             "no active controller answered within {} ms: {last}",
-            self.submit_wait.as_millis()
+            wait.as_millis()
         )))
     }
 
-    /// One relay to the voter at `index` over gRPC.
+    /// One relay to `target` over gRPC.
     async fn relay(
         &self,
-        index: usize,
+        target: &Target,
         message: &pb::ControlRequest,
         deadline: Instant,
+        voter_change: bool,
     ) -> Attempt {
-        let (id, addr) = &self.voters[index];
+        let addr = &target.addr;
+        let id = target.node_id.map_or_else(|| "?".to_string(), |id| id.to_string());
         let channel = match self.channels.get(addr) {
             Ok(channel) => channel,
-            Err(e) => return Attempt::NotDecided(e),
+            Err(e) => return Attempt::NotDecided(e, None),
         };
         let mut client = GrpcControllerClient::new(channel)
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX);
         let mut call = tonic::Request::new(message.clone());
+        let attempt_ms = if voter_change { VOTER_CHANGE_WAIT_MS } else { RELAY_ATTEMPT_TIMEOUT_MS };
         call.set_timeout(
             deadline
                 .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(RELAY_ATTEMPT_TIMEOUT_MS)),
+                .min(Duration::from_millis(attempt_ms)),
         );
         let failed = |status: &tonic::Status| {
             format!("controller {id} at {addr}: {:?}: {}", status.code(), status.message())
         };
         match client.submit(call).await {
-            Ok(answer) => match wire::response_from_pb(answer.into_inner()) {
-                Ok(Err(ControlError::NotController)) => {
-                    Attempt::NotDecided(format!("controller {id} at {addr} does not lead"))
+            Ok(answer) => {
+                let hint = answer
+                    .metadata()
+                    .get(LEADER_HINT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_hint);
+                match wire::response_from_pb(answer.into_inner()) {
+                    Ok(Err(ControlError::NotController)) => Attempt::NotDecided(
+                        format!("controller {id} at {addr} does not lead"),
+                        hint,
+                    ),
+                    Ok(answer) => Attempt::Done(answer),
+                    Err(e) => Attempt::Done(Err(ControlError::ControllerUnavailable(format!(
+                        "bad answer from controller {id} at {addr}: {e}"
+                    )))),
                 }
-                Ok(answer) => Attempt::Done(answer),
-                Err(e) => Attempt::Done(Err(ControlError::ControllerUnavailable(format!(
-                    "bad answer from controller {id} at {addr}: {e}"
-                )))),
-            },
+            }
             // No connection: the request never left this node.
-            Err(status) if never_sent(&status) => Attempt::NotDecided(failed(&status)),
+            Err(status) if never_sent(&status) => Attempt::NotDecided(failed(&status), None),
             // Our own malformed request, or a peer without the service: refused undecided, and
             // asking again (or elsewhere) cannot help.
             Err(status)
@@ -291,6 +368,22 @@ impl Inner {
             Err(status) => Attempt::OutcomeUnknown(failed(&status)),
         }
     }
+}
+
+/// The gRPC response header in which a controller that does not lead names the one that does,
+/// as `<node id>@<host:port>` (as Kafka's NOT_LEADER answers carry the leader's endpoint): a
+/// node that knows only some of the voters (bootstrap servers, an old configuration) still
+/// reaches it.
+pub const LEADER_HINT: &str = "strom-active-controller";
+
+/// The header value for `target`.
+pub(crate) fn hint_value(node_id: u64, addr: &str) -> String {
+    format!("{node_id}@{addr}")
+}
+
+fn parse_hint(value: &str) -> Option<Target> {
+    let (id, addr) = value.split_once('@')?;
+    Some(Target { node_id: Some(id.parse().ok()?), addr: addr.to_string() })
 }
 
 /// The call certainly never reached the service: no connection could be made (tonic's

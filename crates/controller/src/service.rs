@@ -1,5 +1,5 @@
 //! The gRPC services a controller serves on its control port: `strom.raft.v1.Raft` (the other
-//! voters' replication RPCs, handed to openraft) and `strom.controller.v1.Controller` (requests
+//! voters' replication RPCs, handed to openraft once their replica keys name this replica) and `strom.controller.v1.Controller` (requests
 //! relayed to this node while it is the active controller, and the metadata stream that
 //! broker-only nodes follow).
 //!
@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use openraft::error::{InstallSnapshotError, RaftError};
 use strom_metadata::records::MetadataRecord;
-use strom_metadata::{MetadataImage, MetadataListener, MetadataOffset};
+use strom_metadata::{ControlError, MetadataImage, MetadataListener, MetadataOffset};
 use strom_proto::controller as cpb;
 use strom_proto::raft as rpb;
 use tokio::sync::watch;
@@ -24,17 +24,45 @@ use tonic::{Request, Response, Status};
 
 use crate::codec;
 use crate::events::EventClient;
+use crate::network::{check_keys, ReplicaKey};
+use crate::relay::{hint_value, Target, LEADER_HINT};
 use crate::types::Raft;
 use crate::wire;
+
+/// How often a replica logs that it refuses RPCs meant for another replica: once is enough
+/// to see, every RPC would flood the log.
+pub const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
 
 /// Serves openraft's voter-to-voter RPCs for one raft node.
 pub struct RaftService {
     raft: Raft,
+    /// This replica: RPCs meant for another one are refused.
+    me: ReplicaKey,
+    /// When a refusal was last logged.
+    refusal_logged: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl RaftService {
-    pub(crate) fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+    pub(crate) fn new(raft: Raft, me: ReplicaKey) -> RaftService {
+        RaftService { raft, me, refusal_logged: Mutex::new(None) }
+    }
+
+    /// Refuses (FAILED_PRECONDITION) an RPC meant for another replica: KIP-853's
+    /// INVALID_VOTER_KEY, so that a replica whose disk was wiped neither votes nor acknowledges
+    /// entries as its former self.
+    fn check(&self, keys: Option<&rpb::ReplicaKeys>) -> Result<(), Status> {
+        let Err(reason) = check_keys(self.me, keys) else { return Ok(()) };
+        let now = tokio::time::Instant::now();
+        let mut logged = self.refusal_logged.lock().unwrap_or_else(|p| p.into_inner());
+        let due = logged.is_none_or(|at| {
+            now.duration_since(at) >= Duration::from_millis(REFUSAL_LOG_INTERVAL_MS)
+        });
+        if due {
+            *logged = Some(now);
+            let from = keys.map_or(0, |k| k.from_node_id);
+            tracing::error!(node_id = self.me.node_id, from, "refusing raft RPCs: {reason}");
+        }
+        Err(Status::failed_precondition(reason))
     }
 }
 
@@ -54,7 +82,9 @@ impl rpb::raft_server::Raft for RaftService {
         &self,
         request: Request<rpb::AppendEntriesRequest>,
     ) -> Result<Response<rpb::AppendEntriesResponse>, Status> {
-        let rpc = codec::append_request_from_pb(request.into_inner()).map_err(malformed)?;
+        let request = request.into_inner();
+        self.check(request.keys.as_ref())?;
+        let rpc = codec::append_request_from_pb(request).map_err(malformed)?;
         let answer = self.raft.append_entries(rpc).await.map_err(stopped)?;
         Ok(Response::new(codec::append_response_to_pb(&answer)))
     }
@@ -63,7 +93,9 @@ impl rpb::raft_server::Raft for RaftService {
         &self,
         request: Request<rpb::VoteRequest>,
     ) -> Result<Response<rpb::VoteResponse>, Status> {
-        let rpc = codec::vote_request_from_pb(request.into_inner()).map_err(malformed)?;
+        let request = request.into_inner();
+        self.check(request.keys.as_ref())?;
+        let rpc = codec::vote_request_from_pb(request).map_err(malformed)?;
         let answer = self.raft.vote(rpc).await.map_err(stopped)?;
         Ok(Response::new(codec::vote_response_to_pb(&answer)))
     }
@@ -72,7 +104,9 @@ impl rpb::raft_server::Raft for RaftService {
         &self,
         request: Request<rpb::InstallSnapshotRequest>,
     ) -> Result<Response<rpb::InstallSnapshotReply>, Status> {
-        let rpc = codec::install_request_from_pb(request.into_inner()).map_err(malformed)?;
+        let request = request.into_inner();
+        self.check(request.keys.as_ref())?;
+        let rpc = codec::install_request_from_pb(request).map_err(malformed)?;
         let answer = match self.raft.install_snapshot(rpc).await {
             Ok(resp) => Ok(resp),
             Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => Err(m),
@@ -88,6 +122,9 @@ pub struct ControllerService {
     local: Arc<EventClient>,
     feed: MetadataFeed,
     leader: watch::Receiver<Option<u64>>,
+    /// The voters and their control addresses, to name the active controller to a caller
+    /// that asked this node while it does not lead.
+    voters: watch::Receiver<Arc<Vec<Target>>>,
 }
 
 impl ControllerService {
@@ -95,8 +132,17 @@ impl ControllerService {
         local: Arc<EventClient>,
         feed: MetadataFeed,
         leader: watch::Receiver<Option<u64>>,
+        voters: watch::Receiver<Arc<Vec<Target>>>,
     ) -> ControllerService {
-        ControllerService { local, feed, leader }
+        ControllerService { local, feed, leader, voters }
+    }
+
+    /// `id@addr` of the active controller as this node knows it.
+    fn leader_hint(&self) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+        let leader = (*self.leader.borrow())?;
+        let voters = self.voters.borrow().clone();
+        let target = voters.iter().find(|t| t.node_id == Some(leader))?;
+        hint_value(leader, &target.addr).parse().ok()
     }
 }
 
@@ -109,7 +155,12 @@ impl cpb::controller_server::Controller for ControllerService {
         let request = wire::request_from_pb(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("malformed control request: {e}")))?;
         let answer = self.local.submit_local(request).await;
-        Ok(Response::new(wire::response_to_pb(&answer)))
+        let not_controller = matches!(answer, Err(ControlError::NotController));
+        let mut response = Response::new(wire::response_to_pb(&answer));
+        if let Some(hint) = self.leader_hint().filter(|_| not_controller) {
+            response.metadata_mut().insert(LEADER_HINT, hint);
+        }
+        Ok(response)
     }
 
     type WatchMetadataStream = BoxStream<'static, Result<cpb::MetadataUpdate, Status>>;

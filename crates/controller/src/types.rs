@@ -6,13 +6,17 @@
 
 use std::io::Cursor;
 
+use strom_metadata::quorum::DirectoryId;
 use strom_metadata::records::MetadataBatch;
 use strom_metadata::MetadataOffset;
 
-/// A controller voter as the membership records it: where its control (gRPC) listener is.
+/// A controller voter (or observer) as the membership records it: where its control (gRPC)
+/// listener is, and which metadata directory it is (KIP-853).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ControllerNode {
     pub control_addr: String,
+    /// `None`: not known yet (a voter of a static quorum before it said its own).
+    pub directory_id: Option<DirectoryId>,
 }
 
 /// What the state machine answers for an applied entry: the offset it applied at.

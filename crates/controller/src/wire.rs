@@ -18,6 +18,8 @@ use strom_metadata::records::{
 use strom_metadata::{BrokerEpoch, ControlError, MetadataOffset, NodeId, TopicId};
 use strom_proto::controller as pb;
 
+mod quorum;
+
 /// Why a relayed message could not be turned back into a request or response.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -27,6 +29,8 @@ pub enum WireError {
     UnknownEnum { field: &'static str, value: i32 },
     #[error("field '{0}' is not a 16-byte id")]
     BadTopicId(&'static str),
+    #[error("field '{0}' is not a 16-byte directory id")]
+    BadDirectoryId(&'static str),
     #[error("field '{field}' does not decode: {source}")]
     Decode {
         field: &'static str,
@@ -89,6 +93,10 @@ pub fn error_to_pb(e: &ControlError) -> pb::ControlError {
         ControlError::ProducerIdsExhausted => {
             (C::ProducerIdsExhausted, String::new(), 0, Vec::new())
         }
+        ControlError::DuplicateVoter(m) => (C::DuplicateVoter, m.clone(), 0, Vec::new()),
+        ControlError::VoterNotFound(m) => (C::VoterNotFound, m.clone(), 0, Vec::new()),
+        ControlError::InvalidVoterKey(m) => (C::InvalidVoterKey, m.clone(), 0, Vec::new()),
+        ControlError::VoterChangeTimedOut(m) => (C::VoterChangeTimedOut, m.clone(), 0, Vec::new()),
     };
     pb::ControlError { code: code as i32, message, broker_id, topic_id }
 }
@@ -123,6 +131,10 @@ pub fn error_from_pb(e: &pb::ControlError) -> Result<ControlError, WireError> {
         C::ControllerUnavailable => ControlError::ControllerUnavailable(m),
         C::OutcomeUnknown => ControlError::OutcomeUnknown(m),
         C::ProducerIdsExhausted => ControlError::ProducerIdsExhausted,
+        C::DuplicateVoter => ControlError::DuplicateVoter(m),
+        C::VoterNotFound => ControlError::VoterNotFound(m),
+        C::InvalidVoterKey => ControlError::InvalidVoterKey(m),
+        C::VoterChangeTimedOut => ControlError::VoterChangeTimedOut(m),
     })
 }
 
@@ -207,6 +219,11 @@ fn election_error_from_pb(value: i32) -> Result<ElectionError, WireError> {
 pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
     use pb::control_request::Request as R;
     let request = match r {
+        ControlRequest::AddVoter(r) => R::AddVoter(quorum::add_voter_to_pb(r)),
+        ControlRequest::RemoveVoter(r) => R::RemoveVoter(quorum::remove_voter_to_pb(r)),
+        ControlRequest::UpdateVoter(r) => R::UpdateVoter(quorum::update_voter_to_pb(r)),
+        ControlRequest::JoinQuorum(r) => R::JoinQuorum(quorum::join_to_pb(r)),
+        ControlRequest::DescribeQuorum => R::DescribeQuorum(pb::DescribeQuorumRequest {}),
         ControlRequest::CreateTopics(r) => R::CreateTopics(pb::CreateTopicsRequest {
             topics: r
                 .topics
@@ -318,6 +335,11 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
 pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireError> {
     use pb::control_request::Request as R;
     Ok(match required(r.request, "ControlRequest.request")? {
+        R::AddVoter(r) => ControlRequest::AddVoter(quorum::add_voter_from_pb(r)?),
+        R::RemoveVoter(r) => ControlRequest::RemoveVoter(quorum::remove_voter_from_pb(r)?),
+        R::UpdateVoter(r) => ControlRequest::UpdateVoter(quorum::update_voter_from_pb(r)?),
+        R::JoinQuorum(r) => ControlRequest::JoinQuorum(quorum::join_from_pb(r)?),
+        R::DescribeQuorum(_) => ControlRequest::DescribeQuorum,
         R::CreateTopics(r) => ControlRequest::CreateTopics(CreateTopicsRequest {
             topics: r
                 .topics
@@ -439,6 +461,7 @@ pub fn response_to_pb(r: &Result<ControlResponse, ControlError>) -> pb::ControlR
     use pb::control_response::Response as R;
     let response = match r {
         Err(e) => R::Error(error_to_pb(e)),
+        Ok(ControlResponse::Quorum(d)) => R::Quorum(quorum::description_to_pb(d)),
         Ok(ControlResponse::CreateTopics(items)) => R::CreateTopics(pb::CreateTopicsResponse {
             results: items
                 .iter()
@@ -554,6 +577,7 @@ pub fn response_from_pb(
     use pb::control_response::Response as R;
     Ok(Ok(match required(r.response, "ControlResponse.response")? {
         R::Error(e) => return Ok(Err(error_from_pb(&e)?)),
+        R::Quorum(d) => ControlResponse::Quorum(quorum::description_from_pb(d)?),
         R::CreateTopics(r) => ControlResponse::CreateTopics(
             r.results
                 .into_iter()

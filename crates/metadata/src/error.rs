@@ -51,6 +51,21 @@ pub enum ControlError {
     /// UNKNOWN_SERVER_ERROR): ids are never reused, so none can be given.
     #[error("producer ids are exhausted: the next block would end past 2^63-1")]
     ProducerIdsExhausted,
+    /// KIP-853: the node to add is a voter already (Kafka's DUPLICATE_VOTER).
+    #[error("duplicate voter: {0}")]
+    DuplicateVoter(String),
+    /// KIP-853: no voter has that id (and directory id) (Kafka's VOTER_NOT_FOUND).
+    #[error("voter not found: {0}")]
+    VoterNotFound(String),
+    /// KIP-853: a replica whose directory id is not the one the quorum knows for its node id
+    /// (a wiped disk): it cannot act as its former self (Kafka's INVALID_VOTER_KEY).
+    #[error("invalid voter key: {0}")]
+    InvalidVoterKey(String),
+    /// Another voter change is being made, or the new voter has not caught up in time: only
+    /// one change at a time, and asking again later may succeed (Kafka answers
+    /// REQUEST_TIMED_OUT for both).
+    #[error("voter change not made: {0}")]
+    VoterChangeTimedOut(String),
 }
 
 /// A committed record that does not apply to the image: the log and the image disagree, which

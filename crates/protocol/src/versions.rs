@@ -44,6 +44,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    // The metadata quorum (KIP-853): forwarded to the active controller, as Kafka's brokers
+    // forward them. UpdateRaftVoter is a controller's own request, served for completeness.
+    (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::AddRaftVoter, 0, 0),
+    (ApiKey::RemoveRaftVoter, 0, 0),
+    (ApiKey::UpdateRaftVoter, 0, 0),
 ];
 
 /// The served range of an API, or `None` if strom does not serve it.

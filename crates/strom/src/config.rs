@@ -189,8 +189,15 @@ impl Default for GroupSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerSection {
-    /// `controller.quorum.voters`: `id@host:port,...`; empty means this node alone.
+    /// `controller.quorum.voters`: `id@host:port,...`; empty means this node alone (or, with
+    /// bootstrap servers, joining). The quorum a fresh metadata log starts with: once the log
+    /// holds a membership, that is the quorum (voters are added and removed at run time).
     pub quorum_voters: String,
+    /// `controller.quorum.bootstrap.servers` (KIP-853): `host:port,...` of controllers to reach
+    /// the quorum through. A controller with no `quorum_voters` joins the quorum as an
+    /// observer, to be added as a voter (`strom cluster add-voter`); a broker-only node follows
+    /// the metadata log from them.
+    pub quorum_bootstrap_servers: String,
     pub election_timeout_ms: u64,
     pub raft_heartbeat_interval_ms: u64,
     /// Metadata log entries between snapshots.
@@ -262,6 +269,7 @@ impl Default for ControllerSection {
     fn default() -> Self {
         ControllerSection {
             quorum_voters: String::new(),
+            quorum_bootstrap_servers: String::new(),
             election_timeout_ms: BROKER_DEFAULTS.controller_election_timeout_ms,
             raft_heartbeat_interval_ms: BROKER_DEFAULTS.controller_raft_heartbeat_interval_ms,
             snapshot_after_entries: BROKER_DEFAULTS.controller_snapshot_after_entries,
@@ -398,6 +406,22 @@ pub fn parse_voters(text: &str) -> Result<Vec<(u64, String)>> {
             bail!("controller.quorum_voters: '{item}' has no port");
         }
         out.push((id, addr.to_string()));
+    }
+    Ok(out)
+}
+
+/// `host:port,...` → the addresses (`controller.quorum_bootstrap_servers`).
+pub fn parse_bootstrap_servers(text: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let port = item.rsplit_once(':').map(|(_, p)| p);
+        if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+            bail!(
+                "controller.quorum_bootstrap_servers: '{item}' is not host:port of a \
+                 controller's CONTROLLER listener (e.g. 127.0.0.1:9093)"
+            );
+        }
+        out.push(item.to_string());
     }
     Ok(out)
 }
@@ -583,13 +607,17 @@ impl NodeConfig {
             parse_listeners("advertised_listeners", adv)?;
         }
         let voters = parse_voters(&self.controller.quorum_voters)?;
+        let bootstrap = parse_bootstrap_servers(&self.controller.quorum_bootstrap_servers)?;
+        if !voters.is_empty() && !bootstrap.is_empty() {
+            bail!("controller.quorum_voters and controller.quorum_bootstrap_servers are both set: set quorum_voters to start a new quorum, or quorum_bootstrap_servers to join one (KIP-853), not both");
+        }
         let listed = voters.iter().any(|(id, _)| *id == self.node_id as u64);
         if self.has_role("controller") && !voters.is_empty() && !listed {
-            bail!("controller.quorum_voters does not list this node_id ({}), which has the controller role", self.node_id);
+            bail!("controller.quorum_voters does not list this node_id ({}), which has the controller role: list it, or leave quorum_voters empty and set controller.quorum_bootstrap_servers to join the quorum as an observer", self.node_id);
         }
         if !self.has_role("controller") {
-            if voters.is_empty() {
-                bail!("controller.quorum_voters is empty: a broker-only node needs the voters' id@host:port to follow the metadata log");
+            if voters.is_empty() && bootstrap.is_empty() {
+                bail!("controller.quorum_voters and controller.quorum_bootstrap_servers are empty: a broker-only node needs the voters' id@host:port (or controllers' host:port) to follow the metadata log");
             }
             if listed {
                 bail!("controller.quorum_voters lists node_id {} but its process_roles has no \"controller\"", self.node_id);

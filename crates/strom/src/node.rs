@@ -17,12 +17,13 @@ use strom_controller::{Controller, ControllerConfig, RaftClusterInfo, RelayClien
 use strom_metadata::control::{
     BrokerHeartbeatRequest, ControlDefaults, ControlRequest, ControlResponse, RegisterBrokerRequest,
 };
+use strom_metadata::quorum::DirectoryId;
 use strom_metadata::records::Endpoint;
 use strom_metadata::{ControllerClient, MetadataListener, NodeId};
 use tokio::sync::watch;
 
 use crate::config::{
-    parse_ip_overrides, parse_listeners, parse_voters, NodeConfig,
+    parse_bootstrap_servers, parse_ip_overrides, parse_listeners, parse_voters, NodeConfig,
     INTER_BROKER_MAX_CONNECTIONS_DEFAULT,
 };
 use crate::StartArgs;
@@ -222,8 +223,22 @@ pub fn config_from(args: StartArgs) -> Result<NodeConfig> {
     Ok(cfg)
 }
 
-/// Reads `meta.properties`, or writes it with a fresh cluster id on first start.
-fn format_or_load(dir: &Path, node_id: i32, wanted: &Option<String>) -> Result<String> {
+/// The data dir's identity, from `meta.properties`.
+struct DataDirIdentity {
+    cluster_id: String,
+    /// KIP-853's directory id: drawn once, when the directory is formatted (or, for a directory
+    /// formatted before strom had them, at the first start that needs it), so a wiped disk
+    /// comes back as another replica of the metadata log.
+    directory_id: DirectoryId,
+}
+
+/// Reads `meta.properties`, or writes it with a fresh cluster id and directory id on first
+/// start. `wanted` is asked for the cluster id only when the directory is new.
+async fn format_or_load(
+    dir: &Path,
+    node_id: i32,
+    wanted: impl std::future::Future<Output = Result<Option<String>>>,
+) -> Result<DataDirIdentity> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {} (log.dirs)", dir.display()))?;
     let path = dir.join("meta.properties");
@@ -246,18 +261,85 @@ fn format_or_load(dir: &Path, node_id: i32, wanted: &Option<String>) -> Result<S
         }
         let cluster =
             get("cluster.id").with_context(|| format!("{} has no cluster.id", path.display()))?;
-        return Ok(cluster.to_string());
+        let directory_id = match get("directory.id") {
+            Some(text) => text
+                .parse::<DirectoryId>()
+                .with_context(|| format!("{} has an invalid directory.id", path.display()))?,
+            None => {
+                // Formatted before directory ids: one is drawn now and kept.
+                let id = new_directory_id();
+                let text = format!("{}directory.id={id}\n", text.trim_end().to_string() + "\n");
+                strom_fsio::write_atomically(&path, text.as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                tracing::info!(directory_id = %id, "directory id added to meta.properties");
+                id
+            }
+        };
+        return Ok(DataDirIdentity { cluster_id: cluster.to_string(), directory_id });
     }
-    let cluster = wanted.clone().unwrap_or_else(|| kafka_uuid_string(uuid::Uuid::new_v4()));
+    let cluster = match wanted.await? {
+        Some(id) => id,
+        None => kafka_uuid_string(uuid::Uuid::new_v4()),
+    };
+    let directory_id = new_directory_id();
     let text = format!(
-        "# written by strom on first start\nversion=1\ncluster.id={cluster}\nnode.id={node_id}\n"
+        "# written by strom on first start\nversion=1\ncluster.id={cluster}\nnode.id={node_id}\n\
+         directory.id={directory_id}\n"
     );
     // Synced and renamed into place with its directory synced: a node must never come back
     // from a crash with a half-written identity.
     strom_fsio::write_atomically(&path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    tracing::info!(cluster_id = %cluster, dir = %dir.display(), "formatted data dir");
-    Ok(cluster)
+    tracing::info!(cluster_id = %cluster, %directory_id, dir = %dir.display(), "formatted data dir");
+    Ok(DataDirIdentity { cluster_id: cluster, directory_id })
+}
+
+/// A fresh directory id: random, never Kafka's zero id.
+fn new_directory_id() -> DirectoryId {
+    loop {
+        let id = DirectoryId(*uuid::Uuid::new_v4().as_bytes());
+        if id != DirectoryId::ZERO {
+            return id;
+        }
+    }
+}
+
+/// How long a node formatting its data directory to join a quorum
+/// (`controller.quorum_bootstrap_servers`) asks the quorum for its cluster id.
+const CLUSTER_ID_WAIT: Duration = Duration::from_secs(30);
+
+/// The cluster id of the quorum at `servers` (their admin service's DescribeCluster), for a
+/// node that joins it with a fresh data directory.
+async fn cluster_id_of_quorum(servers: &[String]) -> Result<String> {
+    use strom_proto::admin::admin_service_client::AdminServiceClient;
+    let deadline = tokio::time::Instant::now() + CLUSTER_ID_WAIT;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        for addr in servers {
+            let attempt = async {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5))
+                    .connect()
+                    .await?;
+                let answer = AdminServiceClient::new(channel)
+                    .describe_cluster(strom_proto::admin::DescribeClusterRequest {})
+                    .await?;
+                anyhow::Ok(answer.into_inner().cluster_id)
+            };
+            match attempt.await {
+                Ok(id) if !id.is_empty() => return Ok(id),
+                Ok(_) => last = format!("{addr} reported no cluster id"),
+                Err(e) => last = format!("{addr}: {e:#}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!(
+        "cannot learn the cluster id from controller.quorum_bootstrap_servers within {} s \
+         (last: {last}): check that they run and are reachable, or set cluster_id",
+        CLUSTER_ID_WAIT.as_secs()
+    )
 }
 
 /// Kafka prints UUIDs as unpadded URL-safe base64 (22 characters).
@@ -334,12 +416,22 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let data_dir = cfg.log.dirs.clone();
     let mut voters: BTreeMap<u64, String> =
         parse_voters(&cfg.controller.quorum_voters)?.into_iter().collect();
+    let bootstrap = parse_bootstrap_servers(&cfg.controller.quorum_bootstrap_servers)?;
     let control = cfg.listener("CONTROLLER")?;
-    if voters.is_empty() {
+    if voters.is_empty() && bootstrap.is_empty() {
         let control = control.as_ref().context("listeners: no CONTROLLER listener")?;
         voters.insert(cfg.node_id as u64, format!("{}:{}", control.host, control.port));
     }
-    let cluster_id = format_or_load(&data_dir, cfg.node_id, &cluster_id_for(&cfg, &voters))?;
+    // A node joining through bootstrap servers takes the quorum's cluster id.
+    let wanted_cluster_id = async {
+        match cluster_id_for(&cfg, &voters) {
+            Some(id) => Ok(Some(id)),
+            None if voters.is_empty() => cluster_id_of_quorum(&bootstrap).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let identity = format_or_load(&data_dir, cfg.node_id, wanted_cluster_id).await?;
+    let cluster_id = identity.cluster_id.clone();
     let defaults = cfg.broker_defaults();
 
     let listener = Broker::listener(node);
@@ -366,6 +458,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 node_id: cfg.node_id as u64,
                 data_dir: data_dir.clone(),
                 voters: voters.clone(),
+                bootstrap_servers: bootstrap.clone(),
+                control_addr: own_control_addr(&cfg, &voters, control.as_ref())?,
+                directory_id: identity.directory_id,
                 defaults: ControlDefaults::from(&defaults),
                 snapshot_after_entries: defaults.controller_snapshot_after_entries,
                 heartbeat_interval_ms: defaults.controller_raft_heartbeat_interval_ms,
@@ -386,18 +481,21 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         // to them over gRPC.
         let (leader_tx, leader_rx) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
-        let addrs: Vec<String> = voters.values().cloned().collect();
+        let addrs: Vec<String> =
+            if voters.is_empty() { bootstrap.clone() } else { voters.values().cloned().collect() };
         let publisher = publisher as Arc<dyn MetadataListener>;
         let task = tokio::spawn(async move {
             if let Err(e) = follow_metadata_as(node.0, addrs, publisher, leader_tx, stop_rx).await {
                 tracing::error!(error = %e, "metadata follower stopped");
             }
         });
-        let client: Arc<dyn ControllerClient> = Arc::new(
-            RelayClient::new(voters.clone())
-                .context("controller.quorum_voters")?
-                .with_leader(leader_rx.clone()),
-        );
+        let relay = if voters.is_empty() {
+            RelayClient::for_bootstrap_servers(bootstrap.clone())
+                .context("controller.quorum_bootstrap_servers")?
+        } else {
+            RelayClient::new(voters.clone()).context("controller.quorum_voters")?
+        };
+        let client: Arc<dyn ControllerClient> = Arc::new(relay.with_leader(leader_rx.clone()));
         let info = Arc::new(FollowerClusterInfo {
             cluster_id: cluster_id.clone(),
             node_id: cfg.node_id as u64,
@@ -498,12 +596,36 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     Ok(())
 }
 
+/// The control address this node tells the quorum it is at (KIP-853's voter listener): the one
+/// `controller.quorum_voters` gives it, else its advertised CONTROLLER listener, else its
+/// CONTROLLER listener.
+fn own_control_addr(
+    cfg: &NodeConfig,
+    voters: &BTreeMap<u64, String>,
+    control: Option<&crate::config::Listener>,
+) -> Result<String> {
+    if let Some(addr) = voters.get(&(cfg.node_id as u64)) {
+        return Ok(addr.clone());
+    }
+    let advertised = match &cfg.advertised_listeners {
+        Some(a) => parse_listeners("advertised_listeners", a)?,
+        None => Vec::new(),
+    };
+    let listener = advertised.into_iter().find(|l| l.name == "CONTROLLER").or(control.cloned());
+    Ok(listener.map(|l| format!("{}:{}", l.host, l.port)).unwrap_or_default())
+}
+
 /// The cluster id a node formats its data dir with: the configured one; else, for a node that
 /// is one of several (more voters, or a broker-only or controller-only node), one derived from
-/// the voter list, so every node of the cluster agrees without coordination; else random.
+/// the voter list, so every node of the cluster agrees without coordination; else (`None`)
+/// random, or the quorum's for a node that joins through bootstrap servers.
 fn cluster_id_for(cfg: &NodeConfig, voters: &BTreeMap<u64, String>) -> Option<String> {
     if let Some(id) = &cfg.cluster_id {
         return Some(id.clone());
+    }
+    if voters.is_empty() {
+        // Joining through bootstrap servers: the quorum's.
+        return None;
     }
     let alone = voters.len() == 1
         && voters.contains_key(&(cfg.node_id as u64))

@@ -11,6 +11,7 @@ mod list_offsets;
 pub(crate) mod metadata;
 mod produce;
 mod producer_id;
+mod quorum;
 mod transactions;
 mod txn_coordinator;
 
@@ -246,6 +247,32 @@ pub(crate) async fn handle(
         R::AlterConfigs(req) => now(meta.encode(&admin::alter_configs(ctx, req).await)),
         R::IncrementalAlterConfigs(req) => {
             now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))
+        }
+        // The metadata quorum (KIP-853): answered by the active controller; a voter change may
+        // wait for a new voter to catch up, so it answers in its turn, not in the reader.
+        R::DescribeQuorum(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&quorum::describe_quorum(&ctx, meta.version, req).await)
+            }))
+        }
+        R::AddRaftVoter(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(
+                async move { meta.encode(&quorum::add_raft_voter(&ctx, req).await) },
+            ))
+        }
+        R::RemoveRaftVoter(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&quorum::remove_raft_voter(&ctx, req).await)
+            }))
+        }
+        R::UpdateRaftVoter(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&quorum::update_raft_voter(&ctx, req).await)
+            }))
         }
     }
 }

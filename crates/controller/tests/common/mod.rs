@@ -14,6 +14,7 @@ use strom_metadata::control::{
     BrokerHeartbeatRequest, ControlRequest, ControlResponse, CreateTopic, CreateTopicsRequest,
     RegisterBrokerRequest,
 };
+use strom_metadata::quorum::DirectoryId;
 use strom_metadata::records::{metadata_record::Record, Endpoint, MetadataRecord};
 use strom_metadata::{
     BrokerEpoch, ControllerClient, MetadataImage, MetadataListener, MetadataOffset, NodeId,
@@ -57,6 +58,17 @@ impl Recorder {
     }
 }
 
+/// The directory id a test gives the data directory at `path`: the same on every start, as
+/// the binary's `meta.properties` keeps it.
+pub fn directory_id_of(path: &Path) -> DirectoryId {
+    let text = path.to_string_lossy();
+    let fnv = |seed: u64| text.bytes().fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x1b3));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+    bytes[8..].copy_from_slice(&fnv(0x8422_2325_cbf2_9ce4).to_be_bytes());
+    DirectoryId(bytes)
+}
+
 /// A lone voter with timings short enough for tests.
 pub fn single_voter(data_dir: &Path) -> ControllerConfig {
     let mut cfg = ControllerConfig::new(
@@ -64,6 +76,7 @@ pub fn single_voter(data_dir: &Path) -> ControllerConfig {
         data_dir.to_path_buf(),
         BTreeMap::from([(1, "127.0.0.1:9093".to_string())]),
     );
+    cfg.directory_id = directory_id_of(data_dir);
     cfg.heartbeat_interval_ms = 20;
     cfg.election_timeout_min_ms = 100;
     cfg.election_timeout_max_ms = 200;
@@ -176,6 +189,8 @@ pub struct Quorum {
     pub dirs: BTreeMap<u64, PathBuf>,
     pub voters: BTreeMap<u64, String>,
     pub running: BTreeMap<u64, Voter>,
+    /// Each node's directory id; [`Quorum::wipe`] gives a node a new one.
+    pub directory_ids: BTreeMap<u64, DirectoryId>,
     snapshot_after_entries: u64,
     /// Overrides the broker session timeout (tests whose broker heartbeats only once).
     pub session_timeout_ms: Option<u64>,
@@ -192,11 +207,13 @@ impl Quorum {
             voters.insert(id, probe.local_addr()?.to_string());
             dirs.insert(id, root.path().join(format!("node-{id}")));
         }
+        let directory_ids = dirs.iter().map(|(&id, dir)| (id, directory_id_of(dir))).collect();
         Ok(Quorum {
             _root: root,
             dirs,
             voters,
             running: BTreeMap::new(),
+            directory_ids,
             snapshot_after_entries,
             session_timeout_ms: None,
         })
@@ -204,6 +221,7 @@ impl Quorum {
 
     pub fn config(&self, id: u64) -> ControllerConfig {
         let mut cfg = ControllerConfig::new(id, self.dirs[&id].clone(), self.voters.clone());
+        cfg.directory_id = self.directory_ids[&id];
         cfg.heartbeat_interval_ms = 50;
         cfg.election_timeout_min_ms = 300;
         cfg.election_timeout_max_ms = 600;
@@ -215,9 +233,33 @@ impl Quorum {
     }
 
     pub async fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        self.start_with(id, self.config(id)).await
+    }
+
+    /// The config of a node that is in no static voter set: it joins the quorum through the
+    /// voters `bootstrap` names, as an observer.
+    pub fn joining_config(&self, id: u64, bootstrap: &[u64]) -> ControllerConfig {
+        let mut cfg = self.config(id);
+        cfg.voters = BTreeMap::new();
+        cfg.control_addr = self.voters[&id].clone();
+        cfg.bootstrap_servers = bootstrap.iter().map(|b| self.voters[b].clone()).collect();
+        cfg
+    }
+
+    /// Deletes a stopped node's data directory and gives it a new directory id: a replaced
+    /// disk.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.running.contains_key(&id), "wipe of running node {id}");
+        std::fs::remove_dir_all(&self.dirs[&id])?;
+        let old = self.directory_ids[&id];
+        self.directory_ids.insert(id, DirectoryId(old.0.map(|b| b.wrapping_add(1))));
+        Ok(())
+    }
+
+    pub async fn start_with(&mut self, id: u64, cfg: ControllerConfig) -> anyhow::Result<()> {
         let listener = bind_retrying(&self.voters[&id]).await?;
         let recorder = Arc::new(Recorder::default());
-        let controller = Controller::start(self.config(id), recorder.clone()).await?;
+        let controller = Controller::start(cfg, recorder.clone()).await?;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .add_service(controller.raft_service())

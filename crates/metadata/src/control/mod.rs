@@ -31,6 +31,9 @@ pub use topics::{
 
 use prost::Message;
 
+use crate::quorum::{
+    AddVoterRequest, JoinQuorumRequest, QuorumDescription, RemoveVoterRequest, UpdateVoterRequest,
+};
 use crate::records::{MetadataBatch, MetadataRecord};
 use crate::{ControlError, MetadataImage, MetadataOffset, TopicId};
 
@@ -118,6 +121,33 @@ pub enum ControlRequest {
     AlterPartition(AlterPartitionRequest),
     /// A broker's next block of producer ids (Kafka's AllocateProducerIds).
     AllocateProducerIds(AllocateProducerIdsRequest),
+    /// The quorum's membership (KIP-853), carried out by the active controller with raft's
+    /// membership changes, not decided as records: [`decide`] refuses these.
+    AddVoter(AddVoterRequest),
+    RemoveVoter(RemoveVoterRequest),
+    UpdateVoter(UpdateVoterRequest),
+    JoinQuorum(JoinQuorumRequest),
+    DescribeQuorum,
+}
+
+impl ControlRequest {
+    /// A request about the quorum itself, answered by the active controller's raft node.
+    pub fn is_quorum(&self) -> bool {
+        matches!(
+            self,
+            ControlRequest::AddVoter(_)
+                | ControlRequest::RemoveVoter(_)
+                | ControlRequest::UpdateVoter(_)
+                | ControlRequest::JoinQuorum(_)
+                | ControlRequest::DescribeQuorum
+        )
+    }
+
+    /// A voter change: it may wait for a new voter to catch up and commits membership
+    /// entries, so it is given longer than a metadata decision.
+    pub fn is_voter_change(&self) -> bool {
+        self.is_quorum() && !matches!(self, ControlRequest::DescribeQuorum)
+    }
 }
 
 /// The outcome of one item (a topic, a resource) of a request.
@@ -138,6 +168,9 @@ pub enum ControlResponse {
     ElectLeaders(Vec<PartitionElection>),
     AlterPartition(AlterPartitionReply),
     AllocateProducerIds(ProducerIdBlock),
+    /// Every quorum request's answer: the quorum as its leader sees it (after a change, with
+    /// the change committed).
+    Quorum(QuorumDescription),
 }
 
 /// Records to commit, and the answer to send after they commit.
@@ -166,6 +199,14 @@ pub fn decide(
         }
         ControlRequest::AlterPartition(r) => isr::alter_partition(image, r),
         ControlRequest::AllocateProducerIds(r) => producer_ids::allocate(image, r),
+        ControlRequest::AddVoter(_)
+        | ControlRequest::RemoveVoter(_)
+        | ControlRequest::UpdateVoter(_)
+        | ControlRequest::JoinQuorum(_)
+        | ControlRequest::DescribeQuorum => Err(ControlError::InvalidRequest(format!(
+            "{} is carried out by the metadata quorum, not decided as metadata records",
+            op_name(request)
+        ))),
     }?;
     if is_user_op(request) {
         check_user_op_size(request, &decision.records)?;
@@ -197,6 +238,11 @@ fn op_name(request: &ControlRequest) -> &'static str {
         ControlRequest::ElectLeaders { .. } => "ElectLeaders",
         ControlRequest::AlterPartition(_) => "AlterPartition",
         ControlRequest::AllocateProducerIds(_) => "AllocateProducerIds",
+        ControlRequest::AddVoter(_) => "AddRaftVoter",
+        ControlRequest::RemoveVoter(_) => "RemoveRaftVoter",
+        ControlRequest::UpdateVoter(_) => "UpdateRaftVoter",
+        ControlRequest::JoinQuorum(_) => "JoinQuorum",
+        ControlRequest::DescribeQuorum => "DescribeQuorum",
     }
 }
 

@@ -100,8 +100,38 @@ pub struct ClusterArgs {
 #[derive(Subcommand, Debug, PartialEq, Eq)]
 pub enum ClusterCommand {
     /// Show the cluster id, controller quorum (voters, active controller, raft term, commit
-    /// index) and brokers (epoch, endpoints, rack, fenced / controlled shutdown).
+    /// index, and as the active controller sees them each voter's and observer's directory id,
+    /// log end offset, lag and last fetch) and brokers (epoch, endpoints, rack, fenced /
+    /// controlled shutdown).
     Describe,
+    /// Make a controller node a voter of the metadata quorum (KIP-853). Start it first with
+    /// controller.quorum_bootstrap_servers naming the voters: it joins as an observer, and is
+    /// made a voter once it has caught up.
+    AddVoter {
+        /// The node's id.
+        #[arg(long, value_parser = clap::value_parser!(u64))]
+        node_id: u64,
+        /// Its directory id (default: the one it joined with, as `strom cluster describe`
+        /// shows it).
+        #[arg(long, value_name = "UUID")]
+        directory_id: Option<String>,
+        /// Its control (gRPC) address (default: the one it joined with).
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+        control_addr: Option<String>,
+        /// How long it may take to catch up (the controller caps it at 10 s).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        timeout_ms: Option<u32>,
+    },
+    /// Remove a voter from the metadata quorum (KIP-853); if it still runs it stays an
+    /// observer. Removing the active controller moves leadership to another voter.
+    RemoveVoter {
+        /// The voter's id.
+        #[arg(long, value_parser = clap::value_parser!(u64))]
+        node_id: u64,
+        /// Only if it is this replica (its directory id, as `strom cluster describe` shows it).
+        #[arg(long, value_name = "UUID")]
+        directory_id: Option<String>,
+    },
     /// Move leadership of partitions back to their preferred (first) replica.
     ElectLeaders {
         /// Only this topic's partitions (default: every topic).
@@ -378,6 +408,37 @@ mod tests {
             }
         );
         assert!(matches!(parse(&["cluster", "describe"]), Ok(TestCli::Cluster(_))));
+        let Ok(TestCli::Cluster(c)) = parse(&["cluster", "add-voter", "--node-id", "4"]) else {
+            panic!("not a cluster command");
+        };
+        assert_eq!(
+            c.command,
+            ClusterCommand::AddVoter {
+                node_id: 4,
+                directory_id: None,
+                control_addr: None,
+                timeout_ms: None
+            }
+        );
+        let Ok(TestCli::Cluster(c)) = parse(&[
+            "cluster",
+            "remove-voter",
+            "--node-id",
+            "3",
+            "--directory-id",
+            "AAAAAAAAAAAAAAAAAAAAAQ",
+        ]) else {
+            panic!("not a cluster command");
+        };
+        assert_eq!(
+            c.command,
+            ClusterCommand::RemoveVoter {
+                node_id: 3,
+                directory_id: Some("AAAAAAAAAAAAAAAAAAAAAQ".into())
+            }
+        );
+        assert!(parse(&["cluster", "add-voter"]).is_err(), "--node-id is required");
+        assert!(parse(&["cluster", "add-voter", "--node-id", "4", "--control-addr", "x"]).is_err());
         let Ok(TestCli::Group(g)) = parse(&["group", "describe", "a", "b", "--output", "json"])
         else {
             panic!("group describe did not parse")

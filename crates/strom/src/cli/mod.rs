@@ -9,6 +9,7 @@
 //!   config, topic exists, …); the message says why and retrying will not help.
 
 mod args;
+mod quorum;
 mod render;
 
 use std::collections::BTreeMap;
@@ -296,7 +297,43 @@ async fn cluster(
     match command {
         ClusterCommand::Describe => {
             let answer = client.describe_cluster(pb::DescribeClusterRequest {}).await?.into_inner();
-            Ok(render::render(&render::ClusterDescription::from(&answer), output))
+            let mut view = quorum::ClusterAndQuorum {
+                cluster: render::ClusterDescription::from(&answer),
+                quorum: None,
+                quorum_error: None,
+            };
+            // The quorum as the active controller sees it; without one (no quorum, or an older
+            // server) the rest is still worth showing, with the reason.
+            match client.describe_quorum(pb::DescribeQuorumRequest {}).await {
+                Ok(quorum) => {
+                    view.quorum = Some(quorum::Quorum::from_pb(&quorum.into_inner(), now_ms()))
+                }
+                Err(status) => view.quorum_error = Some(CliError::from(status).to_string()),
+            }
+            Ok(render::render(&view, output))
+        }
+        ClusterCommand::AddVoter { node_id, directory_id, control_addr, timeout_ms } => {
+            let request =
+                pb::AddVoterRequest { node_id, directory_id, address: control_addr, timeout_ms };
+            let answer = client.add_voter(request).await?.into_inner();
+            let quorum = answer.quorum.ok_or_else(|| no_quorum("add-voter"))?;
+            let view = quorum::VoterChange {
+                change: "added",
+                node_id,
+                quorum: quorum::Quorum::from_pb(&quorum, now_ms()),
+            };
+            Ok(render::render(&view, output))
+        }
+        ClusterCommand::RemoveVoter { node_id, directory_id } => {
+            let request = pb::RemoveVoterRequest { node_id, directory_id };
+            let answer = client.remove_voter(request).await?.into_inner();
+            let quorum = answer.quorum.ok_or_else(|| no_quorum("remove-voter"))?;
+            let view = quorum::VoterChange {
+                change: "removed",
+                node_id,
+                quorum: quorum::Quorum::from_pb(&quorum, now_ms()),
+            };
+            Ok(render::render(&view, output))
         }
         ClusterCommand::ElectLeaders { topic, partition, unclean } => {
             let election_type =
@@ -319,6 +356,17 @@ async fn cluster(
             }
         }
     }
+}
+
+fn no_quorum(command: &str) -> CliError {
+    CliError::Refused(format!("the server answered {command} without the quorum"))
+}
+
+/// The wall clock, for how long ago a replica last fetched.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn group(
