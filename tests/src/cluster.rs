@@ -195,11 +195,14 @@ impl CliOutput {
     }
 }
 
-/// A running cluster of combined nodes with ids 1..=n.
+/// A running cluster of combined nodes with ids 1..=n (and those added later).
 pub struct StromCluster {
     nodes: BTreeMap<u32, StromNode>,
     /// Every node's inter-broker (REPLICATION) listener, where followers fetch.
     replication: BTreeMap<u32, SocketAddr>,
+    /// `default_replication_factor` of every node.
+    replication_factor: i16,
+    options: ClusterOptions,
 }
 
 impl StromCluster {
@@ -218,27 +221,15 @@ impl StromCluster {
             ids.iter().map(|id| format!("{id}@{}", control[id])).collect::<Vec<_>>().join(",");
         let replication_factor =
             options.default_replication_factor.unwrap_or(n_nodes.min(3) as i16);
-        let mut cluster = StromCluster { nodes: BTreeMap::new(), replication: replication.clone() };
+        let mut cluster = StromCluster {
+            nodes: BTreeMap::new(),
+            replication: replication.clone(),
+            replication_factor,
+            options: options.clone(),
+        };
         for &id in &ids {
-            // Followers fetch on a listener of their own, as config/cluster/ has it.
-            let mut toml = format!(
-                "# written by strom-tests: node {id} of a {n_nodes}-node cluster\n\
-                 node_id = {id}\n\
-                 listeners = \"PLAINTEXT://{},REPLICATION://{},CONTROLLER://{}\"\n\
-                 inter_broker_listener_name = \"REPLICATION\"\n\
-                 default_replication_factor = {replication_factor}\n",
-                kafka[&id], replication[&id], control[&id]
-            );
-            if let Some(min_isr) = options.min_insync_replicas {
-                toml.push_str(&format!("min_insync_replicas = {min_isr}\n"));
-            }
-            toml.push_str(&format!("controller.quorum_voters = \"{voters}\"\n"));
-            for extra in
-                [Some(&options.extra_toml), options.node_toml.get(&id)].into_iter().flatten()
-            {
-                toml.push_str(extra);
-                toml.push('\n');
-            }
+            let quorum = format!("controller.quorum_voters = \"{voters}\"");
+            let toml = cluster.node_toml(id, kafka[&id], replication[&id], control[&id], &quorum);
             let node = StromNode::spawn(NodeOptions {
                 node_id: Some(id),
                 config_toml: Some(toml),
@@ -256,6 +247,88 @@ impl StromCluster {
             bail!("{error:#}\n{}", cluster.log_tails(40));
         }
         Ok(cluster)
+    }
+
+    /// One node's `strom.toml`: its listeners (followers fetch on a listener of their own, as
+    /// config/cluster/ has it), the cluster's settings, `quorum` (how it knows the metadata
+    /// quorum), then the options' extra TOML.
+    fn node_toml(
+        &self,
+        id: u32,
+        kafka: SocketAddr,
+        replication: SocketAddr,
+        control: SocketAddr,
+        quorum: &str,
+    ) -> String {
+        let mut toml = format!(
+            "# written by strom-tests: node {id}\n\
+             node_id = {id}\n\
+             listeners = \"PLAINTEXT://{kafka},REPLICATION://{replication},CONTROLLER://{control}\"\n\
+             inter_broker_listener_name = \"REPLICATION\"\n\
+             default_replication_factor = {}\n",
+            self.replication_factor
+        );
+        if let Some(min_isr) = self.options.min_insync_replicas {
+            toml.push_str(&format!("min_insync_replicas = {min_isr}\n"));
+        }
+        toml.push_str(quorum);
+        toml.push('\n');
+        for extra in
+            [Some(&self.options.extra_toml), self.options.node_toml.get(&id)].into_iter().flatten()
+        {
+            toml.push_str(extra);
+            toml.push('\n');
+        }
+        toml
+    }
+
+    /// How a node that joins the quorum knows it (KIP-853): the control addresses of
+    /// `bootstrap`, and no voter list.
+    fn joining_quorum(&self, bootstrap: &[u32]) -> String {
+        let servers: Vec<String> =
+            bootstrap.iter().map(|&b| self.control_addr(b).to_string()).collect();
+        format!("controller.quorum_bootstrap_servers = \"{}\"", servers.join(","))
+    }
+
+    /// Spawns one more combined node, `id`, on fresh ports, that knows the metadata quorum
+    /// only through the controllers `bootstrap` (`controller.quorum_bootstrap_servers`): it
+    /// joins as an observer, to be made a voter (`strom cluster add-voter`). Does not wait.
+    pub fn spawn_joining_node(&mut self, id: u32, bootstrap: &[u32]) -> anyhow::Result<()> {
+        ensure!(!self.nodes.contains_key(&id), "the cluster has a node {id} already");
+        let ports = free_ports(3)?;
+        let (kafka, control, replication) = (ports[0], ports[1], ports[2]);
+        let quorum = self.joining_quorum(bootstrap);
+        let toml = self.node_toml(id, kafka, replication, control, &quorum);
+        let node = StromNode::spawn(NodeOptions {
+            node_id: Some(id),
+            config_toml: Some(toml),
+            env: self.options.env.clone(),
+            kafka_addr: Some(kafka),
+            control_addr: Some(control),
+            fd_limit: self.options.fd_limit,
+            ..NodeOptions::default()
+        })
+        .with_context(|| format!("spawn node {id}"))?;
+        self.nodes.insert(id, node);
+        self.replication.insert(id, replication);
+        Ok(())
+    }
+
+    /// Makes a stopped node's next start join the quorum through `bootstrap` instead of its
+    /// static voter list (a node whose disk was replaced, added back as a new voter).
+    pub fn rejoin_through(&mut self, id: u32, bootstrap: &[u32]) -> anyhow::Result<()> {
+        ensure!(!self.node_mut(id).is_running(), "node {id} still runs");
+        let quorum = self.joining_quorum(bootstrap);
+        let node = self.node(id);
+        let toml = self.node_toml(
+            id,
+            node.kafka_addr(),
+            self.replication_addr(id),
+            node.control_addr(),
+            &quorum,
+        );
+        self.node_mut(id).set_config_toml(toml);
+        Ok(())
     }
 
     /// The last `lines` lines of every node's log, each under a header naming the node.

@@ -271,6 +271,23 @@ impl StromNode {
         self.spawn_process()
     }
 
+    /// Replaces the configuration the next start writes to `strom.toml` (a running process
+    /// keeps the one it started with).
+    pub fn set_config_toml(&mut self, toml: String) {
+        self.options.config_toml = Some(toml);
+    }
+
+    /// Empties the data directory of a stopped node: a disk replaced with a blank one. The
+    /// next start formats it afresh (a new directory id, KIP-853).
+    pub fn wipe_data_dir(&mut self) -> anyhow::Result<()> {
+        ensure!(!self.is_running(), "wipe_data_dir on a running node: stop it first");
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir)
+                .with_context(|| format!("remove {}", self.data_dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// The `--node-id` the node runs with.
     pub fn node_id(&self) -> u32 {
         self.options.node_id.unwrap_or(1)

@@ -23,6 +23,7 @@ mod power_loss;
 mod produce_acks;
 mod producer_ids;
 mod quorum;
+mod quorum_membership;
 mod raw_socket;
 mod read_committed;
 mod replica_fetchers;
