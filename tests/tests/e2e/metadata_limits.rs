@@ -274,8 +274,16 @@ fn a_200k_partition_image_reaches_a_late_voter_and_a_late_broker_only_node() {
             "200,000 partitions: created in {created_ms} ms; voter 3 caught up in {voter_ms} ms \
              (snapshot files {snapshots:?} bytes); broker 12 in {broker_ms} ms"
         );
-        // The quorum of three still commits.
-        kafka::create_topic(&bootstrap, "after", 1, &[])?;
+        // The quorum of three still commits. On a loaded machine a commit may outlast the
+        // request (REQUEST_TIMED_OUT, outcome unknown): ask again, as clients do; "already
+        // exists" then means it committed.
+        wait_until(CATCH_UP, "the quorum commits a new topic", || {
+            match kafka::create_topic(&bootstrap, "after", 1, &[]) {
+                Ok(()) => Ok(Some(())),
+                Err(e) if format!("{e:#}").contains("TopicAlreadyExists") => Ok(Some(())),
+                Err(e) => Err(e),
+            }
+        })?;
         nodes.push(late);
         Ok(())
     };

@@ -368,9 +368,11 @@ fn describe_quorum_answers_kafka_clients_and_the_cli() {
         // An observer too: a node that joined and was not made a voter.
         cluster.spawn_joining_node(4, &[1, 2, 3])?;
         cluster.wait_serving(4, READY_TIMEOUT)?;
-        let quorum = quorum_until(cluster, 1, "node 4 observes", |q| {
+        // Static voters bind their directory ids in the background after their first start.
+        let quorum = quorum_until(cluster, 1, "node 4 observes, every voter bound", |q| {
             replicas(q, "observers").contains_key(&4)
                 && q["voters"].as_array().is_some_and(|v| v.iter().all(|r| r["lag"].is_u64()))
+                && replicas(q, "voters").values().all(|d| d.len() == 22)
         })?;
 
         // `strom cluster describe --output json` (the real CLI): voters with their directory

@@ -10,20 +10,23 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    alter_configs_request, create_partitions_request, create_topics_request, delete_topics_request,
-    describe_configs_request, fetch_request, incremental_alter_configs_request, join_group_request,
+    add_raft_voter_request, alter_configs_request, create_partitions_request,
+    create_topics_request, delete_topics_request, describe_configs_request,
+    describe_quorum_request, fetch_request, incremental_alter_configs_request, join_group_request,
     leave_group_request, list_offsets_request, metadata_request, offset_commit_request,
     offset_delete_request, offset_fetch_request, offset_for_leader_epoch_request, produce_request,
-    sync_group_request, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AlterConfigsRequest,
-    ApiKey, ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
+    sync_group_request, update_raft_voter_request, AddOffsetsToTxnRequest,
+    AddPartitionsToTxnRequest, AddRaftVoterRequest, AlterConfigsRequest, ApiKey,
+    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, DescribeProducersRequest, DescribeTransactionsRequest, EndTxnRequest,
-    FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, ProducerId, RequestHeader, SyncGroupRequest, TopicName, TransactionalId,
-    TxnOffsetCommitRequest, WriteTxnMarkersRequest,
+    DescribeGroupsRequest, DescribeProducersRequest, DescribeQuorumRequest,
+    DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId,
+    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, ProducerId, RemoveRaftVoterRequest, RequestHeader,
+    SyncGroupRequest, TopicName, TransactionalId, TxnOffsetCommitRequest, UpdateRaftVoterRequest,
+    WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use strom_testkit::TestRng;
@@ -116,6 +119,10 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::EndTxn => first_encodable(v, end_txn()),
         ApiKey::DescribeTransactions => first_encodable(v, describe_transactions()),
         ApiKey::ListTransactions => first_encodable(v, list_transactions()),
+        ApiKey::DescribeQuorum => first_encodable(v, describe_quorum()),
+        ApiKey::AddRaftVoter => first_encodable(v, add_raft_voter()),
+        ApiKey::RemoveRaftVoter => first_encodable(v, remove_raft_voter()),
+        ApiKey::UpdateRaftVoter => first_encodable(v, update_raft_voter()),
         _ => None,
     }
 }
@@ -493,6 +500,49 @@ fn create_partitions() -> Vec<CreatePartitionsRequest> {
         .with_validate_only(true)
         .with_unknown_tagged_field(UNKNOWN_TAG, tag());
     vec![rich, CreatePartitionsRequest::default()]
+}
+
+fn describe_quorum() -> Vec<DescribeQuorumRequest> {
+    let partition = describe_quorum_request::PartitionData::default().with_partition_index(0);
+    let topic = describe_quorum_request::TopicData::default()
+        .with_topic_name(topic("__cluster_metadata"))
+        .with_partitions(vec![partition]);
+    vec![DescribeQuorumRequest::default().with_topics(vec![topic])]
+}
+
+/// The quorum changes name another cluster and a voter that does not exist, so a running node
+/// refuses them at once; a mutation that clears the cluster id still asks only for node 99,
+/// with a short timeout.
+const FUZZ_CLUSTER: &str = "fuzz-other-cluster";
+const FUZZ_VOTER: i32 = 99;
+
+fn add_raft_voter() -> Vec<AddRaftVoterRequest> {
+    let listener = add_raft_voter_request::Listener::default()
+        .with_name(StrBytes::from_static_str("CONTROLLER"))
+        .with_host(StrBytes::from_static_str("127.0.0.1"))
+        .with_port(1);
+    vec![AddRaftVoterRequest::default()
+        .with_cluster_id(Some(StrBytes::from_static_str(FUZZ_CLUSTER)))
+        .with_timeout_ms(100)
+        .with_voter_id(FUZZ_VOTER)
+        .with_listeners(vec![listener])]
+}
+
+fn remove_raft_voter() -> Vec<RemoveRaftVoterRequest> {
+    vec![RemoveRaftVoterRequest::default()
+        .with_cluster_id(Some(StrBytes::from_static_str(FUZZ_CLUSTER)))
+        .with_voter_id(FUZZ_VOTER)]
+}
+
+fn update_raft_voter() -> Vec<UpdateRaftVoterRequest> {
+    let listener = update_raft_voter_request::Listener::default()
+        .with_name(StrBytes::from_static_str("CONTROLLER"))
+        .with_host(StrBytes::from_static_str("127.0.0.1"))
+        .with_port(1);
+    vec![UpdateRaftVoterRequest::default()
+        .with_cluster_id(Some(StrBytes::from_static_str(FUZZ_CLUSTER)))
+        .with_voter_id(FUZZ_VOTER)
+        .with_listeners(vec![listener])]
 }
 
 fn describe_cluster() -> Vec<DescribeClusterRequest> {
