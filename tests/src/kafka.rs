@@ -206,23 +206,31 @@ pub fn alter_topic_configs(
     Ok(())
 }
 
+/// How long one watermark lookup may wait before [`watermarks`] retries with a fresh client.
+const WATERMARK_ATTEMPT: Duration = Duration::from_secs(5);
+
 /// (low, high) watermark of each partition.
 pub fn watermarks(
     bootstrap: &str,
     topic: &str,
     partitions: &[i32],
 ) -> anyhow::Result<HashMap<i32, (i64, i64)>> {
-    let consumer = consumer(bootstrap, &[])?;
+    let mut consumer = consumer(bootstrap, &[])?;
     let mut out = HashMap::new();
     for &partition in partitions {
         // A node that has just (re)started serves a partition only once it has opened the log
         // and the controller has unfenced it: until then librdkafka reports the partition
-        // unknown or leaderless, which a client retries.
+        // unknown or leaderless, which a client retries. librdkafka treats "unknown partition"
+        // as permanent for as long as its metadata cache holds the topic (minutes), so each
+        // retry asks with a fresh client, as an application restarting its lookup would.
         let deadline = Instant::now() + CLIENT_TIMEOUT;
         let marks = loop {
-            match consumer.fetch_watermarks(topic, partition, CLIENT_TIMEOUT) {
+            match consumer.fetch_watermarks(topic, partition, WATERMARK_ATTEMPT) {
                 Ok(marks) => break marks,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(POLL_INTERVAL);
+                    consumer = self::consumer(bootstrap, &[])?;
+                }
                 Err(e) => {
                     return Err(e).with_context(|| format!("watermarks of {topic}-{partition}"))
                 }

@@ -76,6 +76,12 @@ impl ImageCell {
         (image, std::mem::take(&mut *pending))
     }
 
+    /// Resolves once an image satisfies `ready`.
+    pub async fn wait_until(&self, ready: impl Fn(&MetadataImage) -> bool) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|img| ready(img)).await;
+    }
+
     /// Resolves once the image has reached `offset`.
     pub async fn wait_for(&self, offset: MetadataOffset) {
         let mut rx = self.rx.clone();

@@ -107,7 +107,13 @@ pub struct Broker {
     local_addr: std::net::SocketAddr,
     inter_broker_addr: Option<std::net::SocketAddr>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Opens the listeners once the broker has caught up with its registration.
+    serving: tokio::sync::watch::Sender<bool>,
 }
+
+/// After this long without catching up with its own registration, the broker says so (and
+/// goes on waiting).
+const CATCH_UP_WARN_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Broker {
     /// The listener for committed metadata; hand it to the controller (combined node) or to the
@@ -149,6 +155,7 @@ impl Broker {
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (serving, serving_rx) = tokio::sync::watch::channel(false);
         let (tcp, local_addr) = bind(ctx.config.kafka_addr).await?;
         let inter_broker = match &ctx.config.inter_broker {
             Some(l) => Some((bind(l.addr).await?, l.name.clone(), l.limits.clone())),
@@ -166,13 +173,14 @@ impl Broker {
                 handlers::metadata::LISTENER.to_owned(),
                 ctx.config.connections.clone(),
                 ctx.clone(),
+                serving_rx.clone(),
                 shutdown_rx.clone(),
             )),
         ];
         tracing::info!(
             addr = %local_addr,
             max_connections = ctx.config.connections.max_connections,
-            "kafka listener up"
+            "kafka listener bound; it serves once this broker has caught up with its registration"
         );
         let mut inter_broker_addr = None;
         if let Some(((tcp, addr), name, limits)) = inter_broker {
@@ -186,10 +194,11 @@ impl Broker {
                 name,
                 limits,
                 ctx.clone(),
+                serving_rx,
                 shutdown_rx,
             )));
         }
-        Ok(Broker { ctx, tasks, local_addr, inter_broker_addr, shutdown })
+        Ok(Broker { ctx, tasks, local_addr, inter_broker_addr, shutdown, serving })
     }
 
     /// Records which node is the active controller (the raft leader).
@@ -200,6 +209,38 @@ impl Broker {
     /// Records this broker's registration epoch once the controller has granted it.
     pub fn set_broker_epoch(&self, epoch: strom_metadata::BrokerEpoch) {
         self.ctx.broker_epoch.store(epoch.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Opens the Kafka listeners once the image this broker has received holds its own
+    /// registration at `epoch` (and so every record committed before it): Kafka's initial
+    /// catch-up. A node restarting replays its metadata log; serving before the replay reaches
+    /// the registration would answer from a partial image (topics missing, brokers stale).
+    /// Returns at once; the wait runs in the background and ends with the broker.
+    pub fn serve_when_caught_up(&mut self, epoch: strom_metadata::BrokerEpoch) {
+        let node = self.ctx.config.node_id;
+        let image = self.ctx.image.clone();
+        let serving = self.serving.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let caught_up = image
+                .wait_until(|img| img.brokers.get(&node).is_some_and(|b| b.epoch.0 >= epoch.0));
+            tokio::pin!(caught_up);
+            if tokio::time::timeout(CATCH_UP_WARN_AFTER, &mut caught_up).await.is_err() {
+                tracing::warn!(
+                    broker_epoch = epoch.0,
+                    waited_ms = CATCH_UP_WARN_AFTER.as_millis() as u64,
+                    "the metadata image does not hold this broker's registration yet; \
+                     the Kafka listeners stay closed until it does"
+                );
+                caught_up.await;
+            }
+            tracing::info!(
+                broker_epoch = epoch.0,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "caught up with the metadata log; serving Kafka requests"
+            );
+            let _ = serving.send(true);
+        }));
     }
 
     /// The metadata offset this broker has applied: that of the last image the replica manager

@@ -129,8 +129,19 @@ pub(crate) async fn accept_loop(
     name: String,
     limits: ConnectionLimits,
     ctx: Arc<BrokerCtx>,
+    mut open: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Kafka's rule: requests are processed only once the broker has caught up with the
+    // metadata log up to its own registration. Until then the socket is bound and
+    // connections wait in the backlog; a replayed, half-applied image (a topic's broker
+    // already listed, the topic not yet) is never served.
+    while !*open.borrow_and_update() {
+        tokio::select! {
+            changed = open.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
     let idle = Duration::from_millis(limits.connections_max_idle_ms);
     let counts = Arc::new(Mutex::new(ConnectionCounts::new(limits)));
     let mut refused: u64 = 0;

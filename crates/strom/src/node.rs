@@ -409,6 +409,9 @@ impl ClusterInfo for VoterClusterInfo {
 }
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
+    // Installed first: a SIGTERM during start-up (a large node opening its logs, a quorum not
+    // formed yet) stops the node cleanly instead of killing it with the default action.
+    let mut signals = StopSignals::install()?;
     let fd_limit = raise_fd_limit();
     let node = NodeId(cfg.node_id);
     let is_controller = cfg.has_role("controller");
@@ -553,7 +556,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     };
 
     let running = if is_broker {
-        let running = start_broker(
+        let started = start_broker(
             &cfg,
             node,
             cluster_id,
@@ -562,8 +565,19 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             control.as_ref(),
             leader_rx,
             fd_limit,
-        )
-        .await?;
+        );
+        let running = tokio::select! {
+            running = started => running?,
+            _ = signals.recv() => {
+                tracing::info!("stop requested during start-up; shutting down");
+                stop_metadata(metadata).await?;
+                if let Some(server) = control_server {
+                    server.abort();
+                }
+                tracing::info!("stopped cleanly");
+                return Ok(());
+            }
+        };
         let _ = groups.0.set(running.broker.group_admin());
         let _ = txns.0.set(running.broker.txn_admin());
         tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
@@ -573,22 +587,14 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         None
     };
 
-    wait_for_signal().await?;
+    signals.recv().await;
     if let Some(running) = running {
         tracing::info!("shutting down: moving leaderships away first (controlled shutdown)");
         running.stop(&client, node).await?;
     } else {
         tracing::info!("shutting down");
     }
-    match metadata {
-        MetadataSide::Voter(controller) => {
-            controller.shutdown().await.context("controller shutdown")?
-        }
-        MetadataSide::Follower { stop, task } => {
-            let _ = stop.send(true);
-            let _ = task.await;
-        }
-    }
+    stop_metadata(metadata).await?;
     if let Some(server) = control_server {
         server.abort();
     }
@@ -808,7 +814,7 @@ async fn start_broker(
         }),
         None => None,
     };
-    let broker = Broker::start(
+    let mut broker = Broker::start(
         BrokerConfig {
             node_id: node,
             cluster_id,
@@ -869,6 +875,7 @@ async fn start_broker(
             .await
             .context("broker registration timed out")??;
     broker.set_broker_epoch(epoch);
+    broker.serve_when_caught_up(epoch);
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         broker.reconciled_offset(),
@@ -1036,15 +1043,40 @@ async fn exit_on_log_dir_failure(mut failure: tokio::sync::watch::Receiver<Optio
     std::process::exit(EXIT_LOG_DIR_FAILED);
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+async fn stop_metadata(metadata: MetadataSide) -> Result<()> {
+    match metadata {
+        MetadataSide::Voter(controller) => {
+            controller.shutdown().await.context("controller shutdown")?
+        }
+        MetadataSide::Follower { stop, task } => {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
     }
     Ok(())
+}
+
+/// SIGTERM and SIGINT, the signals that stop a node cleanly.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 #[cfg(test)]
