@@ -92,11 +92,14 @@ const FAILOVER_SEND_INTERVAL: Duration = Duration::from_millis(20);
 const PROBE_THREADS_PER_NODE: usize = 2;
 
 /// How large a run is: `COORD_TOPICS` (or `--coord-topics`), `COORD_CREATIONS`,
-/// `COORD_IDLE_SECS`.
+/// `COORD_IDLE_SECS`; `COORD_EXTRA_TOML` is added to every node's config; `COORD_STEPS`
+/// (comma-separated, from [`STEPS`]) runs only those steps after the creation.
 pub struct Scale {
     pub topics: usize,
     pub creations: usize,
     pub idle_secs: u64,
+    /// The steps after the creation to run; all when `None`.
+    pub steps: Option<Vec<String>>,
 }
 
 impl Scale {
@@ -112,13 +115,33 @@ impl Scale {
             None => var("COORD_TOPICS", TOPICS_DEFAULT as u64)? as usize,
         };
         anyhow::ensure!(topics > 0, "COORD_TOPICS must be at least 1");
+        let steps = match std::env::var("COORD_STEPS") {
+            Ok(list) => {
+                let steps: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+                if let Some(bad) = steps.iter().find(|s| !STEPS.contains(&s.as_str())) {
+                    anyhow::bail!("COORD_STEPS: unknown step {bad:?}; the steps are {STEPS:?}");
+                }
+                Some(steps)
+            }
+            Err(_) => None,
+        };
         Ok(Scale {
             topics,
             creations: var("COORD_CREATIONS", CREATIONS_DEFAULT as u64)? as usize,
             idle_secs: var("COORD_IDLE_SECS", IDLE_SECS_DEFAULT)?.max(1),
+            steps,
         })
     }
+
+    /// Whether a step after the creation runs (`COORD_STEPS`: all when unset).
+    fn wants(&self, step: &str) -> bool {
+        self.steps.as_ref().is_none_or(|steps| steps.iter().any(|s| s == step))
+    }
 }
+
+/// The steps after the creation, as `COORD_STEPS` names them.
+const STEPS: [&str; 6] =
+    ["idle", "creations", "broker-kill", "controller-kill", "restart", "snapshot"];
 
 // ---------- the report ----------
 
@@ -500,6 +523,9 @@ fn start_cluster() -> Result<StromCluster> {
     let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     let options = ClusterOptions {
         fd_limit: Some(FD_LIMIT),
+        // Settings to try against the figures (dotted keys, e.g.
+        // `controller.raft_heartbeat_interval_ms = 100`).
+        extra_toml: std::env::var("COORD_EXTRA_TOML").unwrap_or_default(),
         env: vec![("RUST_LOG".into(), format!("{level},strom_controller::state_machine=info"))],
         ..ClusterOptions::default()
     };
@@ -1654,14 +1680,26 @@ pub fn run(scale: &Scale) -> Value {
         .collect();
     report.details.insert("fd_limits".into(), json!(limits));
     let topics = step_create(&mut cluster, scale, &mut report);
-    step_idle(&mut cluster, scale, &mut report);
-    step_creations(&mut cluster, scale, &mut report);
-    step_broker_kill(&mut cluster, &topics, &mut report);
-    step_controller_kill(&mut cluster, &mut report);
-    step_full_restart(&mut cluster, &topics, &mut report);
+    if scale.wants("idle") {
+        step_idle(&mut cluster, scale, &mut report);
+    }
+    if scale.wants("creations") {
+        step_creations(&mut cluster, scale, &mut report);
+    }
+    if scale.wants("broker-kill") {
+        step_broker_kill(&mut cluster, &topics, &mut report);
+    }
+    if scale.wants("controller-kill") {
+        step_controller_kill(&mut cluster, &mut report);
+    }
+    if scale.wants("restart") {
+        step_full_restart(&mut cluster, &topics, &mut report);
+    }
     summarize_logs(&cluster, &mut report);
     drop(cluster);
-    step_snapshot_load(&mut report);
+    if scale.wants("snapshot") {
+        step_snapshot_load(&mut report);
+    }
     report.details.insert("load_at_end".into(), json!(crate::load_average()));
     report.print_table(scale);
     report.json(scale)

@@ -203,6 +203,19 @@ impl LeaderState {
     pub fn isr_change_failed(&mut self) {
         self.pending = None;
     }
+
+    /// The controller committed an ISR change this leader asked for (Kafka applies the
+    /// AlterPartition answer at once, before the metadata carrying it arrives): proposals go on
+    /// from the new partition epoch instead of being refused as stale until the broker's
+    /// metadata catches up. An answer older than what the leader already has changes nothing.
+    pub fn isr_change_committed(&mut self, partition_epoch: i32, isr: Vec<NodeId>) {
+        if partition_epoch < self.partition_epoch {
+            return;
+        }
+        self.isr = isr;
+        self.partition_epoch = partition_epoch;
+        self.pending = None;
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +238,22 @@ mod tests {
         eligible: impl Fn(NodeId) -> bool,
     ) -> Option<Vec<NodeId>> {
         s.propose_isr(now_ms, lag_max_ms, eligible, i64::MAX, |_| None)
+    }
+
+    #[test]
+    fn a_committed_change_applies_at_once_and_a_stale_answer_changes_nothing() {
+        let mut s = three();
+        // Follower 3 stopped fetching long ago: the leader asks to drop it.
+        s.on_follower_fetch(NodeId(2), 0, 0, 100_000).unwrap();
+        let asked = propose(&mut s, 100_000, 30_000, |_| true);
+        assert_eq!(asked, Some(n(&[1, 2])));
+        s.isr_change_committed(8, n(&[1, 2]));
+        assert_eq!((s.isr.clone(), s.partition_epoch), (n(&[1, 2]), 8));
+        // Nothing left to ask: no proposal at the stale epoch 7.
+        assert_eq!(propose(&mut s, 100_001, 30_000, |_| true), None);
+        // An older answer (epoch 7) arriving late is ignored.
+        s.isr_change_committed(7, n(&[1, 2, 3]));
+        assert_eq!((s.isr.clone(), s.partition_epoch), (n(&[1, 2]), 8));
     }
 
     #[test]

@@ -384,7 +384,8 @@ impl Partition {
     }
 
     /// Makes this broker the partition's leader at `leader_epoch` (no-op if it already is),
-    /// or applies an ISR/replica change at the same epoch.
+    /// or applies an ISR/replica change at the same epoch. True when it became leader (the
+    /// caller logs role changes: see `replica::RoleLog`).
     pub fn lead(
         &self,
         me: NodeId,
@@ -393,8 +394,9 @@ impl Partition {
         leader_epoch: i32,
         partition_epoch: i32,
         now_ms: i64,
-    ) {
+    ) -> bool {
         let hw = self.progress().high_watermark;
+        let mut became = false;
         let moved = self.with_role(|role| {
             match role {
                 Role::Leader(state) if state.leader_epoch == leader_epoch => {
@@ -403,9 +405,17 @@ impl Partition {
                     }
                 }
                 _ => {
-                    tracing::info!(topic = %self.topic, partition = self.index, leader_epoch, "becoming leader");
+                    became = true;
                     self.progress.send_modify(|p| p.leader_epoch = Some(leader_epoch));
-                    *role = Role::Leader(LeaderState::new(me, replicas, isr, leader_epoch, partition_epoch, hw, now_ms));
+                    *role = Role::Leader(LeaderState::new(
+                        me,
+                        replicas,
+                        isr,
+                        leader_epoch,
+                        partition_epoch,
+                        hw,
+                        now_ms,
+                    ));
                 }
             }
             match role {
@@ -418,42 +428,45 @@ impl Partition {
         }
         // A new epoch, or followers added or removed: sessions check the partition again.
         self.changed();
+        became
     }
 
     /// Makes this broker a follower of `leader` at `leader_epoch`. Returns the receiver the
     /// fetcher watches to drop the partition when this role ends, or `None` if it already follows
     /// that leader at that epoch.
     pub fn follow(&self, leader: NodeId, leader_epoch: i32) -> Option<watch::Receiver<bool>> {
-        let stop = self.with_role(|role| {
-            if let Role::Follower { leader: l, leader_epoch: e, .. } = role {
-                if *l == leader && *e == leader_epoch {
-                    return None;
+        let stop = self
+            .with_role(|role| {
+                if let Role::Follower { leader: l, leader_epoch: e, .. } = role {
+                    if *l == leader && *e == leader_epoch {
+                        return None;
+                    }
                 }
-            }
-            tracing::info!(topic = %self.topic, partition = self.index, leader = leader.0, leader_epoch, "becoming follower");
-            self.progress.send_modify(|p| p.leader_epoch = None);
-            let (stop, rx) = watch::channel(false);
-            // Replacing the role drops the old stop sender: the old fetcher ends.
-            *role = Role::Follower { leader, leader_epoch, _stop: stop };
-            Some(rx)
-        })
-        .flatten();
+                self.progress.send_modify(|p| p.leader_epoch = None);
+                let (stop, rx) = watch::channel(false);
+                // Replacing the role drops the old stop sender: the old fetcher ends.
+                *role = Role::Follower { leader, leader_epoch, _stop: stop };
+                Some(rx)
+            })
+            .flatten();
         if stop.is_some() {
             self.changed();
         }
         stop
     }
 
-    /// No leader is known: stop leading or following.
-    pub fn idle(&self) {
-        self.with_role(|role| {
-            if !matches!(role, Role::Idle) {
-                self.progress.send_modify(|p| p.leader_epoch = None);
-                tracing::info!(topic = %self.topic, partition = self.index, "partition has no leader");
-                *role = Role::Idle;
+    /// No leader is known: stop leading or following. True when the role changed.
+    pub fn idle(&self) -> bool {
+        let changed = self.with_role(|role| {
+            if matches!(role, Role::Idle) {
+                return false;
             }
+            self.progress.send_modify(|p| p.leader_epoch = None);
+            *role = Role::Idle;
+            true
         });
         self.changed();
+        changed == Some(true)
     }
 
     /// Cuts a follower's divergent suffix (everything at and after `offset`).
@@ -467,6 +480,23 @@ impl Partition {
         self.durable_leo.fetch_min(leo, Ordering::Relaxed);
         self.progress.send_modify(|p| p.durable_leo = p.durable_leo.min(leo));
         Ok(())
+    }
+
+    /// The controller committed the ISR change this leader asked for at `leader_epoch`:
+    /// applied now (see [`LeaderState::isr_change_committed`]); the high watermark may move (a
+    /// lagging member left).
+    pub fn isr_change_committed(&self, leader_epoch: i32, partition_epoch: i32, isr: Vec<NodeId>) {
+        let moved = self.with_role(|role| match role {
+            Role::Leader(state) if state.leader_epoch == leader_epoch => {
+                state.isr_change_committed(partition_epoch, isr);
+                state.update_hw(self.durable_leo())
+            }
+            _ => None,
+        });
+        if let Some(Some(hw)) = moved {
+            self.advance_hw(hw);
+        }
+        self.changed();
     }
 
     /// Leader-only: the ISR to ask the controller for, if it should change, with the leader

@@ -111,6 +111,51 @@ fn min_insync(defaults: &BrokerDefaults, image: &MetadataImage, topic: &str) -> 
     TopicConfig::effective(image.topic_configs(topic), defaults).min_insync_replicas
 }
 
+/// How many role changes one reconcile logs one line each (INFO); past that they are counted
+/// into one summary line (each still at DEBUG), so a restart of a node holding 100,000
+/// partitions writes a few lines, not 100,000.
+const ROLE_LINES_MAX: usize = 32;
+
+/// The role changes of one reconcile, for the log.
+#[derive(Default)]
+pub(crate) struct RoleLog {
+    led: usize,
+    followed: usize,
+    idle: usize,
+}
+
+impl RoleLog {
+    fn note(&mut self, p: &Partition, role: &str, leader: Option<i32>, leader_epoch: i32) {
+        let seen = self.led + self.followed + self.idle;
+        match role {
+            "leader" => self.led += 1,
+            "follower" => self.followed += 1,
+            _ => self.idle += 1,
+        }
+        let (topic, partition) = (&p.topic, p.index);
+        if seen < ROLE_LINES_MAX {
+            tracing::info!(%topic, partition, role, leader, leader_epoch, "partition role changed");
+        } else {
+            tracing::debug!(%topic, partition, role, leader, leader_epoch, "partition role changed");
+        }
+    }
+
+    /// One line for the changes past [`ROLE_LINES_MAX`].
+    fn finish(&self) {
+        let total = self.led + self.followed + self.idle;
+        if total > ROLE_LINES_MAX {
+            tracing::info!(
+                leader = self.led,
+                follower = self.followed,
+                no_leader = self.idle,
+                unlisted = total - ROLE_LINES_MAX,
+                "partition roles changed (the first {ROLE_LINES_MAX} listed above; each at \
+                 DEBUG with RUST_LOG=strom_broker::replica=debug)"
+            );
+        }
+    }
+}
+
 /// Puts a local partition in the role the image gives it; a follower joins its leader's
 /// fetcher. A partition leaves its fetcher by itself when its role changes (`Partition::follow`).
 fn sync_role(
@@ -119,22 +164,27 @@ fn sync_role(
     node: strom_metadata::NodeId,
     pi: &strom_metadata::PartitionImage,
     now: i64,
+    roles: &mut RoleLog,
 ) {
+    let epoch = pi.leader_epoch.0;
     match pi.leader {
-        Some(leader) if leader == node => p.lead(
-            node,
-            pi.replicas.clone(),
-            pi.isr.clone(),
-            pi.leader_epoch.0,
-            pi.partition_epoch.0,
-            now,
-        ),
-        Some(leader) => {
-            if let Some(stop) = p.follow(leader, pi.leader_epoch.0) {
-                ctx.fetchers.add(ctx, p, leader, pi.leader_epoch.0, stop);
+        Some(leader) if leader == node => {
+            let replicas = pi.replicas.clone();
+            if p.lead(node, replicas, pi.isr.clone(), epoch, pi.partition_epoch.0, now) {
+                roles.note(p, "leader", Some(leader.0), epoch);
             }
         }
-        None => p.idle(),
+        Some(leader) => {
+            if let Some(stop) = p.follow(leader, epoch) {
+                roles.note(p, "follower", Some(leader.0), epoch);
+                ctx.fetchers.add(ctx, p, leader, epoch, stop);
+            }
+        }
+        None => {
+            if p.idle() {
+                roles.note(p, "none", None, epoch);
+            }
+        }
     }
 }
 
@@ -251,6 +301,7 @@ impl ReplicaManager {
         let local = self.local_logs((!first && !delta.whole).then(|| delta.topics.iter()));
         let mut opens = Vec::new();
         let mut syncs = Vec::new();
+        let mut roles = RoleLog::default();
         for action in plan::plan(image, delta, first, node, &local) {
             match action {
                 Action::Open { topic, index, .. } => opens.push((topic, index)),
@@ -259,15 +310,15 @@ impl ReplicaManager {
                     // has its log opened by this chunk or an earlier one.
                     syncs.push((topic, index));
                     if syncs.len() == RECONCILE_CHUNK {
-                        self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
+                        self.open_and_sync(ctx, image, &mut opens, &mut syncs, &mut roles).await;
                     }
                 }
                 Action::Delete(log) => {
-                    self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
+                    self.open_and_sync(ctx, image, &mut opens, &mut syncs, &mut roles).await;
                     self.delete(ctx, &log).await;
                 }
                 Action::DeleteStrays => {
-                    self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
+                    self.open_and_sync(ctx, image, &mut opens, &mut syncs, &mut roles).await;
                     let (data_dir, image) = (self.data_dir.clone(), image.clone());
                     let deleted = tokio::task::spawn_blocking(move || {
                         delete_strays(&data_dir, &image, node);
@@ -278,7 +329,8 @@ impl ReplicaManager {
                 }
             }
         }
-        self.open_and_sync(ctx, image, &mut opens, &mut syncs).await;
+        self.open_and_sync(ctx, image, &mut opens, &mut syncs, &mut roles).await;
+        roles.finish();
         self.reconciled.send_modify(|reconciled| {
             debug_assert!(image.offset >= *reconciled, "metadata images only move forward");
             *reconciled = image.offset.max(*reconciled);
@@ -293,6 +345,7 @@ impl ReplicaManager {
         image: &Arc<MetadataImage>,
         opens: &mut Vec<(String, i32)>,
         syncs: &mut Vec<(String, i32)>,
+        roles: &mut RoleLog,
     ) {
         if !opens.is_empty() {
             let per_thread = opens.len().div_ceil(OPEN_THREADS);
@@ -327,7 +380,7 @@ impl ReplicaManager {
             }
         }
         for (topic, index) in syncs.drain(..) {
-            self.sync(ctx, image, &topic, index);
+            self.sync(ctx, image, &topic, index, roles);
         }
     }
 
@@ -390,7 +443,14 @@ impl ReplicaManager {
     }
 
     /// Brings an open log's settings and role to the image.
-    fn sync(&self, ctx: &Arc<BrokerCtx>, image: &MetadataImage, topic: &str, index: i32) {
+    fn sync(
+        &self,
+        ctx: &Arc<BrokerCtx>,
+        image: &MetadataImage,
+        topic: &str,
+        index: i32,
+        roles: &mut RoleLog,
+    ) {
         let Some(t) = image.topic(topic) else { return };
         let Some(part) = t.partitions.get(&index) else { return };
         // Not open: its open failed (and said so).
@@ -398,7 +458,7 @@ impl ReplicaManager {
         let (config, fsync) = log_config(&self.defaults, image, topic);
         p.set_fsync_on_ack(fsync);
         p.set_min_insync(min_insync(&self.defaults, image, topic));
-        sync_role(ctx, &p, ctx.image.node, part, self.clock.now_ms());
+        sync_role(ctx, &p, ctx.image.node, part, self.clock.now_ms(), roles);
         if let Ok(mut log) = p.log() {
             if log.config() != &config {
                 if let Err(e) = log.set_config(config) {
@@ -725,7 +785,7 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
                 partition_epoch,
                 new_isr,
             });
-            proposed.push(p);
+            proposed.push((p, leader_epoch));
         }
         if changes.is_empty() {
             continue;
@@ -753,25 +813,52 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
             };
             match ctx.controller.submit(request).await {
                 Ok(ControlResponse::AlterPartition(reply)) => {
-                    for (p, item) in proposed.iter().zip(&reply.partitions) {
-                        match &item.result {
-                            Ok(changed) => tracing::debug!(topic = %p.topic, partition = p.index,
-                                isr = ?changed.isr.iter().map(|n| n.0).collect::<Vec<_>>(),
-                                partition_epoch = changed.partition_epoch, "ISR changed"),
+                    let mut refused = 0;
+                    let mut first_refusal = None;
+                    for ((p, leader_epoch), item) in proposed.iter().zip(reply.partitions) {
+                        match item.result {
+                            Ok(changed) => {
+                                tracing::debug!(topic = %p.topic, partition = p.index,
+                                    isr = ?changed.isr.iter().map(|n| n.0).collect::<Vec<_>>(),
+                                    partition_epoch = changed.partition_epoch, "ISR changed");
+                                p.isr_change_committed(
+                                    *leader_epoch,
+                                    changed.partition_epoch,
+                                    changed.isr,
+                                );
+                            }
+                            // Refused for this partition (a stale epoch: the metadata that
+                            // moved it is on its way; a replica not eligible yet): asked
+                            // again only once the metadata changes the partition or the
+                            // retry interval has passed, as Kafka's leader waits for its
+                            // next metadata. Asking at every check would keep the controller
+                            // deciding the same refusals while the broker catches up.
                             Err(e) => {
-                                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change refused");
-                                failed(p);
+                                tracing::debug!(topic = %p.topic, partition = p.index,
+                                    error = %e, "ISR change refused");
+                                refused += 1;
+                                first_refusal
+                                    .get_or_insert_with(|| format!("{}-{}: {e}", p.topic, p.index));
                             }
                         }
+                    }
+                    if let Some(first) = first_refusal {
+                        tracing::warn!(
+                            refused,
+                            first = %first,
+                            "ISR changes refused; asked again after the partitions' next \
+                             metadata change (or {} s)",
+                            crate::isr::ISR_CHANGE_RETRY_MS / 1000
+                        );
                     }
                 }
                 Ok(other) => {
                     tracing::error!(reply = ?other, "AlterPartition answered with another reply");
-                    proposed.iter().for_each(|p| failed(p));
+                    proposed.iter().for_each(|(p, _)| failed(p));
                 }
                 Err(e) => {
                     tracing::warn!(partitions = proposed.len(), error = %e, "ISR changes refused");
-                    proposed.iter().for_each(|p| failed(p));
+                    proposed.iter().for_each(|(p, _)| failed(p));
                 }
             }
         }));
