@@ -82,8 +82,13 @@ pub const BROKER_DEFAULTS: BrokerDefaults = BrokerDefaults {
     // replaced within 2 s (timeout plus the controller's check interval plus a commit).
     broker_heartbeat_interval_ms: 250,
     broker_session_timeout_ms: 1_000,
-    controller_election_timeout_ms: 300,
-    controller_raft_heartbeat_interval_ms: 50,
+    // openraft 0.9 bounds every AppendEntries by the heartbeat interval: it must cover a
+    // follower's append and fsync of a large entry on a loaded machine (at 50 ms, 2,000 topics
+    // created on 2 cores made every replication RPC time out and the quorum stall). The
+    // election timeout keeps three heartbeats of margin; a dead controller is replaced in
+    // about a second (timeout 500-750 ms, then a vote).
+    controller_election_timeout_ms: 500,
+    controller_raft_heartbeat_interval_ms: 150,
     controller_snapshot_after_entries: 10_000,
     log_segment_bytes: 1 << 30,
     log_retention_ms: 7 * 24 * 60 * 60 * 1000,
