@@ -438,13 +438,19 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let defaults = cfg.broker_defaults();
 
     let listener = Broker::listener(node);
-    // Bind the control port before the quorum starts: peers may call as soon as we vote.
+    let control_rt = ControlRuntime::new()?;
+    // Bind the control port before the quorum starts: peers may call as soon as we vote. Bound
+    // in the control runtime, whose thread then serves it.
     let control_listener = match &control {
         Some(control) => {
             let addr = control.addr().context("listeners: CONTROLLER")?;
-            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot bind the control port {addr} (listeners: CONTROLLER)")
-            })?)
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(|l| control_rt.listener(l))
+                .with_context(|| {
+                    format!("cannot bind the control port {addr} (listeners: CONTROLLER)")
+                })?;
+            Some(bound)
         }
         None => None,
     };
@@ -456,24 +462,28 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         _,
         Arc<dyn ClusterInfo>,
     ) = if is_controller {
-        let controller = Controller::start(
-            ControllerConfig {
-                node_id: cfg.node_id as u64,
-                data_dir: data_dir.clone(),
-                voters: voters.clone(),
-                bootstrap_servers: bootstrap.clone(),
-                control_addr: own_control_addr(&cfg, &voters, control.as_ref())?,
-                directory_id: identity.directory_id,
-                defaults: ControlDefaults::from(&defaults),
-                snapshot_after_entries: defaults.controller_snapshot_after_entries,
-                heartbeat_interval_ms: defaults.controller_raft_heartbeat_interval_ms,
-                election_timeout_min_ms: defaults.controller_election_timeout_ms,
-                election_timeout_max_ms: defaults.election_timeout_max_ms(),
-            },
-            publisher,
-        )
-        .await
-        .context("cannot start the controller")?;
+        let controller_cfg = ControllerConfig {
+            node_id: cfg.node_id as u64,
+            data_dir: data_dir.clone(),
+            voters: voters.clone(),
+            bootstrap_servers: bootstrap.clone(),
+            control_addr: own_control_addr(&cfg, &voters, control.as_ref())?,
+            directory_id: identity.directory_id,
+            defaults: ControlDefaults::from(&defaults),
+            snapshot_after_entries: defaults.controller_snapshot_after_entries,
+            heartbeat_interval_ms: defaults.controller_raft_heartbeat_interval_ms,
+            election_timeout_min_ms: defaults.controller_election_timeout_ms,
+            election_timeout_max_ms: defaults.election_timeout_max_ms(),
+        };
+        // The raft core, its replication and storage tasks run on the control runtime: the
+        // broker's work (a reconcile of 100,000 partitions, fetch sessions) never queues ahead
+        // of a heartbeat or an AppendEntries, whose answers openraft bounds by the heartbeat
+        // interval.
+        let controller = control_rt
+            .spawn(Controller::start(controller_cfg, publisher))
+            .await
+            .context("the control runtime stopped")?
+            .context("cannot start the controller")?;
         let client = controller.client();
         let leader = controller.leader_watch();
         let info =
@@ -538,19 +548,21 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 cfg.listener_max_connections("CONTROLLER")
                     .unwrap_or(CONTROL_MAX_CONNECTIONS_DEFAULT),
             );
-            Some(tokio::spawn(
-                tonic::transport::Server::builder()
-                    // Bounds the wait for a response's head; a stream's body (WatchMetadata)
-                    // is not cut. Above every handler's own bound (a relayed submit: 30 s).
-                    .timeout(GRPC_REQUEST_TIMEOUT)
-                    .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
-                    .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION_MAX))
-                    .http2_keepalive_interval(Some(GRPC_HTTP2_KEEPALIVE_INTERVAL))
-                    .http2_keepalive_timeout(Some(GRPC_HTTP2_KEEPALIVE_TIMEOUT))
-                    .http2_max_pending_accept_reset_streams(Some(GRPC_PENDING_RESETS_MAX))
-                    .add_routes(routes.routes())
-                    .serve_with_incoming(incoming),
-            ))
+            Some(
+                control_rt.spawn(
+                    tonic::transport::Server::builder()
+                        // Bounds the wait for a response's head; a stream's body (WatchMetadata)
+                        // is not cut. Above every handler's own bound (a relayed submit: 30 s).
+                        .timeout(GRPC_REQUEST_TIMEOUT)
+                        .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION_MAX)
+                        .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION_MAX))
+                        .http2_keepalive_interval(Some(GRPC_HTTP2_KEEPALIVE_INTERVAL))
+                        .http2_keepalive_timeout(Some(GRPC_HTTP2_KEEPALIVE_TIMEOUT))
+                        .http2_max_pending_accept_reset_streams(Some(GRPC_PENDING_RESETS_MAX))
+                        .add_routes(routes.routes())
+                        .serve_with_incoming(incoming),
+                ),
+            )
         }
         None => None,
     };
@@ -1054,6 +1066,49 @@ async fn stop_metadata(metadata: MetadataSide) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The runtime of the metadata quorum and the control port: worker threads of its own, so
+/// the quorum's deadlines do not wait behind the data plane's tasks (two: decoding a large
+/// snapshot must not stall the raft core either). Shut down in the
+/// background when dropped (a runtime may not be dropped from async code).
+struct ControlRuntime {
+    handle: tokio::runtime::Handle,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl ControlRuntime {
+    fn new() -> Result<ControlRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("strom-control")
+            .build()
+            .context("cannot start the control runtime")?;
+        Ok(ControlRuntime { handle: rt.handle().clone(), rt: Some(rt) })
+    }
+
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
+
+    /// A listener whose readiness this runtime's thread drives.
+    fn listener(&self, l: std::net::TcpListener) -> std::io::Result<tokio::net::TcpListener> {
+        let _entered = self.handle.enter();
+        tokio::net::TcpListener::from_std(l)
+    }
+}
+
+impl Drop for ControlRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, the signals that stop a node cleanly.
