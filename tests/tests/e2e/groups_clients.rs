@@ -1,10 +1,11 @@
-//! Consumer groups driven by kafka-python and kafkajs (the members are
-//! `tests/clients/group_consumer.{py,js}`, one process each) against one node: three members
-//! split a 6-partition topic and consume every record exactly once; a fourth member joining and
-//! one leaving cleanly (SIGTERM → commit, LeaveGroup) while records arrive loses and duplicates
-//! nothing; after every member has stopped, a new member resumes exactly at the committed
-//! offsets. The libraries come from `make install-test-deps` (under `target/test-deps`, or
-//! `STROM_TEST_DEPS_DIR`): a missing one fails the test, it is never skipped.
+//! Consumer groups driven by kafka-python, kafkajs and sarama (the members are
+//! `tests/clients/group_consumer.{py,js}` and `sarama-client group_consumer`, one process
+//! each) against one node: three members split a 6-partition topic and consume every record
+//! exactly once; a fourth member joining and one leaving cleanly (SIGTERM → commit,
+//! LeaveGroup) while records arrive loses and duplicates nothing; after every member has
+//! stopped, a new member resumes exactly at the committed offsets. The libraries come from
+//! `make install-test-deps` (under `target/test-deps`, or `STROM_TEST_DEPS_DIR`): a missing
+//! one fails the test, it is never skipped.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -50,6 +51,11 @@ fn kafka_python_group_consumes_each_record_once_across_rebalances_and_restart() 
 #[test]
 fn kafkajs_group_consumes_each_record_once_across_rebalances_and_restart() {
     run(Library::Kafkajs);
+}
+
+#[test]
+fn sarama_group_consumes_each_record_once_across_rebalances_and_restart() {
+    run(Library::Sarama);
 }
 
 /// One consumed record, as a member printed it.

@@ -12,6 +12,7 @@ mod fetch_sessions;
 mod file_handles;
 mod fuzz_node;
 mod groups;
+mod go_clients;
 mod groups_clients;
 mod idempotence;
 mod kcat;
