@@ -305,6 +305,7 @@ fn kafka_go_reads_metadata_and_deletes_topics_and_is_refused_what_kafka_4_remove
                 run.stdout,
                 run.stderr_tail(10)
             );
+            eprintln!("kafka-go {command}: {}", run.stderr.trim());
         }
         let marks = kafka::watermarks(&bootstrap, topic, &[0, 1])?;
         ensure!(marks.values().all(|&(_, high)| high == 0), "records written: {marks:?}");
