@@ -110,7 +110,7 @@ fi
 # The Go clients: each directory of tests/clients/go/ but common/ is one program, built against
 # Debian's packaged sources in GOPATH mode (GO111MODULE=off, GOPROXY=off: nothing downloaded).
 # A build is redone when the sources or the Debian package versions change (a stamp holds
-# their checksum).
+# their checksum) or a source is newer than its binary.
 go_dir=$DEPS_DIR/go
 go_sources=tests/clients/go
 go_stamp=$(
@@ -120,7 +120,19 @@ go_stamp=$(
             golang-github-segmentio-kafka-go-dev
     } | sha256sum | cut -d' ' -f1
 )
-if [[ -f $go_dir/stamp && $(cat "$go_dir/stamp") == "$go_stamp" ]]; then
+# The tests refuse a binary older than its sources (a checkout may touch them unchanged): those
+# are rebuilt too, from the build cache.
+go_current() {
+    [[ -f $go_dir/stamp && $(cat "$go_dir/stamp") == "$go_stamp" ]] || return 1
+    for program in "$go_sources"/*/; do
+        name=$(basename "$program")
+        [[ $name == common ]] && continue
+        [[ -x $go_dir/bin/$name-client ]] || return 1
+        [[ -z $(find "$program" "$go_sources/common" -newer "$go_dir/bin/$name-client") ]] ||
+            return 1
+    done
+}
+if go_current; then
     echo "install-test-deps: Go clients present in $go_dir/bin"
 else
     echo "install-test-deps: building the Go clients into $go_dir/bin"

@@ -7,8 +7,10 @@
 //!   sarama sends keyed (and null-keyed) records with binary values, repeated, empty and null
 //!   header values and explicit timestamps; librdkafka reads every one byte for byte at its
 //!   acknowledged offset. librdkafka then writes the same records, compressed the same way,
-//!   and sarama reads them identically. The idempotent producer and the consumer group of
-//!   sarama are in `idempotence.rs` and `groups_clients.rs`.
+//!   and sarama reads them identically. sarama 1.22 sends zstd batches with Produce v3 and
+//!   reads them with Fetch v4; Kafka refuses zstd below Produce v7 and Fetch v10
+//!   (UNSUPPORTED_COMPRESSION_TYPE, KIP-110), strom serves them. The idempotent producer and
+//!   the consumer group of sarama are in `idempotence.rs` and `groups_clients.rs`.
 //! - kafka-go 0.2.1 predates record batches and ApiVersions: it reads metadata (Metadata v1)
 //!   and deletes topics (DeleteTopics v1), which strom serves; its Produce v2, Fetch v2 and
 //!   CreateTopics v0 are versions Kafka 4 removed (KIP-896), so strom refuses them as Kafka 4
