@@ -5,8 +5,10 @@
 # procps for `kill` (the test harness sends signals with it), iproute2 for network tests,
 # rustfmt/clippy for `make lint`, and the clients of tests/clients/: kafka-python and aiokafka
 # in a venv and kafkajs in a node prefix, both under target/test-deps (STROM_TEST_DEPS_DIR),
-# where tests/src/clients.rs looks for them. Idempotent and quick when everything is already
-# there: apt, pip and npm are skipped.
+# where tests/src/clients.rs looks for them; Go with Debian's sarama and kafka-go sources, from
+# which the Go clients of tests/clients/go/ are built offline (GOPATH mode against
+# /usr/share/gocode, no module downloads) into target/test-deps/go/bin. Idempotent and quick
+# when everything is already there: apt, pip, npm and go build are skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,9 +32,12 @@ declare -A COMMANDS=(
     [kill]=procps
     [node]=nodejs
     [npm]=npm
+    [go]=golang-go
 )
-# packages without a command to look for
-LIBRARIES=(zlib1g-dev libzstd-dev ca-certificates)
+# packages without a command to look for (the Go client libraries are sources under
+# /usr/share/gocode)
+LIBRARIES=(zlib1g-dev libzstd-dev ca-certificates golang-github-shopify-sarama-dev
+    golang-github-segmentio-kafka-go-dev)
 
 missing=()
 for cmd in "${!COMMANDS[@]}"; do
@@ -100,4 +105,49 @@ else
     mkdir -p "$prefix"
     npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error \
         "kafkajs@$KAFKAJS_VERSION"
+fi
+
+# The Go clients: each directory of tests/clients/go/ but common/ is one program, built against
+# Debian's packaged sources in GOPATH mode (GO111MODULE=off, GOPROXY=off: nothing downloaded).
+# A build is redone when the sources or the Debian package versions change (a stamp holds
+# their checksum) or a source is newer than its binary.
+go_dir=$DEPS_DIR/go
+go_sources=tests/clients/go
+go_stamp=$(
+    {
+        find "$go_sources" -name '*.go' -type f -print0 | sort -z | xargs -0 sha256sum
+        dpkg-query -W -f='${Package} ${Version}\n' golang-go golang-github-shopify-sarama-dev \
+            golang-github-segmentio-kafka-go-dev
+    } | sha256sum | cut -d' ' -f1
+)
+# The tests refuse a binary older than its sources (a checkout may touch them unchanged): those
+# are rebuilt too, from the build cache.
+go_current() {
+    [[ -f $go_dir/stamp && $(cat "$go_dir/stamp") == "$go_stamp" ]] || return 1
+    for program in "$go_sources"/*/; do
+        name=$(basename "$program")
+        [[ $name == common ]] && continue
+        [[ -x $go_dir/bin/$name-client ]] || return 1
+        [[ -z $(find "$program" "$go_sources/common" -newer "$go_dir/bin/$name-client") ]] ||
+            return 1
+    done
+}
+if go_current; then
+    echo "install-test-deps: Go clients present in $go_dir/bin"
+else
+    echo "install-test-deps: building the Go clients into $go_dir/bin"
+    mkdir -p "$go_dir/bin" "$go_dir/cache"
+    for program in "$go_sources"/*/; do
+        name=$(basename "$program")
+        [[ $name == common ]] && continue
+        (
+            cd "$program"
+            # DataDog/zstd calls a libzstd function that zstd.h marks deprecated: not ours.
+            GOPATH=/usr/share/gocode GO111MODULE=off GOPROXY=off GOFLAGS= \
+                GOCACHE="$go_dir/cache" CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
+                go build -o "$go_dir/bin/$name-client.new" .
+        )
+        mv "$go_dir/bin/$name-client.new" "$go_dir/bin/$name-client"
+    done
+    echo "$go_stamp" >"$go_dir/stamp"
 fi

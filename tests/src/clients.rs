@@ -1,7 +1,8 @@
 //! The Kafka clients in other languages that tests run as child processes (the scripts of
-//! `tests/clients/`): kafka-python and aiokafka from a venv, kafkajs from a node prefix, both
-//! where `make install-test-deps` puts them (`target/test-deps`, or `STROM_TEST_DEPS_DIR`). A
-//! missing library is an error that says how to install it: such tests fail, never skip.
+//! `tests/clients/`): kafka-python and aiokafka from a venv, kafkajs from a node prefix, and the
+//! Go programs of `tests/clients/go/` built with Debian's sarama and kafka-go, all where `make
+//! install-test-deps` puts them (`target/test-deps`, or `STROM_TEST_DEPS_DIR`). A missing (or,
+//! for Go, stale) library is an error that says how to install it: such tests fail, never skip.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,11 @@ pub enum Library {
     KafkaPython,
     Aiokafka,
     Kafkajs,
+    /// `tests/clients/go/sarama` (Debian's golang-github-shopify-sarama-dev); the script stem
+    /// is its subcommand.
+    Sarama,
+    /// `tests/clients/go/kafkago` (Debian's golang-github-segmentio-kafka-go-dev).
+    KafkaGo,
 }
 
 /// The workspace's root directory (the parent of this crate's).
@@ -41,11 +47,20 @@ impl Library {
             Library::KafkaPython => "kafka-python",
             Library::Aiokafka => "aiokafka",
             Library::Kafkajs => "kafkajs",
+            Library::Sarama => "sarama",
+            Library::KafkaGo => "kafka-go",
         }
     }
 
-    /// The command that runs `tests/clients/<stem>.py` (Python libraries) or `<stem>.js`
-    /// (kafkajs), arguments still to add; or an error telling how to install the library.
+    /// Whether the library's scripts take `--library <name>` (one Python script serves both
+    /// Python libraries).
+    fn is_python(self) -> bool {
+        matches!(self, Library::KafkaPython | Library::Aiokafka)
+    }
+
+    /// The command that runs `tests/clients/<stem>.py` (Python libraries), `<stem>.js`
+    /// (kafkajs) or the Go library's program with subcommand `stem`, arguments still to add;
+    /// or an error telling how to install the library.
     pub fn command(self, stem: &str) -> anyhow::Result<Command> {
         let deps = deps_dir();
         let clients = workspace_root().join("tests/clients");
@@ -96,6 +111,32 @@ impl Library {
                 command.arg(clients.join(format!("{stem}.js"))).env("NODE_PATH", modules);
                 Ok(command)
             }
+            Library::Sarama | Library::KafkaGo => {
+                let dir = if self == Library::Sarama { "sarama" } else { "kafkago" };
+                let binary = deps.join(format!("go/bin/{dir}-client"));
+                let built = std::fs::metadata(&binary)
+                    .and_then(|m| m.modified())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}; {install}", binary.display()))?;
+                // The program and the code it shares with the other Go client.
+                for source in [dir, "common"] {
+                    let source = clients.join("go").join(source);
+                    for entry in std::fs::read_dir(&source)
+                        .with_context(|| format!("read {}", source.display()))?
+                    {
+                        let path = entry?.path();
+                        let changed = std::fs::metadata(&path)?.modified()?;
+                        ensure!(
+                            changed <= built,
+                            "{} is older than {}; {install}",
+                            binary.display(),
+                            path.display()
+                        );
+                    }
+                }
+                let mut command = Command::new(binary);
+                command.arg(stem);
+                Ok(command)
+            }
         }
     }
 }
@@ -143,8 +184,8 @@ impl Library {
         args: &[(&str, String)],
     ) -> anyhow::Result<ClientRun> {
         let mut command = self.command(stem)?;
-        // The Python scripts serve both Python libraries; the kafkajs one only kafkajs.
-        if self != Library::Kafkajs {
+        // The Python scripts serve both Python libraries; the others one library each.
+        if self.is_python() {
             command.args(["--library", self.name()]);
         }
         command.args(["--bootstrap", bootstrap, "--topic", topic, "--prefix", self.name()]);

@@ -1,10 +1,12 @@
-//! Consumer groups driven by kafka-python and kafkajs (the members are
-//! `tests/clients/group_consumer.{py,js}`, one process each) against one node: three members
-//! split a 6-partition topic and consume every record exactly once; a fourth member joining and
-//! one leaving cleanly (SIGTERM → commit, LeaveGroup) while records arrive loses and duplicates
-//! nothing; after every member has stopped, a new member resumes exactly at the committed
-//! offsets. The libraries come from `make install-test-deps` (under `target/test-deps`, or
-//! `STROM_TEST_DEPS_DIR`): a missing one fails the test, it is never skipped.
+//! Consumer groups driven by kafka-python, kafkajs and sarama (the members are
+//! `tests/clients/group_consumer.{py,js}` and `sarama-client group_consumer`, one process
+//! each) against one node: three members split a 6-partition topic and consume every record
+//! exactly once; a fourth member joining and one leaving cleanly (SIGTERM → commit,
+//! LeaveGroup) while records arrive loses and duplicates nothing; after every member has
+//! stopped, a new member resumes exactly at the committed offsets. sarama runs the same on three
+//! nodes (coordinator and leaders on different nodes). The libraries come from
+//! `make install-test-deps` (under `target/test-deps`, or `STROM_TEST_DEPS_DIR`): a missing
+//! one fails the test, it is never skipped.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -18,7 +20,10 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use strom_tests::clients::Library;
 use strom_tests::kafka::{self, Ack, AckingProducer, Outgoing};
-use strom_tests::{NodeOptions, StromNode, CLIENT_TIMEOUT, CONSUME_TIMEOUT, POLL_INTERVAL};
+use strom_tests::{
+    with_cluster, ClusterOptions, NodeOptions, StromNode, CLIENT_TIMEOUT, CONSUME_TIMEOUT,
+    POLL_INTERVAL,
+};
 use tempfile::TempDir;
 
 const TOPIC: &str = "orders";
@@ -50,6 +55,29 @@ fn kafka_python_group_consumes_each_record_once_across_rebalances_and_restart() 
 #[test]
 fn kafkajs_group_consumes_each_record_once_across_rebalances_and_restart() {
     run(Library::Kafkajs);
+}
+
+#[test]
+fn sarama_group_consumes_each_record_once_across_rebalances_and_restart() {
+    run(Library::Sarama);
+}
+
+/// The same on three nodes: the group coordinator and the partition leaders spread over
+/// different nodes, so each member fetches from several and commits to another.
+#[test]
+fn sarama_group_on_three_nodes_consumes_each_record_once() {
+    let library = Library::Sarama;
+    library.require("group_consumer");
+    let options =
+        ClusterOptions { extra_toml: NODE_CONFIG.to_owned(), ..ClusterOptions::default() };
+    with_cluster(3, options, |cluster| {
+        let bootstrap = cluster.bootstrap();
+        let mut group = Group::new(library, &bootstrap)?;
+        if let Err(error) = scenario(&bootstrap, &mut group) {
+            bail!("{} group test on 3 nodes failed: {error:#}\n{}", library.name(), group.report());
+        }
+        Ok(())
+    });
 }
 
 /// One consumed record, as a member printed it.

@@ -1,7 +1,7 @@
 //! Idempotent producers (issue 12) against real nodes.
 //!
 //! - One node: librdkafka (`enable.idempotence=true`), kafkajs (`idempotent: true`), aiokafka
-//!   and kafka-python 3 (`enable_idempotence=True`) each produce records to two partitions; a
+//!   and kafka-python 3 (`enable_idempotence=True`) and sarama (`Idempotent`) each produce records to two partitions; a
 //!   librdkafka consumer reads every one exactly once, in send order, at its acknowledged
 //!   offset, and the batches carry the client's producer id with sequences 0, 1, 2, ... per
 //!   partition (proof that the client really ran idempotent).
@@ -74,6 +74,12 @@ fn aiokafka_idempotent_producer_writes_each_record_once_in_order() {
 #[test]
 fn kafka_python_idempotent_producer_writes_each_record_once_in_order() {
     single_node_client(Client::Script(Library::KafkaPython));
+}
+
+/// sarama 1.22 (Debian's): `Idempotent = true`, acks all, `Net.MaxOpenRequests = 1`.
+#[test]
+fn sarama_idempotent_producer_writes_each_record_once_in_order() {
+    single_node_client(Client::Script(Library::Sarama));
 }
 
 fn single_node_client(client: Client) {

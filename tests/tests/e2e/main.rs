@@ -11,6 +11,7 @@ mod fetch_limits;
 mod fetch_sessions;
 mod file_handles;
 mod fuzz_node;
+mod go_clients;
 mod groups;
 mod groups_clients;
 mod idempotence;
