@@ -70,6 +70,9 @@ pub(crate) struct ReplicaManager {
     /// Topics with a log the reconcile could not open for want of file descriptors: the
     /// reconcile loop plans them again every [`OPEN_RETRY_EVERY`] until they open.
     open_retries: Mutex<BTreeSet<String>>,
+    /// Moves whenever a local partition's role changes or a log opens or goes: the ISR check
+    /// lists the partitions this broker leads again only then, instead of at every check.
+    roles_generation: std::sync::atomic::AtomicU64,
     /// Where leadership changes read the time (the ISR's follower clocks start there).
     clock: Arc<dyn Clock>,
 }
@@ -167,6 +170,22 @@ fn sync_role(
     roles: &mut RoleLog,
 ) {
     let epoch = pi.leader_epoch.0;
+    let before = roles.led + roles.followed + roles.idle;
+    sync_role_of(ctx, p, node, pi, now, roles, epoch);
+    if roles.led + roles.followed + roles.idle != before {
+        ctx.replicas.roles_changed();
+    }
+}
+
+fn sync_role_of(
+    ctx: &Arc<BrokerCtx>,
+    p: &Arc<Partition>,
+    node: strom_metadata::NodeId,
+    pi: &strom_metadata::PartitionImage,
+    now: i64,
+    roles: &mut RoleLog,
+    epoch: i32,
+) {
     match pi.leader {
         Some(leader) if leader == node => {
             let replicas = pi.replicas.clone();
@@ -238,6 +257,7 @@ impl ReplicaManager {
             health: Arc::default(),
             file_handles: FileHandles::new(config.log_open_files_max),
             open_retries: Mutex::default(),
+            roles_generation: std::sync::atomic::AtomicU64::new(0),
             clock,
         })
     }
@@ -254,6 +274,25 @@ impl ReplicaManager {
     pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
         let map = self.partitions.read().ok()?;
         map.get(topic)?.get(&partition).cloned()
+    }
+
+    /// See `roles_generation`.
+    fn roles_changed(&self) {
+        self.roles_generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn roles_generation(&self) -> u64 {
+        self.roles_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The open partitions this broker leads.
+    fn led(&self) -> Vec<Arc<Partition>> {
+        let map = self.partitions.read().unwrap_or_else(PoisonError::into_inner);
+        map.values()
+            .flat_map(|t| t.values())
+            .filter(|p| p.progress().leader_epoch.is_some())
+            .cloned()
+            .collect()
     }
 
     pub fn all(&self) -> Vec<Arc<Partition>> {
@@ -438,6 +477,7 @@ impl ReplicaManager {
         if let Some(old) = old {
             old.close();
         }
+        self.roles_changed();
         tracing::debug!(topic = %topic.name, partition = index, "partition log open");
         Ok(p)
     }
@@ -487,6 +527,7 @@ impl ReplicaManager {
         }
         ctx.fetchers.remove(&p);
         p.close();
+        self.roles_changed();
         let dir = self.data_dir.join(strom_log::partition_dir_name(&p.topic, p.index));
         tracing::info!(topic = %p.topic, partition = p.index, "deleting partition log");
         let shown = dir.display().to_string();
@@ -757,6 +798,8 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
     let mut tick = tokio::time::interval(ISR_CHECK_EVERY);
     let lag_max_ms = ctx.config.replica_lag_time_max_ms as i64;
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    let mut led: Vec<Arc<Partition>> = Vec::new();
+    let mut led_generation: Option<u64> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -770,7 +813,14 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
         let image = ctx.image.current();
         let mut changes = Vec::new();
         let mut proposed = Vec::new();
-        for p in ctx.replicas.all() {
+        // Roles change only in the reconcile: the led partitions are listed again only when
+        // the generation moved (a node holding 100,000 replicas leads a third of them).
+        let generation = ctx.replicas.roles_generation();
+        if led_generation != Some(generation) {
+            led = ctx.replicas.led();
+            led_generation = Some(generation);
+        }
+        for p in led.iter().cloned() {
             if changes.len() == ISR_CHANGES_PER_REQUEST_MAX {
                 break;
             }
