@@ -2,6 +2,7 @@
 //! drives it with librdkafka (`rdkafka`), `kcat`, raw sockets and signals. One test binary.
 
 mod check_deps;
+mod compacted_keys;
 mod compaction;
 mod config_defaults;
 mod connections;
