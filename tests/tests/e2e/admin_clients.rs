@@ -45,3 +45,39 @@ fn incremental_alter_configs_answers_librdkafka() {
     });
 }
 
+#[test]
+fn describe_topics_and_cluster_report_every_operation_without_an_authorizer() {
+    Library::ConfluentKafka.require(SCRIPT);
+    with_node(NodeOptions::default(), |node| {
+        let bootstrap = node.bootstrap();
+        kafka::create_topic(&bootstrap, "described", 3, &[])?;
+        let described = run(&bootstrap, "described", "describe")?;
+        // Kafka's answer without an authorizer: every operation the resource type has.
+        let topic_ops = [
+            "ALTER",
+            "ALTER_CONFIGS",
+            "CREATE",
+            "DELETE",
+            "DESCRIBE",
+            "DESCRIBE_CONFIGS",
+            "READ",
+            "WRITE",
+        ];
+        let cluster_ops = [
+            "ALTER",
+            "ALTER_CONFIGS",
+            "CLUSTER_ACTION",
+            "CREATE",
+            "DESCRIBE",
+            "DESCRIBE_CONFIGS",
+            "IDEMPOTENT_WRITE",
+        ];
+        let topic = &described["topic"];
+        ensure!(topic["partitions"] == 3, "{described}");
+        ensure!(topic["authorized_operations"] == serde_json::json!(topic_ops), "{described}");
+        let cluster = &described["cluster"];
+        ensure!(cluster["nodes"] == 1, "{described}");
+        ensure!(cluster["authorized_operations"] == serde_json::json!(cluster_ops), "{described}");
+        Ok(())
+    });
+}

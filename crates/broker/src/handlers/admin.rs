@@ -516,7 +516,11 @@ pub(crate) fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-pub(crate) fn describe_cluster(ctx: &Arc<BrokerCtx>, version: i16) -> DescribeClusterResponse {
+pub(crate) fn describe_cluster(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: &DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let image = ctx.image.current();
     let brokers = image
         .brokers
@@ -536,7 +540,11 @@ pub(crate) fn describe_cluster(ctx: &Arc<BrokerCtx>, version: i16) -> DescribeCl
     let mut resp = DescribeClusterResponse::default()
         .with_cluster_id(s(ctx.config.cluster_id.clone()))
         .with_controller_id(BrokerId(ctx.controller_id()))
-        .with_brokers(brokers);
+        .with_brokers(brokers)
+        .with_cluster_authorized_operations(super::authorized::operations(
+            super::authorized::Resource::Cluster,
+            req.include_cluster_authorized_operations,
+        ));
     if version >= 1 {
         resp.endpoint_type = 1;
     }
