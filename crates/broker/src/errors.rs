@@ -265,6 +265,7 @@ impl From<&LogError> for KafkaError {
             LogError::BatchTooLarge { .. } => KafkaError::MessageTooLarge,
             LogError::AppendOffsetSpanTooLarge { .. }
             | LogError::ClientControlBatch { .. }
+            | LogError::RecordsWithoutKey { .. }
             | LogError::SequenceMissing { .. } => KafkaError::InvalidRecord,
             LogError::OffsetOutOfRange { .. } => KafkaError::OffsetOutOfRange,
             LogError::FileHandlesExhausted { .. } => KafkaError::ReplicaNotAvailable,

@@ -27,8 +27,8 @@
 //! would make one key's records look superseded by the other's: that is the price of the bound,
 //! as with Kafka's MD5-keyed map.
 //!
-//! Kept whole, their keys unread: compressed batches (the workspace has no compression codecs:
-//! kafka-protocol is built without them, and they are not worth a dependency here),
+//! Kept whole, their keys unread: compressed batches (only the produce path of a compacted
+//! topic decompresses, to refuse keyless records: `strom_protocol::keys`),
 //! transactional and control batches (strom has no transactions), and batches whose records do
 //! not parse. Their keys are not in the map, so they can only make compaction keep more; but
 //! since an older record of a tombstoned key may hide in one, no tombstone after the first such

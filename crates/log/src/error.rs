@@ -83,6 +83,10 @@ pub enum LogError {
          partition directory away so that it re-replicates)"
     )]
     TxnIndexCorrupt { path: PathBuf, len: usize },
+    /// Compaction keeps the latest record of each key, so a compacted log takes only keyed
+    /// records. `records` are indexes among the append's records, from 0, across its batches.
+    #[error("a compacted log cannot take records without a key ({} of them)", records.len())]
+    RecordsWithoutKey { records: Vec<i32> },
     #[error("batch {batch_index} of the append is a control batch, which only a leader writes")]
     ClientControlBatch { batch_index: usize },
     #[error(
@@ -115,6 +119,7 @@ impl LogError {
             | LogError::LeaderEpochStale { .. }
             | LogError::ConfigInvalid { .. }
             | LogError::ClientControlBatch { .. }
+            | LogError::RecordsWithoutKey { .. }
             | LogError::SequenceMissing { .. }
             | LogError::Producer(_) => false,
             // Out of descriptors is not a failed disk: other opens succeed once handles close.

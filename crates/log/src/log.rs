@@ -563,7 +563,29 @@ impl Log {
         if validated.is_empty() {
             return Err(LogError::AppendEmpty);
         }
+        if from_producer && self.config.cleanup_policy.compact {
+            self.check_keys(&validated)?;
+        }
         Ok(validated)
+    }
+
+    /// A compacted log refuses records without a key (Kafka's rule). The only place the
+    /// produce path reads records: it walks them, decompressing if need be, and only for
+    /// compacted logs.
+    fn check_keys(&self, validated: &[(BatchHeader, Bytes)]) -> Result<(), LogError> {
+        let mut keyless = Vec::new();
+        let mut first_record = 0i32;
+        for (batch_index, (header, slice)) in validated.iter().enumerate() {
+            let in_batch = strom_protocol::keys::keyless_records(slice)
+                .map_err(|source| map_batch_error(batch_index, source))?;
+            keyless.extend(in_batch.into_iter().map(|i| first_record.saturating_add(i)));
+            first_record = first_record.saturating_add(header.records_count);
+        }
+        if keyless.is_empty() {
+            Ok(())
+        } else {
+            Err(LogError::RecordsWithoutKey { records: keyless })
+        }
     }
 
     /// Appends batches copied from the partition leader (a follower's fetch): offsets and

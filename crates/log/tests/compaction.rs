@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use strom_log::{CleanupPolicy, FileHandles, Log, LogConfig, FILE_HANDLES_MIN};
+use strom_log::{CleanupPolicy, FileHandles, Log, LogConfig, LogError, FILE_HANDLES_MIN};
 use strom_protocol::batch::{
     self, BatchHeader, Batches, BATCH_HEADER_LEN, CRC_COVERED_FROM, CRC_OFFSET, LOG_OVERHEAD,
 };
@@ -218,7 +218,9 @@ fn fill_unsynced(log: &mut Log, rng: &mut Rng, batches: usize, keys: u64) -> Vec
         }
         let spec: Vec<(Option<&str>, Option<&str>, i64)> =
             records.iter().map(|r| (r.key.as_deref(), r.value.as_deref(), r.timestamp)).collect();
-        let info = log.append(&keyed_batch(&spec, 0), 0, 0).unwrap();
+        // Trusted: a producer's keyless records are refused on a compacted log, but a log
+        // may hold some (written before its policy became compact), and compaction keeps them.
+        let info = log.append_trusted(&keyed_batch(&spec, 0), 0, 0).unwrap();
         assert_eq!(info.base_offset, base);
         written.extend(records);
     }
@@ -356,14 +358,30 @@ fn tombstones_stay_until_delete_retention_ms_has_passed() {
 }
 
 #[test]
+fn a_compacted_log_refuses_a_producers_keyless_records_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), compacted(300), 0, &handles()).unwrap();
+    let mixed = keyed_batch(&[(Some("a"), Some("1"), 1000), (None, Some("2"), 1001)], 0);
+    match log.append(&mixed, 0, 0) {
+        Err(LogError::RecordsWithoutKey { records }) => assert_eq!(records, vec![1]),
+        other => panic!("expected RecordsWithoutKey, got {other:?}"),
+    }
+    assert_eq!(log.log_end_offset(), 0);
+    log.append(&keyed_batch(&[(Some("b"), None, 1002)], 0), 0, 0).unwrap();
+    assert_eq!(log.log_end_offset(), 1, "a keyed tombstone is taken");
+}
+
+#[test]
 fn records_without_keys_and_compressed_batches_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), compacted(300), 0, &handles()).unwrap();
     // Offset 0: a compressed-flagged batch (its records are readable here, but the log treats
     // them as opaque) holding key "a"; then a newer "a", a keyless record and a tombstone.
-    log.append(&keyed_batch(&[(Some("a"), Some("old"), 1000)], GZIP), 0, 0).unwrap();
+    // Trusted: these batches could not come from a producer (the "gzip" one is flagged, not
+    // compressed; the keyless one a compacted log refuses), but a log may hold such batches.
+    log.append_trusted(&keyed_batch(&[(Some("a"), Some("old"), 1000)], GZIP), 0, 0).unwrap();
     log.append(&keyed_batch(&[(Some("a"), Some("new"), 1001)], 0), 0, 0).unwrap();
-    log.append(&keyed_batch(&[(None, Some("keyless"), 1002)], 0), 0, 0).unwrap();
+    log.append_trusted(&keyed_batch(&[(None, Some("keyless"), 1002)], 0), 0, 0).unwrap();
     log.append(&keyed_batch(&[(Some("b"), Some("x"), 1003)], 0), 0, 0).unwrap();
     log.append(&keyed_batch(&[(Some("b"), None, 1004)], 0), 0, 0).unwrap();
     while active_base(dir.path()) <= 4 {

@@ -66,6 +66,10 @@ pub enum BatchError {
     UnknownCompression { codec: u8 },
     #[error("records of a compressed batch cannot be read without decompressing")]
     Compressed,
+    #[error("cannot decompress {codec:?} records: {reason}")]
+    Decompress { codec: Compression, reason: String },
+    #[error("records decompress to more than {max} bytes")]
+    DecompressedTooLarge { max: u64 },
     #[error("malformed record {index}: {reason}")]
     MalformedRecord { index: i32, reason: &'static str },
 }

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod control;
 pub mod frame;
+pub mod keys;
 pub mod request;
 pub mod versions;
 

@@ -1,7 +1,9 @@
 //! End-to-end tests: each test starts its own real `strom` node on free loopback ports and
 //! drives it with librdkafka (`rdkafka`), `kcat`, raw sockets and signals. One test binary.
 
+mod admin_clients;
 mod check_deps;
+mod compacted_keys;
 mod compaction;
 mod config_defaults;
 mod connections;

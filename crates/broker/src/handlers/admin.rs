@@ -268,17 +268,23 @@ fn alteration(
 }
 
 /// The per-resource answers of AlterConfigs and IncrementalAlterConfigs, whose generated
-/// response types are alike but distinct.
+/// response types are alike but distinct. Each names its resource with the type code the
+/// request gave (`$codes`, in request order, as the results are), not strom's reading of it:
+/// a client matches answers to its resources by (type, name), and librdkafka fails the whole
+/// response ("Bad message format") when one does not match, e.g. a GROUP resource (32) that
+/// strom does not serve answered as UNKNOWN (0).
 macro_rules! alter_responses {
-    ($response:ty, $results:expr) => {
+    ($response:ty, $results:expr, $codes:expr) => {
         $results
             .iter()
-            .map(|r: &ResourceResult| {
+            .enumerate()
+            .map(|(i, r): (usize, &ResourceResult)| {
                 let (code, message) = error_of(&r.result);
+                let type_code = $codes.get(i).copied().unwrap_or(r.resource_type as i8);
                 <$response>::default()
                     .with_error_code(code)
                     .with_error_message(message.map(s))
-                    .with_resource_type(r.resource_type as i8)
+                    .with_resource_type(type_code)
                     .with_resource_name(s(r.resource_name.clone()))
             })
             .collect()
@@ -289,6 +295,7 @@ pub(crate) async fn alter_configs(
     ctx: &Arc<BrokerCtx>,
     req: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
+    let codes: Vec<i8> = req.resources.iter().map(|r| r.resource_type).collect();
     let request = AlterReq {
         incremental: false,
         validate_only: req.validate_only,
@@ -304,7 +311,8 @@ pub(crate) async fn alter_configs(
             .collect(),
     };
     let results = alter(ctx, request).await;
-    let responses = alter_responses!(alter_configs_response::AlterConfigsResourceResponse, results);
+    let responses =
+        alter_responses!(alter_configs_response::AlterConfigsResourceResponse, results, codes);
     AlterConfigsResponse::default().with_responses(responses)
 }
 
@@ -313,6 +321,7 @@ pub(crate) async fn incremental_alter_configs(
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut bad_op = Vec::new();
+    let codes: Vec<i8> = req.resources.iter().map(|r| r.resource_type).collect();
     let request = AlterReq {
         incremental: true,
         validate_only: req.validate_only,
@@ -353,8 +362,11 @@ pub(crate) async fn incremental_alter_configs(
             })
             .collect()
     };
-    let responses =
-        alter_responses!(incremental_alter_configs_response::AlterConfigsResourceResponse, results);
+    let responses = alter_responses!(
+        incremental_alter_configs_response::AlterConfigsResourceResponse,
+        results,
+        codes
+    );
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
@@ -504,7 +516,11 @@ pub(crate) fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-pub(crate) fn describe_cluster(ctx: &Arc<BrokerCtx>, version: i16) -> DescribeClusterResponse {
+pub(crate) fn describe_cluster(
+    ctx: &Arc<BrokerCtx>,
+    version: i16,
+    req: &DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let image = ctx.image.current();
     let brokers = image
         .brokers
@@ -524,7 +540,11 @@ pub(crate) fn describe_cluster(ctx: &Arc<BrokerCtx>, version: i16) -> DescribeCl
     let mut resp = DescribeClusterResponse::default()
         .with_cluster_id(s(ctx.config.cluster_id.clone()))
         .with_controller_id(BrokerId(ctx.controller_id()))
-        .with_brokers(brokers);
+        .with_brokers(brokers)
+        .with_cluster_authorized_operations(super::authorized::operations(
+            super::authorized::Resource::Cluster,
+            req.include_cluster_authorized_operations,
+        ));
     if version >= 1 {
         resp.endpoint_type = 1;
     }

@@ -623,8 +623,10 @@ pub(crate) async fn describe_groups(
             let group_id = g.0.to_string();
             let mut d = DescribedGroup::default().with_group_id(GroupId(s(group_id.clone())));
             if v >= 3 {
-                // No ACLs: operations are not reported.
-                d.authorized_operations = i32::MIN;
+                d.authorized_operations = super::authorized::operations(
+                    super::authorized::Resource::Group,
+                    req.include_authorized_operations,
+                );
             }
             match describe_one(&ctx, &group_id).await {
                 Err(c) => {

@@ -13,14 +13,13 @@ use strom_metadata::control::{ControlRequest, CreateTopic, CreateTopicsRequest};
 use strom_metadata::{MetadataImage, TopicImage};
 use uuid::Uuid;
 
+use super::authorized::{self, Resource};
 use super::s;
 use crate::errors::{code_of, KafkaError};
 use crate::BrokerCtx;
 
 /// How long a Metadata request waits for an auto-created topic to commit.
 const AUTO_CREATE_WAIT: Duration = Duration::from_secs(5);
-/// Kafka's "authorized operations were not requested" marker.
-const OPS_NOT_REQUESTED: i32 = i32::MIN;
 
 pub(crate) use crate::wire::LISTENER;
 
@@ -93,6 +92,8 @@ pub(crate) async fn handle(
     req: MetadataRequest,
 ) -> MetadataResponse {
     let mut image = ctx.image.current();
+    let include_topic_operations = req.include_topic_authorized_operations;
+    let include_cluster_operations = req.include_cluster_authorized_operations;
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let requested: Option<Vec<_>> = match req.topics {
         None => None,
@@ -167,7 +168,8 @@ pub(crate) async fn handle(
             .into_iter()
             .map(|mut t: MetadataResponseTopic| {
                 if version >= 8 {
-                    t.topic_authorized_operations = OPS_NOT_REQUESTED;
+                    t.topic_authorized_operations =
+                        authorized::operations(Resource::Topic, include_topic_operations);
                 }
                 t
             })
@@ -178,6 +180,10 @@ pub(crate) async fn handle(
     }
     if version >= 2 {
         resp.cluster_id = Some(s(ctx.config.cluster_id.clone()));
+    }
+    if (8..=10).contains(&version) {
+        resp.cluster_authorized_operations =
+            authorized::operations(Resource::Cluster, include_cluster_operations);
     }
     resp
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod api_versions;
+mod authorized;
 mod coordinator;
 mod epochs;
 mod fetch;
@@ -232,7 +233,9 @@ pub(crate) async fn handle(
         R::DescribeGroups(req) => groups::describe_groups(ctx, meta, req).await,
         R::DeleteGroups(req) => groups::delete_groups(ctx, meta, req).await,
         R::ListOffsets(req) => now(meta.encode(&list_offsets::handle(ctx, meta.version, req))),
-        R::DescribeCluster(_) => now(meta.encode(&admin::describe_cluster(ctx, meta.version))),
+        R::DescribeCluster(req) => {
+            now(meta.encode(&admin::describe_cluster(ctx, meta.version, &req)))
+        }
         R::DescribeConfigs(req) => {
             now(meta.encode(&admin::describe_configs(ctx, meta.version, req)))
         }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -29,27 +30,48 @@ use crate::BrokerCtx;
 /// The longest acknowledgement wait a request may ask for.
 const ACK_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 
-/// Why a partition's records were not appended: the error, and a message for v8+ clients.
+/// Record errors quoted in the partition's `error_message` (all are in `record_errors`).
+const QUOTED_RECORD_ERRORS_MAX: usize = 3;
+
+/// Why a partition's records were not appended: the error, and for v8+ clients a message and
+/// the records at fault (KIP-467: `(index among the partition's records, message)`).
 struct Refusal {
     error: KafkaError,
     message: Option<String>,
+    record_errors: Vec<(i32, String)>,
 }
 
 impl Refusal {
     fn new(error: KafkaError, message: impl Into<String>) -> Refusal {
-        Refusal { error, message: Some(message.into()) }
+        Refusal { error, message: Some(message.into()), record_errors: Vec::new() }
+    }
+
+    /// A refusal of the append to `topic`-`index`: records without a key on a compacted
+    /// topic are named one by one, as Kafka does.
+    fn of_append(e: LogError, topic: &str, index: i32) -> Refusal {
+        let LogError::RecordsWithoutKey { records } = &e else {
+            return Refusal::new(KafkaError::from(&e), e.to_string());
+        };
+        let why = format!(
+            "Compacted topic cannot accept message without key in topic partition {topic}-{index}."
+        );
+        let record_errors: Vec<(i32, String)> = records.iter().map(|&i| (i, why.clone())).collect();
+        let quoted: Vec<String> = (record_errors.iter().take(QUOTED_RECORD_ERRORS_MAX))
+            .map(|(i, m)| format!("record {i}: {m}"))
+            .collect();
+        let message = format!(
+            "{} record(s) refused, the first {} quoted: {}",
+            record_errors.len(),
+            quoted.len(),
+            quoted.join("; ")
+        );
+        Refusal { error: KafkaError::from(&e), message: Some(message), record_errors }
     }
 }
 
 impl From<KafkaError> for Refusal {
     fn from(error: KafkaError) -> Refusal {
-        Refusal { error, message: None }
-    }
-}
-
-impl From<LogError> for Refusal {
-    fn from(e: LogError) -> Refusal {
-        Refusal::new(KafkaError::from(&e), e.to_string())
+        Refusal { error, message: None, record_errors: Vec::new() }
     }
 }
 
@@ -131,8 +153,9 @@ fn append(
         let why = format!("ISR has {isr} replicas, min.insync.replicas is {}", part.min_insync());
         return Err(Refusal::new(KafkaError::NotEnoughReplicas, why));
     }
-    let info = part.append(records, leader_epoch, now).inspect_err(|e| {
+    let info = part.append(records, leader_epoch, now).map_err(|e| {
         tracing::debug!(topic, partition = index, error = %e, "produce refused");
+        Refusal::of_append(e, topic, index)
     })?;
     let mut response = PartitionProduceResponse::default()
         .with_index(index)
@@ -149,6 +172,13 @@ fn refused(index: i32, refusal: Refusal, version: i16) -> PartitionProduceRespon
         PartitionProduceResponse::default().with_index(index).with_error_code(refusal.error.into());
     if version >= 8 {
         r.error_message = refusal.message.map(s);
+        r.record_errors = (refusal.record_errors.into_iter())
+            .map(|(batch_index, message)| {
+                BatchIndexAndErrorMessage::default()
+                    .with_batch_index(batch_index)
+                    .with_batch_index_error_message(Some(s(message)))
+            })
+            .collect();
     }
     r
 }
