@@ -3,12 +3,13 @@
 # kcat for the end-to-end tests, a C toolchain for librdkafka's vendored build (rdkafka-sys runs
 # its configure + make; zstd and zlib are built by their -sys crates or found via pkg-config),
 # procps for `kill` (the test harness sends signals with it), iproute2 for network tests,
-# rustfmt/clippy for `make lint`, and the clients of tests/clients/: kafka-python and aiokafka
-# in a venv and kafkajs in a node prefix, both under target/test-deps (STROM_TEST_DEPS_DIR),
-# where tests/src/clients.rs looks for them; Go with Debian's sarama and kafka-go sources, from
-# which the Go clients of tests/clients/go/ are built offline (GOPATH mode against
-# /usr/share/gocode, no module downloads) into target/test-deps/go/bin. Idempotent and quick
-# when everything is already there: apt, pip, npm and go build are skipped.
+# rustfmt/clippy for `make lint`, and the clients of tests/clients/: kafka-python, aiokafka and
+# confluent-kafka (its wheel carries its own librdkafka) in a venv and kafkajs in a node prefix,
+# both under target/test-deps (STROM_TEST_DEPS_DIR), where tests/src/clients.rs looks for them;
+# Go with Debian's sarama and kafka-go sources, from which the Go clients of tests/clients/go/
+# are built offline (GOPATH mode against /usr/share/gocode, no module downloads) into
+# target/test-deps/go/bin. Idempotent and quick when everything is already there: apt, pip, npm
+# and go build are skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,6 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # run.
 KAFKA_PYTHON_VERSION=3.0.12
 AIOKAFKA_VERSION=0.14.0
+CONFLUENT_KAFKA_VERSION=2.16.1
 KAFKAJS_VERSION=2.2.4
 DEPS_DIR=${STROM_TEST_DEPS_DIR:-$PWD/target/test-deps}
 
@@ -80,10 +82,11 @@ done
 # kafka-python and aiokafka in a venv (Debian's python3 refuses system-wide pip installs,
 # PEP 668).
 venv=$DEPS_DIR/venv
-python_wanted="kafka-python==$KAFKA_PYTHON_VERSION aiokafka==$AIOKAFKA_VERSION"
+python_wanted="kafka-python==$KAFKA_PYTHON_VERSION aiokafka==$AIOKAFKA_VERSION confluent-kafka==$CONFLUENT_KAFKA_VERSION"
 if "$venv/bin/python" -c "
-import sys, kafka, aiokafka
-sys.exit((kafka.__version__, aiokafka.__version__) != ('$KAFKA_PYTHON_VERSION', '$AIOKAFKA_VERSION'))
+import sys, kafka, aiokafka, confluent_kafka
+sys.exit((kafka.__version__, aiokafka.__version__, confluent_kafka.version()[0])
+         != ('$KAFKA_PYTHON_VERSION', '$AIOKAFKA_VERSION', '$CONFLUENT_KAFKA_VERSION'))
 " >/dev/null 2>&1; then
     echo "install-test-deps: $python_wanted present in $venv"
 else

@@ -1,8 +1,9 @@
 //! The Kafka clients in other languages that tests run as child processes (the scripts of
-//! `tests/clients/`): kafka-python and aiokafka from a venv, kafkajs from a node prefix, and the
-//! Go programs of `tests/clients/go/` built with Debian's sarama and kafka-go, all where `make
-//! install-test-deps` puts them (`target/test-deps`, or `STROM_TEST_DEPS_DIR`). A missing (or,
-//! for Go, stale) library is an error that says how to install it: such tests fail, never skip.
+//! `tests/clients/`): kafka-python, aiokafka and confluent-kafka from a venv, kafkajs from a node
+//! prefix, and the Go programs of `tests/clients/go/` built with Debian's sarama and kafka-go,
+//! all where `make install-test-deps` puts them (`target/test-deps`, or `STROM_TEST_DEPS_DIR`). A
+//! missing (or, for Go, stale) library is an error that says how to install it: such tests
+//! fail, never skip.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ pub const DEPS_DIR_ENV: &str = "STROM_TEST_DEPS_DIR";
 pub enum Library {
     KafkaPython,
     Aiokafka,
+    /// confluent-kafka-python, whose wheel carries its own librdkafka.
+    ConfluentKafka,
     Kafkajs,
     /// `tests/clients/go/sarama` (Debian's golang-github-shopify-sarama-dev); the script stem
     /// is its subcommand.
@@ -46,6 +49,7 @@ impl Library {
         match self {
             Library::KafkaPython => "kafka-python",
             Library::Aiokafka => "aiokafka",
+            Library::ConfluentKafka => "confluent-kafka",
             Library::Kafkajs => "kafkajs",
             Library::Sarama => "sarama",
             Library::KafkaGo => "kafka-go",
@@ -69,8 +73,12 @@ impl Library {
             deps.display()
         );
         match self {
-            Library::KafkaPython | Library::Aiokafka => {
-                let module = if self == Library::KafkaPython { "kafka" } else { "aiokafka" };
+            Library::KafkaPython | Library::Aiokafka | Library::ConfluentKafka => {
+                let module = match self {
+                    Library::KafkaPython => "kafka",
+                    Library::Aiokafka => "aiokafka",
+                    _ => "confluent_kafka",
+                };
                 let python = deps.join("venv/bin/python");
                 let probe =
                     Command::new(&python).args(["-c", &format!("import {module}")]).output();

@@ -5,6 +5,7 @@ mod check_deps;
 mod compaction;
 mod config_defaults;
 mod connections;
+mod delete_records;
 mod durability;
 mod fd_limit;
 mod fetch_limits;
