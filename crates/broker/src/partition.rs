@@ -67,6 +67,9 @@ pub(crate) struct Partition {
     durable_leo: AtomicI64,
     /// `min.insync.replicas` of the topic.
     min_insync: AtomicI32,
+    /// The high watermark the leader last reported to this follower (-1: none yet): what
+    /// DescribeLogDirs' offset lag counts from.
+    leader_hw: AtomicI64,
 }
 
 /// A fetch session that holds a partition, and the key it knows the partition by.
@@ -133,6 +136,7 @@ impl Partition {
             // What survived recovery is on disk.
             durable_leo: AtomicI64::new(leo),
             min_insync: AtomicI32::new(1),
+            leader_hw: AtomicI64::new(-1),
         });
         tokio::spawn(flusher(p.clone()));
         p
@@ -388,8 +392,19 @@ impl Partition {
 
     /// The high watermark the leader reported to this follower.
     pub fn set_follower_hw(&self, leader_hw: i64) {
+        self.leader_hw.store(leader_hw, Ordering::Relaxed);
         let bound = leader_hw.min(self.durable_leo());
         self.advance_hw(bound);
+    }
+
+    /// How far this replica's log end is behind the partition's high watermark (Kafka's
+    /// DescribeLogDirs offset lag): 0 on the leader, and on a follower the leader's last
+    /// reported high watermark minus its log end offset (0 before any report).
+    pub fn offset_lag(&self, log_end_offset: i64) -> i64 {
+        if self.progress().leader_epoch.is_some() {
+            return 0;
+        }
+        (self.leader_hw.load(Ordering::Relaxed) - log_end_offset).max(0)
     }
 
     /// Runs `f` on the role under its lock.

@@ -22,7 +22,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Produces `count` records (acks=all) to partition 0 of `topic`.
 fn produce(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<()> {
-    let producer = AckingProducer::new(bootstrap, &[("linger.ms", "0"), ("batch.num.messages", "4")])?;
+    let producer =
+        AckingProducer::new(bootstrap, &[("linger.ms", "0"), ("batch.num.messages", "4")])?;
     for id in 0..count {
         let value = format!("record-{id:05}-{}", "x".repeat(40));
         let record =

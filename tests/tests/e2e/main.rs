@@ -18,6 +18,7 @@ mod groups_clients;
 mod idempotence;
 mod kcat;
 mod lifecycle;
+mod log_dirs;
 mod metadata_limits;
 mod module_cycles;
 mod module_docs;

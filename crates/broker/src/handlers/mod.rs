@@ -8,6 +8,7 @@ mod epochs;
 mod fetch;
 pub(crate) mod groups;
 mod list_offsets;
+mod log_dirs;
 pub(crate) mod metadata;
 mod produce;
 mod producer_id;
@@ -251,6 +252,12 @@ pub(crate) async fn handle(
             Reply::Later(Box::pin(
                 async move { meta.encode(&records::delete_records(&ctx, req).await) },
             ))
+        }
+        R::DescribeLogDirs(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&log_dirs::describe_log_dirs(&ctx, meta.version, req).await)
+            }))
         }
         R::IncrementalAlterConfigs(req) => {
             now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))
