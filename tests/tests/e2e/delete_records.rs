@@ -210,6 +210,22 @@ fn a_follower_that_becomes_leader_keeps_the_deleted_log_start() {
         produce(&bootstrap, topic, 5)?;
         ensure!(confluent_delete(&bootstrap, topic, 80)? == 80);
         check_from(&cluster.bootstrap(), topic, 80, 105, "after a second delete")?;
+
+        // `strom topic delete-records` through a node that does not lead the partition.
+        let leader = cluster.leaders_of(topic)?[&0];
+        let other = cluster.ids().into_iter().find(|&id| id as i32 != leader).context("a node")?;
+        let args = ["topic", "delete-records", topic, "--partition", "0", "--offset", "90"];
+        let table = cluster.cli(other, &args)?.success()?;
+        ensure!(table.stdout.contains("below offset 90"), "{table:?}");
+        let json = cluster.cli(other, &[&args[..], &["--output", "json"]].concat())?.success()?;
+        ensure!(json.json()?["low_watermark"] == 90, "{json:?}");
+        let beyond = ["topic", "delete-records", topic, "--partition", "0", "--offset", "999"];
+        let refused = cluster.cli(other, &beyond)?;
+        ensure!(
+            !refused.status.success() && refused.stderr.contains("OffsetOutOfRange"),
+            "{refused:?}"
+        );
+        check_from(&cluster.bootstrap(), topic, 90, 105, "after the CLI's delete")?;
         Ok(())
     });
 }

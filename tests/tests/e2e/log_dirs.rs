@@ -94,6 +94,24 @@ fn describe_log_dirs_reports_each_replicas_size_on_disk() {
         }
         ensure!(seen == expected, "sizes reported {seen:?}, on disk {expected:?}");
 
+        // `strom cluster log-dirs`: every broker's directory and replicas, as JSON.
+        let listed = cluster.cli(2, &["cluster", "log-dirs", "--output", "json"])?.success()?;
+        let listed = listed.json()?;
+        let mut from_cli = std::collections::BTreeMap::new();
+        for dir in listed["log_dirs"].as_array().context("log_dirs")? {
+            let id = dir["broker_id"].as_i64().context("broker_id")?;
+            ensure!(dir["total_bytes"].as_i64() > Some(0), "{dir}");
+            for p in dir["partitions"].as_array().context("partitions")? {
+                if p["topic"] == TOPIC {
+                    let index = p["partition"].as_i64().context("partition")? as i32;
+                    from_cli.insert((id, index), p["size_bytes"].as_i64().context("size")?);
+                }
+            }
+        }
+        ensure!(from_cli == expected, "the CLI listed {from_cli:?}, on disk {expected:?}");
+        let table = cluster.cli(1, &["cluster", "log-dirs"])?.success()?;
+        ensure!(table.stdout.contains("OFFSET-LAG") && table.stdout.contains(TOPIC), "{table:?}");
+
         // v4 adds the file system's total and usable bytes; a named partition only.
         let mut connection = RawConnection::connect(cluster.kafka_addr(1))?;
         ensure!(connection.max_version(ApiKey::DescribeLogDirs)? == 4);
