@@ -3,13 +3,17 @@
 const DESCRIPTOR_FILE: &str = "strom_descriptor.bin";
 
 /// Admin messages the CLI prints as JSON unchanged (with the `serde` feature).
-const SERIALIZED: [&str; 6] = [
+const SERIALIZED: [&str; 10] = [
     "ListTopicsResponse",
     "TopicListing",
     "ListGroupsResponse",
     "GroupListing",
     "ListTransactionsResponse",
     "TransactionListing",
+    "DeleteRecordsResponse",
+    "DescribeLogDirsResponse",
+    "LogDir",
+    "LogDirPartition",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,7 +5,7 @@
 //! sources the binary plugs in: the committed image (a watch channel, fed by
 //! [`ImagePublisher`]), the active controller ([`strom_metadata::ControllerClient`]), the
 //! quorum's state ([`ClusterInfo`]), the consumer groups ([`GroupSource`]) and the transactions
-//! and producer state ([`TxnSource`]). Its requests and answers are the generated `pb` types
+//! and producer state ([`TxnSource`]) and the partition logs ([`LogSource`]). Its requests and answers are the generated `pb` types
 //! end to end; [`convert`] turns them into controller requests and refusals into gRPC
 //! statuses, in one place.
 
@@ -18,7 +18,8 @@ pub use service::{
     SUBMIT_TIMEOUT_MS_MAX,
 };
 pub use source::{
-    BrokerReadError, ClusterInfo, DescribedTransactions, GroupSource, ImagePublisher, TxnSource,
+    BrokerReadError, ClusterInfo, DescribedTransactions, GroupSource, ImagePublisher, LogSource,
+    TxnSource,
 };
 pub use strom_metadata::quorum::QuorumState;
 pub use strom_proto::admin as pb;

@@ -28,7 +28,7 @@ use crate::convert::{
     fail_if_all_failed, item_answers, item_error, new_topic, quorum_to_pb, read_item_error,
     read_status, replication_factor, status_of, txn_filters, type_name, unexpected,
 };
-use crate::source::{BrokerReadError, ClusterInfo, GroupSource, TxnSource};
+use crate::source::{BrokerReadError, ClusterInfo, GroupSource, LogSource, TxnSource};
 
 /// Items (topics, names, config ops) one admin request may carry: bounds the records a single
 /// call makes the controller decide and the size of its answer.
@@ -50,6 +50,8 @@ pub struct AdminServiceImpl {
     groups: Option<Arc<dyn GroupSource>>,
     /// Transactions and producer state, on a node that runs a broker.
     txns: Option<Arc<dyn TxnSource>>,
+    /// Partition logs (records, log directories), on a node that runs a broker.
+    logs: Option<Arc<dyn LogSource>>,
 }
 
 impl AdminServiceImpl {
@@ -65,6 +67,7 @@ impl AdminServiceImpl {
             broker_defaults: BrokerDefaults::default(),
             groups: None,
             txns: None,
+            logs: None,
         }
     }
 
@@ -87,6 +90,16 @@ impl AdminServiceImpl {
 
     fn txns(&self) -> Result<&Arc<dyn TxnSource>, Status> {
         self.txns.as_ref().ok_or_else(|| read_status(&BrokerReadError::NoBroker))
+    }
+
+    /// Serves DeleteRecords and DescribeLogDirs through this node's broker.
+    pub fn with_logs(mut self, logs: Arc<dyn LogSource>) -> Self {
+        self.logs = Some(logs);
+        self
+    }
+
+    fn logs(&self) -> Result<&Arc<dyn LogSource>, Status> {
+        self.logs.as_ref().ok_or_else(|| read_status(&BrokerReadError::NoBroker))
     }
 
     /// The node's static settings, which topic config keys a topic does not override fall
@@ -607,6 +620,37 @@ impl AdminService for AdminServiceImpl {
         .await
         .unwrap_or(Err(BrokerReadError::Timeout { what: "the partition's leader" }))
         .map_err(|e| read_status(&e))?;
+        Ok(Response::new(described))
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<pb::DeleteRecordsRequest>,
+    ) -> Result<Response<pb::DeleteRecordsResponse>, Status> {
+        let pb::DeleteRecordsRequest { topic, partition, offset } = request.into_inner();
+        check_partition(&self.image(), &topic, partition)?;
+        if offset < -1 {
+            return Err(Status::invalid_argument(format!(
+                "offset {offset}: records below an offset >= 0 (or -1, the high watermark) go"
+            )));
+        }
+        let deleted = tokio::time::timeout(
+            BROKERS_TIMEOUT,
+            self.logs()?.delete_records(topic, partition, offset),
+        )
+        .await
+        .unwrap_or(Err(BrokerReadError::Timeout { what: "the partition's leader" }))
+        .map_err(|e| read_status(&e))?;
+        Ok(Response::new(deleted))
+    }
+
+    async fn describe_log_dirs(
+        &self,
+        _request: Request<pb::DescribeLogDirsRequest>,
+    ) -> Result<Response<pb::DescribeLogDirsResponse>, Status> {
+        let described = tokio::time::timeout(BROKERS_TIMEOUT, self.logs()?.describe_log_dirs())
+            .await
+            .map_err(|_| read_status(&BrokerReadError::Timeout { what: "the brokers" }))?;
         Ok(Response::new(described))
     }
 

@@ -56,6 +56,22 @@ pub trait TxnSource: Send + Sync + 'static {
     ) -> BoxFuture<Result<pb::DescribeProducersResponse, BrokerReadError>>;
 }
 
+/// Partition logs, which live in the brokers: deleting records (at the partition's leader)
+/// and describing every live broker's log directory. A node that runs a broker provides it.
+pub trait LogSource: Send + Sync + 'static {
+    /// Moves the log start offset of `topic`-`partition` to `offset` (-1: the high watermark)
+    /// at its leader.
+    fn delete_records(
+        &self,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    ) -> BoxFuture<Result<pb::DeleteRecordsResponse, BrokerReadError>>;
+    /// Every live broker's log directory; brokers that could not be asked are named in
+    /// `unreachable`.
+    fn describe_log_dirs(&self) -> BoxFuture<pb::DescribeLogDirsResponse>;
+}
+
 /// [`TxnSource::describe_transactions`]'s answer: one result per id asked, in that order.
 pub type DescribedTransactions =
     Result<Vec<Result<pb::TransactionDescription, BrokerReadError>>, BrokerReadError>;

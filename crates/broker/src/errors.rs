@@ -7,7 +7,7 @@ use strom_log::LogError;
 use strom_metadata::ControlError;
 
 use crate::group::{GroupError, RouteError};
-use crate::partition::AckError;
+use crate::partition::{AckError, DeleteRecordsError};
 use crate::producer_ids::ProducerIdError;
 use crate::txn::TxnError;
 
@@ -350,6 +350,18 @@ impl From<AckError> for KafkaError {
             AckError::TimedOut => KafkaError::RequestTimedOut,
             AckError::Offline => KafkaError::KafkaStorageError,
             AckError::NotLeader => KafkaError::NotLeaderOrFollower,
+        }
+    }
+}
+
+/// Why DeleteRecords refused a partition: a log error maps as any other (an offset beyond the
+/// high watermark is OFFSET_OUT_OF_RANGE).
+impl From<DeleteRecordsError> for KafkaError {
+    fn from(e: DeleteRecordsError) -> KafkaError {
+        match e {
+            DeleteRecordsError::NotLeader => KafkaError::NotLeaderOrFollower,
+            DeleteRecordsError::PolicyViolation => KafkaError::PolicyViolation,
+            DeleteRecordsError::Log(e) => e.into(),
         }
     }
 }

@@ -707,7 +707,7 @@ fn fetch_request(
 async fn on_fetched(leader: NodeId, plan: &mut FetchPlan<Followed>, resp: FetchResponse) {
     let now = Instant::now();
     let mut appended: Vec<(Key, Arc<Partition>)> = Vec::new();
-    let mut hws: Vec<(Key, Arc<Partition>, i64)> = Vec::new();
+    let mut hws: Vec<(Key, Arc<Partition>, i64, i64)> = Vec::new();
     for t in resp.responses {
         let topic = t.topic.0.to_string();
         for p in t.partitions {
@@ -721,8 +721,33 @@ async fn on_fetched(leader: NodeId, plan: &mut FetchPlan<Followed>, resp: FetchR
             match K::try_from_code(p.error_code) {
                 None => {}
                 Some(K::OffsetOutOfRange) => {
-                    // The leader's log starts after ours ends (retention), or ends before
-                    // ours: truncate again and start over.
+                    // The leader's log starts after ours ends (DeleteRecords or retention):
+                    // start over, empty, at its start, as Kafka's followers do. Else it ends
+                    // before ours: truncate again.
+                    let ends_before =
+                        f.part.log().is_ok_and(|l| p.log_start_offset > l.log_end_offset());
+                    if ends_before {
+                        let cut = f.part.with_role(|role| {
+                            let current = matches!(role,
+                                Role::Follower { leader: l, leader_epoch: e, .. } if *l == leader && *e == f.leader_epoch);
+                            current.then(|| f.part.truncate_fully_and_start_at(p.log_start_offset))
+                        });
+                        match cut {
+                            Some(Some(Ok(()))) => {
+                                plan.fetched(&key);
+                                plan.moved(&key);
+                                continue;
+                            }
+                            Some(None) => {
+                                plan.forget(&key);
+                                continue;
+                            }
+                            Some(Some(Err(e))) => {
+                                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "truncation failed");
+                            }
+                            None => {}
+                        }
+                    }
                     tracing::warn!(topic = %key.0, partition = key.1, leader = leader.0, "replica fetch offset out of range; resetting");
                     plan.failed(&key, now);
                     continue;
@@ -751,7 +776,7 @@ async fn on_fetched(leader: NodeId, plan: &mut FetchPlan<Followed>, resp: FetchR
                 }
             }
             plan.fetched(&key);
-            hws.push((key, f.part, p.high_watermark));
+            hws.push((key, f.part, p.high_watermark, p.log_start_offset));
         }
     }
     // Durable before the next fetch reports the new end offsets to the leader: one blocking
@@ -769,21 +794,23 @@ async fn on_fetched(leader: NodeId, plan: &mut FetchPlan<Followed>, resp: FetchR
                         Err(e) => {
                             tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replica flush failed");
                             plan.failed(&key, now);
-                            hws.retain(|(k, _, _)| *k != key);
+                            hws.retain(|(k, _, _, _)| *k != key);
                         }
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "replica flush task failed");
-                for (key, _, _) in hws.drain(..) {
+                for (key, _, _, _) in hws.drain(..) {
                     plan.failed(&key, now);
                 }
             }
         }
     }
-    for (_, part, hw) in hws {
+    for (_, part, hw, log_start) in hws {
         part.set_follower_hw(hw);
+        // After the high watermark, which bounds it.
+        part.set_follower_log_start(log_start);
     }
 }
 

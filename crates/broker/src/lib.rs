@@ -17,6 +17,7 @@ mod image;
 mod internal_records;
 mod internal_topic;
 mod isr;
+mod log_admin;
 mod log_dir;
 mod partition;
 mod peer;
@@ -39,6 +40,7 @@ pub use fetch_session::{
 };
 pub use group::{BrokerGroupAdmin, GroupAdminError};
 pub use image::ImageListener;
+pub use log_admin::{BrokerLogAdmin, LogAdminError};
 pub use txn_admin::{BrokerTxnAdmin, TxnAdminError, TxnDescriptions};
 
 use strom_metadata::{Clock, ControllerClient};
@@ -268,6 +270,12 @@ impl Broker {
     /// Kafka.
     pub fn txn_admin(&self) -> Arc<BrokerTxnAdmin> {
         Arc::new(BrokerTxnAdmin { ctx: self.ctx.clone() })
+    }
+
+    /// Record deletion and log directories as the admin API shows them, asked of the brokers
+    /// over Kafka.
+    pub fn log_admin(&self) -> Arc<BrokerLogAdmin> {
+        Arc::new(BrokerLogAdmin { ctx: self.ctx.clone() })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

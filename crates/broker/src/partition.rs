@@ -67,12 +67,29 @@ pub(crate) struct Partition {
     durable_leo: AtomicI64,
     /// `min.insync.replicas` of the topic.
     min_insync: AtomicI32,
+    /// The high watermark the leader last reported to this follower (-1: none yet): what
+    /// DescribeLogDirs' offset lag counts from.
+    leader_hw: AtomicI64,
 }
 
 /// A fetch session that holds a partition, and the key it knows the partition by.
 struct Subscriber {
     signal: Arc<SessionSignal>,
     key: PartitionKey,
+}
+
+/// DeleteRecords' offset that stands for the high watermark.
+pub(crate) const DELETE_TO_HIGH_WATERMARK: i64 = -1;
+
+/// Why DeleteRecords refused a partition.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeleteRecordsError {
+    #[error("this broker does not lead the partition")]
+    NotLeader,
+    #[error("the topic's cleanup.policy has no `delete`")]
+    PolicyViolation,
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// Why an acknowledgement could not be given.
@@ -119,6 +136,7 @@ impl Partition {
             // What survived recovery is on disk.
             durable_leo: AtomicI64::new(leo),
             min_insync: AtomicI32::new(1),
+            leader_hw: AtomicI64::new(-1),
         });
         tokio::spawn(flusher(p.clone()));
         p
@@ -374,8 +392,19 @@ impl Partition {
 
     /// The high watermark the leader reported to this follower.
     pub fn set_follower_hw(&self, leader_hw: i64) {
+        self.leader_hw.store(leader_hw, Ordering::Relaxed);
         let bound = leader_hw.min(self.durable_leo());
         self.advance_hw(bound);
+    }
+
+    /// How far this replica's log end is behind the partition's high watermark (Kafka's
+    /// DescribeLogDirs offset lag): 0 on the leader, and on a follower the leader's last
+    /// reported high watermark minus its log end offset (0 before any report).
+    pub fn offset_lag(&self, log_end_offset: i64) -> i64 {
+        if self.progress().leader_epoch.is_some() {
+            return 0;
+        }
+        (self.leader_hw.load(Ordering::Relaxed) - log_end_offset).max(0)
     }
 
     /// Runs `f` on the role under its lock.
@@ -467,6 +496,79 @@ impl Partition {
         });
         self.changed();
         changed == Some(true)
+    }
+
+    /// DeleteRecords on the leader: moves the log start offset to `offset` (-1: the high
+    /// watermark), which must not pass the high watermark, and returns the new log start
+    /// offset (the partition's low watermark). Memory only, under the log lock: the caller
+    /// persists the log start checkpoint before it answers, and the retention pass deletes the
+    /// segments below it. Refused for a compacted-only topic (POLICY_VIOLATION, as Kafka).
+    pub fn delete_records(&self, offset: i64) -> Result<i64, DeleteRecordsError> {
+        if self.progress().leader_epoch.is_none() {
+            return Err(DeleteRecordsError::NotLeader);
+        }
+        let hw = self.progress().high_watermark;
+        let offset = if offset == DELETE_TO_HIGH_WATERMARK { hw } else { offset };
+        let mut log = self.log()?;
+        if !log.config().cleanup_policy.delete {
+            return Err(DeleteRecordsError::PolicyViolation);
+        }
+        let start = log.log_start_offset();
+        if offset < 0 || offset > hw {
+            return Err(LogError::OffsetOutOfRange { offset, start, end: hw }.into());
+        }
+        let moved = self.check_storage(log.increment_log_start_offset(offset))?;
+        let start = log.log_start_offset();
+        drop(log);
+        if moved {
+            tracing::info!(topic = %self.topic, partition = self.index, log_start_offset = start, "records deleted: log start offset moved");
+            // Fetch sessions answer the new log start offset (followers take it from there).
+            self.changed();
+        }
+        Ok(start)
+    }
+
+    /// A follower takes its leader's log start offset (from a Fetch response), up to its own
+    /// high watermark, as Kafka's followers do: so a follower that becomes leader serves no
+    /// record the leader's DeleteRecords removed.
+    pub fn set_follower_log_start(&self, leader_log_start: i64) {
+        let bound = leader_log_start.min(self.progress().high_watermark);
+        let Ok(mut log) = self.log() else { return };
+        if bound <= log.log_start_offset() {
+            return;
+        }
+        match self.check_storage(log.increment_log_start_offset(bound)) {
+            Ok(true) => {
+                drop(log);
+                tracing::debug!(topic = %self.topic, partition = self.index, log_start_offset = bound, "log start offset moved with the leader's");
+                self.changed();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot move the log start offset")
+            }
+        }
+    }
+
+    /// A follower whose log ends before its leader's log starts (the leader deleted records
+    /// or segments meanwhile) starts over, empty, at the leader's log start offset.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), LogError> {
+        let mut log = self.log()?;
+        if offset <= log.log_end_offset() {
+            return Ok(());
+        }
+        tracing::info!(topic = %self.topic, partition = self.index, from = log.log_end_offset(), to = offset, "log ends before the leader's log start; starting over there");
+        self.check_storage(log.truncate_fully_and_start_at(offset))?;
+        let leo = log.log_end_offset();
+        drop(log);
+        // The new empty log is durable: nothing below its start is left to sync.
+        self.durable_leo.store(leo, Ordering::Relaxed);
+        self.progress.send_modify(|p| {
+            p.durable_leo = leo;
+            p.high_watermark = p.high_watermark.max(leo);
+        });
+        self.changed();
+        Ok(())
     }
 
     /// Cuts a follower's divergent suffix (everything at and after `offset`).

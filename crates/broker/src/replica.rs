@@ -30,6 +30,9 @@ use plan::{Action, LocalLog};
 pub(crate) const RECOVERY_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 /// High watermarks, so a restarted replica does not serve data it cannot know is committed.
 pub(crate) const HW_CHECKPOINT: &str = "replication-offset-checkpoint";
+/// Log start offsets that DeleteRecords moved inside a segment (Kafka's file and format);
+/// only those: the others are their first segment's base offset.
+pub(crate) const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
 /// Written into each partition dir so a log is never served under a recreated topic's name.
 const PARTITION_METADATA: &str = "partition.metadata";
 /// How often logs that do not fsync on ack are flushed and checkpoints written.
@@ -62,6 +65,7 @@ pub(crate) struct ReplicaManager {
     checkpointing: Mutex<()>,
     recovery_points: HashMap<Key, i64>,
     high_watermarks: HashMap<Key, i64>,
+    log_starts: HashMap<Key, i64>,
     defaults: BrokerDefaults,
     /// The log directory's health: every partition log reports its storage failures here.
     pub health: Arc<LogDirHealth>,
@@ -246,6 +250,11 @@ impl ReplicaManager {
             .into_iter()
             .map(|(t, p, o)| ((t, p), o))
             .collect();
+        let log_starts = checkpoint::read(&config.data_dir.join(LOG_START_CHECKPOINT))
+            .map_err(BrokerError::Checkpoint)?
+            .into_iter()
+            .map(|(t, p, o)| ((t, p), o))
+            .collect();
         Ok(ReplicaManager {
             data_dir: config.data_dir.clone(),
             partitions: RwLock::new(HashMap::new()),
@@ -253,6 +262,7 @@ impl ReplicaManager {
             checkpointing: Mutex::new(()),
             recovery_points,
             high_watermarks,
+            log_starts,
             defaults: config.defaults,
             health: Arc::default(),
             file_handles: FileHandles::new(config.log_open_files_max),
@@ -454,6 +464,7 @@ impl ReplicaManager {
             dir: self.data_dir.join(strom_log::partition_dir_name(&topic.name, index)),
             config,
             recovery_point: self.recovery_points.get(&key).copied().unwrap_or(0),
+            log_start: self.log_starts.get(&key).copied().unwrap_or(0),
             health: &self.health,
             file_handles: &self.file_handles,
         }
@@ -538,9 +549,30 @@ impl ReplicaManager {
         }
     }
 
-    /// Writes the recovery-point and high-watermark checkpoints. Blocking IO.
+    /// Writes the log start offset checkpoint: what DeleteRecords waits for before it
+    /// answers. Blocking IO.
+    pub fn write_log_start_checkpoint(&self) -> Result<(), BrokerError> {
+        let _writing = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write_log_starts()
+    }
+
+    fn write_log_starts(&self) -> Result<(), BrokerError> {
+        let entries: Vec<(String, i32, i64)> = self
+            .all()
+            .iter()
+            .filter_map(|p| {
+                let start = p.log().ok()?.log_start_offset_to_checkpoint()?;
+                Some((p.topic.clone(), p.index, start))
+            })
+            .collect();
+        checkpoint::write(&self.data_dir.join(LOG_START_CHECKPOINT), &entries)
+            .map_err(BrokerError::Checkpoint)
+    }
+
+    /// Writes the recovery-point, high-watermark and log start checkpoints. Blocking IO.
     pub fn write_checkpoint(&self) -> Result<(), BrokerError> {
         let _writing = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write_log_starts()?;
         let entries: Vec<(String, i32, i64)> = self
             .all()
             .iter()
@@ -579,6 +611,8 @@ struct OpenJob<'a> {
     dir: PathBuf,
     config: LogConfig,
     recovery_point: i64,
+    /// From the log start checkpoint (0: none).
+    log_start: i64,
     health: &'a LogDirHealth,
     file_handles: &'a FileHandles,
 }
@@ -587,8 +621,17 @@ impl OpenJob<'_> {
     /// Opens (recovering if needed) the log and marks its directory with the topic id.
     /// Blocking IO.
     fn run(self) -> Result<Log, BrokerError> {
-        let OpenJob { topic, index, topic_id, dir, config, recovery_point, health, file_handles } =
-            self;
+        let OpenJob {
+            topic,
+            index,
+            topic_id,
+            dir,
+            config,
+            recovery_point,
+            log_start,
+            health,
+            file_handles,
+        } = self;
         // An image written before a name was reserved could hold it: its directory may be the
         // node's own state (the metadata log), so never open it as a partition.
         strom_metadata::control::validate_topic_name(topic)
@@ -598,14 +641,15 @@ impl OpenJob<'_> {
             tracing::warn!(dir = %dir.display(), "log belongs to a deleted topic of the same name; removing it");
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let log = Log::open(&dir, config, recovery_point, file_handles).map_err(|e| {
-            if e.is_storage_failure() {
-                // A log that cannot be opened as it was left (IO errors, damage below the
-                // recovery point, a missing segment) is a failed disk, not a missing topic.
-                health.fail(&format!("opening {topic}-{index}"), &e);
-            }
-            BrokerError::LogOpen { topic: topic.to_owned(), partition: index, source: e }
-        })?;
+        let log =
+            Log::open_at(&dir, config, recovery_point, log_start, file_handles).map_err(|e| {
+                if e.is_storage_failure() {
+                    // A log that cannot be opened as it was left (IO errors, damage below the
+                    // recovery point, a missing segment) is a failed disk, not a missing topic.
+                    health.fail(&format!("opening {topic}-{index}"), &e);
+                }
+                BrokerError::LogOpen { topic: topic.to_owned(), partition: index, source: e }
+            })?;
         // A restart finds most logs marked already: no write for them.
         if marked != Some(topic_id) {
             std::fs::write(

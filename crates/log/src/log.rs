@@ -30,6 +30,11 @@ pub struct Log {
     /// Never empty; the last one is the active segment.
     pub(crate) segments: Vec<Segment>,
     epochs: LeaderEpochCache,
+    /// Kafka's log start offset: the first offset a reader may ask for. At or above the first
+    /// segment's base offset; DeleteRecords (or a follower's leader) moves it inside a
+    /// segment, and retention then deletes the segments wholly below it. Never above the log
+    /// end offset.
+    log_start_offset: i64,
     /// Every offset below this is durable.
     recovery_point: i64,
     /// Set at a roll to the new segment's base offset until an fsync covering data after it
@@ -133,6 +138,19 @@ impl Log {
         recovery_point: i64,
         handles: &FileHandles,
     ) -> Result<Log, LogError> {
+        Log::open_at(dir, config, recovery_point, 0, handles)
+    }
+
+    /// [`Log::open`] with the log start offset a checkpoint recorded (Kafka's
+    /// `log-start-offset-checkpoint`): the log starts at the larger of it and the first
+    /// segment's base offset, but never after its end (data a crash took).
+    pub fn open_at(
+        dir: &Path,
+        config: LogConfig,
+        recovery_point: i64,
+        checkpointed_log_start: i64,
+        handles: &FileHandles,
+    ) -> Result<Log, LogError> {
         if config.segment_bytes == 0 || config.segment_bytes > SEGMENT_BYTES_MAX {
             return Err(LogError::ConfigInvalid {
                 key: "segment_bytes",
@@ -217,6 +235,7 @@ impl Log {
             config,
             segments,
             epochs: LeaderEpochCache::load(dir)?,
+            log_start_offset: 0,
             recovery_point,
             dir_unsynced_since: None,
             generation: 0,
@@ -226,7 +245,14 @@ impl Log {
             producers: ProducerStates::default(),
             aborted: Vec::new(),
         };
-        let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        let end = log.log_end_offset();
+        let first_base = log.segments[0].base_offset;
+        if checkpointed_log_start > end {
+            tracing::warn!(dir = %dir.display(), checkpointed_log_start, end,
+                "log start offset checkpoint is beyond the log end; the log starts at its end");
+        }
+        log.log_start_offset = checkpointed_log_start.min(end).max(first_base);
+        let start = log.log_start_offset;
         log.recovery_point = recovery_point.min(end).max(start);
         log.epochs.truncate_from_end(end)?;
         log.epochs.truncate_from_start(start)?;
@@ -352,7 +378,71 @@ impl Log {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.segments.first().map_or(0, |segment| segment.base_offset)
+        debug_assert!(self.log_start_offset >= self.segments[0].base_offset);
+        self.log_start_offset
+    }
+
+    /// The log start offset when a checkpoint must remember it: `None` while it is the first
+    /// segment's base offset, which the files say by themselves (Kafka checkpoints only
+    /// those, so the file stays small with many partitions).
+    pub fn log_start_offset_to_checkpoint(&self) -> Option<i64> {
+        (self.log_start_offset > self.segments[0].base_offset).then_some(self.log_start_offset)
+    }
+
+    /// Moves the log start offset up to `offset` (DeleteRecords on a leader, which checks it
+    /// against its high watermark first; on a follower, its leader's log start offset).
+    /// Memory only, under the caller's lock: reads below it are refused from now on, and the
+    /// retention pass deletes the segments wholly below it and trims the leader-epoch cache.
+    /// Never moves it back. `Ok(true)` when it moved.
+    pub fn increment_log_start_offset(&mut self, offset: i64) -> Result<bool, LogError> {
+        self.check_online()?;
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        if offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset <= start {
+            return Ok(false);
+        }
+        self.log_start_offset = offset;
+        self.aborted.retain(|t| t.last_offset >= offset);
+        self.cleaned_upto = self.cleaned_upto.max(offset);
+        Ok(true)
+    }
+
+    /// Replaces the whole log by an empty one that starts at `offset`, beyond its end: a
+    /// follower whose leader's log now starts after this log ends (Kafka's
+    /// `truncateFullyAndStartAt`). Durable before it returns.
+    pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<(), LogError> {
+        self.check_online()?;
+        if offset <= self.log_end_offset() {
+            return self.truncate_to(offset);
+        }
+        self.generation += 1;
+        crate::snapshot::delete_above(&self.dir, i64::MIN);
+        txn_index::delete_from(&self.dir, i64::MIN)?;
+        self.aborted.clear();
+        self.replace_with_empty_at(offset)?;
+        self.epochs.truncate_from_end(i64::MIN)?;
+        self.rebuild_producer_state()?;
+        Ok(())
+    }
+
+    /// Swaps every segment for one empty segment based at `offset` and makes it durable.
+    fn replace_with_empty_at(&mut self, offset: i64) -> Result<(), LogError> {
+        // Create first: `segments` must never be empty, even if a deletion fails midway.
+        let fresh =
+            Segment::create(&self.dir, offset, self.config.index_interval_bytes, &self.handles)?;
+        let old = std::mem::replace(&mut self.segments, vec![fresh]);
+        for segment in old.iter().rev() {
+            segment.delete_files()?;
+        }
+        sync_dir(&self.dir)?;
+        self.log_start_offset = offset;
+        self.cleaned_upto = offset;
+        self.recovery_point = offset;
+        self.dir_unsynced_since = None;
+        self.active_first_timestamp = None;
+        Ok(())
     }
 
     pub fn log_end_offset(&self) -> i64 {
@@ -810,17 +900,7 @@ impl Log {
         txn_index::delete_from(&self.dir, cut_segment_base.map_or(offset, |b| b + 1))?;
         self.aborted.retain(|t| t.last_offset < offset);
         if offset < self.log_start_offset() {
-            // Create first: `segments` must never be empty, even if a deletion fails midway.
-            let fresh = Segment::create(
-                &self.dir,
-                offset,
-                self.config.index_interval_bytes,
-                &self.handles,
-            )?;
-            let old = std::mem::replace(&mut self.segments, vec![fresh]);
-            for segment in old.iter().rev() {
-                segment.delete_files()?;
-            }
+            self.replace_with_empty_at(offset)?;
         } else {
             let keep = self.segments.partition_point(|s| s.base_offset <= offset);
             self.delete_segments_from(keep)?;
@@ -910,43 +990,54 @@ impl Log {
         current
     }
 
-    /// Deletes the oldest segments past `retention_ms` (by their largest timestamp) or beyond
-    /// `retention_bytes`, never the active one, and advances the log start offset. Does nothing
-    /// when the cleanup policy lacks `delete` (compacted-only topics keep every key's latest).
+    /// Deletes the oldest segments wholly below the log start offset (whatever the cleanup
+    /// policy: DeleteRecords moved it), then those past `retention_ms` (by their largest
+    /// timestamp) or beyond `retention_bytes` when the policy has `delete` (compacted-only
+    /// topics keep every key's latest), never the active one, and advances the log start
+    /// offset. Also trims the leader-epoch cache to the log start offset.
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, LogError> {
         self.check_online()?;
-        if !self.config.cleanup_policy.delete {
-            return Ok(0);
-        }
-        let mut excess_bytes = match self.config.retention_bytes {
-            Some(limit) => self.size_bytes().saturating_sub(limit),
-            None => 0,
-        };
-        let mut deletable = 0;
-        for segment in &self.segments[..self.segments.len() - 1] {
-            let expired = self.config.retention_ms.is_some_and(|retention_ms| {
-                segment.max_timestamp.is_none_or(|(ts, _)| now_ms.saturating_sub(ts) > retention_ms)
-            });
-            let over_size = excess_bytes > 0 && segment.size <= excess_bytes;
-            if !expired && !over_size {
-                break;
+        let start = self.log_start_offset;
+        // A segment is wholly below the log start when the next one starts at or before it.
+        let mut deletable =
+            self.segments.windows(2).take_while(|pair| pair[1].base_offset <= start).count();
+        if self.config.cleanup_policy.delete {
+            let mut excess_bytes = match self.config.retention_bytes {
+                Some(limit) => self.size_bytes().saturating_sub(limit),
+                None => 0,
+            };
+            for segment in &self.segments[..deletable] {
+                excess_bytes = excess_bytes.saturating_sub(segment.size);
             }
-            excess_bytes = excess_bytes.saturating_sub(segment.size);
-            deletable += 1;
+            for segment in &self.segments[deletable..self.segments.len() - 1] {
+                let expired = self.config.retention_ms.is_some_and(|retention_ms| {
+                    segment
+                        .max_timestamp
+                        .is_none_or(|(ts, _)| now_ms.saturating_sub(ts) > retention_ms)
+                });
+                let over_size = excess_bytes > 0 && segment.size <= excess_bytes;
+                if !expired && !over_size {
+                    break;
+                }
+                excess_bytes = excess_bytes.saturating_sub(segment.size);
+                deletable += 1;
+            }
         }
         for _ in 0..deletable {
             // Oldest first, so a failure leaves the log contiguous.
             self.segments[0].delete_files()?;
             self.segments.remove(0);
+            self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
         }
+        let start = self.log_start_offset;
         if deletable > 0 {
-            let start = self.log_start_offset();
             self.aborted.retain(|t| t.last_offset >= start);
             txn_index::delete_below(&self.dir, start, &self.aborted);
             self.recovery_point = self.recovery_point.max(start);
-            self.epochs.truncate_from_start(start)?;
             tracing::info!(dir = %self.dir.display(), deletable, start, "retention deleted segments");
         }
+        // After DeleteRecords too, which moved the start without deleting anything yet.
+        self.epochs.truncate_from_start(start)?;
         Ok(deletable)
     }
 

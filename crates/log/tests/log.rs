@@ -423,6 +423,77 @@ fn retention_by_time_deletes_old_segments_and_moves_the_log_start() {
     assert_eq!(log.append(&batch(2, 0), 0, 0).unwrap().base_offset, 5);
 }
 
+/// DeleteRecords: the log start moves inside a segment at once (reads below it are out of
+/// range, a read at it gets the batch holding it), retention then deletes only the segments
+/// wholly below it, even without a retention limit, and a reopen keeps it from its checkpoint.
+#[test]
+fn an_incremented_log_start_refuses_reads_below_it_and_retention_deletes_what_it_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch_len = batch(2, 0).len() as u64;
+    let cfg = small_segments(2 * batch_len);
+    let mut log = Log::open(dir.path(), cfg.clone(), 0, &handles()).unwrap();
+    for epoch in [1, 1, 2, 2, 3, 3] {
+        log.append(&batch(2, 0), epoch, 0).unwrap();
+    }
+    // Segments at 0, 4 and 8, of two batches each.
+    assert_eq!((log.segment_count(), log.log_end_offset()), (3, 12));
+    assert_eq!(log.log_start_offset_to_checkpoint(), None);
+    assert!(matches!(
+        log.increment_log_start_offset(13),
+        Err(LogError::OffsetOutOfRange { offset: 13, start: 0, end: 12 })
+    ));
+    assert!(log.increment_log_start_offset(5).unwrap());
+    assert!(!log.increment_log_start_offset(3).unwrap(), "never moves back");
+    assert_eq!(log.log_start_offset(), 5);
+    assert_eq!(log.log_start_offset_to_checkpoint(), Some(5));
+    assert!(matches!(log.read(4, 1 << 20, i64::MAX), Err(LogError::OffsetOutOfRange { .. })));
+    let at_start = headers(&log.read(5, 1, i64::MAX).unwrap());
+    assert_eq!(at_start[0].base_offset, 4, "the batch holding the log start");
+    assert_eq!(files_with_extension(dir.path(), "log").len(), 3, "nothing deleted yet");
+
+    assert_eq!(log.apply_retention(0).unwrap(), 1);
+    assert_eq!((log.segment_count(), log.log_start_offset()), (2, 5));
+    assert_eq!(log.leader_epoch_entries(), &[(2, 5), (3, 8)]);
+    assert_eq!(log.apply_retention(0).unwrap(), 0);
+    // Up to the end: the active segment stays, unreadable below its end.
+    assert!(log.increment_log_start_offset(12).unwrap());
+    assert_eq!(log.apply_retention(0).unwrap(), 1);
+    assert_eq!((log.segment_count(), log.log_start_offset(), log.log_end_offset()), (1, 12, 12));
+    assert_eq!(log.log_start_offset_to_checkpoint(), Some(12));
+    assert_eq!(log.read(12, 1 << 20, i64::MAX).unwrap(), Bytes::new());
+    drop(log);
+
+    let reopen = |start| Log::open_at(dir.path(), cfg.clone(), 0, start, &handles()).unwrap();
+    assert_eq!(reopen(12).log_start_offset(), 12);
+    assert_eq!(reopen(0).log_start_offset(), 8, "without a checkpoint: the first segment");
+    assert_eq!(reopen(100).log_start_offset(), 12, "never beyond the log end");
+    let mut log = reopen(12);
+    assert_eq!(log.append(&batch(2, 0), 4, 0).unwrap().base_offset, 12);
+    assert_eq!(read_all(&log).len(), 1);
+}
+
+/// A follower whose leader's log now starts beyond this log's end starts over, empty, there.
+#[test]
+fn truncating_fully_restarts_the_log_empty_at_a_later_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
+    fill(&mut log, 3, 2);
+    log.truncate_fully_and_start_at(20).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.recovery_point()), (20, 20, 20));
+    assert!(log.leader_epoch_entries().is_empty());
+    assert_eq!(files_with_extension(dir.path(), "log").len(), 1);
+    let follower_batch = {
+        let mut bytes = bytes::BytesMut::from(&batch(2, 0)[..]);
+        bytes[..8].copy_from_slice(&20i64.to_be_bytes());
+        bytes.freeze()
+    };
+    log.append_as_follower(&follower_batch).unwrap();
+    assert_eq!(log.log_end_offset(), 22);
+    drop(log);
+    let log = Log::open(dir.path(), config(), 0, &handles()).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (20, 22));
+}
+
 #[test]
 fn retention_by_size_keeps_the_newest_bytes() {
     let dir = tempfile::tempdir().unwrap();

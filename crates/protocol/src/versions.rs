@@ -44,6 +44,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
+    // v0 left Kafka in 4.0 (KIP-896), and the codec with it.
+    (ApiKey::DescribeLogDirs, 1, 4),
     // The metadata quorum (KIP-853): forwarded to the active controller, as Kafka's brokers
     // forward them. UpdateRaftVoter is a controller's own request, served for completeness.
     (ApiKey::DescribeQuorum, 0, 2),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use strom_admin::{
     mount_admin, AdminServiceImpl, BrokerReadError, ClusterInfo, DescribedTransactions,
-    GroupSource, ImagePublisher, QuorumState, TxnSource,
+    GroupSource, ImagePublisher, LogSource, QuorumState, TxnSource,
 };
 use strom_broker::{Broker, BrokerConfig, ConnectionLimits, InterBrokerListener};
 use strom_controller::follower::follow_metadata_as;
@@ -527,12 +527,16 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     // control port.
     let groups = Arc::new(LateBroker::<strom_broker::BrokerGroupAdmin>::default());
     let txns = Arc::new(LateBroker::<strom_broker::BrokerTxnAdmin>::default());
+    let logs = Arc::new(LateBroker::<strom_broker::BrokerLogAdmin>::default());
     let control_server = match control_listener {
         Some(control_listener) => {
             let mut admin = AdminServiceImpl::new(client.clone(), image_rx, cluster_info)
                 .with_broker_defaults(defaults);
             if is_broker {
-                admin = admin.with_groups(groups.clone()).with_transactions(txns.clone());
+                admin = admin
+                    .with_groups(groups.clone())
+                    .with_transactions(txns.clone())
+                    .with_logs(logs.clone());
             }
             let mut routes = tonic::service::RoutesBuilder::default();
             if let MetadataSide::Voter(controller) = &metadata {
@@ -592,6 +596,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         };
         let _ = groups.0.set(running.broker.group_admin());
         let _ = txns.0.set(running.broker.txn_admin());
+        let _ = logs.0.set(running.broker.log_admin());
         tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
         Some(running)
     } else {
@@ -742,6 +747,40 @@ impl TxnSource for LateBroker<strom_broker::BrokerTxnAdmin> {
         let broker = self.broker();
         Box::pin(async move {
             broker?.describe_producers(topic, partition).await.map_err(txn_read_error)
+        })
+    }
+}
+
+impl LogSource for LateBroker<strom_broker::BrokerLogAdmin> {
+    fn delete_records(
+        &self,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    ) -> strom_metadata::BoxFuture<Result<strom_proto::admin::DeleteRecordsResponse, BrokerReadError>>
+    {
+        let broker = self.broker();
+        Box::pin(async move {
+            broker?.delete_records(topic, partition, offset).await.map_err(|e| {
+                if e.is_not_found() {
+                    BrokerReadError::NotFound(e.to_string())
+                } else {
+                    BrokerReadError::Broker(Box::new(e))
+                }
+            })
+        })
+    }
+
+    fn describe_log_dirs(
+        &self,
+    ) -> strom_metadata::BoxFuture<strom_proto::admin::DescribeLogDirsResponse> {
+        let broker = self.broker();
+        Box::pin(async move {
+            match broker {
+                Ok(broker) => broker.describe_log_dirs().await,
+                // Still starting: no broker could be asked through it.
+                Err(_) => strom_proto::admin::DescribeLogDirsResponse::default(),
+            }
         })
     }
 }

@@ -388,6 +388,15 @@ fn check_partitions(
                 part.unsubscribe(signal);
             }
             let mut d = error_partition(index, error);
+            if error == KafkaError::OffsetOutOfRange && replica.is_some() {
+                // A follower whose log ends before this log starts starts over at its start
+                // (Kafka's follower asks with ListOffsets; strom's leader says it here).
+                if let Some(start) =
+                    part.as_ref().and_then(|p| p.log().ok()).map(|l| l.log_start_offset())
+                {
+                    d.log_start_offset = start;
+                }
+            }
             if version >= 12 {
                 // KIP-951: name the current leader so the client can go straight there.
                 let hint = topic.and_then(|t| leader_hint(image, &t.name, index, error));

@@ -9,10 +9,12 @@ mod epochs;
 mod fetch;
 pub(crate) mod groups;
 mod list_offsets;
+mod log_dirs;
 pub(crate) mod metadata;
 mod produce;
 mod producer_id;
 mod quorum;
+mod records;
 mod transactions;
 mod txn_coordinator;
 
@@ -248,6 +250,18 @@ pub(crate) async fn handle(
         }
         R::CreatePartitions(req) => now(meta.encode(&admin::create_partitions(ctx, req).await)),
         R::AlterConfigs(req) => now(meta.encode(&admin::alter_configs(ctx, req).await)),
+        R::DeleteRecords(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(
+                async move { meta.encode(&records::delete_records(&ctx, req).await) },
+            ))
+        }
+        R::DescribeLogDirs(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&log_dirs::describe_log_dirs(&ctx, meta.version, req).await)
+            }))
+        }
         R::IncrementalAlterConfigs(req) => {
             now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))
         }

@@ -11,15 +11,16 @@
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     add_raft_voter_request, alter_configs_request, create_partitions_request,
-    create_topics_request, delete_topics_request, describe_configs_request,
-    describe_quorum_request, fetch_request, incremental_alter_configs_request, join_group_request,
-    leave_group_request, list_offsets_request, metadata_request, offset_commit_request,
-    offset_delete_request, offset_fetch_request, offset_for_leader_epoch_request, produce_request,
-    sync_group_request, update_raft_voter_request, AddOffsetsToTxnRequest,
-    AddPartitionsToTxnRequest, AddRaftVoterRequest, AlterConfigsRequest, ApiKey,
-    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, DescribeProducersRequest, DescribeQuorumRequest,
+    create_topics_request, delete_records_request, delete_topics_request, describe_configs_request,
+    describe_log_dirs_request, describe_quorum_request, fetch_request,
+    incremental_alter_configs_request, join_group_request, leave_group_request,
+    list_offsets_request, metadata_request, offset_commit_request, offset_delete_request,
+    offset_fetch_request, offset_for_leader_epoch_request, produce_request, sync_group_request,
+    update_raft_voter_request, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest,
+    AddRaftVoterRequest, AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeLogDirsRequest, DescribeProducersRequest, DescribeQuorumRequest,
     DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId,
     HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
     LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest,
@@ -123,6 +124,8 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::AddRaftVoter => first_encodable(v, add_raft_voter()),
         ApiKey::RemoveRaftVoter => first_encodable(v, remove_raft_voter()),
         ApiKey::UpdateRaftVoter => first_encodable(v, update_raft_voter()),
+        ApiKey::DeleteRecords => first_encodable(v, delete_records()),
+        ApiKey::DescribeLogDirs => first_encodable(v, describe_log_dirs()),
         _ => None,
     }
 }
@@ -543,6 +546,30 @@ fn update_raft_voter() -> Vec<UpdateRaftVoterRequest> {
         .with_cluster_id(Some(StrBytes::from_static_str(FUZZ_CLUSTER)))
         .with_voter_id(FUZZ_VOTER)
         .with_listeners(vec![listener])]
+}
+
+/// Deletes nothing on a running node: offset 0 never moves a log start offset.
+fn delete_records() -> Vec<DeleteRecordsRequest> {
+    let partition =
+        delete_records_request::DeleteRecordsPartition::default().with_partition_index(0);
+    let topic = delete_records_request::DeleteRecordsTopic::default()
+        .with_name(topic(TOPIC))
+        .with_partitions(vec![partition]);
+    let rich = DeleteRecordsRequest::default()
+        .with_topics(vec![topic.clone()])
+        .with_timeout_ms(1_000)
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, DeleteRecordsRequest::default().with_topics(vec![topic])]
+}
+
+fn describe_log_dirs() -> Vec<DescribeLogDirsRequest> {
+    let topic = describe_log_dirs_request::DescribableLogDirTopic::default()
+        .with_topic(topic(TOPIC))
+        .with_partitions(vec![0, 1]);
+    let rich = DescribeLogDirsRequest::default()
+        .with_topics(Some(vec![topic]))
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, DescribeLogDirsRequest::default()]
 }
 
 fn describe_cluster() -> Vec<DescribeClusterRequest> {

@@ -77,6 +77,16 @@ pub enum TopicCommand {
         #[arg(long)]
         validate_only: bool,
     },
+    /// Delete a partition's records below an offset (Kafka's DeleteRecords, at its leader):
+    /// its log start offset moves there, and the segments below it are removed.
+    DeleteRecords {
+        name: String,
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+        partition: i32,
+        /// Records below it go; -1: every record up to the high watermark.
+        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+        offset: i64,
+    },
     /// Add partitions to a topic (existing partitions keep their data and placement).
     AddPartitions {
         name: String,
@@ -132,6 +142,9 @@ pub enum ClusterCommand {
         #[arg(long, value_name = "UUID")]
         directory_id: Option<String>,
     },
+    /// Show every live broker's log directory (total and usable bytes) and each partition
+    /// replica in it (size on disk, offset lag), as Kafka's kafka-log-dirs.
+    LogDirs,
     /// Move leadership of partitions back to their preferred (first) replica.
     ElectLeaders {
         /// Only this topic's partitions (default: every topic).
@@ -491,5 +504,26 @@ mod tests {
         let e = parse(&["txn", "producers", "orders"]).unwrap_err();
         assert!(e.to_string().contains("PARTITION"), "{e}");
         assert!(parse(&["txn", "producers", "orders", "x"]).is_err());
+    }
+
+    #[test]
+    fn delete_records_takes_a_partition_and_an_offset_or_minus_one() {
+        let t = topic(&["topic", "delete-records", "orders", "--partition", "2", "--offset", "-1"]);
+        let expected =
+            TopicCommand::DeleteRecords { name: "orders".into(), partition: 2, offset: -1 };
+        assert_eq!(t.command, expected);
+        let t = topic(&["topic", "delete-records", "orders", "--partition", "0", "--offset", "40"]);
+        assert!(matches!(t.command, TopicCommand::DeleteRecords { offset: 40, .. }));
+        assert!(parse(&[
+            "topic",
+            "delete-records",
+            "orders",
+            "--partition",
+            "0",
+            "--offset",
+            "-2"
+        ])
+        .is_err());
+        assert!(parse(&["topic", "delete-records", "orders", "--offset", "1"]).is_err());
     }
 }

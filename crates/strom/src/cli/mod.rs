@@ -267,6 +267,11 @@ async fn topic(
             let view = render::AlteredConfigs { topic: name, set, deleted: delete, validate_only };
             Ok(render::render(&view, output))
         }
+        TopicCommand::DeleteRecords { name, partition, offset } => {
+            let request = pb::DeleteRecordsRequest { topic: name, partition, offset };
+            let answer = client.delete_records(request).await?.into_inner();
+            Ok(render::render(&answer, output))
+        }
         TopicCommand::AddPartitions { name, count, validate_only } => {
             let request = pb::CreatePartitionsRequest {
                 topics: vec![pb::NewPartitions {
@@ -323,6 +328,13 @@ async fn cluster(
                 quorum: quorum::Quorum::from_pb(&quorum, now_ms()),
             };
             Ok(render::render(&view, output))
+        }
+        ClusterCommand::LogDirs => {
+            let answer =
+                client.describe_log_dirs(pb::DescribeLogDirsRequest {}).await?.into_inner();
+            let unreachable: Vec<String> =
+                answer.unreachable.iter().map(|id| format!("broker {id} did not answer")).collect();
+            listed_or_partial(render::render(&answer, output), &unreachable)
         }
         ClusterCommand::RemoveVoter { node_id, directory_id } => {
             let request = pb::RemoveVoterRequest { node_id, directory_id };

@@ -789,6 +789,66 @@ impl View for TransactionDescriptions {
     }
 }
 
+impl View for pb::DeleteRecordsResponse {
+    fn table(&self) -> String {
+        format!(
+            "Deleted the records of partition {} of topic '{}' below offset {} (leader {}).",
+            self.partition, self.topic, self.low_watermark, self.leader_id
+        )
+    }
+}
+
+/// `strom cluster log-dirs`: one row per partition replica, as Kafka's `kafka-log-dirs`.
+impl View for pb::DescribeLogDirsResponse {
+    fn table(&self) -> String {
+        if self.log_dirs.is_empty() {
+            return "No log directories.".into();
+        }
+        let dirs: Vec<Vec<String>> = self
+            .log_dirs
+            .iter()
+            .map(|d| {
+                let bytes = |b: i64| if b < 0 { "-".to_owned() } else { b.to_string() };
+                vec![
+                    d.broker_id.to_string(),
+                    d.path.clone(),
+                    d.error.clone().unwrap_or_else(|| "-".into()),
+                    bytes(d.total_bytes),
+                    bytes(d.usable_bytes),
+                    d.partitions.len().to_string(),
+                ]
+            })
+            .collect();
+        let mut out = table(
+            &["BROKER", "LOG-DIR", "ERROR", "TOTAL-BYTES", "USABLE-BYTES", "PARTITIONS"],
+            &dirs,
+        );
+        let replicas: Vec<Vec<String>> = self
+            .log_dirs
+            .iter()
+            .flat_map(|d| {
+                d.partitions.iter().map(|p| {
+                    vec![
+                        d.broker_id.to_string(),
+                        p.topic.clone(),
+                        p.partition.to_string(),
+                        p.size_bytes.to_string(),
+                        p.offset_lag.to_string(),
+                    ]
+                })
+            })
+            .collect();
+        if !replicas.is_empty() {
+            out.push('\n');
+            out.push_str(&table(
+                &["BROKER", "TOPIC", "PARTITION", "SIZE-BYTES", "OFFSET-LAG"],
+                &replicas,
+            ));
+        }
+        out
+    }
+}
+
 #[derive(Serialize, Debug, PartialEq, Eq)]
 pub struct Producers {
     pub topic: String,
