@@ -486,7 +486,13 @@ pub fn assert_node_serves(bootstrap: &str, topic: &str, partition: i32) -> anyho
     producer.send(
         topic,
         0,
-        Outgoing { partition: Some(partition), value: Some(&value), ..Outgoing::default() },
+        // Keyed: a compacted topic refuses records without a key (KIP-467).
+        Outgoing {
+            partition: Some(partition),
+            key: Some(LIVENESS_PREFIX.as_bytes()),
+            value: Some(&value),
+            ..Outgoing::default()
+        },
     )?;
     producer.flush(CLIENT_TIMEOUT)?;
     let ack = producer.acks_of([0])?[0];

@@ -165,6 +165,7 @@ impl RoleLog {
 
 /// Puts a local partition in the role the image gives it; a follower joins its leader's
 /// fetcher. A partition leaves its fetcher by itself when its role changes (`Partition::follow`).
+/// A change moves the replica manager's role generation (the ISR check's list of led partitions).
 fn sync_role(
     ctx: &Arc<BrokerCtx>,
     p: &Arc<Partition>,
@@ -174,40 +175,33 @@ fn sync_role(
     roles: &mut RoleLog,
 ) {
     let epoch = pi.leader_epoch.0;
-    let before = roles.led + roles.followed + roles.idle;
-    sync_role_of(ctx, p, node, pi, now, roles, epoch);
-    if roles.led + roles.followed + roles.idle != before {
-        ctx.replicas.roles_changed();
-    }
-}
-
-fn sync_role_of(
-    ctx: &Arc<BrokerCtx>,
-    p: &Arc<Partition>,
-    node: strom_metadata::NodeId,
-    pi: &strom_metadata::PartitionImage,
-    now: i64,
-    roles: &mut RoleLog,
-    epoch: i32,
-) {
-    match pi.leader {
+    let changed = match pi.leader {
         Some(leader) if leader == node => {
             let replicas = pi.replicas.clone();
-            if p.lead(node, replicas, pi.isr.clone(), epoch, pi.partition_epoch.0, now) {
+            let became = p.lead(node, replicas, pi.isr.clone(), epoch, pi.partition_epoch.0, now);
+            if became {
                 roles.note(p, "leader", Some(leader.0), epoch);
             }
+            became
         }
-        Some(leader) => {
-            if let Some(stop) = p.follow(leader, epoch) {
+        Some(leader) => match p.follow(leader, epoch) {
+            Some(stop) => {
                 roles.note(p, "follower", Some(leader.0), epoch);
                 ctx.fetchers.add(ctx, p, leader, epoch, stop);
+                true
             }
-        }
+            None => false,
+        },
         None => {
-            if p.idle() {
+            let idle = p.idle();
+            if idle {
                 roles.note(p, "none", None, epoch);
             }
+            idle
         }
+    };
+    if changed {
+        ctx.replicas.roles_changed();
     }
 }
 

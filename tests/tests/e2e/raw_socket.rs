@@ -26,6 +26,11 @@ const UNSUPPORTED_VERSION: i16 = 35;
 fn with_second_client(case: impl FnOnce(&mut StromNode) -> anyhow::Result<()>) {
     with_node(NodeOptions::default(), |node| {
         kafka::create_topic(&node.bootstrap(), LIVENESS_TOPIC, 1, &[])?;
+        // Metadata names the leader as soon as the creation commits; the broker leads the
+        // partition once its reconcile has opened the log. A raw client does not retry
+        // NOT_LEADER_OR_FOLLOWER as librdkafka does: wait until the leader answers ListOffsets
+        // (writing nothing: some cases expect an empty log).
+        kafka::watermarks(&node.bootstrap(), LIVENESS_TOPIC, &[0])?;
         case(node)?;
         kafka::assert_node_serves(&node.bootstrap(), LIVENESS_TOPIC, 0)?;
         Ok(())

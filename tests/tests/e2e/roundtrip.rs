@@ -153,7 +153,12 @@ fn every_compression_codec_round_trips_and_is_stored_compressed() {
             } else {
                 ""
             };
-            for batch in &batches {
+            // A batch of a few records may not get smaller (librdkafka then sends it plain);
+            // under load the first records often leave alone. Every larger batch is compressed,
+            // and so is at least one.
+            let compressed = batches.iter().filter(|b| b.codec() == codec_id).count();
+            ensure!(compressed > 0, "{codec}: no batch stored compressed{hint}");
+            for batch in batches.iter().filter(|b| b.next_offset() - b.base_offset >= 16) {
                 ensure!(
                     batch.codec() == codec_id,
                     "{codec}: batch at offset {} is stored with codec {} (expected {codec_id}): \
