@@ -850,9 +850,38 @@ fn raw_metadata(answered_by: u32, addr: SocketAddr) -> anyhow::Result<ClusterMet
     Ok(ClusterMetadata { answered_by, controller_id: response.controller_id.0, brokers, topics })
 }
 
-/// `count` distinct free loopback ports: every listener is held until all are chosen.
+/// `count` distinct free loopback ports: every listener is held until all are chosen. They
+/// are drawn below the kernel's ephemeral range: a port from that range, free while its node
+/// is stopped, can become the local end of any outgoing connection (another node's, a
+/// client's), and the node's restart then fails with "address already in use".
 pub fn free_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
-    let listeners =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    use std::hash::{BuildHasher, Hasher};
+    let (low, high) = (PORTS_LOW, ephemeral_low().saturating_sub(1).max(PORTS_LOW + 1_000));
+    let mut listeners = Vec::with_capacity(count);
+    let mut tries = 0;
+    while listeners.len() < count && tries < PORT_TRIES_MAX {
+        tries += 1;
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = low + (random % u64::from(high - low)) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    // Crowded: let the kernel choose.
+    while listeners.len() < count {
+        listeners.push(TcpListener::bind("127.0.0.1:0")?);
+    }
     listeners.iter().map(|l| l.local_addr().map_err(Into::into)).collect()
+}
+
+/// The lowest port [`free_ports`] draws.
+const PORTS_LOW: u16 = 10_000;
+const PORT_TRIES_MAX: usize = 200;
+
+/// The first port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }

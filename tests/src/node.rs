@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -400,13 +400,14 @@ impl Drop for StromNode {
     }
 }
 
-/// Two distinct free loopback ports. Both listeners are held until both ports are chosen so
-/// they differ; another process could still take one before strom binds it, which is
-/// unlikely enough for tests (ports come from the kernel's ephemeral range).
+/// Two distinct free loopback ports (see [`crate::free_ports`]: below the ephemeral range, so
+/// a restart finds its ports free); another process could still take one before strom binds
+/// it, which is unlikely enough for tests.
 fn two_free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let first = TcpListener::bind("127.0.0.1:0")?;
-    let second = TcpListener::bind("127.0.0.1:0")?;
-    Ok((first.local_addr()?, second.local_addr()?))
+    match crate::free_ports(2)?.as_slice() {
+        [first, second] => Ok((*first, *second)),
+        other => anyhow::bail!("asked for two free ports, got {other:?}"),
+    }
 }
 
 fn tail_of_file(path: &Path, bytes_max: u64) -> String {
