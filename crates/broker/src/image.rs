@@ -84,8 +84,7 @@ impl ImageCell {
 
     /// Resolves once the image has reached `offset`.
     pub async fn wait_for(&self, offset: MetadataOffset) {
-        let mut rx = self.rx.clone();
-        let _ = rx.wait_for(|img| img.offset >= offset).await;
+        self.wait_until(|img| img.offset >= offset).await
     }
 }
 

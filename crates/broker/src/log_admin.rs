@@ -17,7 +17,7 @@ use kafka_protocol::ResponseError;
 use strom_metadata::NodeId;
 use strom_proto::admin as pb;
 
-use crate::peer::{broker_addr, PeerConn};
+use crate::peer::{ask_every_live_broker, leader_endpoint, LeaderUnreachable, PeerConn};
 use crate::wire::{error_name, s};
 use crate::BrokerCtx;
 
@@ -75,14 +75,18 @@ impl BrokerLogAdmin {
     ) -> Result<pb::DeleteRecordsResponse, LogAdminError> {
         let ctx = &self.ctx;
         let image = ctx.image.current();
-        let Some(p) = image.partition(&topic, partition) else {
-            return Err(LogAdminError::UnknownPartition { topic, partition });
+        let (leader, addr) = match leader_endpoint(&ctx.config, &image, &topic, partition) {
+            Ok(found) => found,
+            Err(LeaderUnreachable::UnknownPartition) => {
+                return Err(LogAdminError::UnknownPartition { topic, partition })
+            }
+            Err(LeaderUnreachable::NoLeader) => {
+                return Err(LogAdminError::NoLeader { topic, partition })
+            }
+            Err(LeaderUnreachable::EndpointMissing(leader)) => {
+                return Err(LogAdminError::EndpointMissing(leader.0))
+            }
         };
-        let Some(leader) = p.leader else {
-            return Err(LogAdminError::NoLeader { topic, partition });
-        };
-        let addr = broker_addr(&ctx.config, &image, leader)
-            .ok_or(LogAdminError::EndpointMissing(leader.0))?;
         let req = DeleteRecordsRequest::default()
             .with_topics(vec![DeleteRecordsTopic::default()
                 .with_name(TopicName(s(topic.clone())))
@@ -103,20 +107,18 @@ impl BrokerLogAdmin {
         let image = ctx.image.current();
         // No topics (null): every partition.
         let req = DescribeLogDirsRequest::default().with_topics(None);
-        let asks = image.live_brokers().map(|b| {
-            let (id, addr) = (b.id, broker_addr(&ctx.config, &image, b.id));
-            let req = &req;
-            async move {
-                let answer = async {
-                    let addr = addr.ok_or_else(|| "no reachable endpoint".to_owned())?;
-                    let mut conn = PeerConn::connect(&addr).await?;
-                    conn.call(ApiKey::DescribeLogDirs, DESCRIBE_LOG_DIRS_VERSION, req, CLIENT_ID)
-                        .await
-                };
-                (id, answer.await)
-            }
-        });
-        log_dirs(futures::future::join_all(asks).await)
+        let key = ApiKey::DescribeLogDirs;
+        log_dirs(
+            ask_every_live_broker(
+                &ctx.config,
+                &image,
+                key,
+                DESCRIBE_LOG_DIRS_VERSION,
+                &req,
+                CLIENT_ID,
+            )
+            .await,
+        )
     }
 }
 

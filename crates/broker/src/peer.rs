@@ -31,6 +31,55 @@ pub(crate) fn broker_addr(
     Some(format!("{}:{}", e.host, e.port))
 }
 
+/// Why the leader of a partition cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaderUnreachable {
+    UnknownPartition,
+    NoLeader,
+    /// The leader registered no endpoint this broker can reach.
+    EndpointMissing(strom_metadata::NodeId),
+}
+
+/// The leader of `topic`-`partition` in `image` and where this broker asks it.
+pub(crate) fn leader_endpoint(
+    config: &crate::BrokerConfig,
+    image: &strom_metadata::MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> Result<(strom_metadata::NodeId, String), LeaderUnreachable> {
+    let p = image.partition(topic, partition).ok_or(LeaderUnreachable::UnknownPartition)?;
+    let leader = p.leader.ok_or(LeaderUnreachable::NoLeader)?;
+    let addr =
+        broker_addr(config, image, leader).ok_or(LeaderUnreachable::EndpointMissing(leader))?;
+    Ok((leader, addr))
+}
+
+/// Sends `req` to every live broker of `image` at once, one connection each: each broker's
+/// answer, or why it could not be asked (prefixed with its address once it has one).
+pub(crate) async fn ask_every_live_broker<Req: Encodable + Sync, Resp: Decodable>(
+    config: &crate::BrokerConfig,
+    image: &strom_metadata::MetadataImage,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+    client_id: &str,
+) -> Vec<(strom_metadata::NodeId, Result<Resp, String>)> {
+    let asks = image.live_brokers().map(|b| {
+        let (id, addr) = (b.id, broker_addr(config, image, b.id));
+        async move {
+            let Some(addr) = addr else {
+                return (id, Err("no endpoint this broker can reach".to_owned()));
+            };
+            let answer = async {
+                let mut conn = PeerConn::connect(&addr).await?;
+                conn.call(key, version, req, client_id).await
+            };
+            (id, answer.await.map_err(|e| format!("{addr}: {e}")))
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
 /// One request/response connection to a broker.
 pub(crate) struct PeerConn {
     stream: TcpStream,

@@ -20,7 +20,9 @@ use kafka_protocol::ResponseError;
 use strom_metadata::{MetadataImage, NodeId};
 use strom_proto::admin as pb;
 
-use crate::peer::{broker_addr, PeerConn};
+use crate::peer::{
+    ask_every_live_broker, broker_addr, leader_endpoint, LeaderUnreachable, PeerConn,
+};
 use crate::wire::{error_name, s};
 use crate::BrokerCtx;
 
@@ -95,23 +97,18 @@ impl BrokerTxnAdmin {
         let req = ListTransactionsRequest::default()
             .with_state_filters(filters.states.into_iter().map(s).collect())
             .with_producer_id_filters(filters.producer_ids.into_iter().map(ProducerId).collect());
-        let brokers: Vec<(NodeId, Option<String>)> =
-            image.live_brokers().map(|b| (b.id, broker_addr(&ctx.config, &image, b.id))).collect();
-        let asks = brokers.into_iter().map(|(id, addr)| {
-            let req = &req;
-            async move {
-                let Some(addr) = addr else {
-                    return (id, Err("no endpoint this broker can reach".to_owned()));
-                };
-                let answer = async {
-                    let mut conn = PeerConn::connect(&addr).await?;
-                    conn.call(ApiKey::ListTransactions, LIST_TRANSACTIONS_VERSION, req, CLIENT_ID)
-                        .await
-                };
-                (id, answer.await.map_err(|e| format!("{addr}: {e}")))
-            }
-        });
-        merge_listings(futures::future::join_all(asks).await)
+        let key = ApiKey::ListTransactions;
+        merge_listings(
+            ask_every_live_broker(
+                &ctx.config,
+                &image,
+                key,
+                LIST_TRANSACTIONS_VERSION,
+                &req,
+                CLIENT_ID,
+            )
+            .await,
+        )
     }
 
     /// Each id's transaction, from its coordinator, in the order asked. Fails as a whole only
@@ -162,14 +159,18 @@ impl BrokerTxnAdmin {
     ) -> Result<pb::DescribeProducersResponse, TxnAdminError> {
         let ctx = &self.ctx;
         let image = ctx.image.current();
-        let Some(p) = image.partition(&topic, partition) else {
-            return Err(TxnAdminError::UnknownPartition { topic, partition });
+        let (leader, addr) = match leader_endpoint(&ctx.config, &image, &topic, partition) {
+            Ok(found) => found,
+            Err(LeaderUnreachable::UnknownPartition) => {
+                return Err(TxnAdminError::UnknownPartition { topic, partition })
+            }
+            Err(LeaderUnreachable::NoLeader) => {
+                return Err(TxnAdminError::NoLeader { topic, partition })
+            }
+            Err(LeaderUnreachable::EndpointMissing(leader)) => {
+                return Err(TxnAdminError::EndpointMissing(leader.0))
+            }
         };
-        let Some(leader) = p.leader else {
-            return Err(TxnAdminError::NoLeader { topic, partition });
-        };
-        let addr = broker_addr(&ctx.config, &image, leader)
-            .ok_or(TxnAdminError::EndpointMissing(leader.0))?;
         let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
             .with_name(TopicName(s(topic.clone())))
             .with_partition_indexes(vec![partition])]);
