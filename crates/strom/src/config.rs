@@ -15,32 +15,40 @@ use strom_metadata::config::{
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    /// `node.id`.
+    /// `node.id`: this node's id, unique in the cluster (a broker's and a voter's id).
     pub node_id: i32,
     /// The cluster id written to `meta.properties` on first start (Kafka's `--cluster-id` of
     /// `kafka-storage format`). Unset: derived from `controller.quorum_voters` when there are
     /// several voters, so every node agrees, else random.
     pub cluster_id: Option<String>,
-    /// `process.roles`: "broker", "controller", or both.
+    /// `process.roles`: "broker", "controller", or both (a combined node).
     pub process_roles: Vec<String>,
     /// `listeners`: `PLAINTEXT://host:port` for Kafka, `CONTROLLER://host:port` for gRPC.
     pub listeners: String,
     /// `advertised.listeners`: what clients are told; defaults to the PLAINTEXT listener.
     pub advertised_listeners: Option<String>,
-    /// `broker.rack`.
+    /// `broker.rack`: the rack or zone of this node; a topic's replicas are spread across racks.
     pub rack: Option<String>,
+    /// `num.partitions`: partitions of a topic created without a count (and of auto-created
+    /// topics).
     pub num_partitions: i32,
+    /// `default.replication.factor`: replicas per partition of a topic created without one.
     pub default_replication_factor: i16,
+    /// `min.insync.replicas`: in-sync replicas an acks=all write needs (topics may override).
     pub min_insync_replicas: i32,
+    /// `auto.create.topics.enable`: Metadata and Produce for an unknown topic create it.
     pub auto_create_topics_enable: bool,
+    /// `message.max.bytes`: the largest record batch a topic accepts (topics may override).
     pub message_max_bytes: u32,
     /// `fetch.max.bytes`: the most record bytes in one Fetch response (KIP-74).
     pub fetch_max_bytes: usize,
     /// `max.incremental.fetch.session.cache.slots`: the incremental fetch sessions (KIP-227)
     /// a broker keeps for its followers and consumers.
     pub max_incremental_fetch_session_cache_slots: usize,
+    /// `socket.request.max.bytes`: a larger request closes its connection.
     pub socket_request_max_bytes: usize,
-    /// `replica.lag.time.max.ms`.
+    /// `replica.lag.time.max.ms`: a follower that has not caught up for this long leaves the
+    /// ISR.
     pub replica_lag_time_max_ms: u64,
     /// `producer.id.expiration.ms`: an idempotent producer's state is forgotten after this
     /// long without a write.
@@ -54,9 +62,9 @@ pub struct NodeConfig {
     /// `max.connections`: open connections on the client listener (the inter-broker listener
     /// has its own limit), bounded by the open-file limit.
     pub max_connections: usize,
-    /// `max.connections.per.ip` on the client listener.
+    /// `max.connections.per.ip`: open connections from one address on the client listener.
     pub max_connections_per_ip: usize,
-    /// `max.connections.per.ip.overrides`: `ip:limit,...`.
+    /// `max.connections.per.ip.overrides`: per-address limits, `ip:limit,...`.
     pub max_connections_per_ip_overrides: String,
     /// `inter.broker.listener.name`: the listener in `listeners` that followers fetch from,
     /// with its own accept loop and limits. Unset: the PLAINTEXT (client) listener.
@@ -82,7 +90,7 @@ pub struct ListenerSection {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PerListenerSection {
-    /// `listener.name.<listener>.max.connections`.
+    /// `listener.name.<listener>.max.connections`: open connections on that listener.
     pub max_connections: Option<usize>,
 }
 
@@ -97,17 +105,18 @@ pub const INTER_BROKER_MAX_CONNECTIONS_DEFAULT: usize = 1_000;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OffsetsSection {
-    /// `offsets.topic.num.partitions`.
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` (at its creation).
     pub topic_num_partitions: i32,
-    /// `offsets.topic.replication.factor` (capped by the live brokers at creation).
+    /// `offsets.topic.replication.factor`: replicas of `__consumer_offsets` (capped by the
+    /// live brokers at creation).
     pub topic_replication_factor: i16,
-    /// `offsets.topic.segment.bytes`.
+    /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets`.
     pub topic_segment_bytes: u64,
-    /// `offsets.retention.minutes`.
+    /// `offsets.retention.minutes`: committed offsets of an empty group are kept this long.
     pub retention_minutes: i64,
-    /// `offsets.retention.check.interval.ms`.
+    /// `offsets.retention.check.interval.ms`: how often expired offsets are removed.
     pub retention_check_interval_ms: u64,
-    /// `offsets.commit.timeout.ms`.
+    /// `offsets.commit.timeout.ms`: an offset commit waits this long for its replicas.
     pub commit_timeout_ms: u64,
 }
 
@@ -115,11 +124,12 @@ pub struct OffsetsSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupSection {
-    /// `group.initial.rebalance.delay.ms`.
+    /// `group.initial.rebalance.delay.ms`: an empty group's first rebalance waits this long
+    /// for more members.
     pub initial_rebalance_delay_ms: i64,
-    /// `group.min.session.timeout.ms`.
+    /// `group.min.session.timeout.ms`: the shortest session timeout a member may ask.
     pub min_session_timeout_ms: i32,
-    /// `group.max.session.timeout.ms`.
+    /// `group.max.session.timeout.ms`: the longest session timeout a member may ask.
     pub max_session_timeout_ms: i32,
 }
 
@@ -128,19 +138,23 @@ pub struct GroupSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransactionSection {
-    /// `transaction.state.log.num.partitions`.
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
     pub state_log_num_partitions: i32,
-    /// `transaction.state.log.replication.factor` (capped by the live brokers at creation).
+    /// `transaction.state.log.replication.factor`: replicas of `__transaction_state` (capped
+    /// by the live brokers at creation).
     pub state_log_replication_factor: i16,
-    /// `transaction.state.log.segment.bytes`.
+    /// `transaction.state.log.segment.bytes`: segment size of `__transaction_state`.
     pub state_log_segment_bytes: u64,
-    /// `transaction.state.log.min.isr` (capped by the replication factor at creation).
+    /// `transaction.state.log.min.isr`: `min.insync.replicas` of `__transaction_state`
+    /// (capped by the replication factor at creation).
     pub state_log_min_isr: i32,
     /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask.
     pub max_timeout_ms: i32,
-    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how often transactions
+    /// past their timeout are aborted.
     pub abort_timed_out_transaction_cleanup_interval_ms: u64,
-    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`: how often expired
+    /// transactional ids are removed.
     pub remove_expired_transaction_cleanup_interval_ms: u64,
 }
 
@@ -193,12 +207,16 @@ pub struct ControllerSection {
     /// bootstrap servers, joining). The quorum a fresh metadata log starts with: once the log
     /// holds a membership, that is the quorum (voters are added and removed at run time).
     pub quorum_voters: String,
-    /// `controller.quorum.bootstrap.servers` (KIP-853): `host:port,...` of controllers to reach
-    /// the quorum through. A controller with no `quorum_voters` joins the quorum as an
+    /// `controller.quorum.bootstrap.servers`: `host:port,...` of controllers to reach the
+    /// quorum through (KIP-853). A controller with no `quorum_voters` joins the quorum as an
     /// observer, to be added as a voter (`strom cluster add-voter`); a broker-only node follows
     /// the metadata log from them.
     pub quorum_bootstrap_servers: String,
+    /// `controller.quorum.election.timeout.ms`: a voter that hears no leader for this long
+    /// (randomised up to 1.5 times) starts an election.
     pub election_timeout_ms: u64,
+    /// The active controller's raft heartbeat interval, also the bound on one replication
+    /// request to a voter (strom's own key).
     pub raft_heartbeat_interval_ms: u64,
     /// Metadata log entries between snapshots.
     pub snapshot_after_entries: u64,
@@ -207,24 +225,36 @@ pub struct ControllerSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSection {
-    /// `broker.heartbeat.interval.ms`.
+    /// `broker.heartbeat.interval.ms`: how often a broker heartbeats to the active controller.
     pub heartbeat_interval_ms: u64,
-    /// `broker.session.timeout.ms`.
+    /// `broker.session.timeout.ms`: a broker silent for this long is fenced and its
+    /// leaderships move to other in-sync replicas.
     pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
-    /// `log.dirs` (one directory).
+    /// `log.dirs`: the data directory (one): partition logs, the metadata log and
+    /// `meta.properties`.
     pub dirs: PathBuf,
+    /// `log.segment.bytes`: size at which a segment rolls (topic key `segment.bytes`).
     pub segment_bytes: u64,
+    /// `log.retention.ms`: longest time a segment is kept; -1 unlimited (topic key
+    /// `retention.ms`).
     pub retention_ms: i64,
+    /// `log.retention.bytes`: largest size of a partition's log; -1 unlimited (topic key
+    /// `retention.bytes`).
     pub retention_bytes: i64,
+    /// `log.retention.check.interval.ms`: how often retention is applied.
     pub retention_check_interval_ms: u64,
     /// `log.flush.interval.messages`: 1 = acknowledge only fsynced data (group commit).
     pub flush_interval_messages: i64,
+    /// `log.message.timestamp.type`: `CreateTime` or `LogAppendTime` (topic key
+    /// `message.timestamp.type`).
     pub message_timestamp_type: String,
+    /// `log.index.interval.bytes`: bytes between offset index entries (topic key
+    /// `index.interval.bytes`).
     pub index_interval_bytes: u32,
 }
 
@@ -801,6 +831,9 @@ impl NodeConfig {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -825,11 +858,26 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("no port"));
     }
 
+    /// Every TOML file under `config/` (single node, the local cluster, the multi-host example).
     #[test]
-    fn the_shipped_example_config_is_valid() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single.toml");
-        NodeConfig::load(&path).unwrap().validate().unwrap();
+    fn the_shipped_example_configs_are_valid() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    found.push(path);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config"), &mut found);
+        assert!(found.len() >= 5, "{found:?}");
+        for path in found {
+            let config = NodeConfig::load(&path).unwrap();
+            config.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
     }
 
     /// `config/single.toml` is what `strom start` runs with no config file: it writes out

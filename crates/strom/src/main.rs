@@ -21,8 +21,18 @@ static GLOBAL: strom_alloc::GuardedAlloc = strom_alloc::GuardedAlloc;
     about = "A Kafka-compatible streaming broker with an embedded Raft quorum"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for a log shipper). `RUST_LOG`
+    /// chooses what is logged (default `info,openraft=warn`).
+    #[arg(long, global = true, value_enum, env = "STROM_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +48,11 @@ enum Command {
     Group(cli::GroupArgs),
     /// List and describe transactions; show the producers of a partition.
     Txn(cli::TxnArgs),
+    /// Print a shell completion script, e.g. `strom completions bash > /etc/bash_completion.d/strom`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -61,13 +76,7 @@ pub struct StartArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Start(args) => node::config_from(args).and_then(|cfg| {
             tokio::runtime::Builder::new_multi_thread()
@@ -82,6 +91,20 @@ fn main() -> std::process::ExitCode {
         Command::Cluster(args) => return cli::run_cluster(args),
         Command::Group(args) => return cli::run_group(args),
         Command::Txn(args) => return cli::run_txn(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "strom", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            return match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("strom: error: cannot write the completion script: {e}");
+                    std::process::ExitCode::from(1)
+                }
+                _ => std::process::ExitCode::SUCCESS,
+            };
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -89,5 +112,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("strom: error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// Log lines go to stderr, filtered by `RUST_LOG` (default `info,openraft=warn`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // One object per line: timestamp, level, target, the event's fields and its spans.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
 }

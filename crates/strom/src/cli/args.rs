@@ -14,6 +14,7 @@ pub struct ConnectArgs {
         long,
         global = true,
         value_name = "HOST:PORT",
+        env = "STROM_BOOTSTRAP_CONTROL",
         default_value = CONTROL_ADDR_DEFAULT,
         value_parser = parse_host_port,
     )]
