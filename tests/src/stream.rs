@@ -84,6 +84,34 @@ impl Ledger {
         lock(&self.acked).iter().map(|(&id, d)| (id, (d.partition, d.offset))).collect()
     }
 
+    /// The longest time without any acknowledgement between `from` and `to` (gaps before the
+    /// first and after the last acknowledgement in the window count), overall and on the
+    /// partition where it was longest: how long the producer stalled.
+    pub fn longest_stall(&self, from: Instant, to: Instant) -> (Duration, Option<(i32, Duration)>) {
+        let acked = lock(&self.acked);
+        let longest = |times: &mut Vec<Instant>| {
+            times.sort_unstable();
+            let mut previous = from;
+            let mut worst = Duration::ZERO;
+            for &at in times.iter().filter(|&&at| at >= from && at <= to) {
+                worst = worst.max(at - previous);
+                previous = at;
+            }
+            worst.max(to.saturating_duration_since(previous))
+        };
+        let mut all: Vec<Instant> = acked.values().map(|d| d.at).collect();
+        let overall = longest(&mut all);
+        let mut by_partition: BTreeMap<i32, Vec<Instant>> = BTreeMap::new();
+        for d in acked.values() {
+            by_partition.entry(d.partition).or_default().push(d.at);
+        }
+        let worst_partition = by_partition
+            .into_iter()
+            .map(|(p, mut times)| (p, longest(&mut times)))
+            .max_by_key(|&(_, stall)| stall);
+        (overall, worst_partition)
+    }
+
     /// How many records were sent (ids `0..sent`).
     pub fn sent(&self) -> usize {
         lock(&self.sent).len()

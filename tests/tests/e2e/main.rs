@@ -37,6 +37,7 @@ mod replication;
 mod reserved_names;
 mod restart;
 mod roles;
+mod rolling_restart;
 mod roundtrip;
 mod storage_faults;
 mod transactions;
