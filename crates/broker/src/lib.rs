@@ -41,6 +41,8 @@ pub use fetch_session::{
 pub use group::{BrokerGroupAdmin, GroupAdminError};
 pub use image::ImageListener;
 pub use log_admin::{BrokerLogAdmin, LogAdminError};
+/// A Kafka request/response connection, also the CLI's (`strom produce`, `strom consume`).
+pub use peer::PeerConn;
 pub use txn_admin::{BrokerTxnAdmin, TxnAdminError, TxnDescriptions};
 
 use strom_metadata::{Clock, ControllerClient};

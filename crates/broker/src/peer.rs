@@ -81,7 +81,7 @@ pub(crate) async fn ask_every_live_broker<Req: Encodable + Sync, Resp: Decodable
 }
 
 /// One request/response connection to a broker.
-pub(crate) struct PeerConn {
+pub struct PeerConn {
     stream: TcpStream,
     correlation: i32,
 }
@@ -94,6 +94,22 @@ impl PeerConn {
             .map_err(|e| format!("connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         Ok(PeerConn { stream, correlation: 0 })
+    }
+
+    /// Sends a request that is not answered (Produce with acks=0).
+    pub async fn send<Req: Encodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+        client_id: &str,
+    ) -> Result<(), String> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let frame = encode_request(key, version, self.correlation, client_id, req)?;
+        tokio::time::timeout(CALL_TIMEOUT, self.stream.write_all(&frame))
+            .await
+            .map_err(|_| format!("{key:?} timed out"))?
+            .map_err(|e| e.to_string())
     }
 
     pub async fn call<Req: Encodable, Resp: Decodable>(

@@ -6,17 +6,12 @@
 
 use std::io::{self, Read};
 
-use crate::batch::{BatchError, BatchHeader, Compression, BATCH_HEADER_LEN, RECORDS_OFFSET};
+use crate::batch::{BatchError, BatchHeader, BATCH_HEADER_LEN, RECORDS_OFFSET};
+use crate::compression;
 
 /// Decompressed bytes one batch may inflate to while its keys are read (gzip alone reaches
 /// about 1000:1, so a 1 MiB batch could otherwise claim a GiB of work).
 pub const DECOMPRESSED_BYTES_MAX: u64 = 256 << 20;
-
-/// xerial snappy-java's stream header (magic, version 1, compatible version 1), which Kafka's
-/// Java clients write before length-prefixed snappy blocks; librdkafka writes it too, and
-/// accepts raw snappy, as Kafka does.
-const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
-const XERIAL_MAGIC_LEN: usize = 8;
 
 /// Indexes (in batch order, from 0) of the records of `batch` whose key is null. The batch must
 /// already be validated (framing and CRC).
@@ -33,16 +28,7 @@ fn keyless_records_within(batch: &[u8], max: u64) -> Result<Vec<i32>, BatchError
     let records = &batch[RECORDS_OFFSET..total];
     let codec = header.compression()?;
     let failed = |e: io::Error| BatchError::Decompress { codec, reason: e.to_string() };
-    let reader: Box<dyn Read + '_> = match codec {
-        Compression::None => Box::new(records),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(records)),
-        Compression::Snappy => Box::new(SnappyReader::new(records, max).map_err(failed)?),
-        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(records)),
-        Compression::Zstd => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(records)
-                .map_err(|e| BatchError::Decompress { codec, reason: e.to_string() })?,
-        ),
-    };
+    let reader = compression::reader(codec, records, max)?;
     let mut reader = Counted { inner: reader.take(max + 1), read: 0 };
     let mut keyless = Vec::new();
     for index in 0..header.records_count {
@@ -127,71 +113,6 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// Snappy as Kafka writes it: xerial's framing (a header, then blocks each prefixed with its
-/// big-endian compressed length) or, without that header, one raw block. Decompresses a block
-/// at a time.
-struct SnappyReader<'a> {
-    input: &'a [u8],
-    framed: bool,
-    block: Vec<u8>,
-    position: usize,
-    block_bytes_max: u64,
-}
-
-impl<'a> SnappyReader<'a> {
-    fn new(input: &'a [u8], block_bytes_max: u64) -> io::Result<SnappyReader<'a>> {
-        let framed = input.get(..XERIAL_MAGIC_LEN) == Some(&XERIAL_HEADER[..XERIAL_MAGIC_LEN]);
-        if framed && input.len() < XERIAL_HEADER.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated snappy header"));
-        }
-        let input = if framed { &input[XERIAL_HEADER.len()..] } else { input };
-        Ok(SnappyReader { input, framed, block: Vec::new(), position: 0, block_bytes_max })
-    }
-
-    /// Decompresses the next block into `self.block`; false at the end of the input.
-    fn next_block(&mut self) -> io::Result<bool> {
-        if self.input.is_empty() {
-            return Ok(false);
-        }
-        let compressed = if self.framed {
-            let invalid = || io::Error::new(io::ErrorKind::InvalidData, "truncated snappy block");
-            let len: [u8; 4] =
-                self.input.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(invalid)?;
-            let len = u32::from_be_bytes(len) as usize;
-            let block = self.input.get(4..4 + len).ok_or_else(invalid)?;
-            self.input = &self.input[4 + len..];
-            block
-        } else {
-            std::mem::take(&mut self.input)
-        };
-        let size = snap::raw::decompress_len(compressed).map_err(io::Error::other)?;
-        if size as u64 > self.block_bytes_max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "snappy block too large"));
-        }
-        self.block.resize(size, 0);
-        let n = snap::raw::Decoder::new()
-            .decompress(compressed, &mut self.block)
-            .map_err(io::Error::other)?;
-        self.block.truncate(n);
-        self.position = 0;
-        Ok(true)
-    }
-}
-
-impl Read for SnappyReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.position == self.block.len() {
-            if !self.next_block()? {
-                return Ok(0);
-            }
-        }
-        let n = buf.len().min(self.block.len() - self.position);
-        buf[..n].copy_from_slice(&self.block[self.position..self.position + n]);
-        self.position += n;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -249,7 +170,7 @@ mod tests {
     }
 
     fn xerial(data: &[u8]) -> Vec<u8> {
-        let mut out = XERIAL_HEADER.to_vec();
+        let mut out = crate::compression::XERIAL_HEADER.to_vec();
         for chunk in data.chunks(7) {
             let block = snap::raw::Encoder::new().compress_vec(chunk).unwrap();
             out.extend_from_slice(&(block.len() as u32).to_be_bytes());

@@ -3,6 +3,7 @@
 //! record batches. Pure: no IO, no clocks, no runtime.
 
 pub mod batch;
+pub mod compression;
 pub mod control;
 pub mod frame;
 pub mod keys;

@@ -48,6 +48,10 @@ enum Command {
     Group(cli::GroupArgs),
     /// List and describe transactions; show the producers of a partition.
     Txn(cli::TxnArgs),
+    /// Write stdin's lines to a topic as records (Kafka Produce to each partition's leader).
+    Produce(cli::ProduceArgs),
+    /// Print a topic's records from an offset, a timestamp or a group's committed offsets.
+    Consume(cli::ConsumeArgs),
     /// Print a shell completion script, e.g. `strom completions bash > /etc/bash_completion.d/strom`.
     Completions {
         #[arg(value_enum)]
@@ -91,6 +95,8 @@ fn main() -> std::process::ExitCode {
         Command::Cluster(args) => return cli::run_cluster(args),
         Command::Group(args) => return cli::run_group(args),
         Command::Txn(args) => return cli::run_txn(args),
+        Command::Produce(args) => return cli::run_produce(args),
+        Command::Consume(args) => return cli::run_consume(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;

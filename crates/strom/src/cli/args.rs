@@ -528,3 +528,117 @@ mod tests {
         assert!(parse(&["topic", "delete-records", "orders", "--offset", "1"]).is_err());
     }
 }
+
+/// Where the data verbs reach the brokers unless told otherwise.
+pub const BROKERS_DEFAULT: &str = "127.0.0.1:9092";
+
+/// The Kafka listeners the data verbs talk to.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct BrokersArg {
+    /// Kafka address(es) of any broker, host:port[,host:port...].
+    #[arg(long, env = "STROM_BROKERS", default_value = BROKERS_DEFAULT)]
+    pub brokers: String,
+}
+
+/// `strom produce TOPIC`: one record per line of stdin.
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    pub topic: String,
+    #[command(flatten)]
+    pub brokers: BrokersArg,
+    /// Split each line at the first SEP into key and value (Kafka's `parse.key` and
+    /// `key.separator`); a line without SEP has no key.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// A header on every record, e.g. --header source=cli; repeatable.
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub headers: Vec<(String, String)>,
+    /// Every record to this partition (default: keyed records by murmur2 of the key, as
+    /// Kafka's partitioner places them; others one batch per partition in turn).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    pub partition: Option<i32>,
+    /// all (-1), 1 or 0.
+    #[arg(long, default_value = "all", allow_hyphen_values = true)]
+    pub acks: String,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsumeFormat {
+    /// The value (with --print-key, key SEP value), one record per line.
+    #[default]
+    Text,
+    /// One JSON object per record: topic, partition, offset, timestamp, key, value, headers.
+    Json,
+}
+
+/// Where `strom consume` starts in each partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Offset(i64),
+    Timestamp(i64),
+}
+
+/// `strom consume TOPIC`.
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    #[command(flatten)]
+    pub brokers: BrokersArg,
+    /// Only this partition (default: every partition).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    pub partition: Option<i32>,
+    /// Where to start: earliest, latest, an offset, or @MS for the first record at or after a
+    /// timestamp (milliseconds since the epoch). With --group, the group's committed offsets
+    /// win where it has them.
+    #[arg(long = "offset", default_value = "earliest", value_parser = parse_start, allow_hyphen_values = true)]
+    pub start: StartAt,
+    /// Start from this consumer group's committed offsets (read with OffsetFetch; the CLI does
+    /// not join the group).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// With --group: commit the offsets read, as a consumer outside the group's generations
+    /// (Kafka accepts this while the group has no active members).
+    #[arg(long, requires = "group")]
+    pub commit: bool,
+    /// Stop once every partition is read up to where its end was at the start (kcat's -e).
+    #[arg(long, short = 'e')]
+    pub exit_at_end: bool,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub max_records: Option<u64>,
+    /// Stop after this long.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Only committed transactional records (isolation level read_committed).
+    #[arg(long)]
+    pub read_committed: bool,
+    #[arg(long, value_enum, default_value_t = ConsumeFormat::Text)]
+    pub format: ConsumeFormat,
+    /// Text format: print the key, then SEP, then the value.
+    #[arg(long, value_name = "SEP")]
+    pub print_key: Option<String>,
+}
+
+fn parse_start(text: &str) -> Result<StartAt, String> {
+    match text {
+        "earliest" | "beginning" => Ok(StartAt::Earliest),
+        "latest" | "end" => Ok(StartAt::Latest),
+        _ => {
+            if let Some(ms) = text.strip_prefix('@') {
+                return ms
+                    .parse()
+                    .map(StartAt::Timestamp)
+                    .map_err(|_| format!("'{text}': @ must be followed by milliseconds"));
+            }
+            match text.parse::<i64>() {
+                Ok(o) if o >= 0 => Ok(StartAt::Offset(o)),
+                _ => Err(format!("'{text}': use earliest, latest, an offset (0 or more) or @MS")),
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! `strom topic …`, `strom cluster …`, `strom group …` and `strom txn …`: a gRPC client of the
-//! AdminService on any node's control port (`--bootstrap-control`, default 127.0.0.1:9093).
+//! AdminService on any node's control port (`--bootstrap-control`, default 127.0.0.1:9093);
+//! `strom produce` and `strom consume`: a Kafka client of the brokers (`--brokers`, see `data`).
 //!
 //! Exit codes:
 //! - 0: done.
@@ -9,6 +10,7 @@
 //!   config, topic exists, …); the message says why and retrying will not help.
 
 mod args;
+mod data;
 mod quorum;
 mod render;
 
@@ -23,8 +25,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub use args::{
-    ClusterArgs, ClusterCommand, ConnectArgs, GroupArgs, GroupCommand, Output, TopicArgs,
-    TopicCommand, TxnArgs, TxnCommand,
+    ClusterArgs, ClusterCommand, ConnectArgs, ConsumeArgs, GroupArgs, GroupCommand, Output,
+    ProduceArgs, TopicArgs, TopicCommand, TxnArgs, TxnCommand,
 };
 
 /// How long the CLI waits for a TCP connection to the control port.
@@ -120,11 +122,32 @@ enum Job {
 }
 
 fn run(connect: &ConnectArgs, job: Job) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
+    finish(block(execute(connect, job)))
+}
+
+/// `strom produce TOPIC`: stdin's lines to the topic.
+pub fn run_produce(args: ProduceArgs) -> ExitCode {
+    finish(block(data::produce(args, std::io::stdin().lock())))
+}
+
+/// `strom consume TOPIC`: the topic's records to stdout.
+pub fn run_consume(args: ConsumeArgs) -> ExitCode {
+    finish(block(data::consume(args, std::io::stdout())))
+}
+
+/// Runs one command on a runtime of its own.
+fn block(
+    command: impl std::future::Future<Output = Result<String, CliError>>,
+) -> Result<String, CliError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Unavailable(format!("cannot start the async runtime: {e}")))
-        .and_then(|rt| rt.block_on(execute(connect, job)));
+        .and_then(|rt| rt.block_on(command))
+}
+
+/// Prints a command's output and error; its exit code.
+fn finish(result: Result<String, CliError>) -> ExitCode {
     let (text, error) = match result {
         Ok(text) => (text, None),
         Err(CliError::Partial { output, message }) => {
