@@ -285,3 +285,47 @@ fn strom_consume_reads_records_librdkafka_wrote() {
         Ok(())
     });
 }
+
+/// `strom consume --read-committed` leaves out an aborted transaction's records and the
+/// transaction markers; without it, the aborted records are shown (read_uncommitted).
+#[test]
+fn strom_consume_read_committed_skips_an_aborted_transaction() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    const TXN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+    with_node(NodeOptions::default(), |node| {
+        let (topic, brokers) = ("cli-txn", node.bootstrap());
+        kafka::create_topic(&brokers, topic, 1, &[])?;
+        let mut config = kafka::client_config(&brokers);
+        config.set("transactional.id", "cli-txn-producer").set("acks", "all");
+        let producer: BaseProducer = config.create().context("create the producer")?;
+        producer.init_transactions(TXN_TIMEOUT).context("init_transactions")?;
+        for (round, commit) in [("a", true), ("b", false), ("c", true)] {
+            producer.begin_transaction()?;
+            for i in 0..5 {
+                let value = format!("{round}{i}");
+                let record = BaseRecord::<(), String>::to(topic).payload(&value);
+                producer.send(record).map_err(|(e, _)| e).context("send")?;
+            }
+            if commit {
+                producer.commit_transaction(TXN_TIMEOUT)?;
+            } else {
+                producer.flush(TXN_TIMEOUT)?;
+                producer.abort_transaction(TXN_TIMEOUT)?;
+            }
+        }
+        let read = |extra: &[&str]| -> anyhow::Result<Vec<String>> {
+            let mut args = vec!["consume", topic, "--brokers", &brokers, "-e"];
+            args.extend_from_slice(extra);
+            let (code, out, err) = strom_with_input(&args, "")?;
+            ensure!(code == 0, "consume {extra:?}: exit {code}: {err}");
+            Ok(out.lines().map(String::from).collect())
+        };
+        let committed = read(&["--read-committed"])?;
+        let want: Vec<String> =
+            ["a", "c"].iter().flat_map(|r| (0..5).map(move |i| format!("{r}{i}"))).collect();
+        ensure!(committed == want, "read_committed: {committed:?}");
+        let all = read(&[])?;
+        ensure!(all.len() == 15 && all.contains(&"b3".to_string()), "read_uncommitted: {all:?}");
+        Ok(())
+    });
+}

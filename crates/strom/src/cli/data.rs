@@ -578,6 +578,8 @@ fn decode_records(
     let mut records = Vec::new();
     let mut next = -1;
     let mut open_aborts: Vec<i64> = Vec::new();
+    let mut pending: Vec<(i64, i64)> = aborted.to_vec();
+    pending.sort_by_key(|&(_, first)| first);
     while data.len() >= 61 {
         let batch_length = i32::from_be_bytes([data[8], data[9], data[10], data[11]]);
         let total = 12 + batch_length.max(0) as usize;
@@ -605,11 +607,16 @@ fn decode_records(
         for record in set.records {
             next = next.max(record.offset + 1);
             if record.transactional {
-                let started = aborted
+                // Each aborted transaction applies once: from its first offset to the
+                // producer's next marker.
+                if let Some(i) = pending
                     .iter()
-                    .any(|&(pid, first)| pid == record.producer_id && first <= record.offset);
-                if started && !open_aborts.contains(&record.producer_id) {
-                    open_aborts.push(record.producer_id);
+                    .position(|&(pid, first)| pid == record.producer_id && first <= record.offset)
+                {
+                    pending.remove(i);
+                    if !open_aborts.contains(&record.producer_id) {
+                        open_aborts.push(record.producer_id);
+                    }
                 }
             }
             if record.control {
