@@ -4,6 +4,7 @@
 //! also makes the quorum's membership changes (KIP-853, `voters`), so that every write to the
 //! log stays in one task.
 
+mod changes;
 mod voters;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -778,6 +779,7 @@ impl ActiveController {
         // the controller's own becomes several, each consistent on its own (as Kafka's
         // non-atomic controller results). No entry may exceed what the log and the voters'
         // RPCs carry: refused here, before anything is proposed, never a panic in the log.
+        let changes = changes::ChangeLog::of(&image, &records);
         let entries = split_into_entries(records);
         if let Some(bytes) =
             entries.iter().map(prost::Message::encoded_len).find(|&b| b > ENTRY_BYTES_MAX)
@@ -797,6 +799,7 @@ impl ActiveController {
         for (i, batch) in entries.into_iter().enumerate() {
             self.commit_entry(batch, MetadataOffset(next_offset.0 + i as u64)).await?;
         }
+        changes.log(self.node_id);
         Ok(answer)
     }
 

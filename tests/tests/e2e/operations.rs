@@ -1,7 +1,8 @@
 //! The operator conveniences of issue 16, run as the real binary:
 //!
 //! - `--log-format json` (and `STROM_LOG_FORMAT=json`) make every stderr line of a running
-//!   node one JSON object with a timestamp, a level, a target and a message.
+//!   node one JSON object with a timestamp, a level, a target and a message; a topic's
+//!   creation is one `strom_controller::changes` line naming the topic.
 //! - `STROM_BOOTSTRAP_CONTROL` is the CLI's default control address; the flag still wins.
 //! - `strom completions SHELL` prints a completion script for bash, zsh and fish, and refuses
 //!   an unknown shell with a usage error.
@@ -42,7 +43,12 @@ fn json_log_format_writes_one_object_per_line() {
             kafka::create_topic(&node.bootstrap(), "json-logs", 1, &[])?;
             let lines = wait_until(CLI_TIMEOUT, "the topic creation is logged", || {
                 let lines = json_lines(&node.stderr())?;
-                let created = lines.iter().any(|l| l.to_string().contains("json-logs"));
+                // The active controller's one line per committed change, with its ids.
+                let created = lines.iter().any(|l| {
+                    l["target"] == "strom_controller::changes"
+                        && l["message"] == "topic created"
+                        && l["topic"] == "json-logs"
+                });
                 Ok(created.then_some(lines))
             })?;
             ensure!(lines.len() > 3, "only {} log lines", lines.len());
