@@ -97,8 +97,12 @@ fn elect_leaders_moves_leadership_back_to_the_preferred_replica() {
 
 /// kafka-python's `reassign_partitions.py` with `args` after the bootstrap.
 fn reassign(cluster: &StromCluster, args: &[&str]) -> anyhow::Result<Value> {
+    reassign_via(&cluster.bootstrap(), args)
+}
+
+fn reassign_via(bootstrap: &str, args: &[&str]) -> anyhow::Result<Value> {
     let mut command = Library::KafkaPython.command("reassign_partitions")?;
-    command.args(["--bootstrap", &cluster.bootstrap()]).args(args);
+    command.args(["--bootstrap", bootstrap]).args(args);
     let run = run_to_exit(command, SCRIPT_RUN_TIMEOUT)?;
     ensure!(run.status.success(), "kafka-python {args:?}: {}", run.stderr_tail(40));
     serde_json::from_str(run.stdout.trim()).with_context(|| format!("printed {:?}", run.stdout))
@@ -185,6 +189,34 @@ fn reassignment_moves_a_partition_to_three_replicas_and_back_to_another_broker()
             &["alter", "--topic", "nope", "--partition", "0", "--replicas", "1"],
         )?;
         ensure!(unknown == json!({"error": "UnknownTopicOrPartitionError"}), "{unknown}");
+
+        // A move to a replica that cannot catch up (its process is stopped) stays in progress
+        // and is listed; cancelling it reverts to the original replica.
+        let controller = cluster.active_controller()? as i32;
+        let stuck = others.iter().copied().find(|&id| id != controller).context("a stuck node")?;
+        let live: Vec<u32> = [1, 2, 3].into_iter().filter(|&id| id != stuck as u32).collect();
+        let via = cluster.bootstrap_of(&live);
+        cluster.sigstop(stuck as u32)?;
+        let moving = format!("{original},{stuck}");
+        let args = ["alter", "--topic", topic, "--partition", "0", "--replicas", &moving];
+        let answer = reassign_via(&via, &args);
+        let listed = answer.and_then(|answer| {
+            ensure!(answer == json!({"error": null}), "{answer}");
+            reassign_via(&via, &["list"])
+        });
+        let cancelled =
+            reassign_via(&via, &["alter", "--topic", topic, "--partition", "0", "--cancel"]);
+        cluster.sigcont(stuck as u32)?;
+        let expected = json!([{
+            "topic": topic, "partition": 0, "replicas": [original, stuck],
+            "adding_replicas": [stuck], "removing_replicas": [],
+        }]);
+        let listed = listed?;
+        ensure!(listed == expected, "listed {listed}, expected {expected}");
+        ensure!(cancelled? == json!({"error": null}));
+        ensure!(reassign(cluster, &["list"])? == json!([]));
+        let (leader, replicas, _) = partition_state(cluster, original as u32, topic, 0)?;
+        ensure!(leader == original && replicas == [original], "{leader} {replicas:?}");
 
         // Records before the move, then RF 1 → 3 with records produced while it runs.
         let producer = AckingProducer::new(&bootstrap, &[])?;
