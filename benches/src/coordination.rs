@@ -1536,6 +1536,7 @@ fn snapshot_records(records: usize) -> Vec<MetadataRecord> {
                     leader,
                     leader_epoch: 0,
                     partition_epoch: 0,
+                    ..Default::default()
                 })),
             });
         }

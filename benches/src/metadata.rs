@@ -43,6 +43,7 @@ fn image(partitions: i32, per_topic: i32) -> MetadataImage {
                 leader: 1 + p % 3,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                ..Default::default()
             })));
         }
     }
@@ -59,6 +60,7 @@ fn change(i: u32, topics: i32, per_topic: i32, epoch: i32) -> MetadataRecord {
         replicas: vec![1, 2, 3],
         leader_epoch: epoch,
         partition_epoch: epoch,
+        ..Default::default()
     }))
 }
 

@@ -4,6 +4,7 @@
 use kafka_protocol::ResponseError as K;
 use strom_log::producer::ProducerError;
 use strom_log::LogError;
+use strom_metadata::control::ElectionError;
 use strom_metadata::ControlError;
 
 use crate::group::{GroupError, RouteError};
@@ -97,6 +98,10 @@ pub(crate) enum KafkaError {
     FetchSessionIdNotFound,
     InvalidFetchSessionEpoch,
     FetchSessionTopicIdError,
+    PreferredLeaderNotAvailable,
+    EligibleLeadersNotAvailable,
+    ElectionNotNeeded,
+    NoReassignmentInProgress,
 }
 
 impl KafkaError {
@@ -169,6 +174,10 @@ impl KafkaError {
             KafkaError::FetchSessionIdNotFound => K::FetchSessionIdNotFound,
             KafkaError::InvalidFetchSessionEpoch => K::InvalidFetchSessionEpoch,
             KafkaError::FetchSessionTopicIdError => K::FetchSessionTopicIdError,
+            KafkaError::PreferredLeaderNotAvailable => K::PreferredLeaderNotAvailable,
+            KafkaError::EligibleLeadersNotAvailable => K::EligibleLeadersNotAvailable,
+            KafkaError::ElectionNotNeeded => K::ElectionNotNeeded,
+            KafkaError::NoReassignmentInProgress => K::NoReassignmentInProgress,
         };
         k.code()
     }
@@ -232,6 +241,19 @@ impl From<&ControlError> for KafkaError {
             ControlError::InvalidVoterKey(_) => KafkaError::InvalidVoterKey,
             // KIP-853: a change in progress or a new voter not caught up.
             ControlError::VoterChangeTimedOut(_) => KafkaError::RequestTimedOut,
+            ControlError::NoReassignmentInProgress(_) => KafkaError::NoReassignmentInProgress,
+        }
+    }
+}
+
+/// Why an election gave a partition no new leader (ElectLeaders' per-partition errors).
+impl From<ElectionError> for KafkaError {
+    fn from(e: ElectionError) -> KafkaError {
+        match e {
+            ElectionError::UnknownTopicOrPartition => KafkaError::UnknownTopicOrPartition,
+            ElectionError::ElectionNotNeeded => KafkaError::ElectionNotNeeded,
+            ElectionError::PreferredLeaderNotAvailable => KafkaError::PreferredLeaderNotAvailable,
+            ElectionError::EligibleLeadersNotAvailable => KafkaError::EligibleLeadersNotAvailable,
         }
     }
 }
@@ -440,11 +462,15 @@ mod tests {
             KafkaError::FetchSessionIdNotFound => 70,
             KafkaError::InvalidFetchSessionEpoch => 71,
             KafkaError::FetchSessionTopicIdError => 106,
+            KafkaError::PreferredLeaderNotAvailable => 80,
+            KafkaError::EligibleLeadersNotAvailable => 83,
+            KafkaError::ElectionNotNeeded => 84,
+            KafkaError::NoReassignmentInProgress => 85,
         }
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 66] = [
+    const ALL: [KafkaError; 70] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -511,6 +537,10 @@ mod tests {
         KafkaError::FetchSessionIdNotFound,
         KafkaError::InvalidFetchSessionEpoch,
         KafkaError::FetchSessionTopicIdError,
+        KafkaError::PreferredLeaderNotAvailable,
+        KafkaError::EligibleLeadersNotAvailable,
+        KafkaError::ElectionNotNeeded,
+        KafkaError::NoReassignmentInProgress,
     ];
 
     #[test]
@@ -546,6 +576,12 @@ mod tests {
         assert_eq!(control(ControlError::InvalidVoterKey("t".into())), 125);
         assert_eq!(control(ControlError::DuplicateVoter("t".into())), 126);
         assert_eq!(control(ControlError::VoterNotFound("t".into())), 127);
+        assert_eq!(control(ControlError::NoReassignmentInProgress("t".into())), 85);
+        let election = |e: ElectionError| i16::from(KafkaError::from(e));
+        assert_eq!(election(ElectionError::UnknownTopicOrPartition), 3);
+        assert_eq!(election(ElectionError::PreferredLeaderNotAvailable), 80);
+        assert_eq!(election(ElectionError::EligibleLeadersNotAvailable), 83);
+        assert_eq!(election(ElectionError::ElectionNotNeeded), 84);
         for e in [ProducerIdError::BlockPending, ProducerIdError::BlockUnavailable] {
             assert_eq!(code_of(Some(e)), 14, "{e:?}: COORDINATOR_LOAD_IN_PROGRESS");
         }

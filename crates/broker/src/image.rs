@@ -112,6 +112,7 @@ mod tests {
                 leader: 1,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                ..Default::default()
             })),
         ]
     }
@@ -140,6 +141,7 @@ mod tests {
             replicas: vec![1],
             leader_epoch: 1,
             partition_epoch: 1,
+            ..Default::default()
         }));
         commit(4, vec![change]);
         let (latest, delta) = cell.take_changes(&mut rx);

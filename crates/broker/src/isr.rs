@@ -75,6 +75,10 @@ impl LeaderState {
         &self.isr
     }
 
+    pub fn replicas(&self) -> &[NodeId] {
+        &self.replicas
+    }
+
     #[cfg(test)]
     pub fn high_watermark(&self) -> i64 {
         self.hw

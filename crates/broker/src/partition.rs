@@ -429,7 +429,9 @@ impl Partition {
         let moved = self.with_role(|role| {
             match role {
                 Role::Leader(state) if state.leader_epoch == leader_epoch => {
-                    if state.partition_epoch != partition_epoch {
+                    // The AlterPartition answer may carry the partition epoch of a change that
+                    // also changed the replicas (a completed reassignment): compare them too.
+                    if state.partition_epoch != partition_epoch || state.replicas() != replicas {
                         state.on_partition_change(replicas, isr, partition_epoch, now_ms);
                     }
                 }

@@ -1182,6 +1182,7 @@ pub(crate) mod test_support {
                 leader: ME.0,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                ..Default::default()
             }),
         ]
     }
@@ -1279,6 +1280,7 @@ mod reconcile_tests {
                 leader: me,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                ..Default::default()
             })
         }));
         commit(&listener, &mut image, 3, &records);

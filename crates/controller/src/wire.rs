@@ -9,8 +9,8 @@ use strom_metadata::control::{
     AlterPartitionRequest, BrokerHeartbeatRequest, ConfigAlteration, ControlRequest,
     ControlResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
     DeleteTopicsRequest, ElectionError, HeartbeatReply, IsrChange, IsrChangeResult, IsrChanged,
-    ItemResult, NewPartitions, PartitionElection, ProducerIdBlock, RegisterBrokerRequest,
-    ResourceResult,
+    ItemResult, NewPartitions, PartitionElection, PartitionReassignment, PartitionResult,
+    ProducerIdBlock, ReassignPartitionsRequest, RegisterBrokerRequest, ResourceResult,
 };
 use strom_metadata::records::{
     ConfigResourceType, Endpoint, MetadataBatch, MetadataRecord, MetadataSnapshot,
@@ -97,6 +97,9 @@ pub fn error_to_pb(e: &ControlError) -> pb::ControlError {
         ControlError::VoterNotFound(m) => (C::VoterNotFound, m.clone(), 0, Vec::new()),
         ControlError::InvalidVoterKey(m) => (C::InvalidVoterKey, m.clone(), 0, Vec::new()),
         ControlError::VoterChangeTimedOut(m) => (C::VoterChangeTimedOut, m.clone(), 0, Vec::new()),
+        ControlError::NoReassignmentInProgress(m) => {
+            (C::NoReassignmentInProgress, m.clone(), 0, Vec::new())
+        }
     };
     pb::ControlError { code: code as i32, message, broker_id, topic_id }
 }
@@ -135,6 +138,7 @@ pub fn error_from_pb(e: &pb::ControlError) -> Result<ControlError, WireError> {
         C::VoterNotFound => ControlError::VoterNotFound(m),
         C::InvalidVoterKey => ControlError::InvalidVoterKey(m),
         C::VoterChangeTimedOut => ControlError::VoterChangeTimedOut(m),
+        C::NoReassignmentInProgress => ControlError::NoReassignmentInProgress(m),
     })
 }
 
@@ -328,6 +332,20 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
                 broker_epoch: r.broker_epoch.0,
             })
         }
+        ControlRequest::AlterPartitionReassignments(r) => {
+            R::AlterReassignments(pb::AlterReassignmentsRequest {
+                partitions: r
+                    .partitions
+                    .iter()
+                    .map(|p| pb::PartitionReassignment {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        cancel: p.target.is_none(),
+                        target: p.target.iter().flatten().map(|n| n.0).collect(),
+                    })
+                    .collect(),
+            })
+        }
     };
     pb::ControlRequest { request: Some(request) }
 }
@@ -452,6 +470,19 @@ pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireErro
                 broker_epoch: BrokerEpoch(r.broker_epoch),
             })
         }
+        R::AlterReassignments(r) => {
+            ControlRequest::AlterPartitionReassignments(ReassignPartitionsRequest {
+                partitions: r
+                    .partitions
+                    .into_iter()
+                    .map(|p| PartitionReassignment {
+                        topic: p.topic,
+                        partition: p.partition,
+                        target: (!p.cancel).then(|| p.target.into_iter().map(NodeId).collect()),
+                    })
+                    .collect(),
+            })
+        }
     })
 }
 
@@ -567,6 +598,18 @@ pub fn response_to_pb(r: &Result<ControlResponse, ControlError>) -> pb::ControlR
                 })
                 .collect(),
         }),
+        Ok(ControlResponse::AlterPartitionReassignments(items)) => {
+            R::AlterReassignments(pb::AlterReassignmentsResponse {
+                results: items
+                    .iter()
+                    .map(|item| pb::PartitionOutcome {
+                        topic: item.topic.clone(),
+                        partition: item.partition,
+                        error: item_error(&item.result),
+                    })
+                    .collect(),
+            })
+        }
     };
     pb::ControlResponse { response: Some(response) }
 }
@@ -675,6 +718,18 @@ pub fn response_from_pb(
                         T::Error(e) => Err(election_error_from_pb(e)?),
                     };
                     Ok(PartitionElection { topic: item.topic, partition: item.partition, result })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
+        R::AlterReassignments(r) => ControlResponse::AlterPartitionReassignments(
+            r.results
+                .into_iter()
+                .map(|item| {
+                    Ok(PartitionResult {
+                        result: item_result(&item.error)?,
+                        topic: item.topic,
+                        partition: item.partition,
+                    })
                 })
                 .collect::<Result<_, WireError>>()?,
         ),
@@ -958,6 +1013,18 @@ mod tests {
             topics: Some(vec![("t".into(), vec![0, 2])]),
             preferred: false,
         });
+        round_trip_request(ControlRequest::AlterPartitionReassignments(
+            ReassignPartitionsRequest {
+                partitions: vec![
+                    PartitionReassignment {
+                        topic: "t".into(),
+                        partition: 1,
+                        target: Some(vec![NodeId(3), NodeId(1)]),
+                    },
+                    PartitionReassignment { topic: "t".into(), partition: 0, target: None },
+                ],
+            },
+        ));
         round_trip_request(ControlRequest::AllocateProducerIds(AllocateProducerIdsRequest {
             broker_id: NodeId(2),
             broker_epoch: BrokerEpoch(31),
@@ -1032,6 +1099,14 @@ mod tests {
             is_fenced: false,
             should_shutdown: true,
         })));
+        round_trip_response(Ok(ControlResponse::AlterPartitionReassignments(vec![
+            PartitionResult { topic: "a".into(), partition: 0, result: Ok(()) },
+            PartitionResult {
+                topic: "a".into(),
+                partition: 1,
+                result: Err(ControlError::NoReassignmentInProgress("a-1".into())),
+            },
+        ])));
         round_trip_response(Ok(ControlResponse::ElectLeaders(vec![
             PartitionElection { topic: "a".into(), partition: 0, result: Ok(NodeId(2)) },
             PartitionElection {

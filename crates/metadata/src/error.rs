@@ -38,6 +38,10 @@ pub enum ControlError {
     /// POLICY_VIOLATION): it would write more records than `RECORDS_PER_USER_OP_MAX`.
     #[error("policy violation: {0}")]
     PolicyViolation(String),
+    /// A reassignment cancelled where none is in progress (Kafka's
+    /// NO_REASSIGNMENT_IN_PROGRESS).
+    #[error("no reassignment in progress: {0}")]
+    NoReassignmentInProgress(String),
     #[error("this node is not the active controller")]
     NotController,
     #[error("the controller is not available: {0}")]

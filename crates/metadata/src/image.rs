@@ -48,6 +48,18 @@ pub struct PartitionImage {
     pub leader: Option<NodeId>,
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: PartitionEpoch,
+    /// A reassignment in progress (KIP-455): replicas joining (already in `replicas`, which
+    /// lists the target replicas first) and replicas to drop once every target replica is in
+    /// the ISR. Both empty when none is.
+    pub adding_replicas: Vec<NodeId>,
+    pub removing_replicas: Vec<NodeId>,
+}
+
+impl PartitionImage {
+    /// Whether a reassignment is in progress.
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +184,8 @@ impl MetadataImage {
                 partition.replicas = node_ids(&c.replicas);
                 partition.leader_epoch = LeaderEpoch(c.leader_epoch);
                 partition.partition_epoch = PartitionEpoch(c.partition_epoch);
+                partition.adding_replicas = node_ids(&c.adding_replicas);
+                partition.removing_replicas = node_ids(&c.removing_replicas);
             }
             Record::Config(c) => {
                 let key = (c.resource_type, c.resource_name.clone());
@@ -250,6 +264,8 @@ impl MetadataImage {
                 leader: leader_of(p.leader),
                 leader_epoch: LeaderEpoch(p.leader_epoch),
                 partition_epoch: PartitionEpoch(p.partition_epoch),
+                adding_replicas: node_ids(&p.adding_replicas),
+                removing_replicas: node_ids(&p.removing_replicas),
             },
         );
         Ok(())
@@ -300,6 +316,8 @@ impl MetadataImage {
                     leader: p.leader.map_or(-1, |n| n.0),
                     leader_epoch: p.leader_epoch.0,
                     partition_epoch: p.partition_epoch.0,
+                    adding_replicas: p.adding_replicas.iter().map(|n| n.0).collect(),
+                    removing_replicas: p.removing_replicas.iter().map(|n| n.0).collect(),
                 })));
             }
         }
@@ -440,6 +458,7 @@ mod tests {
                 leader: 1,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                ..Default::default()
             }))
         }));
         out
@@ -454,6 +473,7 @@ mod tests {
             replicas: vec![1, 2],
             leader_epoch: 1,
             partition_epoch: 1,
+            ..Default::default()
         }))
     }
 

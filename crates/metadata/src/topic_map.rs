@@ -211,6 +211,8 @@ mod tests {
                 leader: None,
                 leader_epoch: crate::LeaderEpoch(0),
                 partition_epoch: crate::PartitionEpoch(0),
+                adding_replicas: vec![],
+                removing_replicas: vec![],
             },
         );
         let shared = map

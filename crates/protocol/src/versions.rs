@@ -47,6 +47,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     // v0 left Kafka in 4.0 (KIP-896), and the codec with it.
     (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::ElectLeaders, 0, 2),
+    // v1 is KIP-860's allow_replication_factor_change, not implemented.
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
     // The metadata quorum (KIP-853): forwarded to the active controller, as Kafka's brokers
     // forward them. UpdateRaftVoter is a controller's own request, served for completeness.
     (ApiKey::DescribeQuorum, 0, 2),

@@ -2,6 +2,7 @@
 //! drives it with librdkafka (`rdkafka`), `kcat`, raw sockets and signals. One test binary.
 
 mod admin_clients;
+mod admin_ops;
 mod check_deps;
 mod compacted_keys;
 mod compaction;

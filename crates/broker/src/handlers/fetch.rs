@@ -802,6 +802,8 @@ mod tests {
             leader: Some(NodeId(1)),
             leader_epoch: LeaderEpoch(4),
             partition_epoch: PartitionEpoch(9),
+            adding_replicas: vec![],
+            removing_replicas: vec![],
         };
         let check = |follower, broker_epoch, claimed| {
             check_follower_fetch(&image, &partition, NodeId(follower), broker_epoch, claimed)

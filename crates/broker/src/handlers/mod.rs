@@ -11,6 +11,7 @@ pub(crate) mod groups;
 mod list_offsets;
 mod log_dirs;
 pub(crate) mod metadata;
+mod partition_admin;
 mod produce;
 mod producer_id;
 mod quorum;
@@ -262,6 +263,21 @@ pub(crate) async fn handle(
                 meta.encode(&log_dirs::describe_log_dirs(&ctx, meta.version, req).await)
             }))
         }
+        R::ElectLeaders(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&partition_admin::elect_leaders(&ctx, meta.version, req).await)
+            }))
+        }
+        R::AlterPartitionReassignments(req) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                meta.encode(&partition_admin::alter_partition_reassignments(&ctx, req).await)
+            }))
+        }
+        R::ListPartitionReassignments(req) => {
+            now(meta.encode(&partition_admin::list_partition_reassignments(ctx, req)))
+        }
         R::IncrementalAlterConfigs(req) => {
             now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))
         }
@@ -312,6 +328,8 @@ mod tests {
             leader: Some(NodeId(1)),
             leader_epoch: LeaderEpoch(5),
             partition_epoch: PartitionEpoch(7),
+            adding_replicas: vec![],
+            removing_replicas: vec![],
         };
         assert!(check_leader(Some(&p), NodeId(1), -1).is_ok(), "no claim: no check");
         assert!(check_leader(Some(&p), NodeId(1), 5).is_ok());

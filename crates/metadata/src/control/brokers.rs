@@ -182,6 +182,9 @@ fn change(
         replicas: p.replicas.iter().map(|n| n.0).collect(),
         leader_epoch: p.leader_epoch.0 + i32::from(leader_changed),
         partition_epoch: p.partition_epoch.0 + 1,
+        // An election leaves a reassignment in progress as it is.
+        adding_replicas: p.adding_replicas.iter().map(|n| n.0).collect(),
+        removing_replicas: p.removing_replicas.iter().map(|n| n.0).collect(),
     }))
 }
 

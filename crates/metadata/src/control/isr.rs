@@ -2,9 +2,8 @@
 //! partitions it leads (Kafka's AlterPartition, one request for many partitions), carrying the
 //! epochs it saw so that stale changes are refused, each on its own.
 
-use super::{rec, ControlResponse, Decision};
-use crate::records::metadata_record::Record;
-use crate::records::PartitionChangeRecord;
+use super::reassign::{self, NextState};
+use super::{ControlResponse, Decision};
 use crate::{BrokerEpoch, ControlError, MetadataImage, NodeId};
 
 /// The partitions one AlterPartition request may change. A leader with more pending changes
@@ -133,18 +132,14 @@ fn decide_change(
     }
     // Keep replica order, so "first ISR member in replica order" stays well defined.
     let isr: Vec<NodeId> = p.replicas.iter().copied().filter(|r| req.new_isr.contains(r)).collect();
-    if isr == p.isr {
-        return Ok((None, IsrChanged { partition_epoch: p.partition_epoch.0, isr }));
+    // The change that brings the last target replica of a reassignment into the ISR also
+    // completes the reassignment.
+    let next = reassign::finish(image, NextState { isr, ..NextState::of(p) });
+    match reassign::change_record(topic, req.partition, p, &next) {
+        None => Ok((None, IsrChanged { partition_epoch: p.partition_epoch.0, isr: next.isr })),
+        Some(record) => {
+            let partition_epoch = p.partition_epoch.0 + 1;
+            Ok((Some(record), IsrChanged { partition_epoch, isr: next.isr }))
+        }
     }
-    let partition_epoch = p.partition_epoch.0 + 1;
-    let record = rec(Record::PartitionChange(PartitionChangeRecord {
-        topic_id: topic.id.0.to_vec(),
-        partition_id: req.partition,
-        leader: leader.0,
-        isr: isr.iter().map(|n| n.0).collect(),
-        replicas: p.replicas.iter().map(|n| n.0).collect(),
-        leader_epoch: p.leader_epoch.0,
-        partition_epoch,
-    }));
-    Ok((Some(record), IsrChanged { partition_epoch, isr }))
 }

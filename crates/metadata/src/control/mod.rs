@@ -7,6 +7,7 @@ mod configs;
 mod isr;
 pub mod liveness;
 mod producer_ids;
+mod reassign;
 mod topics;
 
 #[cfg(test)]
@@ -24,6 +25,10 @@ pub use isr::{
 };
 pub use liveness::BrokerLiveness;
 pub use producer_ids::{AllocateProducerIdsRequest, ProducerIdBlock, PRODUCER_ID_BLOCK_SIZE};
+pub use reassign::{
+    PartitionReassignment, PartitionResult, ReassignPartitionsRequest,
+    REASSIGNMENTS_PER_REQUEST_MAX,
+};
 pub use topics::{
     placement, rack_aware_placement, validate_topic_name, CreatePartitionsRequest, CreateTopic,
     CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest, NewPartitions,
@@ -119,6 +124,8 @@ pub enum ControlRequest {
     },
     /// A partition leader's ISR change (Kafka's AlterPartition).
     AlterPartition(AlterPartitionRequest),
+    /// Move partitions to new replicas, or cancel a move (Kafka's AlterPartitionReassignments).
+    AlterPartitionReassignments(ReassignPartitionsRequest),
     /// A broker's next block of producer ids (Kafka's AllocateProducerIds).
     AllocateProducerIds(AllocateProducerIdsRequest),
     /// The quorum's membership (KIP-853), carried out by the active controller with raft's
@@ -167,6 +174,7 @@ pub enum ControlResponse {
     BrokerHeartbeat(HeartbeatReply),
     ElectLeaders(Vec<PartitionElection>),
     AlterPartition(AlterPartitionReply),
+    AlterPartitionReassignments(Vec<PartitionResult>),
     AllocateProducerIds(ProducerIdBlock),
     /// Every quorum request's answer: the quorum as its leader sees it (after a change, with
     /// the change committed).
@@ -198,6 +206,7 @@ pub fn decide(
             Ok(brokers::elect_leaders(image, topics.as_deref(), *preferred))
         }
         ControlRequest::AlterPartition(r) => isr::alter_partition(image, r),
+        ControlRequest::AlterPartitionReassignments(r) => reassign::alter_reassignments(image, r),
         ControlRequest::AllocateProducerIds(r) => producer_ids::allocate(image, r),
         ControlRequest::AddVoter(_)
         | ControlRequest::RemoveVoter(_)
@@ -224,6 +233,7 @@ fn is_user_op(request: &ControlRequest) -> bool {
             | ControlRequest::DeleteTopics(_)
             | ControlRequest::CreatePartitions(_)
             | ControlRequest::AlterConfigs(_)
+            | ControlRequest::AlterPartitionReassignments(_)
     )
 }
 
@@ -237,6 +247,7 @@ fn op_name(request: &ControlRequest) -> &'static str {
         ControlRequest::BrokerHeartbeat(_) => "BrokerHeartbeat",
         ControlRequest::ElectLeaders { .. } => "ElectLeaders",
         ControlRequest::AlterPartition(_) => "AlterPartition",
+        ControlRequest::AlterPartitionReassignments(_) => "AlterPartitionReassignments",
         ControlRequest::AllocateProducerIds(_) => "AllocateProducerIds",
         ControlRequest::AddVoter(_) => "AddRaftVoter",
         ControlRequest::RemoveVoter(_) => "RemoveRaftVoter",

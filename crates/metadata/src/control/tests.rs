@@ -121,6 +121,8 @@ fn render_with(d: &Result<Decision, crate::ControlError>, response: bool) -> Str
             let mut s = String::new();
             for r in &d.records {
                 let mut line = format!("{:?}", r.record.as_ref().unwrap());
+                // no reassignment in progress: the usual case, left out
+                line = line.replace(", adding_replicas: [], removing_replicas: []", "");
                 // topic ids are random bytes: elide them so cases read clearly
                 while let Some(i) = line.find("topic_id: [") {
                     let end = line[i..].find(']').unwrap() + i;
@@ -685,6 +687,7 @@ fn preferred_election_moves_leadership_back_to_the_first_replica() {
             replicas: vec![1, 2],
             leader_epoch: p.leader_epoch.0,
             partition_epoch: p.partition_epoch.0 + 1,
+            ..Default::default()
         },
     ))]);
     check(
@@ -920,6 +923,7 @@ fn a_partition_record_at_rf3_fits_its_named_size() {
             leader: -1,
             leader_epoch: 70_000,
             partition_epoch: 70_000,
+            ..Default::default()
         })),
     };
     let bytes = batch_bytes(std::slice::from_ref(&record));
@@ -1050,5 +1054,152 @@ fn producer_ids_near_the_end_of_the_range_are_refused_not_wrapped() {
         sim.run(allocate_ids(1, epoch)).unwrap_err(),
         crate::ControlError::ProducerIdsExhausted,
         "a block that would end one past the largest id"
+    );
+}
+
+fn reassign(partitions: &[(&str, i32, Option<&[i32]>)]) -> ControlRequest {
+    ControlRequest::AlterPartitionReassignments(ReassignPartitionsRequest {
+        partitions: partitions
+            .iter()
+            .map(|&(topic, partition, target)| PartitionReassignment {
+                topic: topic.into(),
+                partition,
+                target: target.map(|t| t.iter().map(|&n| NodeId(n)).collect()),
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn reassignment_adds_followers_and_completes_when_every_target_replica_is_in_sync() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1]])).unwrap();
+    // The target replicas come first; the new ones are followers that must catch up.
+    check(
+        &mut sim,
+        reassign(&[("t", 0, Some(&[2, 1, 3]))]),
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1], replicas: [2, 1, 3], leader_epoch: 0, partition_epoch: 1, adding_replicas: [2, 3], removing_replicas: [] })
+            => AlterPartitionReassignments([PartitionResult { topic: "t", partition: 0, result: Ok(()) }])
+        "#]],
+    );
+    // One of two new replicas in sync: still in progress.
+    let req = alter_isr(&sim, 1, 0, 1, &[1, 2]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [2, 1], replicas: [2, 1, 3], leader_epoch: 0, partition_epoch: 2, adding_replicas: [2, 3], removing_replicas: [] })
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Ok(IsrChanged { partition_epoch: 2, isr: [NodeId(2), NodeId(1)] }) }] })
+        "#]],
+    );
+    // The last one joins: the same change completes the move; leadership stays where it is.
+    let req = alter_isr(&sim, 1, 0, 2, &[1, 2, 3]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [2, 1, 3], replicas: [2, 1, 3], leader_epoch: 0, partition_epoch: 3 })
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Ok(IsrChanged { partition_epoch: 3, isr: [NodeId(2), NodeId(1), NodeId(3)] }) }] })
+        "#]],
+    );
+    assert!(!sim.image.partition("t", 0).unwrap().is_reassigning());
+}
+
+#[test]
+fn reassignment_away_from_the_leader_moves_leadership_when_it_completes() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1, 2, 3]])).unwrap();
+    // Every target replica is in sync already: done at once, and the removed leader hands over.
+    check(
+        &mut sim,
+        reassign(&[("t", 0, Some(&[3]))]),
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 3, isr: [3], replicas: [3], leader_epoch: 1, partition_epoch: 1 })
+            => AlterPartitionReassignments([PartitionResult { topic: "t", partition: 0, result: Ok(()) }])
+        "#]],
+    );
+    // The same replicas again: nothing to do.
+    check(
+        &mut sim,
+        reassign(&[("t", 0, Some(&[3]))]),
+        expect![[r#"
+            => AlterPartitionReassignments([PartitionResult { topic: "t", partition: 0, result: Ok(()) }])
+        "#]],
+    );
+    // To a new broker: the leader is a removing replica and keeps leading until the new one
+    // is in sync; the completing ISR change hands leadership over.
+    sim.run(reassign(&[("t", 0, Some(&[1]))])).unwrap();
+    let req = alter_isr(&sim, 3, 1, 2, &[3, 1]);
+    check(
+        &mut sim,
+        req,
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1], replicas: [1], leader_epoch: 2, partition_epoch: 3 })
+            => AlterPartition(AlterPartitionReply { partitions: [IsrChangeResult { topic: "t", partition: 0, result: Ok(IsrChanged { partition_epoch: 3, isr: [NodeId(1)] }) }] })
+        "#]],
+    );
+}
+
+#[test]
+fn a_cancelled_reassignment_reverts_to_the_original_replicas() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1]])).unwrap();
+    sim.run(reassign(&[("t", 0, Some(&[2, 3]))])).unwrap();
+    let req = alter_isr(&sim, 1, 0, 1, &[1, 2]);
+    sim.run(req).unwrap();
+    // A fenced follower leaves the ISR; the reassignment stays recorded.
+    let d = sim.fence(2);
+    expect![[r#"
+        BrokerRegistrationChange(BrokerRegistrationChangeRecord { broker_id: 2, broker_epoch: 3, fenced: Some(true), in_controlled_shutdown: None })
+        PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1], replicas: [2, 3, 1], leader_epoch: 0, partition_epoch: 3, adding_replicas: [2, 3], removing_replicas: [1] })
+    "#]]
+    .assert_eq(&render_records(d));
+    check(
+        &mut sim,
+        reassign(&[("t", 0, None)]),
+        expect![[r#"
+            PartitionChange(PartitionChangeRecord { topic_id: _, partition_id: 0, leader: 1, isr: [1], replicas: [1], leader_epoch: 0, partition_epoch: 4 })
+            => AlterPartitionReassignments([PartitionResult { topic: "t", partition: 0, result: Ok(()) }])
+        "#]],
+    );
+}
+
+#[test]
+fn reassignment_refuses_what_kafka_refuses() {
+    let mut sim = Sim::new();
+    for id in 1..=3 {
+        sim.live_broker(id);
+    }
+    sim.run(create_with_replicas("t", &[&[1], &[2]])).unwrap();
+    check(
+        &mut sim,
+        reassign(&[
+            ("t", 0, Some(&[2, 2])),
+            ("t", 1, Some(&[2, 9])),
+            ("t", 7, Some(&[1])),
+            ("nope", 0, Some(&[1])),
+            ("t", 0, None),
+            ("t", 1, Some(&[])),
+        ]),
+        expect![[r#"
+            => AlterPartitionReassignments([PartitionResult { topic: "t", partition: 0, result: Err(InvalidReplicaAssignment("duplicate broker in [2, 2]")) }, PartitionResult { topic: "t", partition: 1, result: Err(InvalidReplicaAssignment("broker 9 in [2, 9] is not registered")) }, PartitionResult { topic: "t", partition: 7, result: Err(UnknownTopicOrPartition("t-7")) }, PartitionResult { topic: "nope", partition: 0, result: Err(UnknownTopicOrPartition("nope-0")) }, PartitionResult { topic: "t", partition: 0, result: Err(InvalidRequest("t-0 is listed twice")) }, PartitionResult { topic: "t", partition: 1, result: Err(InvalidRequest("t-1 is listed twice")) }])
+        "#]],
+    );
+    check(
+        &mut sim,
+        reassign(&[("t", 0, None), ("t", 1, Some(&[]))]),
+        expect![[r#"
+            => AlterPartitionReassignments([PartitionResult { topic: "t", partition: 0, result: Err(NoReassignmentInProgress("t-0")) }, PartitionResult { topic: "t", partition: 1, result: Err(InvalidReplicaAssignment("the target replica list is empty")) }])
+        "#]],
     );
 }

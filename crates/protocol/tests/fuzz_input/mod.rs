@@ -10,24 +10,27 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    add_raft_voter_request, alter_configs_request, create_partitions_request,
-    create_topics_request, delete_records_request, delete_topics_request, describe_configs_request,
-    describe_log_dirs_request, describe_quorum_request, fetch_request,
+    add_raft_voter_request, alter_configs_request, alter_partition_reassignments_request,
+    create_partitions_request, create_topics_request, delete_records_request,
+    delete_topics_request, describe_configs_request, describe_log_dirs_request,
+    describe_quorum_request, elect_leaders_request, fetch_request,
     incremental_alter_configs_request, join_group_request, leave_group_request,
-    list_offsets_request, metadata_request, offset_commit_request, offset_delete_request,
-    offset_fetch_request, offset_for_leader_epoch_request, produce_request, sync_group_request,
+    list_offsets_request, list_partition_reassignments_request, metadata_request,
+    offset_commit_request, offset_delete_request, offset_fetch_request,
+    offset_for_leader_epoch_request, produce_request, sync_group_request,
     update_raft_voter_request, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest,
-    AddRaftVoterRequest, AlterConfigsRequest, ApiKey, ApiVersionsRequest, BrokerId,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
-    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeLogDirsRequest, DescribeProducersRequest, DescribeQuorumRequest,
-    DescribeTransactionsRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId,
+    AddRaftVoterRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest, ApiKey,
+    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    DescribeProducersRequest, DescribeQuorumRequest, DescribeTransactionsRequest,
+    ElectLeadersRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId,
     HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, ProducerId, RemoveRaftVoterRequest, RequestHeader,
-    SyncGroupRequest, TopicName, TransactionalId, TxnOffsetCommitRequest, UpdateRaftVoterRequest,
-    WriteTxnMarkersRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest,
+    ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, ProducerId,
+    RemoveRaftVoterRequest, RequestHeader, SyncGroupRequest, TopicName, TransactionalId,
+    TxnOffsetCommitRequest, UpdateRaftVoterRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use strom_testkit::TestRng;
@@ -126,6 +129,9 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::UpdateRaftVoter => first_encodable(v, update_raft_voter()),
         ApiKey::DeleteRecords => first_encodable(v, delete_records()),
         ApiKey::DescribeLogDirs => first_encodable(v, describe_log_dirs()),
+        ApiKey::ElectLeaders => first_encodable(v, elect_leaders()),
+        ApiKey::AlterPartitionReassignments => first_encodable(v, alter_reassignments()),
+        ApiKey::ListPartitionReassignments => first_encodable(v, list_reassignments()),
         _ => None,
     }
 }
@@ -570,6 +576,45 @@ fn describe_log_dirs() -> Vec<DescribeLogDirsRequest> {
         .with_topics(Some(vec![topic]))
         .with_unknown_tagged_field(UNKNOWN_TAG, tag());
     vec![rich, DescribeLogDirsRequest::default()]
+}
+
+/// A preferred election of the fuzz topic's partitions (on a running node: already preferred).
+fn elect_leaders() -> Vec<ElectLeadersRequest> {
+    let partitions = elect_leaders_request::TopicPartitions::default()
+        .with_topic(topic(TOPIC))
+        .with_partitions(vec![0, 1]);
+    let rich = ElectLeadersRequest::default()
+        .with_election_type(0)
+        .with_topic_partitions(Some(vec![partitions.clone()]))
+        .with_timeout_ms(1_000)
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, ElectLeadersRequest::default().with_topic_partitions(Some(vec![partitions]))]
+}
+
+/// Cancels a reassignment of the fuzz topic (on a running node: none is in progress).
+fn alter_reassignments() -> Vec<AlterPartitionReassignmentsRequest> {
+    let partition = alter_partition_reassignments_request::ReassignablePartition::default()
+        .with_partition_index(0)
+        .with_replicas(None);
+    let topic = alter_partition_reassignments_request::ReassignableTopic::default()
+        .with_name(topic(TOPIC))
+        .with_partitions(vec![partition]);
+    let rich = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(1_000)
+        .with_topics(vec![topic.clone()])
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, AlterPartitionReassignmentsRequest::default().with_topics(vec![topic])]
+}
+
+fn list_reassignments() -> Vec<ListPartitionReassignmentsRequest> {
+    let topic = list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
+        .with_name(topic(TOPIC))
+        .with_partition_indexes(vec![0, 1]);
+    let rich = ListPartitionReassignmentsRequest::default()
+        .with_timeout_ms(1_000)
+        .with_topics(Some(vec![topic]))
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, ListPartitionReassignmentsRequest::default()]
 }
 
 fn describe_cluster() -> Vec<DescribeClusterRequest> {

@@ -1,0 +1,307 @@
+//! The admin APIs operators move partitions with, driven by real clients: confluent-kafka's
+//! `elect_leaders` (ElectLeaders, Kafka API 43) and kafka-python's
+//! `alter_partition_reassignments` / `list_partition_reassignments` (APIs 45 and 46), checked
+//! from Metadata and from the replicas' data directories.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use serde_json::{json, Value};
+use strom_tests::clients::{run_to_exit, Library, SCRIPT_RUN_TIMEOUT};
+use strom_tests::kafka::{self, AckingProducer, Outgoing};
+use strom_tests::{wait_until, with_cluster, ClusterOptions, StromCluster};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// confluent-kafka's `elect_leaders` of `kind` for `partitions`: each partition's error name
+/// (null: elected).
+fn elect(cluster: &StromCluster, kind: &str, partitions: &[(&str, i32)]) -> anyhow::Result<Value> {
+    let mut command = Library::ConfluentKafka.command("elect_leaders")?;
+    command.args(["--bootstrap", &cluster.bootstrap(), "--type", kind]);
+    for (topic, partition) in partitions {
+        command.args(["--partition", &format!("{topic}:{partition}")]);
+    }
+    let run = run_to_exit(command, SCRIPT_RUN_TIMEOUT)?;
+    ensure!(run.status.success(), "confluent-kafka elect_leaders: {}", run.stderr_tail(40));
+    serde_json::from_str(run.stdout.trim()).with_context(|| format!("printed {:?}", run.stdout))
+}
+
+/// The partition as node `id`'s Metadata shows it: (leader, replicas, isr).
+fn partition_state(
+    cluster: &StromCluster,
+    id: u32,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<(i32, Vec<i32>, Vec<i32>)> {
+    let metadata = cluster.metadata(id)?;
+    let info = metadata
+        .topic(topic)
+        .and_then(|t| t.partitions.get(&partition))
+        .with_context(|| format!("node {id}: {topic}-{partition} not listed"))?;
+    Ok((info.leader, info.replicas.clone(), info.isr.clone()))
+}
+
+#[test]
+fn elect_leaders_moves_leadership_back_to_the_preferred_replica() {
+    Library::ConfluentKafka.require("elect_leaders");
+    with_cluster(3, ClusterOptions::default(), |cluster| {
+        let topic = "elected";
+        kafka::create_topic_replicated(&cluster.bootstrap(), topic, 1, 3)?;
+        cluster.wait_topic_everywhere(topic, 1)?;
+        cluster.wait_isr_full(topic, WAIT)?;
+        let (leader, replicas, _) = partition_state(cluster, 1, topic, 0)?;
+        let preferred = replicas[0];
+        ensure!(leader == preferred, "a new partition is led by its first replica: {replicas:?}");
+        // Already preferred: nothing to do, and an unclean election is not needed either.
+        ensure!(
+            elect(cluster, "preferred", &[(topic, 0)])?
+                == json!({"elected:0": "ELECTION_NOT_NEEDED"})
+        );
+        ensure!(
+            elect(cluster, "unclean", &[(topic, 0)])?
+                == json!({"elected:0": "ELECTION_NOT_NEEDED"})
+        );
+        ensure!(
+            elect(cluster, "preferred", &[("no-such-topic", 0)])?
+                == json!({"no-such-topic:0": "UNKNOWN_TOPIC_OR_PART"}),
+        );
+
+        // The preferred leader dies; another replica leads; it comes back into the ISR.
+        cluster.kill9(preferred as u32)?;
+        let interim = cluster.wait_new_leader(topic, 0, preferred, WAIT)?;
+        cluster.restart(preferred as u32)?;
+        cluster.wait_isr_full(topic, WAIT)?;
+        let (leader, _, _) = partition_state(cluster, interim as u32, topic, 0)?;
+        ensure!(leader != preferred, "leadership moved back by itself; nothing left to test");
+
+        ensure!(elect(cluster, "preferred", &[(topic, 0)])? == json!({"elected:0": null}));
+        wait_until(WAIT, "every node shows the preferred leader", || {
+            for id in cluster.running() {
+                let (leader, _, _) = partition_state(cluster, id, topic, 0)?;
+                if leader != preferred {
+                    bail!("node {id} shows leader {leader}, not {preferred}");
+                }
+            }
+            Ok(Some(()))
+        })?;
+        ensure!(
+            elect(cluster, "preferred", &[(topic, 0)])?
+                == json!({"elected:0": "ELECTION_NOT_NEEDED"})
+        );
+        kafka::assert_node_serves(&cluster.bootstrap(), topic, 0)?;
+        Ok(())
+    });
+}
+
+/// kafka-python's `reassign_partitions.py` with `args` after the bootstrap.
+fn reassign(cluster: &StromCluster, args: &[&str]) -> anyhow::Result<Value> {
+    reassign_via(&cluster.bootstrap(), args)
+}
+
+fn reassign_via(bootstrap: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let mut command = Library::KafkaPython.command("reassign_partitions")?;
+    command.args(["--bootstrap", bootstrap]).args(args);
+    let run = run_to_exit(command, SCRIPT_RUN_TIMEOUT)?;
+    ensure!(run.status.success(), "kafka-python {args:?}: {}", run.stderr_tail(40));
+    serde_json::from_str(run.stdout.trim()).with_context(|| format!("printed {:?}", run.stdout))
+}
+
+/// The `.log` segment files of a partition directory, by name.
+fn segments(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".log") {
+            out.insert(name, std::fs::read(entry.path())?);
+        }
+    }
+    Ok(out)
+}
+
+fn produce(
+    producer: &AckingProducer,
+    topic: &str,
+    ids: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
+    for id in ids {
+        let value = format!("record-{id}-{}", "r".repeat(64));
+        let record =
+            Outgoing { partition: Some(0), value: Some(value.as_bytes()), ..Outgoing::default() };
+        producer.send(topic, id, record)?;
+    }
+    Ok(())
+}
+
+/// Waits until every running node's Metadata shows `replicas` (in any order) all in the ISR,
+/// with a leader among them, and no reassignment is listed.
+fn wait_moved(cluster: &StromCluster, topic: &str, replicas: &[i32]) -> anyhow::Result<()> {
+    let mut wanted = replicas.to_vec();
+    wanted.sort_unstable();
+    wait_until(WAIT, &format!("{topic}-0 on {wanted:?}, all in sync"), || {
+        for id in cluster.running() {
+            let (leader, mut shown, mut isr) = partition_state(cluster, id, topic, 0)?;
+            shown.sort_unstable();
+            isr.sort_unstable();
+            if shown != wanted || isr != wanted || !wanted.contains(&leader) {
+                bail!("node {id}: leader {leader} replicas {shown:?} ISR {isr:?}");
+            }
+        }
+        Ok(Some(()))
+    })?;
+    let listed = reassign(cluster, &["list"])?;
+    ensure!(listed == json!([]), "a finished move is still listed: {listed}");
+    Ok(())
+}
+
+#[test]
+fn reassignment_moves_a_partition_to_three_replicas_and_back_to_another_broker() {
+    Library::KafkaPython.require("reassign_partitions");
+    with_cluster(3, ClusterOptions::default(), |cluster| {
+        let topic = "moving";
+        kafka::create_topic_replicated(&cluster.bootstrap(), topic, 1, 1)?;
+        cluster.wait_topic_everywhere(topic, 1)?;
+        let (_, replicas, _) = partition_state(cluster, 1, topic, 0)?;
+        let original = replicas[0];
+        let others: Vec<i32> = [1, 2, 3].into_iter().filter(|&id| id != original).collect();
+        let bootstrap = cluster.bootstrap();
+
+        // What Kafka refuses.
+        let p = ["--topic", topic, "--partition", "0"];
+        let alter = |extra: &[&str]| {
+            let mut args = vec!["alter"];
+            args.extend(p);
+            args.extend(extra);
+            reassign(cluster, &args)
+        };
+        for (args, error) in [
+            (&["--cancel"][..], "NoReassignmentInProgressError"),
+            (&["--replicas", "1,1"][..], "InvalidReplicationAssignmentError"),
+            (&["--replicas", "1,9"][..], "InvalidReplicationAssignmentError"),
+        ] {
+            let answer = alter(args)?;
+            ensure!(answer == json!({ "error": error }), "{args:?}: {answer}");
+        }
+        let unknown = reassign(
+            cluster,
+            &["alter", "--topic", "nope", "--partition", "0", "--replicas", "1"],
+        )?;
+        ensure!(unknown == json!({"error": "UnknownTopicOrPartitionError"}), "{unknown}");
+
+        // A move to a replica that cannot catch up (its process is stopped) stays in progress
+        // and is listed; cancelling it reverts to the original replica.
+        let controller = cluster.active_controller()? as i32;
+        let stuck = others.iter().copied().find(|&id| id != controller).context("a stuck node")?;
+        let live: Vec<u32> = [1, 2, 3].into_iter().filter(|&id| id != stuck as u32).collect();
+        let via = cluster.bootstrap_of(&live);
+        cluster.sigstop(stuck as u32)?;
+        let moving = format!("{original},{stuck}");
+        let args = ["alter", "--topic", topic, "--partition", "0", "--replicas", &moving];
+        let answer = reassign_via(&via, &args);
+        let listed = answer.and_then(|answer| {
+            ensure!(answer == json!({"error": null}), "{answer}");
+            reassign_via(&via, &["list"])
+        });
+        let cancelled =
+            reassign_via(&via, &["alter", "--topic", topic, "--partition", "0", "--cancel"]);
+        cluster.sigcont(stuck as u32)?;
+        let expected = json!([{
+            "topic": topic, "partition": 0, "replicas": [original, stuck],
+            "adding_replicas": [stuck], "removing_replicas": [],
+        }]);
+        let listed = listed?;
+        ensure!(listed == expected, "listed {listed}, expected {expected}");
+        ensure!(cancelled? == json!({"error": null}));
+        ensure!(reassign(cluster, &["list"])? == json!([]));
+        let (leader, replicas, _) = partition_state(cluster, original as u32, topic, 0)?;
+        ensure!(leader == original && replicas == [original], "{leader} {replicas:?}");
+
+        // Records before the move, then RF 1 → 3 with records produced while it runs.
+        let producer = AckingProducer::new(&bootstrap, &[])?;
+        produce(&producer, topic, 0..500)?;
+        producer.flush(WAIT)?;
+        let target = format!("{original},{},{}", others[0], others[1]);
+        ensure!(alter(&["--replicas", &target])? == json!({"error": null}));
+        produce(&producer, topic, 500..1000)?;
+        let listed = reassign(cluster, &["list"])?;
+        eprintln!("reassignments while moving: {listed}");
+        if let Some(ongoing) = listed.as_array().and_then(|l| l.first()) {
+            let mut adding: Vec<i64> = ongoing["adding_replicas"]
+                .as_array()
+                .context("adding_replicas")?
+                .iter()
+                .filter_map(Value::as_i64)
+                .collect();
+            adding.sort_unstable();
+            ensure!(
+                ongoing["topic"] == topic
+                    && adding == [others[0] as i64, others[1] as i64]
+                    && ongoing["removing_replicas"] == json!([]),
+                "{ongoing}"
+            );
+        }
+        producer.flush(WAIT)?;
+        ensure!(producer.acked() == 1000, "acked {}", producer.acked());
+        wait_moved(cluster, topic, &[1, 2, 3])?;
+        produce(&producer, topic, 1000..1200)?;
+        producer.flush(WAIT)?;
+        ensure!(producer.acked() == 1200, "acked {}", producer.acked());
+
+        // acks=all: each replica holds every record; once the followers have fetched the
+        // last high watermark their segment files are the leader's, byte for byte.
+        wait_until(WAIT, "the three replicas' segment files are byte-equal", || {
+            let mut copies = Vec::new();
+            for id in cluster.ids() {
+                copies.push((id, segments(&cluster.node(id).partition_dir(topic, 0))?));
+            }
+            let (first_id, first) = &copies[0];
+            ensure!(
+                first.values().map(Vec::len).sum::<usize>() > 1200 * 64,
+                "{first_id}: too small"
+            );
+            for (id, copy) in &copies[1..] {
+                if copy != first {
+                    let sizes = |c: &BTreeMap<String, Vec<u8>>| {
+                        c.iter().map(|(n, b)| (n.clone(), b.len())).collect::<Vec<_>>()
+                    };
+                    bail!(
+                        "node {id} {:?} differs from node {first_id} {:?}",
+                        sizes(copy),
+                        sizes(first)
+                    );
+                }
+            }
+            Ok(Some(()))
+        })?;
+
+        // Back to one replica, on a broker that was not the original one.
+        let last = others[1];
+        ensure!(alter(&["--replicas", &last.to_string()])? == json!({"error": null}));
+        wait_moved(cluster, topic, &[last])?;
+        wait_until(WAIT, "the removed replicas' partition directories are gone", || {
+            for id in [original, others[0]] {
+                let dir = cluster.node(id as u32).partition_dir(topic, 0);
+                if dir.exists() {
+                    bail!("{} still exists", dir.display());
+                }
+            }
+            Ok(Some(()))
+        })?;
+        ensure!(cluster.node(last as u32).partition_dir(topic, 0).exists());
+
+        // Every acknowledged record is there, once.
+        let consumed = kafka::consume_all(&bootstrap, topic, &[0], &[])?;
+        let mut ids: Vec<usize> = consumed
+            .iter()
+            .map(|c| {
+                let value = String::from_utf8_lossy(c.value.as_deref().unwrap_or_default());
+                value.split('-').nth(1).and_then(|id| id.parse().ok()).context("a record id")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        ids.sort_unstable();
+        ensure!(ids == (0..1200).collect::<Vec<_>>(), "consumed {} records", ids.len());
+        Ok(())
+    });
+}
