@@ -190,6 +190,7 @@ mod tests {
                 replicas: vec![1, 2, 3],
                 leader_epoch: 4,
                 partition_epoch: 5,
+                ..Default::default()
             })),
             rec(Record::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
                 broker_id: 1,
