@@ -7,6 +7,7 @@ mod configs;
 mod isr;
 pub mod liveness;
 mod producer_ids;
+mod quotas;
 mod topics;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use isr::{
 };
 pub use liveness::BrokerLiveness;
 pub use producer_ids::{AllocateProducerIdsRequest, ProducerIdBlock, PRODUCER_ID_BLOCK_SIZE};
+pub use quotas::{quota_entity, quota_entity_parts, AlterClientQuotasRequest, QuotaAlteration};
 pub use topics::{
     placement, rack_aware_placement, validate_topic_name, CreatePartitionsRequest, CreateTopic,
     CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest, NewPartitions,
@@ -121,6 +123,8 @@ pub enum ControlRequest {
     AlterPartition(AlterPartitionRequest),
     /// A broker's next block of producer ids (Kafka's AllocateProducerIds).
     AllocateProducerIds(AllocateProducerIdsRequest),
+    /// Kafka's AlterClientQuotas: one `ClientQuotaRecord` per changed key.
+    AlterClientQuotas(AlterClientQuotasRequest),
     /// The quorum's membership (KIP-853), carried out by the active controller with raft's
     /// membership changes, not decided as records: [`decide`] refuses these.
     AddVoter(AddVoterRequest),
@@ -168,6 +172,8 @@ pub enum ControlResponse {
     ElectLeaders(Vec<PartitionElection>),
     AlterPartition(AlterPartitionReply),
     AllocateProducerIds(ProducerIdBlock),
+    /// Per entry of the request, in its order.
+    AlterClientQuotas(Vec<Result<(), ControlError>>),
     /// Every quorum request's answer: the quorum as its leader sees it (after a change, with
     /// the change committed).
     Quorum(QuorumDescription),
@@ -199,6 +205,7 @@ pub fn decide(
         }
         ControlRequest::AlterPartition(r) => isr::alter_partition(image, r),
         ControlRequest::AllocateProducerIds(r) => producer_ids::allocate(image, r),
+        ControlRequest::AlterClientQuotas(r) => Ok(quotas::alter_client_quotas(image, r)),
         ControlRequest::AddVoter(_)
         | ControlRequest::RemoveVoter(_)
         | ControlRequest::UpdateVoter(_)
@@ -224,6 +231,7 @@ fn is_user_op(request: &ControlRequest) -> bool {
             | ControlRequest::DeleteTopics(_)
             | ControlRequest::CreatePartitions(_)
             | ControlRequest::AlterConfigs(_)
+            | ControlRequest::AlterClientQuotas(_)
     )
 }
 
@@ -238,6 +246,7 @@ fn op_name(request: &ControlRequest) -> &'static str {
         ControlRequest::ElectLeaders { .. } => "ElectLeaders",
         ControlRequest::AlterPartition(_) => "AlterPartition",
         ControlRequest::AllocateProducerIds(_) => "AllocateProducerIds",
+        ControlRequest::AlterClientQuotas(_) => "AlterClientQuotas",
         ControlRequest::AddVoter(_) => "AddRaftVoter",
         ControlRequest::RemoveVoter(_) => "RemoveRaftVoter",
         ControlRequest::UpdateVoter(_) => "UpdateRaftVoter",
