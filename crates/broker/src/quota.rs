@@ -417,7 +417,9 @@ mod tests {
         assert_eq!(rate.window_ms(0), 10 * QUOTA_WINDOW_SIZE_MS);
         assert_eq!(rate.measure(0), 1_000.0);
         rate.record(10_000.0, 500);
-        assert_eq!(rate.measure(500), 20_000.0 / 10.0, "same window: still ten windows");
+        // Ten whole windows, plus the part of the current one that has passed.
+        assert_eq!(rate.window_ms(500), 10_500);
+        assert_eq!(rate.measure(500), 20_000.0 / 10.5);
         // After 15 s the first sample is older than the 11-window span: purged.
         for t in 1..=15 {
             rate.record(1_000.0, t * 1000);
@@ -454,7 +456,7 @@ mod tests {
         state.set_quotas(quotas(&[(&[(CLIENT_ID, Some("slow"))], PRODUCER_BYTE_RATE, 1_000.0)]));
         assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "slow", 5_000, 0), 0);
         let t = state.record(QuotaKind::Produce, ANONYMOUS, "slow", 10_000, 100);
-        assert_eq!(t, 5_000, "15,000 B over 10 s against 1,000 B/s");
+        assert_eq!(t, 4_900, "15,000 B over 10.1 s against 1,000 B/s: 15.1 s - 10.1 s");
         assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "fast", 1_000_000, 100), 0);
         assert_eq!(state.record(QuotaKind::Fetch, ANONYMOUS, "slow", 1_000_000, 100), 0);
         assert_eq!(state.sensors.len(), 1, "no rate kept for clients without a quota");
