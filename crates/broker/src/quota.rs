@@ -29,6 +29,13 @@ use crate::BrokerCtx;
 pub(crate) const QUOTA_WINDOW_NUM: usize = 11;
 /// Kafka's `quota.window.size.seconds`, in ms: the span of one sample.
 pub(crate) const QUOTA_WINDOW_SIZE_MS: i64 = 1000;
+/// A rate younger than this many whole windows is measured as if it were this old. Kafka's
+/// `Rate` uses `quota.window.num - 1` (ten): a new client may then send ten seconds' worth at
+/// once, and that burst comes back every 11 s as its sample expires and frees the room again,
+/// so an eager client's rate over any 20 s swings by half the quota. One window keeps a new
+/// client's first request from being judged on a few milliseconds, and holds it to its quota
+/// from its first second (the one place strom departs from Kafka's arithmetic).
+const RATE_MIN_FULL_WINDOWS: i64 = 1;
 /// Rates kept before those idle for a whole measurement span are dropped (their rate is zero:
 /// dropping them changes no answer). Bounds the memory of many short-lived client ids.
 const SENSORS_PRUNE_AT: usize = 10_000;
@@ -63,7 +70,7 @@ struct Sample {
 
 /// A rate sampled over `QUOTA_WINDOW_NUM` windows, as Kafka's `Rate` over a `SampledStat`:
 /// the sum of the retained samples divided by the time they span, counted as at least
-/// `QUOTA_WINDOW_NUM - 1` whole windows so that a new client is not judged on one burst.
+/// [`RATE_MIN_FULL_WINDOWS`] whole windows.
 #[derive(Clone, Debug)]
 pub(crate) struct Rate {
     samples: Vec<Sample>,
@@ -106,9 +113,8 @@ impl Rate {
         let oldest = self.samples.iter().map(|s| s.start_ms).min().unwrap_or(now_ms);
         let mut elapsed = now_ms - oldest;
         let full = elapsed / QUOTA_WINDOW_SIZE_MS;
-        let min_full = QUOTA_WINDOW_NUM as i64 - 1;
-        if full < min_full {
-            elapsed += (min_full - full) * QUOTA_WINDOW_SIZE_MS;
+        if full < RATE_MIN_FULL_WINDOWS {
+            elapsed += (RATE_MIN_FULL_WINDOWS - full) * QUOTA_WINDOW_SIZE_MS;
         }
         elapsed
     }
@@ -276,8 +282,9 @@ pub(crate) struct Charge {
 }
 
 /// Notes a Produce or consumer Fetch of a client with a quota, before it is handled: Produce
-/// counts its request's bytes now; a Fetch is asked for no more than the quota allows over the
-/// measured span (Kafka's `getMaxValueInQuotaWindow`) and counts its response's bytes later.
+/// counts its request's bytes now; a Fetch is asked for no more than the quota allows in the
+/// shortest span a rate is measured over (as Kafka's `getMaxValueInQuotaWindow` bounds it by
+/// its own), and counts its response's bytes once it is ready.
 /// Called only while some quota exists.
 pub(crate) fn charge(ctx: &BrokerCtx, frame: &mut RequestFrame, bytes: usize) -> Option<Charge> {
     let client_id = frame.header.client_id.as_deref().unwrap_or("");
@@ -291,7 +298,7 @@ pub(crate) fn charge(ctx: &BrokerCtx, frame: &mut RequestFrame, bytes: usize) ->
         }
         Request::Fetch(req) if req.replica_id.0 < 0 && req.replica_state.replica_id.0 < 0 => {
             let bound = ctx.quotas.state().bound(QuotaKind::Fetch, ANONYMOUS, client_id)?;
-            let window_s = ((QUOTA_WINDOW_NUM - 1) as i64 * QUOTA_WINDOW_SIZE_MS) as f64 / 1000.0;
+            let window_s = (RATE_MIN_FULL_WINDOWS * QUOTA_WINDOW_SIZE_MS) as f64 / 1000.0;
             let max = (bound * window_s).clamp(1.0, i32::MAX as f64) as i32;
             req.max_bytes = req.max_bytes.min(max);
             let client_id = client_id.to_string();
@@ -411,15 +418,15 @@ mod tests {
     }
 
     #[test]
-    fn a_new_rate_is_measured_over_at_least_ten_windows() {
+    fn a_new_rate_is_measured_over_at_least_one_window() {
         let mut rate = Rate::new(0);
-        rate.record(10_000.0, 0);
-        assert_eq!(rate.window_ms(0), 10 * QUOTA_WINDOW_SIZE_MS);
+        rate.record(1_000.0, 0);
+        assert_eq!(rate.window_ms(0), QUOTA_WINDOW_SIZE_MS);
         assert_eq!(rate.measure(0), 1_000.0);
-        rate.record(10_000.0, 500);
-        // Ten whole windows, plus the part of the current one that has passed.
-        assert_eq!(rate.window_ms(500), 10_500);
-        assert_eq!(rate.measure(500), 20_000.0 / 10.5);
+        rate.record(1_000.0, 500);
+        // One whole window, plus the part of the current one that has passed.
+        assert_eq!(rate.window_ms(500), 1_500);
+        assert_eq!(rate.measure(500), 2_000.0 / 1.5);
         // After 15 s the first sample is older than the 11-window span: purged.
         for t in 1..=15 {
             rate.record(1_000.0, t * 1000);
@@ -454,9 +461,9 @@ mod tests {
     fn a_client_over_its_quota_is_throttled_and_one_without_is_not() {
         let mut state = QuotaState::default();
         state.set_quotas(quotas(&[(&[(CLIENT_ID, Some("slow"))], PRODUCER_BYTE_RATE, 1_000.0)]));
-        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "slow", 5_000, 0), 0);
-        let t = state.record(QuotaKind::Produce, ANONYMOUS, "slow", 10_000, 100);
-        assert_eq!(t, 4_900, "15,000 B over 10.1 s against 1,000 B/s: 15.1 s - 10.1 s");
+        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "slow", 1_000, 0), 0);
+        let t = state.record(QuotaKind::Produce, ANONYMOUS, "slow", 2_000, 100);
+        assert_eq!(t, 1_900, "3,000 B in a window of 1.1 s against 1,000 B/s: 3 s - 1.1 s");
         assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "fast", 1_000_000, 100), 0);
         assert_eq!(state.record(QuotaKind::Fetch, ANONYMOUS, "slow", 1_000_000, 100), 0);
         assert_eq!(state.sensors.len(), 1, "no rate kept for clients without a quota");
@@ -466,13 +473,13 @@ mod tests {
     fn a_default_client_quota_holds_each_client_id_on_its_own_rate() {
         let mut state = QuotaState::default();
         state.set_quotas(quotas(&[(&[(CLIENT_ID, None)], PRODUCER_BYTE_RATE, 1_000.0)]));
-        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "a", 10_000, 0), 0);
-        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "b", 10_000, 0), 0, "own rate");
+        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "a", 1_000, 0), 0);
+        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "b", 1_000, 0), 0, "own rate");
         assert!(state.record(QuotaKind::Produce, ANONYMOUS, "a", 1, 0) > 0);
         // A default-user quota is one rate for the user, whatever the client id.
         state.set_quotas(quotas(&[(&[(USER, None)], PRODUCER_BYTE_RATE, 1_000.0)]));
-        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "c", 10_000, 0), 0);
-        assert!(state.record(QuotaKind::Produce, ANONYMOUS, "d", 10_000, 0) > 0, "shared rate");
+        assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "c", 1_000, 0), 0);
+        assert!(state.record(QuotaKind::Produce, ANONYMOUS, "d", 1_000, 0) > 0, "shared rate");
         assert_eq!(state.bound(QuotaKind::Produce, ANONYMOUS, "x"), Some(1_000.0));
         assert_eq!(state.bound(QuotaKind::Fetch, ANONYMOUS, "x"), None);
     }

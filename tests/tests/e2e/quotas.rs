@@ -23,7 +23,9 @@ const TOPIC: &str = "quoted";
 const QUOTA_BYTES_PER_S: f64 = 1_048_576.0;
 const THROTTLED: &str = "quota-throttled";
 const FREE: &str = "quota-free";
+/// The measured span: from the producer's start.
 const RUN: Duration = Duration::from_secs(20);
+const SECONDS_MAX: usize = 30;
 const VALUE_BYTES: usize = 10_000;
 
 /// kafka-python's AlterClientQuotas or DescribeClientQuotas (tests/clients/client_quotas.py):
@@ -54,9 +56,10 @@ fn described(bootstrap: &str, client_id: &str) -> anyhow::Result<Value> {
 }
 
 /// Counts acknowledged payload bytes and the largest throttle librdkafka reports.
-#[derive(Default)]
 struct Meter {
-    acked_bytes: AtomicU64,
+    started: Instant,
+    /// Acknowledged payload bytes by second since `started`.
+    acked_bytes: [AtomicU64; SECONDS_MAX],
     failed: AtomicU64,
     throttle_max_ms: AtomicI64,
 }
@@ -78,7 +81,8 @@ impl ProducerContext for Meter {
         match result {
             Ok(message) => {
                 let bytes = message.payload().map_or(0, <[u8]>::len) as u64;
-                self.acked_bytes.fetch_add(bytes, Ordering::Relaxed);
+                let second = (self.started.elapsed().as_secs() as usize).min(SECONDS_MAX - 1);
+                self.acked_bytes[second].fetch_add(bytes, Ordering::Relaxed);
             }
             Err(_) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -108,10 +112,15 @@ fn produce_for_a_while(
         .set("queue.buffering.max.kbytes", "16384")
         .set("message.timeout.ms", "120000")
         .set("statistics.interval.ms", "500")
-        .create_with_context(Meter::default())
+        .create_with_context(Meter {
+            started: Instant::now(),
+            acked_bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+            failed: AtomicU64::new(0),
+            throttle_max_ms: AtomicI64::new(0),
+        })
         .context("create producer")?;
     let value = vec![b'q'; VALUE_BYTES];
-    let started = Instant::now();
+    let started = producer.context().started;
     let mut offered = 0.0;
     while started.elapsed() < RUN {
         let due = offered_bytes_per_s * started.elapsed().as_secs_f64();
@@ -126,14 +135,16 @@ fn produce_for_a_while(
         }
         producer.poll(Duration::ZERO);
     }
-    let acked = producer.context().acked_bytes.load(Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
+    let by_second: Vec<u64> =
+        producer.context().acked_bytes.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    let acked: u64 = by_second[..RUN.as_secs() as usize].iter().sum();
+    eprintln!("{client_id}: acknowledged bytes by second: {by_second:?}");
     // One more statistics report, then drop what is still queued (not counted).
     producer.poll(Duration::from_millis(600));
     let failed = producer.context().failed.load(Ordering::Relaxed);
     ensure!(failed == 0, "{client_id}: {failed} records failed within the run");
     Ok(Run {
-        bytes_per_s: acked as f64 / elapsed,
+        bytes_per_s: acked as f64 / RUN.as_secs_f64(),
         throttle_max_ms: producer.context().throttle_max_ms.load(Ordering::Relaxed),
     })
 }
@@ -157,7 +168,7 @@ fn a_produce_quota_holds_a_client_to_its_rate_and_another_client_is_not_held() {
         ensure!(described(&bootstrap, FREE)?.as_array().is_some_and(Vec::is_empty));
 
         let (throttled, free) = std::thread::scope(|scope| {
-            let free = scope.spawn(|| produce_for_a_while(&bootstrap, FREE, 10.0 * 1_048_576.0));
+            let free = scope.spawn(|| produce_for_a_while(&bootstrap, FREE, 8.0 * 1_048_576.0));
             let throttled = produce_for_a_while(&bootstrap, THROTTLED, 50.0 * 1_048_576.0);
             (throttled, free.join().expect("free producer thread"))
         });
@@ -232,10 +243,8 @@ fn a_consumer_quota_holds_a_consumer_to_its_rate() {
             rate / FETCH_QUOTA
         );
         ensure!(bytes >= TOTAL_BYTES - VALUE_BYTES, "read only {bytes} B in 90 s");
-        // The first ten windows' worth (10 MiB) may come at once, as Kafka's rate starts
-        // measured over ten windows; the other 14 MiB wait for the quota: about 14 s for
-        // 24 MiB, 1.7 MiB/s, where loopback alone gives tens of MiB/s.
-        ensure!(rate < 3.0 * FETCH_QUOTA, "consumer read at {rate:.0} B/s");
+        // Loopback alone gives tens of MiB/s; no tight bound on a shared machine.
+        ensure!(rate < 1.5 * FETCH_QUOTA, "consumer read at {rate:.0} B/s");
         Ok(())
     });
 }
