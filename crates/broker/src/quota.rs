@@ -405,16 +405,12 @@ mod tests {
 
     use super::*;
 
-    fn quotas(entries: &[(&[(&str, Option<&str>)], &str, f64)]) -> Arc<ClientQuotas> {
-        let mut out = ClientQuotas::new();
-        for (entity, key, value) in entries {
-            let entity: QuotaEntity =
-                entity.iter().map(|(t, n)| (t.to_string(), n.map(str::to_string))).collect();
-            out.entry(entity)
-                .or_insert_with(BTreeMap::new)
-                .insert(key.to_string(), QuotaValue(*value));
-        }
-        Arc::new(out)
+    /// One quota of `key` on `entity`.
+    fn quotas(entity: &[(&str, Option<&str>)], key: &str, value: f64) -> Arc<ClientQuotas> {
+        let entity: QuotaEntity =
+            entity.iter().map(|(t, n)| (t.to_string(), n.map(str::to_string))).collect();
+        let values = BTreeMap::from([(key.to_string(), QuotaValue(value))]);
+        Arc::new(ClientQuotas::from([(entity, values)]))
     }
 
     #[test]
@@ -460,7 +456,7 @@ mod tests {
     #[test]
     fn a_client_over_its_quota_is_throttled_and_one_without_is_not() {
         let mut state = QuotaState::default();
-        state.set_quotas(quotas(&[(&[(CLIENT_ID, Some("slow"))], PRODUCER_BYTE_RATE, 1_000.0)]));
+        state.set_quotas(quotas(&[(CLIENT_ID, Some("slow"))], PRODUCER_BYTE_RATE, 1_000.0));
         assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "slow", 1_000, 0), 0);
         let t = state.record(QuotaKind::Produce, ANONYMOUS, "slow", 2_000, 100);
         assert_eq!(t, 1_900, "3,000 B in a window of 1.1 s against 1,000 B/s: 3 s - 1.1 s");
@@ -472,12 +468,12 @@ mod tests {
     #[test]
     fn a_default_client_quota_holds_each_client_id_on_its_own_rate() {
         let mut state = QuotaState::default();
-        state.set_quotas(quotas(&[(&[(CLIENT_ID, None)], PRODUCER_BYTE_RATE, 1_000.0)]));
+        state.set_quotas(quotas(&[(CLIENT_ID, None)], PRODUCER_BYTE_RATE, 1_000.0));
         assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "a", 1_000, 0), 0);
         assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "b", 1_000, 0), 0, "own rate");
         assert!(state.record(QuotaKind::Produce, ANONYMOUS, "a", 1, 0) > 0);
         // A default-user quota is one rate for the user, whatever the client id.
-        state.set_quotas(quotas(&[(&[(USER, None)], PRODUCER_BYTE_RATE, 1_000.0)]));
+        state.set_quotas(quotas(&[(USER, None)], PRODUCER_BYTE_RATE, 1_000.0));
         assert_eq!(state.record(QuotaKind::Produce, ANONYMOUS, "c", 1_000, 0), 0);
         assert!(state.record(QuotaKind::Produce, ANONYMOUS, "d", 1_000, 0) > 0, "shared rate");
         assert_eq!(state.bound(QuotaKind::Produce, ANONYMOUS, "x"), Some(1_000.0));

@@ -110,7 +110,9 @@ mod tests {
         parts.iter().map(|(t, n)| (t.to_string(), n.map(str::to_string))).collect()
     }
 
-    fn with(entries: &[(&[(&str, Option<&str>)], f64)]) -> ClientQuotas {
+    type Entity<'a> = &'a [(&'a str, Option<&'a str>)];
+
+    fn with(entries: &[(Entity<'_>, f64)]) -> ClientQuotas {
         entries
             .iter()
             .map(|(e, v)| {

@@ -325,6 +325,40 @@ pub fn peek_correlation_id(frame: &[u8]) -> Option<i32> {
     Some(b.get_i32())
 }
 
+/// A Produce response frame (as [`encode_response`] made it) with its `throttle_time_ms` set
+/// (KIP-219: the broker tells a client over its quota how long it is held). The field sits
+/// after the variable-length body, so the small response is decoded and encoded again.
+pub fn produce_response_throttled(
+    version: i16,
+    frame: &Bytes,
+    throttle_time_ms: i32,
+) -> Result<Bytes, String> {
+    let mut body = frame.slice(4.min(frame.len())..);
+    let header =
+        ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
+            .map_err(|e| e.to_string())?;
+    let mut response = ProduceResponse::decode(&mut body, version).map_err(|e| e.to_string())?;
+    response.throttle_time_ms = throttle_time_ms;
+    encode_response(ApiKey::Produce, version, header.correlation_id, &response)
+}
+
+/// Sets `throttle_time_ms` of a Fetch response frame (v1+) in place of its first buffer: the
+/// field is the body's first, right after the response header, which strom writes without
+/// tagged fields. The records the frame shares are not touched. False if the frame is too
+/// short to hold it (not a Fetch response).
+pub fn set_fetch_throttle_time(version: i16, chain: &mut [Bytes], throttle_time_ms: i32) -> bool {
+    // length prefix, correlation id, and the flexible header's empty tagged fields
+    let at = 4 + 4 + usize::from(ApiKey::Fetch.response_header_version(version) >= 1);
+    let Some(first) = chain.first_mut() else { return false };
+    if version < 1 || first.len() < at + 4 {
+        return false;
+    }
+    let mut patched = BytesMut::from(first.as_ref());
+    patched[at..at + 4].copy_from_slice(&throttle_time_ms.to_be_bytes());
+    *first = patched.freeze();
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,38 +498,4 @@ mod tests {
             assert_eq!(chain.len(), 5, "head, big, middle, other_big, tail (v{version})");
         }
     }
-}
-
-/// A Produce response frame (as [`encode_response`] made it) with its `throttle_time_ms` set
-/// (KIP-219: the broker tells a client over its quota how long it is held). The field sits
-/// after the variable-length body, so the small response is decoded and encoded again.
-pub fn produce_response_throttled(
-    version: i16,
-    frame: &Bytes,
-    throttle_time_ms: i32,
-) -> Result<Bytes, String> {
-    let mut body = frame.slice(4.min(frame.len())..);
-    let header =
-        ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
-            .map_err(|e| e.to_string())?;
-    let mut response = ProduceResponse::decode(&mut body, version).map_err(|e| e.to_string())?;
-    response.throttle_time_ms = throttle_time_ms;
-    encode_response(ApiKey::Produce, version, header.correlation_id, &response)
-}
-
-/// Sets `throttle_time_ms` of a Fetch response frame (v1+) in place of its first buffer: the
-/// field is the body's first, right after the response header, which strom writes without
-/// tagged fields. The records the frame shares are not touched. False if the frame is too
-/// short to hold it (not a Fetch response).
-pub fn set_fetch_throttle_time(version: i16, chain: &mut [Bytes], throttle_time_ms: i32) -> bool {
-    // length prefix, correlation id, and the flexible header's empty tagged fields
-    let at = 4 + 4 + usize::from(ApiKey::Fetch.response_header_version(version) >= 1);
-    let Some(first) = chain.first_mut() else { return false };
-    if version < 1 || first.len() < at + 4 {
-        return false;
-    }
-    let mut patched = BytesMut::from(first.as_ref());
-    patched[at..at + 4].copy_from_slice(&throttle_time_ms.to_be_bytes());
-    *first = patched.freeze();
-    true
 }

@@ -1053,10 +1053,12 @@ fn producer_ids_near_the_end_of_the_range_are_refused_not_wrapped() {
     );
 }
 
-fn alter_quotas(
-    entries: &[(&[(&str, Option<&str>)], &[(&str, Option<f64>)])],
-    validate_only: bool,
-) -> ControlRequest {
+/// An entity as (type, name) pairs.
+type Entity<'a> = &'a [(&'a str, Option<&'a str>)];
+/// Quota operations as (key, value to set or `None` to remove).
+type Ops<'a> = &'a [(&'a str, Option<f64>)];
+
+fn alter_quotas(entries: &[(Entity<'_>, Ops<'_>)], validate_only: bool) -> ControlRequest {
     ControlRequest::AlterClientQuotas(AlterClientQuotasRequest {
         entries: entries
             .iter()
