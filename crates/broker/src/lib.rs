@@ -22,6 +22,7 @@ mod log_dir;
 mod partition;
 mod peer;
 mod producer_ids;
+mod quota;
 mod replica;
 mod server;
 mod shards;
@@ -81,6 +82,8 @@ pub(crate) struct BrokerCtx {
     pub producer_ids: Arc<producer_ids::ProducerIdManager>,
     /// The transaction coordinator's shards on this broker, and its marker sender.
     pub txn: txn::TxnCoordinator,
+    /// Client byte-rate quotas, from the image (Produce and Fetch are throttled by them).
+    pub quotas: quota::ClientQuotaManager,
 }
 
 impl BrokerCtx {
@@ -156,6 +159,7 @@ impl Broker {
             clock,
             producer_ids,
             txn: txn::TxnCoordinator::new(markers),
+            quotas: quota::ClientQuotaManager::default(),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -172,6 +176,7 @@ impl Broker {
             tokio::spawn(group::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(txn::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(txn::send_markers(ctx.clone(), marker_jobs, shutdown_rx.clone())),
+            tokio::spawn(quota::follow_image(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(server::accept_loop(
                 tcp,
                 handlers::metadata::LISTENER.to_owned(),

@@ -1165,6 +1165,7 @@ pub(crate) mod test_support {
                 clock.clone(),
             )),
             txn: crate::txn::TxnCoordinator::new(crate::txn::MarkerSender::new().0),
+            quotas: crate::quota::ClientQuotaManager::default(),
             clock,
             config,
         })

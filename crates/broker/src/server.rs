@@ -356,7 +356,17 @@ async fn serve(
     let max = ctx.config.socket_request_max_bytes;
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
+    // Set by a response throttled for a client quota: no request is read before then.
+    let mute = Arc::new(crate::quota::Mute::default());
     let result = loop {
+        let muted = mute.remaining(ctx.clock.as_ref());
+        if !muted.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(muted) => {}
+                _ = shutdown.changed() => break Ok(()),
+            }
+            continue;
+        }
         let mut prefix = [0u8; 4];
         match read_full(&mut rd, &mut prefix, &activity, idle, &mut timer, &mut shutdown).await {
             ReadEnd::Filled => {}
@@ -389,7 +399,7 @@ async fn serve(
                 break Err(Close::Error(format!("truncated frame: expected {len} bytes: {e}")))
             }
         }
-        let frame = match decode_request(buf.freeze()) {
+        let mut frame = match decode_request(buf.freeze()) {
             Ok(f) => f,
             Err(RequestError::UnsupportedVersion {
                 api_key: ApiKey::ApiVersions,
@@ -423,7 +433,15 @@ async fn serve(
         if tx.send(orx).await.is_err() {
             break Ok(());
         }
-        match handlers::handle(&ctx, frame, peer).await {
+        let charge = (ctx.quotas.is_active() && crate::quota::is_charged(frame.api_key))
+            .then(|| crate::quota::charge(&ctx, &mut frame, len))
+            .flatten();
+        let reply = handlers::handle(&ctx, frame, peer).await;
+        let reply = match charge {
+            Some(charge) => crate::quota::throttle(&ctx, charge, reply, &mute),
+            None => reply,
+        };
+        match reply {
             Reply::Now(bytes) => {
                 let _ = otx.send(bytes.map(Frame::One));
             }

@@ -5,12 +5,13 @@
 
 use prost::Message;
 use strom_metadata::control::{
-    AllocateProducerIdsRequest, AlterConfigOp, AlterConfigsRequest, AlterPartitionReply,
-    AlterPartitionRequest, BrokerHeartbeatRequest, ConfigAlteration, ControlRequest,
-    ControlResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
-    DeleteTopicsRequest, ElectionError, HeartbeatReply, IsrChange, IsrChangeResult, IsrChanged,
-    ItemResult, NewPartitions, PartitionElection, PartitionReassignment, PartitionResult,
-    ProducerIdBlock, ReassignPartitionsRequest, RegisterBrokerRequest, ResourceResult,
+    AllocateProducerIdsRequest, AlterClientQuotasRequest, AlterConfigOp, AlterConfigsRequest,
+    AlterPartitionReply, AlterPartitionRequest, BrokerHeartbeatRequest, ConfigAlteration,
+    ControlRequest, ControlResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest,
+    CreatedTopic, DeleteTopicsRequest, ElectionError, HeartbeatReply, IsrChange, IsrChangeResult,
+    IsrChanged, ItemResult, NewPartitions, PartitionElection, PartitionReassignment,
+    PartitionResult, ProducerIdBlock, QuotaAlteration, ReassignPartitionsRequest,
+    RegisterBrokerRequest, ResourceResult,
 };
 use strom_metadata::records::{
     ConfigResourceType, Endpoint, MetadataBatch, MetadataRecord, MetadataSnapshot,
@@ -346,6 +347,30 @@ pub fn request_to_pb(r: &ControlRequest) -> pb::ControlRequest {
                     .collect(),
             })
         }
+        ControlRequest::AlterClientQuotas(r) => {
+            R::AlterClientQuotas(pb::AlterClientQuotasRequest {
+                entries: r
+                    .entries
+                    .iter()
+                    .map(|e| pb::QuotaAlteration {
+                        entity: e
+                            .entity
+                            .iter()
+                            .map(|(t, n)| pb::QuotaEntityPart {
+                                entity_type: t.clone(),
+                                entity_name: n.clone(),
+                            })
+                            .collect(),
+                        ops: e
+                            .ops
+                            .iter()
+                            .map(|(key, value)| pb::QuotaOp { key: key.clone(), value: *value })
+                            .collect(),
+                    })
+                    .collect(),
+                validate_only: r.validate_only,
+            })
+        }
     };
     pb::ControlRequest { request: Some(request) }
 }
@@ -483,6 +508,17 @@ pub fn request_from_pb(r: pb::ControlRequest) -> Result<ControlRequest, WireErro
                     .collect(),
             })
         }
+        R::AlterClientQuotas(r) => ControlRequest::AlterClientQuotas(AlterClientQuotasRequest {
+            entries: r
+                .entries
+                .into_iter()
+                .map(|e| QuotaAlteration {
+                    entity: e.entity.into_iter().map(|p| (p.entity_type, p.entity_name)).collect(),
+                    ops: e.ops.into_iter().map(|op| (op.key, op.value)).collect(),
+                })
+                .collect(),
+            validate_only: r.validate_only,
+        }),
     })
 }
 
@@ -575,6 +611,14 @@ pub fn response_to_pb(r: &Result<ControlResponse, ControlError>) -> pb::ControlR
                 })
                 .collect(),
         }),
+        Ok(ControlResponse::AlterClientQuotas(results)) => {
+            R::AlterClientQuotas(pb::AlterClientQuotasResponse {
+                results: results
+                    .iter()
+                    .map(|result| pb::QuotaEntryResult { error: item_error(result) })
+                    .collect(),
+            })
+        }
         Ok(ControlResponse::AllocateProducerIds(block)) => {
             R::AllocateProducerIds(pb::ProducerIdBlock {
                 first_producer_id: block.first_producer_id,
@@ -704,6 +748,12 @@ pub fn response_from_pb(
                 })
                 .collect::<Result<_, WireError>>()?,
         }),
+        R::AlterClientQuotas(r) => ControlResponse::AlterClientQuotas(
+            r.results
+                .iter()
+                .map(|item| item_result(&item.error))
+                .collect::<Result<_, WireError>>()?,
+        ),
         R::AllocateProducerIds(b) => ControlResponse::AllocateProducerIds(ProducerIdBlock {
             first_producer_id: b.first_producer_id,
             len: b.len,
@@ -1025,6 +1075,16 @@ mod tests {
                 ],
             },
         ));
+        round_trip_request(ControlRequest::AlterClientQuotas(AlterClientQuotasRequest {
+            entries: vec![QuotaAlteration {
+                entity: vec![("user".into(), None), ("client-id".into(), Some("c".into()))],
+                ops: vec![
+                    ("producer_byte_rate".into(), Some(1e6)),
+                    ("request_percentage".into(), None),
+                ],
+            }],
+            validate_only: true,
+        }));
         round_trip_request(ControlRequest::AllocateProducerIds(AllocateProducerIdsRequest {
             broker_id: NodeId(2),
             broker_epoch: BrokerEpoch(31),
@@ -1090,6 +1150,10 @@ mod tests {
                 },
             ],
         })));
+        round_trip_response(Ok(ControlResponse::AlterClientQuotas(vec![
+            Ok(()),
+            Err(ControlError::InvalidRequest("no".into())),
+        ])));
         round_trip_response(Ok(ControlResponse::AllocateProducerIds(ProducerIdBlock {
             first_producer_id: 7_000,
             len: 1_000,

@@ -83,6 +83,9 @@ pub struct MetadataImage {
     pub configs: Arc<BTreeMap<(i32, String), BTreeMap<String, String>>>,
     pub next_producer_id: i64,
     pub features: BTreeMap<String, i32>,
+    /// Client quotas by entity (`ClientQuotaRecord`s). Changes only with such a record, so a
+    /// broker sees a change as a new pointer.
+    pub client_quotas: Arc<crate::quotas::ClientQuotas>,
 }
 
 fn node_ids(ids: &[i32]) -> Vec<NodeId> {
@@ -228,6 +231,31 @@ impl MetadataImage {
             Record::Feature(f) => {
                 self.features.insert(f.name.clone(), f.feature_level);
             }
+            Record::ClientQuota(q) => self.apply_client_quota(q)?,
+        }
+        Ok(())
+    }
+
+    fn apply_client_quota(
+        &mut self,
+        q: &crate::records::ClientQuotaRecord,
+    ) -> Result<(), ApplyError> {
+        let entity: crate::quotas::QuotaEntity =
+            q.entity.iter().map(|p| (p.entity_type.clone(), p.entity_name.clone())).collect();
+        if entity.is_empty() || entity.len() != q.entity.len() {
+            return Err(ApplyError::MalformedRecord("ClientQuotaRecord.entity"));
+        }
+        let quotas = Arc::make_mut(&mut self.client_quotas);
+        if q.remove {
+            if let Some(values) = quotas.get_mut(&entity) {
+                values.remove(&q.key);
+                if values.is_empty() {
+                    quotas.remove(&entity);
+                }
+            }
+        } else {
+            let value = crate::quotas::QuotaValue(q.value);
+            quotas.entry(entity).or_default().insert(q.key.clone(), value);
         }
         Ok(())
     }
@@ -331,6 +359,16 @@ impl MetadataImage {
                 })));
             }
         }
+        for (entity, values) in self.client_quotas.iter() {
+            for (key, value) in values {
+                out.push(wrap(Record::ClientQuota(crate::records::ClientQuotaRecord {
+                    entity: crate::control::quota_entity_parts(entity),
+                    key: key.clone(),
+                    value: value.0,
+                    remove: false,
+                })));
+            }
+        }
         if self.next_producer_id > 0 {
             out.push(wrap(Record::ProducerIds(crate::records::ProducerIdsRecord {
                 broker_id: -1,
@@ -414,7 +452,10 @@ impl MetadataDelta {
                 {
                     Some(c.resource_name.clone())
                 }
-                Record::Config(_) | Record::ProducerIds(_) | Record::Feature(_) => None,
+                Record::Config(_)
+                | Record::ProducerIds(_)
+                | Record::Feature(_)
+                | Record::ClientQuota(_) => None,
             };
             delta.topics.extend(name);
         }

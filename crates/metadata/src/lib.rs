@@ -11,6 +11,7 @@ mod ids;
 mod image;
 mod listener;
 pub mod quorum;
+pub mod quotas;
 mod topic_map;
 
 pub use error::{ApplyError, ControlError};

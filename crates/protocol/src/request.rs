@@ -2,18 +2,19 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddRaftVoterRequest, AlterConfigsRequest,
-    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest,
-    CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddRaftVoterRequest,
+    AlterClientQuotasRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest, ApiKey,
+    ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClientQuotasRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
     DescribeProducersRequest, DescribeQuorumRequest, DescribeTransactionsRequest,
     ElectLeadersRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
     IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
     ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest,
     ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RemoveRaftVoterRequest,
-    RequestHeader, ResponseHeader, SyncGroupRequest, TxnOffsetCommitRequest,
-    UpdateRaftVoterRequest, WriteTxnMarkersRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, ProduceResponse,
+    RemoveRaftVoterRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    TxnOffsetCommitRequest, UpdateRaftVoterRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -87,6 +88,8 @@ requests! {
     ElectLeaders(ElectLeadersRequest),
     AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
     ListPartitionReassignments(ListPartitionReassignmentsRequest),
+    DescribeClientQuotas(DescribeClientQuotasRequest),
+    AlterClientQuotas(AlterClientQuotasRequest),
 }
 
 /// One request frame: its header and decoded body.
@@ -326,6 +329,40 @@ pub fn peek_correlation_id(frame: &[u8]) -> Option<i32> {
     Some(b.get_i32())
 }
 
+/// A Produce response frame (as [`encode_response`] made it) with its `throttle_time_ms` set
+/// (KIP-219: the broker tells a client over its quota how long it is held). The field sits
+/// after the variable-length body, so the small response is decoded and encoded again.
+pub fn produce_response_throttled(
+    version: i16,
+    frame: &Bytes,
+    throttle_time_ms: i32,
+) -> Result<Bytes, String> {
+    let mut body = frame.slice(4.min(frame.len())..);
+    let header =
+        ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
+            .map_err(|e| e.to_string())?;
+    let mut response = ProduceResponse::decode(&mut body, version).map_err(|e| e.to_string())?;
+    response.throttle_time_ms = throttle_time_ms;
+    encode_response(ApiKey::Produce, version, header.correlation_id, &response)
+}
+
+/// Sets `throttle_time_ms` of a Fetch response frame (v1+) in place of its first buffer: the
+/// field is the body's first, right after the response header, which strom writes without
+/// tagged fields. The records the frame shares are not touched. False if the frame is too
+/// short to hold it (not a Fetch response).
+pub fn set_fetch_throttle_time(version: i16, chain: &mut [Bytes], throttle_time_ms: i32) -> bool {
+    // length prefix, correlation id, and the flexible header's empty tagged fields
+    let at = 4 + 4 + usize::from(ApiKey::Fetch.response_header_version(version) >= 1);
+    let Some(first) = chain.first_mut() else { return false };
+    if version < 1 || first.len() < at + 4 {
+        return false;
+    }
+    let mut patched = BytesMut::from(first.as_ref());
+    patched[at..at + 4].copy_from_slice(&throttle_time_ms.to_be_bytes());
+    *first = patched.freeze();
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +376,50 @@ mod tests {
         b.put_i32(correlation);
         b.put_slice(body);
         b.freeze()
+    }
+
+    #[test]
+    fn throttle_times_land_in_produce_and_fetch_responses_of_every_served_version() {
+        use kafka_protocol::messages::FetchResponse;
+        for version in 3..=10 {
+            let frame =
+                encode_response(ApiKey::Produce, version, 9, &ProduceResponse::default()).unwrap();
+            let throttled = produce_response_throttled(version, &frame, 1234).unwrap();
+            let mut body = throttled.slice(4..);
+            let header =
+                ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
+                    .unwrap();
+            assert_eq!(header.correlation_id, 9);
+            let back = ProduceResponse::decode(&mut body, version).unwrap();
+            assert_eq!(back.throttle_time_ms, 1234, "v{version}");
+        }
+        for version in 4..=16 {
+            let records = Bytes::from(vec![7u8; 2 * SHARED_BYTES_MIN]);
+            let mut resp = FetchResponse::default();
+            resp.responses.push(
+                kafka_protocol::messages::fetch_response::FetchableTopicResponse::default()
+                    .with_partitions(vec![
+                        kafka_protocol::messages::fetch_response::PartitionData::default()
+                            .with_records(Some(records.clone())),
+                    ]),
+            );
+            let mut chain = encode_response_sharing(
+                ApiKey::Fetch,
+                version,
+                5,
+                &resp,
+                std::slice::from_ref(&records),
+            )
+            .unwrap();
+            assert!(set_fetch_throttle_time(version, &mut chain, 4321));
+            let whole: Vec<u8> = chain.iter().flat_map(|b| b.iter().copied()).collect();
+            let mut body = Bytes::from(whole).slice(4..);
+            ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(version))
+                .unwrap();
+            let back = FetchResponse::decode(&mut body, version).unwrap();
+            assert_eq!(back.throttle_time_ms, 4321, "v{version}");
+            assert_eq!(back.responses[0].partitions[0].records.as_ref(), Some(&records));
+        }
     }
 
     #[test]

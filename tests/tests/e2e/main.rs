@@ -31,6 +31,7 @@ mod produce_acks;
 mod producer_ids;
 mod quorum;
 mod quorum_membership;
+mod quotas;
 mod raw_socket;
 mod read_committed;
 mod replica_fetchers;

@@ -15,6 +15,7 @@ mod partition_admin;
 mod produce;
 mod producer_id;
 mod quorum;
+mod quotas;
 mod records;
 mod transactions;
 mod txn_coordinator;
@@ -281,6 +282,10 @@ pub(crate) async fn handle(
         R::IncrementalAlterConfigs(req) => {
             now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))
         }
+        R::DescribeClientQuotas(req) => {
+            now(meta.encode(&quotas::describe_client_quotas(ctx, &req)))
+        }
+        R::AlterClientQuotas(req) => now(meta.encode(&quotas::alter_client_quotas(ctx, req).await)),
         // The metadata quorum (KIP-853): answered by the active controller; a voter change may
         // wait for a new voter to catch up, so it answers in its turn, not in the reader.
         R::DescribeQuorum(req) => {

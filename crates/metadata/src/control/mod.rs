@@ -7,6 +7,7 @@ mod configs;
 mod isr;
 pub mod liveness;
 mod producer_ids;
+mod quotas;
 mod reassign;
 mod topics;
 
@@ -25,6 +26,7 @@ pub use isr::{
 };
 pub use liveness::BrokerLiveness;
 pub use producer_ids::{AllocateProducerIdsRequest, ProducerIdBlock, PRODUCER_ID_BLOCK_SIZE};
+pub use quotas::{quota_entity, quota_entity_parts, AlterClientQuotasRequest, QuotaAlteration};
 pub use reassign::{
     PartitionReassignment, PartitionResult, ReassignPartitionsRequest,
     REASSIGNMENTS_PER_REQUEST_MAX,
@@ -128,6 +130,8 @@ pub enum ControlRequest {
     AlterPartitionReassignments(ReassignPartitionsRequest),
     /// A broker's next block of producer ids (Kafka's AllocateProducerIds).
     AllocateProducerIds(AllocateProducerIdsRequest),
+    /// Kafka's AlterClientQuotas: one `ClientQuotaRecord` per changed key.
+    AlterClientQuotas(AlterClientQuotasRequest),
     /// The quorum's membership (KIP-853), carried out by the active controller with raft's
     /// membership changes, not decided as records: [`decide`] refuses these.
     AddVoter(AddVoterRequest),
@@ -176,6 +180,8 @@ pub enum ControlResponse {
     AlterPartition(AlterPartitionReply),
     AlterPartitionReassignments(Vec<PartitionResult>),
     AllocateProducerIds(ProducerIdBlock),
+    /// Per entry of the request, in its order.
+    AlterClientQuotas(Vec<Result<(), ControlError>>),
     /// Every quorum request's answer: the quorum as its leader sees it (after a change, with
     /// the change committed).
     Quorum(QuorumDescription),
@@ -208,6 +214,7 @@ pub fn decide(
         ControlRequest::AlterPartition(r) => isr::alter_partition(image, r),
         ControlRequest::AlterPartitionReassignments(r) => reassign::alter_reassignments(image, r),
         ControlRequest::AllocateProducerIds(r) => producer_ids::allocate(image, r),
+        ControlRequest::AlterClientQuotas(r) => Ok(quotas::alter_client_quotas(image, r)),
         ControlRequest::AddVoter(_)
         | ControlRequest::RemoveVoter(_)
         | ControlRequest::UpdateVoter(_)
@@ -234,6 +241,7 @@ fn is_user_op(request: &ControlRequest) -> bool {
             | ControlRequest::CreatePartitions(_)
             | ControlRequest::AlterConfigs(_)
             | ControlRequest::AlterPartitionReassignments(_)
+            | ControlRequest::AlterClientQuotas(_)
     )
 }
 
@@ -249,6 +257,7 @@ fn op_name(request: &ControlRequest) -> &'static str {
         ControlRequest::AlterPartition(_) => "AlterPartition",
         ControlRequest::AlterPartitionReassignments(_) => "AlterPartitionReassignments",
         ControlRequest::AllocateProducerIds(_) => "AllocateProducerIds",
+        ControlRequest::AlterClientQuotas(_) => "AlterClientQuotas",
         ControlRequest::AddVoter(_) => "AddRaftVoter",
         ControlRequest::RemoveVoter(_) => "RemoveRaftVoter",
         ControlRequest::UpdateVoter(_) => "UpdateRaftVoter",

@@ -1070,6 +1070,27 @@ fn reassign(partitions: &[(&str, i32, Option<&[i32]>)]) -> ControlRequest {
     })
 }
 
+/// An entity as (type, name) pairs.
+type Entity<'a> = &'a [(&'a str, Option<&'a str>)];
+/// Quota operations as (key, value to set or `None` to remove).
+type Ops<'a> = &'a [(&'a str, Option<f64>)];
+
+fn alter_quotas(entries: &[(Entity<'_>, Ops<'_>)], validate_only: bool) -> ControlRequest {
+    ControlRequest::AlterClientQuotas(AlterClientQuotasRequest {
+        entries: entries
+            .iter()
+            .map(|(entity, ops)| QuotaAlteration {
+                entity: entity
+                    .iter()
+                    .map(|(t, n)| (t.to_string(), n.map(str::to_string)))
+                    .collect(),
+                ops: ops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            })
+            .collect(),
+        validate_only,
+    })
+}
+
 #[test]
 fn reassignment_adds_followers_and_completes_when_every_target_replica_is_in_sync() {
     let mut sim = Sim::new();
@@ -1202,4 +1223,62 @@ fn reassignment_refuses_what_kafka_refuses() {
             => AlterPartitionReassignments([PartitionResult { topic: "t", partition: 0, result: Err(NoReassignmentInProgress("t-0")) }, PartitionResult { topic: "t", partition: 1, result: Err(InvalidReplicaAssignment("the target replica list is empty")) }])
         "#]],
     );
+}
+
+#[test]
+fn client_quotas_are_validated_per_entry_set_removed_and_kept_in_snapshots() {
+    let mut sim = Sim::new();
+    let client: &[(&str, Option<&str>)] = &[("client-id", Some("c"))];
+    let default_user: &[(&str, Option<&str>)] = &[("user", None), ("client-id", None)];
+    check(
+        &mut sim,
+        alter_quotas(
+            &[
+                (client, &[("producer_byte_rate", Some(1048576.0))]),
+                (
+                    default_user,
+                    &[("consumer_byte_rate", Some(2e6)), ("request_percentage", Some(50.5))],
+                ),
+                (&[("ip", Some("1.2.3.4"))], &[("connection_creation_rate", Some(1.0))]),
+                (&[("group", Some("g"))], &[("producer_byte_rate", Some(1.0))]),
+                (&[("user", Some("a")), ("user", Some("b"))], &[("producer_byte_rate", Some(1.0))]),
+                (client, &[("producer_byte_rate", Some(1.5))]),
+                (client, &[("producer_byte_rate", Some(0.0))]),
+                (client, &[("fetch_rate", Some(1.0))]),
+                (&[], &[("producer_byte_rate", Some(1.0))]),
+            ],
+            false,
+        ),
+        expect![[r#"
+            ClientQuota(ClientQuotaRecord { entity: [QuotaEntityPart { entity_type: "client-id", entity_name: Some("c") }], key: "producer_byte_rate", value: 1048576.0, remove: false })
+            ClientQuota(ClientQuotaRecord { entity: [QuotaEntityPart { entity_type: "client-id", entity_name: None }, QuotaEntityPart { entity_type: "user", entity_name: None }], key: "consumer_byte_rate", value: 2000000.0, remove: false })
+            ClientQuota(ClientQuotaRecord { entity: [QuotaEntityPart { entity_type: "client-id", entity_name: None }, QuotaEntityPart { entity_type: "user", entity_name: None }], key: "request_percentage", value: 50.5, remove: false })
+            => AlterClientQuotas([Ok(()), Ok(()), Err(InvalidRequest("ip quotas (connection_creation_rate) are not supported by strom")), Err(InvalidRequest("unknown client quota entity type 'group'")), Err(InvalidRequest("entity type 'user' given twice")), Err(InvalidRequest("producer_byte_rate must be a whole number of bytes, not 1.5")), Err(InvalidRequest("producer_byte_rate must be a positive number, not 0")), Err(InvalidRequest("unknown client quota key 'fetch_rate'")), Err(InvalidRequest("a client quota entity needs at least one entity type"))])
+        "#]],
+    );
+    check(
+        &mut sim,
+        alter_quotas(
+            &[(client, &[("producer_byte_rate", None), ("consumer_byte_rate", Some(7.0))])],
+            true,
+        ),
+        expect![[r#"
+            => AlterClientQuotas([Ok(())])
+        "#]],
+    );
+    check(
+        &mut sim,
+        alter_quotas(
+            &[(client, &[("producer_byte_rate", None), ("consumer_byte_rate", None)])],
+            false,
+        ),
+        expect![[r#"
+            ClientQuota(ClientQuotaRecord { entity: [QuotaEntityPart { entity_type: "client-id", entity_name: Some("c") }], key: "producer_byte_rate", value: 0.0, remove: true })
+            => AlterClientQuotas([Ok(())])
+        "#]],
+    );
+    assert_eq!(sim.image.client_quotas.len(), 1, "{:?}", sim.image.client_quotas);
+    let restored =
+        MetadataImage::from_records(sim.image.offset, &sim.image.to_records()).expect("replays");
+    assert_eq!(restored, sim.image);
 }

@@ -10,18 +10,19 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    add_raft_voter_request, alter_configs_request, alter_partition_reassignments_request,
-    create_partitions_request, create_topics_request, delete_records_request,
-    delete_topics_request, describe_configs_request, describe_log_dirs_request,
-    describe_quorum_request, elect_leaders_request, fetch_request,
-    incremental_alter_configs_request, join_group_request, leave_group_request,
-    list_offsets_request, list_partition_reassignments_request, metadata_request,
-    offset_commit_request, offset_delete_request, offset_fetch_request,
+    add_raft_voter_request, alter_client_quotas_request, alter_configs_request,
+    alter_partition_reassignments_request, create_partitions_request, create_topics_request,
+    delete_records_request, delete_topics_request, describe_client_quotas_request,
+    describe_configs_request, describe_log_dirs_request, describe_quorum_request,
+    elect_leaders_request, fetch_request, incremental_alter_configs_request, join_group_request,
+    leave_group_request, list_offsets_request, list_partition_reassignments_request,
+    metadata_request, offset_commit_request, offset_delete_request, offset_fetch_request,
     offset_for_leader_epoch_request, produce_request, sync_group_request,
     update_raft_voter_request, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest,
-    AddRaftVoterRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest, ApiKey,
-    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    AddRaftVoterRequest, AlterClientQuotasRequest, AlterConfigsRequest,
+    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, BrokerId,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeClientQuotasRequest, DescribeClusterRequest,
     DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
     DescribeProducersRequest, DescribeQuorumRequest, DescribeTransactionsRequest,
     ElectLeadersRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId,
@@ -132,6 +133,8 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::ElectLeaders => first_encodable(v, elect_leaders()),
         ApiKey::AlterPartitionReassignments => first_encodable(v, alter_reassignments()),
         ApiKey::ListPartitionReassignments => first_encodable(v, list_reassignments()),
+        ApiKey::DescribeClientQuotas => first_encodable(v, describe_client_quotas()),
+        ApiKey::AlterClientQuotas => first_encodable(v, alter_client_quotas()),
         _ => None,
     }
 }
@@ -473,6 +476,49 @@ fn alter_configs() -> Vec<AlterConfigsRequest> {
         .with_validate_only(true)
         .with_unknown_tagged_field(UNKNOWN_TAG, tag());
     vec![rich, AlterConfigsRequest::default()]
+}
+
+fn describe_client_quotas() -> Vec<DescribeClientQuotasRequest> {
+    let component = |entity_type: &'static str, match_type, name: Option<&'static str>| {
+        describe_client_quotas_request::ComponentData::default()
+            .with_entity_type(s(entity_type))
+            .with_match_type(match_type)
+            .with_match(name.map(s))
+    };
+    let rich = DescribeClientQuotasRequest::default()
+        .with_components(vec![
+            component("client-id", 0, Some("fuzz-quota")),
+            component("user", 1, None),
+        ])
+        .with_strict(true)
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, DescribeClientQuotasRequest::default()]
+}
+
+/// Validate-only, on a client id the fuzz does not use: a mutated frame that sets a quota
+/// does not throttle the fuzz's own connection.
+fn alter_client_quotas() -> Vec<AlterClientQuotasRequest> {
+    let rich = AlterClientQuotasRequest::default()
+        .with_entries(vec![alter_client_quotas_request::EntryData::default()
+            .with_entity(vec![
+                alter_client_quotas_request::EntityData::default()
+                    .with_entity_type(s("client-id"))
+                    .with_entity_name(Some(s("fuzz-quota"))),
+                alter_client_quotas_request::EntityData::default()
+                    .with_entity_type(s("user"))
+                    .with_entity_name(None),
+            ])
+            .with_ops(vec![
+                alter_client_quotas_request::OpData::default()
+                    .with_key(s("producer_byte_rate"))
+                    .with_value(1e12),
+                alter_client_quotas_request::OpData::default()
+                    .with_key(s("consumer_byte_rate"))
+                    .with_remove(true),
+            ])])
+        .with_validate_only(true)
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, AlterClientQuotasRequest::default()]
 }
 
 fn incremental_alter_configs() -> Vec<IncrementalAlterConfigsRequest> {
