@@ -170,7 +170,9 @@ impl KafkaError {
             KafkaError::InvalidFetchSessionEpoch => K::InvalidFetchSessionEpoch,
             KafkaError::FetchSessionTopicIdError => K::FetchSessionTopicIdError,
         };
-        k.code()
+        let code = k.code();
+        crate::metrics::count_error(code);
+        code
     }
 }
 

@@ -19,6 +19,7 @@ mod internal_topic;
 mod isr;
 mod log_admin;
 mod log_dir;
+mod metrics;
 mod partition;
 mod peer;
 mod producer_ids;
@@ -43,6 +44,7 @@ pub use image::ImageListener;
 pub use log_admin::{BrokerLogAdmin, LogAdminError};
 /// A Kafka request/response connection, also the CLI's (`strom produce`, `strom consume`).
 pub use peer::PeerConn;
+pub use metrics::BrokerMetricsHandle;
 pub use txn_admin::{BrokerTxnAdmin, TxnAdminError, TxnDescriptions};
 
 use strom_metadata::{Clock, ControllerClient};
@@ -81,6 +83,8 @@ pub(crate) struct BrokerCtx {
     pub producer_ids: Arc<producer_ids::ProducerIdManager>,
     /// The transaction coordinator's shards on this broker, and its marker sender.
     pub txn: txn::TxnCoordinator,
+    /// What `/metrics` shows of this broker.
+    pub metrics: Arc<metrics::BrokerMetrics>,
 }
 
 impl BrokerCtx {
@@ -156,6 +160,7 @@ impl Broker {
             clock,
             producer_ids,
             txn: txn::TxnCoordinator::new(markers),
+            metrics: Arc::new(metrics::BrokerMetrics::default()),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -261,6 +266,16 @@ impl Broker {
     /// this broker is offline and the node should stop; see `log_dir`).
     pub fn log_dir_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.ctx.replicas.health.watch()
+    }
+
+    /// This broker's metrics, to register with the node's Prometheus registry.
+    pub fn metrics(&self) -> BrokerMetricsHandle {
+        BrokerMetricsHandle { ctx: self.ctx.clone() }
+    }
+
+    /// Whether the Kafka listeners serve: the broker has caught up with its registration.
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.serving.subscribe()
     }
 
     /// Consumer groups as the admin API shows them, asked of the brokers over Kafka.
