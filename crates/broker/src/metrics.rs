@@ -355,8 +355,8 @@ impl BrokerMetrics {
 /// How long a scrape waits for one group shard's listing.
 const GROUP_LIST_WAIT: Duration = Duration::from_millis(500);
 
-/// Kafka error codes the broker answered, counted where errors become codes
-/// (`errors::KafkaError::code`): one relaxed add per error, no lock.
+/// Kafka error codes the broker answered, counted where errors become the codes of answers
+/// (`i16::from(KafkaError)`): one relaxed add per error, no lock.
 static ERROR_COUNTS: [AtomicU64; ERROR_CODES_MAX] = [const { AtomicU64::new(0) }; ERROR_CODES_MAX];
 
 /// Counts one answer with error `code`.

@@ -160,6 +160,10 @@ fn grpc_serving(node: &StromNode) -> anyhow::Result<bool> {
     })
 }
 
+fn wait_grpc_not_serving(node: &StromNode, what: &str) -> anyhow::Result<()> {
+    wait_until(WAIT, what, || Ok((!grpc_serving(node)?).then_some(())))
+}
+
 /// `/ready`'s reason once the node answers it not ready (bounded wait).
 fn wait_not_ready(node: &StromNode, what: &str) -> anyhow::Result<String> {
     wait_until(WAIT, what, || match node.not_ready_because() {
@@ -186,7 +190,8 @@ fn ready_is_false_while_starting_without_a_quorum_and_while_cut_off_from_it() {
         cluster.kill9(3)?;
         let why = wait_not_ready(cluster.node(1), "node 1 is not ready without a quorum")?;
         assert!(why.contains("fenced"), "{why}");
-        assert!(!grpc_serving(cluster.node(1))?, "gRPC health still SERVING while fenced");
+        // The gRPC health service follows within a moment.
+        wait_grpc_not_serving(cluster.node(1), "gRPC health says NOT_SERVING while fenced")?;
         assert_eq!(cluster.node(1).http_get("/health")?.0, 200, "the process is alive");
 
         // Starting with no quorum to register with: not ready from its first answer on.
@@ -198,7 +203,7 @@ fn ready_is_false_while_starting_without_a_quorum_and_while_cut_off_from_it() {
         assert_eq!(first.0, 503, "ready while starting without a quorum: {}", first.1);
         let why = wait_not_ready(cluster.node(1), "node 1 says why it is not ready")?;
         assert!(why.contains("not registered"), "{why}");
-        assert!(!grpc_serving(cluster.node(1))?, "gRPC health SERVING while starting");
+        wait_grpc_not_serving(cluster.node(1), "gRPC health says NOT_SERVING while starting")?;
         let scrape = cluster.node(1).scrape()?;
         assert_eq!(scrape.value("strom_ready", &[]), Some(0.0));
 
