@@ -20,7 +20,10 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut answer = Vec::new();
-    stream.take(ANSWER_BYTES_MAX).read_to_end(&mut answer).with_context(|| format!("GET {path}"))?;
+    stream
+        .take(ANSWER_BYTES_MAX)
+        .read_to_end(&mut answer)
+        .with_context(|| format!("GET {path}"))?;
     let text = String::from_utf8(answer).context("the answer is not UTF-8")?;
     let Some((head, body)) = text.split_once("\r\n\r\n") else { bail!("no header end: {text:?}") };
     let status = head
@@ -28,9 +31,9 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .with_context(|| format!("no status in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked")
-    });
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
     let body = if chunked { dechunk(body)? } else { body.to_owned() };
     Ok((status, body))
 }

@@ -173,7 +173,11 @@ impl BrokerMetrics {
     /// Adds every metric to `registry`, under Kafka-like names.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry;
-        r.register("strom_requests", "Requests received, per API and version", self.requests.clone());
+        r.register(
+            "strom_requests",
+            "Requests received, per API and version",
+            self.requests.clone(),
+        );
         r.register(
             "strom_request_total_time_seconds",
             "From a request read to its response written",
@@ -200,7 +204,11 @@ impl BrokerMetrics {
         r.register("strom_isr_shrinks", "ISR shrinks this broker led", self.isr_shrinks.clone());
         r.register("strom_isr_expands", "ISR expands this broker led", self.isr_expands.clone());
         r.register("strom_leader_count", "Partitions this broker leads", self.leaders.clone());
-        r.register("strom_partition_count", "Partition logs on this broker", self.partitions.clone());
+        r.register(
+            "strom_partition_count",
+            "Partition logs on this broker",
+            self.partitions.clone(),
+        );
         r.register(
             "strom_under_replicated_partitions",
             "Partitions this broker leads whose ISR is smaller than their replica set",
@@ -448,7 +456,8 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "no line {line:?} in\n{out}");
         }
         assert!(
-            out.lines().any(|l| l.starts_with("strom_errors_total{error=\"NOT_LEADER_OR_FOLLOWER\"}")),
+            out.lines()
+                .any(|l| l.starts_with("strom_errors_total{error=\"NOT_LEADER_OR_FOLLOWER\"}")),
             "{out}"
         );
     }

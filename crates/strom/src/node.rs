@@ -22,11 +22,11 @@ use strom_metadata::records::Endpoint;
 use strom_metadata::{ControllerClient, MetadataListener, NodeId};
 use tokio::sync::watch;
 
-use crate::http::{HttpState, NodeHealth};
 use crate::config::{
     parse_bootstrap_servers, parse_ip_overrides, parse_listeners, parse_voters, NodeConfig,
     INTER_BROKER_MAX_CONNECTIONS_DEFAULT,
 };
+use crate::http::{HttpState, NodeHealth};
 use crate::StartArgs;
 
 /// How long start-up waits for the node's own broker registration to commit.
@@ -454,7 +454,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             let bound = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(|l| control_rt.listener(l))
-                .with_context(|| format!("cannot bind the metrics endpoint {addr} (metrics_listener)"))?;
+                .with_context(|| {
+                    format!("cannot bind the metrics endpoint {addr} (metrics_listener)")
+                })?;
             tracing::info!(%addr, "metrics endpoint up: /metrics, /health, /ready");
             Some(control_rt.spawn(crate::http::serve(bound, http_state.clone(), http_stop_rx)))
         }

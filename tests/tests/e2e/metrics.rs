@@ -36,7 +36,9 @@ fn metrics_count_requests_and_bytes_as_a_producer_writes() {
     with_node(NodeOptions::default(), |node| {
         let bootstrap = node.bootstrap();
         assert_eq!(node.http_get("/health")?.0, 200);
-        wait_until(WAIT, "the node is ready", || Ok(node.not_ready_because()?.is_none().then_some(())))?;
+        wait_until(WAIT, "the node is ready", || {
+            Ok(node.not_ready_because()?.is_none().then_some(()))
+        })?;
         kafka::create_topic(&bootstrap, "metered", 1, &[])?;
         let before = node.scrape()?;
         let produce_requests = |s: &strom_tests::http::Scrape| {
