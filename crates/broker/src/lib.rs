@@ -42,9 +42,9 @@ pub use fetch_session::{
 pub use group::{BrokerGroupAdmin, GroupAdminError};
 pub use image::ImageListener;
 pub use log_admin::{BrokerLogAdmin, LogAdminError};
+pub use metrics::BrokerMetricsHandle;
 /// A Kafka request/response connection, also the CLI's (`strom produce`, `strom consume`).
 pub use peer::PeerConn;
-pub use metrics::BrokerMetricsHandle;
 pub use txn_admin::{BrokerTxnAdmin, TxnAdminError, TxnDescriptions};
 
 use strom_metadata::{Clock, ControllerClient};
