@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod clients;
 pub mod cluster;
+pub mod http;
 pub mod kafka;
 pub mod netns;
 pub mod node;

@@ -56,6 +56,8 @@ pub struct StromNode {
     stderr_path: PathBuf,
     kafka_addr: SocketAddr,
     control_addr: SocketAddr,
+    /// `--metrics-addr`: /metrics, /health and /ready; always a free loopback port.
+    metrics_addr: SocketAddr,
     child: Option<Child>,
     starts: u32,
 }
@@ -74,7 +76,7 @@ impl StromNode {
         let dir = tempfile::Builder::new().prefix("strom-test-").tempdir()?;
         let data_dir = options.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
         let stderr_path = dir.path().join("stderr.log");
-        let (free_kafka, free_control) = two_free_ports()?;
+        let (free_kafka, free_control, metrics_addr) = three_free_ports()?;
         let kafka_addr = options.kafka_addr.unwrap_or(free_kafka);
         let control_addr = options.control_addr.unwrap_or(free_control);
         let mut node = StromNode {
@@ -85,6 +87,7 @@ impl StromNode {
             stderr_path,
             kafka_addr,
             control_addr,
+            metrics_addr,
             child: None,
             starts: 0,
         };
@@ -103,6 +106,35 @@ impl StromNode {
 
     pub fn control_addr(&self) -> SocketAddr {
         self.control_addr
+    }
+
+    /// Where the node serves /metrics, /health and /ready.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// `GET path` on the node's HTTP endpoint: (status code, body). An error when nothing
+    /// answers (not started yet, stopped).
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        crate::http::get(self.metrics_addr, path)
+    }
+
+    /// `/ready`: `Ok(None)` when ready, `Ok(Some(why))` when the node says it is not, an error
+    /// when it does not answer.
+    pub fn not_ready_because(&self) -> anyhow::Result<Option<String>> {
+        match self.http_get("/ready")? {
+            (200, _) => Ok(None),
+            (503, body) => Ok(Some(body.trim().to_owned())),
+            (code, body) => bail!("/ready answered {code}: {body}"),
+        }
+    }
+
+    /// `/metrics`, parsed by a Prometheus text-format parser.
+    pub fn scrape(&self) -> anyhow::Result<crate::http::Scrape> {
+        match self.http_get("/metrics")? {
+            (200, body) => crate::http::Scrape::parse(&body),
+            (code, body) => bail!("/metrics answered {code}: {body}"),
+        }
     }
 
     /// The `--data-dir` of the node; it survives restarts.
@@ -340,6 +372,8 @@ impl StromNode {
             self.control_addr.to_string(),
             "--node-id".to_owned(),
             self.options.node_id.unwrap_or(1).to_string(),
+            "--metrics-addr".to_owned(),
+            self.metrics_addr.to_string(),
         ];
         if let Some(toml) = &self.options.config_toml {
             let path = dir.join("strom.toml");
@@ -400,13 +434,13 @@ impl Drop for StromNode {
     }
 }
 
-/// Two distinct free loopback ports (see [`crate::free_ports`]: below the ephemeral range, so
+/// Three distinct free loopback ports (see [`crate::free_ports`]: below the ephemeral range, so
 /// a restart finds its ports free); another process could still take one before strom binds
 /// it, which is unlikely enough for tests.
-fn two_free_ports() -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    match crate::free_ports(2)?.as_slice() {
-        [first, second] => Ok((*first, *second)),
-        other => anyhow::bail!("asked for two free ports, got {other:?}"),
+fn three_free_ports() -> anyhow::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+    match crate::free_ports(3)?.as_slice() {
+        [first, second, third] => Ok((*first, *second, *third)),
+        other => anyhow::bail!("asked for three free ports, got {other:?}"),
     }
 }
 

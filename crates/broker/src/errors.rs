@@ -105,8 +105,9 @@ pub(crate) enum KafkaError {
 }
 
 impl KafkaError {
-    /// Kafka's code: the only mapping from an error to a number in the broker.
-    fn code(self) -> i16 {
+    /// Kafka's code: the only mapping from an error to a number in the broker. Comparing
+    /// codes uses this; an answer takes its code through `i16::from`, which also counts it.
+    pub(crate) fn code(self) -> i16 {
         let k = match self {
             KafkaError::UnknownServerError => K::UnknownServerError,
             KafkaError::OffsetOutOfRange => K::OffsetOutOfRange,
@@ -200,15 +201,18 @@ impl KafkaError {
     }
 }
 
+/// An error becoming the code of an answer: counted for `/metrics` (`strom_errors_total`).
 impl From<KafkaError> for i16 {
     fn from(e: KafkaError) -> i16 {
-        e.code()
+        let code = e.code();
+        crate::metrics::count_error(code);
+        code
     }
 }
 
 /// The code of an outcome that may have failed: 0 (NONE) when it did not.
 pub(crate) fn code_of<E: Into<KafkaError>>(e: Option<E>) -> i16 {
-    e.map_or(0, |e| e.into().code())
+    e.map_or(0, |e| i16::from(e.into()))
 }
 
 /// A controller refusal. `ControllerUnavailable` is REQUEST_TIMED_OUT, as Kafka answers when

@@ -19,6 +19,7 @@ mod internal_topic;
 mod isr;
 mod log_admin;
 mod log_dir;
+mod metrics;
 mod partition;
 mod peer;
 mod producer_ids;
@@ -42,6 +43,7 @@ pub use fetch_session::{
 pub use group::{BrokerGroupAdmin, GroupAdminError};
 pub use image::ImageListener;
 pub use log_admin::{BrokerLogAdmin, LogAdminError};
+pub use metrics::BrokerMetricsHandle;
 /// A Kafka request/response connection, also the CLI's (`strom produce`, `strom consume`).
 pub use peer::PeerConn;
 pub use txn_admin::{BrokerTxnAdmin, TxnAdminError, TxnDescriptions};
@@ -84,6 +86,8 @@ pub(crate) struct BrokerCtx {
     pub txn: txn::TxnCoordinator,
     /// Client byte-rate quotas, from the image (Produce and Fetch are throttled by them).
     pub quotas: quota::ClientQuotaManager,
+    /// What `/metrics` shows of this broker.
+    pub metrics: Arc<metrics::BrokerMetrics>,
 }
 
 impl BrokerCtx {
@@ -160,6 +164,7 @@ impl Broker {
             producer_ids,
             txn: txn::TxnCoordinator::new(markers),
             quotas: quota::ClientQuotaManager::default(),
+            metrics: Arc::new(metrics::BrokerMetrics::default()),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -266,6 +271,16 @@ impl Broker {
     /// this broker is offline and the node should stop; see `log_dir`).
     pub fn log_dir_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.ctx.replicas.health.watch()
+    }
+
+    /// This broker's metrics, to register with the node's Prometheus registry.
+    pub fn metrics(&self) -> BrokerMetricsHandle {
+        BrokerMetricsHandle { ctx: self.ctx.clone() }
+    }
+
+    /// Whether the Kafka listeners serve: the broker has caught up with its registration.
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.serving.subscribe()
     }
 
     /// Consumer groups as the admin API shows them, asked of the brokers over Kafka.

@@ -273,6 +273,11 @@ impl ReplicaManager {
         self.reconciled.subscribe()
     }
 
+    /// Topics with a log the reconcile could not open yet and will try again.
+    pub fn logs_awaiting_open(&self) -> usize {
+        self.open_retries.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// The open local log of a partition. Only the reconcile opens logs: `None` until it has
     /// reconciled an image that places the partition here.
     pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
@@ -909,6 +914,8 @@ pub(crate) async fn isr_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<
                                 tracing::debug!(topic = %p.topic, partition = p.index,
                                     isr = ?changed.isr.iter().map(|n| n.0).collect::<Vec<_>>(),
                                     partition_epoch = changed.partition_epoch, "ISR changed");
+                                let before = p.leader_view().map(|(isr, _)| isr);
+                                ctx.metrics.isr_changed(before, changed.isr.len());
                                 p.isr_change_committed(
                                     *leader_epoch,
                                     changed.partition_epoch,
@@ -1166,6 +1173,7 @@ pub(crate) mod test_support {
             )),
             txn: crate::txn::TxnCoordinator::new(crate::txn::MarkerSender::new().0),
             quotas: crate::quota::ClientQuotaManager::default(),
+            metrics: Arc::default(),
             clock,
             config,
         })

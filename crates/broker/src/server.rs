@@ -30,6 +30,7 @@ use tokio::time::Sleep;
 
 use crate::config::ConnectionLimits;
 use crate::handlers::{self, Reply};
+use crate::metrics::ApiHandles;
 use crate::BrokerCtx;
 
 /// Requests one connection may have in flight before the reader waits for the writer.
@@ -287,8 +288,18 @@ async fn read_full(
     ReadEnd::Filled
 }
 
-/// A response still being produced, in the order its request arrived.
-type Pending = oneshot::Receiver<Option<Frame>>;
+/// A response still being produced, in the order its request arrived, with what its
+/// request's latency metrics need (none for a request answered before it was decoded).
+struct Pending {
+    response: oneshot::Receiver<Option<Frame>>,
+    timing: Option<Timing>,
+}
+
+/// When a request's frame was read, and its API's latency histograms.
+struct Timing {
+    received: Instant,
+    api: Arc<ApiHandles>,
+}
 
 /// A response frame: one buffer, or a chain of buffers written back to back (see
 /// `Reply::LaterChain`).
@@ -399,6 +410,7 @@ async fn serve(
                 break Err(Close::Error(format!("truncated frame: expected {len} bytes: {e}")))
             }
         }
+        let received = Instant::now();
         let mut frame = match decode_request(buf.freeze()) {
             Ok(f) => f,
             Err(RequestError::UnsupportedVersion {
@@ -421,22 +433,27 @@ async fn serve(
                 let (otx, orx) = oneshot::channel();
                 let _ = otx.send(Some(Frame::One(bytes)));
                 activity.request_queued();
-                if tx.send(orx).await.is_err() {
+                if tx.send(Pending { response: orx, timing: None }).await.is_err() {
                     break Ok(());
                 }
                 continue;
             }
             Err(e) => break Err(Close::Error(e.to_string())),
         };
+        let api = ctx.metrics.api(frame.api_key);
+        ctx.metrics.request(&api, frame.api_version);
         let (otx, orx) = oneshot::channel();
         activity.request_queued();
-        if tx.send(orx).await.is_err() {
+        let timing = Some(Timing { received, api: api.clone() });
+        if tx.send(Pending { response: orx, timing }).await.is_err() {
             break Ok(());
         }
         let charge = (ctx.quotas.is_active() && crate::quota::is_charged(frame.api_key))
             .then(|| crate::quota::charge(&ctx, &mut frame, len))
             .flatten();
+        let local = Instant::now();
         let reply = handlers::handle(&ctx, frame, peer).await;
+        api.local.observe(local.elapsed().as_secs_f64());
         let reply = match charge {
             Some(charge) => crate::quota::throttle(&ctx, charge, reply, &mute),
             None => reply,
@@ -447,12 +464,18 @@ async fn serve(
             }
             Reply::Later(fut) => {
                 tokio::spawn(async move {
-                    let _ = otx.send(fut.await.map(Frame::One));
+                    let remote = Instant::now();
+                    let frame = fut.await.map(Frame::One);
+                    api.remote.observe(remote.elapsed().as_secs_f64());
+                    let _ = otx.send(frame);
                 });
             }
             Reply::LaterChain(fut) => {
                 tokio::spawn(async move {
-                    let _ = otx.send(fut.await.map(Frame::Chain));
+                    let remote = Instant::now();
+                    let frame = fut.await.map(Frame::Chain);
+                    api.remote.observe(remote.elapsed().as_secs_f64());
+                    let _ = otx.send(frame);
                 });
             }
             Reply::Close(why) => break Err(Close::Error(why)),
@@ -491,19 +514,20 @@ async fn write_responses(
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        let frame = match pending.try_recv() {
+        let frame = match pending.response.try_recv() {
             Ok(b) => b,
             Err(OneshotTryRecv::Empty) => {
                 if out.flush().await.is_err() {
                     return;
                 }
-                match pending.await {
+                match (&mut pending.response).await {
                     Ok(b) => b,
                     Err(_) => return,
                 }
             }
             Err(OneshotTryRecv::Closed) => return,
         };
+        let send = Instant::now();
         let written = match frame {
             None => Ok(()),
             Some(Frame::One(bytes)) => out.write_all(&bytes).await,
@@ -513,6 +537,10 @@ async fn write_responses(
         };
         if written.is_err() {
             return;
+        }
+        if let Some(timing) = pending.timing {
+            timing.api.send.observe(send.elapsed().as_secs_f64());
+            timing.api.total.observe(timing.received.elapsed().as_secs_f64());
         }
         activity.response_written();
     }

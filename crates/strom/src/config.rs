@@ -27,6 +27,9 @@ pub struct NodeConfig {
     pub listeners: String,
     /// `advertised.listeners`: what clients are told; defaults to the PLAINTEXT listener.
     pub advertised_listeners: Option<String>,
+    /// The HTTP endpoint's `host:port`: `/metrics` (Prometheus), `/health` and `/ready`; empty
+    /// for none. strom's own (Kafka has no such listener; 9644 is Redpanda's admin port).
+    pub metrics_listener: String,
     /// `broker.rack`: the rack or zone of this node; a topic's replicas are spread across racks.
     pub rack: Option<String>,
     /// `num.partitions`: partitions of a topic created without a count (and of auto-created
@@ -93,6 +96,9 @@ pub struct PerListenerSection {
     /// `listener.name.<listener>.max.connections`: open connections on that listener.
     pub max_connections: Option<usize>,
 }
+
+/// `metrics_listener` when unset: beside the default Kafka (9092) and control (9093) ports.
+pub const METRICS_LISTENER_DEFAULT: &str = "127.0.0.1:9644";
 
 /// The longest `connections.max.idle.ms`: a year (the deadline arithmetic must not overflow).
 pub const CONNECTIONS_MAX_IDLE_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
@@ -266,6 +272,7 @@ impl Default for NodeConfig {
             process_roles: vec!["broker".into(), "controller".into()],
             listeners: "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093".into(),
             advertised_listeners: None,
+            metrics_listener: METRICS_LISTENER_DEFAULT.into(),
             rack: None,
             num_partitions: BROKER_DEFAULTS.num_partitions,
             default_replication_factor: BROKER_DEFAULTS.default_replication_factor,
@@ -465,6 +472,23 @@ impl NodeConfig {
         })
     }
 
+    /// The address of the HTTP endpoint (`metrics_listener`), if there is one.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        let text = self.metrics_listener.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let addr = text
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .with_context(|| {
+                format!("metrics_listener = {text:?}: not host:port (e.g. {METRICS_LISTENER_DEFAULT}); empty for none")
+            })?;
+        Ok(Some(addr))
+    }
+
     pub fn listener(&self, name: &str) -> Result<Option<Listener>> {
         Ok(parse_listeners("listeners", &self.listeners)?.into_iter().find(|l| l.name == name))
     }
@@ -633,6 +657,7 @@ impl NodeConfig {
                 bail!("cluster_id = {id:?}: use letters, digits, '-' and '_' (e.g. a Kafka-style base64 id)");
             }
         }
+        self.metrics_addr()?;
         if let Some(adv) = &self.advertised_listeners {
             parse_listeners("advertised_listeners", adv)?;
         }

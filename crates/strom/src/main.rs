@@ -4,6 +4,8 @@
 
 mod cli;
 mod config;
+mod health;
+mod http;
 mod node;
 
 use std::path::PathBuf;
@@ -73,6 +75,9 @@ pub struct StartArgs {
     /// Control (gRPC) listener address, host:port (the CONTROLLER listener).
     #[arg(long)]
     pub control_addr: Option<String>,
+    /// HTTP address of /metrics, /health and /ready, host:port (metrics_listener).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// This node's id (node_id).
     #[arg(long)]
     pub node_id: Option<i32>,

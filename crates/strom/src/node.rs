@@ -26,6 +26,7 @@ use crate::config::{
     parse_bootstrap_servers, parse_ip_overrides, parse_listeners, parse_voters, NodeConfig,
     INTER_BROKER_MAX_CONNECTIONS_DEFAULT,
 };
+use crate::http::{HttpState, NodeHealth};
 use crate::StartArgs;
 
 /// How long start-up waits for the node's own broker registration to commit.
@@ -218,6 +219,9 @@ pub fn config_from(args: StartArgs) -> Result<NodeConfig> {
     }
     if let Some(a) = &args.control_addr {
         cfg.set_listener("CONTROLLER", a).context("--control-addr")?;
+    }
+    if let Some(a) = args.metrics_addr {
+        cfg.metrics_listener = a;
     }
     cfg.validate()?;
     Ok(cfg)
@@ -439,6 +443,25 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
 
     let listener = Broker::listener(node);
     let control_rt = ControlRuntime::new()?;
+    // The HTTP endpoint answers from the start: /ready says why the node is not ready yet
+    // while the quorum forms and the metadata log replays. Served by the control runtime, so
+    // a busy data plane does not delay a probe.
+    let health = Arc::new(NodeHealth::new(is_broker, cfg.broker.session_timeout_ms));
+    let http_state = HttpState::new(health.clone());
+    let (http_stop, http_stop_rx) = watch::channel(false);
+    let http_server = match cfg.metrics_addr()? {
+        Some(addr) => {
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(|l| control_rt.listener(l))
+                .with_context(|| {
+                    format!("cannot bind the metrics endpoint {addr} (metrics_listener)")
+                })?;
+            tracing::info!(%addr, "metrics endpoint up: /metrics, /health, /ready");
+            Some(control_rt.spawn(crate::http::serve(bound, http_state.clone(), http_stop_rx)))
+        }
+        None => None,
+    };
     // Bind the control port before the quorum starts: peers may call as soon as we vote. Bound
     // in the control runtime, whose thread then serves it.
     let control_listener = match &control {
@@ -522,6 +545,19 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     if let MetadataSide::Voter(controller) = &metadata {
         tokio::spawn(exit_on_fatal(controller.fatal()));
     }
+    http_state.set_metadata(cluster_info.clone(), image_rx.clone());
+    let quorum_leader = tokio::spawn({
+        let (health, mut leader) = (health.clone(), leader_rx.clone());
+        async move {
+            loop {
+                let id = *leader.borrow_and_update();
+                health.update(|r| r.set_quorum_leader(id));
+                if leader.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
 
     // Groups and transactions are answered by this node's broker, which starts after the
     // control port.
@@ -543,8 +579,18 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
                 routes.add_service(controller.raft_service());
                 routes.add_service(controller.controller_service());
             }
-            let _health =
+            let reporter =
                 mount_admin(&mut routes, admin).await.context("cannot set up the admin service")?;
+            // NOT_SERVING until the node is ready (the server, "", and the admin service).
+            let services = vec!["", <strom_proto::admin::admin_service_server::AdminServiceServer<
+                AdminServiceImpl,
+            > as tonic::server::NamedService>::NAME];
+            for service in &services {
+                reporter
+                    .set_service_status(*service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            control_rt.spawn(crate::http::follow_readiness(reporter, services, health.clone()));
             let incoming = bounded(
                 tonic::transport::server::TcpIncoming::from(control_listener)
                     .with_nodelay(Some(true))
@@ -581,12 +627,16 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             control.as_ref(),
             leader_rx,
             fd_limit,
+            &health,
         );
         let running = tokio::select! {
             running = started => running?,
             _ = signals.recv() => {
                 tracing::info!("stop requested during start-up; shutting down");
+                health.update(|r| r.on_stopping());
+                quorum_leader.abort();
                 stop_metadata(metadata).await?;
+                let _ = http_stop.send(true);
                 if let Some(server) = control_server {
                     server.abort();
                 }
@@ -597,7 +647,16 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         let _ = groups.0.set(running.broker.group_admin());
         let _ = txns.0.set(running.broker.txn_admin());
         let _ = logs.0.set(running.broker.log_admin());
+        http_state.set_broker(running.broker.metrics());
         tokio::spawn(exit_on_log_dir_failure(running.broker.log_dir_failure()));
+        tokio::spawn({
+            let (health, mut failure) = (health.clone(), running.broker.log_dir_failure());
+            async move {
+                if failure.wait_for(Option::is_some).await.is_ok() {
+                    health.update(|r| r.on_log_dir_failed());
+                }
+            }
+        });
         Some(running)
     } else {
         tracing::info!(node_id = cfg.node_id, "strom controller ready");
@@ -605,13 +664,20 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     };
 
     signals.recv().await;
+    // Not ready from now on: load balancers and orchestrators stop sending work first.
+    health.update(|r| r.on_stopping());
     if let Some(running) = running {
         tracing::info!("shutting down: moving leaderships away first (controlled shutdown)");
         running.stop(&client, node).await?;
     } else {
         tracing::info!("shutting down");
     }
+    quorum_leader.abort();
     stop_metadata(metadata).await?;
+    let _ = http_stop.send(true);
+    if let Some(server) = http_server {
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    }
     if let Some(server) = control_server {
         server.abort();
     }
@@ -815,6 +881,7 @@ async fn start_broker(
     control: Option<&crate::config::Listener>,
     mut leader: watch::Receiver<Option<u64>>,
     fd_limit: u64,
+    health: &Arc<NodeHealth>,
 ) -> Result<RunningBroker> {
     let kafka = cfg.listener("PLAINTEXT")?.context("listeners: no PLAINTEXT listener")?;
     let advertised_all = match &cfg.advertised_listeners {
@@ -926,13 +993,24 @@ async fn start_broker(
             .await
             .context("broker registration timed out")??;
     broker.set_broker_epoch(epoch);
+    health.update(|r| r.on_registered());
     broker.serve_when_caught_up(epoch);
+    let mut serving = broker.serving();
+    let serving_seen = tokio::spawn({
+        let health = health.clone();
+        async move {
+            if serving.wait_for(|s| *s).await.is_ok() {
+                health.update(|r| r.on_serving());
+            }
+        }
+    });
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         broker.reconciled_offset(),
         node,
         epoch,
         Duration::from_millis(cfg.broker.heartbeat_interval_ms),
+        health.clone(),
     ));
     let broker = Arc::new(broker);
     let leader_updates = tokio::spawn({
@@ -953,6 +1031,8 @@ async fn start_broker(
         inter_broker = ?broker.inter_broker_addr(),
         "strom node ready"
     );
+    // Ends by itself once the listeners serve; nothing to keep.
+    drop(serving_seen);
     Ok(RunningBroker { broker, epoch, heartbeats, leader_updates })
 }
 
@@ -993,10 +1073,12 @@ async fn heartbeat_loop(
     node: NodeId,
     epoch: strom_metadata::BrokerEpoch,
     every: Duration,
+    health: Arc<NodeHealth>,
 ) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        let sent_ms = health.now_ms();
         let req = ControlRequest::BrokerHeartbeat(BrokerHeartbeatRequest {
             broker_id: node,
             broker_epoch: epoch,
@@ -1009,6 +1091,9 @@ async fn heartbeat_loop(
         // would keep this broker silent until it is fenced: give up and send a fresh one,
         // which goes to whoever leads by then. Heartbeats are idempotent.
         match tokio::time::timeout(every * HEARTBEAT_WAIT_INTERVALS, client.submit(req)).await {
+            Ok(Ok(ControlResponse::BrokerHeartbeat(reply))) => {
+                health.update(|r| r.on_heartbeat(sent_ms, reply.is_fenced, reply.is_caught_up));
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "broker heartbeat failed"),
             Err(_) => tracing::warn!(

@@ -73,7 +73,7 @@ fn a_node_without_a_config_file_runs_with_single_toml() -> anyhow::Result<()> {
     let shipped = single_toml()?;
     assert!(shipped.len() > 30, "{shipped:?}");
     // The harness gives the node its own ports and data directory.
-    let set_by_the_harness = ["listeners", "log.dirs"];
+    let set_by_the_harness = ["listeners", "log.dirs", "metrics.listener"];
     for (key, value) in &shipped {
         let (got, source) = reported.get(key).with_context(|| format!("{key} not reported"))?;
         if set_by_the_harness.contains(&key.as_str()) {

@@ -23,6 +23,7 @@ mod kcat;
 mod lifecycle;
 mod log_dirs;
 mod metadata_limits;
+mod metrics;
 mod module_cycles;
 mod module_docs;
 mod operations;

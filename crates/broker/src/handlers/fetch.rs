@@ -533,6 +533,13 @@ async fn read_once(
             match records {
                 Ok(ReadOutcome::Records(records)) => {
                     total += records.len();
+                    let topic = match &asks[ask].key.topic {
+                        TopicKey::Name(name) => Some(&**name),
+                        TopicKey::Id(id) => image.topic_by_id(*id).map(|t| t.name.as_str()),
+                    };
+                    if let Some(topic) = topic {
+                        ctx.metrics.bytes_out(topic, records.len());
+                    }
                     if let Some(aborted) = &mut d.aborted_transactions {
                         // Only the transactions the returned batches overlap.
                         let last = Batches::new(records.clone()).map_while(Result::ok).last();

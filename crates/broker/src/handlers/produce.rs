@@ -157,6 +157,7 @@ fn append(
         tracing::debug!(topic, partition = index, error = %e, "produce refused");
         Refusal::of_append(e, topic, index)
     })?;
+    ctx.metrics.bytes_in(topic, records.len());
     let mut response = PartitionProduceResponse::default()
         .with_index(index)
         .with_base_offset(info.base_offset)

@@ -95,7 +95,7 @@ enum Outcome {
 }
 
 fn outcome(code: i16) -> Outcome {
-    let is = |e: KafkaError| code == i16::from(e);
+    let is = |e: KafkaError| code == e.code();
     if code == 0 {
         Outcome::Written
     } else if is(KafkaError::InvalidProducerEpoch) || is(KafkaError::TransactionCoordinatorFenced) {
