@@ -1,11 +1,10 @@
-//! A rolling restart under load (issue 16): a 3-node cluster (RF 3, min.insync.replicas 2)
-//! with an idempotent acks=all producer and a consumer group running; each node in turn gets
-//! SIGTERM (controlled shutdown), is started again, and the next one waits until the node is
-//! back and every ISR (the topic's and `__consumer_offsets`') is full again, as an operator
-//! would. Afterwards: no acknowledged record lost (the group read every one of them), no
-//! delivery failed (no non-retriable error reached the producer), the consumer saw no error,
-//! and the longest produce stall is printed (the goal is 2 s; this shared machine is not
-//! asserted on).
+//! A rolling restart under load (issue 16): a 3-node cluster (RF 3, min.insync.replicas 2) with an
+//! idempotent acks=all producer and a consumer group running; each node in turn gets SIGTERM
+//! (controlled shutdown), is started again, and the next one waits until the node's `/ready`
+//! answers 200 and every ISR (the topic's and `__consumer_offsets`') is full again, as an operator
+//! would. Afterwards: no acknowledged record lost (the group read every one of them), no delivery
+//! failed (no non-retriable error reached the producer), the consumer saw no error, and the longest
+//! produce stall is printed (the goal is 2 s; this shared machine is not asserted on).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -137,11 +136,14 @@ fn rolling_restart_under_load_loses_nothing() {
             let stopped = started.elapsed();
             cluster.spawn(id)?;
             cluster.wait_serving(id, CATCH_UP)?;
+            wait_until(CATCH_UP, &format!("node {id}'s /ready"), || {
+                Ok(cluster.node(id).not_ready_because()?.is_none().then_some(()))
+            })?;
             let serving = started.elapsed();
             cluster.wait_isr_full(TOPIC, CATCH_UP).with_context(|| format!("node {id} rejoins"))?;
             cluster.wait_isr_full("__consumer_offsets", CATCH_UP)?;
             let line = format!(
-                "node {id}: stopped in {stopped:?}, serving after {serving:?}, every ISR full \
+                "node {id}: stopped in {stopped:?}, ready after {serving:?}, every ISR full \
                  after {:?}",
                 started.elapsed()
             );
