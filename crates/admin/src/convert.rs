@@ -2,7 +2,6 @@
 //! items checked and turned into `strom_metadata::control` requests, image entries and
 //! results turned into `pb` answers, and every refusal into a gRPC status, in [`status_of`].
 
-use strom_metadata::config::ConfigType;
 use strom_metadata::control::{
     AlterConfigOp, ControlResponse, CreateTopic, ElectionError, ItemResult,
 };
@@ -212,18 +211,6 @@ pub(crate) fn unexpected(response: &ControlResponse) -> Status {
 
 pub(crate) fn replication_factor(topic: &TopicImage) -> i32 {
     topic.partitions.values().next().map_or(0, |p| p.replicas.len() as i32)
-}
-
-pub(crate) fn type_name(kind: ConfigType) -> &'static str {
-    match kind {
-        ConfigType::Boolean => "boolean",
-        ConfigType::String => "string",
-        ConfigType::Int => "int",
-        ConfigType::Short => "short",
-        ConfigType::Long => "long",
-        ConfigType::Double => "double",
-        ConfigType::List => "list",
-    }
 }
 
 pub(crate) fn new_topic(t: pb::NewTopic) -> Result<CreateTopic, Status> {

@@ -26,7 +26,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::convert::{
     check_count, check_partition, config_op, describe_topic, directory_id_from_pb, election_error,
     fail_if_all_failed, item_answers, item_error, new_topic, quorum_to_pb, read_item_error,
-    read_status, replication_factor, status_of, txn_filters, type_name, unexpected,
+    read_status, replication_factor, status_of, txn_filters, unexpected,
 };
 use crate::source::{BrokerReadError, ClusterInfo, GroupSource, LogSource, TxnSource};
 
@@ -296,7 +296,7 @@ impl AdminService for AdminServiceImpl {
                         source: source(e.source) as i32,
                         value: e.value,
                         default_value: e.default_value,
-                        r#type: type_name(e.def.kind).to_string(),
+                        r#type: e.def.kind.name().to_string(),
                         doc: e.def.doc.to_string(),
                     },
                 )

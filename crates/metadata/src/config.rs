@@ -42,6 +42,19 @@ pub enum ConfigType {
 }
 
 impl ConfigType {
+    /// Kafka's name of the type, as its documentation and tools print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfigType::Boolean => "boolean",
+            ConfigType::String => "string",
+            ConfigType::Int => "int",
+            ConfigType::Short => "short",
+            ConfigType::Long => "long",
+            ConfigType::Double => "double",
+            ConfigType::List => "list",
+        }
+    }
+
     /// Kafka's DescribeConfigs `config_type` code.
     pub fn code(self) -> i8 {
         match self {

@@ -259,6 +259,8 @@ pub async fn produce(args: ProduceArgs, input: impl BufRead) -> Result<String, C
         }
     }
     // Keyless records go to one partition per batch (Kafka's sticky partitioner), in turn.
+    let target =
+        ProduceTarget { topic: &args.topic, partitions: &partitions, acks, compression, codec };
     let mut sticky = 0i32;
     let mut pending: BTreeMap<i32, (Vec<Record>, usize)> = BTreeMap::new();
     let mut written: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
@@ -294,34 +296,12 @@ pub async fn produce(args: ProduceArgs, input: impl BufRead) -> Result<String, C
         total += 1;
         if entry.0.len() >= BATCH_RECORDS_MAX || entry.1 >= BATCH_BYTES_MAX {
             let records = pending.remove(&partition).map(|(r, _)| r).unwrap_or_default();
-            send_batch(
-                &mut cluster,
-                &args.topic,
-                &partitions,
-                partition,
-                records,
-                acks,
-                compression,
-                codec,
-                &mut written,
-            )
-            .await?;
+            target.send(&mut cluster, partition, records, &mut written).await?;
             sticky = (sticky + 1) % count;
         }
     }
     for (partition, (records, _)) in std::mem::take(&mut pending) {
-        send_batch(
-            &mut cluster,
-            &args.topic,
-            &partitions,
-            partition,
-            records,
-            acks,
-            compression,
-            codec,
-            &mut written,
-        )
-        .await?;
+        target.send(&mut cluster, partition, records, &mut written).await?;
     }
     let mut out = String::new();
     for (partition, (first, last)) in &written {
@@ -331,83 +311,92 @@ pub async fn produce(args: ProduceArgs, input: impl BufRead) -> Result<String, C
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_batch(
-    cluster: &mut Cluster,
-    topic: &str,
-    partitions: &BTreeMap<i32, PartitionInfo>,
-    partition: i32,
-    records: Vec<Record>,
+/// Where and how `strom produce` sends its batches: the same for every batch of one run.
+struct ProduceTarget<'a> {
+    topic: &'a str,
+    partitions: &'a BTreeMap<i32, PartitionInfo>,
     acks: i16,
     compression: Compression,
     codec: Codec,
-    written: &mut BTreeMap<i32, (i64, i64)>,
-) -> Result<(), CliError> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let mut batch = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression };
-    let compressor = |plain: &mut BytesMut, out: &mut BytesMut, _: Compression| {
-        let packed = strom_protocol::compression::compress(codec, plain)?;
-        out.extend_from_slice(&packed);
-        Ok(())
-    };
-    RecordBatchEncoder::encode_with_custom_compression(
-        &mut batch,
-        &records,
-        &options,
-        Some(compressor),
-    )
-    .map_err(|e| CliError::Usage(format!("cannot encode the records: {e}")))?;
-    let request = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(PRODUCE_TIMEOUT.as_millis() as i32)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.into())))
-            .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(batch.freeze()))])]);
-    let leader = partitions[&partition].leader;
-    if leader < 0 {
-        return Err(CliError::Unavailable(format!("{topic}-{partition} has no leader")));
-    }
-    let conn = cluster.conn(leader).await?;
-    if acks == 0 {
-        return conn
-            .send(ApiKey::Produce, PRODUCE_VERSION, &request, CLIENT_ID)
-            .await
-            .map_err(|e| call_failed(leader, e));
-    }
-    let response: ProduceResponse = conn
-        .call_within(
-            ApiKey::Produce,
-            PRODUCE_VERSION,
-            &request,
-            CLIENT_ID,
-            PRODUCE_TIMEOUT + Duration::from_secs(5),
+}
+
+impl ProduceTarget<'_> {
+    /// Sends `records` to `partition`'s leader; records the offsets they got in `written`.
+    async fn send(
+        &self,
+        cluster: &mut Cluster,
+        partition: i32,
+        records: Vec<Record>,
+        written: &mut BTreeMap<i32, (i64, i64)>,
+    ) -> Result<(), CliError> {
+        let ProduceTarget { topic, partitions, acks, compression, codec } = *self;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut batch = BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression };
+        let compressor = |plain: &mut BytesMut, out: &mut BytesMut, _: Compression| {
+            let packed = strom_protocol::compression::compress(codec, plain)?;
+            out.extend_from_slice(&packed);
+            Ok(())
+        };
+        RecordBatchEncoder::encode_with_custom_compression(
+            &mut batch,
+            &records,
+            &options,
+            Some(compressor),
         )
-        .await
-        .map_err(|e| call_failed(leader, e))?;
-    let answer =
-        response.responses.first().and_then(|t| t.partition_responses.first()).ok_or_else(
-            || {
-                CliError::Unavailable(format!(
-                    "broker {leader} answered Produce without {topic}-{partition}"
-                ))
-            },
-        )?;
-    if answer.error_code != 0 {
-        let detail = answer.error_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
-        return Err(kafka_error(
-            &format!("produce to {topic}-{partition}{detail}"),
-            answer.error_code,
-        ));
+        .map_err(|e| CliError::Usage(format!("cannot encode the records: {e}")))?;
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(PRODUCE_TIMEOUT.as_millis() as i32)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.into())))
+                .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(batch.freeze()))])]);
+        let leader = partitions[&partition].leader;
+        if leader < 0 {
+            return Err(CliError::Unavailable(format!("{topic}-{partition} has no leader")));
+        }
+        let conn = cluster.conn(leader).await?;
+        if acks == 0 {
+            return conn
+                .send(ApiKey::Produce, PRODUCE_VERSION, &request, CLIENT_ID)
+                .await
+                .map_err(|e| call_failed(leader, e));
+        }
+        let response: ProduceResponse = conn
+            .call_within(
+                ApiKey::Produce,
+                PRODUCE_VERSION,
+                &request,
+                CLIENT_ID,
+                PRODUCE_TIMEOUT + Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| call_failed(leader, e))?;
+        let answer =
+            response.responses.first().and_then(|t| t.partition_responses.first()).ok_or_else(
+                || {
+                    CliError::Unavailable(format!(
+                        "broker {leader} answered Produce without {topic}-{partition}"
+                    ))
+                },
+            )?;
+        if answer.error_code != 0 {
+            let detail =
+                answer.error_message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+            return Err(kafka_error(
+                &format!("produce to {topic}-{partition}{detail}"),
+                answer.error_code,
+            ));
+        }
+        let last = answer.base_offset + records.len() as i64 - 1;
+        let range = written.entry(partition).or_insert((answer.base_offset, last));
+        range.1 = last;
+        Ok(())
     }
-    let last = answer.base_offset + records.len() as i64 - 1;
-    let range = written.entry(partition).or_insert((answer.base_offset, last));
-    range.1 = last;
-    Ok(())
 }
 
 /// Where consuming a partition starts and stops.

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use strom_metadata::config::{ConfigType, REFUSED_TOPIC_CONFIGS, TOPIC_CONFIGS};
+use strom_metadata::config::{REFUSED_TOPIC_CONFIGS, TOPIC_CONFIGS};
 
 use super::NodeConfig;
 
@@ -191,18 +191,6 @@ fn node_rows(structs: &BTreeMap<String, Vec<Field>>, defaults: &toml::Value) -> 
     rows
 }
 
-fn type_name(kind: ConfigType) -> &'static str {
-    match kind {
-        ConfigType::Boolean => "boolean",
-        ConfigType::String => "string",
-        ConfigType::Int => "int",
-        ConfigType::Short => "short",
-        ConfigType::Long => "long",
-        ConfigType::Double => "double",
-        ConfigType::List => "list",
-    }
-}
-
 /// The whole reference document.
 pub(super) fn render(config_source: &str) -> String {
     let structs = structs(config_source);
@@ -248,7 +236,7 @@ pub(super) fn render(config_source: &str) -> String {
             out,
             "| `{}` | {} | `{}` | {} | {} |",
             def.name,
-            type_name(def.kind),
+            def.kind.name(),
             def.default,
             def.broker_synonym.map(|s| format!("`{s}`")).unwrap_or_default(),
             cell(def.doc)
