@@ -854,8 +854,14 @@ fn raw_metadata(answered_by: u32, addr: SocketAddr) -> anyhow::Result<ClusterMet
 /// are drawn below the kernel's ephemeral range: a port from that range, free while its node
 /// is stopped, can become the local end of any outgoing connection (another node's, a
 /// client's), and the node's restart then fails with "address already in use".
+///
+/// A port is handed out once per test process: the listeners are closed on return, and a
+/// port chosen for one node but not yet bound by it must not go to the next node's metrics
+/// endpoint.
 pub fn free_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
     use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (low, high) = (PORTS_LOW, ephemeral_low().saturating_sub(1).max(PORTS_LOW + 1_000));
     let mut listeners = Vec::with_capacity(count);
     let mut tries = 0;
@@ -863,13 +869,23 @@ pub fn free_ports(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
         tries += 1;
         let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
         let port = low + (random % u64::from(high - low)) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
             listeners.push(l);
         }
     }
     // Crowded: let the kernel choose.
+    let mut tries = 0;
     while listeners.len() < count {
-        listeners.push(TcpListener::bind("127.0.0.1:0")?);
+        tries += 1;
+        anyhow::ensure!(tries <= PORT_TRIES_MAX, "no {count} free loopback ports left");
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        if handed_out.insert(l.local_addr()?.port()) {
+            listeners.push(l);
+        }
     }
     listeners.iter().map(|l| l.local_addr().map_err(Into::into)).collect()
 }

@@ -542,9 +542,14 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         (MetadataSide::Follower { stop, task }, client, leader_rx, info)
     };
 
-    if let MetadataSide::Voter(controller) = &metadata {
-        tokio::spawn(exit_on_fatal(controller.fatal()));
-    }
+    // Aborted if start-up fails from here on: dropping the quorum then ends the raft core, and
+    // the watcher would report that as its panic, exiting before the real error is printed.
+    let _fatal_watch = match &metadata {
+        MetadataSide::Voter(controller) => {
+            Some(AbortOnDrop(tokio::spawn(exit_on_fatal(controller.fatal()))))
+        }
+        MetadataSide::Follower { .. } => None,
+    };
     http_state.set_metadata(cluster_info.clone(), image_rx.clone());
     let quorum_leader = tokio::spawn({
         let (health, mut leader) = (health.clone(), leader_rx.clone());
@@ -1151,6 +1156,15 @@ pub const EXIT_METADATA_FATAL: i32 = 70;
 /// stopped answers every metadata request "unavailable" and never votes again: exiting lets a
 /// supervisor restart it, and the restart reopens the log (or reports why it cannot). The
 /// data plane needs no goodbye: every acknowledged write is already fsynced.
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn exit_on_fatal(fatal: impl std::future::Future<Output = String>) {
     let cause = fatal.await;
     tracing::error!(%cause, exit_status = EXIT_METADATA_FATAL, "fatal: exiting");

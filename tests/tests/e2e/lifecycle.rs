@@ -88,3 +88,21 @@ fn node_serves_again_after_sigstop_and_sigcont() {
         Ok(())
     });
 }
+
+/// A start-up error after the quorum has started (here: the Kafka port is taken) is the one
+/// reported, not the quorum's ending that follows from it.
+#[test]
+fn kafka_port_in_use_stops_start_up_and_says_so() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = taken.local_addr().expect("local addr");
+    let options = NodeOptions { kafka_addr: Some(addr), ..NodeOptions::default() };
+    let mut node = StromNode::spawn(options).expect("spawn strom");
+    let status = node.wait_exit(START_FAILURE_TIMEOUT).expect("strom must exit by itself");
+    let stderr = node.stderr();
+    assert!(!status.success(), "strom started on a taken Kafka port {addr}:\n{stderr}");
+    assert!(
+        stderr.contains("cannot bind the Kafka listener") && stderr.contains(&addr.to_string()),
+        "the error does not name the Kafka listener and {addr}:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "the real error is masked:\n{stderr}");
+}
