@@ -3,7 +3,7 @@
 const DESCRIPTOR_FILE: &str = "strom_descriptor.bin";
 
 /// Admin messages the CLI prints as JSON unchanged (with the `serde` feature).
-const SERIALIZED: [&str; 10] = [
+const SERIALIZED: [&str; 12] = [
     "ListTopicsResponse",
     "TopicListing",
     "ListGroupsResponse",
@@ -14,6 +14,8 @@ const SERIALIZED: [&str; 10] = [
     "DescribeLogDirsResponse",
     "LogDir",
     "LogDirPartition",
+    "ListPartitionReassignmentsResponse",
+    "OngoingReassignment",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -11,10 +11,11 @@ use strom_metadata::config::{effective_topic_config, BrokerDefaults, ConfigSourc
 use strom_metadata::control::{
     AlterConfigsRequest, ConfigAlteration, ControlRequest, ControlResponse,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, NewPartitions,
+    PartitionReassignment, ReassignPartitionsRequest,
 };
 use strom_metadata::quorum::{AddVoterRequest, RemoveVoterRequest};
 use strom_metadata::records::ConfigResourceType;
-use strom_metadata::{ControlError, ControllerClient, MetadataImage};
+use strom_metadata::{ControlError, ControllerClient, MetadataImage, NodeId, PartitionImage};
 use strom_proto::admin as pb;
 use strom_proto::admin::admin_service_server::{AdminService, AdminServiceServer};
 use tokio::sync::watch;
@@ -511,6 +512,88 @@ impl AdminService for AdminServiceImpl {
             })
             .collect();
         Ok(Response::new(pb::ElectLeadersResponse { partitions }))
+    }
+
+    async fn alter_partition_reassignments(
+        &self,
+        request: Request<pb::AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::AlterPartitionReassignmentsResponse>, Status> {
+        let request = request.into_inner();
+        check_count("partitions", request.partitions.len())?;
+        let mut partitions = Vec::with_capacity(request.partitions.len());
+        for p in request.partitions {
+            let target = if p.cancel {
+                None
+            } else if p.replicas.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "{}-{}: give the target replicas, or cancel",
+                    p.topic, p.partition
+                )));
+            } else {
+                Some(p.replicas.iter().map(|&id| NodeId(id)).collect())
+            };
+            partitions.push(PartitionReassignment {
+                topic: p.topic,
+                partition: p.partition,
+                target,
+            });
+        }
+        let request = ReassignPartitionsRequest { partitions };
+        let answer = self.submit(ControlRequest::AlterPartitionReassignments(request)).await?;
+        let ControlResponse::AlterPartitionReassignments(results) = answer else {
+            return Err(unexpected(&answer));
+        };
+        fail_if_all_failed(results.iter().map(|r| r.result.as_ref().err()))?;
+        let partitions = results
+            .into_iter()
+            .map(|r| pb::PartitionMoveResult {
+                topic: r.topic,
+                partition: r.partition,
+                error: r.result.err().map(|e| item_error(&e)),
+            })
+            .collect();
+        Ok(Response::new(pb::AlterPartitionReassignmentsResponse { partitions }))
+    }
+
+    async fn list_partition_reassignments(
+        &self,
+        request: Request<pb::ListPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::ListPartitionReassignmentsResponse>, Status> {
+        let request = request.into_inner();
+        if !request.topics.is_empty() {
+            check_count("topics", request.topics.len())?;
+        }
+        let image = self.image();
+        let ids = |v: &[NodeId]| v.iter().map(|n| n.0).collect::<Vec<_>>();
+        let ongoing = |topic: &str, index: i32, p: &PartitionImage| pb::OngoingReassignment {
+            topic: topic.to_string(),
+            partition: index,
+            replicas: ids(&p.replicas),
+            adding_replicas: ids(&p.adding_replicas),
+            removing_replicas: ids(&p.removing_replicas),
+            isr: ids(&p.isr),
+        };
+        let mut reassignments = Vec::new();
+        if request.topics.is_empty() {
+            for t in image.topics.values() {
+                for (&index, p) in t.partitions.iter().filter(|(_, p)| p.is_reassigning()) {
+                    reassignments.push(ongoing(&t.name, index, p));
+                }
+            }
+        } else {
+            for t in &request.topics {
+                let topic = image.topic(&t.topic).ok_or_else(|| {
+                    status_of(&ControlError::UnknownTopicOrPartition(t.topic.clone()))
+                })?;
+                let moving = topic.partitions.iter().filter(|(index, p)| {
+                    p.is_reassigning() && (t.partitions.is_empty() || t.partitions.contains(index))
+                });
+                for (&index, p) in moving {
+                    reassignments.push(ongoing(&t.topic, index, p));
+                }
+            }
+        }
+        Ok(Response::new(pb::ListPartitionReassignmentsResponse { reassignments }))
     }
 
     async fn list_groups(

@@ -305,3 +305,138 @@ fn reassignment_moves_a_partition_to_three_replicas_and_back_to_another_broker()
         Ok(())
     });
 }
+
+/// `strom topic reassign … --output json` on node `via`: the parsed answer, or the exit code
+/// and stderr of a refusal.
+fn strom_reassign(
+    cluster: &StromCluster,
+    via: u32,
+    args: &[&str],
+) -> anyhow::Result<Result<Value, (Option<i32>, String)>> {
+    let mut all = vec!["topic", "reassign", "--output", "json"];
+    all.extend(args);
+    let out = cluster.cli(via, &all)?;
+    if !out.status.success() {
+        return Ok(Err((out.status.code(), out.stderr)));
+    }
+    Ok(Ok(serde_json::from_str(out.stdout.trim()).with_context(|| out.stdout.clone())?))
+}
+
+#[test]
+fn strom_topic_reassign_moves_from_the_command_line_and_from_a_kafka_plan() {
+    with_cluster(3, ClusterOptions::default(), |cluster| {
+        let topic = "cli-moving";
+        kafka::create_topic_replicated(&cluster.bootstrap(), topic, 1, 1)?;
+        cluster.wait_topic_everywhere(topic, 1)?;
+        let (_, replicas, _) = partition_state(cluster, 1, topic, 0)?;
+        let original = replicas[0];
+        let others: Vec<i32> = [1, 2, 3].into_iter().filter(|&id| id != original).collect();
+        let producer = AckingProducer::new(&cluster.bootstrap(), &[])?;
+        produce(&producer, topic, 0..300)?;
+        producer.flush(WAIT)?;
+        ensure!(producer.acked() == 300, "acked {}", producer.acked());
+
+        // What is refused, with exit code 2 and the reason.
+        let dir = tempfile::tempdir()?;
+        let bad_plan = dir.path().join("bad.json");
+        std::fs::write(&bad_plan, r#"{"version":1,"partitions":[{"topic":"x","partition":0}]}"#)?;
+        let bad_plan = bad_plan.display().to_string();
+        for (args, why) in [
+            (&["nope", "--partition", "0", "--replicas", "1"][..], "nope"),
+            (&[topic, "--partition", "0", "--cancel"][..], "no reassignment"),
+            (&[topic, "--partition", "0", "--replicas", "1,1"][..], "twice"),
+            (&[topic, "--partition", "0", "--replicas", "1,9"][..], "9"),
+            (&[topic, "--partition", "7", "--replicas", "1"][..], "7"),
+            (&[topic, "--partition", "0"][..], "--replicas"),
+            (&["--plan", bad_plan.as_str()][..], "no replicas"),
+        ] {
+            match strom_reassign(cluster, 1, args)? {
+                Ok(answer) => bail!("{args:?} was accepted: {answer}"),
+                Err((code, stderr)) => ensure!(
+                    code == Some(2) && stderr.to_lowercase().contains(&why.to_lowercase()),
+                    "{args:?}: exit {code:?}, stderr {stderr:?} (wanted one naming {why:?})"
+                ),
+            }
+        }
+
+        // RF 1 → 3 from the command line, waiting until done.
+        let target = format!("{original},{},{}", others[0], others[1]);
+        let answer = strom_reassign(
+            cluster,
+            others[0] as u32,
+            &[topic, "--partition", "0", "--replicas", &target, "--wait"],
+        )?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let row = &answer["partitions"][0];
+        let expected: Vec<i32> = target.split(',').map(|id| id.parse().unwrap()).collect();
+        ensure!(
+            row["result"] == "completed" && row["replicas"] == json!(expected),
+            "answer {answer}"
+        );
+        wait_moved(cluster, topic, &[1, 2, 3])?;
+
+        // A move that cannot finish (its new replica is stopped) is listed, then cancelled.
+        let controller = cluster.active_controller()? as i32;
+        let stuck = [1, 2, 3].into_iter().find(|&id| id != controller).context("a stuck node")?;
+        let via = [1, 2, 3].into_iter().find(|&id| id != stuck).context("a live node")? as u32;
+        // Back to RF 1 on a live broker first, so that adding `stuck` is a real move.
+        let keep = via as i32;
+        strom_reassign(
+            cluster,
+            via,
+            &[topic, "--partition", "0", "--replicas", &keep.to_string(), "--wait"],
+        )?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        wait_moved(cluster, topic, &[keep])?;
+        cluster.sigstop(stuck as u32)?;
+        let moving = format!("{keep},{stuck}");
+        let started =
+            strom_reassign(cluster, via, &[topic, "--partition", "0", "--replicas", &moving]);
+        let listed = strom_reassign(cluster, via, &["--list"]);
+        let cancelled = strom_reassign(cluster, via, &[topic, "--partition", "0", "--cancel"]);
+        cluster.sigcont(stuck as u32)?;
+        let started = started?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        ensure!(started["partitions"][0]["result"] == "started", "{started}");
+        let listed = listed?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let ongoing = &listed["reassignments"][0];
+        ensure!(
+            ongoing["topic"] == topic
+                && ongoing["adding_replicas"] == json!([stuck])
+                && ongoing["replicas"] == json!([keep, stuck]),
+            "listed {listed}"
+        );
+        let cancelled = cancelled?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        ensure!(cancelled["partitions"][0]["result"] == "cancelled", "{cancelled}");
+        let none =
+            strom_reassign(cluster, via, &["--list"])?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        ensure!(none["reassignments"].as_array().is_none_or(Vec::is_empty), "{none}");
+
+        // kafka-reassign-partitions' JSON plan: to the two brokers other than `keep`.
+        let plan_path = dir.path().join("plan.json");
+        let pair: Vec<i32> = [1, 2, 3].into_iter().filter(|&id| id != keep).collect();
+        let plan = json!({"version": 1, "partitions": [
+            {"topic": topic, "partition": 0, "replicas": pair, "log_dirs": ["any", "any"]}
+        ]});
+        std::fs::write(&plan_path, plan.to_string())?;
+        let plan_path = plan_path.display().to_string();
+        let answer = strom_reassign(cluster, via, &["--plan", &plan_path, "--wait"])?
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        ensure!(
+            answer["partitions"][0]["result"] == "completed"
+                && answer["partitions"][0]["replicas"] == json!(pair),
+            "{answer}"
+        );
+        wait_moved(cluster, topic, &pair)?;
+
+        // Every acknowledged record is still there, once and in order.
+        let consumed = kafka::consume_all(&cluster.bootstrap(), topic, &[0], &[])?;
+        let values: Vec<String> = consumed
+            .iter()
+            .map(|c| String::from_utf8_lossy(c.value.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        let wanted: Vec<String> =
+            (0..300).map(|id| format!("record-{id}-{}", "r".repeat(64))).collect();
+        ensure!(values == wanted, "read {} records, not the 300 produced in order", values.len());
+        Ok(())
+    });
+}

@@ -12,6 +12,7 @@
 mod args;
 mod data;
 mod quorum;
+mod reassign;
 mod render;
 
 use std::collections::BTreeMap;
@@ -294,6 +295,28 @@ async fn topic(
             let request = pb::DeleteRecordsRequest { topic: name, partition, offset };
             let answer = client.delete_records(request).await?.into_inner();
             Ok(render::render(&answer, output))
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            plan,
+            cancel,
+            list,
+            wait,
+            timeout_secs,
+        } => {
+            let args = reassign::ReassignArgs {
+                name,
+                partition,
+                replicas,
+                plan,
+                cancel,
+                list,
+                wait,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            reassign::run(client, args, output).await
         }
         TopicCommand::AddPartitions { name, count, validate_only } => {
             let request = pb::CreatePartitionsRequest {

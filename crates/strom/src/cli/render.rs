@@ -59,7 +59,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn ids(ids: &[i32]) -> String {
+pub(super) fn ids(ids: &[i32]) -> String {
     if ids.is_empty() {
         return "-".into();
     }
