@@ -64,6 +64,7 @@ pub(crate) enum KafkaError {
     NotController,
     InvalidRequest,
     UnsupportedForMessageFormat,
+    UnsupportedCompressionType,
     PolicyViolation,
     InvalidTxnState,
     InvalidProducerIdMapping,
@@ -141,6 +142,7 @@ impl KafkaError {
             KafkaError::NotController => K::NotController,
             KafkaError::InvalidRequest => K::InvalidRequest,
             KafkaError::UnsupportedForMessageFormat => K::UnsupportedForMessageFormat,
+            KafkaError::UnsupportedCompressionType => K::UnsupportedCompressionType,
             KafkaError::PolicyViolation => K::PolicyViolation,
             KafkaError::InvalidTxnState => K::InvalidTxnState,
             KafkaError::InvalidProducerIdMapping => K::InvalidProducerIdMapping,
@@ -432,6 +434,7 @@ mod tests {
             KafkaError::NotController => 41,
             KafkaError::InvalidRequest => 42,
             KafkaError::UnsupportedForMessageFormat => 43,
+            KafkaError::UnsupportedCompressionType => 76,
             KafkaError::PolicyViolation => 44,
             KafkaError::InvalidTxnState => 48,
             KafkaError::InvalidProducerIdMapping => 49,
@@ -474,7 +477,7 @@ mod tests {
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 70] = [
+    const ALL: [KafkaError; 71] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -507,6 +510,7 @@ mod tests {
         KafkaError::NotController,
         KafkaError::InvalidRequest,
         KafkaError::UnsupportedForMessageFormat,
+        KafkaError::UnsupportedCompressionType,
         KafkaError::PolicyViolation,
         KafkaError::InvalidTxnState,
         KafkaError::InvalidProducerIdMapping,

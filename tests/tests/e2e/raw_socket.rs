@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 use kafka_protocol::protocol::StrBytes;
 use strom_testkit::{seed_from_env, TestRng};
@@ -270,6 +270,65 @@ fn hostile_array_counts_close_only_that_connection() {
             connection.expect_closed(CLOSE_TIMEOUT)?;
             kafka::assert_node_serves(&node.bootstrap(), LIVENESS_TOPIC, 0)?;
         }
+        Ok(())
+    });
+}
+
+/// KIP-110: zstd is known to Produce v7+ and Fetch v10+ clients only. An older Produce carrying
+/// a zstd batch is refused with UNSUPPORTED_COMPRESSION_TYPE and stores nothing; an older
+/// Fetch of zstd batches gets the same code instead of records it cannot read.
+#[test]
+fn zstd_below_produce_v7_and_fetch_v10_gets_unsupported_compression_type() {
+    const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    const TOPIC: &str = "zstd-only";
+    with_second_client(|node| {
+        kafka::create_topic(&node.bootstrap(), TOPIC, 1, &[])?;
+        let producer =
+            kafka::AckingProducer::new(&node.bootstrap(), &[("compression.codec", "zstd")])?;
+        for id in 0..2 {
+            // Compressible: librdkafka sends a batch uncompressed when zstd would not shrink it.
+            let value = format!("zstd-{id}-{}", "z".repeat(2_000));
+            let record = kafka::Outgoing {
+                partition: Some(0),
+                value: Some(value.as_bytes()),
+                ..kafka::Outgoing::default()
+            };
+            producer.send(TOPIC, id, record)?;
+        }
+        producer.flush(Duration::from_secs(30))?;
+        ensure!(producer.acked() == 2, "acked {}", producer.acked());
+
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let served = connection.fetch_partition(10, TOPIC, 0, 0)?;
+        ensure!(served.error_code == 0, "Fetch v10 answered error {}", served.error_code);
+        // The producer's own zstd batch, as stored: attributes' low bits say 4 (zstd).
+        let batch = served.records.context("Fetch v10 returned no records")?;
+        let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+        ensure!(attributes & 7 == 4, "the stored batch is not zstd: attributes {attributes}");
+        let old = connection.fetch_partition(9, TOPIC, 0, 0)?;
+        ensure!(
+            old.error_code == UNSUPPORTED_COMPRESSION_TYPE,
+            "Fetch v9 of zstd batches answered error {}",
+            old.error_code
+        );
+
+        let id = connection.send_produce(TOPIC, 0, batch.clone(), 6)?;
+        let refused = connection.read_produce_answer(id, 6, 0)?;
+        ensure!(
+            refused.error_code == UNSUPPORTED_COMPRESSION_TYPE,
+            "Produce v6 of a zstd batch answered error {}",
+            refused.error_code
+        );
+        let marks = kafka::watermarks(&node.bootstrap(), TOPIC, &[0])?;
+        ensure!(marks[&0] == (0, 2), "watermarks {:?}: the refused batch was stored", marks[&0]);
+        let id = connection.send_produce(TOPIC, 0, batch, 7)?;
+        let stored = connection.read_produce_answer(id, 7, 0)?;
+        ensure!(stored.error_code == 0, "Produce v7 of zstd answered error {}", stored.error_code);
+        // Uncompressed batches are fine at any version.
+        let plain = raw::record_batch(&[b"plain"], 1_700_000_000_000)?;
+        let id = connection.send_produce(TOPIC, 0, plain, 3)?;
+        let plain = connection.read_produce_answer(id, 3, 0)?;
+        ensure!(plain.error_code == 0, "Produce v3 uncompressed answered {}", plain.error_code);
         Ok(())
     });
 }

@@ -531,6 +531,14 @@ async fn read_once(
             let (t, p) = at[ask];
             let d = &mut resp.responses[t].partitions[p];
             match records {
+                Ok(ReadOutcome::Records(records))
+                    if spec.version < super::ZSTD_FETCH_VERSION_MIN
+                        && super::holds_zstd(&records) =>
+                {
+                    any_error = true;
+                    *d = error_partition(d.partition_index, KafkaError::UnsupportedCompressionType);
+                    outcomes[ask] = None;
+                }
                 Ok(ReadOutcome::Records(records)) => {
                     total += records.len();
                     let topic = match &asks[ask].key.topic {

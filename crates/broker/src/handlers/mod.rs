@@ -75,6 +75,20 @@ pub(crate) use crate::wire::s;
 /// Checks that this broker leads the partition at the epoch the client believes current
 /// (negative: the client did not say): UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER,
 /// FENCED_LEADER_EPOCH (client behind) or UNKNOWN_LEADER_EPOCH (client ahead) otherwise.
+/// Produce v7 and Fetch v10 are the first versions whose clients know zstd (KIP-110): older
+/// ones are answered UNSUPPORTED_COMPRESSION_TYPE for zstd batches, as Kafka answers them.
+pub(crate) const ZSTD_PRODUCE_VERSION_MIN: i16 = 7;
+pub(crate) const ZSTD_FETCH_VERSION_MIN: i16 = 10;
+
+/// Whether a batch of `records` is compressed with zstd; reads batch headers only, and stops at
+/// the first bytes that are not a whole batch (a fetch's last batch may be cut).
+pub(crate) fn holds_zstd(records: &Bytes) -> bool {
+    use strom_protocol::batch::{Batches, Compression};
+    Batches::new(records.clone())
+        .map_while(Result::ok)
+        .any(|(header, _)| header.compression() == Ok(Compression::Zstd))
+}
+
 pub(crate) fn check_leader(
     partition: Option<&strom_metadata::PartitionImage>,
     node: strom_metadata::NodeId,

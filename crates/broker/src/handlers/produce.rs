@@ -149,6 +149,10 @@ fn append(
     let (isr, leader_epoch) = part.leader_view().ok_or(KafkaError::NotLeaderOrFollower)?;
     let records = (pd.records.as_ref())
         .ok_or_else(|| Refusal::new(KafkaError::CorruptMessage, "no records"))?;
+    if version < super::ZSTD_PRODUCE_VERSION_MIN && super::holds_zstd(records) {
+        let why = format!("zstd needs Produce v{} or later", super::ZSTD_PRODUCE_VERSION_MIN);
+        return Err(Refusal::new(KafkaError::UnsupportedCompressionType, why));
+    }
     if acks == -1 && isr < part.min_insync() {
         let why = format!("ISR has {isr} replicas, min.insync.replicas is {}", part.min_insync());
         return Err(Refusal::new(KafkaError::NotEnoughReplicas, why));
