@@ -124,6 +124,12 @@ pub struct GroupSettings {
     pub min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`.
     pub max_session_timeout_ms: i32,
+    /// `group.consumer.session.timeout.ms` (KIP-848 members).
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms`.
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.max.size`.
+    pub consumer_max_size: usize,
 }
 
 impl Default for GroupSettings {
@@ -139,6 +145,9 @@ impl Default for GroupSettings {
             initial_rebalance_delay_ms: 3_000,
             min_session_timeout_ms: 6_000,
             max_session_timeout_ms: 1_800_000,
+            consumer_session_timeout_ms: crate::group::CONSUMER_SESSION_TIMEOUT_MS_DEFAULT,
+            consumer_heartbeat_interval_ms: crate::group::CONSUMER_HEARTBEAT_INTERVAL_MS_DEFAULT,
+            consumer_max_size: crate::group::CONSUMER_MEMBERS_MAX,
         }
     }
 }

@@ -3,7 +3,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AddRaftVoterRequest,
-    AlterClientQuotasRequest, AlterConfigsRequest, AlterPartitionReassignmentsRequest, ApiKey,
+    AlterClientQuotasRequest, AlterConfigsRequest, ConsumerGroupDescribeRequest,
+    ConsumerGroupHeartbeatRequest, AlterPartitionReassignmentsRequest, ApiKey,
     ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
     DeleteRecordsRequest, DeleteTopicsRequest, DescribeClientQuotasRequest, DescribeClusterRequest,
     DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
@@ -90,6 +91,8 @@ requests! {
     ListPartitionReassignments(ListPartitionReassignmentsRequest),
     DescribeClientQuotas(DescribeClientQuotasRequest),
     AlterClientQuotas(AlterClientQuotasRequest),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
+    ConsumerGroupDescribe(ConsumerGroupDescribeRequest),
 }
 
 /// One request frame: its header and decoded body.

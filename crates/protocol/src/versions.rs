@@ -16,7 +16,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
+    // v9: KIP-848 members commit with their member epoch.
+    (ApiKey::OffsetCommit, 2, 9),
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
@@ -60,6 +61,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // Client quotas, stored as metadata records; only the `user` and `client-id` entities.
     (ApiKey::DescribeClientQuotas, 0, 1),
     (ApiKey::AlterClientQuotas, 0, 1),
+    // KIP-848's consumer groups: the coordinator assigns partitions itself.
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 /// The served range of an API, or `None` if strom does not serve it.

@@ -137,6 +137,13 @@ pub struct GroupSection {
     pub min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`: the longest session timeout a member may ask.
     pub max_session_timeout_ms: i32,
+    /// `group.consumer.session.timeout.ms`: a consumer-protocol (KIP-848) member that sends no
+    /// heartbeat for this long leaves the group.
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms`: how often consumer-protocol members heartbeat.
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.max.size`: the most members one consumer-protocol group may hold.
+    pub consumer_max_size: usize,
 }
 
 /// Kafka's `transaction.*` keys: the `__transaction_state` topic (its `state_log_*` settings
@@ -202,6 +209,9 @@ impl Default for GroupSection {
             initial_rebalance_delay_ms: d.initial_rebalance_delay_ms,
             min_session_timeout_ms: d.min_session_timeout_ms,
             max_session_timeout_ms: d.max_session_timeout_ms,
+            consumer_session_timeout_ms: d.consumer_session_timeout_ms,
+            consumer_heartbeat_interval_ms: d.consumer_heartbeat_interval_ms,
+            consumer_max_size: d.consumer_max_size,
         }
     }
 }
@@ -760,6 +770,19 @@ impl NodeConfig {
                 self.group.min_session_timeout_ms,
                 self.group.max_session_timeout_ms
             );
+        }
+        let g = &self.group;
+        if g.consumer_heartbeat_interval_ms < 1
+            || g.consumer_heartbeat_interval_ms >= g.consumer_session_timeout_ms
+        {
+            bail!(
+                "group.consumer_heartbeat_interval_ms = {} and group.consumer_session_timeout_ms = {}: the interval must be at least 1 and below the session timeout",
+                g.consumer_heartbeat_interval_ms,
+                g.consumer_session_timeout_ms
+            );
+        }
+        if g.consumer_max_size < 1 {
+            bail!("group.consumer_max_size = 0: must be at least 1");
         }
         self.validate_transaction()?;
         if self.log.segment_bytes < 1024 * 1024 {

@@ -967,6 +967,9 @@ async fn start_broker(
                 initial_rebalance_delay_ms: cfg.group.initial_rebalance_delay_ms,
                 min_session_timeout_ms: cfg.group.min_session_timeout_ms,
                 max_session_timeout_ms: cfg.group.max_session_timeout_ms,
+                consumer_session_timeout_ms: cfg.group.consumer_session_timeout_ms,
+                consumer_heartbeat_interval_ms: cfg.group.consumer_heartbeat_interval_ms,
+                consumer_max_size: cfg.group.consumer_max_size,
                 ..strom_broker::GroupSettings::default()
             },
             transactions: cfg.transaction_settings(),

@@ -33,7 +33,8 @@ const CONSUME_WAIT: Duration = Duration::from_secs(90);
 /// rebalance delay and a session minimum low enough for one-second sessions.
 const GROUP_TOML: &str = "offsets.topic_num_partitions = 4\n\
                           group.initial_rebalance_delay_ms = 300\n\
-                          group.min_session_timeout_ms = 1000\n";
+                          group.min_session_timeout_ms = 1000\n\
+                          group.consumer_heartbeat_interval_ms = 500\n";
 
 fn node_options() -> NodeOptions {
     NodeOptions { config_toml: Some(GROUP_TOML.to_owned()), ..NodeOptions::default() }
@@ -102,6 +103,10 @@ impl Member {
             .set("check.crcs", "true");
         for (k, v) in extra {
             config.set(*k, *v);
+        }
+        if config.get("group.protocol") == Some("consumer") {
+            // KIP-848: the coordinator sets sessions and heartbeats; librdkafka refuses these.
+            config.remove("session.timeout.ms").remove("heartbeat.interval.ms");
         }
         let rebalances = Arc::new(AtomicUsize::new(0));
         let assigned = Arc::new(Mutex::new(BTreeSet::new()));
@@ -252,11 +257,24 @@ fn committed(bootstrap: &str, group: &str) -> anyhow::Result<BTreeMap<i32, i64>>
 }
 
 fn group_of_three_through_rebalances(strategy: &str) {
+    group_through_rebalances(
+        &format!("g-{strategy}"),
+        &[("partition.assignment.strategy", strategy)],
+    );
+}
+
+/// KIP-848 (`group.protocol=consumer`): the coordinator assigns the partitions (its default
+/// `uniform` assignor) and moves them between members one heartbeat at a time.
+#[test]
+fn librdkafka_consumer_protocol_group_consumes_each_record_once_through_joins_and_leaves() {
+    group_through_rebalances("g-kip848", &[("group.protocol", "consumer")]);
+}
+
+fn group_through_rebalances(group: &str, extra: &[(&str, &str)]) {
     with_node(node_options(), |node| {
         let bootstrap = node.bootstrap();
         kafka::create_topic(&bootstrap, TOPIC, PARTITIONS, &[])?;
-        let group = format!("g-{strategy}");
-        let extra = [("partition.assignment.strategy", strategy)];
+        let (group, extra) = (group.to_owned(), extra.to_vec());
         let seen: Seen = Arc::default();
 
         // Three members share the first 3,000 records.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::consumer::{ConsumerGroup, Heartbeat, HeartbeatAnswer, TopicMeta, Topics};
 use super::offsets_topic::{partition_for, OffsetsTopic, OFFSETS_TOPIC};
 use super::records::OffsetValue;
 use super::shard::{self, Shard, SHARD_QUEUE_MAX};
@@ -69,6 +70,15 @@ pub(crate) enum Cmd {
         Vec<(String, Option<String>)>,
         oneshot::Sender<(Option<GroupError>, Vec<LeftMember>)>,
     ),
+    /// KIP-848's ConsumerGroupHeartbeat, with the metadata its assignor reads.
+    ConsumerHeartbeat {
+        group_id: String,
+        heartbeat: Heartbeat,
+        topics: ImageTopics,
+        reply: oneshot::Sender<Result<HeartbeatAnswer, GroupError>>,
+    },
+    /// ConsumerGroupDescribe: the group's KIP-848 side (`None`: not a consumer group).
+    ConsumerDescribe(String, oneshot::Sender<Option<ConsumerGroup>>),
     Commit(String, CommitRequest, oneshot::Sender<Result<(), GroupError>>),
     /// TxnOffsetCommit by producer (id, epoch).
     TxnCommit(String, (i64, i16), CommitRequest, oneshot::Sender<Result<(), GroupError>>),
@@ -90,6 +100,15 @@ pub(crate) enum Cmd {
     List(oneshot::Sender<Vec<GroupSummary>>),
     Delete(String, oneshot::Sender<Result<(), GroupError>>),
     DeleteOffsets(String, Vec<(String, i32)>, oneshot::Sender<DeletedOffsets>),
+}
+
+/// The topics of a metadata image, as a consumer group's assignor reads them.
+pub(crate) struct ImageTopics(pub Arc<strom_metadata::MetadataImage>);
+
+impl Topics for ImageTopics {
+    fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.0.topic(name).map(|t| TopicMeta { id: t.id, partitions: t.partitions.len() as i32 })
+    }
 }
 
 /// Which shards this broker runs, by `__consumer_offsets` partition.

@@ -5,6 +5,7 @@
 //! per offsets partition this broker leads ([`shard`]), started and stopped by [`coordinator`].
 
 mod admin;
+pub(crate) mod consumer;
 mod coordinator;
 mod offsets;
 mod offsets_topic;
@@ -16,6 +17,10 @@ mod state;
 mod tests;
 
 pub use admin::{BrokerGroupAdmin, GroupAdminError};
+pub(crate) use consumer::{
+    CONSUMER_MEMBERS_MAX, HEARTBEAT_INTERVAL_MS_DEFAULT as CONSUMER_HEARTBEAT_INTERVAL_MS_DEFAULT,
+    SESSION_TIMEOUT_MS_DEFAULT as CONSUMER_SESSION_TIMEOUT_MS_DEFAULT,
+};
 pub(crate) use coordinator::*;
 pub(crate) use offsets_topic::{ensure_offsets_topic, partition_for, OFFSETS_TOPIC};
 pub(crate) use records::{encode_batch, OffsetValue};

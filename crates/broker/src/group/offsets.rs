@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
+use super::consumer::ConsumerGroup;
 use super::records::{self, OffsetValue};
 use super::state::{Group, GroupConfig, GroupError, GroupState};
 use super::{CommitRequest, FetchedOffsets, TopicPartition};
@@ -24,16 +25,31 @@ pub(super) struct GroupEntry {
     /// Offsets committed inside transactions that have not ended, by producer id: they count
     /// once their transaction's COMMIT marker is written, and never after an ABORT.
     pub pending_txn: HashMap<i64, BTreeMap<TopicPartition, OffsetValue>>,
+    /// The group's KIP-848 side, once a ConsumerGroupHeartbeat has reached it. Members of
+    /// both protocols never share a group: the other side must be empty.
+    pub consumer: Option<ConsumerGroup>,
 }
 
 impl GroupEntry {
+    /// Whether KIP-848 members consume in this group now.
+    pub fn consumer_active(&self) -> bool {
+        self.consumer.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
     pub fn new(
         group: Group,
         offsets: BTreeMap<TopicPartition, OffsetValue>,
         empty_since_ms: i64,
         persisted: bool,
     ) -> GroupEntry {
-        GroupEntry { group, offsets, empty_since_ms, persisted, pending_txn: HashMap::new() }
+        GroupEntry {
+            group,
+            offsets,
+            empty_since_ms,
+            persisted,
+            pending_txn: HashMap::new(),
+            consumer: None,
+        }
     }
 
     /// Whether a transaction that has not ended committed an offset for `partition`: a
@@ -99,12 +115,18 @@ pub(super) fn commit(
     req: CommitRequest,
     now_ms: i64,
 ) -> Result<Option<OffsetWrite>, GroupError> {
-    entry.group.validate_offset_commit(
-        &req.member_id,
-        req.group_instance_id.as_deref(),
-        req.generation_id,
-        now_ms,
-    )?;
+    match &entry.consumer {
+        // KIP-848: the generation field carries the member's epoch.
+        Some(c) if !c.is_empty() || c.members.contains_key(&req.member_id) => {
+            c.validate_offset_commit(&req.member_id, req.generation_id)?
+        }
+        _ => entry.group.validate_offset_commit(
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+            now_ms,
+        )?,
+    }
     if req.offsets.is_empty() {
         return Ok(None);
     }
@@ -181,7 +203,10 @@ pub(super) fn delete_offsets(
     let Some(e) = entry.filter(|e| e.group.state() != GroupState::Dead) else {
         return Err(GroupError::GroupIdNotFound);
     };
-    let subscribed = subscribed_topics(&e.group);
+    let mut subscribed = subscribed_topics(&e.group);
+    if let Some(c) = &e.consumer {
+        subscribed.extend(c.subscribed_topics());
+    }
     let mut results = Vec::with_capacity(partitions.len());
     let mut delete = Vec::new();
     for (topic, p) in partitions {
@@ -210,7 +235,11 @@ pub(super) fn delete_group(
     entry: Option<&mut GroupEntry>,
 ) -> Result<OffsetWrite, GroupError> {
     let e = entry.ok_or(GroupError::GroupIdNotFound)?;
+    if e.consumer_active() {
+        return Err(GroupError::NonEmptyGroup);
+    }
     e.group.delete()?;
+    e.consumer = None;
     let offsets = e.offsets.keys().cloned().collect();
     Ok(OffsetWrite::Tombstones { group_id, offsets, group: true })
 }
@@ -277,11 +306,14 @@ pub(super) fn expire(
 ) -> (Vec<OffsetWrite>, Option<String>) {
     let mut work = Vec::new();
     for (group_id, e) in groups.iter() {
-        if e.group.state() != GroupState::Empty || after.is_some_and(|a| group_id.as_str() <= a) {
+        if e.group.state() != GroupState::Empty
+            || e.consumer_active()
+            || after.is_some_and(|a| group_id.as_str() <= a)
+        {
             continue;
         }
         let expired = expired_offsets(
-            e.group.protocol_type().is_some(),
+            e.group.protocol_type().is_some() || e.consumer.is_some(),
             e.empty_since_ms,
             &e.offsets,
             retention_ms,

@@ -14,6 +14,8 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::consumer::{ConsumerGroup, ConsumerGroupConfig, Heartbeat, HeartbeatAnswer};
+use super::coordinator::ImageTopics;
 use super::offsets::{self, GroupEntry, OffsetWrite};
 use super::records::{self, Entry, OffsetValue};
 use super::state::*;
@@ -240,7 +242,10 @@ impl Shard {
             let next = self
                 .groups
                 .values()
-                .filter_map(|e| e.group.next_deadline_ms())
+                .filter_map(|e| {
+                    let consumer = e.consumer.as_ref().and_then(ConsumerGroup::next_deadline);
+                    e.group.next_deadline_ms().into_iter().chain(consumer).min()
+                })
                 .min()
                 .unwrap_or(i64::MAX)
                 .min(self.next_retention_ms)
@@ -290,6 +295,14 @@ impl Shard {
                 let mut ids =
                     |prefix: &str| format!("{prefix}-{}", uuid::Uuid::new_v4().as_hyphenated());
                 let effects = match self.entry(&group_id) {
+                    Ok(e) if e.consumer_active() => {
+                        // KIP-848 members consume in it: a classic member cannot join.
+                        if let Some(Waiter::Join(tx)) = self.waiters.remove(&to.0) {
+                            let error = GroupError::InconsistentGroupProtocol;
+                            let _ = tx.send(JoinResponse::refused(req.member_id, error));
+                        }
+                        return;
+                    }
                     Ok(e) => e.group.join(to, req, now, &mut ids),
                     Err(error) => {
                         if let Some(Waiter::Join(tx)) = self.waiters.remove(&to.0) {
@@ -346,6 +359,13 @@ impl Shard {
                 let effects = e.group.leave(to, members, now);
                 self.waiters.insert(to.0, Waiter::Leave(reply));
                 self.apply(&group_id, effects, now);
+            }
+            Cmd::ConsumerHeartbeat { group_id, heartbeat, topics, reply } => {
+                let _ = reply.send(self.consumer_heartbeat(&group_id, heartbeat, &topics, now));
+            }
+            Cmd::ConsumerDescribe(group_id, reply) => {
+                let group = self.groups.get(&group_id).and_then(|e| e.consumer.clone());
+                let _ = reply.send(group);
             }
             Cmd::Commit(group_id, req, reply) => self.commit(group_id, req, reply, now),
             Cmd::FetchOffsets { group_id, wanted, require_stable, reply } => {
@@ -414,6 +434,42 @@ impl Shard {
         }
     }
 
+    /// A KIP-848 heartbeat. A group with classic members is not a consumer group to it
+    /// (GROUP_ID_NOT_FOUND, as Kafka answers), and the reverse holds for JoinGroup.
+    fn consumer_heartbeat(
+        &mut self,
+        group_id: &str,
+        heartbeat: Heartbeat,
+        topics: &ImageTopics,
+        now: i64,
+    ) -> Result<HeartbeatAnswer, GroupError> {
+        let config = self.consumer_config();
+        let e = self.entry(group_id)?;
+        if !matches!(e.group.state(), GroupState::Empty | GroupState::Dead) {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        let consumer = e.consumer.get_or_insert_with(ConsumerGroup::new);
+        let mut ids = || uuid::Uuid::new_v4().as_hyphenated().to_string();
+        let (epoch_before, members_before) = (consumer.group_epoch, consumer.members.len());
+        let answer = consumer.heartbeat(heartbeat, now, topics, &config, &mut ids);
+        if consumer.group_epoch != epoch_before || consumer.members.len() != members_before {
+            tracing::debug!(group = %group_id, epoch = consumer.group_epoch,
+                members = consumer.members.len(), "consumer group changed");
+        }
+        if consumer.is_empty() {
+            e.empty_since_ms = now;
+        }
+        answer
+    }
+
+    fn consumer_config(&self) -> ConsumerGroupConfig {
+        ConsumerGroupConfig {
+            session_timeout_ms: self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms: self.settings.consumer_heartbeat_interval_ms,
+            max_size: self.settings.consumer_max_size,
+        }
+    }
+
     fn commit(
         &mut self,
         group_id: String,
@@ -467,6 +523,17 @@ impl Shard {
     /// them go; what is left is due again on the next turn of the loop.
     pub fn on_tick(&mut self) {
         let now = self.clock.now_ms();
+        for (group_id, e) in self.groups.iter_mut() {
+            let Some(consumer) = e.consumer.as_mut() else { continue };
+            if consumer.next_deadline().is_some_and(|d| d <= now) {
+                let expired = consumer.tick(now);
+                tracing::info!(group = %group_id, members = ?expired, epoch = consumer.group_epoch,
+                    "consumer group members removed: session or rebalance timeout");
+                if consumer.is_empty() {
+                    e.empty_since_ms = now;
+                }
+            }
+        }
         let due: Vec<String> = self
             .groups
             .iter()

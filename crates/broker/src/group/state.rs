@@ -37,6 +37,14 @@ pub(crate) enum GroupError {
     GroupIdNotFound,
     /// OffsetDelete of a topic the group's members consume.
     GroupSubscribedToTopic,
+    /// KIP-848: a heartbeat at an epoch the member does not have; it must rejoin.
+    FencedMemberEpoch,
+    /// KIP-848: a static member's instance id is held by a member that has not left.
+    UnreleasedInstanceId,
+    /// KIP-848: a server assignor the coordinator does not run.
+    UnsupportedAssignor,
+    /// KIP-848: an offset commit or fetch at another epoch than the member's.
+    StaleMemberEpoch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

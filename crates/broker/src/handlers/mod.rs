@@ -4,6 +4,7 @@
 pub(crate) mod admin;
 pub(crate) mod api_versions;
 mod authorized;
+mod consumer_groups;
 mod coordinator;
 mod epochs;
 mod fetch;
@@ -241,6 +242,11 @@ pub(crate) async fn handle(
             let client_id = frame.header.client_id.map(|c| c.to_string()).unwrap_or_default();
             groups::join(ctx, meta, req, client_id, peer).await
         }
+        R::ConsumerGroupHeartbeat(req) => {
+            let client_id = frame.header.client_id.map(|c| c.to_string()).unwrap_or_default();
+            consumer_groups::heartbeat(ctx, meta, req, client_id, peer).await
+        }
+        R::ConsumerGroupDescribe(req) => consumer_groups::describe(ctx, meta, req),
         R::SyncGroup(req) => groups::sync(ctx, meta, req).await,
         R::Heartbeat(req) => groups::heartbeat(ctx, meta, req).await,
         R::LeaveGroup(req) => groups::leave(ctx, meta, req).await,

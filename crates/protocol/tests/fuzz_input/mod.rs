@@ -21,17 +21,18 @@ use kafka_protocol::messages::{
     update_raft_voter_request, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest,
     AddRaftVoterRequest, AlterClientQuotasRequest, AlterConfigsRequest,
     AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, BrokerId,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
-    DeleteTopicsRequest, DescribeClientQuotasRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    DescribeProducersRequest, DescribeQuorumRequest, DescribeTransactionsRequest,
-    ElectLeadersRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId,
-    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest,
-    ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, ProducerId,
-    RemoveRaftVoterRequest, RequestHeader, SyncGroupRequest, TopicName, TransactionalId,
-    TxnOffsetCommitRequest, UpdateRaftVoterRequest, WriteTxnMarkersRequest,
+    ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeClientQuotasRequest, DescribeClusterRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, DescribeLogDirsRequest, DescribeProducersRequest, DescribeQuorumRequest,
+    DescribeTransactionsRequest, ElectLeadersRequest, EndTxnRequest, FetchRequest,
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, ListPartitionReassignmentsRequest, ListTransactionsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, ProducerId, RemoveRaftVoterRequest, RequestHeader,
+    SyncGroupRequest, TopicName, TransactionalId, TxnOffsetCommitRequest, UpdateRaftVoterRequest,
+    WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use strom_testkit::TestRng;
@@ -135,6 +136,8 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::ListPartitionReassignments => first_encodable(v, list_reassignments()),
         ApiKey::DescribeClientQuotas => first_encodable(v, describe_client_quotas()),
         ApiKey::AlterClientQuotas => first_encodable(v, alter_client_quotas()),
+        ApiKey::ConsumerGroupHeartbeat => first_encodable(v, consumer_group_heartbeat()),
+        ApiKey::ConsumerGroupDescribe => first_encodable(v, consumer_group_describe()),
         _ => None,
     }
 }
@@ -960,4 +963,32 @@ pub fn case_seed(seed: u64, stream: u64, case: u64) -> u64 {
     let mut rng =
         TestRng::new(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ case.rotate_left(32));
     rng.next_u64()
+}
+
+fn consumer_group_heartbeat() -> Vec<ConsumerGroupHeartbeatRequest> {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    let join = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s(GROUP)))
+        .with_member_id(s("5d1c3c42-4a0e-4c4e-9a57-0f5c0e1b1f00"))
+        .with_member_epoch(0)
+        .with_rebalance_timeout_ms(30_000)
+        .with_subscribed_topic_names(Some(vec![topic(TOPIC)]))
+        .with_topic_partitions(Some(Vec::new()));
+    let rich = join
+        .clone()
+        .with_member_epoch(3)
+        .with_instance_id(Some(s("fuzz-instance")))
+        .with_rack_id(Some(s("rack-a")))
+        .with_server_assignor(Some(s("uniform")))
+        .with_topic_partitions(Some(vec![TopicPartitions::default().with_partitions(vec![0, 1])]))
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, join, ConsumerGroupHeartbeatRequest::default()]
+}
+
+fn consumer_group_describe() -> Vec<ConsumerGroupDescribeRequest> {
+    let rich = ConsumerGroupDescribeRequest::default()
+        .with_group_ids(vec![GroupId(s(GROUP)), GroupId(s("other"))])
+        .with_include_authorized_operations(true)
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, ConsumerGroupDescribeRequest::default()]
 }
