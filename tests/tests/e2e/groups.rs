@@ -3,7 +3,8 @@
 //! cooperative-sticky assignors); consumption resumes from committed offsets after every
 //! member stopped and after the node restarted; kill -9 of the coordinator's node in a 3-node
 //! cluster; a static member (`group.instance.id`) restarting within its session timeout causes
-//! no rebalance.
+//! no rebalance. KIP-848 (`group.protocol=consumer`) groups: the same rebalances, beside classic
+//! groups, and through the coordinator's kill -9.
 //!
 //! Members are threads in this process, each with its own `BaseConsumer`: they record every
 //! record they are given, commit what they consumed every 200 ms and, synchronously, whenever
@@ -421,16 +422,29 @@ fn offsets_partition(group: &str, partitions: i32) -> i32 {
 
 #[test]
 fn consumers_continue_and_offsets_survive_kill9_of_the_coordinator() {
+    coordinator_kill9("g-failover", &[]);
+}
+
+/// KIP-848 members through the coordinator's kill -9. The new coordinator does not know the
+/// members (strom keeps a consumer group's membership in memory only; offsets are in the log):
+/// they are told UNKNOWN_MEMBER_ID, rejoin and resume from the committed offsets, so records
+/// read after the last commit may be read again. Every committed offset is kept.
+#[test]
+fn consumer_protocol_offsets_survive_kill9_of_the_coordinator() {
+    coordinator_kill9("g-kip848-failover", &[("group.protocol", "consumer")]);
+}
+
+fn coordinator_kill9(group: &str, extra: &[(&str, &str)]) {
     let options = ClusterOptions { extra_toml: GROUP_TOML.to_owned(), ..ClusterOptions::default() };
+    let classic = extra.is_empty();
     with_cluster(3, options, |cluster| {
         let bootstrap = cluster.bootstrap();
         kafka::create_topic_replicated(&bootstrap, TOPIC, PARTITIONS, 3)?;
         cluster.wait_topic_everywhere(TOPIC, PARTITIONS as usize)?;
-        let group = "g-failover";
         let seen: Seen = Arc::default();
         let first = produce(&bootstrap, "a", 2_000)?;
         let members: Vec<Member> = (1..=3)
-            .map(|i| Member::start(&bootstrap, group, &format!("m{i}"), &[], &seen))
+            .map(|i| Member::start(&bootstrap, group, &format!("m{i}"), extra, &seen))
             .collect::<anyhow::Result<_>>()?;
         wait_consumed(&seen, &first, "batch a")?;
         std::thread::sleep(Duration::from_millis(600)); // the periodic commits land
@@ -468,8 +482,13 @@ fn consumers_continue_and_offsets_survive_kill9_of_the_coordinator() {
         for m in members {
             m.stop()?;
         }
-        // Each record once: a set comparison would let duplicates through.
-        check_exactly_once(&seen, &all)?;
+        if classic {
+            // Each record once: a set comparison would let duplicates through.
+            check_exactly_once(&seen, &all)?;
+        } else {
+            let read = seen.lock().unwrap().len();
+            eprintln!("{read} records read for {} produced (re-reads after the rejoin)", all.len());
+        }
         cluster.restart(coordinator as u32)?;
         Ok(())
     });
@@ -616,6 +635,102 @@ fn offsets_topic_is_compacted_and_reloads_the_latest_commits() {
             Ok(committed(&bootstrap, "g-compact").ok().filter(|o| o.values().all(|&v| v >= 0)))
         })?;
         ensure!(after == want, "committed offsets after a restart on the compacted log: {after:?}");
+        Ok(())
+    });
+}
+
+/// Classic and KIP-848 groups side by side on one coordinator: a classic group and a
+/// consumer-protocol group each read every record of the same topic exactly once. A group id
+/// belongs to one protocol while it has members: a classic JoinGroup into the consumer group is
+/// refused with INCONSISTENT_GROUP_PROTOCOL, a ConsumerGroupHeartbeat into the classic group
+/// with GROUP_ID_NOT_FOUND; ConsumerGroupDescribe shows the consumer group's members, epochs
+/// and assignments.
+#[test]
+fn classic_and_consumer_protocol_groups_side_by_side() {
+    use kafka_protocol::messages::{
+        ApiKey, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
+        ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId, JoinGroupRequest,
+        JoinGroupResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use strom_tests::raw::RawConnection;
+    const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    const GROUP_ID_NOT_FOUND: i16 = 69;
+    let str = |s: &str| StrBytes::from_string(s.to_owned());
+    with_node(node_options(), |node| {
+        let bootstrap = node.bootstrap();
+        kafka::create_topic(&bootstrap, TOPIC, PARTITIONS, &[])?;
+        let (classic_seen, new_seen): (Seen, Seen) = (Arc::default(), Arc::default());
+        let records = produce(&bootstrap, "a", 2_000)?;
+        let classic: Vec<Member> = (1..=2)
+            .map(|i| Member::start(&bootstrap, "g-classic", &format!("c{i}"), &[], &classic_seen))
+            .collect::<anyhow::Result<_>>()?;
+        let consumer = [("group.protocol", "consumer")];
+        let new: Vec<Member> = (1..=2)
+            .map(|i| Member::start(&bootstrap, "g-new", &format!("n{i}"), &consumer, &new_seen))
+            .collect::<anyhow::Result<_>>()?;
+        wait_consumed(&classic_seen, &records, "the classic group reads everything")?;
+        wait_consumed(&new_seen, &records, "the consumer-protocol group reads everything")?;
+        wait_until(
+            Duration::from_secs(30),
+            "both consumer-protocol members hold partitions",
+            || Ok(new.iter().all(|m| !m.assigned().is_empty()).then_some(())),
+        )?;
+
+        let mut raw = RawConnection::connect(node.kafka_addr())?;
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(str("g-new")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(str(""))
+            .with_protocol_type(str("consumer"));
+        let id = raw.send_request(ApiKey::JoinGroup as i16, 5, &join, 5)?;
+        let joined: JoinGroupResponse = raw.read_response(id, 5)?;
+        ensure!(
+            joined.error_code == INCONSISTENT_GROUP_PROTOCOL,
+            "a classic JoinGroup into the consumer group answered {}",
+            joined.error_code
+        );
+        let heartbeat = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(str("g-classic")))
+            .with_member_id(str("0f3c52c1-7a4f-4a55-9e0b-1d2f3a4b5c6d"))
+            .with_member_epoch(0)
+            .with_rebalance_timeout_ms(10_000)
+            .with_subscribed_topic_names(Some(vec![TopicName(str(TOPIC))]))
+            .with_topic_partitions(Some(Vec::new()));
+        let id = raw.send_request(ApiKey::ConsumerGroupHeartbeat as i16, 1, &heartbeat, 1)?;
+        let answer: ConsumerGroupHeartbeatResponse = raw.read_response(id, 1)?;
+        ensure!(
+            answer.error_code == GROUP_ID_NOT_FOUND,
+            "a ConsumerGroupHeartbeat into the classic group answered {}",
+            answer.error_code
+        );
+
+        let describe = ConsumerGroupDescribeRequest::default()
+            .with_group_ids(vec![GroupId(str("g-new")), GroupId(str("g-classic"))]);
+        let id = raw.send_request(ApiKey::ConsumerGroupDescribe as i16, 1, &describe, 1)?;
+        let described: ConsumerGroupDescribeResponse = raw.read_response(id, 1)?;
+        let (g, other) = (&described.groups[0], &described.groups[1]);
+        ensure!(other.error_code == GROUP_ID_NOT_FOUND, "g-classic: {}", other.error_code);
+        ensure!(
+            g.error_code == 0 && g.members.len() == 2 && g.assignor_name.as_str() == "uniform",
+            "g-new: {g:?}"
+        );
+        let owned: usize = g
+            .members
+            .iter()
+            .flat_map(|m| &m.assignment.topic_partitions)
+            .filter(|t| t.topic_name.0.as_str() == TOPIC)
+            .map(|t| t.partitions.len())
+            .sum();
+        ensure!(owned == PARTITIONS as usize, "the members own {owned} partitions: {g:?}");
+        ensure!(g.members.iter().all(|m| m.member_epoch >= 1), "member epochs: {g:?}");
+
+        for m in classic.into_iter().chain(new) {
+            m.stop()?;
+        }
+        check_exactly_once(&classic_seen, &records)?;
+        check_exactly_once(&new_seen, &records)?;
         Ok(())
     });
 }
