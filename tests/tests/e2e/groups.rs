@@ -650,7 +650,7 @@ fn classic_and_consumer_protocol_groups_side_by_side() {
     use kafka_protocol::messages::{
         ApiKey, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
         ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId, JoinGroupRequest,
-        JoinGroupResponse, TopicName,
+        JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     use strom_tests::raw::RawConnection;
@@ -725,6 +725,30 @@ fn classic_and_consumer_protocol_groups_side_by_side() {
             .sum();
         ensure!(owned == PARTITIONS as usize, "the members own {owned} partitions: {g:?}");
         ensure!(g.members.iter().all(|m| m.member_epoch >= 1), "member epochs: {g:?}");
+
+        // ListGroups v5 tells the two protocols apart, and filters by type.
+        let list = ListGroupsRequest::default().with_types_filter(vec![str("consumer")]);
+        let id = raw.send_request(ApiKey::ListGroups as i16, 5, &list, 5)?;
+        let listed: ListGroupsResponse = raw.read_response(id, 5)?;
+        let names: Vec<(&str, &str, &str)> = listed
+            .groups
+            .iter()
+            .map(|g| (g.group_id.0.as_str(), g.group_type.as_str(), g.protocol_type.as_str()))
+            .collect();
+        ensure!(names == [("g-new", "consumer", "consumer")], "ListGroups(consumer): {names:?}");
+        let id =
+            raw.send_request(ApiKey::ListGroups as i16, 5, &ListGroupsRequest::default(), 5)?;
+        let listed: ListGroupsResponse = raw.read_response(id, 5)?;
+        let mut types: Vec<(String, String)> = listed
+            .groups
+            .iter()
+            .map(|g| (g.group_id.0.to_string(), g.group_type.to_string()))
+            .collect();
+        types.sort();
+        ensure!(
+            types == [("g-classic".into(), "classic".into()), ("g-new".into(), "consumer".into())],
+            "ListGroups: {types:?}"
+        );
 
         for m in classic.into_iter().chain(new) {
             m.stop()?;

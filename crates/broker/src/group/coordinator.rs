@@ -27,6 +27,25 @@ pub(crate) struct GroupSummary {
     pub protocol_type: Option<String>,
     pub protocol_name: Option<String>,
     pub members: Vec<MemberRecord>,
+    /// The KIP-848 state name (`Stable`, `Reconciling`, …) of a group whose members use the
+    /// consumer protocol; `None` for a classic group.
+    pub consumer_state: Option<&'static str>,
+}
+
+impl GroupSummary {
+    /// The state name ListGroups and DescribeGroups report.
+    pub fn state_name(&self) -> &'static str {
+        self.consumer_state.unwrap_or_else(|| state_name(self.state))
+    }
+
+    /// ListGroups v5's group type.
+    pub fn group_type(&self) -> &'static str {
+        if self.consumer_state.is_some() {
+            "consumer"
+        } else {
+            "classic"
+        }
+    }
 }
 
 /// Kafka's name for a group state, as DescribeGroups and ListGroups report it.

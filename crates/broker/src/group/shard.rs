@@ -396,12 +396,19 @@ impl Shard {
                     .groups
                     .values()
                     .filter(|e| e.group.state() != GroupState::Dead)
-                    .map(|e| GroupSummary {
-                        group_id: e.group.group_id().to_owned(),
-                        state: Some(e.group.state()),
-                        protocol_type: e.group.protocol_type().map(str::to_owned),
-                        protocol_name: e.group.protocol_name().map(str::to_owned),
-                        members: Vec::new(),
+                    .map(|e| {
+                        let consumer = e.consumer.as_ref().filter(|_| e.consumer_active());
+                        GroupSummary {
+                            group_id: e.group.group_id().to_owned(),
+                            state: Some(e.group.state()),
+                            protocol_type: match consumer {
+                                Some(_) => Some("consumer".to_owned()),
+                                None => e.group.protocol_type().map(str::to_owned),
+                            },
+                            protocol_name: e.group.protocol_name().map(str::to_owned),
+                            members: Vec::new(),
+                            consumer_state: consumer.map(|c| c.state().name()),
+                        }
                     })
                     .collect();
                 out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
@@ -508,6 +515,11 @@ impl Shard {
                 protocol_type: e.group.protocol_type().map(str::to_owned),
                 protocol_name: e.group.protocol_name().map(str::to_owned),
                 members: e.group.describe_members(),
+                consumer_state: e
+                    .consumer
+                    .as_ref()
+                    .filter(|_| e.consumer_active())
+                    .map(|c| c.state().name()),
             },
             _ => GroupSummary {
                 group_id: group_id.to_owned(),
@@ -515,6 +527,7 @@ impl Shard {
                 protocol_type: None,
                 protocol_name: None,
                 members: Vec::new(),
+                consumer_state: None,
             },
         }
     }

@@ -21,8 +21,7 @@ use tokio::sync::oneshot;
 use super::{s, Meta, Reply};
 use crate::errors::{code_of, KafkaError};
 use crate::group::{
-    self, state_name, Cmd, CommitRequest, GroupSummary, JoinRequest, OffsetValue, Protocol,
-    SyncRequest,
+    self, Cmd, CommitRequest, GroupSummary, JoinRequest, OffsetValue, Protocol, SyncRequest,
 };
 use crate::BrokerCtx;
 
@@ -579,17 +578,18 @@ pub(crate) async fn list_groups(ctx: &Arc<BrokerCtx>, meta: Meta, req: ListGroup
         let groups = local_groups(&ctx)
             .await
             .into_iter()
-            .filter(|g| states.is_empty() || states.contains(&state_name(g.state).to_lowercase()))
-            .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
+            .filter(|g| states.is_empty() || states.contains(&g.state_name().to_lowercase()))
+            .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type()))
             .map(|g| {
+                let (state, group_type) = (g.state_name(), g.group_type());
                 let mut l = ListedGroup::default()
                     .with_group_id(GroupId(s(g.group_id)))
                     .with_protocol_type(s(g.protocol_type.unwrap_or_default()));
                 if v >= 4 {
-                    l.group_state = s(state_name(g.state));
+                    l.group_state = s(state);
                 }
                 if v >= 5 {
-                    l.group_type = s("classic");
+                    l.group_type = s(group_type);
                 }
                 l
             })
@@ -634,8 +634,13 @@ pub(crate) async fn describe_groups(
                     d.group_state = s("Dead");
                 }
                 Ok(summary) => {
-                    d.group_state = s(state_name(summary.state));
-                    d.protocol_type = s(summary.protocol_type.unwrap_or_default());
+                    d.group_state = s(summary.state_name());
+                    // A KIP-848 group's members are shown by ConsumerGroupDescribe.
+                    let protocol_type = match summary.consumer_state {
+                        Some(_) => Some("consumer".to_owned()),
+                        None => summary.protocol_type,
+                    };
+                    d.protocol_type = s(protocol_type.unwrap_or_default());
                     d.protocol_data = s(summary.protocol_name.unwrap_or_default());
                     d.members = summary
                         .members
