@@ -84,6 +84,7 @@ pub(crate) enum KafkaError {
     UnreleasedInstanceId,
     UnsupportedAssignor,
     StaleMemberEpoch,
+    InvalidRegularExpression,
     GroupSubscribedToTopic,
     InvalidRecord,
     InvalidUpdateVersion,
@@ -166,6 +167,7 @@ impl KafkaError {
             KafkaError::UnreleasedInstanceId => K::UnreleasedInstanceId,
             KafkaError::UnsupportedAssignor => K::UnsupportedAssignor,
             KafkaError::StaleMemberEpoch => K::StaleMemberEpoch,
+            KafkaError::InvalidRegularExpression => K::InvalidRegularExpression,
             KafkaError::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
             KafkaError::InvalidRecord => K::InvalidRecord,
             KafkaError::InvalidUpdateVersion => K::InvalidUpdateVersion,
@@ -345,6 +347,7 @@ impl From<GroupError> for KafkaError {
             GroupError::UnreleasedInstanceId => KafkaError::UnreleasedInstanceId,
             GroupError::UnsupportedAssignor => KafkaError::UnsupportedAssignor,
             GroupError::StaleMemberEpoch => KafkaError::StaleMemberEpoch,
+            GroupError::InvalidRegularExpression => KafkaError::InvalidRegularExpression,
             GroupError::NotCoordinator => KafkaError::NotCoordinator,
             GroupError::GroupIdNotFound => KafkaError::GroupIdNotFound,
             GroupError::GroupSubscribedToTopic => KafkaError::GroupSubscribedToTopic,
@@ -466,6 +469,7 @@ mod tests {
             KafkaError::UnreleasedInstanceId => 111,
             KafkaError::UnsupportedAssignor => 112,
             KafkaError::StaleMemberEpoch => 113,
+            KafkaError::InvalidRegularExpression => 128,
             KafkaError::GroupSubscribedToTopic => 86,
             KafkaError::InvalidRecord => 87,
             KafkaError::InvalidUpdateVersion => 95,
@@ -493,7 +497,7 @@ mod tests {
     }
 
     /// Every variant; `kafka_table`'s exhaustive match makes a new one name its number there.
-    const ALL: [KafkaError; 75] = [
+    const ALL: [KafkaError; 76] = [
         KafkaError::UnknownServerError,
         KafkaError::OffsetOutOfRange,
         KafkaError::CorruptMessage,
@@ -546,6 +550,7 @@ mod tests {
         KafkaError::UnreleasedInstanceId,
         KafkaError::UnsupportedAssignor,
         KafkaError::StaleMemberEpoch,
+        KafkaError::InvalidRegularExpression,
         KafkaError::GroupSubscribedToTopic,
         KafkaError::InvalidRecord,
         KafkaError::InvalidUpdateVersion,
@@ -637,6 +642,7 @@ mod tests {
             (GroupError::UnreleasedInstanceId, 111),
             (GroupError::UnsupportedAssignor, 112),
             (GroupError::StaleMemberEpoch, 113),
+            (GroupError::InvalidRegularExpression, 128),
             (GroupError::GroupIdNotFound, 69),
             (GroupError::GroupSubscribedToTopic, 86),
         ];

@@ -758,3 +758,73 @@ fn classic_and_consumer_protocol_groups_side_by_side() {
         Ok(())
     });
 }
+
+/// KIP-848 regex subscriptions, resolved by the coordinator: librdkafka subscribes to
+/// `^ord.*`; it reads the matching topics, never the other one, and a matching topic created
+/// later is assigned to it without a new subscribe.
+#[test]
+fn consumer_protocol_regex_subscription_follows_new_matching_topics() {
+    with_node(node_options(), |node| {
+        let bootstrap = node.bootstrap();
+        for (topic, partitions) in [("orders", 3), ("ordinals", 2), ("other", 1)] {
+            kafka::create_topic(&bootstrap, topic, partitions, &[])?;
+        }
+        let producer = AckingProducer::new(&bootstrap, &[])?;
+        // Delivery ids are unique across topics: each batch starts at its own base.
+        let send = |topic: &str, base: usize, n: usize| -> anyhow::Result<()> {
+            for i in 0..n {
+                let value = format!("{topic}-{i}");
+                let record = Outgoing { value: Some(value.as_bytes()), ..Outgoing::default() };
+                producer.send(topic, base + i, record)?;
+            }
+            producer.flush(Duration::from_secs(30))
+        };
+        send("orders", 0, 30)?;
+        send("ordinals", 100, 20)?;
+        send("other", 200, 10)?;
+        let consumer: BaseConsumer = kafka::client_config(&bootstrap)
+            .set("group.id", "g-regex")
+            .set("group.protocol", "consumer")
+            .set("auto.offset.reset", "earliest")
+            .set("topic.metadata.refresh.interval.ms", "500")
+            .create()
+            .context("create consumer")?;
+        consumer.subscribe(&["^ord.*"]).context("subscribe")?;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut poll_until = |want: &BTreeMap<String, usize>, what: &str| {
+            wait_until(CONSUME_WAIT, what, || {
+                if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                    let m = m.context("consume")?;
+                    *seen.entry(m.topic().to_owned()).or_default() += 1;
+                }
+                Ok(want.iter().all(|(t, n)| seen.get(t) >= Some(n)).then(|| seen.clone()))
+            })
+        };
+        let want = BTreeMap::from([("orders".to_owned(), 30), ("ordinals".to_owned(), 20)]);
+        poll_until(&want, "the matching topics are read")?;
+        kafka::create_topic(&bootstrap, "ordnew", 2, &[])?;
+        send("ordnew", 300, 15)?;
+        let mut want = want;
+        want.insert("ordnew".to_owned(), 15);
+        let seen = poll_until(&want, "a matching topic created later is read")?;
+        ensure!(seen == want, "read {seen:?}, wanted exactly {want:?} (nothing of \"other\")");
+        // The coordinator resolved it: the member sent its regex (librdkafka joins a
+        // subscription's patterns as `(p1)|(p2)…`).
+        use kafka_protocol::messages::{
+            ApiKey, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, GroupId,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let mut raw = strom_tests::raw::RawConnection::connect(node.kafka_addr())?;
+        let describe = ConsumerGroupDescribeRequest::default()
+            .with_group_ids(vec![GroupId(StrBytes::from_static_str("g-regex"))]);
+        let id = raw.send_request(ApiKey::ConsumerGroupDescribe as i16, 1, &describe, 1)?;
+        let described: ConsumerGroupDescribeResponse = raw.read_response(id, 1)?;
+        let regexes: Vec<Option<String>> = described.groups[0]
+            .members
+            .iter()
+            .map(|m| m.subscribed_topic_regex.as_ref().map(|r| r.to_string()))
+            .collect();
+        ensure!(regexes == [Some("(^ord.*)".to_owned())], "members' regexes {regexes:?}");
+        Ok(())
+    });
+}

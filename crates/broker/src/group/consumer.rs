@@ -71,12 +71,34 @@ pub(crate) struct TopicMeta {
 /// Looks topics up by name in the current metadata.
 pub(crate) trait Topics {
     fn topic(&self, name: &str) -> Option<TopicMeta>;
+    /// Every topic a regex subscription may match (internal topics left out).
+    fn each_name(&self, f: &mut dyn FnMut(&str));
 }
 
 impl Topics for BTreeMap<String, TopicMeta> {
     fn topic(&self, name: &str) -> Option<TopicMeta> {
         self.get(name).cloned()
     }
+
+    fn each_name(&self, f: &mut dyn FnMut(&str)) {
+        self.keys().for_each(|name| f(name));
+    }
+}
+
+/// Longest regex subscription accepted, in bytes.
+pub(crate) const REGEX_LEN_MAX: usize = 4_096;
+/// Memory one compiled regex may take.
+const REGEX_SIZE_MAX: usize = 1 << 20;
+
+/// A member's regex subscription, compiled (the whole topic name must match, as Kafka's).
+fn compile(pattern: &str) -> Result<regex::Regex, GroupError> {
+    if pattern.len() > REGEX_LEN_MAX {
+        return Err(GroupError::InvalidRegularExpression);
+    }
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_MAX)
+        .build()
+        .map_err(|_| GroupError::InvalidRegularExpression)
 }
 
 /// A ConsumerGroupHeartbeat, its optional fields `None` when the member left them unchanged.
@@ -90,6 +112,9 @@ pub(crate) struct Heartbeat {
     /// -1: unchanged.
     pub rebalance_timeout_ms: i32,
     pub subscribed_topic_names: Option<Vec<String>>,
+    /// A regular expression topic names must match (RE2 syntax, the whole name); `Some("")`
+    /// drops it.
+    pub subscribed_topic_regex: Option<String>,
     pub server_assignor: Option<String>,
     /// The partitions the member owns now.
     pub owned: Option<Assignment>,
@@ -127,6 +152,9 @@ pub(crate) struct ConsumerMember {
     pub client_host: String,
     pub rebalance_timeout_ms: i32,
     pub subscribed: BTreeSet<String>,
+    /// The regex subscription and the topics it matched at the member's last heartbeat.
+    pub regex: Option<regex::Regex>,
+    pub matched: BTreeSet<String>,
     pub server_assignor: Option<String>,
     pub member_epoch: i32,
     pub previous_member_epoch: i32,
@@ -142,6 +170,13 @@ pub(crate) struct ConsumerMember {
     /// A static member that left for now (epoch -2): kept, without a session, for its
     /// instance id to come back.
     pub left_for_now: bool,
+}
+
+impl ConsumerMember {
+    /// The topics it subscribes to, by name or by its regex.
+    pub fn subscription(&self) -> impl Iterator<Item = &String> {
+        self.subscribed.iter().chain(self.matched.iter())
+    }
 }
 
 /// KIP-848's group states, as ConsumerGroupDescribe names them.
@@ -204,7 +239,7 @@ impl ConsumerGroup {
 
     /// The topics any member subscribes to (OffsetDelete refuses those).
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
-        self.members.values().flat_map(|m| m.subscribed.iter().cloned()).collect()
+        self.members.values().flat_map(|m| m.subscription().cloned()).collect()
     }
 
     /// Handles one heartbeat; `new_member_id` mints an id for a v0 member that has none.
@@ -222,6 +257,7 @@ impl ConsumerGroup {
             epoch if epoch > 0 => self.known(&req, now_ms, config)?,
             _ => return Err(GroupError::InvalidRequest),
         };
+        self.resolve_regex(&member_id, topics);
         self.refresh_target(topics);
         let before = self.members.get(&member_id).map(|m| m.assigned.clone());
         let joined = req.member_epoch == JOIN_EPOCH;
@@ -316,8 +352,15 @@ impl ConsumerGroup {
     ) -> Result<String, GroupError> {
         // The first heartbeat carries the whole member: subscription, rebalance timeout and
         // (empty) owned partitions.
-        let Some(names) = &req.subscribed_topic_names else {
-            return Err(GroupError::InvalidRequest);
+        let regex = match req.subscribed_topic_regex.as_deref() {
+            None | Some("") => None,
+            Some(pattern) => Some(compile(pattern)?),
+        };
+        let no_names = Vec::new();
+        let names = match (&req.subscribed_topic_names, &regex) {
+            (Some(names), _) => names,
+            (None, Some(_)) => &no_names,
+            (None, None) => return Err(GroupError::InvalidRequest),
         };
         if req.rebalance_timeout_ms <= 0 || req.owned.as_ref().is_some_and(|o| !o.is_empty()) {
             return Err(GroupError::InvalidRequest);
@@ -352,6 +395,7 @@ impl ConsumerGroup {
                 member.member_id = member_id.clone();
                 member.left_for_now = false;
                 member.subscribed = subscribed;
+                member.regex = regex;
                 member.server_assignor = req.server_assignor.clone();
                 member.rebalance_timeout_ms = req.rebalance_timeout_ms;
                 member.rack_id = req.rack_id.clone();
@@ -372,6 +416,7 @@ impl ConsumerGroup {
                 existing.subscribed = subscribed;
                 self.group_epoch += 1;
             }
+            existing.regex = regex;
             existing.assigned.clear();
             existing.revoking.clear();
             existing.member_epoch = 0;
@@ -391,6 +436,8 @@ impl ConsumerGroup {
                 client_host: req.client_host.clone(),
                 rebalance_timeout_ms: req.rebalance_timeout_ms,
                 subscribed,
+                regex,
+                matched: BTreeSet::new(),
                 server_assignor: req.server_assignor.clone(),
                 member_epoch: 0,
                 previous_member_epoch: -1,
@@ -448,6 +495,14 @@ impl ConsumerGroup {
                 bump = true;
             }
         }
+        if let Some(pattern) = &req.subscribed_topic_regex {
+            let same =
+                member.regex.as_ref().map(|r| r.as_str()) == Some(&format!("^(?:{pattern})$"));
+            if !same {
+                // The matched topics follow at this heartbeat's resolve.
+                member.regex = if pattern.is_empty() { None } else { Some(compile(pattern)?) };
+            }
+        }
         if let Some(assignor) = &req.server_assignor {
             if !ASSIGNORS.contains(&assignor.as_str()) {
                 return Err(GroupError::UnsupportedAssignor);
@@ -477,11 +532,31 @@ impl ConsumerGroup {
         }
     }
 
+    /// Matches `member_id`'s regex against the topics now; a different match is a changed
+    /// subscription. Costs one match per topic, at each heartbeat of a regex member.
+    fn resolve_regex(&mut self, member_id: &str, topics: &dyn Topics) {
+        let Some(member) = self.members.get_mut(member_id) else { return };
+        let mut matched = BTreeSet::new();
+        if let Some(regex) = &member.regex {
+            topics.each_name(&mut |name| {
+                if regex.is_match(name) {
+                    matched.insert(name.to_owned());
+                }
+            });
+        }
+        if matched != member.matched {
+            member.matched = matched;
+            if self.assignment_epoch == self.group_epoch {
+                self.group_epoch += 1;
+            }
+        }
+    }
+
     /// Recomputes the target assignment when the group epoch moved past it or a subscribed
     /// topic changed its partitions (a topic created, deleted or grown bumps the group epoch).
     fn refresh_target(&mut self, topics: &dyn Topics) {
         let wanted: BTreeSet<&String> =
-            self.members.values().flat_map(|m| m.subscribed.iter()).collect();
+            self.members.values().flat_map(ConsumerMember::subscription).collect();
         let seen: BTreeMap<String, TopicMeta> = wanted
             .into_iter()
             .filter_map(|name| topics.topic(name).map(|t| (name.clone(), t)))
@@ -506,7 +581,7 @@ impl ConsumerGroup {
             .members
             .values()
             .map(|m| {
-                let topics = m.subscribed.iter().filter_map(|t| self.topics_seen.get(t)).collect();
+                let topics = m.subscription().filter_map(|t| self.topics_seen.get(t)).collect();
                 (m.member_id.as_str(), topics)
             })
             .collect();
@@ -1036,5 +1111,47 @@ mod tests {
         );
         assert_eq!(sim.group.validate_offset_commit("z", 1), Err(GroupError::UnknownMemberId));
         assert_eq!(sim.group.validate_offset_commit("", -1), Err(GroupError::UnknownMemberId));
+    }
+
+    #[test]
+    fn a_regex_subscription_follows_the_topics_that_match() {
+        let mut sim = Sim::new(4);
+        let meta = |b: u8, partitions| TopicMeta { id: TopicId([b; 16]), partitions };
+        sim.topics.insert("orders-eu".into(), meta(8, 2));
+        sim.topics.insert("payments".into(), meta(9, 3));
+        let join = Heartbeat {
+            member_id: "r".into(),
+            member_epoch: 0,
+            rebalance_timeout_ms: 30_000,
+            subscribed_topic_regex: Some("orders.*".into()),
+            owned: Some(Assignment::new()),
+            ..Heartbeat::default()
+        };
+        let answer = sim.send(join.clone()).unwrap();
+        let owned = answer.assignment.unwrap();
+        assert_eq!(owned.len(), 2, "orders and orders-eu, not payments: {owned:?}");
+        assert_eq!(count(&owned), 6);
+        let mut client = Client { id: "r".into(), epoch: answer.member_epoch, owned };
+        // A new matching topic is picked up at the next heartbeat.
+        sim.topics.insert("orders-us".into(), meta(10, 1));
+        let epoch = sim.group.group_epoch;
+        sim.beat(&mut client).unwrap();
+        assert!(sim.group.group_epoch > epoch);
+        assert_eq!(count(&client.owned), 7);
+        // Only whole names match, and a bad pattern is refused.
+        let partial = Heartbeat {
+            member_id: "p".into(),
+            subscribed_topic_regex: Some("order".into()),
+            ..join.clone()
+        };
+        assert_eq!(sim.send(partial).unwrap().assignment, Some(Assignment::new()));
+        for bad in ["(", &"a".repeat(REGEX_LEN_MAX + 1)] {
+            let req = Heartbeat {
+                member_id: "b".into(),
+                subscribed_topic_regex: Some(bad.to_owned()),
+                ..join.clone()
+            };
+            assert_eq!(sim.send(req).unwrap_err(), GroupError::InvalidRegularExpression);
+        }
     }
 }

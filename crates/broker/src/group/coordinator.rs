@@ -128,6 +128,14 @@ impl Topics for ImageTopics {
     fn topic(&self, name: &str) -> Option<TopicMeta> {
         self.0.topic(name).map(|t| TopicMeta { id: t.id, partitions: t.partitions.len() as i32 })
     }
+
+    fn each_name(&self, f: &mut dyn FnMut(&str)) {
+        for name in self.0.topic_names.values() {
+            if !strom_metadata::config::is_internal_topic(name) {
+                f(name);
+            }
+        }
+    }
 }
 
 /// Which shards this broker runs, by `__consumer_offsets` partition.

@@ -45,6 +45,8 @@ pub(crate) enum GroupError {
     UnsupportedAssignor,
     /// KIP-848: an offset commit or fetch at another epoch than the member's.
     StaleMemberEpoch,
+    /// KIP-848: a regex subscription that does not compile (or is too large).
+    InvalidRegularExpression,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

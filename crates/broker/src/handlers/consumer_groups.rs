@@ -55,10 +55,6 @@ pub(crate) async fn heartbeat(
     if group_id.is_empty() {
         return refused(meta, KafkaError::InvalidGroupId, None);
     }
-    if req.subscribed_topic_regex.as_ref().is_some_and(|r| !r.is_empty()) {
-        let why = "regular-expression subscriptions are not served yet; subscribe by topic names";
-        return refused(meta, KafkaError::InvalidRequest, Some(why.to_owned()));
-    }
     if meta.version >= 1 && req.member_id.is_empty() {
         // v1: the member chooses its id (a UUID) before it joins.
         let why = "member_id must be set (a UUID chosen by the member)";
@@ -81,6 +77,7 @@ pub(crate) async fn heartbeat(
         subscribed_topic_names: req
             .subscribed_topic_names
             .map(|names| names.into_iter().map(|n| n.0.to_string()).collect()),
+        subscribed_topic_regex: req.subscribed_topic_regex.map(|r| r.to_string()),
         server_assignor: req.server_assignor.map(|a| a.to_string()),
         owned,
         client_id,
@@ -185,6 +182,7 @@ fn describe_group(
                 .with_subscribed_topic_names(
                     m.subscribed.iter().map(|t| TopicName(s(t.clone()))).collect(),
                 )
+                .with_subscribed_topic_regex(m.regex.as_ref().map(|r| s(regex_of(r.as_str()))))
                 .with_assignment(assignment(&m.assigned))
                 .with_target_assignment(assignment(
                     group.target.get(&m.member_id).unwrap_or(&empty),
@@ -199,4 +197,9 @@ fn describe_group(
         .with_assignment_epoch(group.assignment_epoch)
         .with_assignor_name(s(group.assignor.clone()))
         .with_members(members)
+}
+
+/// The member's pattern as it sent it (compiled anchored as `^(?:pattern)$`).
+fn regex_of(anchored: &str) -> String {
+    anchored.strip_prefix("^(?:").and_then(|r| r.strip_suffix(")$")).unwrap_or(anchored).to_owned()
 }
