@@ -650,12 +650,14 @@ fn classic_and_consumer_protocol_groups_side_by_side() {
     use kafka_protocol::messages::{
         ApiKey, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
         ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId, JoinGroupRequest,
-        JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, TopicName,
+        JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetFetchRequest,
+        OffsetFetchResponse, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     use strom_tests::raw::RawConnection;
     const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
     const GROUP_ID_NOT_FOUND: i16 = 69;
+    const STALE_MEMBER_EPOCH: i16 = 113;
     let str = |s: &str| StrBytes::from_string(s.to_owned());
     with_node(node_options(), |node| {
         let bootstrap = node.bootstrap();
@@ -725,6 +727,22 @@ fn classic_and_consumer_protocol_groups_side_by_side() {
             .sum();
         ensure!(owned == PARTITIONS as usize, "the members own {owned} partitions: {g:?}");
         ensure!(g.members.iter().all(|m| m.member_epoch >= 1), "member epochs: {g:?}");
+        // OffsetFetch v9: a member fetches at its own epoch; another epoch is stale.
+        let member = &g.members[0];
+        let fetch_at = |raw: &mut RawConnection, epoch: i32| -> anyhow::Result<i16> {
+            use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+            let group = OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(str("g-new")))
+                .with_member_id(Some(member.member_id.clone()))
+                .with_member_epoch(epoch);
+            let request = OffsetFetchRequest::default().with_groups(vec![group]);
+            let id = raw.send_request(ApiKey::OffsetFetch as i16, 9, &request, 9)?;
+            let answer: OffsetFetchResponse = raw.read_response(id, 9)?;
+            Ok(answer.groups[0].error_code)
+        };
+        ensure!(fetch_at(&mut raw, member.member_epoch)? == 0, "OffsetFetch v9 at the epoch");
+        let stale = fetch_at(&mut raw, member.member_epoch + 100)?;
+        ensure!(stale == STALE_MEMBER_EPOCH, "OffsetFetch v9 at another epoch answered {stale}");
 
         // ListGroups v5 tells the two protocols apart, and filters by type.
         let list = ListGroupsRequest::default().with_types_filter(vec![str("consumer")]);

@@ -319,6 +319,22 @@ impl ConsumerGroup {
         Ok(())
     }
 
+    /// OffsetFetch v9's check (KIP-848): a member that names itself must be at its epoch.
+    pub fn validate_offset_fetch(
+        &self,
+        member_id: &str,
+        member_epoch: i32,
+    ) -> Result<(), GroupError> {
+        if member_id.is_empty() || member_epoch < 0 {
+            return Ok(());
+        }
+        let member = self.members.get(member_id).ok_or(GroupError::UnknownMemberId)?;
+        if member_epoch != member.member_epoch {
+            return Err(GroupError::StaleMemberEpoch);
+        }
+        Ok(())
+    }
+
     fn leave(&mut self, req: Heartbeat) -> Result<HeartbeatAnswer, GroupError> {
         let member_id = match (&req.instance_id, req.member_id.is_empty()) {
             (Some(instance), _) => {
@@ -1111,6 +1127,10 @@ mod tests {
         );
         assert_eq!(sim.group.validate_offset_commit("z", 1), Err(GroupError::UnknownMemberId));
         assert_eq!(sim.group.validate_offset_commit("", -1), Err(GroupError::UnknownMemberId));
+        assert_eq!(sim.group.validate_offset_fetch("", -1), Ok(()));
+        assert_eq!(sim.group.validate_offset_fetch("a", a.epoch), Ok(()));
+        assert_eq!(sim.group.validate_offset_fetch("a", 9), Err(GroupError::StaleMemberEpoch));
+        assert_eq!(sim.group.validate_offset_fetch("z", 1), Err(GroupError::UnknownMemberId));
     }
 
     #[test]

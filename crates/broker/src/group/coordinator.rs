@@ -109,11 +109,14 @@ pub(crate) enum Cmd {
     },
     /// `None`: every committed offset of the group. With `require_stable`, the partitions
     /// that a transaction still holds come back in the second list.
+    /// `member`: OffsetFetch v9's member id and epoch (KIP-848), checked when the group's
+    /// members use the consumer protocol.
     FetchOffsets {
         group_id: String,
         wanted: Option<Vec<(String, i32)>>,
         require_stable: bool,
-        reply: oneshot::Sender<(FetchedOffsets, Vec<(String, i32)>)>,
+        member: Option<(String, i32)>,
+        reply: oneshot::Sender<Result<(FetchedOffsets, Vec<(String, i32)>), GroupError>>,
     },
     Describe(String, oneshot::Sender<GroupSummary>),
     List(oneshot::Sender<Vec<GroupSummary>>),

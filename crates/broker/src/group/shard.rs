@@ -368,8 +368,15 @@ impl Shard {
                 let _ = reply.send(group);
             }
             Cmd::Commit(group_id, req, reply) => self.commit(group_id, req, reply, now),
-            Cmd::FetchOffsets { group_id, wanted, require_stable, reply } => {
+            Cmd::FetchOffsets { group_id, wanted, require_stable, member, reply } => {
                 let entry = self.groups.get(&group_id);
+                let consumer = entry.and_then(|e| e.consumer.as_ref());
+                if let (Some(c), Some((member_id, epoch))) = (consumer, member) {
+                    if let Err(e) = c.validate_offset_fetch(&member_id, epoch) {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
                 let fetched = offsets::fetch(entry, wanted);
                 let unstable = match entry {
                     Some(e) if require_stable => {
@@ -377,7 +384,7 @@ impl Shard {
                     }
                     _ => Vec::new(),
                 };
-                let _ = reply.send((fetched, unstable));
+                let _ = reply.send(Ok((fetched, unstable)));
             }
             Cmd::TxnCommit(group_id, producer, req, reply) => {
                 let decided = self
@@ -866,6 +873,7 @@ mod tests {
                 group_id: "g".to_owned(),
                 wanted,
                 require_stable: true,
+                member: None,
                 reply,
             });
             answer
@@ -879,7 +887,7 @@ mod tests {
         for answer in answers.drain(..) {
             assert_eq!(answer.await.expect("answered"), Ok(()));
         }
-        let (offsets, unstable) = fetch(&mut shard).await.expect("fetched");
+        let (offsets, unstable) = fetch(&mut shard).await.expect("fetched").expect("no refusal");
         assert_eq!(offsets, vec![(("t".to_owned(), 0), None)], "not visible before the marker");
         assert_eq!(unstable, vec![("t".to_owned(), 0)]);
         let marker = |commit| strom_protocol::control::Marker { commit, coordinator_epoch: 0 };
@@ -887,7 +895,7 @@ mod tests {
         shard.on_cmd(Cmd::TxnCompleted { producer_id: 5, commit: true });
         partition.append_marker(6, 0, marker(false), 0, 1).expect("abort marker");
         shard.on_cmd(Cmd::TxnCompleted { producer_id: 6, commit: false });
-        let (offsets, unstable) = fetch(&mut shard).await.expect("fetched");
+        let (offsets, unstable) = fetch(&mut shard).await.expect("fetched").expect("no refusal");
         assert_eq!(offsets, vec![(("t".to_owned(), 0), Some(offset(10)))]);
         assert!(unstable.is_empty());
 
@@ -898,7 +906,7 @@ mod tests {
         assert_eq!(open.await.expect("answered"), Ok(()));
         let mut reloaded = shard_on(partition.clone(), &clock);
         reloaded.install(load(&partition).expect("loads"), clock.now_ms());
-        let (offsets, unstable) = fetch(&mut reloaded).await.expect("fetched");
+        let (offsets, unstable) = fetch(&mut reloaded).await.expect("fetched").expect("no refusal");
         assert_eq!(offsets, vec![(("t".to_owned(), 0), Some(offset(10)))]);
         assert_eq!(unstable, vec![("t".to_owned(), 0)], "producer 7's transaction is open");
     }

@@ -363,10 +363,12 @@ async fn fetch_group(
     group_id: &str,
     wanted: Wanted,
     require_stable: bool,
+    member: Option<(String, i32)>,
 ) -> FetchedGroup {
     let (reply, rx) = oneshot::channel();
     let requested = wanted.clone();
-    let cmd = Cmd::FetchOffsets { group_id: group_id.to_owned(), wanted, require_stable, reply };
+    let group_id_owned = group_id.to_owned();
+    let cmd = Cmd::FetchOffsets { group_id: group_id_owned, wanted, require_stable, member, reply };
     let failed = |error: KafkaError| FetchedGroup {
         error: error.into(),
         offsets: Vec::new(),
@@ -376,7 +378,8 @@ async fn fetch_group(
     match send(ctx, group_id, cmd).await {
         Err(c) => failed(c),
         Ok(()) => match rx.await {
-            Ok((offsets, unstable)) => FetchedGroup { error: 0, offsets, unstable, requested },
+            Ok(Ok((offsets, unstable))) => FetchedGroup { error: 0, offsets, unstable, requested },
+            Ok(Err(e)) => failed(e.into()),
             Err(_) => failed(gone()),
         },
     }
@@ -439,7 +442,11 @@ pub(crate) async fn offset_fetch(
                 let wanted = g
                     .topics
                     .map(|ts| partitions_of(ts.into_iter().map(|t| (t.name, t.partition_indexes))));
-                let fetched = fetch_group(&ctx, &group_id, wanted, req.require_stable).await;
+                // v9 (KIP-848): a member names itself and its epoch.
+                let member = (v >= 9).then(|| (g.member_id.map(|m| m.to_string()), g.member_epoch));
+                let member = member.and_then(|(id, epoch)| id.map(|id| (id, epoch)));
+                let fetched =
+                    fetch_group(&ctx, &group_id, wanted, req.require_stable, member).await;
                 let error = fetched.error;
                 let topics = fetched
                     .by_topic(false)
@@ -474,7 +481,8 @@ pub(crate) async fn offset_fetch(
         let wanted = req
             .topics
             .map(|ts| partitions_of(ts.into_iter().map(|t| (t.name, t.partition_indexes))));
-        let fetched = fetch_group(&ctx, &group_id, wanted, v >= 7 && req.require_stable).await;
+        let fetched =
+            fetch_group(&ctx, &group_id, wanted, v >= 7 && req.require_stable, None).await;
         let error = fetched.error;
         // v1 has no top-level error: each partition carries it.
         let topics = fetched
