@@ -70,6 +70,9 @@ pub(crate) struct CommitRequest {
 pub(crate) type TopicPartition = (String, i32);
 /// OffsetFetch's answer: each partition with its committed offset, if any.
 pub(crate) type FetchedOffsets = Vec<(TopicPartition, Option<OffsetValue>)>;
+/// OffsetFetch's answer: the offsets, and (with `require_stable`) the partitions a
+/// transaction still holds.
+pub(crate) type FetchAnswer = (FetchedOffsets, Vec<TopicPartition>);
 /// OffsetDelete's answer: each partition's refusal, if any, or the group's.
 pub(crate) type DeletedOffsets = Result<Vec<(TopicPartition, Option<GroupError>)>, GroupError>;
 
@@ -116,7 +119,7 @@ pub(crate) enum Cmd {
         wanted: Option<Vec<(String, i32)>>,
         require_stable: bool,
         member: Option<(String, i32)>,
-        reply: oneshot::Sender<Result<(FetchedOffsets, Vec<(String, i32)>), GroupError>>,
+        reply: oneshot::Sender<Result<FetchAnswer, GroupError>>,
     },
     Describe(String, oneshot::Sender<GroupSummary>),
     List(oneshot::Sender<Vec<GroupSummary>>),
