@@ -49,6 +49,9 @@ pub struct BrokerConfig {
     /// most: the capacity of its handle cache, which the binary derives from the process's
     /// open-file limit.
     pub log_open_files_max: usize,
+    /// `metrics.consumer_lag`: `/metrics` shows the lag of the groups this broker
+    /// coordinates (strom's own; off by default for its cardinality).
+    pub consumer_lag_metrics: bool,
 }
 
 /// Connection limits of one Kafka listener, with Kafka's names.

@@ -164,7 +164,7 @@ impl Broker {
             producer_ids,
             txn: txn::TxnCoordinator::new(markers),
             quotas: quota::ClientQuotaManager::default(),
-            metrics: Arc::new(metrics::BrokerMetrics::default()),
+            metrics: Arc::new(metrics::BrokerMetrics::new(config.consumer_lag_metrics)),
             config,
         });
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);

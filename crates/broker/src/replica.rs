@@ -1154,6 +1154,7 @@ pub(crate) mod test_support {
             groups: GroupSettings::default(),
             transactions: strom_metadata::config::TRANSACTION_DEFAULTS,
             log_open_files_max: strom_log::FILE_HANDLES_MIN,
+            consumer_lag_metrics: false,
         };
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(strom_testkit::ManualClock::at(0));
         Arc::new(BrokerCtx {

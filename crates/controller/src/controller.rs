@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use crate::error::ControllerError;
 use crate::events::{Event, EventClient};
 use crate::log_store::{LogStore, LogStoreOptions, SEGMENT_BYTES_MAX_DEFAULT};
+use crate::metrics::{ControllerMetrics, ControllerMetricsHandle};
 use crate::network::{
     Channels, GrpcNetwork, ReplicaKey, RPC_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
 };
@@ -168,6 +169,7 @@ pub struct Controller {
     /// Keeps this node's place in the membership (joins as an observer, says its directory
     /// id and address as a voter).
     keeper: JoinHandle<()>,
+    metrics: Arc<ControllerMetrics>,
 }
 
 impl Controller {
@@ -302,6 +304,7 @@ impl Controller {
 
         let (tx, rx) = mpsc::channel(EVENT_QUEUE_MAX);
         let (stop, stop_rx) = oneshot::channel();
+        let metrics = Arc::new(ControllerMetrics::default());
         let active = ActiveController {
             raft: raft.clone(),
             node_id: cfg.node_id,
@@ -315,6 +318,7 @@ impl Controller {
             events_closed: false,
             backlog: VecDeque::new(),
             quorum: voters::QuorumOps::new(contacts),
+            metrics: metrics.clone(),
         };
         let event_loop = tokio::spawn(active.run(stop_rx));
         let local = Arc::new(EventClient::new(tx));
@@ -348,6 +352,7 @@ impl Controller {
             event_loop,
             leader_watch,
             keeper,
+            metrics,
         })
     }
 
@@ -356,6 +361,11 @@ impl Controller {
     /// (bounded) while a new leader is elected.
     pub fn client(&self) -> Arc<dyn ControllerClient> {
         self.client.clone()
+    }
+
+    /// The active controller's metrics, for the node's `/metrics`.
+    pub fn metrics(&self) -> ControllerMetricsHandle {
+        ControllerMetricsHandle { metrics: self.metrics.clone(), image: self.image.clone() }
     }
 
     /// The image after the last applied entry.
@@ -577,6 +587,7 @@ struct ActiveController {
     /// The quorum's membership changes (KIP-853): the one in progress, and what DescribeQuorum
     /// reports of each replica.
     quorum: voters::QuorumOps,
+    metrics: Arc<ControllerMetrics>,
 }
 
 impl ActiveController {
@@ -613,15 +624,17 @@ impl ActiveController {
     }
 
     async fn handle(&mut self, event: Event) {
-        let Event::Submit { request, reply } = event;
+        let Event::Submit { request, reply, queued } = event;
+        let started = std::time::Instant::now();
         if request.is_quorum() {
             // Answers now, or (a voter being added) once the new voter has caught up.
             self.quorum_request(request, reply).await;
-            return;
+        } else {
+            let answer = self.submit(&request).await;
+            // The caller may have given up waiting; nothing to do then.
+            let _ = reply.send(answer);
         }
-        let answer = self.submit(&request).await;
-        // The caller may have given up waiting; nothing to do then.
-        let _ = reply.send(answer);
+        self.metrics.event_handled(started.duration_since(queued), started.elapsed());
     }
 
     /// An event that arrived while a commit was in flight: a heartbeat counts at once (the

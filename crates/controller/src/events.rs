@@ -3,6 +3,8 @@
 //! client and the gRPC service submit to the local task without importing the controller that
 //! runs it.
 
+use std::time::Instant;
+
 use strom_metadata::control::{ControlRequest, ControlResponse};
 use strom_metadata::ControlError;
 use tokio::sync::{mpsc, oneshot};
@@ -12,6 +14,8 @@ pub(crate) enum Event {
     Submit {
         request: ControlRequest,
         reply: oneshot::Sender<Result<ControlResponse, ControlError>>,
+        /// When it was queued: its wait is measured from here (Kafka's EventQueueTimeMs).
+        queued: Instant,
     },
 }
 
@@ -33,7 +37,7 @@ impl EventClient {
         request: ControlRequest,
     ) -> Result<ControlResponse, ControlError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.try_send(Event::Submit { request, reply }).map_err(|e| match e {
+        self.tx.try_send(Event::Submit { request, reply, queued: Instant::now() }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ControlError::ControllerUnavailable(format!(
                 "the controller has {} requests queued",
                 self.tx.max_capacity()

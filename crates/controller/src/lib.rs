@@ -10,6 +10,8 @@
 //! - [`wire`]: controller requests and responses as protobuf, for relaying.
 //! - [`relay`]: the `ControllerClient` of every node, voter or broker-only.
 //! - `membership`: KIP-853's voter changes planned against raft's membership (no IO).
+//! - [`ControllerMetricsHandle`]: the active controller's event queue times and brokers'
+//!   metadata lag, for `/metrics`.
 
 mod codec;
 mod controller;
@@ -18,6 +20,7 @@ mod events;
 pub mod follower;
 pub mod log_store;
 mod membership;
+mod metrics;
 pub mod network;
 pub mod quorum;
 pub mod relay;
@@ -34,6 +37,7 @@ pub use controller::{
 };
 pub use error::ControllerError;
 pub use membership::{OBSERVERS_MAX, VOTER_CATCH_UP_WAIT_MS_MAX};
+pub use metrics::ControllerMetricsHandle;
 pub use quorum::RaftClusterInfo;
 pub use relay::RelayClient;
 pub use service::{ControllerService, RaftService};

@@ -80,6 +80,18 @@ pub struct NodeConfig {
     pub offsets: OffsetsSection,
     pub group: GroupSection,
     pub transaction: TransactionSection,
+    pub metrics: MetricsSection,
+}
+
+/// What `/metrics` shows beyond its defaults (strom's own keys; Kafka has none).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Export `strom_consumer_group_lag{group,topic,partition}`: high watermark minus
+    /// committed offset, for the groups this broker coordinates and the partitions it has a
+    /// replica of, at most 10,000 series a scrape (the rest counted in
+    /// `strom_consumer_group_lag_omitted`). Off by default: one series per committed partition.
+    pub consumer_lag: bool,
 }
 
 /// Kafka's `listener.name.<listener>.*` keys: `listener.name.replication.max_connections`.
@@ -308,6 +320,7 @@ impl Default for NodeConfig {
             offsets: OffsetsSection::default(),
             group: GroupSection::default(),
             transaction: TransactionSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }

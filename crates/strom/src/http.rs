@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use strom_admin::ClusterInfo;
 use strom_broker::BrokerMetricsHandle;
+use strom_controller::ControllerMetricsHandle;
 use strom_metadata::MetadataImage;
 use tokio::sync::watch;
 
@@ -140,6 +141,11 @@ impl HttpState {
     ) {
         let _ = self.cluster.set(cluster);
         let _ = self.image.set(image);
+    }
+
+    /// This node is a controller: its metrics join the registry.
+    pub fn set_controller(&self, controller: ControllerMetricsHandle) {
+        controller.register(&mut self.registry.write().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// The broker has started: its metrics join the registry, its logs the readiness.

@@ -551,6 +551,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         MetadataSide::Follower { .. } => None,
     };
     http_state.set_metadata(cluster_info.clone(), image_rx.clone());
+    if let MetadataSide::Voter(controller) = &metadata {
+        http_state.set_controller(controller.metrics());
+    }
     let quorum_leader = tokio::spawn({
         let (health, mut leader) = (health.clone(), leader_rx.clone());
         async move {
@@ -974,6 +977,7 @@ async fn start_broker(
             },
             transactions: cfg.transaction_settings(),
             log_open_files_max: log_open_files_max(fd_limit),
+            consumer_lag_metrics: cfg.metrics.consumer_lag,
         },
         listener.clone(),
         client.clone(),

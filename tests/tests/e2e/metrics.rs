@@ -2,12 +2,22 @@
 //! text-format parser moves as clients produce and as a follower stops and comes back;
 //! `/health` answers while the process lives; `/ready` (and the gRPC health service) says
 //! no while the node starts and cannot reach its quorum, and while it is cut off from the
-//! controller for longer than a broker session (the controller fences it).
+//! controller for longer than a broker session (the controller fences it). A long-polling
+//! Fetch shows in the fetch purgatory while it waits; the active controller's event-queue
+//! histogram counts each topic creation; every broker's metadata lag settles at 0; and with
+//! `metrics.consumer_lag` on, a group's committed offset shows as its lag behind the high
+//! watermark (and the family is absent with it off).
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use strom_tests::kafka::{self, AckingProducer, Outgoing};
+use strom_tests::raw::{RawConnection, FETCH_VERSION_MAX};
 use strom_tests::{wait_until, with_cluster, with_node, ClusterOptions, NodeOptions, StromNode};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -92,6 +102,14 @@ fn metrics_count_requests_and_bytes_as_a_producer_writes() {
         ensure!(consumed.len() >= RECORDS, "consumed {}", consumed.len());
         let out = value(node, "strom_bytes_out_total", &[("topic", "metered")])?;
         assert!(out >= (RECORDS * VALUE_BYTES) as f64, "bytes out: {out}");
+
+        // Consumer lag is opt-in: a committed group shows nothing while it is off.
+        commit(&bootstrap, "metered-group", "metered", 10)?;
+        let scrape = node.scrape()?;
+        assert!(
+            !scrape.names().iter().any(|n| n.starts_with("strom_consumer_group_lag")),
+            "consumer lag exported while metrics.consumer_lag is off"
+        );
         Ok(())
     });
 }
@@ -116,6 +134,20 @@ fn under_replicated_partitions_follow_a_stopped_follower() {
         let bootstrap = cluster.bootstrap();
         kafka::create_topic_replicated(&bootstrap, "replicated", 3, 3)?;
         kafka::wait_for_topic(&bootstrap, "replicated", 3)?;
+        // The active controller knows every broker's metadata lag; it settles at 0.
+        wait_until(WAIT, "the active controller shows every broker's metadata lag at 0", || {
+            for id in cluster.running() {
+                let scrape = cluster.node(id).scrape()?;
+                if scrape.value("strom_controller_active", &[]) != Some(1.0) {
+                    continue;
+                }
+                let settled = ["1", "2", "3"].iter().all(|broker| {
+                    scrape.value("strom_broker_metadata_lag", &[("broker", broker)]) == Some(0.0)
+                });
+                return Ok(settled.then_some(()));
+            }
+            Ok(None)
+        })?;
         produce(&bootstrap, "replicated")?;
         wait_until(WAIT, "no partition is under-replicated", || {
             Ok((cluster_sum(cluster, "strom_under_replicated_partitions")? == 0.0).then_some(()))
@@ -213,6 +245,115 @@ fn ready_is_false_while_starting_without_a_quorum_and_while_cut_off_from_it() {
         cluster.spawn(2)?;
         cluster.spawn(3)?;
         wait_until(WAIT, "node 1 is ready again", || Ok(node(cluster).is_ok().then_some(())))?;
+        Ok(())
+    });
+}
+
+/// Commits `offset` of partition 0 of `topic` for `group` (an assign()-only consumer).
+fn commit(bootstrap: &str, group: &str, topic: &str, offset: i64) -> anyhow::Result<()> {
+    let consumer = kafka::consumer(bootstrap, &[("group.id", group)])?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))?;
+    consumer.commit(&tpl, CommitMode::Sync).context("OffsetCommit")?;
+    Ok(())
+}
+
+/// Sends a sessionless consumer Fetch of partition 0 of `topic` from `offset` that waits up
+/// to `max_wait_ms` for a byte; its answer is read with `read_response`.
+fn send_long_poll(
+    conn: &mut RawConnection,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+) -> anyhow::Result<(i32, i16)> {
+    let version = conn.max_version(ApiKey::Fetch)?.min(FETCH_VERSION_MAX);
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1024 * 1024)])]);
+    let id = conn.send_request(ApiKey::Fetch as i16, version, &request, version)?;
+    Ok((id, version))
+}
+
+#[test]
+fn purgatory_controller_queue_metadata_lag_and_consumer_lag_are_exported() {
+    let toml = "metrics.consumer_lag = true\n".to_owned();
+    let options = NodeOptions { config_toml: Some(toml), ..NodeOptions::default() };
+    with_node(options, |node| {
+        let bootstrap = node.bootstrap();
+        wait_until(WAIT, "the node is ready", || {
+            Ok(node.not_ready_because()?.is_none().then_some(()))
+        })?;
+        let queued = |s: &strom_tests::http::Scrape| {
+            s.value("strom_controller_event_queue_time_seconds", &[]).unwrap_or(0.0)
+        };
+        let before = node.scrape()?;
+        assert_eq!(
+            before.value("strom_purgatory_size", &[("delayed_operation", "Produce")]),
+            Some(0.0)
+        );
+
+        // Each topic creation is one controller request taken off the queue.
+        for topic in ["lagged", "polled", "third"] {
+            kafka::create_topic(&bootstrap, topic, 1, &[])?;
+        }
+        let after = node.scrape()?;
+        assert!(
+            queued(&after) >= queued(&before) + 3.0,
+            "event queue count {} -> {}",
+            queued(&before),
+            queued(&after)
+        );
+        let processed = after.value("strom_controller_event_queue_processing_time_seconds", &[]);
+        assert!(processed.unwrap_or(0.0) >= 3.0, "processing time count {processed:?}");
+
+        // This broker's heartbeats report the metadata it applied: no lag once idle.
+        wait_until(WAIT, "broker 1's metadata lag is 0", || {
+            let lag = node.scrape()?.value("strom_broker_metadata_lag", &[("broker", "1")]);
+            Ok((lag == Some(0.0)).then_some(()))
+        })?;
+
+        // A Fetch on an empty partition waits in the purgatory until a record arrives.
+        let mut conn = RawConnection::connect(node.kafka_addr())?;
+        let (id, version) = send_long_poll(&mut conn, "polled", 0, 15_000)?;
+        let fetches = |s: &strom_tests::http::Scrape| {
+            s.value("strom_purgatory_size", &[("delayed_operation", "Fetch")]).unwrap_or(0.0)
+        };
+        wait_until(WAIT, "the long poll is in the fetch purgatory", || {
+            Ok((fetches(&node.scrape()?) >= 1.0).then_some(()))
+        })?;
+        let producer = AckingProducer::new(&bootstrap, &[])?;
+        producer.send("polled", 0, Outgoing { value: Some(b"wake"), ..Outgoing::default() })?;
+        producer.flush(Duration::from_secs(30))?;
+        let answer: FetchResponse = conn.read_response(id, version)?;
+        let mut records = answer.responses.iter().flat_map(|t| &t.partitions).map(|p| &p.records);
+        ensure!(
+            records.any(|r| r.as_ref().is_some_and(|b| !b.is_empty())),
+            "the long poll answered no records"
+        );
+        drop(conn);
+        wait_until(WAIT, "the fetch purgatory is empty again", || {
+            Ok((fetches(&node.scrape()?) == 0.0).then_some(()))
+        })?;
+
+        // A group that committed offset 150 of 200 records lags by 50.
+        produce(&bootstrap, "lagged")?;
+        commit(&bootstrap, "lag-group", "lagged", 150)?;
+        let labels = [("group", "lag-group"), ("topic", "lagged"), ("partition", "0")];
+        let want = Some((RECORDS - 150) as f64);
+        wait_until(WAIT, "the group's lag is the records it has not committed", || {
+            Ok((node.scrape()?.value("strom_consumer_group_lag", &labels) == want).then_some(()))
+        })?;
+        assert_eq!(node.scrape()?.value("strom_consumer_group_lag_omitted", &[]), Some(0.0));
         Ok(())
     });
 }

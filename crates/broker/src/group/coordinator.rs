@@ -68,6 +68,10 @@ pub(crate) struct CommitRequest {
 
 /// A topic partition, as the group APIs name it.
 pub(crate) type TopicPartition = (String, i32);
+
+/// A shard's committed offsets as (group, topic, partition, offset), at most the limit
+/// asked for, and the count of all it holds.
+pub(crate) type CommittedOffsets = (Vec<(String, String, i32, i64)>, usize);
 /// OffsetFetch's answer: each partition with its committed offset, if any.
 pub(crate) type FetchedOffsets = Vec<(TopicPartition, Option<OffsetValue>)>;
 /// OffsetFetch's answer: the offsets, and (with `require_stable`) the partitions a
@@ -123,6 +127,9 @@ pub(crate) enum Cmd {
     },
     Describe(String, oneshot::Sender<GroupSummary>),
     List(oneshot::Sender<Vec<GroupSummary>>),
+    /// Up to `limit` committed offsets of the shard's groups, and how many it holds in all
+    /// (the consumer lag metrics).
+    CommittedOffsets { limit: usize, reply: oneshot::Sender<CommittedOffsets> },
     Delete(String, oneshot::Sender<Result<(), GroupError>>),
     DeleteOffsets(String, Vec<(String, i32)>, oneshot::Sender<DeletedOffsets>),
 }

@@ -190,6 +190,27 @@ pub(super) fn fetch(
     }
 }
 
+/// Up to `limit` committed offsets of `groups` (groups in id order, so a capped answer is
+/// the same from one scrape to the next), and how many there are in all.
+pub(super) fn committed(
+    groups: &HashMap<String, GroupEntry>,
+    limit: usize,
+) -> super::CommittedOffsets {
+    let mut ids: Vec<&String> = groups.keys().collect();
+    ids.sort();
+    let total: usize = groups.values().map(|e| e.offsets.len()).sum();
+    let mut out = Vec::with_capacity(total.min(limit));
+    for id in ids {
+        for ((topic, partition), value) in &groups[id].offsets {
+            if out.len() == limit {
+                return (out, total);
+            }
+            out.push((id.clone(), topic.clone(), *partition, value.offset));
+        }
+    }
+    (out, total)
+}
+
 /// OffsetDelete's per-partition results, and the tombstones to write first (`None`: answer at
 /// once). A partition of a topic the group's members subscribe to is refused.
 pub(super) type OffsetDeletion = (Vec<(TopicPartition, Option<GroupError>)>, Option<OffsetWrite>);

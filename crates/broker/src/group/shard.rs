@@ -421,6 +421,9 @@ impl Shard {
                 out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
                 let _ = reply.send(out);
             }
+            Cmd::CommittedOffsets { limit, reply } => {
+                let _ = reply.send(offsets::committed(&self.groups, limit));
+            }
             Cmd::Delete(group_id, reply) => {
                 let entry = self.groups.get_mut(&group_id);
                 match offsets::delete_group(group_id.clone(), entry) {

@@ -709,6 +709,8 @@ pub(crate) async fn handle(
     // An incremental fetch's candidates so far (they stay candidates while it waits), by their
     // place in the session.
     let mut candidates: HashMap<PartitionKey, (FetchParams, u64)> = HashMap::new();
+    // Counted in the fetch purgatory from its first wait until it answers (or is dropped).
+    let mut parked = None;
     loop {
         let asks = match &open {
             Open::Incremental { session_id, epoch, .. } => {
@@ -768,6 +770,7 @@ pub(crate) async fn handle(
         }
         // Waiting holds no records (nor their memory): the next pass reads afresh.
         drop(pass);
+        parked.get_or_insert_with(|| ctx.metrics.fetch_parked());
         tokio::select! {
             changed = wakes.changed() => if changed.is_err() {
                 // Not while this fetch holds the signal; answer at the deadline if it does.

@@ -286,7 +286,12 @@ pub(crate) async fn handle(ctx: &Arc<BrokerCtx>, meta: Meta, req: ProduceRequest
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64).min(ACK_TIMEOUT_MAX);
     let deadline = Instant::now() + timeout;
     let ctx = ctx.clone();
+    // Only acks=all waits on other replicas (Kafka's delayed produce); acks=1 waits for the
+    // local flush alone.
+    let parked = (acks == -1 && slots.iter().any(|s| s.wait.is_some()))
+        .then(|| ctx.metrics.produce_parked());
     Reply::Later(Box::pin(async move {
+        let _parked = parked;
         let waits = slots.iter_mut().map(|slot| slot.acknowledge(acks == -1, deadline));
         futures::future::join_all(waits).await;
         // The image now, not at append: leadership may have moved while we waited.

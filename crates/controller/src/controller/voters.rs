@@ -319,6 +319,7 @@ impl ActiveController {
         if !leading {
             self.quorum.caught_up_ms.clear();
             self.quorum.brokers.clear();
+            self.publish_broker_offsets();
             return;
         }
         let matched = matched.unwrap_or_default();
@@ -333,6 +334,12 @@ impl ActiveController {
         self.quorum
             .brokers
             .retain(|id, _| image.brokers.contains_key(&strom_metadata::NodeId(*id)));
+        self.publish_broker_offsets();
+    }
+
+    /// What `strom_broker_metadata_lag` is computed from.
+    fn publish_broker_offsets(&self) {
+        self.metrics.set_broker_offsets(self.quorum.brokers.iter().map(|(id, b)| (*id, b.offset)));
     }
 
     /// A registered broker's heartbeat: the metadata offset it has applied, for
@@ -349,6 +356,7 @@ impl ActiveController {
         self.quorum
             .brokers
             .insert(r.broker_id.0, BrokerSeen { offset, seen_ms: now, caught_up_ms });
+        self.publish_broker_offsets();
     }
 }
 
