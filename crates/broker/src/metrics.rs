@@ -199,8 +199,8 @@ impl BrokerMetrics {
             purgatory.get_or_create(&DelayedOperationLabels { delayed_operation }).clone()
         };
         let (produce_purgatory, fetch_purgatory) = (operation("Produce"), operation("Fetch"));
-        let consumer_lag = consumer_lag
-            .then(|| ConsumerLag { lag: Family::default(), omitted: Gauge::default() });
+        let consumer_lag =
+            consumer_lag.then(|| ConsumerLag { lag: Family::default(), omitted: Gauge::default() });
         let latency = || LatencyFamily::new_with_constructor(latency_histogram as fn() -> _);
         BrokerMetrics {
             requests: Family::default(),

@@ -37,13 +37,15 @@ impl EventClient {
         request: ControlRequest,
     ) -> Result<ControlResponse, ControlError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.try_send(Event::Submit { request, reply, queued: Instant::now() }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ControlError::ControllerUnavailable(format!(
-                "the controller has {} requests queued",
-                self.tx.max_capacity()
-            )),
-            mpsc::error::TrySendError::Closed(_) => ControlError::NotController,
-        })?;
+        self.tx.try_send(Event::Submit { request, reply, queued: Instant::now() }).map_err(
+            |e| match e {
+                mpsc::error::TrySendError::Full(_) => ControlError::ControllerUnavailable(format!(
+                    "the controller has {} requests queued",
+                    self.tx.max_capacity()
+                )),
+                mpsc::error::TrySendError::Closed(_) => ControlError::NotController,
+            },
+        )?;
         // The task answers every request it takes before it stops; a dropped reply means the
         // request was still queued when it stopped.
         answer.await.map_err(|_| ControlError::NotController)?

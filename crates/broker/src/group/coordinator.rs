@@ -129,7 +129,10 @@ pub(crate) enum Cmd {
     List(oneshot::Sender<Vec<GroupSummary>>),
     /// Up to `limit` committed offsets of the shard's groups, and how many it holds in all
     /// (the consumer lag metrics).
-    CommittedOffsets { limit: usize, reply: oneshot::Sender<CommittedOffsets> },
+    CommittedOffsets {
+        limit: usize,
+        reply: oneshot::Sender<CommittedOffsets>,
+    },
     Delete(String, oneshot::Sender<Result<(), GroupError>>),
     DeleteOffsets(String, Vec<(String, i32)>, oneshot::Sender<DeletedOffsets>),
 }
