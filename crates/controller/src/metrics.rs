@@ -132,8 +132,8 @@ mod tests {
     fn lag_is_the_image_offset_minus_each_registered_brokers_report() {
         let metrics = ControllerMetrics::default();
         metrics.set_broker_offsets([(1, 40), (2, 50), (9, 10)].into_iter());
-        let mut image = MetadataImage::default();
-        image.offset = strom_metadata::MetadataOffset(50);
+        let mut image =
+            MetadataImage { offset: strom_metadata::MetadataOffset(50), ..Default::default() };
         assert_eq!(metrics.lags(&image), Vec::<(i32, u64)>::new(), "none registered");
         for id in [1, 2] {
             let broker = strom_metadata::BrokerImage {
