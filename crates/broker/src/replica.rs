@@ -178,9 +178,17 @@ fn sync_role(
     let changed = match pi.leader {
         Some(leader) if leader == node => {
             let replicas = pi.replicas.clone();
+            let before = p.leader_view();
             let became = p.lead(node, replicas, pi.isr.clone(), epoch, pi.partition_epoch.0, now);
             if became {
                 roles.note(p, "leader", Some(leader.0), epoch);
+            } else if let (Some((isr, e)), Some((now_isr, _))) = (before, p.leader_view()) {
+                // An ISR change this leader did not ask for (the controller dropped a fenced
+                // follower); its own changes are counted when their AlterPartition commits,
+                // whichever of the two it sees first.
+                if e == epoch {
+                    ctx.metrics.isr_changed(Some(isr), now_isr);
+                }
             }
             became
         }
