@@ -100,7 +100,7 @@ fn page(
     debug_assert!(room > 0);
     let count = i64::try_from(topic.partitions.len()).unwrap_or(i64::MAX);
     let end = count.min(i64::from(start) + i64::from(room));
-    let next = (end < count).then(|| end as i32);
+    let next = (end < count).then_some(end as i32);
     let partitions = if i64::from(start) < end {
         topic.partitions.range(start..end as i32).map(|(&i, p)| partition(image, i, p)).collect()
     } else {
@@ -252,9 +252,9 @@ mod tests {
     }
 
     /// Each topic as (name, error, partition indexes), and the next cursor.
-    fn listed(
-        resp: &DescribeTopicPartitionsResponse,
-    ) -> (Vec<(String, i16, Vec<i32>)>, Option<(String, i32)>) {
+    type Listed = (Vec<(String, i16, Vec<i32>)>, Option<(String, i32)>);
+
+    fn listed(resp: &DescribeTopicPartitionsResponse) -> Listed {
         let topics = resp
             .topics
             .iter()
