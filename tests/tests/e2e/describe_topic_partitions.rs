@@ -53,7 +53,9 @@ fn ids(value: &Value) -> anyhow::Result<Vec<i32>> {
 
 /// (topic, partition) → (leader, replicas, isr) of every described partition, in the order
 /// the pages list them.
-type Described = Vec<((String, i32), (i32, Vec<i32>, Vec<i32>))>;
+type Described = Vec<((String, i32), State)>;
+/// (leader, replicas, isr) of one partition.
+type State = (i32, Vec<i32>, Vec<i32>);
 
 fn partitions_of(pages: &[Value]) -> anyhow::Result<Described> {
     let mut out = Vec::new();
@@ -78,7 +80,7 @@ fn partitions_of(pages: &[Value]) -> anyhow::Result<Described> {
 fn agreed_metadata(
     cluster: &StromCluster,
     topics: &[&str],
-) -> anyhow::Result<BTreeMap<(String, i32), (i32, Vec<i32>, Vec<i32>)>> {
+) -> anyhow::Result<BTreeMap<(String, i32), State>> {
     wait_until(WAIT, "every node shows the same partitions", || {
         let mut seen = Vec::new();
         for id in cluster.running() {
