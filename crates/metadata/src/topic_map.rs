@@ -108,6 +108,21 @@ impl TopicMap {
         self.chunks.values().flat_map(|c| c.iter())
     }
 
+    /// By name, in order, from `name` on (`name..`): a page of a listing costs its own length,
+    /// not the names before it.
+    pub fn iter_from<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Arc<TopicImage>)> + 'a {
+        let first_chunk = match self.chunks.range::<str, _>(upto(name)).next_back() {
+            Some((key, _)) => Bound::Included(key.as_str()),
+            None => Bound::Unbounded,
+        };
+        self.chunks
+            .range::<str, _>((first_chunk, Bound::Unbounded))
+            .flat_map(move |(_, c)| c.range::<str, _>((Bound::Included(name), Bound::Unbounded)))
+    }
+
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + '_ {
         self.iter().map(|(k, _)| k)
     }
@@ -186,6 +201,14 @@ mod tests {
             assert_eq!(map.contains_key(name), model.contains_key(name), "{name}");
         }
         assert!(map.get("a").is_none() && map.get("z").is_none());
+        for from in ["", "a", "t0000", "t0499", "t05", "t0999", "t1", "z"] {
+            assert!(
+                map.iter_from(from).map(|(k, _)| k).eq(model
+                    .range::<str, _>((Bound::Included(from), Bound::Unbounded))
+                    .map(|(k, _)| k)),
+                "from {from:?}"
+            );
+        }
         // Equality is by content: the same topics inserted in name order chunk differently.
         let mut sorted = TopicMap::default();
         for (k, v) in map.iter() {

@@ -53,6 +53,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // v1 is KIP-860's allow_replication_factor_change, not implemented.
     (ApiKey::AlterPartitionReassignments, 0, 0),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    // KIP-966's paged topic listing, served from the broker's metadata image.
+    (ApiKey::DescribeTopicPartitions, 0, 0),
     // The metadata quorum (KIP-853): forwarded to the active controller, as Kafka's brokers
     // forward them. UpdateRaftVoter is a controller's own request, served for completeness.
     (ApiKey::DescribeQuorum, 0, 2),

@@ -9,6 +9,7 @@ mod compaction;
 mod config_defaults;
 mod connections;
 mod delete_records;
+mod describe_topic_partitions;
 mod durability;
 mod fd_limit;
 mod fetch_limits;

@@ -332,3 +332,86 @@ fn zstd_below_produce_v7_and_fetch_v10_gets_unsupported_compression_type() {
         Ok(())
     });
 }
+
+/// DescribeTopicPartitions (API 75) with limits and cursors a client should never send: each
+/// is answered as Kafka's broker answers it, and none costs more than its page.
+#[test]
+fn describe_topic_partitions_with_hostile_limits_and_cursors_is_answered() {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    use kafka_protocol::messages::{
+        DescribeTopicPartitionsRequest as Request, DescribeTopicPartitionsResponse as Response,
+        TopicName,
+    };
+    const INVALID_REQUEST: i16 = 42;
+    let name = |n: &str| TopicName(StrBytes::from_string(n.to_owned()));
+    let request =
+        |topics: &[&str], limit: i32, cursor: Option<(&str, i32)>| {
+            Request::default()
+                .with_topics(
+                    topics.iter().map(|t| TopicRequest::default().with_name(name(t))).collect(),
+                )
+                .with_response_partition_limit(limit)
+                .with_cursor(cursor.map(|(t, i)| {
+                    Cursor::default().with_topic_name(name(t)).with_partition_index(i)
+                }))
+        };
+    // (topic name, error, partition count) of each listed topic, and the next cursor.
+    type Listed = (Vec<(String, i16, usize)>, Option<(String, i32)>);
+    let ask = |connection: &mut RawConnection, req: &Request| -> anyhow::Result<Listed> {
+        let id = connection.send_request(ApiKey::DescribeTopicPartitions as i16, 0, req, 0)?;
+        let resp: Response = connection.read_response(id, 0)?;
+        let topics = resp
+            .topics
+            .iter()
+            .map(|t| {
+                let n = t.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+                (n, t.error_code, t.partitions.len())
+            })
+            .collect();
+        let cursor = resp.next_cursor.map(|c| (c.topic_name.to_string(), c.partition_index));
+        Ok((topics, cursor))
+    };
+    with_second_client(|node| {
+        let mut connection = RawConnection::connect(node.kafka_addr())?;
+        let liveness = || (LIVENESS_TOPIC.to_string(), 0, 1);
+        let all = |topics: Vec<(String, i16, usize)>| (topics, None);
+        // i32::MAX partitions asked: capped, nothing sized by it. (The node may have
+        // created `__consumer_offsets` for the liveness client too.)
+        let (every, cursor) = ask(&mut connection, &request(&[], i32::MAX, None))?;
+        ensure!(
+            cursor.is_none() && every.contains(&liveness()) && every.iter().all(|t| t.1 == 0),
+            "limit i32::MAX: {every:?} {cursor:?}"
+        );
+        // 0: no partition, the next page starts at the first topic; negative: nothing.
+        let first = every[0].0.clone();
+        let listed = ask(&mut connection, &request(&[], 0, None))?;
+        ensure!(listed == (vec![], Some((first, 0))), "limit 0: {listed:?}");
+        let listed = ask(&mut connection, &request(&[], i32::MIN, None))?;
+        ensure!(listed == (vec![], None), "limit i32::MIN: {listed:?}");
+        // Cursors past the last partition and past the last topic.
+        let past = request(&[LIVENESS_TOPIC], i32::MAX, Some((LIVENESS_TOPIC, i32::MAX)));
+        let listed = ask(&mut connection, &past)?;
+        ensure!(listed == all(vec![(LIVENESS_TOPIC.into(), 0, 0)]), "past the end: {listed:?}");
+        let listed = ask(&mut connection, &request(&[], 10, Some(("~~~", 0))))?;
+        ensure!(listed == (vec![], None), "past the last topic: {listed:?}");
+        let listed = ask(&mut connection, &request(&[], 10, Some((LIVENESS_TOPIC, -7))))?;
+        ensure!(listed == all(vec![liveness()]), "negative cursor: {listed:?}");
+        // 10,000 copies of one name are one topic; with a cursor on a topic not named, Kafka
+        // answers INVALID_REQUEST for each name sent.
+        let copies = vec![LIVENESS_TOPIC; 10_000];
+        let listed = ask(&mut connection, &request(&copies, 2000, None))?;
+        ensure!(listed == all(vec![liveness()]), "10,000 copies: {listed:?}");
+        let listed = ask(&mut connection, &request(&copies, 2000, Some(("other", 0))))?;
+        ensure!(
+            listed.0.len() == copies.len()
+                && listed
+                    .0
+                    .iter()
+                    .all(|(n, e, p)| n == LIVENESS_TOPIC && *e == INVALID_REQUEST && *p == 0),
+            "cursor not among the topics: {} topics, first {:?}",
+            listed.0.len(),
+            listed.0.first()
+        );
+        Ok(())
+    });
+}

@@ -18,6 +18,7 @@ mod producer_id;
 mod quorum;
 mod quotas;
 mod records;
+mod topic_partitions;
 mod transactions;
 mod txn_coordinator;
 
@@ -298,6 +299,9 @@ pub(crate) async fn handle(
         }
         R::ListPartitionReassignments(req) => {
             now(meta.encode(&partition_admin::list_partition_reassignments(ctx, req)))
+        }
+        R::DescribeTopicPartitions(req) => {
+            now(meta.encode(&topic_partitions::describe(&ctx.image.current(), &req)))
         }
         R::IncrementalAlterConfigs(req) => {
             now(meta.encode(&admin::incremental_alter_configs(ctx, req).await))

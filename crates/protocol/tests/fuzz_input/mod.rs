@@ -14,9 +14,10 @@ use kafka_protocol::messages::{
     alter_partition_reassignments_request, create_partitions_request, create_topics_request,
     delete_records_request, delete_topics_request, describe_client_quotas_request,
     describe_configs_request, describe_log_dirs_request, describe_quorum_request,
-    elect_leaders_request, fetch_request, incremental_alter_configs_request, join_group_request,
-    leave_group_request, list_offsets_request, list_partition_reassignments_request,
-    metadata_request, offset_commit_request, offset_delete_request, offset_fetch_request,
+    describe_topic_partitions_request, elect_leaders_request, fetch_request,
+    incremental_alter_configs_request, join_group_request, leave_group_request,
+    list_offsets_request, list_partition_reassignments_request, metadata_request,
+    offset_commit_request, offset_delete_request, offset_fetch_request,
     offset_for_leader_epoch_request, produce_request, sync_group_request,
     update_raft_voter_request, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest,
     AddRaftVoterRequest, AlterClientQuotasRequest, AlterConfigsRequest,
@@ -25,14 +26,14 @@ use kafka_protocol::messages::{
     CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
     DescribeClientQuotasRequest, DescribeClusterRequest, DescribeConfigsRequest,
     DescribeGroupsRequest, DescribeLogDirsRequest, DescribeProducersRequest, DescribeQuorumRequest,
-    DescribeTransactionsRequest, ElectLeadersRequest, EndTxnRequest, FetchRequest,
-    FindCoordinatorRequest, GroupId, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, ListPartitionReassignmentsRequest, ListTransactionsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, ProducerId, RemoveRaftVoterRequest, RequestHeader,
-    SyncGroupRequest, TopicName, TransactionalId, TxnOffsetCommitRequest, UpdateRaftVoterRequest,
-    WriteTxnMarkersRequest,
+    DescribeTopicPartitionsRequest, DescribeTransactionsRequest, ElectLeadersRequest,
+    EndTxnRequest, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest,
+    ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, ProducerId,
+    RemoveRaftVoterRequest, RequestHeader, SyncGroupRequest, TopicName, TransactionalId,
+    TxnOffsetCommitRequest, UpdateRaftVoterRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use strom_testkit::TestRng;
@@ -134,6 +135,7 @@ fn valid_body(key: ApiKey, v: i16, records: &Bytes) -> Option<Vec<u8>> {
         ApiKey::ElectLeaders => first_encodable(v, elect_leaders()),
         ApiKey::AlterPartitionReassignments => first_encodable(v, alter_reassignments()),
         ApiKey::ListPartitionReassignments => first_encodable(v, list_reassignments()),
+        ApiKey::DescribeTopicPartitions => first_encodable(v, describe_topic_partitions()),
         ApiKey::DescribeClientQuotas => first_encodable(v, describe_client_quotas()),
         ApiKey::AlterClientQuotas => first_encodable(v, alter_client_quotas()),
         ApiKey::ConsumerGroupHeartbeat => first_encodable(v, consumer_group_heartbeat()),
@@ -664,6 +666,22 @@ fn list_reassignments() -> Vec<ListPartitionReassignmentsRequest> {
         .with_topics(Some(vec![topic]))
         .with_unknown_tagged_field(UNKNOWN_TAG, tag());
     vec![rich, ListPartitionReassignmentsRequest::default()]
+}
+
+/// The fuzz topic and one that does not exist, a page of one partition, from the cursor
+/// `TOPIC`-0 (the cursor topic must be among those named).
+fn describe_topic_partitions() -> Vec<DescribeTopicPartitionsRequest> {
+    let named =
+        |name| describe_topic_partitions_request::TopicRequest::default().with_name(topic(name));
+    let cursor = describe_topic_partitions_request::Cursor::default()
+        .with_topic_name(topic(TOPIC))
+        .with_partition_index(0);
+    let rich = DescribeTopicPartitionsRequest::default()
+        .with_topics(vec![named(TOPIC), named(SCRATCH_TOPIC)])
+        .with_response_partition_limit(1)
+        .with_cursor(Some(cursor))
+        .with_unknown_tagged_field(UNKNOWN_TAG, tag());
+    vec![rich, DescribeTopicPartitionsRequest::default()]
 }
 
 fn describe_cluster() -> Vec<DescribeClusterRequest> {
