@@ -16,10 +16,10 @@ pub use defaults::{
     BROKER_DEFAULTS, TRANSACTION_DEFAULTS,
 };
 pub use dynamic::{
-    dynamic_broker_config, effective_broker_config, validate_broker_config, ReplicationThrottles,
-    ThrottledReplicas, DYNAMIC_BROKER_CONFIGS, FOLLOWER_REPLICATION_THROTTLED_RATE,
-    FOLLOWER_REPLICATION_THROTTLED_REPLICAS, LEADER_REPLICATION_THROTTLED_RATE,
-    LEADER_REPLICATION_THROTTLED_REPLICAS,
+    dynamic_broker_config, effective_broker_config, validate_broker_config, DynamicValue,
+    ReplicationThrottles, ThrottledReplicas, DYNAMIC_BROKER_CONFIGS,
+    FOLLOWER_REPLICATION_THROTTLED_RATE, FOLLOWER_REPLICATION_THROTTLED_REPLICAS,
+    LEADER_REPLICATION_THROTTLED_RATE, LEADER_REPLICATION_THROTTLED_REPLICAS,
 };
 pub use effective::{effective_topic_config, ConfigSource, EffectiveValue, TopicConfig};
 

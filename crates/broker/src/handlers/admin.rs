@@ -13,7 +13,8 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::*;
 use strom_metadata::config::{
-    effective_broker_config, effective_topic_config, ConfigSource, ConfigType, TOPIC_CONFIGS,
+    effective_broker_config, effective_topic_config, ConfigSource, ConfigType, DynamicValue,
+    TOPIC_CONFIGS,
 };
 use strom_metadata::control::{
     AlterConfigOp, AlterConfigsRequest as AlterReq, ConfigAlteration, ControlRequest,
@@ -417,7 +418,7 @@ fn topic_configs(ctx: &BrokerCtx, topic: &str, overrides_now: &[(String, String)
 fn broker_configs(ctx: &BrokerCtx) -> Vec<Entry> {
     let image = ctx.image.current();
     let dynamic = effective_broker_config(&image, ctx.config.node_id).into_iter().map(
-        |(def, value, source, synonyms)| Entry {
+        |DynamicValue { def, value, source, synonyms }| Entry {
             name: s(def.name),
             value: Some(s(value)),
             config_source: source.kafka_code(),

@@ -50,12 +50,18 @@ fn is_static_broker_key(name: &str) -> bool {
         || super::TOPIC_CONFIGS.iter().any(|d| d.broker_synonym == Some(name))
 }
 
-/// The effective value of every dynamic key on broker `node`, with its source and Kafka's
-/// synonyms (highest precedence first).
-pub fn effective_broker_config(
-    image: &MetadataImage,
-    node: NodeId,
-) -> Vec<(&'static ConfigDef, String, ConfigSource, Vec<(String, ConfigSource)>)> {
+/// One dynamic broker key's effective value on a broker.
+#[derive(Clone, Debug)]
+pub struct DynamicValue {
+    pub def: &'static ConfigDef,
+    pub value: String,
+    pub source: ConfigSource,
+    /// Kafka's synonyms (value, source), highest precedence first; the first is `value`.
+    pub synonyms: Vec<(String, ConfigSource)>,
+}
+
+/// The effective value of every dynamic key on broker `node`.
+pub fn effective_broker_config(image: &MetadataImage, node: NodeId) -> Vec<DynamicValue> {
     let own = broker_configs(image, &node.0.to_string());
     let cluster = broker_configs(image, "");
     DYNAMIC_BROKER_CONFIGS
@@ -70,7 +76,7 @@ pub fn effective_broker_config(
             }
             synonyms.push((d.default.to_string(), ConfigSource::Default));
             let (value, source) = synonyms[0].clone();
-            (d, value, source, synonyms)
+            DynamicValue { def: d, value, source, synonyms }
         })
         .collect()
 }
@@ -93,7 +99,7 @@ pub struct ReplicationThrottles {
 impl ReplicationThrottles {
     pub fn of(image: &MetadataImage, node: NodeId) -> ReplicationThrottles {
         let mut out = ReplicationThrottles::default();
-        for (d, value, _, _) in effective_broker_config(image, node) {
+        for DynamicValue { def: d, value, .. } in effective_broker_config(image, node) {
             // Validated when set; a value that does not parse counts as the default.
             let rate = value.trim().parse::<i64>().ok().filter(|r| *r >= 0 && *r < i64::MAX);
             let rate = rate.map(|r| r as u64);
@@ -244,10 +250,10 @@ mod tests {
             }
         );
         let all = effective_broker_config(&image, NodeId(2));
-        let leader = all.iter().find(|e| e.0.name == LEADER_REPLICATION_THROTTLED_RATE).unwrap();
-        assert_eq!((leader.1.as_str(), leader.2), ("2000", ConfigSource::DynamicBroker));
+        let leader = all.iter().find(|e| e.def.name == LEADER_REPLICATION_THROTTLED_RATE).unwrap();
+        assert_eq!((leader.value.as_str(), leader.source), ("2000", ConfigSource::DynamicBroker));
         assert_eq!(
-            leader.3.iter().map(|s| s.1).collect::<Vec<_>>(),
+            leader.synonyms.iter().map(|s| s.1).collect::<Vec<_>>(),
             [
                 ConfigSource::DynamicBroker,
                 ConfigSource::DynamicDefaultBroker,
