@@ -289,6 +289,10 @@ impl AdminService for AdminServiceImpl {
                     ConfigSource::TopicOverride => pb::ConfigSource::TopicOverride,
                     ConfigSource::StaticBroker => pb::ConfigSource::StaticBrokerDefault,
                     ConfigSource::Default => pb::ConfigSource::Default,
+                    // No topic config has a dynamic broker synonym.
+                    ConfigSource::DynamicBroker | ConfigSource::DynamicDefaultBroker => {
+                        pb::ConfigSource::Unspecified
+                    }
                 };
                 (
                     e.def.name,

@@ -38,6 +38,7 @@ use crate::fetch_session::{next_epoch, INITIAL_EPOCH, INVALID_SESSION_ID};
 use crate::handlers::{metadata::LISTENER, s};
 use crate::partition::{Partition, Role};
 use crate::peer::PeerConn;
+use crate::replication_quota::Side;
 use crate::BrokerCtx;
 
 const FETCH_VERSION: i16 = 11;
@@ -198,6 +199,9 @@ enum Stage {
     Fetch,
     /// Backing off after an error until then; truncates again afterwards.
     Retry(Instant),
+    /// Out of the session while this broker's follower replication throttle is exceeded
+    /// (Kafka's follower leaves such partitions out of its fetches).
+    Held,
 }
 
 struct Entry<T> {
@@ -263,6 +267,8 @@ struct FetchPlan<T> {
     truncate: BTreeSet<Key>,
     /// The entries at [`Stage::Retry`], by when.
     retries: BTreeSet<(Instant, Key)>,
+    /// The entries at [`Stage::Held`].
+    held: BTreeSet<Key>,
     session: SessionView,
 }
 
@@ -272,6 +278,7 @@ impl<T> Default for FetchPlan<T> {
             entries: HashMap::new(),
             truncate: BTreeSet::new(),
             retries: BTreeSet::new(),
+            held: BTreeSet::new(),
             session: SessionView::default(),
         }
     }
@@ -305,6 +312,9 @@ impl<T> FetchPlan<T> {
             Stage::Retry(at) => {
                 self.retries.remove(&(at, key.clone()));
             }
+            Stage::Held => {
+                self.held.remove(key);
+            }
             Stage::Fetch => {}
         }
         self.session.leave(key);
@@ -325,7 +335,37 @@ impl<T> FetchPlan<T> {
 
     /// Anything to do now: a partition to truncate or to fetch.
     fn has_work(&self) -> bool {
-        !self.truncate.is_empty() || self.entries.len() > self.truncate.len() + self.retries.len()
+        !self.truncate.is_empty()
+            || self.entries.len() > self.truncate.len() + self.retries.len() + self.held.len()
+    }
+
+    /// The partitions being fetched that `throttled` picks leave the session until
+    /// [`FetchPlan::release`]. Costs what the plan holds: called only while a throttle is
+    /// exceeded.
+    fn hold(&mut self, mut throttled: impl FnMut(&Key) -> bool) {
+        let keys: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| e.stage == Stage::Fetch && throttled(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.session.leave(&key);
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.stage = Stage::Held;
+            }
+            self.held.insert(key);
+        }
+    }
+
+    /// The held partitions are fetched again: named in the next request.
+    fn release(&mut self) {
+        for key in std::mem::take(&mut self.held) {
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.stage = Stage::Fetch;
+                self.session.join(&key);
+            }
+        }
     }
 
     /// Partitions to cut before they are fetched.
@@ -540,8 +580,10 @@ async fn run(ctx: Arc<BrokerCtx>, leader: NodeId, shared: Arc<Shared>) {
         }
         let now = Instant::now();
         plan.due(now);
+        let throttled_for = follower_throttle(&ctx, &mut plan);
         if !plan.has_work() {
             let until = plan.next_retry().unwrap_or(now + BACKOFF_MAX);
+            let until = throttled_for.map_or(until, |wait| until.min(now + wait));
             tokio::select! {
                 _ = tokio::time::sleep_until(until.into()) => {}
                 _ = changed.changed() => {}
@@ -625,7 +667,52 @@ async fn run(ctx: Arc<BrokerCtx>, leader: NodeId, shared: Arc<Shared>) {
                 "replica fetch session idle: incremental fetches carry no partition either way"
             );
         }
+        if ctx.replication_quotas.is_active(Side::Follower) {
+            record_throttled(&ctx, &resp);
+        }
         on_fetched(leader, &mut plan, resp).await;
+    }
+}
+
+/// While this broker's follower replication throttle is exceeded, holds the throttled
+/// partitions that are out of the ISR back (they leave the session), and says for how long;
+/// otherwise fetches them again.
+fn follower_throttle(ctx: &BrokerCtx, plan: &mut FetchPlan<Followed>) -> Option<Duration> {
+    let me = ctx.image.node;
+    let quotas = &ctx.replication_quotas;
+    let wait_ms = if quotas.is_active(Side::Follower) {
+        quotas.state().wait_ms(Side::Follower, ctx.clock.now_ms())
+    } else {
+        0
+    };
+    if wait_ms <= 0 {
+        plan.release();
+        return None;
+    }
+    let image = ctx.image.current();
+    let state = quotas.state();
+    plan.hold(|(topic, index)| {
+        state.is_throttled(Side::Follower, topic, *index, me)
+            && !image.partition(topic, *index).is_some_and(|p| p.isr.contains(&me))
+    });
+    drop(state);
+    (!plan.held.is_empty()).then(|| Duration::from_millis(wait_ms as u64))
+}
+
+/// Counts the records a response carries for throttled partitions against the follower
+/// throttle (whole partition chunks, as received).
+fn record_throttled(ctx: &BrokerCtx, resp: &FetchResponse) {
+    let me = ctx.image.node;
+    let mut quotas = ctx.replication_quotas.state();
+    let bytes: usize = resp
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.as_str(), p)))
+        .filter(|(topic, p)| quotas.is_throttled(Side::Follower, topic, p.partition_index, me))
+        .map(|(_, p)| p.records.as_ref().map_or(0, |r| r.len()))
+        .sum();
+    if bytes > 0 {
+        quotas.record(Side::Follower, bytes, ctx.clock.now_ms());
     }
 }
 
@@ -971,6 +1058,23 @@ mod tests {
         plan.answered(&next, 0, 77);
         assert_eq!(plan.session_partitions(), 2);
         assert_eq!(plan.next_fetch(3), Some(incremental(&[], &[], 3)));
+    }
+
+    #[test]
+    fn throttled_partitions_leave_the_session_while_held_and_come_back_when_released() {
+        let mut plan = in_session(&[("a", 0, 1), ("a", 1, 1)]);
+        plan.hold(|k| *k == key("a", 1));
+        let fetch = plan.next_fetch(1).expect("a fetch");
+        assert_eq!(fetch, incremental(&[], &[key("a", 1)], 1), "forgets the held partition");
+        plan.answered(&fetch, 0, 77);
+        assert_eq!(plan.session_partitions(), 1);
+        // Everything held: nothing to fetch until released.
+        plan.hold(|_| true);
+        assert!(!plan.has_work());
+        plan.release();
+        assert!(plan.has_work());
+        let fetch = plan.next_fetch(2).expect("a fetch");
+        assert_eq!(fetch, incremental(&[key("a", 0), key("a", 1)], &[], 2), "both named again");
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod peer;
 mod producer_ids;
 mod quota;
 mod replica;
+mod replication_quota;
 mod server;
 mod shards;
 mod txn;
@@ -86,6 +87,8 @@ pub(crate) struct BrokerCtx {
     pub txn: txn::TxnCoordinator,
     /// Client byte-rate quotas, from the image (Produce and Fetch are throttled by them).
     pub quotas: quota::ClientQuotaManager,
+    /// Replication throttles for reassignments, from the image (follower fetches, both sides).
+    pub replication_quotas: replication_quota::ReplicationQuotaManager,
     /// What `/metrics` shows of this broker.
     pub metrics: Arc<metrics::BrokerMetrics>,
 }
@@ -164,6 +167,7 @@ impl Broker {
             producer_ids,
             txn: txn::TxnCoordinator::new(markers),
             quotas: quota::ClientQuotaManager::default(),
+            replication_quotas: replication_quota::ReplicationQuotaManager::default(),
             metrics: Arc::new(metrics::BrokerMetrics::new(config.consumer_lag_metrics)),
             config,
         });
@@ -182,6 +186,7 @@ impl Broker {
             tokio::spawn(txn::run(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(txn::send_markers(ctx.clone(), marker_jobs, shutdown_rx.clone())),
             tokio::spawn(quota::follow_image(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(replication_quota::follow_image(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(server::accept_loop(
                 tcp,
                 handlers::metadata::LISTENER.to_owned(),

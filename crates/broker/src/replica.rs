@@ -1182,6 +1182,7 @@ pub(crate) mod test_support {
             )),
             txn: crate::txn::TxnCoordinator::new(crate::txn::MarkerSender::new().0),
             quotas: crate::quota::ClientQuotaManager::default(),
+            replication_quotas: crate::replication_quota::ReplicationQuotaManager::default(),
             metrics: Arc::default(),
             clock,
             config,

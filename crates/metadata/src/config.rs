@@ -8,11 +8,18 @@
 //! and so are values it does not implement ([`Check::Only`]).
 
 mod defaults;
+mod dynamic;
 mod effective;
 
 pub use defaults::{
     election_timeout_max_ms, BrokerDefaults, MessageTimestampType, TransactionDefaults,
     BROKER_DEFAULTS, TRANSACTION_DEFAULTS,
+};
+pub use dynamic::{
+    dynamic_broker_config, effective_broker_config, validate_broker_config, DynamicValue,
+    ReplicationThrottles, ThrottledReplicas, DYNAMIC_BROKER_CONFIGS,
+    FOLLOWER_REPLICATION_THROTTLED_RATE, FOLLOWER_REPLICATION_THROTTLED_REPLICAS,
+    LEADER_REPLICATION_THROTTLED_RATE, LEADER_REPLICATION_THROTTLED_REPLICAS,
 };
 pub use effective::{effective_topic_config, ConfigSource, EffectiveValue, TopicConfig};
 
@@ -85,6 +92,8 @@ pub enum Check {
         values: &'static [&'static str],
         why: &'static str,
     },
+    /// `*`, or a comma-separated list of `partition:brokerId` (Kafka's throttled replicas).
+    Replicas,
 }
 
 /// One topic-level config key.
@@ -123,7 +132,9 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     def("compression.type", String, "producer", Only { values: &["producer"], why: "strom stores batches as the producer compressed them and never recompresses (set the producer's compression.type instead)" }, Some("compression.type"), "Final compression of the topic: 'producer', batches are stored as the producer compressed them."),
     def("delete.retention.ms", Long, "86400000", AtLeast(0), Some("log.cleaner.delete.retention.ms"), "How long tombstones are kept on compacted topics."),
     def("flush.messages", Long, "1", AtLeast(1), Some("log.flush.interval.messages"), "1 (strom's default): a produce is acknowledged only after its bytes are fsynced (group commit). Larger values acknowledge once written and fsync every 10 seconds."),
+    def(FOLLOWER_REPLICATION_THROTTLED_REPLICAS, List, "", Replicas, None, "Replicas whose fetching from their leader counts against their broker's follower.replication.throttled.rate while they are out of the ISR: '*' for all replicas of the topic, or a list of partition:brokerId."),
     def("index.interval.bytes", Int, "4096", AtLeast(0), Some("log.index.interval.bytes"), "Bytes between offset index entries."),
+    def(LEADER_REPLICATION_THROTTLED_REPLICAS, List, "", Replicas, None, "Leader replicas whose sending to followers out of the ISR counts against their broker's leader.replication.throttled.rate: '*' for all replicas of the topic, or a list of partition:brokerId."),
     def("max.compaction.lag.ms", Long, LONG_MAX, AtLeast(1), Some("log.cleaner.max.compaction.lag.ms"), "Longest time a record stays uncompacted: a compacted log is compacted regardless of its dirty ratio once its oldest uncompacted closed segment is this old, and its active segment rolls at this age."),
     def("max.message.bytes", Int, "1048588", AtLeast(0), Some("message.max.bytes"), "Largest record batch the topic accepts."),
     def("message.timestamp.type", String, "CreateTime", OneOf(&["CreateTime", "LogAppendTime"]), Some("log.message.timestamp.type"), "Whether record timestamps are the producer's or the broker's append time."),
@@ -144,8 +155,6 @@ pub const REFUSED_TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("file.delete.delay.ms", "strom deletes a segment's files at once (readers keep their open handles)"),
     ("flush.ms", "strom fsyncs before acknowledging (flush.messages=1, the default), else every 10 seconds; set flush.messages"),
     ("message.downconversion.enable", "strom serves record batches v2 only"),
-    ("follower.replication.throttled.replicas", "strom does not throttle replication"),
-    ("leader.replication.throttled.replicas", "strom does not throttle replication"),
     ("message.timestamp.difference.max.ms", "strom does not check record timestamps"),
     ("message.timestamp.before.max.ms", "strom does not check record timestamps"),
     ("message.timestamp.after.max.ms", "strom does not check record timestamps"),
@@ -172,6 +181,12 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ControlError
             TOPIC_CONFIGS.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
         )));
     };
+    check_value(d, value)
+}
+
+/// Checks `value` against the type and the check of `d`; the error names the key.
+fn check_value(d: &ConfigDef, value: &str) -> Result<(), ControlError> {
+    let name = d.name;
     let bad =
         |why: std::string::String| ControlError::InvalidConfig(format!("{name}={value:?}: {why}"));
     match d.kind {
@@ -220,6 +235,9 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ControlError
                 if items.iter().any(|i| !allowed.contains(i)) || items.is_empty() {
                     return Err(bad(format!("must be a list of {}", allowed.join(", "))));
                 }
+            }
+            if let Replicas = d.check {
+                ThrottledReplicas::parse(value).map_err(bad)?;
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The admin APIs operators move partitions with, driven by real clients: confluent-kafka's
 //! `elect_leaders` (ElectLeaders, Kafka API 43) and kafka-python's
 //! `alter_partition_reassignments` / `list_partition_reassignments` (APIs 45 and 46), checked
-//! from Metadata and from the replicas' data directories.
+//! from Metadata and from the replicas' data directories; and the replication throttles that
+//! slow a reassignment down (dynamic broker configs and topic configs set with kafka-python's
+//! `alter_configs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -437,6 +439,197 @@ fn strom_topic_reassign_moves_from_the_command_line_and_from_a_kafka_plan() {
         let wanted: Vec<String> =
             (0..300).map(|id| format!("record-{id}-{}", "r".repeat(64))).collect();
         ensure!(values == wanted, "read {} records, not the 300 produced in order", values.len());
+        Ok(())
+    });
+}
+
+/// kafka-python's `alter_configs.py` with `args` after the bootstrap.
+fn configs(cluster: &StromCluster, args: &[&str]) -> anyhow::Result<Value> {
+    let mut command = Library::KafkaPython.command("alter_configs")?;
+    command.args(["--bootstrap", &cluster.bootstrap()]).args(args);
+    let run = run_to_exit(command, SCRIPT_RUN_TIMEOUT)?;
+    ensure!(run.status.success(), "kafka-python {args:?}: {}", run.stderr_tail(40));
+    serde_json::from_str(run.stdout.trim()).with_context(|| format!("printed {:?}", run.stdout))
+}
+
+/// The bytes of a partition's `.log` segment files on a node (0 before it has a directory).
+fn log_bytes(cluster: &StromCluster, id: i32, topic: &str) -> anyhow::Result<usize> {
+    let dir = cluster.node(id as u32).partition_dir(topic, 0);
+    if !dir.exists() {
+        return Ok(0);
+    }
+    Ok(segments(&dir)?.values().map(Vec::len).sum())
+}
+
+const RATES: [&str; 2] =
+    ["leader.replication.throttled.rate", "follower.replication.throttled.rate"];
+const THROTTLED: [&str; 2] =
+    ["leader.replication.throttled.replicas", "follower.replication.throttled.replicas"];
+
+#[test]
+fn dynamic_broker_configs_are_described_and_bad_ones_refused_by_name() {
+    Library::KafkaPython.require("alter_configs");
+    with_cluster(1, ClusterOptions::default(), |cluster| {
+        let broker = ["--type", "broker", "--name", "1"];
+        let run = |command: &str, rest: &[&str]| {
+            let mut args = vec![command];
+            args.extend(broker);
+            args.extend(rest);
+            configs(cluster, &args)
+        };
+        let described = run("describe", &[])?;
+        let rate = &described[RATES[0]];
+        ensure!(
+            rate == &json!({"value": "9223372036854775807", "source": "DEFAULT_CONFIG", "read_only": false}),
+            "{described}"
+        );
+        ensure!(described["broker.id"]["read_only"] == json!(true), "{described}");
+
+        ensure!(
+            run("set", &["leader.replication.throttled.rate=51200"])? == json!({"result": "OK"})
+        );
+        let described = run("describe", &[RATES[0], RATES[1]])?;
+        ensure!(
+            described
+                == json!({
+                    RATES[0]: {"value": "51200", "source": "DYNAMIC_BROKER_CONFIG", "read_only": false},
+                    RATES[1]: {"value": "9223372036854775807", "source": "DEFAULT_CONFIG", "read_only": false},
+                }),
+            "{described}"
+        );
+
+        // Refused, naming the key: a read-only key, an unknown one, a bad value (both
+        // IncrementalAlterConfigs and AlterConfigs).
+        for (args, code, key) in [
+            (&["log.retention.ms=1000"][..], "InvalidConfigurationError", "log.retention.ms"),
+            (&["no.such.config=1"][..], "InvalidConfigurationError", "no.such.config"),
+            (
+                &["follower.replication.throttled.rate=fast"][..],
+                "InvalidConfigurationError",
+                RATES[1],
+            ),
+            (
+                &["--legacy", "leader.replication.throttled.rate=-1"][..],
+                "InvalidConfigurationError",
+                RATES[0],
+            ),
+        ] {
+            let answer = run("set", args)?;
+            let text = answer["result"].as_str().unwrap_or_default();
+            ensure!(text.contains(code) && text.contains(key), "{args:?}: {answer}");
+        }
+        // Nothing of the refused requests was applied.
+        ensure!(run("describe", &[RATES[0]])?[RATES[0]]["value"] == "51200");
+
+        // A topic's throttled replicas: '*' or partition:broker pairs.
+        kafka::create_topic_replicated(&cluster.bootstrap(), "t", 1, 1)?;
+        cluster.wait_topic_everywhere("t", 1)?;
+        let topic = |command: &str, rest: &[&str]| {
+            let mut args = vec![command, "--type", "topic", "--name", "t"];
+            args.extend(rest);
+            configs(cluster, &args)
+        };
+        let set = format!("{}=0:1,0:2", THROTTLED[0]);
+        ensure!(topic("set", &[&set])? == json!({"result": "OK"}));
+        let bad = format!("{}=0-1", THROTTLED[1]);
+        let answer = topic("set", &[&bad])?;
+        let text = answer["result"].as_str().unwrap_or_default();
+        ensure!(
+            text.contains("InvalidConfigurationError") && text.contains(THROTTLED[1]),
+            "{answer}"
+        );
+        let described = topic("describe", &[THROTTLED[0], THROTTLED[1]])?;
+        ensure!(described[THROTTLED[0]]["value"] == "0:1,0:2", "{described}");
+        ensure!(described[THROTTLED[1]]["source"] == "DEFAULT_CONFIG", "{described}");
+
+        ensure!(run("delete", &[RATES[0]])? == json!({"result": "OK"}));
+        ensure!(run("describe", &[RATES[0]])?[RATES[0]]["source"] == "DEFAULT_CONFIG");
+        Ok(())
+    });
+}
+
+#[test]
+fn replication_throttle_slows_a_reassignment_until_it_is_removed() {
+    Library::KafkaPython.require("alter_configs");
+    Library::KafkaPython.require("reassign_partitions");
+    with_cluster(3, ClusterOptions::default(), |cluster| {
+        let topic = "throttled";
+        kafka::create_topic_replicated(&cluster.bootstrap(), topic, 1, 1)?;
+        cluster.wait_topic_everywhere(topic, 1)?;
+        let (_, replicas, _) = partition_state(cluster, 1, topic, 0)?;
+        let original = replicas[0];
+        let others: Vec<i32> = [1, 2, 3].into_iter().filter(|&id| id != original).collect();
+
+        // 8 MiB in small batches.
+        const RECORDS: usize = 8 * 1024;
+        let producer = AckingProducer::new(&cluster.bootstrap(), &[("batch.size", "16384")])?;
+        let value = vec![b'v'; 1000];
+        for id in 0..RECORDS {
+            let record =
+                Outgoing { partition: Some(0), value: Some(&value), ..Outgoing::default() };
+            producer.send(topic, id, record)?;
+        }
+        producer.flush(WAIT)?;
+        ensure!(producer.acked() == RECORDS, "acked {}", producer.acked());
+        let full = log_bytes(cluster, original, topic)?;
+        ensure!(full > RECORDS * 1000, "the leader holds {full} bytes");
+
+        // 200 KB/s on both sides of every broker, for every replica of the topic.
+        const RATE: usize = 200 * 1024;
+        for id in ["1", "2", "3"] {
+            let rates: Vec<String> = RATES.iter().map(|k| format!("{k}={RATE}")).collect();
+            let mut args = vec!["set", "--type", "broker", "--name", id];
+            args.extend(rates.iter().map(String::as_str));
+            ensure!(configs(cluster, &args)? == json!({"result": "OK"}), "broker {id}");
+        }
+        let stars: Vec<String> = THROTTLED.iter().map(|k| format!("{k}=*")).collect();
+        let mut args = vec!["set", "--type", "topic", "--name", topic];
+        args.extend(stars.iter().map(String::as_str));
+        ensure!(configs(cluster, &args)? == json!({"result": "OK"}));
+
+        let target = format!("{original},{},{}", others[0], others[1]);
+        let args = ["alter", "--topic", topic, "--partition", "0", "--replicas", &target];
+        ensure!(reassign(cluster, &args)? == json!({"error": null}));
+        let copied = |id: i32| log_bytes(cluster, id, topic);
+        let first = wait_until(WAIT, "the new replicas start copying", || {
+            let sizes = [copied(others[0])?, copied(others[1])?];
+            Ok(sizes.iter().all(|&s| s > 0).then_some(sizes))
+        })?;
+        // Within a few seconds at most a window and a chunk (1 MiB) more than the rate allows
+        // per second can move: far from the 8 MiB.
+        std::thread::sleep(Duration::from_secs(3));
+        let listed = reassign(cluster, &["list"])?;
+        ensure!(listed.as_array().is_some_and(|l| l.len() == 1), "not in progress: {listed}");
+        for (i, id) in others.iter().enumerate() {
+            let now = copied(*id)?;
+            ensure!(now < full / 2, "node {id} copied {now} of {full} bytes within seconds");
+            ensure!(now >= first[i], "node {id} shrank");
+        }
+        // And it keeps going, at the throttled pace.
+        wait_until(WAIT, "a new replica's log grows under the throttle", || {
+            Ok((copied(others[0])? > first[0]).then_some(()))
+        })?;
+
+        // Without the throttle the move completes and the replicas are byte-equal.
+        for id in ["1", "2", "3"] {
+            let mut args = vec!["delete", "--type", "broker", "--name", id];
+            args.extend(RATES);
+            ensure!(configs(cluster, &args)? == json!({"result": "OK"}), "broker {id}");
+        }
+        let mut args = vec!["delete", "--type", "topic", "--name", topic];
+        args.extend(THROTTLED);
+        ensure!(configs(cluster, &args)? == json!({"result": "OK"}));
+        wait_moved(cluster, topic, &[1, 2, 3])?;
+        wait_until(WAIT, "the three replicas' segment files are byte-equal", || {
+            let leader = segments(&cluster.node(original as u32).partition_dir(topic, 0))?;
+            for id in &others {
+                let copy = segments(&cluster.node(*id as u32).partition_dir(topic, 0))?;
+                if copy != leader {
+                    bail!("node {id} differs from node {original}");
+                }
+            }
+            Ok(Some(()))
+        })?;
         Ok(())
     });
 }

@@ -12,7 +12,10 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::*;
-use strom_metadata::config::{effective_topic_config, ConfigSource, ConfigType, TOPIC_CONFIGS};
+use strom_metadata::config::{
+    effective_broker_config, effective_topic_config, ConfigSource, ConfigType, DynamicValue,
+    TOPIC_CONFIGS,
+};
 use strom_metadata::control::{
     AlterConfigOp, AlterConfigsRequest as AlterReq, ConfigAlteration, ControlRequest,
     ControlResponse, CreatePartitionsRequest as PartsReq, CreateTopic,
@@ -409,8 +412,25 @@ fn topic_configs(ctx: &BrokerCtx, topic: &str, overrides_now: &[(String, String)
         .collect()
 }
 
-/// The node's settings as it runs with them (the binary's `NodeConfig::kafka_entries`).
+/// The node's settings as it runs with them: its static ones (the binary's
+/// `NodeConfig::kafka_entries`, read-only) and the dynamic ones (`metadata::config`'s
+/// `DYNAMIC_BROKER_CONFIGS`, from the image).
 fn broker_configs(ctx: &BrokerCtx) -> Vec<Entry> {
+    let image = ctx.image.current();
+    let dynamic = effective_broker_config(&image, ctx.config.node_id).into_iter().map(
+        |DynamicValue { def, value, source, synonyms }| Entry {
+            name: s(def.name),
+            value: Some(s(value)),
+            config_source: source.kafka_code(),
+            synonyms: synonyms
+                .into_iter()
+                .map(|(v, source)| (def.name.to_string(), v, source.kafka_code()))
+                .collect(),
+            config_type: def.kind.code(),
+            doc: def.doc,
+            read_only: false,
+        },
+    );
     let c = &ctx.config;
     let broker_id = ("broker.id".to_string(), c.node_id.0.to_string(), ConfigSource::StaticBroker);
     std::iter::once(broker_id)
@@ -430,6 +450,7 @@ fn broker_configs(ctx: &BrokerCtx) -> Vec<Entry> {
                 read_only: true,
             }
         })
+        .chain(dynamic)
         .collect()
 }
 

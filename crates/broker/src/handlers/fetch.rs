@@ -39,6 +39,7 @@ use crate::fetch_session::{
     SessionSignal, TopicKey, FINAL_EPOCH, INVALID_SESSION_ID,
 };
 use crate::isr::FollowerFetchRefused;
+use crate::replication_quota::Side;
 use crate::wire::s;
 use crate::BrokerCtx;
 
@@ -267,6 +268,10 @@ struct Pass {
     at: Vec<(usize, usize)>,
     reads: Vec<PendingRead>,
     any_error: bool,
+    /// Asks whose records count against this leader's replication throttle.
+    throttled: Vec<usize>,
+    /// Throttled asks left unread because the throttle is exceeded (checked again next time).
+    held: Vec<usize>,
 }
 
 /// What a Fetch asks besides its partitions.
@@ -298,6 +303,8 @@ fn check_partitions(
     let mut at = Vec::with_capacity(asks.len());
     let mut endpoints = std::collections::BTreeMap::new();
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    let (mut throttled, mut held) = (Vec::new(), Vec::new());
+    let throttles = replica.is_some() && ctx.replication_quotas.is_active(Side::Leader);
     for (ask_at, ask) in asks.iter().enumerate() {
         let same_topic = asks
             .get(ask_at.wrapping_sub(1))
@@ -318,6 +325,7 @@ fn check_partitions(
         let index = ask.key.partition;
         let fp = &ask.params;
         let mut part = None;
+        let mut hold = false;
         let data = (|| {
             let topic = topic.ok_or(match ask.key.topic {
                 TopicKey::Id(_) => KafkaError::UnknownTopicId,
@@ -338,6 +346,15 @@ fn check_partitions(
                         FollowerFetchRefused::NotReplica => not_a_replica(claimed),
                     },
                 )?;
+                // Kafka's leader throttles a listed replica only while its follower is out of
+                // the ISR (catching up, e.g. a reassignment's new replica).
+                if throttles && !p.isr.contains(&r) {
+                    let mut quotas = ctx.replication_quotas.state();
+                    if quotas.is_throttled(Side::Leader, &topic.name, index, node) {
+                        throttled.push(ask_at);
+                        hold = quotas.wait_ms(Side::Leader, now) > 0;
+                    }
+                }
             }
             let progress = local.progress();
             if progress.offline {
@@ -366,21 +383,17 @@ fn check_partitions(
             });
             drop(log);
             if let Some(read) = read {
+                if hold {
+                    held.push(ask_at);
+                    return Ok(answer_without_records(index, hw, lso, start));
+                }
                 reads.push(PendingRead {
                     ask: ask_at,
                     start: read,
                     partition_max_bytes: fp.partition_max_bytes,
                 });
             }
-            let mut d = PartitionData::default()
-                .with_partition_index(index)
-                .with_high_watermark(hw)
-                .with_last_stable_offset(lso)
-                .with_aborted_transactions(aborted)
-                .with_records(Some(Bytes::new()));
-            // Compared with what the session last told, whatever the version sends.
-            d.log_start_offset = start;
-            Ok(d)
+            Ok(answer_without_records(index, hw, lso, start).with_aborted_transactions(aborted))
         })();
         let d = data.unwrap_or_else(|error| {
             any_error = true;
@@ -419,7 +432,19 @@ fn check_partitions(
     if version >= 16 {
         resp.node_endpoints = super::node_endpoints!(endpoints, NodeEndpoint);
     }
-    Pass { resp, at, reads, any_error }
+    Pass { resp, at, reads, any_error, throttled, held }
+}
+
+/// A partition's answer before its records are read (or when they are held back).
+fn answer_without_records(index: i32, hw: i64, lso: i64, log_start: i64) -> PartitionData {
+    let mut d = PartitionData::default()
+        .with_partition_index(index)
+        .with_high_watermark(hw)
+        .with_last_stable_offset(lso)
+        .with_records(Some(Bytes::new()));
+    // Compared with what the session last told, whatever the version sends.
+    d.log_start_offset = log_start;
+    d
 }
 
 /// Kafka's answer to a fetch from a node that is not a replica of the partition: the node may
@@ -477,10 +502,15 @@ async fn read_once(
     deadline: tokio::time::Instant,
 ) -> PassResult {
     let image = ctx.image.current();
-    let Pass { mut resp, at, reads, mut any_error } =
+    let Pass { mut resp, at, reads, mut any_error, throttled, held } =
         check_partitions(ctx, &image, spec, asks, signal);
     let mut outcomes: Vec<Option<Served>> = vec![None; asks.len()];
+    // Held back by the throttle: like a partition with no room, looked at again next fetch.
+    for &ask in &held {
+        outcomes[ask] = Some(Served::NoRoom);
+    }
     let mut total = 0usize;
+    let mut throttled_bytes = 0usize;
     if !reads.is_empty() {
         let in_reads: Vec<usize> = reads.iter().map(|r| r.ask).collect();
         let budget = Budget::new(spec.max_bytes, ctx.config.fetch_max_bytes);
@@ -541,6 +571,9 @@ async fn read_once(
                 }
                 Ok(ReadOutcome::Records(records)) => {
                     total += records.len();
+                    if throttled.contains(&ask) {
+                        throttled_bytes += records.len();
+                    }
                     let topic = match &asks[ask].key.topic {
                         TopicKey::Name(name) => Some(&**name),
                         TopicKey::Id(id) => image.topic_by_id(*id).map(|t| t.name.as_str()),
@@ -566,6 +599,9 @@ async fn read_once(
                 }
             }
         }
+    }
+    if throttled_bytes > 0 {
+        ctx.replication_quotas.state().record(Side::Leader, throttled_bytes, ctx.clock.now_ms());
     }
     PassResult {
         checked: checked_of(asks, &resp, &at, &outcomes),

@@ -11,6 +11,10 @@ use super::{topic_config, BrokerDefaults, ConfigDef, MessageTimestampType, TOPIC
 pub enum ConfigSource {
     /// Set on the topic (`DYNAMIC_TOPIC_CONFIG`).
     TopicOverride,
+    /// Set on this broker at run time (`DYNAMIC_BROKER_CONFIG`).
+    DynamicBroker,
+    /// Set at run time as every broker's default (`DYNAMIC_DEFAULT_BROKER_CONFIG`).
+    DynamicDefaultBroker,
     /// The node's config file or command line (`STATIC_BROKER_CONFIG`).
     StaticBroker,
     /// strom's default (`DEFAULT_CONFIG`).
@@ -22,6 +26,8 @@ impl ConfigSource {
     pub fn kafka_code(self) -> i8 {
         match self {
             ConfigSource::TopicOverride => 1,
+            ConfigSource::DynamicBroker => 2,
+            ConfigSource::DynamicDefaultBroker => 3,
             ConfigSource::StaticBroker => 4,
             ConfigSource::Default => 5,
         }

@@ -1,10 +1,14 @@
-//! Config decisions: Kafka's AlterConfigs (replace) and IncrementalAlterConfigs.
+//! Config decisions: Kafka's AlterConfigs (replace) and IncrementalAlterConfigs, on TOPIC
+//! resources and on BROKER resources (the dynamic broker configs).
 
 use std::collections::BTreeMap;
 
 use super::topics::internal_topic_refused;
 use super::{rec, ControlResponse, Decision};
-use crate::config::{is_internal_topic, topic_config, validate_topic_config, ConfigType};
+use crate::config::{
+    dynamic_broker_config, is_internal_topic, topic_config, validate_broker_config,
+    validate_topic_config, ConfigDef, ConfigType,
+};
 use crate::records::metadata_record::Record;
 use crate::records::{ConfigRecord, ConfigResourceType};
 use crate::{ControlError, MetadataImage};
@@ -40,30 +44,85 @@ pub struct ResourceResult {
     pub result: Result<(), ControlError>,
 }
 
+/// What may be set on one resource: its current overrides, and its keys' definitions and
+/// value checks.
+struct Resource<'a> {
+    current: Option<&'a BTreeMap<String, String>>,
+    lookup: fn(&str) -> Result<&'static ConfigDef, ControlError>,
+    validate: fn(&str, &str) -> Result<(), ControlError>,
+}
+
+fn topic_key(key: &str) -> Result<&'static ConfigDef, ControlError> {
+    topic_config(key).ok_or_else(|| {
+        // The full reason (refused or unknown) names the key.
+        validate_topic_config(key, "")
+            .err()
+            .unwrap_or_else(|| ControlError::InvalidConfig(format!("unknown topic config '{key}'")))
+    })
+}
+
+fn broker_key(key: &str) -> Result<&'static ConfigDef, ControlError> {
+    dynamic_broker_config(key).ok_or_else(|| {
+        validate_broker_config(key, "").err().unwrap_or_else(|| {
+            ControlError::InvalidConfig(format!("unknown dynamic broker config '{key}'"))
+        })
+    })
+}
+
+/// The resource `res` names, if it may be altered. A BROKER resource is a broker id (its own
+/// overrides) or "" (every broker's default); as in Kafka, the id need not be registered yet.
+fn resource<'a>(
+    image: &'a MetadataImage,
+    res: &ConfigAlteration,
+) -> Result<Resource<'a>, ControlError> {
+    let name = &res.resource_name;
+    match res.resource_type {
+        ConfigResourceType::ConfigResourceTopic => {
+            if image.topic(name).is_none() {
+                return Err(ControlError::UnknownTopicOrPartition(name.clone()));
+            }
+            if is_internal_topic(name) {
+                return Err(internal_topic_refused(name, "reconfigured by clients"));
+            }
+            Ok(Resource {
+                current: image.topic_configs(name),
+                lookup: topic_key,
+                validate: validate_topic_config,
+            })
+        }
+        ConfigResourceType::ConfigResourceBroker => {
+            if !name.is_empty() {
+                let id: i32 = name.parse().map_err(|_| {
+                    ControlError::InvalidRequest(format!(
+                        "broker resource '{name}' is not a broker id (a base 10 number) nor \"\" \
+                         (the default of every broker)"
+                    ))
+                })?;
+                if id < 0 {
+                    return Err(ControlError::InvalidRequest(format!(
+                        "broker resource '{name}': a broker id is not negative"
+                    )));
+                }
+            }
+            Ok(Resource {
+                current: image.configs.get(&(res.resource_type as i32, name.clone())),
+                lookup: broker_key,
+                validate: validate_broker_config,
+            })
+        }
+        ConfigResourceType::ConfigResourceUnknown => {
+            Err(ControlError::InvalidRequest("unknown config resource type".into()))
+        }
+    }
+}
+
 fn alter_one(
     image: &MetadataImage,
     res: &ConfigAlteration,
     incremental: bool,
 ) -> Result<BTreeMap<String, Option<String>>, ControlError> {
-    match res.resource_type {
-        ConfigResourceType::ConfigResourceTopic => {}
-        ConfigResourceType::ConfigResourceBroker => {
-            return Err(ControlError::InvalidRequest(
-                "dynamic broker configs are not supported; set them in the node's config file"
-                    .into(),
-            ))
-        }
-        ConfigResourceType::ConfigResourceUnknown => {
-            return Err(ControlError::InvalidRequest("unknown config resource type".into()))
-        }
-    }
-    if image.topic(&res.resource_name).is_none() {
-        return Err(ControlError::UnknownTopicOrPartition(res.resource_name.clone()));
-    }
-    if is_internal_topic(&res.resource_name) {
-        return Err(internal_topic_refused(&res.resource_name, "reconfigured by clients"));
-    }
-    let current = image.topic_configs(&res.resource_name).cloned().unwrap_or_default();
+    let resource = resource(image, res)?;
+    let current = resource.current.cloned().unwrap_or_default();
     // key → new value (None: delete the override)
     let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
     if !incremental {
@@ -72,14 +131,13 @@ fn alter_one(
         }
     }
     for (key, op, value) in &res.ops {
-        let def = topic_config(key)
-            .ok_or_else(|| ControlError::InvalidConfig(format!("unknown topic config '{key}'")))?;
+        let def = (resource.lookup)(key)?;
         let new = match op {
             AlterConfigOp::Set => {
                 let v = value.clone().ok_or_else(|| {
                     ControlError::InvalidConfig(format!("{key}: SET needs a value"))
                 })?;
-                validate_topic_config(key, &v)?;
+                (resource.validate)(key, &v)?;
                 Some(v)
             }
             AlterConfigOp::Delete => None,
@@ -117,7 +175,7 @@ fn alter_one(
                     items.retain(|i| !given.contains(i));
                 }
                 let v = items.join(",");
-                validate_topic_config(key, &v)?;
+                (resource.validate)(key, &v)?;
                 Some(v)
             }
         };
@@ -134,7 +192,7 @@ pub(super) fn alter_configs(image: &MetadataImage, req: &AlterConfigsRequest) ->
             if req.validate_only {
                 return;
             }
-            let current = image.topic_configs(&res.resource_name);
+            let current = image.configs.get(&(res.resource_type as i32, res.resource_name.clone()));
             for (name, value) in changes {
                 let existing = current.and_then(|c| c.get(&name));
                 if existing == value.as_ref() {

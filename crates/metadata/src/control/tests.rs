@@ -1282,3 +1282,71 @@ fn client_quotas_are_validated_per_entry_set_removed_and_kept_in_snapshots() {
         MetadataImage::from_records(sim.image.offset, &sim.image.to_records()).expect("replays");
     assert_eq!(restored, sim.image);
 }
+
+#[test]
+fn dynamic_broker_configs_are_set_by_broker_id_or_for_every_broker() {
+    let mut sim = Sim::new();
+    sim.live_broker(1);
+    let alter = |name: &str, key: &str, op: AlterConfigOp, value: Option<&str>| {
+        ControlRequest::AlterConfigs(AlterConfigsRequest {
+            resources: vec![ConfigAlteration {
+                resource_type: crate::records::ConfigResourceType::ConfigResourceBroker,
+                resource_name: name.into(),
+                ops: vec![(key.into(), op, value.map(str::to_string))],
+            }],
+            incremental: true,
+            validate_only: false,
+        })
+    };
+    let rate = "leader.replication.throttled.rate";
+    check(
+        &mut sim,
+        alter("1", rate, AlterConfigOp::Set, Some("51200")),
+        expect![[r#"
+        Config(ConfigRecord { resource_type: ConfigResourceBroker, resource_name: "1", name: "leader.replication.throttled.rate", value: Some("51200") })
+        => AlterConfigs([ResourceResult { resource_type: ConfigResourceBroker, resource_name: "1", result: Ok(()) }])
+    "#]],
+    );
+    check(
+        &mut sim,
+        alter("", "follower.replication.throttled.rate", AlterConfigOp::Set, Some("1000")),
+        expect![[r#"
+        Config(ConfigRecord { resource_type: ConfigResourceBroker, resource_name: "", name: "follower.replication.throttled.rate", value: Some("1000") })
+        => AlterConfigs([ResourceResult { resource_type: ConfigResourceBroker, resource_name: "", result: Ok(()) }])
+    "#]],
+    );
+    check(
+        &mut sim,
+        alter("1", "log.retention.ms", AlterConfigOp::Set, Some("1")),
+        expect![[r#"
+        => AlterConfigs([ResourceResult { resource_type: ConfigResourceBroker, resource_name: "1", result: Err(InvalidConfig("broker config 'log.retention.ms' is read-only: set it in the node's config file and restart")) }])
+    "#]],
+    );
+    check(
+        &mut sim,
+        alter("1", rate, AlterConfigOp::Set, Some("fast")),
+        expect![[r#"
+        => AlterConfigs([ResourceResult { resource_type: ConfigResourceBroker, resource_name: "1", result: Err(InvalidConfig("leader.replication.throttled.rate=\"fast\": not an integer")) }])
+    "#]],
+    );
+    check(
+        &mut sim,
+        alter("one", rate, AlterConfigOp::Set, Some("1")),
+        expect![[r#"
+            => AlterConfigs([ResourceResult { resource_type: ConfigResourceBroker, resource_name: "one", result: Err(InvalidRequest("broker resource 'one' is not a broker id (a base 10 number) nor \"\" (the default of every broker)")) }])
+        "#]],
+    );
+    check(
+        &mut sim,
+        alter("1", rate, AlterConfigOp::Delete, None),
+        expect![[r#"
+            Config(ConfigRecord { resource_type: ConfigResourceBroker, resource_name: "1", name: "leader.replication.throttled.rate", value: None })
+            => AlterConfigs([ResourceResult { resource_type: ConfigResourceBroker, resource_name: "1", result: Ok(()) }])
+        "#]],
+    );
+    assert!(sim
+        .image
+        .configs
+        .get(&(crate::records::ConfigResourceType::ConfigResourceBroker as i32, "1".into()))
+        .is_none());
+}
