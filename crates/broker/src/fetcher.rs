@@ -680,6 +680,7 @@ async fn run(ctx: Arc<BrokerCtx>, leader: NodeId, shared: Arc<Shared>) {
 fn follower_throttle(ctx: &BrokerCtx, plan: &mut FetchPlan<Followed>) -> Option<Duration> {
     let me = ctx.image.node;
     let quotas = &ctx.replication_quotas;
+    quotas.follow(&ctx.image.current(), ctx.config.node_id, ctx.clock.now_ms());
     let wait_ms = if quotas.is_active(Side::Follower) {
         quotas.state().wait_ms(Side::Follower, ctx.clock.now_ms())
     } else {

@@ -703,6 +703,8 @@ pub(crate) async fn reconcile_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Rec
             delta.topics.extend(ctx.replicas.take_open_retries());
         }
         if image.offset.0 > 0 {
+            // Throttles first: a replica this change adds fetches under the image's rates.
+            ctx.replication_quotas.follow(&image, ctx.config.node_id, ctx.clock.now_ms());
             ctx.replicas.reconcile(&ctx, &image, &delta, first).await;
             first = false;
         }
@@ -999,7 +1001,9 @@ mod config_tests {
             ("compression.type", "producer"),
             ("delete.retention.ms", "11"),
             ("flush.messages", "5"),
+            ("follower.replication.throttled.replicas", "0:2"),
             ("index.interval.bytes", "12"),
+            ("leader.replication.throttled.replicas", "*"),
             ("max.compaction.lag.ms", "13"),
             ("max.message.bytes", "14"),
             ("message.timestamp.type", "LogAppendTime"),
@@ -1042,6 +1046,8 @@ mod config_tests {
         assert!(!fsync_on_ack, "flush.messages > 1 acknowledges before the fsync");
         assert_eq!(min_insync(&BROKER_DEFAULTS, &image, "t"), 2);
         // unclean.leader.election.enable is the controller's: metadata::control's elections.
+        // The two *.replication.throttled.replicas are the replication quotas':
+        // replication_quota's tests.
         // compression.type and preallocate accept only what strom does (validation refuses
         // the rest, by name).
     }

@@ -14,7 +14,7 @@
 //! the rate has paid for it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use strom_metadata::config::{
@@ -169,6 +169,9 @@ impl ThrottleState {
 pub(crate) struct ReplicationQuotaManager {
     active: [AtomicBool; 2],
     state: Mutex<ThrottleState>,
+    /// The address of the image configs last applied: every user checks it against the
+    /// image it works from, so a fetch never runs on throttles older than its image.
+    applied: AtomicUsize,
 }
 
 impl ReplicationQuotaManager {
@@ -180,12 +183,23 @@ impl ReplicationQuotaManager {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set_image(&self, image: &MetadataImage, node: NodeId, now_ms: i64) {
+    /// Applies `image`'s configs unless they are applied already (one load when they are);
+    /// true when they changed the throttles' inputs.
+    pub fn follow(&self, image: &MetadataImage, node: NodeId, now_ms: i64) -> bool {
+        let configs = Arc::as_ptr(&image.configs) as usize;
+        if self.applied.load(Ordering::Acquire) == configs {
+            return false;
+        }
         let mut state = self.state();
+        if self.applied.load(Ordering::Acquire) == configs {
+            return false;
+        }
         state.set_image(image, node, now_ms);
         for side in [Side::Leader, Side::Follower] {
             self.active[side.at()].store(state.is_active(side), Ordering::Relaxed);
         }
+        self.applied.store(configs, Ordering::Release);
+        true
     }
 }
 
@@ -195,11 +209,9 @@ pub(crate) async fn follow_image(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut images = ctx.image.subscribe();
-    let mut last: Option<Arc<_>> = None;
     loop {
         let image = images.borrow_and_update().clone();
-        if last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &image.configs)) {
-            ctx.replication_quotas.set_image(&image, ctx.config.node_id, ctx.clock.now_ms());
+        if ctx.replication_quotas.follow(&image, ctx.config.node_id, ctx.clock.now_ms()) {
             let active =
                 [Side::Leader, Side::Follower].map(|s| ctx.replication_quotas.is_active(s));
             tracing::info!(
@@ -207,7 +219,6 @@ pub(crate) async fn follow_image(
                 follower = active[1],
                 "replication throttles changed"
             );
-            last = Some(image.configs.clone());
         }
         tokio::select! {
             changed = images.changed() => if changed.is_err() { return },

@@ -28,11 +28,12 @@ fn incremental_alter_configs_answers_librdkafka() {
         let described = run(&bootstrap, "altered", "incremental-alter")?;
         // Each resource has its own answer: librdkafka parses the response (it failed all of
         // them with _BAD_MSG when the GROUP resource came back as type UNKNOWN), strom serves
-        // topic configs, and neither dynamic broker configs nor group configs yet.
+        // topic configs and the dynamic broker configs it has (the replication throttles; any
+        // other broker key is INVALID_CONFIG, naming it), not group configs yet.
         let outcomes = serde_json::json!({
             "TOPIC:altered": "ok",
             "TOPIC:altered-missing": "UNKNOWN_TOPIC_OR_PART",
-            "BROKER:1": "INVALID_REQUEST",
+            "BROKER:1": "INVALID_CONFIG",
             "GROUP:a-group": "INVALID_REQUEST",
         });
         let want = serde_json::json!({

@@ -9,7 +9,7 @@
 //!   acknowledged offset. librdkafka then writes the same records, compressed the same way,
 //!   and sarama reads them identically. sarama 1.22 sends zstd batches with Produce v3 and
 //!   reads them with Fetch v4; Kafka refuses zstd below Produce v7 and Fetch v10
-//!   (UNSUPPORTED_COMPRESSION_TYPE, KIP-110), strom serves them. The idempotent producer and
+//!   (UNSUPPORTED_COMPRESSION_TYPE, KIP-110), and so does strom. The idempotent producer and
 //!   the consumer group of sarama are in `idempotence.rs` and `groups_clients.rs`.
 //! - kafka-go 0.2.1 predates record batches and ApiVersions: it reads metadata (Metadata v1)
 //!   and deletes topics (DeleteTopics v1), which strom serves; its Produce v2, Fetch v2 and
@@ -219,6 +219,10 @@ fn sarama_and_librdkafka_read_each_others_records_for_every_codec() {
             kafka::create_topic(&bootstrap, &topic, PARTITIONS, &[])?;
             let args =
                 ["--topic", &topic, "--codec", codec, "--count", &count, "--partitions", &parts];
+            if codec == "zstd" {
+                sarama_zstd_is_refused_as_kafka_refuses_it(node, &topic, &args)?;
+                continue;
+            }
             let stdout = go_ok(Library::Sarama, "produce", node, &args)
                 .with_context(|| format!("sarama producing with {codec}"))?;
             let sent: Vec<Consumed> =
@@ -278,6 +282,38 @@ fn sarama_and_librdkafka_read_each_others_records_for_every_codec() {
         }
         Ok(())
     });
+}
+
+/// sarama 1.22 sends zstd batches with Produce v3 and fetches with Fetch v4: as Kafka (KIP-110)
+/// strom answers UNSUPPORTED_COMPRESSION_TYPE to both. Nothing is stored, and sarama's consumer
+/// of librdkafka's zstd records reports the error instead of records it could not read.
+fn sarama_zstd_is_refused_as_kafka_refuses_it(
+    node: &StromNode,
+    topic: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let bootstrap = node.bootstrap();
+    let partitions: Vec<i32> = (0..PARTITIONS).collect();
+    let run = go(Library::Sarama, "produce", node, args)?;
+    ensure!(!run.status.success(), "sarama 1.22's zstd produce (Produce v3) was accepted");
+    let marks = kafka::watermarks(&bootstrap, topic, &partitions)?;
+    ensure!(marks.values().all(|&(_, high)| high == 0), "refused zstd stored: {marks:?}");
+    let written = format!("librdkafka-wrote-{topic}");
+    kafka::create_topic(&bootstrap, &written, 1, &[])?;
+    let producer = AckingProducer::new(&bootstrap, &[("compression.type", "zstd")])?;
+    let value = "z".repeat(2_000);
+    let record = Outgoing { value: Some(value.as_bytes()), ..Outgoing::default() };
+    producer.send(&written, 0, record)?;
+    producer.flush(CLIENT_TIMEOUT)?;
+    let args = ["--topic", written.as_str(), "--count", "1", "--partitions", "1"];
+    let run = go(Library::Sarama, "consume", node, &args)?;
+    let stderr = run.stderr_tail(SCRIPT_OUTPUT_LINES);
+    ensure!(
+        !run.status.success() && stderr.contains("compression"),
+        "sarama's Fetch v4 of zstd records: exit {}, stderr {stderr}",
+        run.status
+    );
+    Ok(())
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! metadata and the member-id generator are passed in.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use strom_metadata::TopicId;
 
@@ -82,6 +83,23 @@ impl Topics for BTreeMap<String, TopicMeta> {
 
     fn each_name(&self, f: &mut dyn FnMut(&str)) {
         self.keys().for_each(|name| f(name));
+    }
+}
+
+/// The topics of a metadata image, as a consumer group's assignor reads them.
+pub(crate) struct ImageTopics(pub Arc<strom_metadata::MetadataImage>);
+
+impl Topics for ImageTopics {
+    fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.0.topic(name).map(|t| TopicMeta { id: t.id, partitions: t.partitions.len() as i32 })
+    }
+
+    fn each_name(&self, f: &mut dyn FnMut(&str)) {
+        for name in self.0.topic_names.values() {
+            if !strom_metadata::config::is_internal_topic(name) {
+                f(name);
+            }
+        }
     }
 }
 

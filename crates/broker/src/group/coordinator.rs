@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::consumer::{ConsumerGroup, Heartbeat, HeartbeatAnswer, TopicMeta, Topics};
+use super::consumer::{ConsumerGroup, Heartbeat, HeartbeatAnswer, ImageTopics};
 use super::offsets_topic::{partition_for, OffsetsTopic, OFFSETS_TOPIC};
 use super::records::OffsetValue;
 use super::shard::{self, Shard, SHARD_QUEUE_MAX};
@@ -135,23 +135,6 @@ pub(crate) enum Cmd {
     },
     Delete(String, oneshot::Sender<Result<(), GroupError>>),
     DeleteOffsets(String, Vec<(String, i32)>, oneshot::Sender<DeletedOffsets>),
-}
-
-/// The topics of a metadata image, as a consumer group's assignor reads them.
-pub(crate) struct ImageTopics(pub Arc<strom_metadata::MetadataImage>);
-
-impl Topics for ImageTopics {
-    fn topic(&self, name: &str) -> Option<TopicMeta> {
-        self.0.topic(name).map(|t| TopicMeta { id: t.id, partitions: t.partitions.len() as i32 })
-    }
-
-    fn each_name(&self, f: &mut dyn FnMut(&str)) {
-        for name in self.0.topic_names.values() {
-            if !strom_metadata::config::is_internal_topic(name) {
-                f(name);
-            }
-        }
-    }
 }
 
 /// Which shards this broker runs, by `__consumer_offsets` partition.

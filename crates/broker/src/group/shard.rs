@@ -14,8 +14,9 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::consumer::{ConsumerGroup, ConsumerGroupConfig, Heartbeat, HeartbeatAnswer};
-use super::coordinator::ImageTopics;
+use super::consumer::{
+    ConsumerGroup, ConsumerGroupConfig, Heartbeat, HeartbeatAnswer, ImageTopics,
+};
 use super::offsets::{self, GroupEntry, OffsetWrite};
 use super::records::{self, Entry, OffsetValue};
 use super::state::*;

@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 use super::groups::send;
 use super::{s, Meta, Reply};
 use crate::errors::KafkaError;
-use crate::group::consumer::{Assignment, ConsumerGroup, Heartbeat};
-use crate::group::{Cmd, ImageTopics};
+use crate::group::consumer::{Assignment, ConsumerGroup, Heartbeat, ImageTopics};
+use crate::group::Cmd;
 use crate::BrokerCtx;
 
 /// KIP-848's `authorized_operations` when the request did not ask for them.

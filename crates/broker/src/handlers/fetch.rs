@@ -304,6 +304,9 @@ fn check_partitions(
     let mut endpoints = std::collections::BTreeMap::new();
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
     let (mut throttled, mut held) = (Vec::new(), Vec::new());
+    if replica.is_some() {
+        ctx.replication_quotas.follow(image, ctx.config.node_id, now);
+    }
     let throttles = replica.is_some() && ctx.replication_quotas.is_active(Side::Leader);
     for (ask_at, ask) in asks.iter().enumerate() {
         let same_topic = asks

@@ -100,34 +100,7 @@ pub enum TopicCommand {
     ///
     /// strom topic reassign --list
     #[command(arg_required_else_help = true)]
-    Reassign {
-        /// The topic to move (with --partition and --replicas or --cancel), or to list.
-        name: Option<String>,
-        /// The partition to move or cancel.
-        #[arg(long, requires = "name", value_parser = clap::value_parser!(i32).range(0..))]
-        partition: Option<i32>,
-        /// Target replicas, the first the preferred leader, e.g. --replicas 2,3,1.
-        #[arg(long, value_delimiter = ',', requires = "partition",
-              value_parser = clap::value_parser!(i32).range(0..))]
-        replicas: Vec<i32>,
-        /// A reassignment plan in kafka-reassign-partitions' JSON:
-        /// {"version":1,"partitions":[{"topic":"t","partition":0,"replicas":[1,2,3]}]}.
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "list"])]
-        plan: Option<std::path::PathBuf>,
-        /// Stop the moves named (by --partition or --plan) and go back to their replicas.
-        #[arg(long, conflicts_with_all = ["replicas", "list"])]
-        cancel: bool,
-        /// List the moves in progress (of the topic, if named).
-        #[arg(long, conflicts_with_all = ["partition", "replicas", "wait"])]
-        list: bool,
-        /// Wait until every move started has completed, then show the partitions.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits, in seconds.
-        #[arg(long, default_value_t = 600, requires = "wait",
-              value_parser = clap::value_parser!(u64).range(1..))]
-        timeout_secs: u64,
-    },
+    Reassign(ReassignArgs),
     /// Add partitions to a topic (existing partitions keep their data and placement).
     AddPartitions {
         name: String,
@@ -138,6 +111,37 @@ pub enum TopicCommand {
         #[arg(long)]
         validate_only: bool,
     },
+}
+
+/// `strom topic reassign`'s arguments.
+#[derive(Args, Debug, PartialEq, Eq)]
+pub struct ReassignArgs {
+    /// The topic to move (with --partition and --replicas or --cancel), or to list.
+    pub name: Option<String>,
+    /// The partition to move or cancel.
+    #[arg(long, requires = "name", value_parser = clap::value_parser!(i32).range(0..))]
+    pub partition: Option<i32>,
+    /// Target replicas, the first the preferred leader, e.g. --replicas 2,3,1.
+    #[arg(long, value_delimiter = ',', requires = "partition",
+          value_parser = clap::value_parser!(i32).range(0..))]
+    pub replicas: Vec<i32>,
+    /// A reassignment plan in kafka-reassign-partitions' JSON:
+    /// {"version":1,"partitions":[{"topic":"t","partition":0,"replicas":[1,2,3]}]}.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "list"])]
+    pub plan: Option<std::path::PathBuf>,
+    /// Stop the moves named (by --partition or --plan) and go back to their replicas.
+    #[arg(long, conflicts_with_all = ["replicas", "list"])]
+    pub cancel: bool,
+    /// List the moves in progress (of the topic, if named).
+    #[arg(long, conflicts_with_all = ["partition", "replicas", "wait"])]
+    pub list: bool,
+    /// Wait until every move started has completed, then show the partitions.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 600, requires = "wait",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]

@@ -296,28 +296,7 @@ async fn topic(
             let answer = client.delete_records(request).await?.into_inner();
             Ok(render::render(&answer, output))
         }
-        TopicCommand::Reassign {
-            name,
-            partition,
-            replicas,
-            plan,
-            cancel,
-            list,
-            wait,
-            timeout_secs,
-        } => {
-            let args = reassign::ReassignArgs {
-                name,
-                partition,
-                replicas,
-                plan,
-                cancel,
-                list,
-                wait,
-                timeout: Duration::from_secs(timeout_secs),
-            };
-            reassign::run(client, args, output).await
-        }
+        TopicCommand::Reassign(args) => reassign::run(client, args, output).await,
         TopicCommand::AddPartitions { name, count, validate_only } => {
             let request = pb::CreatePartitionsRequest {
                 topics: vec![pb::NewPartitions {

@@ -3,7 +3,7 @@
 //! plan; listing and cancelling moves; waiting until the moves started have completed.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -11,23 +11,12 @@ use strom_proto::admin as pb;
 use strom_proto::admin::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
+use super::args::ReassignArgs;
 use super::render::{self, View};
 use super::{CliError, Output};
 
 /// How often `--wait` asks whether the moves are done.
 const WAIT_POLL: Duration = Duration::from_millis(500);
-
-/// What `strom topic reassign` was asked, as parsed by clap.
-pub struct ReassignArgs {
-    pub name: Option<String>,
-    pub partition: Option<i32>,
-    pub replicas: Vec<i32>,
-    pub plan: Option<PathBuf>,
-    pub cancel: bool,
-    pub list: bool,
-    pub wait: bool,
-    pub timeout: Duration,
-}
 
 /// kafka-reassign-partitions' plan file: `{"version":1,"partitions":[...]}`.
 #[derive(Deserialize, Debug)]
@@ -77,7 +66,7 @@ pub async fn run(
             .filter(|m| m.error.is_none())
             .map(|m| (m.topic.clone(), m.partition))
             .collect();
-        wait_done(client, &started, args.timeout).await?;
+        wait_done(client, &started, Duration::from_secs(args.timeout_secs)).await?;
         view.completed(client, &started).await?;
     }
     let text = render::render(&view, output);
