@@ -2,7 +2,7 @@
 //! AlterPartitionReassignments, from the command line or from a kafka-reassign-partitions JSON
 //! plan; listing and cancelling moves; waiting until the moves started have completed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -56,18 +56,28 @@ pub async fn run(
         Some(path) => plan_moves(path, args.cancel)?,
         None => command_line_moves(&args)?,
     };
+    let targets: BTreeMap<(String, i32), Vec<i32>> =
+        moves.iter().map(|m| ((m.topic.clone(), m.partition), m.replicas.clone())).collect();
     let request = pb::AlterPartitionReassignmentsRequest { partitions: moves };
     let answer = client.alter_partition_reassignments(request).await?.into_inner();
     let mut view = Moves::from(&answer, args.cancel);
     if args.wait {
-        let started: BTreeSet<(String, i32)> = view
+        // A move is done when it is no longer listed and the partition has its target
+        // replicas (the answering node may not have seen the move start yet); a cancel when
+        // it is no longer listed.
+        let started: BTreeMap<(String, i32), Vec<i32>> = view
             .partitions
             .iter()
             .filter(|m| m.error.is_none())
-            .map(|m| (m.topic.clone(), m.partition))
+            .map(|m| {
+                let key = (m.topic.clone(), m.partition);
+                let target = if args.cancel { Vec::new() } else { targets[&key].clone() };
+                (key, target)
+            })
             .collect();
         wait_done(client, &started, Duration::from_secs(args.timeout_secs)).await?;
-        view.completed(client, &started).await?;
+        let done: BTreeSet<(String, i32)> = started.into_keys().collect();
+        view.completed(client, &done).await?;
     }
     let text = render::render(&view, output);
     match view.partitions.iter().filter(|m| m.error.is_some()).count() {
@@ -162,13 +172,16 @@ fn parse_plan(text: &str, cancel: bool) -> Result<Vec<pb::PartitionMove>, String
     Ok(moves)
 }
 
-/// Polls the moves in progress until none of `started` is among them.
+/// Polls until none of `started` is listed in progress and each has its target replicas
+/// (an empty target: any).
 async fn wait_done(
     client: &mut AdminServiceClient<Channel>,
-    started: &BTreeSet<(String, i32)>,
+    started: &BTreeMap<(String, i32), Vec<i32>>,
     timeout: Duration,
 ) -> Result<(), CliError> {
-    let topics: BTreeSet<&String> = started.iter().map(|(t, _)| t).collect();
+    let topics: BTreeSet<&String> = started.keys().map(|(t, _)| t).collect();
+    let describe =
+        pb::DescribeTopicsRequest { names: topics.iter().map(|t| (*t).clone()).collect() };
     let request = pb::ListPartitionReassignmentsRequest {
         topics: topics
             .into_iter()
@@ -178,13 +191,29 @@ async fn wait_done(
     let deadline = Instant::now() + timeout;
     loop {
         let answer = client.list_partition_reassignments(request.clone()).await?.into_inner();
-        let left = answer
+        let listed = answer
             .reassignments
             .iter()
-            .filter(|r| started.contains(&(r.topic.clone(), r.partition)))
+            .filter(|r| started.contains_key(&(r.topic.clone(), r.partition)))
             .count();
-        if left == 0 {
-            return Ok(());
+        let mut left = listed;
+        if listed == 0 {
+            let described = client.describe_topics(describe.clone()).await?.into_inner();
+            left = started
+                .iter()
+                .filter(|((topic, partition), target)| {
+                    let now = described
+                        .topics
+                        .iter()
+                        .filter(|t| &t.name == topic)
+                        .flat_map(|t| &t.partitions)
+                        .find(|p| p.partition == *partition);
+                    !target.is_empty() && now.is_none_or(|p| &p.replicas != *target)
+                })
+                .count();
+            if left == 0 {
+                return Ok(());
+            }
         }
         if Instant::now() >= deadline {
             return Err(CliError::Unavailable(format!(
