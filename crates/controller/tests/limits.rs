@@ -49,7 +49,7 @@ async fn create_ok(
     request: ControlRequest,
 ) -> anyhow::Result<()> {
     let mut last = None;
-    for _ in 0..CREATE_ATTEMPTS {
+    for _ in 0..3 {
         let answer = match client.submit(request.clone()).await {
             Err(ControlError::ControllerUnavailable(why) | ControlError::OutcomeUnknown(why)) => {
                 tracing::warn!(%why, "create outcome unknown; asking again");
@@ -65,12 +65,8 @@ async fn create_ok(
         anyhow::ensure!(items.iter().all(done), "{answer:?}");
         return Ok(());
     }
-    anyhow::bail!("no answer after {CREATE_ATTEMPTS} attempts: {last:?}")
+    anyhow::bail!("no answer after 3 attempts: {last:?}")
 }
-
-/// Attempts of [`create_ok`]: a follower applying a 200k-partition image on a busy 2-core
-/// machine can hold a commit back for tens of seconds (each attempt waits up to 5 s).
-const CREATE_ATTEMPTS: usize = 12;
 
 fn one_partition(name: &str) -> ControlRequest {
     create_request([(name.to_string(), 1)])
