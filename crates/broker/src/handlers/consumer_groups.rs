@@ -19,7 +19,7 @@ use kafka_protocol::messages::{
 use strom_metadata::{MetadataImage, TopicId};
 use tokio::sync::oneshot;
 
-use super::groups::send;
+use super::groups::{later, send};
 use super::{s, Meta, Reply};
 use crate::errors::KafkaError;
 use crate::group::consumer::{Assignment, ConsumerGroup, Heartbeat, ImageTopics};
@@ -28,10 +28,6 @@ use crate::BrokerCtx;
 
 /// KIP-848's `authorized_operations` when the request did not ask for them.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
-
-fn later(fut: impl std::future::Future<Output = Option<bytes::Bytes>> + Send + 'static) -> Reply {
-    Reply::Later(Box::pin(fut))
-}
 
 fn refused(meta: Meta, error: KafkaError, message: Option<String>) -> Reply {
     let resp = ConsumerGroupHeartbeatResponse::default()
