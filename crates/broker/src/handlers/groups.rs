@@ -54,7 +54,9 @@ fn gone() -> KafkaError {
     KafkaError::NotCoordinator
 }
 
-pub(super) fn later(fut: impl std::future::Future<Output = Option<bytes::Bytes>> + Send + 'static) -> Reply {
+pub(super) fn later(
+    fut: impl std::future::Future<Output = Option<bytes::Bytes>> + Send + 'static,
+) -> Reply {
     Reply::Later(Box::pin(fut))
 }
 
